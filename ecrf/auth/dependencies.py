@@ -1,0 +1,43 @@
+"""FastAPI dependencies: authenticate the bearer token, then check the route's declared action."""
+from collections.abc import Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ecrf.auth.actor import Actor
+from ecrf.auth.policy import PERMISSIONS, PUBLIC, can
+from ecrf.auth.tokens import TokenError
+
+bearer = HTTPBearer(auto_error=False, description="A JWT from `ecrf token` (dev) or your identity provider")
+
+
+def current_actor(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        actor = request.app.state.verifier.verify(credentials.credentials)
+    except TokenError as error:
+        raise HTTPException(401, str(error), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from error
+    request.state.actor = actor
+    return actor
+
+
+def requires(action: str) -> Callable[..., Actor]:
+    """The dependency a route declares: who may call it. Unknown actions fail at import time."""
+    if action not in PERMISSIONS:
+        raise ValueError(f"unknown action {action!r}")
+
+    def check(actor: Actor = Depends(current_actor)) -> Actor:
+        if not can(actor, action):
+            raise HTTPException(403, f"role {actor.role} may not {action}")
+        return actor
+
+    check.action = action  # read by the test that walks every route
+    return check
+
+
+def public() -> None:
+    """Declares a route open without a token (health checks, capability statement)."""
+
+
+public.action = PUBLIC

@@ -1,0 +1,34 @@
+"""The one access policy: which role may do which action. Everything not listed is denied.
+
+Routes declare their action with `requires(action)`; site scoping is applied by the store where data
+is read, using the actor's `sites`.
+"""
+from ecrf.auth.actor import Actor
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "study.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin"}),
+    "subject.enrol": frozenset({"investigator", "coordinator"}),
+    "subject.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    "identifiers.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    "form.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    "form.write": frozenset({"investigator", "coordinator"}),
+    "form.verify": frozenset({"monitor"}),
+    "form.sign": frozenset({"investigator"}),
+    "form.lock": frozenset({"data_manager"}),
+    "audit.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "admin"}),
+    "eligibility.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    "fhir.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "ehr"}),
+    "fhir.write": frozenset({"investigator", "coordinator", "ehr"}),
+    "export.deidentified": frozenset({"sponsor", "data_manager"}),
+    "export.identified": frozenset({"data_manager"}),
+    "report.aggregate": frozenset({"sponsor", "data_manager", "monitor"}),
+}
+PUBLIC = "public"
+
+
+def can(actor: Actor, action: str, site: str | None = None) -> bool:
+    """May `actor` do `action` (at `site`, when the resource belongs to one)?"""
+    allowed = PERMISSIONS.get(action)
+    if allowed is None or not (actor.roles & allowed):
+        return False
+    return site is None or actor.may_see_site(site)

@@ -1,0 +1,63 @@
+"""Error responses: FHIR OperationOutcome under /fhir, JSON with field and rule under /api/v1."""
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from ecrf.responses import FHIR_JSON, JSONBody
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ecrf.store.errors import StoreError
+
+ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+               409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
+               422: "processing", 429: "throttled"}
+
+
+def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def issue(message: str, *, code: str = "invalid", severity: str = "error", location: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
+    if location:
+        entry["expression"] = [location]
+    return entry
+
+
+def is_fhir(request: Request) -> bool:
+    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+
+
+def error_response(request: Request, status: int, message: str, *, code: str | None = None,
+                   location: str | None = None, errors: list[dict[str, Any]] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONBody:
+    if is_fhir(request):
+        issues = [issue(e["message"], code=code or ISSUE_CODES.get(status, "processing"), location=e.get("item"))
+                  for e in errors] if errors else [issue(message, code=code or ISSUE_CODES.get(status, "processing"), location=location)]
+        return JSONBody(operation_outcome(issues), status_code=status, media_type=FHIR_JSON, headers=headers)
+    body: dict[str, Any] = {"detail": message}
+    if errors:
+        body["errors"] = errors
+    elif location:
+        body["errors"] = [{"item": location, "rule": code or "invalid", "message": message}]
+    return JSONBody(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        return error_response(request, error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        errors = [
+            {"item": ".".join(str(part) for part in e.get("loc", ()) if part != "body") or "body",
+             "rule": e.get("type", "invalid"), "message": e.get("msg", "invalid")}
+            for e in error.errors()
+        ]
+        return error_response(request, 422, "the request is not valid", errors=errors)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, error: StoreError):
+        return error_response(request, error.status, error.message, code=error.code, location=error.location,
+                              errors=getattr(error, "errors", None))

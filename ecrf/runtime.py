@@ -1,0 +1,34 @@
+"""What a running service holds: settings, database engine, the loaded study and its hooks."""
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ecrf.auth.tokens import TokenVerifier
+from ecrf.config import Settings
+from ecrf.db import make_engine
+from ecrf.store.indexing import Indexer
+from fhir_mappings.definitions import StudyDef
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    study: StudyDef
+    indexer: Indexer
+    verifier: TokenVerifier
+    derived_hooks: list[Any] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, settings: Settings) -> "Runtime":
+        from ecrf.study import load_study
+
+        study = load_study(settings.study_dir)
+        return cls(
+            settings=settings,
+            engine=make_engine(settings.database_url),
+            study=study,
+            indexer=Indexer(study),
+            verifier=TokenVerifier(settings),
+        )

@@ -1,0 +1,230 @@
+"""What a resource version contributes to search and to the study's item facts.
+
+Computed once per write, so reads and eligibility never parse stored JSON.
+"""
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from fhir_mappings.definitions import StudyDef
+from fhir_mappings.mapping import resource_to_items
+
+# param -> (kind, paths). Paths are dotted element names; the first that is present wins for dates.
+SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    "Patient": {
+        "identifier": ("token", ("identifier",)),
+        "gender": ("token", ("gender",)),
+        "birthdate": ("date", ("birthDate",)),
+    },
+    "ResearchSubject": {
+        "identifier": ("token", ("identifier",)),
+        "study": ("reference", ("study",)),
+        "individual": ("reference", ("individual",)),
+        "patient": ("reference", ("individual",)),
+        "status": ("token", ("status",)),
+    },
+    "Observation": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("code",)),
+        "category": ("token", ("category",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("effectiveDateTime", "effectivePeriod.start", "effectiveInstant")),
+    },
+    "Condition": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("code",)),
+        "clinical-status": ("token", ("clinicalStatus",)),
+        "onset-date": ("date", ("onsetDateTime", "onsetPeriod.start")),
+    },
+    "Procedure": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("code",)),
+        "date": ("date", ("performedDateTime", "performedPeriod.start")),
+    },
+    "Immunization": {
+        "identifier": ("token", ("identifier",)),
+        "patient": ("reference", ("patient",)),
+        "vaccine-code": ("token", ("vaccineCode",)),
+        "date": ("date", ("occurrenceDateTime",)),
+    },
+    "MedicationStatement": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("medicationCodeableConcept",)),
+        "effective": ("date", ("effectiveDateTime", "effectivePeriod.start")),
+    },
+    "Specimen": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "type": ("token", ("type",)),
+    },
+}
+
+# The element that names the Patient a resource is about.
+PATIENT_REFERENCE = {
+    "ResearchSubject": "individual",
+    "Observation": "subject",
+    "Condition": "subject",
+    "Procedure": "subject",
+    "Immunization": "patient",
+    "MedicationStatement": "subject",
+    "Specimen": "subject",
+}
+
+
+@dataclass(frozen=True)
+class Token:
+    param: str
+    system: str | None = None
+    code: str | None = None
+    value: str | None = None
+    moment: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Fact:
+    form_id: str
+    item_id: str
+    value_number: float | None
+    value_text: str | None
+    unit: str | None
+    original_value: str | None
+    original_unit: str | None
+    uln: float | None
+    effective: datetime | None
+    error: str | None
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """The id of the Patient this resource is about, if it names one."""
+    if resource.get("resourceType") == "Patient":
+        return resource.get("id")
+    element = PATIENT_REFERENCE.get(resource.get("resourceType", ""))
+    reference = (resource.get(element) or {}).get("reference") if element else None
+    if isinstance(reference, str) and reference.startswith("Patient/"):
+        return reference.split("/", 2)[1]
+    return None
+
+
+def search_tokens(resource: dict[str, Any]) -> list[Token]:
+    tokens: list[Token] = []
+    for param, (kind, paths) in SEARCH_PARAMS.get(resource.get("resourceType", ""), {}).items():
+        for path in paths:
+            values = list(_values_at(resource, path))
+            if kind == "date":
+                moments = [parse_moment(value) for value in values if isinstance(value, str)]
+                tokens.extend(Token(param, moment=moment) for moment in moments if moment)
+                if moments:
+                    break
+            elif kind == "reference":
+                tokens.extend(
+                    Token(param, value=value["reference"]) for value in values
+                    if isinstance(value, dict) and isinstance(value.get("reference"), str)
+                )
+            else:
+                tokens.extend(_token_values(param, values))
+    return tokens
+
+
+def _token_values(param: str, values: Iterable[Any]) -> Iterator[Token]:
+    for value in values:
+        if isinstance(value, str):
+            yield Token(param, code=value)
+        elif isinstance(value, dict) and "coding" in value:
+            for coding in value.get("coding") or []:
+                yield Token(param, system=coding.get("system"), code=coding.get("code"))
+        elif isinstance(value, dict) and "value" in value:  # Identifier
+            yield Token(param, system=value.get("system"), code=str(value.get("value")))
+        elif isinstance(value, dict) and "code" in value:  # Coding
+            yield Token(param, system=value.get("system"), code=value.get("code"))
+
+
+def _values_at(node: Any, path: str) -> Iterator[Any]:
+    head, _, rest = path.partition(".")
+    value = node.get(head) if isinstance(node, dict) else None
+    for element in value if isinstance(value, list) else [value]:
+        if element is None:
+            continue
+        if rest:
+            yield from _values_at(element, rest)
+        else:
+            yield element
+
+
+def parse_moment(text: str) -> datetime | None:
+    """A FHIR date, dateTime or instant as a UTC datetime (partial dates take their start, in UTC)."""
+    try:
+        if len(text) == 4:
+            return datetime(int(text), 1, 1, tzinfo=UTC)
+        if len(text) == 7:
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Indexer:
+    """Derives tokens and item facts of a resource for one loaded study."""
+
+    def __init__(self, study: StudyDef):
+        self.study = study
+
+    def facts(self, resource: dict[str, Any]) -> list[Fact]:
+        facts = []
+        for item in resource_to_items(self.study, resource):
+            facts.append(Fact(
+                form_id=item.form_id,
+                item_id=item.item_id,
+                value_number=_number(item.value),
+                value_text=_text(item.value),
+                unit=item.unit,
+                original_value=None if item.original_value is None else str(item.original_value),
+                original_unit=item.original_unit,
+                uln=None if item.uln is None else float(item.uln),
+                effective=_moment(item.effective),
+                error=item.error,
+            ))
+        return facts
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float, Decimal)):
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _moment(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, datetime.min.time(), tzinfo=UTC)
+    if isinstance(value, str):
+        return parse_moment(value)
+    return None

@@ -1,0 +1,22 @@
+"""A unit of work over the store: writes and the derived state they change commit together."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ecrf.auth.actor import Actor
+from ecrf.db import reading, transaction
+from ecrf.runtime import Runtime
+from ecrf.store.service import ClinicalStore
+
+
+@contextmanager
+def writing(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
+    with transaction(runtime.engine) as session:
+        store = ClinicalStore(session, actor, runtime.indexer, list(runtime.derived_hooks))
+        yield store
+        store.finish()
+
+
+@contextmanager
+def read_only(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
+    with reading(runtime.engine) as session:
+        yield ClinicalStore(session, actor, runtime.indexer)

@@ -1,0 +1,29 @@
+"""GET /api/v1/study: the loaded study definition."""
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from ecrf.auth.dependencies import requires
+
+router = APIRouter(tags=["study"])
+
+
+@router.get("/study", dependencies=[Depends(requires("study.read"))])
+def read_study(request: Request) -> dict[str, Any]:
+    """Sites, arms, visits with their windows, forms and criteria of the loaded study."""
+    study = request.app.state.runtime.study
+    return {
+        "id": study.id,
+        "title": study.title,
+        "identifier_system": study.identifier_system,
+        "planned_size": study.planned_size,
+        "sites": [{"id": s.id, "name": s.name, "mrn_system": s.mrn_system} for s in study.sites],
+        "arms": [a.model_dump(mode="json") for a in study.arms],
+        "visits": [v.model_dump(mode="json") for v in study.visits],
+        "forms": [
+            {"id": f.id, "title": f.title, "visits": list(f.visits), "repeating": f.repeating,
+             "items": [i.id for i in f.items]}
+            for f in study.forms
+        ],
+        "criteria": [{"id": c.id, "kind": c.kind, "description": c.description} for c in study.criteria],
+    }

@@ -1,0 +1,445 @@
+"""Pydantic models of a study definition (study, sites, arms, visits, forms, items, criteria).
+
+Models are validated with a context {"code_systems": {alias: uri}} so a study file can write
+codes as "LOINC#718-7 Hemoglobin [Mass/volume] in Blood" (alias, '#', code, optional display).
+The alias LOCAL always means the study's own local code system.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from fhir_mappings.ucum import is_ucum_like
+
+ItemType = Literal["date", "integer", "decimal", "boolean", "code", "quantity"]
+ITEM_TYPES: tuple[str, ...] = ("date", "integer", "decimal", "boolean", "code", "quantity")
+
+TargetKind = Literal[
+    "observation",           # its own Observation; `codes` = Observation.code (primary first)
+    "patient",               # a Patient element; `path` = birthDate | gender
+    "research_subject",      # a ResearchSubject element; `path` = period.start | assignedArm
+    "procedure",             # its own Procedure (the item is the performed date); `codes` = Procedure.code
+    "procedure_code",        # an extra Procedure.code coding of the `of` item's Procedure
+    "condition",             # its own Condition; the value goes in the mCODE histology extension
+    "reference_range_high",  # Observation.referenceRange.high of the `of` item's Observation
+    "component",             # an Observation.component (code `codes`) of the `of` item
+    "method",                # Observation.method of the `of` item
+    "interpretation",        # Observation.interpretation of the `of` item (derived items)
+    "none",                  # kept in the eCRF only
+]
+DEPENDENT_KINDS = frozenset({"procedure_code", "reference_range_high", "component", "method",
+                             "interpretation"})
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def to_decimal(value: Any) -> Decimal:
+    """Exact Decimal of a YAML/JSON scalar; floats go through their shortest repr."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, (int, str, float)):
+        try:
+            result = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError(f"not a decimal number: {value!r}") from None
+        if not result.is_finite():
+            raise ValueError(f"not a finite number: {value!r}")
+        return result
+    raise ValueError(f"expected a number, got {value!r}")
+
+
+def resolve_system(alias_or_uri: str, info: ValidationInfo | None) -> str:
+    if ":" in alias_or_uri:
+        return alias_or_uri
+    systems = (info.context or {}).get("code_systems", {}) if info else {}
+    if alias_or_uri not in systems:
+        known = ", ".join(sorted(systems)) or "none"
+        raise ValueError(f"unknown code system alias {alias_or_uri!r} (known: {known})")
+    return systems[alias_or_uri]
+
+
+class Coding(BaseModel):
+    model_config = _FROZEN
+    system: str
+    code: str
+    display: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_compact(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, str):
+            head, _, display = data.strip().partition(" ")
+            system, sep, code = head.rpartition("#")
+            if not sep or not system or not code:
+                raise ValueError(f"a code is written SYSTEM#code [display], got {data!r}")
+            data = {"system": system, "code": code, "display": display.strip() or None}
+        if isinstance(data, dict) and isinstance(data.get("system"), str):
+            data = {**data, "system": resolve_system(data["system"], info)}
+        return data
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.system, self.code)
+
+    def fhir(self) -> dict[str, str]:
+        coding = {"system": self.system, "code": self.code}
+        if self.display:
+            coding["display"] = self.display
+        return coding
+
+
+class EhrSource(BaseModel):
+    """A kind of EHR resource that also answers an item (boolean -> true, date -> its date)."""
+    model_config = _FROZEN
+    resource: Literal["Condition", "Immunization"]
+    systems: tuple[str, ...] = ()
+    code_prefixes: tuple[str, ...] = ()
+
+    @field_validator("systems", mode="before")
+    @classmethod
+    def _resolve_systems(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(resolve_system(v, info) if isinstance(v, str) else v for v in value)
+        return value
+
+    def matches_code(self, system: str | None, code: str | None) -> bool:
+        if not self.code_prefixes:
+            return True
+        if system not in self.systems or not code:
+            return False
+        return any(code.startswith(prefix) for prefix in self.code_prefixes)
+
+
+class FhirTarget(BaseModel):
+    model_config = _FROZEN
+    kind: TargetKind
+    codes: tuple[Coding, ...] = ()
+    path: str | None = None
+    of: str | None = None
+    category: str | None = None
+    code_by_value: dict[str, Coding] = Field(default_factory=dict)
+    value_aliases: dict[str, str] = Field(default_factory=dict)
+    value_system: str | None = None
+    derived_from: tuple[EhrSource, ...] = ()
+
+    @field_validator("value_system", mode="before")
+    @classmethod
+    def _resolve_value_system(cls, value: Any, info: ValidationInfo) -> Any:
+        return resolve_system(value, info) if isinstance(value, str) else value
+
+    @field_validator("value_aliases", mode="before")
+    @classmethod
+    def _resolve_aliases(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict):
+            return value
+        resolved = {}
+        for compact, item_value in value.items():
+            coding = Coding.model_validate(compact, context=info.context)
+            resolved[f"{coding.system}|{coding.code}"] = str(item_value)
+        return resolved
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> FhirTarget:
+        needs_codes = {"observation", "procedure", "condition", "component"}
+        if self.kind in needs_codes and not self.codes:
+            raise ValueError(f"a {self.kind} target needs `codes`")
+        if self.kind in DEPENDENT_KINDS and not self.of:
+            raise ValueError(f"a {self.kind} target needs `of` (the item that owns the resource)")
+        if self.kind == "patient" and self.path not in ("birthDate", "gender"):
+            raise ValueError("a patient target needs path birthDate or gender")
+        if self.kind == "research_subject" and self.path not in ("period.start", "assignedArm"):
+            raise ValueError("a research_subject target needs path period.start or assignedArm")
+        if self.kind == "condition" and not self.value_system:
+            raise ValueError("a condition target needs `value_system` (the morphology code system)")
+        return self
+
+
+class EnableWhen(BaseModel):
+    model_config = _FROZEN
+    item: str
+    equals: bool | str | int
+
+
+class DerivedCase(BaseModel):
+    model_config = _FROZEN
+    value: str
+    when: dict[str, Any]
+
+
+class Derivation(BaseModel):
+    """How a form computes a derived item from other items of the same form instance."""
+    model_config = _FROZEN
+    cases: tuple[DerivedCase, ...]
+    otherwise: str | None = None
+
+
+class ItemDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    label: str
+    type: ItemType
+    required: bool = False
+    values: tuple[str, ...] | None = None
+    unit: str | None = None
+    accepted_units: dict[str, Decimal] = Field(default_factory=dict)
+    legacy_units: dict[str, str] = Field(default_factory=dict)
+    hard_min: Decimal | None = None
+    hard_max: Decimal | None = None
+    soft_min: Decimal | None = None
+    soft_max: Decimal | None = None
+    enable_when: EnableWhen | None = None
+    default: Any = None
+    identifier_bearing: bool = False
+    derived: Derivation | None = None
+    fhir: FhirTarget
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_unit_factors(cls, data: Any) -> Any:
+        """accepted_units ends up holding canonical x1, the UCUM alternatives and the legacy
+        spellings, each with its exact factor to the canonical unit."""
+        if not isinstance(data, dict) or not data.get("unit"):
+            return data
+        canonical = data["unit"]
+        declared = data.get("accepted_units") or {}
+        legacy = data.get("legacy_units") or {}
+        if not isinstance(declared, dict) or not isinstance(legacy, dict):
+            return data
+        factors: dict[str, Any] = {canonical: Decimal(1)}
+        for unit, factor in declared.items():
+            factors[str(unit)] = to_decimal(factor)
+        for spelling, ucum in legacy.items():
+            if ucum not in factors:
+                raise ValueError(f"legacy unit {spelling!r} stands for {ucum!r}, "
+                                 f"which is neither the canonical unit nor an accepted unit")
+            factors[str(spelling)] = factors[ucum]
+        return {**data, "accepted_units": factors}
+
+    @field_validator("hard_min", "hard_max", "soft_min", "soft_max", mode="before")
+    @classmethod
+    def _exact_bound(cls, value: Any) -> Any:
+        return None if value is None else to_decimal(value)
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(str(v) for v in value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ItemDef:
+        if self.type == "code" and not self.values:
+            raise ValueError("a code item needs `values`")
+        if self.type != "code" and self.values:
+            raise ValueError("only code items have `values`")
+        if self.type == "quantity" and not self.unit:
+            raise ValueError("a quantity item needs a canonical `unit`")
+        if self.unit is not None and not is_ucum_like(self.unit):
+            raise ValueError(f"unit {self.unit!r} is not a UCUM code")
+        for unit in self.accepted_units:
+            if unit not in self.legacy_units and not is_ucum_like(unit):
+                raise ValueError(f"accepted unit {unit!r} is not a UCUM code "
+                                 f"(declare free-text spellings under legacy_units)")
+        for factor in self.accepted_units.values():
+            if factor <= 0:
+                raise ValueError("unit factors must be positive")
+        for low, high in ((self.hard_min, self.hard_max), (self.soft_min, self.soft_max)):
+            if low is not None and high is not None and low > high:
+                raise ValueError("a range minimum is above its maximum")
+        if self.default is not None and self.values and str(self.default) not in self.values:
+            raise ValueError(f"default {self.default!r} is not one of the values")
+        return self
+
+    @property
+    def is_quantity_like(self) -> bool:
+        return self.unit is not None
+
+
+class FormDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    title: str
+    visits: tuple[str, ...]
+    repeating: bool = False
+    observation_category: str | None = None
+    date_item: str | None = None
+    items: tuple[ItemDef, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_units_of_reference_ranges(cls, data: Any) -> Any:
+        """A `reference_range_high` item without its own unit takes its base item's units."""
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            return data
+        by_id = {raw.get("id"): raw for raw in data["items"] if isinstance(raw, dict)}
+        items = []
+        for raw in data["items"]:
+            target = raw.get("fhir") if isinstance(raw, dict) else None
+            if (isinstance(target, dict) and target.get("kind") == "reference_range_high"
+                    and "unit" not in raw and isinstance(by_id.get(target.get("of")), dict)):
+                base = by_id[target["of"]]
+                raw = {**raw, **{key: base[key] for key in ("unit", "accepted_units", "legacy_units")
+                                 if key in base}}
+            items.append(raw)
+        return {**data, "items": items}
+
+    def item(self, item_id: str) -> ItemDef:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise KeyError(f"form {self.id!r} has no item {item_id!r}")
+
+
+class SiteDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    name: str
+    mrn_system: str
+
+
+class ArmDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    label: str
+    kind: Literal["experimental", "comparator", "placebo", "other"]
+
+
+class VisitDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    label: str
+    target_day: int
+    window_start: int
+    window_end: int
+    before_day_zero: bool = False
+
+    @model_validator(mode="after")
+    def _window_contains_target(self) -> VisitDef:
+        if not self.window_start <= self.target_day <= self.window_end:
+            raise ValueError("target_day must lie inside [window_start, window_end]")
+        return self
+
+    def contains(self, day: int) -> bool:
+        return self.window_start <= day <= self.window_end
+
+
+class WindowDef(BaseModel):
+    """A date window of the rule language: every bound must hold (all inclusive).
+    Bounds are anchor expressions: 'R', '<date item>', '<anchor> + 14d', 'R - 28d'."""
+    model_config = _FROZEN
+    on_or_after: tuple[str, ...] = ()
+    on_or_before: tuple[str, ...] = ()
+
+
+class ReferenceDateDef(BaseModel):
+    """The rule language's reference date: `item` once it has a value, else the evaluation time."""
+    model_config = _FROZEN
+    name: str = "R"
+    item: str | None = None
+
+
+class CriterionDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    kind: Literal["inclusion", "exclusion"]
+    description: str
+    rule: dict[str, Any]
+
+
+class StudyDef(BaseModel):
+    model_config = _FROZEN
+    id: str
+    title: str
+    identifier_system: str
+    local_system: str
+    planned_size: int
+    canonical_base: str = "http://example.org/fhir"
+    canonical_quantity_extension: str = (
+        "http://example.org/fhir/StructureDefinition/canonical-quantity")
+    value_code_pattern: str = "{item}-{value}"
+    day_zero_item: str | None = None
+    code_systems: dict[str, str] = Field(default_factory=dict)
+    sites: tuple[SiteDef, ...]
+    arms: tuple[ArmDef, ...]
+    visits: tuple[VisitDef, ...]
+    forms: tuple[FormDef, ...]
+    criteria: tuple[CriterionDef, ...] = ()
+    reference_date: ReferenceDateDef = ReferenceDateDef()
+    default_window: str | None = None
+    windows: dict[str, WindowDef] = Field(default_factory=dict)
+    derived: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    uln_defaults: dict[str, Decimal] = Field(default_factory=dict)
+
+    @field_validator("uln_defaults", mode="before")
+    @classmethod
+    def _exact_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: to_decimal(v) for key, v in value.items()}
+        return value
+
+    def form(self, form_id: str) -> FormDef:
+        for form in self.forms:
+            if form.id == form_id:
+                return form
+        raise KeyError(f"study {self.id!r} has no form {form_id!r}")
+
+    def visit(self, visit_id: str) -> VisitDef:
+        for visit in self.visits:
+            if visit.id == visit_id:
+                return visit
+        raise KeyError(f"study {self.id!r} has no visit {visit_id!r}")
+
+    def site(self, site_id: str) -> SiteDef:
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        raise KeyError(f"study {self.id!r} has no site {site_id!r}")
+
+    def arm(self, arm_id: str) -> ArmDef:
+        for arm in self.arms:
+            if arm.id == arm_id:
+                return arm
+        raise KeyError(f"study {self.id!r} has no arm {arm_id!r}")
+
+    def criterion(self, criterion_id: str) -> CriterionDef:
+        for criterion in self.criteria:
+            if criterion.id == criterion_id:
+                return criterion
+        raise KeyError(f"study {self.id!r} has no criterion {criterion_id!r}")
+
+    def item(self, item_id: str) -> tuple[FormDef, ItemDef]:
+        for form in self.forms:
+            for item in form.items:
+                if item.id == item_id:
+                    return form, item
+        raise KeyError(f"study {self.id!r} has no item {item_id!r}")
+
+    def has_item(self, item_id: str) -> bool:
+        return any(item.id == item_id for form in self.forms for item in form.items)
+
+    def dependents_of(self, form: FormDef, owner_id: str) -> list[ItemDef]:
+        """Items of `form` that are written into the resource owned by `owner_id`."""
+        return [item for item in form.items if item.fhir.of == owner_id]
+
+    def uln_item_of(self, base_item_id: str) -> ItemDef | None:
+        form, _ = self.item(base_item_id)
+        for item in self.dependents_of(form, base_item_id):
+            if item.fhir.kind == "reference_range_high":
+                return item
+        return None
+
+    def value_coding(self, item: ItemDef, value: str) -> Coding:
+        """The coding that represents a code item's value (valueCodeableConcept, answerOption).
+        A condition item's value is its morphology code; its code_by_value maps Condition.code."""
+        if item.fhir.kind == "condition" and item.fhir.value_system:
+            return Coding(system=item.fhir.value_system, code=value)
+        if value in item.fhir.code_by_value:
+            return item.fhir.code_by_value[value]
+        code = self.value_code_pattern.format(item=item.id, value=value)
+        return Coding(system=self.local_system, code=code, display=value)

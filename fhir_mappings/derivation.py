@@ -1,0 +1,76 @@
+"""Values a form computes from other items of the same entry (e.g. ctc_status).
+
+Three-valued: a case whose inputs are missing makes the derived value unknown (None).
+"""
+
+from __future__ import annotations
+
+import operator
+from decimal import Decimal, DivisionByZero, InvalidOperation
+from typing import Any
+
+from fhir_mappings.definitions import FormDef, ItemDef, to_decimal
+from fhir_mappings.units import UnitError, to_canonical
+
+COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+           "==": operator.eq, "!=": operator.ne}
+
+
+def derive_item(form: FormDef, item: ItemDef, values: dict[str, Any]) -> Any:
+    """The derived value of `item` given the entry's `values`, or None when unknown."""
+    if item.derived is None:
+        return values.get(item.id)
+    for case in item.derived.cases:
+        outcome = _holds(form, case.when, values)
+        if outcome is None:
+            return None
+        if outcome:
+            return case.value
+    return item.derived.otherwise
+
+
+def _holds(form: FormDef, node: dict[str, Any], values: dict[str, Any]) -> bool | None:
+    if "all_of" in node:
+        outcomes = [_holds(form, child, values) for child in node["all_of"]]
+        return False if False in outcomes else (None if None in outcomes else True)
+    if "any_of" in node:
+        outcomes = [_holds(form, child, values) for child in node["any_of"]]
+        return True if True in outcomes else (None if None in outcomes else False)
+    value = values.get(node["item"])
+    if value is None:
+        return None
+    if "is" in node:
+        return value is node["is"]
+    if "equals" in node:
+        return str(value) == str(node["equals"])
+    if "in" in node:
+        return str(value) in {str(option) for option in node["in"]}
+    number = canonical_number(form.item(node["item"]), value)
+    if number is None:
+        return None
+    per = node.get("per")
+    if per is not None:
+        denominator = canonical_number(form.item(per["item"]), values.get(per["item"]))
+        if denominator is None:
+            return None
+        try:
+            number = number / denominator * to_decimal(per.get("amount", 1))
+        except (DivisionByZero, InvalidOperation):
+            return None
+    return COMPARE[node["op"]](number, to_decimal(node["value"]))
+
+
+def canonical_number(item: ItemDef, value: Any) -> Decimal | None:
+    """A form value (number or {"value", "unit"}) in the item's canonical unit."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, dict):
+        amount, unit = value.get("value"), value.get("unit")
+    else:
+        amount, unit = value, None
+    try:
+        if item.unit is None:
+            return to_decimal(amount)
+        return to_canonical(item, amount, unit)
+    except (UnitError, ValueError):
+        return None

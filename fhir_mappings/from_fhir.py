@@ -1,0 +1,381 @@
+"""FHIR R4 resource (plain dict, from the form door or an EHR) -> the form items it carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from fhir_mappings import fhir_constants as fhir
+from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
+from fhir_mappings.units import ResolvedUnit, UnitError, resolve_unit
+
+
+@dataclass(frozen=True)
+class ItemValue:
+    """One item value found in a resource. `value` is canonical (Decimal in the canonical unit for
+    unit-bearing items, int, bool, str code, date); when `error` is set the value could not be
+    read or converted: `value` then holds the original and must never be used as evidence."""
+    form_id: str
+    item_id: str
+    value: Any
+    unit: str | None
+    original_value: Any
+    original_unit: str | None
+    effective: date | datetime | None
+    uln: Decimal | None = None
+    error: str | None = None
+
+
+def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemValue]:
+    if not isinstance(resource, dict) or _is_void(resource):
+        return []
+    reader = _READERS.get(resource.get("resourceType", ""))
+    return list(reader(study, resource)) if reader else []
+
+
+# --- Observation --------------------------------------------------------------------------
+
+def _observation_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    keys = _coding_keys(resource.get("code"))
+    effective = _parse_moment(resource.get("effectiveDateTime")
+                              or (resource.get("effectivePeriod") or {}).get("start")
+                              or resource.get("effectiveInstant"))
+    for form, item in _items_of_kind(study, "observation"):
+        if not keys & {coding.key for coding in item.fhir.codes}:
+            continue
+        high = _reference_high(resource)
+        uln = _uln(item, high)
+        value = _read_value(study, form, item, resource, effective)
+        yield _with_uln(value, uln)
+        for dependent in study.dependents_of(form, item.id):
+            found = _read_dependent(study, form, dependent, resource, high, effective)
+            if found is not None:
+                yield found
+
+
+def _read_value(study: StudyDef, form: FormDef, item: ItemDef, element: dict[str, Any],
+                effective: date | datetime | None) -> ItemValue:
+    if item.unit is not None and "valueQuantity" in element:
+        return _quantity_value(form, item, element["valueQuantity"], effective)
+    if item.type == "integer" and "valueInteger" in element:
+        return _ok(form, item, element["valueInteger"], element["valueInteger"], None, effective)
+    if item.type == "decimal" and "valueQuantity" in element:
+        raw = element["valueQuantity"].get("value")
+        return _ok(form, item, to_decimal(raw), raw, None, effective)
+    if item.type == "boolean" and "valueBoolean" in element:
+        return _ok(form, item, element["valueBoolean"], element["valueBoolean"], None, effective)
+    if item.type == "date" and "valueDateTime" in element:
+        raw = element["valueDateTime"]
+        parsed = _parse_date(raw)
+        if parsed is None:
+            return _failed(form, item, raw, None, effective, f"unreadable date {raw!r}")
+        return _ok(form, item, parsed, raw, None, effective)
+    if item.type == "code" and "valueCodeableConcept" in element:
+        return _coded_value(study, form, item, element["valueCodeableConcept"], effective)
+    present = sorted(key for key in element if key.startswith("value"))
+    return _failed(form, item, None, None, effective,
+                   f"no value of the expected type for a {item.type} item (found {present or 'none'})")
+
+
+def _quantity_value(form: FormDef, item: ItemDef, quantity: dict[str, Any],
+                    effective: date | datetime | None) -> ItemValue:
+    raw, unit = quantity.get("value"), _unit_of(quantity)
+    if raw is None:
+        return _failed(form, item, None, unit, effective, "quantity without a value")
+    if unit is None and not _is_dimensionless(item.unit):
+        return _failed(form, item, raw, None, effective, f"no unit; expected {item.unit}")
+    try:
+        resolved = _resolve(item, quantity)
+        canonical = to_decimal(raw) * resolved.factor
+    except (UnitError, ValueError) as error:
+        return _failed(form, item, raw, unit, effective, str(error))
+    if item.type == "integer":
+        if canonical != canonical.to_integral_value():
+            return _failed(form, item, raw, unit, effective, "not a whole number")
+        canonical = int(canonical)
+    return _ok(form, item, canonical, raw, unit, effective)
+
+
+def _resolve(item: ItemDef, quantity: dict[str, Any]) -> ResolvedUnit:
+    """Prefer the UCUM code, fall back to the free-text unit."""
+    candidates = []
+    if quantity.get("code") and quantity.get("system") in (fhir.UCUM, None):
+        candidates.append(quantity["code"])
+    if quantity.get("unit"):
+        candidates.append(quantity["unit"])
+    if quantity.get("code") and quantity["code"] not in candidates:
+        candidates.append(quantity["code"])
+    if not candidates:
+        return resolve_unit(item, None)
+    first_error: UnitError | None = None
+    for candidate in candidates:
+        try:
+            return resolve_unit(item, candidate)
+        except UnitError as error:
+            first_error = first_error or error
+    raise first_error  # type: ignore[misc]
+
+
+def _coded_value(study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any],
+                 effective: date | datetime | None) -> ItemValue:
+    value = _value_from_concept(study, item, concept)
+    codes = [f"{c.get('system')}|{c.get('code')}" for c in concept.get("coding") or []]
+    if value is None:
+        return _failed(form, item, codes, None, effective, f"no coding maps to a value of "
+                                                            f"{item.id!r}: {codes}")
+    return _ok(form, item, value, codes[0] if codes else value, None, effective)
+
+
+def _value_from_concept(study: StudyDef, item: ItemDef, concept: dict[str, Any] | None) -> str | None:
+    if not concept:
+        return None
+    by_key = {study.value_coding(item, value).key: value for value in item.values or ()}
+    for coding in concept.get("coding") or []:
+        key = (coding.get("system"), coding.get("code"))
+        if key in by_key:
+            return by_key[key]
+        alias = item.fhir.value_aliases.get(f"{key[0]}|{key[1]}")
+        if alias is not None:
+            return alias
+    return None
+
+
+def _read_dependent(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
+                    high: dict[str, Any] | None, effective: date | datetime | None) -> ItemValue | None:
+    kind = item.fhir.kind
+    if kind == "reference_range_high":
+        return None if high is None else _quantity_value(form, item, high, effective)
+    if kind == "component":
+        wanted = {coding.key for coding in item.fhir.codes}
+        for component in resource.get("component") or []:
+            if _coding_keys(component.get("code")) & wanted:
+                return _read_value(study, form, item, component, effective)
+        return None
+    if kind == "method":
+        return _optional_code(study, form, item, resource.get("method"), effective)
+    if kind == "interpretation":
+        for concept in resource.get("interpretation") or []:
+            found = _optional_code(study, form, item, concept, effective)
+            if found is not None:
+                return found
+    return None
+
+
+def _optional_code(study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any] | None,
+                   effective: date | datetime | None) -> ItemValue | None:
+    if not concept:
+        return None
+    return _coded_value(study, form, item, concept, effective)
+
+
+def _reference_high(resource: dict[str, Any]) -> dict[str, Any] | None:
+    for reference_range in resource.get("referenceRange") or []:
+        if isinstance(reference_range.get("high"), dict):
+            return reference_range["high"]
+    return None
+
+
+def _uln(item: ItemDef, high: dict[str, Any] | None) -> Decimal | None:
+    if high is None or item.unit is None or high.get("value") is None:
+        return None
+    try:
+        return to_decimal(high["value"]) * _resolve(item, high).factor
+    except (UnitError, ValueError):
+        return None
+
+
+# --- Patient, ResearchSubject -------------------------------------------------------------
+
+def _patient_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    for form, item in _items_of_kind(study, "patient"):
+        raw = resource.get(item.fhir.path)
+        if raw is None:
+            continue
+        yield _element_value(form, item, raw, None)
+
+
+def _research_subject_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    for form, item in _items_of_kind(study, "research_subject"):
+        if item.fhir.path == "period.start":
+            raw = (resource.get("period") or {}).get("start")
+        else:
+            raw = resource.get(item.fhir.path)
+        if raw is not None:
+            yield _element_value(form, item, raw, None)
+
+
+def _element_value(form: FormDef, item: ItemDef, raw: Any,
+                   effective: date | datetime | None) -> ItemValue:
+    """A value read from a plain element (a date, or a code mapped back through code_by_value)."""
+    if item.type == "date":
+        parsed = _parse_date(raw)
+        if parsed is None:
+            return _failed(form, item, raw, None, effective, f"not a full date: {raw!r}")
+        return _ok(form, item, parsed, raw, None, effective)
+    by_code = {coding.code: value for value, coding in item.fhir.code_by_value.items()}
+    if item.fhir.kind in ("patient", "research_subject") and str(raw) in by_code:
+        return _ok(form, item, by_code[str(raw)], raw, None, effective)
+    if item.values is not None and str(raw) not in item.values:
+        return _failed(form, item, raw, None, effective,
+                       f"{raw!r} is not a value of {item.id!r} ({', '.join(item.values)})")
+    return _ok(form, item, str(raw), raw, None, effective)
+
+
+# --- Procedure ----------------------------------------------------------------------------
+
+def _procedure_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    keys = _coding_keys(resource.get("code"))
+    performed = (resource.get("performedDateTime")
+                 or (resource.get("performedPeriod") or {}).get("start"))
+    effective = _parse_moment(performed)
+    for form, item in _items_of_kind(study, "procedure"):
+        dependents = study.dependents_of(form, item.id)
+        dependent_keys = {study.value_coding(d, v).key for d in dependents for v in d.values or ()}
+        if not keys & ({coding.key for coding in item.fhir.codes} | dependent_keys):
+            continue
+        if performed is None:
+            yield _failed(form, item, None, None, None, "procedure without a performed date")
+        else:
+            yield _element_value(form, item, performed, effective)
+        for dependent in dependents:
+            value = _value_from_concept(study, dependent, resource.get("code"))
+            if value is not None:
+                yield _ok(form, dependent, value, value, None, effective)
+
+
+# --- Condition, Immunization --------------------------------------------------------------
+
+def _condition_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    codings = (resource.get("code") or {}).get("coding") or []
+    keys = _coding_keys(resource.get("code"))
+    onset = resource.get("onsetDateTime") or (resource.get("onsetPeriod") or {}).get("start")
+    effective = _parse_moment(onset or resource.get("recordedDate"))
+    for form, item in _items_of_kind(study, "condition"):
+        condition_keys = {c.key for c in item.fhir.codes} | {
+            c.key for c in item.fhir.code_by_value.values()}
+        if keys & condition_keys:
+            yield _morphology(form, item, resource, effective)
+    yield from _ehr_derived(study, "Condition", codings, onset, effective)
+
+
+def _morphology(form: FormDef, item: ItemDef, resource: dict[str, Any],
+                effective: date | datetime | None) -> ItemValue:
+    for extension in resource.get("extension") or []:
+        if extension.get("url") != fhir.MCODE_HISTOLOGY_EXTENSION:
+            continue
+        for coding in (extension.get("valueCodeableConcept") or {}).get("coding") or []:
+            if coding.get("system") == item.fhir.value_system:
+                return _element_value(form, item, coding.get("code"), effective)
+    return _failed(form, item, None, None, effective, "condition without an ICD-O-3 morphology "
+                                                      "(histology unknown)")
+
+
+def _immunization_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    codings = (resource.get("vaccineCode") or {}).get("coding") or []
+    occurrence = resource.get("occurrenceDateTime")
+    yield from _ehr_derived(study, "Immunization", codings, occurrence, _parse_moment(occurrence))
+
+
+def _ehr_derived(study: StudyDef, resource_type: str, codings: list[dict[str, Any]],
+                 moment: str | None, effective: date | datetime | None) -> Iterator[ItemValue]:
+    for form in study.forms:
+        for item in form.items:
+            sources = [s for s in item.fhir.derived_from if s.resource == resource_type]
+            if not any(_source_matches(source, codings) for source in sources):
+                continue
+            if item.type == "boolean":
+                yield _ok(form, item, True, True, None, effective)
+            elif moment is None:
+                yield _failed(form, item, None, None, effective, f"{resource_type} without a date")
+            else:
+                yield _element_value(form, item, moment, effective)
+
+
+def _source_matches(source: Any, codings: list[dict[str, Any]]) -> bool:
+    if not source.code_prefixes:
+        return True
+    return any(source.matches_code(c.get("system"), c.get("code")) for c in codings)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _items_of_kind(study: StudyDef, kind: str) -> Iterator[tuple[FormDef, ItemDef]]:
+    for form in study.forms:
+        for item in form.items:
+            if item.fhir.kind == kind:
+                yield form, item
+
+
+def _coding_keys(concept: dict[str, Any] | None) -> set[tuple[str, str]]:
+    return {(c.get("system"), c.get("code")) for c in (concept or {}).get("coding") or []}
+
+
+def _unit_of(quantity: dict[str, Any]) -> str | None:
+    return quantity.get("unit") or quantity.get("code")
+
+
+def _is_dimensionless(unit: str | None) -> bool:
+    return unit is None or unit == "1" or (unit.startswith("{") and unit.endswith("}"))
+
+
+def _is_void(resource: dict[str, Any]) -> bool:
+    if resource.get("status") in fhir.VOID_STATUSES:
+        return True
+    verification = _coding_keys(resource.get("verificationStatus"))
+    return any(code in fhir.VOID_STATUSES for _, code in verification)
+
+
+def _with_uln(value: ItemValue, uln: Decimal | None) -> ItemValue:
+    if uln is None or value.error:
+        return value
+    return replace(value, uln=uln)
+
+
+def _ok(form: FormDef, item: ItemDef, value: Any, original: Any, original_unit: str | None,
+        effective: date | datetime | None) -> ItemValue:
+    return ItemValue(form.id, item.id, value, item.unit, original, original_unit, effective)
+
+
+def _failed(form: FormDef, item: ItemDef, original: Any, original_unit: str | None,
+            effective: date | datetime | None, error: str) -> ItemValue:
+    return ItemValue(form.id, item.id, original, None, original, original_unit, effective,
+                     error=error)
+
+
+def _parse_date(text: Any) -> date | None:
+    if isinstance(text, datetime):
+        return text.date()
+    if isinstance(text, date):
+        return text
+    if not isinstance(text, str) or len(text) < 10:
+        return None
+    try:
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        return None
+
+
+def _parse_moment(text: Any) -> date | datetime | None:
+    if isinstance(text, (date, datetime)):
+        return text
+    if not isinstance(text, str):
+        return None
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+_READERS = {
+    "Observation": _observation_items,
+    "Patient": _patient_items,
+    "ResearchSubject": _research_subject_items,
+    "Procedure": _procedure_items,
+    "Condition": _condition_items,
+    "Immunization": _immunization_items,
+}

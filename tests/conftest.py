@@ -1,0 +1,119 @@
+"""Real servers for the tests: a uvicorn process-in-thread per database backend, real JWTs, real HTTP.
+
+Every test that takes `server` runs once on SQLite and once on PostgreSQL. Outside CI the PostgreSQL
+runs skip, with a visible reason, when no server answers; with CI=true they fail instead.
+"""
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from ecrf.app import create_app
+from ecrf.auth.tokens import issue_dev_token
+from ecrf.config import Settings
+from ecrf.runtime import Runtime
+from ecrf.store.migrate import upgrade
+
+PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as error:  # noqa: BLE001 - report why
+        return str(error).strip().splitlines()[0]
+
+
+@dataclass
+class Server:
+    backend: str
+    base_url: str
+    settings: Settings
+    runtime: Runtime
+
+    def token(self, role: str, *sites: str, sub: str | None = None, ttl: int = 30, scopes: list[str] | None = None) -> str:
+        return issue_dev_token(self.settings, role=role, sites=list(sites) or None, sub=sub, ttl_minutes=ttl, scopes=scopes)
+
+    def client(self, role: str | None = None, *sites: str, sub: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(role, *sites, sub=sub)}"} if role else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def database_url(request, tmp_path_factory) -> Iterator[str]:
+    backend = request.param
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'ecrf.db'}"
+        return
+    problem = _postgres_reachable()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL must run in CI but is unreachable: {problem}")
+        pytest.skip(f"PostgreSQL not reachable ({problem}); these tests run in CI")
+    import psycopg
+
+    name = f"ecrf_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_generate_tests(metafunc):
+    if "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[Server]:
+    """Migrate, start uvicorn on a free port in a thread, and stop it afterwards."""
+    runtime = Runtime.start(settings)
+    upgrade(runtime.engine)
+    app = create_app(runtime=runtime)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    backend = "sqlite" if settings.database_url.startswith("sqlite") else "postgresql"
+    try:
+        yield Server(backend, f"http://127.0.0.1:{port}", settings, runtime)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        runtime.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def server(database_url) -> Iterator[Server]:
+    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), _env_file=None)
+    with running_server(settings) as running:
+        yield running
