@@ -40,5 +40,35 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         body = {"status": "ok" if status == 200 else "degraded", "database": database, "study": runtime.study.id}
         return JSONBody(body, status_code=status)
 
+    _document_error_shape(app)
     app.include_router(study_router, prefix=API_PREFIX)
     return app
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """Publish the 422 body the service really sends (see ecrf/errors.py), not FastAPI's default."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ValidationError"] = {
+            "type": "object", "title": "ValidationError", "required": ["item", "rule", "message"],
+            "properties": {"item": {"type": "string"}, "rule": {"type": "string"}, "message": {"type": "string"}},
+        }
+        schemas["HTTPValidationError"] = {
+            "type": "object", "title": "HTTPValidationError",
+            "description": "Under /api/v1: detail and every failing item. Under /fhir: an OperationOutcome.",
+            "properties": {
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+                "issue": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -3,7 +3,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 FHIR_JSON = "application/fhir+json"
 
@@ -22,7 +22,7 @@ def dumps(content: Any) -> bytes:
     return orjson.dumps(content, default=_default)
 
 
-class JSONBody(Response):
+class JSONBody(JSONResponse):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
