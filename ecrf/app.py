@@ -6,6 +6,7 @@ from sqlalchemy import text
 from ecrf import errors
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
+from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
 from ecrf.study.router import router as study_router
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     _document_error_shape(app)
     app.include_router(study_router, prefix=API_PREFIX)
+    app.include_router(fhir_router, prefix=FHIR_PREFIX)
     return app
 
 

@@ -140,18 +140,32 @@ def _route_actions(route) -> list[str]:
             walk(dependency)
 
     walk(route.dependant)
+    for dependency in getattr(route, "dependencies", None) or []:
+        action = getattr(dependency.dependency, "action", None)
+        if action:
+            found.append(action)
     return found
+
+
+def every_route(app):
+    """(methods, path, route) for every endpoint, including those of included routers."""
+    for route in app.routes:
+        if hasattr(route, "effective_route_contexts"):
+            for context in route.effective_route_contexts():
+                yield sorted(getattr(context.original_route, "methods", ())), context.path, context
+        elif hasattr(route, "dependant"):
+            yield sorted(route.methods), route.path, route
 
 
 def test_every_route_declares_who_may_call_it():
     app = create_app(Settings(database_url="sqlite://", jwt_secret="routes", _env_file=None))
-    undeclared = []
-    for route in app.routes:
-        if not hasattr(route, "dependant") or route.path in {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}:
-            continue
+    undeclared, seen = [], 0
+    for methods, path, route in every_route(app):
+        seen += 1
         actions = _route_actions(route)
         if not actions or any(action not in PERMISSIONS and action != PUBLIC for action in actions):
-            undeclared.append(f"{sorted(route.methods)} {route.path}")
+            undeclared.append(f"{methods} {path}")
+    assert seen > 10, "the route walk found too few routes to be meaningful"
     assert not undeclared, f"routes without a declared permission: {undeclared}"
     assert current_actor  # the dependency every non-public route resolves through
 
@@ -162,3 +176,48 @@ def test_cli_database_commands_run_on_a_fresh_sqlite_file(tmp_path, command):
     subprocess.run([sys.executable, "-m", "ecrf.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     result = subprocess.run([sys.executable, "-m", "ecrf.cli", *command], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_route_walk_finds_an_undeclared_route_inside_an_included_router():
+    from fastapi import APIRouter, FastAPI
+
+    router = APIRouter()
+
+    @router.get("/leaky")
+    def leaky() -> dict:
+        return {}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/api/v1")
+    found = {path: _route_actions(route) for _, path, route in every_route(app)}
+    assert found["/api/v1/leaky"] == []
+
+
+def test_ecrf_serve_migrates_a_fresh_database_loads_the_study_and_answers(tmp_path):
+    """The README's first command, minus the install: defaults only, in an empty directory."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ECRF_")}
+    process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "ecrf serve did not answer within 60 s"
+                time.sleep(0.2)
+        assert response.json() == {"status": "ok", "database": "ok", "study": "NCT04163237"}
+        assert (tmp_path / "ecrf.db").exists()
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert f"http://127.0.0.1:{port}" in output and "/docs" in output

@@ -17,7 +17,7 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     connection = session.connection()
     dialect = connection.dialect
     columns = list(rows[0])
-    processors = [table.c[name].type.bind_processor(dialect) for name in columns]
+    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     statement = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
                  f"VALUES ({', '.join([marker] * len(columns))})")

@@ -1,0 +1,189 @@
+"""FHIR ingest, end to end over HTTP, against the floor of validating the same Bundles with fhir.resources.
+
+    python -m bench.ingest [--bundles 5] [--observations 1000] [--big-mb 10] [--no-postgres]
+
+For SQLite and (when reachable) PostgreSQL it starts `ecrf serve` in a subprocess on a fresh database,
+pushes transaction Bundles of one Patient + N lab Observations, and prints resources/s next to the
+floor (R4B validation alone, measured in the same run) and their ratio. Then it pushes one large
+Bundle to a fresh server and reads the server's peak resident memory (VmHWM) from /proc.
+"""
+import argparse
+import gc
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import httpx
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+
+from bench.ingest.bundles import lab_bundle
+from ecrf.auth.tokens import issue_dev_token
+from ecrf.config import Settings
+
+PG_ADMIN = os.environ.get("ECRF_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class ServerProcess:
+    """`ecrf serve` in a subprocess, with a token for an ehr client of site S01."""
+
+    def __init__(self, database_url: str, **settings: str):
+        self.secret = secrets.token_urlsafe(32)
+        self.port = _free_port()
+        self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
+                    "ECRF_RATE_LIMIT_PER_MINUTE": "0", **{f"ECRF_{k.upper()}": v for k, v in settings.items()}}
+        self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServerProcess":
+        code = "from ecrf.cli import main; raise SystemExit(main())"
+        self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(self.port)],
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+        raise RuntimeError("server did not start in 60 s")
+
+    def __exit__(self, *_exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> httpx.Client:
+        token = issue_dev_token(self.settings, role="ehr", sites=["S01"], ttl_minutes=30)
+        return httpx.Client(base_url=self.url, timeout=600, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+
+    def peak_memory_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _push(http: httpx.Client, payload: bytes) -> None:
+    response = http.post("/fhir", content=payload)
+    if response.status_code != 200:
+        raise RuntimeError(f"bundle refused: {response.status_code} {response.text[:500]}")
+
+
+def floor_rates(bundles: list[dict]) -> list[float]:
+    """Resources/s of fhir.resources R4B validation of each (already parsed) Bundle alone."""
+    model = get_fhir_model_class("Bundle")
+    model.model_validate(bundles[0])
+    gc.collect()
+    gc.freeze()  # as the server does after loading the models: no full collections over them
+    rates = []
+    for body in bundles:
+        started = time.perf_counter()
+        model.model_validate(body)
+        rates.append(len(body["entry"]) / (time.perf_counter() - started))
+    return rates
+
+
+def ingest_rates(database_url: str, payloads: list[bytes], entries: int) -> list[float]:
+    """Resources/s of each Bundle pushed over HTTP, answer received (one client, one Bundle at a time)."""
+    with ServerProcess(database_url) as server, server.client() as http:
+        _push(http, orjson.dumps(lab_bundle(20)))  # warm-up: imports, caches, connection pool
+        rates = []
+        for payload in payloads:
+            started = time.perf_counter()
+            _push(http, payload)
+            rates.append(entries / (time.perf_counter() - started))
+        return rates
+
+
+def memory_for_big_bundle(database_url: str, megabytes: float) -> tuple[int, int, int, int]:
+    """(bundle bytes, entries, server peak before, server peak after) for one Bundle of about `megabytes`."""
+    per_entry = len(orjson.dumps(lab_bundle(100))) / 101
+    body = lab_bundle(int(megabytes * 1024 * 1024 / per_entry))
+    payload = orjson.dumps(body)
+    with ServerProcess(database_url, max_bundle_entries="100000", max_body_bytes=str(64 * 1024 * 1024)) as server, \
+            server.client() as http:
+        _push(http, orjson.dumps(lab_bundle(20)))
+        before = server.peak_memory_bytes()
+        _push(http, payload)
+        return len(payload), len(body["entry"]), before, server.peak_memory_bytes()
+
+
+def _postgres_database() -> tuple[str, str] | None:
+    try:
+        import psycopg
+
+        name = f"ecrf_bench_{os.getpid()}"
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        return name, f"{base}/{name}"
+    except Exception as error:  # noqa: BLE001 - reported, then skipped
+        print(f"PostgreSQL skipped: {str(error).strip().splitlines()[0]}")
+        return None
+
+
+def _drop_postgres(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundles", type=int, default=8)
+    parser.add_argument("--observations", type=int, default=1000)
+    parser.add_argument("--big-mb", type=float, default=10.0)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args(argv)
+
+    bundles = [lab_bundle(args.observations) for _ in range(args.bundles)]
+    payloads = [orjson.dumps(body) for body in bundles]
+    entries = args.observations + 1
+    floor = median(floor_rates(bundles))
+    print(f"{args.bundles} transaction Bundles x (1 Patient + {args.observations} lab Observations), "
+          f"{sum(map(len, payloads)) / args.bundles / 1e6:.2f} MB each; medians over the Bundles")
+    print(f"floor: fhir.resources R4B validation alone      {floor:9.0f} resources/s")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        backends = [("sqlite", f"sqlite:///{scratch}/ingest.db")]
+        postgres = None if args.no_postgres else _postgres_database()
+        if postgres:
+            backends.append(("postgresql", postgres[1]))
+        try:
+            for name, url in backends:
+                rate = median(ingest_rates(url, payloads, entries))
+                print(f"{name:<10} end to end over HTTP            {rate:9.0f} resources/s  "
+                      f"= {rate / floor:5.1%} of floor")
+            big_url = f"sqlite:///{scratch}/big.db"
+            size, entries, before, after = memory_for_big_bundle(big_url, args.big_mb)
+            print(f"memory (sqlite): one {size / 1e6:.1f} MB Bundle of {entries} entries: server peak RSS "
+                  f"{before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after "
+                  f"(+{(after - before) / 1e6:.0f} MB = {(after - before) / size:.1f}x the Bundle size)")
+        finally:
+            if postgres:
+                _drop_postgres(postgres[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

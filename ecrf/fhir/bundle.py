@@ -1,0 +1,176 @@
+"""POST /fhir: transaction (all or nothing) and batch (each entry on its own) Bundles."""
+from collections import Counter
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ecrf.auth.actor import Actor
+from ecrf.errors import issue
+from ecrf.fhir.interactions import Engine, Entry, Result
+from ecrf.fhir.outcome import FhirError, validation_issues
+from ecrf.fhir.requests import bundle_entry
+from ecrf.fhir.validation import model_of
+from ecrf.runtime import Runtime
+from ecrf.store.errors import Conflict
+from ecrf.store.service import WriteContext, instant
+from ecrf.store.unit import writing
+
+ATTEMPTS = 5
+RETRYABLE = (Conflict, IntegrityError, OperationalError)
+STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid"})
+
+
+def status_of(issues: list[dict[str, Any]]) -> int:
+    """400 when the request is malformed, 422 when it is well formed but breaks a rule of this server."""
+    return 400 if any(i.get("code") in STRUCTURE_CODES for i in issues) else 422
+
+
+def shell_issues(body: Any, max_entries: int) -> list[dict[str, Any]]:
+    """Checks on the Bundle itself, before any entry is validated against a model."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        shown = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
+        raise FhirError.one(400, f"POST /fhir takes a Bundle of type transaction or batch, not {shown!r}",
+                            code="structure", location="Bundle")
+    entries = body.get("entry", [])
+    if not isinstance(entries, list):
+        raise FhirError.one(400, "Bundle.entry must be an array", code="structure", location="Bundle.entry")
+    if len(entries) > max_entries:
+        raise FhirError.one(413, f"the Bundle has {len(entries)} entries; the limit is {max_entries}",
+                            code="too-costly", location="Bundle.entry")
+    if body.get("type") not in ("transaction", "batch"):
+        raise FhirError.one(422, f"Bundle.type {body.get('type')!r} is not processed here: send a transaction "
+                                 "or a batch", code="not-supported", location="Bundle.type")
+    try:
+        model_of("Bundle").model_validate({**body, "entry": []})
+    except ValidationError as error:
+        return validation_issues(error.errors(include_url=False, include_input=False), "Bundle")
+    return []
+
+
+def process(runtime: Runtime, actor: Actor, body: Any, base_url: str) -> dict[str, Any]:
+    settings = runtime.settings
+    problems = shell_issues(body, settings.max_bundle_entries)
+    parsed = [bundle_entry(raw, index, base_url) for index, raw in enumerate(body.get("entry", []))]
+    if body["type"] == "transaction":
+        problems += [problem for _, entry_problems in parsed for problem in entry_problems]
+        if problems:
+            raise FhirError(status_of(problems), _summarised(problems, body))
+        return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url))
+    if problems:
+        raise FhirError(status_of(problems), problems)
+    return _response("batch-response", batch(runtime, actor, parsed, base_url))
+
+
+def engine_for(runtime: Runtime, store, base_url: str) -> Engine:
+    settings = runtime.settings
+    return Engine(store, base_url, runtime.study, WriteContext(source="fhir"),
+                  page_size=(settings.page_size_default, settings.page_size_max))
+
+
+def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: str) -> list[Result]:
+    """All entries in one unit of work; a lost race on a conditional key retries the whole of it."""
+    for attempt in range(ATTEMPTS):
+        engine = None
+        try:
+            with writing(runtime, actor) as store:
+                engine = engine_for(runtime, store, base_url)
+                results = engine.run(entries)
+            return [results[entry.index] for entry in entries]
+        except RETRYABLE:
+            if attempt == ATTEMPTS - 1:
+                raise FhirError.one(409, "a concurrent request kept changing the same resources: send it again",
+                                    code="transient")
+        finally:
+            if engine is not None:
+                engine.undo_rewrites()
+            for entry in entries:
+                entry.target_id, entry.matched = None, False
+    raise AssertionError("unreachable")
+
+
+def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]], base_url: str) -> list[Result]:
+    """Each entry in its own savepoint: a failing entry gets its OperationOutcome, the others commit."""
+    results: list[Result | None] = [None] * len(parsed)
+    for index, (entry, problems) in enumerate(parsed):
+        if entry is None:
+            results[index] = Result(status_of(problems), outcome={"resourceType": "OperationOutcome", "issue": problems})
+    runnable = sorted((e for e, _ in parsed if e is not None), key=lambda e: (_ORDER[e.method], e.index))
+    with writing(runtime, actor) as store:
+        engine = engine_for(runtime, store, base_url)
+        for entry in runnable:
+            results[entry.index] = _batch_entry(engine, entry)
+    return results
+
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+
+
+def _batch_entry(engine: Engine, entry: Entry) -> Result:
+    for attempt in range(ATTEMPTS):
+        mapping, written, claimed = dict(engine.mapping), set(engine.written), dict(engine._claimed)
+        savepoint = engine.store.session.begin_nested()
+        try:
+            result = engine.run([entry])[entry.index]
+            savepoint.commit()
+            return result
+        except (FhirError, *RETRYABLE) as error:
+            savepoint.rollback()
+            engine.undo_rewrites()
+            engine.mapping, engine.written, engine._claimed = mapping, written, claimed
+            entry.target_id, entry.matched = None, False
+            if isinstance(error, FhirError):
+                return Result(error.status, outcome=error.outcome)
+            if attempt == ATTEMPTS - 1:
+                failure = FhirError.one(409, "a concurrent request kept changing this resource: send it again",
+                                        code="transient", location=entry.location)
+                return Result(409, outcome=failure.outcome)
+        finally:
+            engine._undo.clear()
+    raise AssertionError("unreachable")
+
+
+def _summarised(problems: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lead with one line naming the unsupported types, when that is why the transaction is refused."""
+    unsupported = Counter(
+        (entry.get("resource") or {}).get("resourceType") or "?"
+        for problem in problems if problem.get("code") == "not-supported"
+        for entry in [_entry_at(body, problem)] if entry is not None
+    )
+    if not unsupported:
+        return problems
+    listed = ", ".join(f"{name} ({count})" for name, count in sorted(unsupported.items()))
+    lead = issue(f"the transaction was refused and nothing was stored: it contains resource types this server "
+                 f"does not accept: {listed}", code="not-supported", location="Bundle.entry")
+    return [lead, *problems]
+
+
+def _entry_at(body: dict[str, Any], problem: dict[str, Any]) -> dict[str, Any] | None:
+    location = (problem.get("expression") or [""])[0]
+    if not (location.startswith("Bundle.entry[") and location.endswith("].resource")):
+        return None
+    index = int(location[len("Bundle.entry["):].split("]", 1)[0])
+    entry = body["entry"][index]
+    return entry if isinstance(entry, dict) else None
+
+
+def _response(kind: str, results: list[Result]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": [_response_entry(result) for result in results]}
+
+
+def _response_entry(result: Result) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": result.status_line}
+    if result.outcome is not None:
+        response["outcome"] = result.outcome
+        return {"response": response}
+    entry: dict[str, Any] = {"response": response}
+    stored = result.stored
+    if stored is not None:
+        response["location"] = f"{stored.reference}/_history/{stored.version_id}"
+        response["etag"] = stored.etag
+        response["lastModified"] = instant(stored.last_updated)
+    if result.resource is not None:
+        entry["resource"] = result.resource
+    elif stored is not None and result.status == 200 and not stored.deleted:
+        entry["resource"] = stored.content
+    return entry

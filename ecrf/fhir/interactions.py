@@ -1,0 +1,264 @@
+"""Requests (a Bundle entry or a REST call) and how one unit of work carries them out, in FHIR order.
+
+A transaction runs every entry through one Engine in one store unit of work; a batch runs each entry
+through the same Engine in its own savepoint; a REST call is a transaction of one entry.
+"""
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from ecrf.errors import issue
+from ecrf.fhir import conditional, search
+from ecrf.fhir.outcome import FhirError
+from ecrf.fhir.references import local_target, path_to, reference_holders
+from ecrf.fhir.research_study import research_study
+from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.store.errors import NotFound, StoreError
+from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
+
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+REASONS = {200: "OK", 201: "Created", 204: "No Content"}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    resource_type: str
+    location: str  # FHIRPath of the request ("Bundle.entry[3]"), or the resource type for REST calls
+    resource_location: str
+    resource_id: str | None = None
+    version_id: int | None = None  # GET .../_history/{vid}
+    criteria: str | None = None  # query of a conditional PUT/DELETE or of a GET search
+    resource: dict[str, Any] | None = None
+    full_url: str | None = None
+    if_none_exist: str | None = None
+    if_match: int | None = None
+    target_id: str | None = None
+    matched: bool = False  # a conditional create found its resource
+
+
+@dataclass
+class Result:
+    status: int
+    stored: Stored | None = None
+    resource: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {REASONS.get(self.status, '')}".strip()
+
+
+@dataclass
+class Engine:
+    store: ClinicalStore
+    base_url: str
+    study: Any
+    context: WriteContext
+    page_size: tuple[int, int] = (50, 500)
+    mapping: dict[str, str] = field(default_factory=dict)  # fullUrl -> Type/id
+    written: set[str] = field(default_factory=set)  # Type/id written by this unit of work
+    _undo: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    _exists: dict[str, bool] = field(default_factory=dict)
+    _claimed: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def run(self, entries: list[Entry]) -> dict[int, Result]:
+        """Carry out entries in FHIR order (DELETE, POST, PUT, GET); raises FhirError at the first failure."""
+        ordered = sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
+        results: dict[int, Result] = {}
+        for entry in (e for e in ordered if e.method == "DELETE"):
+            results[entry.index] = self._guard(entry, self._delete)
+        writes = [e for e in ordered if e.method in ("POST", "PUT")]
+        for entry in writes:
+            self._guard(entry, self._resolve_target)
+        for entry in writes:
+            self._guard(entry, self._rewrite_references)
+        creates = [e for e in writes if e.method == "POST" and not e.matched]
+        for entry in creates:
+            self._patient_site(entry)
+        try:
+            created = self.store.create_many([(e.resource, e.target_id) for e in creates], self.context)
+        except StoreError as error:
+            raise FhirError.of_store(error, location="Bundle.entry" if len(creates) > 1 else creates[0].location) from error
+        for entry, stored in zip(creates, created, strict=True):
+            results[entry.index] = Result(201, stored)
+        for entry in writes:
+            if entry.method == "POST" and entry.matched:
+                results[entry.index] = Result(200, self.store.read(entry.resource_type, entry.target_id))
+            elif entry.method == "PUT":
+                results[entry.index] = self._guard(entry, self._update)
+        for entry in (e for e in ordered if e.method == "GET"):
+            results[entry.index] = self._guard(entry, self._get)
+        return results
+
+    def undo_rewrites(self) -> None:
+        """Put rewritten references back, so a retried unit of work starts from the request as sent."""
+        for holder, original in reversed(self._undo):
+            holder["reference"] = original
+        self._undo.clear()
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _guard(self, entry: Entry, step):
+        try:
+            return step(entry)
+        except StoreError as error:
+            raise FhirError.of_store(error, location=entry.location) from error
+
+    def _delete(self, entry: Entry) -> Result:
+        resource_id = entry.resource_id
+        if entry.criteria is not None:
+            resource_id = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location)
+            if resource_id is None:
+                return Result(204)
+        stored = self.store.delete(entry.resource_type, resource_id, self.context, if_match=entry.if_match)
+        return Result(204, stored)
+
+    def _resolve_target(self, entry: Entry) -> None:
+        if entry.method == "POST":
+            criteria = entry.if_none_exist or self._site_mrn_criteria(entry)
+            if criteria:
+                found = conditional.find(self.store, entry.resource_type, criteria, location=entry.location)
+                if found is not None:
+                    entry.target_id, entry.matched = found, True
+                else:
+                    entry.target_id = new_id()
+                    self._claim(entry, criteria)
+            else:
+                entry.target_id = new_id()
+        elif entry.criteria is not None:
+            found = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location)
+            if found is None:
+                found = entry.target_id = new_id()
+                self._claim(entry, entry.criteria)
+            entry.target_id = found
+        else:
+            entry.target_id = entry.resource_id
+        reference = f"{entry.resource_type}/{entry.target_id}"
+        if entry.full_url:
+            self.mapping[entry.full_url] = reference
+        if not entry.matched:
+            self.written.add(reference)
+
+    def _site_mrn_criteria(self, entry: Entry) -> str | None:
+        """A Patient carrying an MRN of the pushing client's site is that site's patient with that MRN."""
+        site = self.store.actor.site
+        if entry.resource_type != "Patient" or site is None:
+            return None
+        try:
+            system = self.study.site(site).mrn_system
+        except KeyError:
+            return None
+        for identifier in entry.resource.get("identifier") or []:
+            if isinstance(identifier, dict) and identifier.get("system") == system and identifier.get("value"):
+                return urlencode({"identifier": f"{system}|{identifier['value']}"})
+        return None
+
+    def _claim(self, entry: Entry, criteria: str) -> None:
+        key = (entry.resource_type, conditional.normalised(criteria))
+        twin = self._claimed.setdefault(key, entry.index)
+        if twin != entry.index:
+            raise FhirError.one(400, f"entries {twin} and {entry.index} both create {entry.resource_type}?{criteria}: "
+                                     "send it once", code="duplicate", location=entry.location)
+        conditional.claim(self.store, entry.resource_type, criteria, entry.target_id)
+
+    def _rewrite_references(self, entry: Entry) -> None:
+        if entry.matched or entry.resource is None:
+            return
+        problems = []
+        for holder in reference_holders(entry.resource):
+            original = holder["reference"]
+            target = self.mapping.get(original)
+            if target is None and "?" in original and not original.startswith(("http:", "https:")):
+                target = self._conditional_reference(original, lambda: self._path(entry, holder))
+            if target is not None:
+                self._undo.append((holder, original))
+                holder["reference"] = target
+                original = target
+            elif original.startswith("urn:"):
+                problems.append(issue(f"reference {original!r} names no fullUrl of this Bundle",
+                                      code="not-found", location=self._path(entry, holder)))
+                continue
+            if not self._target_exists(original):
+                problems.append(issue(f"reference {original!r} names a resource that does not exist (in this "
+                                      "Bundle or the store)", code="not-found", location=self._path(entry, holder)))
+        if problems:
+            raise FhirError(422, problems)
+
+    @staticmethod
+    def _path(entry: Entry, holder: dict[str, Any]) -> str:
+        return f"{path_to(entry.resource, holder, entry.resource_location)}.reference"
+
+    def _conditional_reference(self, reference: str, path) -> str | None:
+        resource_type, _, criteria = reference.partition("?")
+        if resource_type not in WRITABLE_TYPES:
+            return None  # a type this door does not keep: stays as the client wrote it
+        found = conditional.find(self.store, resource_type, criteria, location=path())
+        if found is None:
+            raise FhirError.one(422, f"conditional reference {reference!r} matches no resource",
+                                code="not-found", location=path())
+        return f"{resource_type}/{found}"
+
+    def _target_exists(self, reference: str) -> bool:
+        """False only for a local reference to a kept type that is neither written here nor stored."""
+        target = local_target(reference, self.base_url)
+        if target is None:
+            return True
+        resource_type, resource_id = target.split("/")
+        if resource_type == "ResearchStudy":
+            return resource_id == self.study.id
+        if resource_type not in WRITABLE_TYPES or target in self.written:
+            return True
+        if target not in self._exists:
+            head = self.store.head(resource_type, resource_id)
+            self._exists[target] = head is not None and not head.deleted
+        return self._exists[target]
+
+    def _update(self, entry: Entry) -> Result:
+        if entry.resource_type == "Patient" and self.store.head("Patient", entry.target_id) is None:
+            self._patient_site(entry)
+        stored, created = self.store.update(entry.resource_type, entry.target_id, entry.resource, self.context,
+                                            if_match=entry.if_match)
+        return Result(201 if created else 200, stored)
+
+    def _patient_site(self, entry: Entry) -> str | None:
+        if entry.resource_type != "Patient":
+            return None
+        actor = self.store.actor
+        if actor.site is None:
+            sites = ", ".join(sorted(actor.sites or ())) or "every site"
+            raise FhirError.one(422, f"a new Patient belongs to the pushing client's site, but this token names "
+                                     f"{sites}: push Patients with a token for exactly one site",
+                                code="business-rule", location=entry.resource_location)
+        return actor.site
+
+    def _get(self, entry: Entry) -> Result:
+        if entry.resource_type == "ResearchStudy":
+            if entry.resource_id != self.study.id:
+                raise NotFound(f"ResearchStudy/{entry.resource_id} is not known")
+            return Result(200, resource=research_study(self.study))
+        if entry.resource_id is None:
+            pairs = search.params_of(entry.criteria or "")
+            query = search.parse(entry.resource_type, pairs, default_count=self.page_size[0],
+                                 max_count=self.page_size[1])
+            return Result(200, resource=searchset(self.store, query, self.base_url))
+        if entry.version_id is not None:
+            stored = self.store.vread(entry.resource_type, entry.resource_id, entry.version_id)
+        else:
+            stored = self.store.read(entry.resource_type, entry.resource_id)
+        return Result(200, stored)
+
+
+def searchset(store: ClinicalStore, query: search.SearchQuery, base_url: str) -> dict[str, Any]:
+    page = search.run(store, query)
+    links = [{"relation": "self", "url": query.link(base_url, query.offset)}]
+    if page.has_more:
+        links.append({"relation": "next", "url": query.link(base_url, query.offset + query.count)})
+    if query.offset > 0:
+        links.append({"relation": "previous", "url": query.link(base_url, max(0, query.offset - query.count))})
+    return {
+        "resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links,
+        "entry": [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content, "search": {"mode": "match"}}
+                  for stored in store.current(page.heads)],
+    }

@@ -1,0 +1,71 @@
+"""HTTP framing of the FHIR door: request bodies within limits, FHIR JSON responses and headers."""
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from ecrf.errors import FHIR_JSON
+from ecrf.fhir.outcome import FhirError
+from ecrf.fhir.requests import version_of_etag
+from ecrf.store.service import Stored
+
+ACCEPTED_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, bytes):
+            return content
+        return orjson.dumps(content)
+
+
+def respond(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None) -> FhirResponse:
+    return FhirResponse(b"" if body is None else body, status_code=status, headers=headers)
+
+
+def outcome_response(error: FhirError) -> FhirResponse:
+    return respond(error.outcome, error.status)
+
+
+def version_headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": stored.etag, "Last-Modified": format_datetime(stored.last_updated, usegmt=True)}
+    if location:
+        headers["Location"] = f"/fhir/{stored.reference}/_history/{stored.version_id}"
+    return headers
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, refused with 413 once it passes the configured size, unread."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type not in ACCEPTED_CONTENT_TYPES:
+        raise FhirError.one(415, f"content type {content_type or 'none'!r} is not supported: "
+                                 "send application/fhir+json or application/json", code="not-supported")
+    limit = request.app.state.runtime.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError.one(413, f"the body has {declared} bytes; the limit is {limit}", code="too-costly")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError.one(413, f"the body passes the limit of {limit} bytes", code="too-costly")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as error:
+        raise FhirError.one(400, f"the body is not JSON: {error}", code="structure") from error
+
+
+def if_match_version(request: Request) -> int | None:
+    """The version an If-Match header names (W/"3", "3" or 3), or None without the header."""
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    version = version_of_etag(value)
+    if version is None:
+        raise FhirError.one(400, f"If-Match {value!r} does not name a version (expected W/\"n\")")
+    return version

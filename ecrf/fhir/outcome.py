@@ -1,0 +1,49 @@
+"""FHIR errors carrying OperationOutcome issues, and pydantic errors as FHIRPath-located issues."""
+from typing import Any
+
+from ecrf.errors import issue, operation_outcome
+from ecrf.store.errors import StoreError
+
+
+class FhirError(Exception):
+    """A refusal with one or more issues; the status is the HTTP status of the whole response."""
+
+    def __init__(self, status: int, issues: list[dict[str, Any]]):
+        super().__init__("; ".join(i.get("diagnostics", "") for i in issues))
+        self.status = status
+        self.issues = issues
+
+    @classmethod
+    def one(cls, status: int, message: str, *, code: str = "invalid", location: str | None = None) -> "FhirError":
+        return cls(status, [issue(message, code=code, location=location)])
+
+    @classmethod
+    def of_store(cls, error: StoreError, location: str | None = None) -> "FhirError":
+        return cls.one(error.status, error.message, code=error.code, location=location or error.location)
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        return operation_outcome(self.issues)
+
+
+def fhirpath(prefix: str, loc: tuple[Any, ...]) -> str:
+    """('entry', 3, 'resource', 'valueQuantity', 'value') -> 'Bundle.entry[3].resource.valueQuantity.value'."""
+    text = prefix
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def validation_issues(errors: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    issues = []
+    for error in errors:
+        loc = tuple(part for part in error.get("loc", ()) if part != "__root__")
+        kind = error.get("type", "")
+        code = "structure" if kind in ("extra_forbidden", "missing") else "value"
+        message = error.get("msg", "invalid")
+        if kind == "extra_forbidden":
+            message = f"unknown element {loc[-1]!r}" if loc else message
+        elif kind == "missing":
+            message = f"required element {loc[-1]!r} is missing" if loc else message
+        issues.append(issue(message, code=code, location=fhirpath(prefix, loc)))
+    return issues
