@@ -1,0 +1,41 @@
+"""Workflow state of form instances. Clinical values are never here: they live in the clinical store."""
+from datetime import date, datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class FormInstance(SQLModel, table=True):
+    """One form of one subject at one visit: its status, version (the ETag) and signatures."""
+
+    __tablename__ = "form_instance"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "form_id", "visit_id", name="uq_form_instance"),
+        Index("ix_form_instance_patient", "patient_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    subject_id: str = Field(max_length=64)
+    patient_id: str = Field(max_length=64)
+    site: str | None = Field(default=None, max_length=32)
+    form_id: str = Field(max_length=64)
+    visit_id: str = Field(max_length=64)
+    status: str = Field(max_length=16)
+    version: int
+    visit_date: date
+    deviation: str | None = Field(default=None, sa_column=Column(Text))
+    resources: str = Field(sa_column=Column(Text, nullable=False))  # JSON {slot: "Type/id"}
+    created_at: datetime
+    created_by: str = Field(max_length=200)
+    updated_at: datetime
+    updated_by: str = Field(max_length=200)
+    updated_role: str = Field(max_length=32)
+    verified_at: datetime | None = None
+    verified_by: str | None = Field(default=None, max_length=200)
+    signed_at: datetime | None = None
+    signed_by: str | None = Field(default=None, max_length=200)
+    signature_meaning: str | None = Field(default=None, sa_column=Column(Text))
+    signature_hash: str | None = Field(default=None, max_length=64)
+    locked_at: datetime | None = None
+    locked_by: str | None = Field(default=None, max_length=200)
+    eligibility_basis: str | None = Field(default=None, sa_column=Column(Text))

@@ -1,0 +1,19 @@
+"""GET /fhir/Questionnaire/{form_id}: a form definition as an SDC-style FHIR R4 Questionnaire."""
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from ecrf.auth.dependencies import requires
+from ecrf.responses import FHIRBody
+from fhir_mappings.mapping import form_to_questionnaire
+
+router = APIRouter(tags=["fhir"])
+
+
+@router.get("/Questionnaire/{form_id}", dependencies=[Depends(requires("study.read"))])
+def read_questionnaire(form_id: str, request: Request) -> FHIRBody:
+    """The form as a Questionnaire: item codes, units, answer options, enableWhen for conditional items."""
+    study = request.app.state.runtime.study
+    try:
+        study.form(form_id)
+    except KeyError:
+        raise HTTPException(404, f"Questionnaire/{form_id} is not known") from None
+    return FHIRBody(form_to_questionnaire(study, form_id))

@@ -1,0 +1,337 @@
+"""Form entry through the eCRF door: checks, FHIR resources in the store, workflow state, audit.
+
+Clinical values are written only as FHIR resources (ids derived from subject, form, visit and slot,
+so a re-save is a new version of the same resource); this module keeps the workflow state.
+"""
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from ecrf.audit import service as audit
+from ecrf.crf import lifecycle
+from ecrf.crf.checks import Finding, check_items, is_enabled, latest_allowed_date
+from ecrf.crf.errors import Blocked, EditCheckFailed
+from ecrf.crf.models import FormInstance
+from ecrf.crf.schedule import check_visit_date, day_zero
+from ecrf.crf.values import form_values, owned_resources
+from ecrf.runtime import Runtime
+from ecrf.store.errors import Conflict, NotFound, VersionConflict
+from ecrf.store.models import ResourceHead
+from ecrf.store.service import ClinicalStore, WriteContext
+from ecrf.subjects.service import Subject, resolve
+from fhir_mappings.definitions import FormDef, StudyDef, VisitDef
+from fhir_mappings.mapping import form_to_resources
+
+INSTANCE_RESOURCE = "FormInstance"
+
+
+def derived_id(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Target:
+    subject: Subject
+    form: FormDef
+    visit: VisitDef
+
+    @property
+    def instance_id(self) -> str:
+        return derived_id(self.subject.id, self.form.id, self.visit.id)
+
+    def resource_id(self, slot: str) -> str:
+        return derived_id(self.subject.id, self.form.id, self.visit.id, slot)
+
+
+def locate(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str, *, writing: bool) -> Target:
+    subject = resolve(store, study, subject_id)
+    try:
+        form = study.form(form_id)
+    except KeyError:
+        raise NotFound(f"form {form_id} is not a form of study {study.id}") from None
+    try:
+        visit = study.visit(visit_id)
+    except KeyError:
+        raise NotFound(f"visit {visit_id} is not a visit of study {study.id}") from None
+    if visit.id not in form.visits:
+        message = f"form {form.id} is not collected at visit {visit.id} (visits: {', '.join(form.visits)})"
+        if writing:
+            raise EditCheckFailed([{"item": "visit_id", "rule": "visit", "message": message}], message)
+        raise NotFound(message)
+    return Target(subject, form, visit)
+
+
+def _instance(store: ClinicalStore, instance_id: str, *, for_update: bool) -> FormInstance | None:
+    query = select(FormInstance).where(FormInstance.id == instance_id)
+    return store.session.exec(query.with_for_update() if for_update else query).one_or_none()
+
+
+def _check_version(instance: FormInstance | None, if_match: int | None) -> None:
+    current = instance.version if instance else 0
+    if if_match is not None and if_match != current:
+        raise VersionConflict(f"the form is at version {current}, not {if_match}: read it again")
+
+
+# -- eligibility hook --------------------------------------------------------------------------
+
+def assigns_arm(form: FormDef) -> bool:
+    return any(item.fhir.kind == "research_subject" and item.fhir.path == "assignedArm" for item in form.items)
+
+
+def eligibility_gate(runtime: Runtime, store: ClinicalStore, subject: Subject) -> str | None:
+    """THE hook point for eligibility before a randomisation is saved.
+
+    `runtime.eligibility`, once the eligibility module provides it, is called as
+    `runtime.eligibility(store, patient_id)` and returns {"overall": "eligible"|"ineligible"|"incomplete",
+    "criteria": [{"id", "kind", "outcome", "reason"}, ...]}. Anything but eligible refuses the save (409,
+    listing the blocking criteria); the result is kept with the form as the basis of the randomisation.
+    Until it exists the arm is entered as is (CRF-SPEC 3.9).
+    """
+    evaluate = getattr(runtime, "eligibility", None)
+    if evaluate is None:
+        return None
+    result = evaluate(store, subject.patient_id)
+    if result.get("overall") != "eligible":
+        blocking = [
+            {"item": c["id"], "rule": c.get("outcome", "unknown"), "message": c.get("reason") or c["id"]}
+            for c in result.get("criteria", [])
+            if (c.get("kind") == "inclusion" and c.get("outcome") != "met")
+            or (c.get("kind") == "exclusion" and c.get("outcome") != "not_met")
+        ]
+        raise Blocked(f"randomisation needs eligibility 'eligible', the subject is {result.get('overall')}", blocking)
+    return orjson.dumps(result, default=str).decode()
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def _who(by: str | None, at: datetime | None) -> dict[str, Any] | None:
+    return {"by": by, "at": at.isoformat()} if by and at else None
+
+
+def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: FormInstance | None) -> dict[str, Any]:
+    zero = day_zero(store.session, study, target.subject.patient_id)
+    items, alternatives = form_values(store.session, study, target.form, target.visit.id,
+                                      target.subject.patient_id, instance, zero)
+    shown = {item_id: entry.get("value") for item_id, entry in items.items()}
+    missing = [item.id for item in target.form.items
+               if item.required and item.derived is None and item.id not in items and is_enabled(item, shown)]
+    view: dict[str, Any] = {
+        "subject_id": target.subject.id,
+        "form_id": target.form.id,
+        "visit_id": target.visit.id,
+        "status": instance.status if instance else "not_started",
+        "version": instance.version if instance else 0,
+        "visit_date": instance.visit_date.isoformat() if instance else None,
+        "deviation": instance.deviation if instance else None,
+        "items": items,
+        "alternatives": alternatives,
+        "missing": missing,
+        "created": _who(instance.created_by, instance.created_at) if instance else None,
+        "updated": ({**_who(instance.updated_by, instance.updated_at), "role": instance.updated_role}
+                    if instance else None),
+        "verified": _who(instance.verified_by, instance.verified_at) if instance else None,
+        "signature": ({"meaning": instance.signature_meaning, "name": instance.signed_by,
+                       "at": instance.signed_at.isoformat(), "hash": instance.signature_hash}
+                      if instance and instance.signed_at else None),
+        "locked": _who(instance.locked_by, instance.locked_at) if instance else None,
+    }
+    if instance and instance.eligibility_basis:
+        view["eligibility_basis"] = orjson.loads(instance.eligibility_basis)
+    return view
+
+
+def read_form(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str) -> dict[str, Any]:
+    target = locate(store, study, subject_id, form_id, visit_id, writing=False)
+    return describe(store, study, target, _instance(store, target.instance_id, for_update=False))
+
+
+def subject_instances(store: ClinicalStore, subject: Subject) -> list[FormInstance]:
+    return list(store.session.exec(select(FormInstance).where(FormInstance.subject_id == subject.id)).all())
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def json_types(node: Any) -> Any:
+    """The mapping's Decimals and dates as JSON values (the store keeps orjson-serialisable content).
+    A Decimal becomes the float of its digits, which prints back as the same digits (<= 15 significant)."""
+    if isinstance(node, dict):
+        return {key: json_types(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [json_types(value) for value in node]
+    if isinstance(node, Decimal):
+        return int(node) if node == node.to_integral_value() and node.as_tuple().exponent >= 0 else float(node)
+    if isinstance(node, (date, datetime)):
+        return node.isoformat()
+    return node
+
+
+def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    strip = {"meta", "id", "resourceType"}
+    return {k: v for k, v in existing.items() if k not in strip} == {k: v for k, v in new.items() if k not in strip}
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous: dict[str, str],
+                     context: WriteContext) -> dict[str, str]:
+    owned: dict[str, str] = {}
+    wanted = {target.resource_id(slot): (slot, resource) for slot, resource in mapped.resources}
+    heads = store.session.exec(select(ResourceHead).where(ResourceHead.resource_id.in_(list(wanted)))).all()
+    current = {stored.resource_id: stored.content
+               for stored in store.current(h for h in heads if not h.deleted and store.actor.may_see_site(h.site))}
+    for resource_id, (slot, resource) in wanted.items():
+        resource_type, content = resource["resourceType"], json_types(resource)
+        owned[slot] = f"{resource_type}/{resource_id}"
+        if resource_id in current and _same(current[resource_id], content):
+            continue  # unchanged: no new version, no audit noise
+        store.update(resource_type, resource_id, content, context)
+    for slot, reference in previous.items():
+        if slot not in owned:
+            resource_type, resource_id = reference.split("/", 1)
+            store.delete(resource_type, resource_id, context)
+    patient_id = target.subject.patient_id
+    for resource_type, resource_id, patch in (("Patient", patient_id, mapped.patient_patch),
+                                              ("ResearchSubject", target.subject.id, mapped.research_subject_patch)):
+        if not patch:
+            continue
+        current = store.read(resource_type, resource_id).content
+        merged = _merge(current, json_types(patch))
+        if not _same(current, merged):
+            store.update(resource_type, resource_id, merged, context)
+    return owned
+
+
+def _audit_form(store: ClinicalStore, target: Target, instance: FormInstance, action: str,
+                old: str | None, new: str | None, reason: str | None) -> None:
+    audit.append(store.session, store.actor, action, source="form", patient_id=target.subject.patient_id,
+                 form_id=target.form.id, visit_id=target.visit.id, old_value=old, new_value=new, reason=reason,
+                 resource=f"{INSTANCE_RESOURCE}/{instance.id}", resource_version=instance.version)
+
+
+@dataclass
+class SaveResult:
+    view: dict[str, Any]
+    created: bool
+    warnings: list[Finding]
+
+
+def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: str, visit_id: str, *,
+              items: dict[str, Any], visit_date: date | None, reason: str | None, if_match: int | None) -> SaveResult:
+    """Check and store one entry. Nothing is written when a hard check fails."""
+    study = runtime.study
+    target = locate(store, study, subject_id, form_id, visit_id, writing=True)
+    instance = _instance(store, target.instance_id, for_update=True)
+    _check_version(instance, if_match)
+    if instance is not None and instance.status == "locked":
+        raise Conflict(f"form {form_id} at {visit_id} is locked; a data manager must unlock it first")
+    reason = (reason or "").strip() or None
+    entry = check_items(target.form, items)
+    errors = list(entry.errors)
+    if instance is not None and instance.status in lifecycle.REASON_NEEDED and not reason:
+        errors.append(Finding("reason", "reason_required",
+                              f"the form is {instance.status}: a reason for the change is required"))
+    if target.form.date_item and target.form.date_item in entry.canonical:
+        the_date = entry.canonical[target.form.date_item]
+    else:
+        the_date = visit_date or min(datetime.now(UTC).date(), latest_allowed_date())
+    zero = entry.canonical.get(study.day_zero_item) if study.day_zero_item else None
+    zero = zero or day_zero(store.session, study, target.subject.patient_id)
+    date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
+    errors += date_errors
+    if errors:
+        raise EditCheckFailed([finding.as_dict() for finding in errors])
+    context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit.id)
+    mapped = form_to_resources(study, target.form.id, entry.values,
+                               patient_ref=f"Patient/{target.subject.patient_id}", visit_date=the_date)
+    owned = _write_resources(store, target, mapped, owned_resources(instance), context)
+    # after the write, so eligibility sees the entered randomisation date as R; a refusal rolls it all back
+    basis = eligibility_gate(runtime, store, target.subject) if assigns_arm(target.form) else None
+
+    now, actor = datetime.now(UTC), store.actor
+    created = instance is None
+    if created:
+        instance = FormInstance(
+            id=target.instance_id, subject_id=target.subject.id, patient_id=target.subject.patient_id,
+            site=target.subject.site, form_id=target.form.id, visit_id=target.visit.id, status="draft", version=0,
+            visit_date=the_date, resources="{}", created_at=now, created_by=actor.sub, updated_at=now,
+            updated_by=actor.sub, updated_role=actor.role)
+    old_status, old_date, old_deviation = (None if created else instance.status), instance.visit_date, instance.deviation
+    instance.status = lifecycle.status_after_edit(entry.complete)
+    instance.version += 1
+    instance.visit_date, instance.deviation = the_date, deviation
+    instance.resources = orjson.dumps(owned).decode()
+    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
+    instance.verified_at = instance.verified_by = None
+    instance.signed_at = instance.signed_by = instance.signature_meaning = instance.signature_hash = None
+    if basis is not None:
+        instance.eligibility_basis = basis
+    store.session.add(instance)
+    try:
+        store.session.flush()
+    except IntegrityError as error:  # a concurrent first save of the same form won the unique key
+        raise Conflict(f"form {form_id} at {visit_id} was saved concurrently: read it again") from error
+    if old_status != instance.status:
+        _audit_form(store, target, instance, "form.status", old_status, instance.status, reason)
+    if not created and old_date != the_date:
+        _audit_form(store, target, instance, "form.visit_date", old_date.isoformat(), the_date.isoformat(), reason)
+    if deviation and deviation != old_deviation:
+        _audit_form(store, target, instance, "form.deviation", old_deviation, deviation, reason)
+    view = describe(store, study, target, instance)
+    view["warnings"] = [finding.as_dict() for finding in entry.warnings + date_warnings]
+    return SaveResult(view, created, entry.warnings + date_warnings)
+
+
+def transition(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str, name: str, *,
+               meaning: str | None, reason: str | None, if_match: int | None) -> dict[str, Any]:
+    """verify / sign / lock / unlock one form instance, recorded in the audit trail."""
+    step = lifecycle.TRANSITIONS[name]
+    target = locate(store, study, subject_id, form_id, visit_id, writing=False)
+    instance = _instance(store, target.instance_id, for_update=True)
+    if instance is None:
+        raise Conflict(f"form {form_id} at {visit_id} has not been entered; it cannot be {step.target}")
+    _check_version(instance, if_match)
+    if instance.status != step.source:
+        raise Conflict(f"form {form_id} at {visit_id} is {instance.status}; {name} needs it {step.source}")
+    reason, meaning = (reason or "").strip() or None, (meaning or "").strip() or None
+    problems = []
+    if step.needs_reason and not reason:
+        problems.append({"item": "reason", "rule": "reason_required", "message": f"{name} needs a reason"})
+    if name == "sign" and not meaning:
+        problems.append({"item": "meaning", "rule": "required",
+                         "message": "a signature needs its meaning, e.g. 'I approve the data of this form'"})
+    if problems:
+        raise EditCheckFailed(problems, f"{name} refused")
+    now, actor, old_status = datetime.now(UTC), store.actor, instance.status
+    instance.status = step.target
+    instance.version += 1
+    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
+    if name == "verify":
+        instance.verified_at, instance.verified_by = now, actor.sub
+    elif name == "sign":
+        values = describe(store, study, target, instance)["items"]
+        signed = {item_id: {"value": entry.get("exact", entry.get("value")), "unit": entry.get("unit")}
+                  for item_id, entry in values.items() if entry["source"] == "form"}
+        instance.signed_at, instance.signed_by, instance.signature_meaning = now, actor.sub, meaning
+        instance.signature_hash = lifecycle.signed_content_hash(
+            subject_id=target.subject.id, form_id=target.form.id, visit_id=target.visit.id, version=instance.version,
+            visit_date=instance.visit_date.isoformat(), items=signed, meaning=meaning, name=actor.sub, at=now)
+    elif name == "lock":
+        instance.locked_at, instance.locked_by = now, actor.sub
+    elif name == "unlock":
+        instance.locked_at = instance.locked_by = None
+    store.session.add(instance)
+    store.session.flush()
+    detail = f"{step.target}: {meaning}" if name == "sign" else step.target
+    _audit_form(store, target, instance, f"form.{name}", old_status, detail, reason)
+    return describe(store, study, target, instance)

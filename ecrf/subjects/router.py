@@ -1,0 +1,58 @@
+"""/api/v1/subjects: enrol, list and read subjects (ResearchSubject + Patient in the store)."""
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ecrf.auth.actor import Actor
+from ecrf.auth.dependencies import requires
+from ecrf.crf.schedule import day_zero, visit_schedule
+from ecrf.crf.service import subject_instances
+from ecrf.responses import JSONBody
+from ecrf.store.unit import read_only, writing
+from ecrf.subjects import service
+from ecrf.subjects.schemas import Enrolment
+
+router = APIRouter(tags=["subjects"])
+
+
+def page(request: Request, offset: int, limit: int | None) -> tuple[int, int]:
+    settings = request.app.state.runtime.settings
+    return max(offset, 0), min(max(limit or settings.page_size_default, 1), settings.page_size_max)
+
+
+@router.post("/subjects", status_code=201)
+def enrol(body: Enrolment, request: Request, actor: Actor = Depends(requires("subject.enrol"))) -> JSONBody:
+    """Enrol a subject: a Patient with the site's MRN and a ResearchSubject (status candidate) with the same id.
+    A duplicate MRN at the site is 409."""
+    runtime = request.app.state.runtime
+    with writing(runtime, actor) as store:
+        subject = service.enrol(store, runtime.study, body.site, body.mrn, body.consent_date)
+        view = service.describe(store, runtime.study, [subject])[0]
+    return JSONBody(view, status_code=201, headers={"Location": f"/api/v1/subjects/{subject.id}"})
+
+
+@router.get("/subjects")
+def list_subjects(request: Request, site: str | None = None, status: str | None = None,
+                  offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1),
+                  actor: Actor = Depends(requires("subject.read"))) -> dict[str, Any]:
+    """Subjects the caller may see (own sites), filtered by site and ResearchSubject status, paginated."""
+    runtime = request.app.state.runtime
+    offset, limit = page(request, offset, limit)
+    with read_only(runtime, actor) as store:
+        total, subjects = service.list_subjects(store, runtime.study, site=site, status=status, offset=offset, limit=limit)
+        items = service.describe(store, runtime.study, subjects)
+    return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+
+@router.get("/subjects/{subject_id}")
+def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requires("subject.read"))) -> dict[str, Any]:
+    """The subject with its visit schedule: windows from the surgery date and derived visit status."""
+    runtime = request.app.state.runtime
+    with read_only(runtime, actor) as store:
+        subject = service.resolve(store, runtime.study, subject_id)
+        view = service.describe(store, runtime.study, [subject])[0]
+        zero = day_zero(store.session, runtime.study, subject.patient_id)
+        view["day_zero"] = zero.isoformat() if zero else None
+        view["visits"] = visit_schedule(runtime.study, zero, subject_instances(store, subject), datetime.now(UTC).date())
+    return view
