@@ -13,6 +13,7 @@ from ecrf.study.router import router as study_router
 from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
+from ecrf.eligibility.router import router as eligibility_router
 from ecrf.subjects.router import router as subjects_router
 
 API_PREFIX = "/api/v1"
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(study_router, prefix=API_PREFIX)
     app.include_router(subjects_router, prefix=API_PREFIX)
     app.include_router(crf_router, prefix=API_PREFIX)
+    app.include_router(eligibility_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)

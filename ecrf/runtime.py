@@ -22,6 +22,7 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
+        from ecrf.eligibility.service import recompute
         from ecrf.study import load_study
 
         study = load_study(settings.study_dir)
@@ -31,4 +32,11 @@ class Runtime:
             study=study,
             indexer=Indexer(study),
             verifier=TokenVerifier(settings),
+            derived_hooks=[recompute],
         )
+
+    def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:
+        """The randomisation gate of the eCRF door (a method, so a test may shadow it on the instance)."""
+        from ecrf.eligibility.service import randomisation_basis
+
+        return randomisation_basis(self.study, store, patient_id)

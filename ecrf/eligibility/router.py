@@ -1,0 +1,42 @@
+"""/api/v1 eligibility: one subject's criteria, and the study's screening log."""
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ecrf.auth.actor import Actor
+from ecrf.auth.dependencies import requires
+from ecrf.crf.errors import EditCheckFailed
+from ecrf.eligibility import service
+from ecrf.store.unit import read_only
+
+router = APIRouter(tags=["eligibility"])
+
+
+@router.get("/subjects/{subject_id}/eligibility")
+def subject_eligibility(subject_id: str, request: Request,
+                        actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
+    """Every criterion met / not_met / unknown with its evidence (FHIR references, canonical values) and
+    reason; overall eligible / ineligible / incomplete; `missing` names what would settle each unknown.
+    Once randomised the result is frozen: `frozen`, `live_status` and `changed_since_randomisation` show
+    whether later data would change it."""
+    runtime = request.app.state.runtime
+    with read_only(runtime, actor) as store:
+        return service.subject_view(store, runtime.study, subject_id)
+
+
+@router.get("/eligibility")
+def screening_log(request: Request, site: str | None = None, status: str | None = None,
+                  offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1),
+                  actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
+    """Subjects of the caller's sites with their eligibility status and the criteria that block them,
+    as of the latest write (paginated; filter by site and status)."""
+    if status is not None and status not in service.STATUSES:
+        raise EditCheckFailed([{"item": "status", "rule": "allowed_values",
+                                "message": f"status must be one of {', '.join(service.STATUSES)}"}],
+                              "the query is not valid")
+    runtime = request.app.state.runtime
+    settings = runtime.settings
+    offset, limit = max(offset, 0), min(limit or settings.page_size_default, settings.page_size_max)
+    with read_only(runtime, actor) as store:
+        total, items = service.screening_log(store, site=site, status=status, offset=offset, limit=limit)
+    return {"items": items, "total": total, "offset": offset, "limit": limit}
