@@ -6,6 +6,8 @@ from sqlalchemy import text
 from ecrf import errors
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
+from ecrf.export.bulk_router import router as export_fhir_router
+from ecrf.export.forms_router import router as export_forms_router
 from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(crf_router, prefix=API_PREFIX)
     app.include_router(eligibility_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
+    app.include_router(export_forms_router, prefix=API_PREFIX)
+    app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)
     return app

@@ -5,6 +5,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_FORMS_DIR = Path(__file__).resolve().parent.parent / "forms"
+REPO_DEIDENTIFICATION_PROFILE = Path(__file__).resolve().parent / "export" / "profiles" / "safe_harbor.yaml"
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,15 @@ class Settings(BaseSettings):
     page_size_default: int = 50
     page_size_max: int = 500
 
+    export_dir: Path | None = None  # None: .ecrf-exports/ next to the SQLite file, else in the working dir
+    study_secret: str | None = None  # HMAC key of pseudonyms and date shifts; None: generated into a 0600 file
+    export_profile: Path = REPO_DEIDENTIFICATION_PROFILE
+    export_worker: bool = True
+    export_batch_size: int = 1000
+    export_lease_seconds: int = 60
+    export_retention_hours: int = 24
+    export_batch_pause_seconds: float = 0.0
+
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value):
@@ -48,8 +58,22 @@ class Settings(BaseSettings):
     @property
     def secret_file(self) -> Path:
         """Where a generated dev signing secret is kept: next to the SQLite file, else the working dir."""
+        return self._state_dir() / ".ecrf-jwt-secret"
+
+    @property
+    def study_secret_file(self) -> Path:
+        """Where a generated study secret (pseudonyms, date shifts) is kept, like the dev signing secret."""
+        return self._state_dir() / ".ecrf-study-secret"
+
+    @property
+    def exports_path(self) -> Path:
+        if self.export_dir is not None:
+            return self.export_dir.resolve()
+        return self._state_dir() / ".ecrf-exports"
+
+    def _state_dir(self) -> Path:
         if self.is_sqlite and "///" in self.database_url:
             db_path = Path(self.database_url.split("///", 1)[1])
             if str(db_path) not in ("", ":memory:"):
-                return db_path.resolve().parent / ".ecrf-jwt-secret"
-        return Path.cwd() / ".ecrf-jwt-secret"
+                return db_path.resolve().parent
+        return Path.cwd()

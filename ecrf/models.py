@@ -2,4 +2,5 @@
 import ecrf.audit.models  # noqa: F401
 import ecrf.store.models  # noqa: F401
 import ecrf.crf.models  # noqa: F401
+import ecrf.export.models  # noqa: F401
 import ecrf.eligibility.models  # noqa: F401

@@ -1,0 +1,172 @@
+"""FHIR Bulk Data export (async pattern): kick-off, status polling, cancel, and authenticated downloads."""
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ecrf.audit import service as audit
+from ecrf.auth.actor import Actor
+from ecrf.auth.dependencies import requires
+from ecrf.db import transaction
+from ecrf.errors import issue, operation_outcome
+from ecrf.export import jobs
+from ecrf.export.access import deidentify_for, may_read_job
+from ecrf.export.bulk import deidentifier, discard
+from ecrf.export.models import ExportJob
+from ecrf.export.source import resource_types
+from ecrf.export.worker import worker_lifespan
+from ecrf.responses import FHIR_JSON, JSONBody
+from ecrf.store.indexing import parse_moment
+from ecrf.store.service import instant
+
+router = APIRouter(tags=["export"], lifespan=worker_lifespan)
+EXPORT = Depends(requires("export.deidentified"))
+NDJSON = "application/fhir+ndjson"
+OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
+TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData")
+DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _outcome(status: int, message: str, *, severity: str = "error", code: str = "processing",
+             headers: dict[str, str] | None = None) -> JSONBody:
+    return JSONBody(operation_outcome([issue(message, code=code, severity=severity)]), status_code=status,
+                    media_type=FHIR_JSON, headers=headers)
+
+
+@router.get("/$export", summary="Bulk Data export of every patient's data (Prefer: respond-async)")
+def export_system(request: Request, _type: str | None = None, _since: str | None = None,
+                  _outputFormat: str | None = None, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+    return _kick_off(request, actor, None, _type, _since, _outputFormat, deidentify)
+
+
+@router.get("/Group/{group_id}/$export", summary="Bulk Data export of the study's subjects (the Group is the study id)")
+def export_group(request: Request, group_id: str, _type: str | None = None, _since: str | None = None,
+                 _outputFormat: str | None = None, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+    if group_id != request.app.state.runtime.study.id:
+        raise HTTPException(404, f"Group/{group_id} is not known; the study's subjects are Group/{request.app.state.runtime.study.id}")
+    return _kick_off(request, actor, group_id, _type, _since, _outputFormat, deidentify)
+
+
+def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: str | None, since_param: str | None,
+              output_format: str | None, deidentify: bool) -> Response:
+    runtime = request.app.state.runtime
+    if "respond-async" not in request.headers.get("prefer", ""):
+        raise HTTPException(400, "a Bulk Data export needs the header Prefer: respond-async")
+    if output_format not in OUTPUT_FORMATS:
+        raise HTTPException(400, f"_outputFormat {output_format} is not supported; use {NDJSON}")
+    unsupported = [name for name in UNSUPPORTED if name in request.query_params]
+    if unsupported:
+        raise HTTPException(400, f"not supported: {', '.join(unsupported)}")
+    deidentified = deidentify_for(actor, deidentify)
+    profile = deidentifier(runtime).profile if deidentified else None
+    since = None
+    if since_param is not None:
+        since = parse_moment(since_param)
+        if since is None or len(since_param) < 10:
+            raise HTTPException(400, f"_since {since_param!r} is not a FHIR instant")
+    allowed = profile.resource_types if profile else None
+    if type_param:
+        types = sorted({name.strip() for name in type_param.split(",") if name.strip()})
+        bad = [name for name in types if not TYPE_NAME.match(name)]
+        refused = [name for name in types if allowed is not None and name not in allowed]
+        if bad or refused or not types:
+            raise HTTPException(400, f"_type: {', '.join(bad)} not resource types" if bad else
+                                f"_type: {', '.join(refused)} never leave de-identified (profile {profile.name})")
+    else:
+        types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
+    job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
+                      profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
+                      types=types, since=since)
+    worker = getattr(request.app.state, "export_worker", None)
+    if worker is not None:
+        worker.wake()
+    location = f"{_base(request)}/$export-status/{job.id}"
+    return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
+                    headers={"Content-Location": location})
+
+
+def _job_of(request: Request, actor: Actor, job_id: str) -> ExportJob:
+    job = jobs.get(request.app.state.runtime.engine, job_id)
+    if job is None or job.status in (jobs.CANCELLED, jobs.EXPIRED) or not may_read_job(actor, job.owner_sub, job.deidentified):
+        raise HTTPException(404, f"export {job_id} is not known (or was cancelled or has expired)")
+    return job
+
+
+@router.get("/$export-status/{job_id}", summary="Poll an export: 202 with X-Progress while running, then the manifest")
+def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
+    job = _job_of(request, actor, job_id)
+    if job.status in jobs.ACTIVE:
+        cursor = json.loads(job.cursor) if job.cursor else {}
+        current = (cursor.get("current") or {}).get("type")
+        done = len(cursor.get("done") or [])
+        progress = (f"{job.status}: {job.exported} resources written, {done} of {len(json.loads(job.types))} types done"
+                    + (f", now {current}" if current else ""))
+        return Response(status_code=202, headers={"X-Progress": progress[:200], "Retry-After": "1"})
+    if job.status == jobs.FAILED:
+        return _outcome(500, job.error or "the export failed", code="exception")
+    return JSONBody(_manifest(request, job), headers={"Expires": _expires(request, job)})
+
+
+def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
+    base = _base(request)
+    output = [{"type": entry["type"], "url": f"{base}/$export-file/{job.id}/{entry['file']}", "count": entry["count"]}
+              for entry in json.loads(job.output or "[]")]
+    profile = None
+    if job.deidentified:
+        runtime = request.app.state.runtime
+        applied = deidentifier(runtime).profile
+        profile = {"profile": job.profile, "title": applied.title if applied.name == job.profile else None,
+                   "pseudonyms": "HMAC-SHA256 with the study secret, stable across exports",
+                   "dates": "shifted by a secret per-subject offset (intervals preserved)"}
+    return {
+        "transactionTime": instant(job.transaction_time),
+        "request": job.request_url,
+        "requiresAccessToken": True,
+        "output": output,
+        "error": [],
+        "extension": {"deidentification": profile, "deidentified": job.deidentified},
+    }
+
+
+def _expires(request: Request, job: ExportJob) -> str:
+    hours = request.app.state.runtime.settings.export_retention_hours
+    moment = (job.finished_at or jobs.now()) + timedelta(hours=hours)
+    return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+@router.delete("/$export-status/{job_id}", summary="Cancel an export (or delete its files)", status_code=202)
+def export_cancel(request: Request, job_id: str, actor: Actor = EXPORT):
+    job = _job_of(request, actor, job_id)
+    if not jobs.cancel(request.app.state.runtime.engine, job.id):
+        raise HTTPException(404, f"export {job_id} is already finished with")
+    discard(job.directory)  # the worker discards again if it was writing
+    return _outcome(202, f"export {job_id} cancelled", severity="information", code="informational")
+
+
+@router.get("/$export-file/{job_id}/{file_name}", summary="Download one NDJSON file of a finished export (its owner only)")
+async def export_file(request: Request, job_id: str, file_name: str, actor: Actor = EXPORT):
+    job = await run_in_threadpool(_job_of, request, actor, job_id)
+    entries = {entry["file"]: entry for entry in json.loads(job.output or "[]")} if job.status == jobs.COMPLETED else {}
+    entry = entries.get(file_name)
+    path = Path(job.directory) / file_name
+    if entry is None or not path.is_file():
+        raise HTTPException(404, f"export {job_id} has no file {file_name}")
+    await run_in_threadpool(_audit_download, request, actor, job, entry)
+    return FileResponse(path, media_type=NDJSON)
+
+
+def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:
+    with transaction(request.app.state.runtime.engine) as session:
+        audit.append(session, actor, "export.download", source="export", resource=f"export/{job.id}",
+                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry["count"],
+                                                                 "deidentified": job.deidentified}, sort_keys=True))

@@ -1,0 +1,107 @@
+"""Current resources as of an instant, read in keyset-paged batches: memory is one batch, whatever the size."""
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql import Select
+
+from ecrf.db import reading
+from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
+
+
+@dataclass(frozen=True)
+class Row:
+    resource_id: str
+    patient_id: str | None
+    content: str  # the stored JSON text
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which resources of one type: as of `until` (a snapshot), changed after `since`, at `sites`,
+    about the subjects of `study_id` (a Group export)."""
+    resource_type: str
+    until: datetime
+    since: datetime | None = None
+    sites: tuple[str, ...] | None = None
+    study_id: str | None = None
+
+
+def study_patients(study_id: str) -> Select:
+    subjects = select(SearchToken.resource_id).where(
+        SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
+        SearchToken.value == f"ResearchStudy/{study_id}")
+    return select(ResourceHead.patient_id).where(
+        ResourceHead.resource_type == "ResearchSubject", ResourceHead.resource_id.in_(subjects))
+
+
+def _heads(scope: Scope, after: str | None, limit: int) -> Select:
+    head = ResourceHead.__table__.c
+    statement = (
+        select(head.resource_id, head.patient_id, head.last_updated, ResourceVersion.__table__.c.content)
+        .join(ResourceVersion.__table__, ResourceVersion.__table__.c.pk == head.version_pk)
+        .where(head.resource_type == scope.resource_type,
+               # deleted after the snapshot: its earlier version is still part of it
+               or_(head.deleted == False, head.last_updated > scope.until))  # noqa: E712
+        .order_by(head.resource_id).limit(limit)
+    )
+    if after is not None:
+        statement = statement.where(head.resource_id > after)
+    if scope.since is not None:
+        statement = statement.where(head.last_updated > scope.since)
+    if scope.sites is not None:
+        statement = statement.where(head.site.in_(scope.sites))
+    if scope.study_id is not None:
+        statement = statement.where(head.patient_id.in_(study_patients(scope.study_id)))
+    return statement
+
+
+def _as_of(connection, scope: Scope, resource_ids: list[str]) -> dict[str, tuple[str, datetime] | None]:
+    """For resources changed after the snapshot: their latest version at the snapshot (None: none, or deleted)."""
+    version = ResourceVersion.__table__.c
+    rows = connection.execute(
+        select(version.resource_id, version.content, version.last_updated, version.deleted)
+        .where(version.resource_type == scope.resource_type, version.resource_id.in_(resource_ids),
+               version.last_updated <= scope.until)
+        .order_by(version.resource_id, version.version_id)
+    ).all()
+    found: dict[str, tuple[str, datetime] | None] = dict.fromkeys(resource_ids)
+    for resource_id, content, last_updated, deleted in rows:
+        found[resource_id] = None if deleted else (content, last_updated)
+    return found
+
+
+def batches(engine: Engine, scope: Scope, after: str | None = None, size: int = 1000) -> Iterator[tuple[str, list[Row]]]:
+    """(last resource id of the batch, rows): each batch its own short read; resume with `after`."""
+    until = scope.until
+    while True:
+        with reading(engine) as session:
+            connection = session.connection()
+            heads = connection.execute(_heads(scope, after, size)).all()
+            if not heads:
+                return
+            late = [resource_id for resource_id, _, last_updated, _ in heads if _aware(last_updated) > until]
+            earlier = _as_of(connection, scope, late) if late else {}
+        rows = []
+        for resource_id, patient_id, last_updated, content in heads:
+            if resource_id in earlier:
+                version = earlier[resource_id]
+                if version is None or (scope.since is not None and _aware(version[1]) <= scope.since):
+                    continue
+                content = version[0]
+            rows.append(Row(resource_id, patient_id, content))
+        after = heads[-1][0]
+        yield after, rows
+        if len(heads) < size:
+            return
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def resource_types(engine: Engine) -> list[str]:
+    with reading(engine) as session:
+        return sorted(session.connection().execute(select(ResourceHead.__table__.c.resource_type).distinct()).scalars())

@@ -1,0 +1,96 @@
+"""The background worker each instance starts with the app: claims export jobs from the database and runs them."""
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from ecrf.export import bulk, jobs
+from ecrf.runtime import Runtime
+
+log = logging.getLogger(__name__)
+IDLE_POLL_SECONDS = 1.0
+SWEEP_SECONDS = 60.0
+
+
+class ExportWorker:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"export-worker-{self.id}", daemon=True)
+        self._swept = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        self.stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        settings = self.runtime.settings
+        while not self.stopping.is_set():
+            try:
+                job = jobs.claim(self.runtime.engine, self.id, settings.export_lease_seconds)
+            except Exception:  # noqa: BLE001 - the database may be briefly away; try again later
+                log.exception("claiming an export job failed")
+                job = None
+            if job is not None:
+                self._run(job)
+                continue
+            self._sweep()
+            self._wake.wait(IDLE_POLL_SECONDS)
+            self._wake.clear()
+
+    def _run(self, job) -> None:
+        engine = self.runtime.engine
+        try:
+            bulk.run(self.runtime, job, self.id, self.stopping)
+        except bulk.Stopped:
+            current = jobs.get(engine, job.id)
+            if current is not None and current.status == jobs.CANCELLED:
+                bulk.discard(job.directory)
+            elif self.stopping.is_set():
+                jobs.release(engine, job, self.id)
+        except Exception as error:  # noqa: BLE001 - a failed job is reported to its owner, not fatal to the worker
+            log.exception("export job %s failed", job.id)
+            jobs.fail(engine, job, self.id, f"the export failed ({type(error).__name__}); start a new one")
+
+    def _sweep(self) -> None:
+        if time.monotonic() - self._swept < SWEEP_SECONDS:
+            return
+        self._swept = time.monotonic()
+        retention = timedelta(hours=self.runtime.settings.export_retention_hours)
+        try:
+            for directory in jobs.expire(self.runtime.engine, retention):
+                bulk.discard(directory)
+        except Exception:  # noqa: BLE001
+            log.exception("expiring export files failed")
+
+
+@asynccontextmanager
+async def worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Starts this instance's export worker with the app and stops it (releasing its job) at shutdown."""
+    runtime: Runtime = app.state.runtime
+    worker = ExportWorker(runtime) if runtime.settings.export_worker else None
+    app.state.export_worker = worker
+    if worker is not None:
+        worker.start()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            await run_in_threadpool(worker.stop)
