@@ -2,15 +2,15 @@
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func
 from sqlmodel import select
 
 from ecrf.audit.models import AuditEntry
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.pagination import Limit, Offset, page
 from ecrf.store.unit import read_only
-from ecrf.subjects.router import page
 from ecrf.subjects.service import resolve
 
 router = APIRouter(tags=["audit"])
@@ -41,7 +41,7 @@ def _entry(entry: AuditEntry, subject_id: str) -> dict[str, Any]:
 @router.get("/subjects/{subject_id}/audit")
 def subject_audit(subject_id: str, request: Request, form: str | None = None, visit: str | None = None,
                   item: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                  offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1),
+                  offset: Offset = 0, limit: Limit = None,
                   actor: Actor = Depends(requires("audit.read"))) -> dict[str, Any]:
     """Every audited change of the subject (both doors): who, when, what, old and new value, reason,
     source and resource version; filter by form, visit, item and time (`since`, `until`, inclusive)."""

@@ -1,10 +1,11 @@
 """/api/v1 eligibility: one subject's criteria, and the study's screening log."""
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.pagination import Limit, Offset, page
 from ecrf.crf.errors import EditCheckFailed
 from ecrf.eligibility import service
 from ecrf.store.unit import read_only
@@ -26,7 +27,7 @@ def subject_eligibility(subject_id: str, request: Request,
 
 @router.get("/eligibility")
 def screening_log(request: Request, site: str | None = None, status: str | None = None,
-                  offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1),
+                  offset: Offset = 0, limit: Limit = None,
                   actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
     """Subjects of the caller's sites with their eligibility status and the criteria that block them,
     as of the latest write (paginated; filter by site and status)."""
@@ -35,8 +36,7 @@ def screening_log(request: Request, site: str | None = None, status: str | None 
                                 "message": f"status must be one of {', '.join(service.STATUSES)}"}],
                               "the query is not valid")
     runtime = request.app.state.runtime
-    settings = runtime.settings
-    offset, limit = max(offset, 0), min(limit or settings.page_size_default, settings.page_size_max)
+    offset, limit = page(request, offset, limit)
     with read_only(runtime, actor) as store:
         total, items = service.screening_log(store, site=site, status=status, offset=offset, limit=limit)
     return {"items": items, "total": total, "offset": offset, "limit": limit}

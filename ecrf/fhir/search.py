@@ -8,13 +8,13 @@ from sqlalchemy import and_, func, not_, or_
 from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
+from ecrf.pagination import MAX_OFFSET
 from ecrf.store.indexing import SEARCH_PARAMS
 from ecrf.store.models import ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
 CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format")
 COMMON_PARAMS = {"_id": "id", "_lastUpdated": "last-updated"}
-MAX_OFFSET = 1_000_000_000
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 

@@ -2,10 +2,11 @@
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.pagination import Limit, Offset, page
 from ecrf.crf.schedule import day_zero, visit_schedule
 from ecrf.crf.service import subject_instances
 from ecrf.responses import JSONBody
@@ -14,11 +15,6 @@ from ecrf.subjects import service
 from ecrf.subjects.schemas import Enrolment
 
 router = APIRouter(tags=["subjects"])
-
-
-def page(request: Request, offset: int, limit: int | None) -> tuple[int, int]:
-    settings = request.app.state.runtime.settings
-    return max(offset, 0), min(max(limit or settings.page_size_default, 1), settings.page_size_max)
 
 
 @router.post("/subjects", status_code=201)
@@ -34,7 +30,7 @@ def enrol(body: Enrolment, request: Request, actor: Actor = Depends(requires("su
 
 @router.get("/subjects")
 def list_subjects(request: Request, site: str | None = None, status: str | None = None,
-                  offset: int = Query(0, ge=0), limit: int | None = Query(None, ge=1),
+                  offset: Offset = 0, limit: Limit = None,
                   actor: Actor = Depends(requires("subject.read"))) -> dict[str, Any]:
     """Subjects the caller may see (own sites), filtered by site and ResearchSubject status, paginated."""
     runtime = request.app.state.runtime
