@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from ecrf.crf.models import FormInstance
@@ -75,7 +76,7 @@ def _facts(session: Session, patient_id: str, form_id: str) -> list[ShownFact]:
         select(ItemFact, ResourceVersion.source, ResourceVersion.author_sub)
         .join(ResourceVersion, (ResourceVersion.resource_type == ItemFact.resource_type)
               & (ResourceVersion.resource_id == ItemFact.resource_id)
-              & (ResourceVersion.version_id == ItemFact.version_id))
+              & (ResourceVersion.version_id == func.coalesce(ItemFact.set_in_version, ItemFact.version_id)))
         .where(ItemFact.patient_id == patient_id, ItemFact.form_id == form_id)
         .order_by(ItemFact.pk)
     ).all()

@@ -99,7 +99,8 @@ class ItemFact(SQLModel, table=True):
     uln: float | None = None
     effective: datetime | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
-    source: str = Field(max_length=16)
+    source: str = Field(max_length=16)  # the door of the write that set this value (form, fhir, system)
+    set_in_version: int | None = None  # the resource version that set this value; later versions may carry it
 
 
 class ConditionalKey(SQLModel, table=True):

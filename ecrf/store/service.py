@@ -78,6 +78,7 @@ def _stored(row: ResourceVersion) -> Stored:
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 DerivedHook = Callable[["ClinicalStore", set[str]], None]
+FactKey = tuple[str, str]  # (form id, item id)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class ClinicalStore:
                  "moment": token.moment}
                 for token in search_tokens(stored.content))
             new_facts = self.indexer.facts(stored.content)
-            facts.extend(self._fact_row(stored, fact) for fact in new_facts)
+            facts.extend(self._fact_row(stored, fact, context) for fact in new_facts)
             common = dict(action="create", source=context.source, patient_id=stored.patient_id,
                           visit_id=context.visit_id, reason=context.reason, resource=stored.reference,
                           resource_version=1)
@@ -347,14 +348,14 @@ class ClinicalStore:
         except IntegrityError as error:
             raise Conflict(f"{resource_type}/{resource_id} was created concurrently: retry") from error
         stored = _stored(row)
-        old_facts = self._reindex(stored)
-        self._audit(stored, context, old_facts)
+        old_facts, new_facts = self._reindex(stored, context)
+        self._audit(stored, context, old_facts, new_facts)
         if patient_id:
             self.touched_patients.add(patient_id)
         return stored
 
-    def _reindex(self, stored: Stored) -> dict[tuple[str, str], ItemFact]:
-        """Replace the resource's tokens and facts; returns the facts it had before."""
+    def _reindex(self, stored: Stored, context: WriteContext) -> tuple[dict[FactKey, ItemFact], dict[FactKey, Fact]]:
+        """Replace the resource's tokens and facts; returns the facts it had before and has now."""
         key = (ItemFact.resource_type == stored.resource_type) & (ItemFact.resource_id == stored.resource_id)
         old = {(fact.form_id, fact.item_id): fact for fact in self.session.exec(select(ItemFact).where(key)).all()}
         self.session.execute(sql_delete(ItemFact).where(key))
@@ -362,7 +363,7 @@ class ClinicalStore:
             (SearchToken.resource_type == stored.resource_type) & (SearchToken.resource_id == stored.resource_id)
         ))
         if stored.deleted:
-            return old
+            return old, {}
         tokens = [
             {"resource_type": stored.resource_type, "resource_id": stored.resource_id, "param": token.param,
              "system": _cut(token.system), "code": _cut(token.code), "value": _cut(token.value), "moment": token.moment}
@@ -370,24 +371,32 @@ class ClinicalStore:
         ]
         if tokens:
             self.session.execute(SearchToken.__table__.insert(), tokens)
-        facts = [self._fact_row(stored, fact) for fact in self.indexer.facts(stored.content)]
+        new = {(fact.form_id, fact.item_id): fact for fact in self.indexer.facts(stored.content)}
+        facts = [self._fact_row(stored, fact, context, old.get(key)) for key, fact in new.items()]
         if facts:
             self.session.execute(ItemFact.__table__.insert(), facts)
-        return old
+        return old, new
 
     @staticmethod
-    def _fact_row(stored: Stored, fact: Fact) -> dict[str, Any]:
+    def _fact_row(stored: Stored, fact: Fact, context: WriteContext, before: ItemFact | None = None) -> dict[str, Any]:
+        """The fact of the new version; a value this version did not change keeps the provenance (source and
+        version) of the write that set it, so a derived status update does not claim a clinician's value."""
+        if before is not None and _shown(before) == _shown(fact):
+            source, set_in = before.source or context.source, before.set_in_version or before.version_id
+        else:
+            source, set_in = context.source, stored.version_id
         return {
             "resource_type": stored.resource_type, "resource_id": stored.resource_id,
             "version_id": stored.version_id, "patient_id": stored.patient_id, "form_id": fact.form_id,
             "item_id": fact.item_id, "value_number": fact.value_number, "value_text": fact.value_text,
             "unit": fact.unit, "original_value": _cut(fact.original_value, 64), "original_unit": _cut(fact.original_unit, 64),
-            "uln": fact.uln, "effective": fact.effective, "error": fact.error, "source": "",
+            "uln": fact.uln, "effective": fact.effective, "error": fact.error, "source": source,
+            "set_in_version": set_in,
         }
 
-    def _audit(self, stored: Stored, context: WriteContext, old_facts: dict[tuple[str, str], ItemFact]) -> None:
+    def _audit(self, stored: Stored, context: WriteContext, old_facts: dict[FactKey, ItemFact],
+               new_facts: dict[FactKey, Fact]) -> None:
         action = "delete" if stored.deleted else ("create" if stored.version_id == 1 else "update")
-        new_facts = {} if stored.deleted else {(f.form_id, f.item_id): f for f in self.indexer.facts(stored.content)}
         common = dict(source=context.source, patient_id=stored.patient_id, visit_id=context.visit_id,
                       reason=context.reason, resource=stored.reference, resource_version=stored.version_id)
         changed = False
