@@ -16,6 +16,7 @@ from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
 from ecrf.eligibility.router import router as eligibility_router
+from ecrf.queries.router import router as queries_router
 from ecrf.subjects.router import router as subjects_router
 
 API_PREFIX = "/api/v1"
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(subjects_router, prefix=API_PREFIX)
     app.include_router(crf_router, prefix=API_PREFIX)
     app.include_router(eligibility_router, prefix=API_PREFIX)
+    app.include_router(queries_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(export_forms_router, prefix=API_PREFIX)
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...

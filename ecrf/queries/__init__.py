@@ -1,0 +1,1 @@
+"""Data clarification queries: a monitor or data manager asks, the site answers, the query is closed."""
