@@ -12,11 +12,13 @@ from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
 from ecrf.study.router import router as study_router
+from ecrf.admin.router import router as admin_router
 from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
 from ecrf.eligibility.router import router as eligibility_router
 from ecrf.queries.router import router as queries_router
+from ecrf.reports.router import router as reports_router
 from ecrf.subjects.router import router as subjects_router
 
 API_PREFIX = "/api/v1"
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(queries_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(export_forms_router, prefix=API_PREFIX)
+    app.include_router(reports_router, prefix=API_PREFIX)
+    app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)

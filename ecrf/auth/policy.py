@@ -26,6 +26,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "export.deidentified": frozenset({"sponsor", "data_manager"}),
     "export.identified": frozenset({"data_manager"}),
     "report.aggregate": frozenset({"sponsor", "data_manager", "monitor"}),
+    "settings.read": frozenset({"admin"}),
+    "audit.verify": frozenset({"admin", "data_manager"}),
 }
 PUBLIC = "public"
 

@@ -12,6 +12,7 @@ class FormInstance(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("subject_id", "form_id", "visit_id", name="uq_form_instance"),
         Index("ix_form_instance_patient", "patient_id"),
+        Index("ix_form_instance_report", "site", "form_id", "visit_id", "status"),  # the enrolment report
     )
 
     id: str = Field(primary_key=True, max_length=32)

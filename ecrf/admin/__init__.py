@@ -1,0 +1,1 @@
+"""Administration: the effective configuration (never a secret) and the audit chain check."""

@@ -1,0 +1,71 @@
+"""Response bodies of the admin API."""
+from pydantic import BaseModel, Field
+
+
+class StudyView(BaseModel):
+    id: str
+    dir: str
+
+
+class DatabaseView(BaseModel):
+    backend: str = Field(description="sqlite or postgresql")
+    driver: str
+    host: str | None
+    port: int | None
+    database: str | None = Field(description="database name, or the SQLite file")
+
+
+class TokensView(BaseModel):
+    algorithms: list[str]
+    issuer: str
+    audience: str
+    leeway_seconds: int
+    max_bytes: int
+    jwks_file: str | None
+    signing_secret: str | None = Field(description="where the HS secret comes from, never its value; "
+                                                   "null with a JWKS")
+
+
+class LimitsView(BaseModel):
+    max_body_bytes: int
+    max_bundle_entries: int
+    max_json_depth: int
+    max_json_elements: int
+    rate_limit_per_minute: int
+
+
+class PagingView(BaseModel):
+    page_size_default: int
+    page_size_max: int
+
+
+class ExportsView(BaseModel):
+    dir: str
+    profile: str
+    worker: bool
+    batch_size: int
+    lease_seconds: int
+    retention_hours: int
+    batch_pause_seconds: float
+    study_secret: str | None = Field(description="where the pseudonym key comes from, never its value")
+
+
+class ReportsView(BaseModel):
+    min_cell: int
+
+
+class EffectiveSettings(BaseModel):
+    study: StudyView
+    database: DatabaseView
+    tokens: TokensView
+    limits: LimitsView
+    paging: PagingView
+    exports: ExportsView
+    reports: ReportsView
+
+
+class ChainCheck(BaseModel):
+    ok: bool
+    entries: int = Field(description="audit entries walked")
+    first_bad_seq: int | None = Field(description="the first altered, missing or unlinked entry")
+    message: str
