@@ -13,6 +13,7 @@ from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
 from ecrf.study.router import router as study_router
 from ecrf.admin.router import router as admin_router
+from ecrf.audit.access.router import router as access_log_router
 from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(eligibility_router, prefix=API_PREFIX)
     app.include_router(queries_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
+    app.include_router(access_log_router, prefix=API_PREFIX)
     app.include_router(export_forms_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)

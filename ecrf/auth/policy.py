@@ -1,8 +1,11 @@
 """The one access policy: which role may do which action. Everything not listed is denied.
 
 Routes declare their action with `requires(action)`; site scoping is applied by the store where data
-is read, using the actor's `sites`.
+is read, using the actor's `sites`. On the FHIR door each interaction also names its resource type and
+SMART permissions (`c r u d s`): a token carrying SMART scopes must be granted them too (ecrf/auth/scopes.py),
+so a scope narrows what the role allows and never widens it.
 """
+from ecrf.auth import scopes
 from ecrf.auth.actor import Actor
 
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -26,15 +29,20 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "export.deidentified": frozenset({"sponsor", "data_manager"}),
     "export.identified": frozenset({"data_manager"}),
     "report.aggregate": frozenset({"sponsor", "data_manager", "monitor"}),
+    "access_log.read": frozenset({"admin"}),
     "settings.read": frozenset({"admin"}),
     "audit.verify": frozenset({"admin", "data_manager"}),
 }
 PUBLIC = "public"
 
 
-def can(actor: Actor, action: str, site: str | None = None) -> bool:
-    """May `actor` do `action` (at `site`, when the resource belongs to one)?"""
+def can(actor: Actor, action: str, site: str | None = None, *, resource_type: str | None = None,
+        permissions: str = "") -> bool:
+    """May `actor` do `action` (at `site`, when the resource belongs to one; on `resource_type` needing the
+    SMART `permissions`, on the FHIR door)?"""
     allowed = PERMISSIONS.get(action)
     if allowed is None or not (actor.roles & allowed):
+        return False
+    if permissions and (resource_type is None or not scopes.allows(actor.scopes, resource_type, permissions)):
         return False
     return site is None or actor.may_see_site(site)

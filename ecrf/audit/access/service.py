@@ -1,0 +1,90 @@
+"""Recording access to identified data: after a read succeeds, before its response leaves.
+
+One batched insert per response, in its own short transaction, with no lock shared by readers (unlike the
+hash-chained audit trail, whose head row serialises writers). If the insert fails the response fails:
+identifiers never leave unrecorded. Only ids, the route without its query string, and what kind of
+identifier was shown are written: never a name, MRN or birth date.
+"""
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.engine import Engine
+
+from ecrf.audit.access.models import AccessEvent
+from ecrf.auth.actor import Actor
+from ecrf.db import transaction
+from fhir_mappings.definitions import StudyDef
+
+PATIENT, MRN, BIRTH_DATE, IDENTIFIED_EXPORT = "patient", "mrn", "birth_date", "identified_export"
+
+
+def record(engine: Engine, actor: Actor, *, route: str, interaction: str, kind: str,
+           patient_ids: Iterable[str | None]) -> int:
+    """Append one row per distinct patient id; returns how many."""
+    ids = list(dict.fromkeys(pid for pid in patient_ids if pid))
+    if not ids:
+        return 0
+    common = {"at": datetime.now(UTC), "request_id": uuid.uuid4().hex, "actor_sub": actor.sub,
+              "actor_role": actor.role[:64], "actor_site": actor.site, "route": route[:200],
+              "interaction": interaction, "kind": kind}
+    with transaction(engine) as session:
+        session.execute(AccessEvent.__table__.insert(), [{**common, "patient_id": pid[:64]} for pid in ids])
+    return len(ids)
+
+
+def record_request(request: Request, actor: Actor, interaction: str, kind: str,
+                   patient_ids: Iterable[str | None]) -> int:
+    """`record` for the current request: its method and path (no query string) are the route."""
+    return record(request.app.state.runtime.engine, actor, route=f"{request.method} {request.url.path}",
+                  interaction=interaction, kind=kind, patient_ids=patient_ids)
+
+
+def patients_shown(body: Any) -> list[str]:
+    """Ids of the Patient resources in a FHIR response body: the resource itself, or any Bundle's entries
+    (a batch's GET entries hold searchsets of their own), at any depth."""
+    found: list[str] = []
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("resourceType")
+        if kind == "Patient" and isinstance(node.get("id"), str):
+            found.append(node["id"])
+        elif kind == "Bundle":
+            stack.extend(entry.get("resource") for entry in reversed(node.get("entry") or [])
+                         if isinstance(entry, dict))
+    return found
+
+
+def identifier_items(study: StudyDef) -> frozenset[str]:
+    """Items the study marks identifier-bearing (the birth date)."""
+    return frozenset(item.id for form in study.forms for item in form.items if item.identifier_bearing)
+
+
+def shows_identifiers(study: StudyDef, body: Any) -> bool:
+    """Whether a JSON view holds a value of an identifier-bearing item anywhere: a form's `items` and
+    `alternatives` (keyed by item id), eligibility evidence (`item` + `value`), audit entries (`item_id` +
+    old or new value)."""
+    wanted = identifier_items(study)
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        named = node.get("item", node.get("item_id"))
+        if named in wanted and any(node.get(key) is not None for key in ("value", "old_value", "new_value")):
+            return True
+        for key, value in node.items():
+            if key in wanted and (isinstance(value, dict) and value.get("value") is not None
+                                  or isinstance(value, list) and value):
+                return True
+            if isinstance(value, (dict, list)):
+                stack.append(value)
+    return False
