@@ -24,6 +24,8 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_bundle_entries: int = 10_000
+    max_json_depth: int = Field(default=64, ge=2, le=1000)  # orjson itself stops at 1024
+    max_json_elements: int = 1_000_000  # JSON values in one body (a 10,000-entry lab Bundle has ~260,000)
     rate_limit_per_minute: int = 6000  # per client (bearer token or address); 0 turns it off
     page_size_default: int = 50
     page_size_max: int = 500

@@ -11,6 +11,7 @@ from ecrf.store.errors import StoreError
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
                422: "processing", 429: "throttled"}
+MAX_LISTED_ERRORS = 100  # a body with a million unknown fields must not get a million errors back
 
 
 def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -37,7 +38,9 @@ def error_response(request: Request, status: int, message: str, *, code: str | N
         return JSONBody(operation_outcome(issues), status_code=status, media_type=FHIR_JSON, headers=headers)
     body: dict[str, Any] = {"detail": message}
     if errors:
-        body["errors"] = errors
+        if len(errors) > MAX_LISTED_ERRORS:
+            body["detail"] = f"{message} ({len(errors)} errors; the first {MAX_LISTED_ERRORS} are listed)"
+        body["errors"] = errors[:MAX_LISTED_ERRORS]
     elif location:
         body["errors"] = [{"item": location, "rule": code or "invalid", "message": message}]
     return JSONBody(body, status_code=status, headers=headers)

@@ -70,3 +70,33 @@ def test_request_log_carries_no_query_string(tight_server, caplog):
             http.get("/api/v1/study", params={"mrn": "MRN-SECRET-4711"})
     assert any("/api/v1/study" in record.getMessage() for record in caplog.records)
     assert not any("MRN-SECRET-4711" in record.getMessage() for record in caplog.records)
+
+
+def test_a_throttled_fhir_client_gets_an_operation_outcome_and_api_clients_the_error_shape(tight_server):
+    with tight_server.client("investigator", "S01", sub="fhir-flooder") as flooder:
+        responses = [flooder.get("/fhir/Patient") for _ in range(8)]
+    refused = responses[-1]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["resourceType"] == "OperationOutcome" and refused.json()["issue"][0]["code"] == "throttled"
+    with tight_server.client("investigator", "S01", sub="api-flooder") as flooder:
+        responses = [flooder.get("/api/v1/study") for _ in range(8)]
+    body = responses[-1].json()
+    assert responses[-1].status_code == 429 and body["detail"]
+    assert body["errors"] == [{"item": "request", "rule": "rate_limit", "message": body["detail"]}]
+
+
+def test_clients_without_a_token_are_limited_by_address(tight_server):
+    with tight_server.client() as anonymous:
+        statuses = [anonymous.get("/fhir/metadata").status_code for _ in range(8)]
+    assert statuses[:5] == [200] * 5 and statuses[-1] == 429
+
+
+def test_the_rate_limit_is_read_from_the_environment_and_zero_turns_it_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECRF_RATE_LIMIT_PER_MINUTE", "7")
+    assert Settings(_env_file=None).rate_limit_per_minute == 7
+    monkeypatch.setenv("ECRF_RATE_LIMIT_PER_MINUTE", "0")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'open.db'}", jwt_secret=secrets.token_urlsafe(32),
+                        _env_file=None)
+    assert settings.rate_limit_per_minute == 0
+    with running_server(settings) as open_server, open_server.client("investigator", "S01") as http:
+        assert all(http.get("/api/v1/study").status_code == 200 for _ in range(40))

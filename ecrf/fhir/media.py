@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from ecrf.errors import FHIR_JSON
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import version_of_etag
+from ecrf.security import Refusal, parse_json_body
 from ecrf.store.service import Stored
 
 ACCEPTED_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
@@ -39,25 +40,21 @@ def version_headers(stored: Stored, *, location: bool = False) -> dict[str, str]
 
 
 async def read_json(request: Request) -> Any:
-    """The request body as JSON, refused with 413 once it passes the configured size, unread."""
+    """The request body as JSON. RequestGuard (ecrf/security.py) has already read and checked it (size,
+    strict JSON, depth, number of values, control characters) and left the parsed document in the state."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type not in ACCEPTED_CONTENT_TYPES:
         raise FhirError.one(415, f"content type {content_type or 'none'!r} is not supported: "
                                  "send application/fhir+json or application/json", code="not-supported")
-    limit = request.app.state.runtime.settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise FhirError.one(413, f"the body has {declared} bytes; the limit is {limit}", code="too-costly")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise FhirError.one(413, f"the body passes the limit of {limit} bytes", code="too-costly")
-        chunks.append(chunk)
     try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as error:
-        raise FhirError.one(400, f"the body is not JSON: {error}", code="structure") from error
+        return request.state.json_body
+    except AttributeError:
+        pass
+    try:
+        return parse_json_body(await request.body(), request.app.state.runtime.settings)
+    except Refusal as refusal:
+        raise FhirError.one(refusal.status, refusal.message, code=refusal.code,
+                            location=refusal.location(fhir=True)) from None
 
 
 def if_match_version(request: Request) -> int | None:

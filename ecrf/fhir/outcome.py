@@ -4,6 +4,8 @@ from typing import Any
 from ecrf.errors import issue, operation_outcome
 from ecrf.store.errors import StoreError
 
+MAX_ISSUES_PER_RESOURCE = 100  # a resource with a million bad values gets a short answer, not a huge one
+
 
 class FhirError(Exception):
     """A refusal with one or more issues; the status is the HTTP status of the whole response."""
@@ -36,6 +38,9 @@ def fhirpath(prefix: str, loc: tuple[Any, ...]) -> str:
 
 def validation_issues(errors: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     issues = []
+    if len(errors) > MAX_ISSUES_PER_RESOURCE:
+        issues.append(issue(f"{len(errors)} problems; the first {MAX_ISSUES_PER_RESOURCE} are listed", location=prefix))
+        errors = errors[:MAX_ISSUES_PER_RESOURCE]
     for error in errors:
         loc = tuple(part for part in error.get("loc", ()) if part != "__root__")
         kind = error.get("type", "")

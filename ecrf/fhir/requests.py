@@ -1,4 +1,5 @@
 """Turning a Bundle entry's request (or a REST call) into an Entry, with every problem located."""
+import re
 from typing import Any
 
 from ecrf.errors import issue
@@ -10,13 +11,14 @@ ENTRY_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "link", "ful
 REQUEST_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "method", "url", "ifNoneMatch",
                               "ifModifiedSince", "ifMatch", "ifNoneExist"})
 METHODS = ("GET", "POST", "PUT", "DELETE")
+VERSION_ID = re.compile("[0-9]{1,9}")  # ASCII digits only ("²".isdigit() is true), within every database's integer
 
 
 def version_of_etag(value: str) -> int | None:
     text = value.strip()
     text = text[2:] if text.startswith("W/") else text
     text = text.strip('"')
-    return int(text) if text.isdigit() else None
+    return int(text) if VERSION_ID.fullmatch(text) else None
 
 
 def bundle_entry(raw: Any, index: int, base_url: str) -> tuple[Entry | None, list[dict[str, Any]]]:
@@ -113,6 +115,6 @@ def _url_shape(method: str, parts: list[str], query: str) -> str | None:
         if len(parts) == 1 and query:
             return None
         return "expected Type/id or Type?criteria"
-    if len(parts) in (1, 2) or (len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit()):
+    if len(parts) in (1, 2) or (len(parts) == 4 and parts[2] == "_history" and VERSION_ID.fullmatch(parts[3])):
         return None if not (query and len(parts) > 1) else "a read takes no parameters"
     return "expected Type, Type?criteria, Type/id or Type/id/_history/vid"

@@ -12,7 +12,7 @@ from ecrf.fhir.outcome import validation_issues
 WRITABLE_TYPES = ("Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
                   "MedicationStatement", "Specimen")
 READ_ONLY_TYPES = ("ResearchStudy",)
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")  # FHIR's id, but "." and ".." would be path segments
 
 
 @cache
