@@ -8,6 +8,7 @@ import time
 
 import pytest
 from jose import jwt
+from route_support import declared_actions, every_route
 
 from ecrf.app import create_app
 from ecrf.auth.dependencies import current_actor
@@ -129,40 +130,12 @@ def test_openapi_yaml_matches_the_app():
     assert OPENAPI_FILE.read_text() == render(), "openapi.yaml is out of date: run python -m ecrf.openapi"
 
 
-def _route_actions(route) -> list[str]:
-    found = []
-
-    def walk(dependant):
-        for dependency in dependant.dependencies:
-            action = getattr(dependency.call, "action", None)
-            if action:
-                found.append(action)
-            walk(dependency)
-
-    walk(route.dependant)
-    for dependency in getattr(route, "dependencies", None) or []:
-        action = getattr(dependency.dependency, "action", None)
-        if action:
-            found.append(action)
-    return found
-
-
-def every_route(app):
-    """(methods, path, route) for every endpoint, including those of included routers."""
-    for route in app.routes:
-        if hasattr(route, "effective_route_contexts"):
-            for context in route.effective_route_contexts():
-                yield sorted(getattr(context.original_route, "methods", ())), context.path, context
-        elif hasattr(route, "dependant"):
-            yield sorted(route.methods), route.path, route
-
-
 def test_every_route_declares_who_may_call_it():
     app = create_app(Settings(database_url="sqlite://", jwt_secret="routes", _env_file=None))
     undeclared, seen = [], 0
     for methods, path, route in every_route(app):
         seen += 1
-        actions = _route_actions(route)
+        actions = declared_actions(route)
         if not actions or any(action not in PERMISSIONS and action != PUBLIC for action in actions):
             undeclared.append(f"{methods} {path}")
     assert seen > 10, "the route walk found too few routes to be meaningful"
@@ -189,7 +162,7 @@ def test_the_route_walk_finds_an_undeclared_route_inside_an_included_router():
 
     app = FastAPI()
     app.include_router(router, prefix="/api/v1")
-    found = {path: _route_actions(route) for _, path, route in every_route(app)}
+    found = {path: declared_actions(route) for _, path, route in every_route(app)}
     assert found["/api/v1/leaky"] == []
 
 
