@@ -482,6 +482,31 @@ def test_ehr_uln_in_another_unit_is_converted(study: StudyDef) -> None:
     assert values["creatinine_uln"].value == Decimal("1.2") * Decimal("88.4")
 
 
+def test_ehr_uln_without_a_unit_is_in_the_unit_of_its_result(study: StudyDef) -> None:
+    resource = _lab("2160-0", 1.0, "mg/dL", referenceRange=[{"high": {"value": 1.2}}])
+    values = {v.item_id: v for v in resource_to_items(study, resource)}
+    assert values["creatinine"].value == Decimal("88.4")
+    assert values["creatinine"].uln == Decimal("1.2") * Decimal("88.4")  # not 1.2 umol/L
+    uln = values["creatinine_uln"]
+    assert (uln.value, uln.original_unit, uln.error) == (Decimal("1.2") * Decimal("88.4"), "mg/dL", None)
+
+
+def test_ehr_uln_without_a_unit_beside_a_result_without_one_is_no_uln(study: StudyDef) -> None:
+    """No unit is guessed for a ULN: without one on it or on its result there is no ULN, never 97 umol/L."""
+    resource = _lab("2160-0", 80, None, referenceRange=[{"high": {"value": 97}}])
+    values = {v.item_id: v for v in resource_to_items(study, resource)}
+    assert values["creatinine"].uln is None and values["creatinine"].error
+    assert values["creatinine_uln"].error and "no unit" in values["creatinine_uln"].error
+
+
+def test_ehr_uln_of_a_dimensionless_result_needs_no_unit(study: StudyDef) -> None:
+    for unit in ("{INR}", None):
+        resource = _lab("6301-6", 1.1, unit, referenceRange=[{"high": {"value": 1.3}}])
+        values = {v.item_id: v for v in resource_to_items(study, resource)}
+        assert (values["inr"].uln, values["inr_uln"].value, values["inr_uln"].error) == (
+            Decimal("1.3"), Decimal("1.3"), None), unit
+
+
 def test_entered_in_error_carries_nothing(study: StudyDef) -> None:
     assert resource_to_items(study, {**_lab("718-7", 12, "g/dL"), "status": "entered-in-error"}) == []
 
