@@ -32,7 +32,6 @@ from ecrf.auth.actor import Actor  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
 from ecrf.config import Settings  # noqa: E402
 from ecrf.crf.checks import check_items  # noqa: E402
-from ecrf.crf.service import json_types  # noqa: E402
 from ecrf.eligibility.engine import evaluate  # noqa: E402
 from ecrf.eligibility.patient_data import load  # noqa: E402
 from ecrf.eligibility.service import recompute  # noqa: E402
@@ -130,7 +129,7 @@ def seed_subjects(runtime: Runtime, count: int) -> list[str]:
                         values = check_items(runtime.study.form(form_id), entry["items"]).values
                         mapped = form_to_resources(runtime.study, form_id, values, patient_ref=references["patient"],
                                                    visit_date=date.fromisoformat(entry["visit_date"]))
-                        batch.extend((json_types(resource), str(uuid.uuid4())) for _, resource in mapped.resources)
+                        batch.extend((resource, str(uuid.uuid4())) for _, resource in mapped.resources)
                     patient_ids.append(ids["patient"])
                 store.create_many(batch, WriteContext(source="fhir"), site="S01")
                 store.touched_patients.clear()

@@ -82,10 +82,10 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from ecrf.audit.service import verify
-    from ecrf.db import make_engine, reading
+    from ecrf.db import make_engine, snapshot
 
     breaks = 0
-    with reading(make_engine(settings.database_url)) as session:
+    with snapshot(make_engine(settings.database_url)) as session:  # one view of the chain while others append
         for problem in verify(session):
             breaks += 1
             print(f"AUDIT CHAIN BROKEN at entry {problem.seq}: {problem.problem}", file=sys.stderr)

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     export_batch_pause_seconds: float = 0.0
 
     report_min_cell: int = Field(default=5, ge=0)  # sponsors' aggregate reports: counts 1..n-1 hidden; 0 or 1: off
+
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value):

@@ -19,9 +19,11 @@ class Runtime:
     indexer: Indexer
     verifier: TokenVerifier
     derived_hooks: list[Any] = field(default_factory=list)
+    write_guards: list[Any] = field(default_factory=list)
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
+        from ecrf.crf.guard import lifecycle_guard
         from ecrf.eligibility.service import recompute
         from ecrf.study import load_study
 
@@ -33,6 +35,7 @@ class Runtime:
             indexer=Indexer(study),
             verifier=TokenVerifier(settings),
             derived_hooks=[recompute],
+            write_guards=[lifecycle_guard(study)],
         )
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:

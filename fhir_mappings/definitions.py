@@ -8,6 +8,7 @@ The alias LOCAL always means the study's own local code system.
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -423,9 +424,47 @@ class StudyDef(BaseModel):
     def has_item(self, item_id: str) -> bool:
         return any(item.id == item_id for form in self.forms for item in form.items)
 
-    def dependents_of(self, form: FormDef, owner_id: str) -> list[ItemDef]:
+    def dependents_of(self, form: FormDef, owner_id: str) -> tuple[ItemDef, ...]:
         """Items of `form` that are written into the resource owned by `owner_id`."""
-        return [item for item in form.items if item.fhir.of == owner_id]
+        return self._dependents.get((form.id, owner_id), ())
+
+    def items_of_kind(self, kind: str) -> tuple[tuple[FormDef, ItemDef], ...]:
+        """(form, item) of every item whose FHIR target is of `kind`, in study order."""
+        return self._items_by_kind.get(kind, ())
+
+    def observation_items_with_code(self, keys: set[tuple[str, str]]) -> list[tuple[FormDef, ItemDef]]:
+        """(form, item) of the observation items having any of the codes (system, code), in study order."""
+        if len(keys) == 1:
+            return list(self._observation_items_by_code.get(next(iter(keys)), ()))
+        found = {id(item): (form, item) for key in keys for form, item in self._observation_items_by_code.get(key, ())}
+        return [pair for pair in self.items_of_kind("observation") if id(pair[1]) in found]
+
+    # Indexes built once per loaded study, since every stored resource is read against it.
+
+    @cached_property
+    def _items_by_kind(self) -> dict[str, tuple[tuple[FormDef, ItemDef], ...]]:
+        index: dict[str, list[tuple[FormDef, ItemDef]]] = {}
+        for form in self.forms:
+            for item in form.items:
+                index.setdefault(item.fhir.kind, []).append((form, item))
+        return {kind: tuple(pairs) for kind, pairs in index.items()}
+
+    @cached_property
+    def _observation_items_by_code(self) -> dict[tuple[str, str], tuple[tuple[FormDef, ItemDef], ...]]:
+        index: dict[tuple[str, str], list[tuple[FormDef, ItemDef]]] = {}
+        for form, item in self.items_of_kind("observation"):
+            for key in dict.fromkeys(coding.key for coding in item.fhir.codes):
+                index.setdefault(key, []).append((form, item))
+        return {key: tuple(pairs) for key, pairs in index.items()}
+
+    @cached_property
+    def _dependents(self) -> dict[tuple[str, str], tuple[ItemDef, ...]]:
+        index: dict[tuple[str, str], list[ItemDef]] = {}
+        for form in self.forms:
+            for item in form.items:
+                if item.fhir.of is not None:
+                    index.setdefault((form.id, item.fhir.of), []).append(item)
+        return {key: tuple(items) for key, items in index.items()}
 
     def uln_item_of(self, base_item_id: str) -> ItemDef | None:
         form, _ = self.item(base_item_id)

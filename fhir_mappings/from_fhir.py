@@ -39,13 +39,13 @@ def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemVal
 # --- Observation --------------------------------------------------------------------------
 
 def _observation_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
-    keys = _coding_keys(resource.get("code"))
+    matching = study.observation_items_with_code(_coding_keys(resource.get("code")))
+    if not matching:
+        return
     effective = _parse_moment(resource.get("effectiveDateTime")
                               or (resource.get("effectivePeriod") or {}).get("start")
                               or resource.get("effectiveInstant"))
-    for form, item in _items_of_kind(study, "observation"):
-        if not keys & {coding.key for coding in item.fhir.codes}:
-            continue
+    for form, item in matching:
         high = _reference_high(resource)
         uln = _uln(item, high)
         value = _read_value(study, form, item, resource, effective)
@@ -172,14 +172,23 @@ def _optional_code(study: StudyDef, form: FormDef, item: ItemDef, concept: dict[
 
 
 def _reference_high(resource: dict[str, Any]) -> dict[str, Any] | None:
+    """The first referenceRange.high; one without a unit is in the unit of the result it belongs to."""
     for reference_range in resource.get("referenceRange") or []:
-        if isinstance(reference_range.get("high"), dict):
-            return reference_range["high"]
+        high = reference_range.get("high")
+        if isinstance(high, dict):
+            result = resource.get("valueQuantity")
+            if _unit_of(high) is None and isinstance(result, dict) and _unit_of(result) is not None:
+                return {**high, **{key: result[key] for key in ("unit", "system", "code") if key in result}}
+            return high
     return None
 
 
 def _uln(item: ItemDef, high: dict[str, Any] | None) -> Decimal | None:
+    """The ULN in the canonical unit; None (the study's default then applies) when it cannot be read, or
+    when neither it nor its result names a unit for an item that has one: a unit is never guessed."""
     if high is None or item.unit is None or high.get("value") is None:
+        return None
+    if _unit_of(high) is None and not _is_dimensionless(item.unit):
         return None
     try:
         return to_decimal(high["value"]) * _resolve(item, high).factor
@@ -190,7 +199,7 @@ def _uln(item: ItemDef, high: dict[str, Any] | None) -> Decimal | None:
 # --- Patient, ResearchSubject -------------------------------------------------------------
 
 def _patient_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
-    for form, item in _items_of_kind(study, "patient"):
+    for form, item in study.items_of_kind("patient"):
         raw = resource.get(item.fhir.path)
         if raw is None:
             continue
@@ -198,7 +207,7 @@ def _patient_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemVa
 
 
 def _research_subject_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
-    for form, item in _items_of_kind(study, "research_subject"):
+    for form, item in study.items_of_kind("research_subject"):
         if item.fhir.path == "period.start":
             raw = (resource.get("period") or {}).get("start")
         else:
@@ -231,7 +240,7 @@ def _procedure_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[Item
     performed = (resource.get("performedDateTime")
                  or (resource.get("performedPeriod") or {}).get("start"))
     effective = _parse_moment(performed)
-    for form, item in _items_of_kind(study, "procedure"):
+    for form, item in study.items_of_kind("procedure"):
         dependents = study.dependents_of(form, item.id)
         dependent_keys = {study.value_coding(d, v).key for d in dependents for v in d.values or ()}
         if not keys & ({coding.key for coding in item.fhir.codes} | dependent_keys):
@@ -253,7 +262,7 @@ def _condition_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[Item
     keys = _coding_keys(resource.get("code"))
     onset = resource.get("onsetDateTime") or (resource.get("onsetPeriod") or {}).get("start")
     effective = _parse_moment(onset or resource.get("recordedDate"))
-    for form, item in _items_of_kind(study, "condition"):
+    for form, item in study.items_of_kind("condition"):
         condition_keys = {c.key for c in item.fhir.codes} | {
             c.key for c in item.fhir.code_by_value.values()}
         if keys & condition_keys:
@@ -301,13 +310,6 @@ def _source_matches(source: Any, codings: list[dict[str, Any]]) -> bool:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-def _items_of_kind(study: StudyDef, kind: str) -> Iterator[tuple[FormDef, ItemDef]]:
-    for form in study.forms:
-        for item in form.items:
-            if item.fhir.kind == kind:
-                yield form, item
-
 
 def _coding_keys(concept: dict[str, Any] | None) -> set[tuple[str, str]]:
     return {(c.get("system"), c.get("code")) for c in (concept or {}).get("coding") or []}

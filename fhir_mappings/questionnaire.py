@@ -21,7 +21,7 @@ def form_to_questionnaire(study: StudyDef, form_id: str) -> dict[str, Any]:
     items.extend(_question(study, form, item) for item in form.items)
     return {
         "resourceType": "Questionnaire",
-        "id": f"{study.id}-{form.id}",
+        "id": form.id,  # the id it is read by: GET /fhir/Questionnaire/{form id}
         "url": f"{study.canonical_base}/Questionnaire/{study.id}-{form.id}",
         "name": _name(f"{study.id}_{form.id}"),
         "title": form.title,

@@ -138,7 +138,7 @@ def store_patient(server, resources: dict[str, dict[str, Any]], forms: dict[str,
                                        patient_ref=f"Patient/{patient_id}",
                                        visit_date=date.fromisoformat(entry["visit_date"]))
             for _, resource in mapped.resources:
-                store.create(_json(resource), WriteContext(source="form", form_id=form_id))
+                store.create(resource, WriteContext(source="form", form_id=form_id))
     with writing(runtime, COORDINATOR) as store:
         data = load(store.session, runtime.study, [patient_id])[patient_id]
         moment = datetime.combine(reference, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
@@ -151,12 +151,6 @@ def _form_values(study, form_id: str, items: dict[str, Any]) -> dict[str, Any]:
     checked = check_items(study.form(form_id), items)
     assert not checked.errors, checked.errors
     return checked.values
-
-
-def _json(node: Any) -> Any:
-    from ecrf.crf.service import json_types
-
-    return json_types(node)
 
 
 def _resolve_references(node: Any, targets: dict[str, str]) -> Any:

@@ -1,6 +1,6 @@
 """One store, two doors: FHIR data shows in the matching form and visit; form values are FHIR resources."""
 from crf_support import day, enrol, path, save
-from fhir_builders import FHIR_JSON, lab
+from fhir_builders import FHIR_JSON, MRN, lab
 
 LOCAL = "http://example.org/fhir/CodeSystem/nct04163237"
 
@@ -12,11 +12,20 @@ def _push(server, resource):
     return response.json()["id"]
 
 
+def _link(server, subject):
+    """The ehr sees what it pushed only: it pushes the enrolled Patient (by its MRN) before its results."""
+    with server.client("ehr", "S01") as http:
+        patient = {"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": subject["mrn"]}]}
+        response = http.post("/fhir/Patient", json=patient, headers=FHIR_JSON)
+    assert response.status_code == 200 and response.json()["id"] == subject["patient_id"], response.text
+    return subject
+
+
 def _subject_with_surgery(server):
     with server.client("investigator", "S01") as http:
         subject = enrol(http)
         assert save(http, subject["id"], "surgery").status_code == 201
-    return subject
+    return _link(server, subject)
 
 
 def test_ehr_results_appear_in_the_visit_whose_window_holds_their_date(server):
@@ -52,7 +61,7 @@ def test_form_value_wins_and_the_ehr_value_is_kept_as_an_alternative(server):
 
 def test_ehr_surgery_procedure_sets_day_zero(server):
     with server.client("investigator", "S01") as http:
-        subject = enrol(http)
+        subject = _link(server, enrol(http))
     _push(server, {"resourceType": "Procedure", "status": "completed", "subject": {"reference": f"Patient/{subject['patient_id']}"},
                    "code": {"coding": [{"system": LOCAL, "code": "hepatectomy"}]}, "performedDateTime": day(0)})
     with server.client("investigator", "S01") as http:

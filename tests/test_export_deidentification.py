@@ -11,6 +11,7 @@ from sqlalchemy import text
 from ecrf.export.deidentify import Deidentifier, completed_years, load_profile
 from tests.conftest import running_server
 from tests.crf_support import SURGERY, day, save
+from tests.fhir_builders import MRN
 from tests.test_export_protocol import STUDY, ASYNC, download, export, export_settings, fresh_database
 
 PEOPLE = [
@@ -40,6 +41,8 @@ def _load(server) -> list[dict]:
             assert save(http, subject["id"], "demographics", demographics).status_code == 201
         with server.client("ehr", person["site"]) as http:
             patient_url = f"/fhir/Patient/{subject['patient_id']}"
+            link = {"resourceType": "Patient", "identifier": [{"system": MRN[person["site"]], "value": person["mrn"]}]}
+            assert http.post("/fhir/Patient", json=link).status_code == 200  # the ehr sees the Patients it pushed
             patient = http.get(patient_url).json()
             patient.update({
                 "name": [{"family": person["family"], "given": [person["given"]], "text": f"{person['given']} {person['family']}"}],

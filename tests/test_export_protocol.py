@@ -225,7 +225,7 @@ def test_an_export_is_a_snapshot_at_its_transaction_time(loaded):
     changed, deleted = load_subjects(loaded, 2, "S01")
     until = datetime.now(UTC)
     time.sleep(0.01)
-    with loaded.client("ehr", "S01") as http:
+    with loaded.client("coordinator", "S01") as http:
         patient = http.get(f"/fhir/Patient/{changed['patient_id']}").json()
         assert http.put(f"/fhir/Patient/{changed['patient_id']}", json={**patient, "gender": "other"}).status_code == 200
         observations = http.get("/fhir/Observation", params={"subject": f"Patient/{deleted['patient_id']}"}).json()

@@ -19,8 +19,10 @@ def test_metadata_is_public_valid_and_truthful(server):
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
-                              "MedicationStatement", "Specimen", "ResearchStudy"}
-    assert "Questionnaire" not in resources and "Encounter" not in resources
+                              "MedicationStatement", "Specimen", "ResearchStudy", "Questionnaire", "Group"}
+    assert "Encounter" not in resources
+    assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
+    assert "interaction" not in resources["Group"]  # only Group/{study}/$export
     observation = resources["Observation"]
     assert {i["code"] for i in observation["interaction"]} >= {"read", "vread", "update", "delete", "create",
                                                                "search-type", "history-instance"}
@@ -211,3 +213,16 @@ def test_a_patient_with_the_sites_mrn_is_that_sites_patient(server):
     with server.client("ehr", "S02") as http:
         s02 = {**person, "identifier": [{"system": MRN["S02"], "value": person["identifier"][0]["value"]}]}
         assert http.post("/fhir/Patient", json=s02).json()["id"] != first.json()["id"]
+
+
+def test_a_create_with_a_conditional_reference_answers_the_reference_it_stored(server):
+    value = mrn()
+    with server.client("ehr", "S01") as http:
+        pid = _create(http, patient(value)).json()["id"]
+        conditional = f"Patient?identifier={MRN['S01']}|{value}"
+        for method, url in [("POST", "/fhir/Observation"), ("PUT", "/fhir/Observation/lab-by-identifier-" + value)]:
+            response = http.request(method, url, json=lab(conditional, "718-7", 12.5, "g/dL"), headers=FHIR_JSON)
+            assert response.status_code == 201, response.text
+            stored = http.get(f"/fhir/Observation/{response.json()['id']}").json()
+            assert stored["subject"] == {"reference": f"Patient/{pid}"}
+            assert response.json() == stored, method

@@ -78,7 +78,8 @@ def test_delete_is_a_new_version_and_reads_say_gone(server):
         with pytest.raises(Gone):
             store.read("Observation", observation.resource_id)
         assert store.vread("Observation", observation.resource_id, 1).content["valueQuantity"]["value"] == 11.0
-        rows = store.session.exec(select(ResourceVersion).where(ResourceVersion.resource_id == observation.resource_id)).all()
+        rows = store.session.exec(select(ResourceVersion).where(ResourceVersion.resource_id == observation.resource_id)
+                                  .order_by(ResourceVersion.version_id)).all()
         assert [(r.version_id, r.deleted) for r in rows] == [(1, False), (2, True)]
         assert not store.session.exec(select(ItemFact).where(ItemFact.resource_id == observation.resource_id)).all()
         assert not store.session.exec(select(SearchToken).where(SearchToken.resource_id == observation.resource_id)).all()

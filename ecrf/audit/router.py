@@ -1,11 +1,12 @@
 """GET /api/v1/subjects/{id}/audit: the subject's audit trail, oldest first, with its hash chain."""
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func
 from sqlmodel import select
 
+from ecrf.audit.access import service as access
 from ecrf.audit.models import AuditEntry
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
@@ -38,6 +39,11 @@ def _entry(entry: AuditEntry, subject_id: str) -> dict[str, Any]:
     }
 
 
+def _utc(moment: datetime) -> datetime:
+    """A filter value without an offset (`2026-01-01`, `2026-01-01T08:00`) is read as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 @router.get("/subjects/{subject_id}/audit")
 def subject_audit(subject_id: str, request: Request, form: str | None = None, visit: str | None = None,
                   item: str | None = None, since: datetime | None = None, until: datetime | None = None,
@@ -54,10 +60,12 @@ def subject_audit(subject_id: str, request: Request, form: str | None = None, vi
             if value:
                 query = query.where(column == value)
         if since:
-            query = query.where(AuditEntry.at >= since)
+            query = query.where(AuditEntry.at >= _utc(since))
         if until:
-            query = query.where(AuditEntry.at <= until)
+            query = query.where(AuditEntry.at <= _utc(until))
         total = store.session.exec(select(func.count()).select_from(query.subquery())).one()
         entries = store.session.exec(query.order_by(AuditEntry.seq).offset(offset).limit(limit)).all()
         items = [_entry(entry, subject.id) for entry in entries]
+    if access.shows_identifiers(runtime.study, items):  # old or new values of the birth date
+        access.record_request(request, actor, "audit.read", access.BIRTH_DATE, [subject.patient_id])
     return {"items": items, "total": total, "offset": offset, "limit": limit}

@@ -1,5 +1,5 @@
 """Refusals that list every failing item: rendered as {"detail", "errors": [{"item", "rule", "message"}]}."""
-from ecrf.store.errors import Conflict, Invalid
+from ecrf.store.errors import Conflict, Invalid, StoreError
 
 
 class EditCheckFailed(Invalid):
@@ -16,3 +16,9 @@ class Blocked(Conflict):
     def __init__(self, message: str, errors: list[dict[str, str]]):
         super().__init__(message)
         self.errors = errors
+
+
+class FormLocked(StoreError):
+    """409: a write through another door would change a locked form; nothing was written."""
+
+    status, code = 409, "business-rule"

@@ -40,3 +40,15 @@ class FormInstance(SQLModel, table=True):
     locked_at: datetime | None = None
     locked_by: str | None = Field(default=None, max_length=200)
     eligibility_basis: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class FormResource(SQLModel, table=True):
+    """Which form instance owns a resource its saves wrote (FormInstance.resources, indexed the other way),
+    so a write of that resource through any door finds the form's lock and signatures in one lookup."""
+
+    __tablename__ = "form_resource"
+    __table_args__ = (Index("ix_form_resource_instance", "instance_id"),)
+
+    resource_type: str = Field(primary_key=True, max_length=64)
+    resource_id: str = Field(primary_key=True, max_length=64)
+    instance_id: str = Field(max_length=32)

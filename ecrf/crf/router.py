@@ -4,14 +4,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.crf import service
+from ecrf.crf import service, unscheduled
 from ecrf.crf.definitions import describe_form
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
 from ecrf.store.errors import VersionConflict
 from ecrf.store.unit import read_only, writing
+from ecrf.subjects.service import resolve
 
 router = APIRouter(tags=["forms"])
 INSTANCE = "/subjects/{subject_id}/forms/{form_id}/{visit_id}"
@@ -52,10 +54,17 @@ def read_form_definition(form_id: str, request: Request) -> dict[str, Any]:
 def read_form(subject_id: str, form_id: str, visit_id: str, request: Request,
               actor: Actor = Depends(requires("form.read"))) -> JSONBody:
     """The form at a visit: values entered here (source form) and values that arrived through FHIR
-    in the visit's window (source fhir), status, version (ETag) and who/when."""
+    in the visit's window (source fhir), status, version (ETag) and who/when. Visit `UNS`: the form's
+    unscheduled EHR results (outside every window), by date, read only."""
     runtime = request.app.state.runtime
+    pseudo = unscheduled.is_unscheduled(runtime.study, visit_id)
     with read_only(runtime, actor) as store:
-        return _respond(service.read_form(store, runtime.study, subject_id, form_id, visit_id))
+        if pseudo:
+            view = unscheduled.read(store, runtime.study, subject_id, form_id)
+        else:
+            view = service.read_form(store, runtime.study, subject_id, form_id, visit_id)
+    view = _shown(request, actor, "form.read", view)
+    return JSONBody(view) if pseudo else _respond(view)
 
 
 @router.put(INSTANCE)
@@ -65,9 +74,12 @@ def save_form(subject_id: str, form_id: str, visit_id: str, body: FormEntry, req
     failing item; soft checks are returned as `warnings`. A stale If-Match is 412; a locked form 409."""
     runtime = request.app.state.runtime
     with writing(runtime, actor) as store:
+        if unscheduled.is_unscheduled(runtime.study, visit_id):
+            resolve(store, runtime.study, subject_id)  # another site's subject stays a 404
+            raise unscheduled.refuse_entry(form_id)
         result = service.save_form(runtime, store, subject_id, form_id, visit_id, items=body.items,
                                    visit_date=body.visit_date, reason=body.reason, if_match=_version(if_match))
-    return _respond(result.view, 201 if result.created else 200)
+    return _respond(_shown(request, actor, "form.write", result.view), 201 if result.created else 200)
 
 
 def _transition(request: Request, actor: Actor, subject_id: str, form_id: str, visit_id: str, name: str,
@@ -76,7 +88,17 @@ def _transition(request: Request, actor: Actor, subject_id: str, form_id: str, v
     with writing(runtime, actor) as store:
         view = service.transition(store, runtime.study, subject_id, form_id, visit_id, name, meaning=meaning,
                                   reason=reason, if_match=_version(if_match))
-    return _respond(view)
+    return _respond(_shown(request, actor, f"form.{name}", view))
+
+
+def _shown(request: Request, actor: Actor, interaction: str, view: dict[str, Any]) -> dict[str, Any]:
+    """A form view showing an identifier-bearing item (the birth date) is recorded in the access log."""
+    runtime = request.app.state.runtime
+    if access.shows_identifiers(runtime.study, view):
+        with read_only(runtime, actor) as store:
+            patient_id = resolve(store, runtime.study, view["subject_id"]).patient_id
+        access.record_request(request, actor, interaction, access.BIRTH_DATE, [patient_id])
+    return view
 
 
 @router.post(INSTANCE + "/verify")

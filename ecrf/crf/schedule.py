@@ -11,6 +11,8 @@ from ecrf.store.models import ItemFact
 from fhir_mappings.definitions import FormDef, StudyDef, VisitDef
 
 DONE_STATUSES = frozenset({"complete", "verified", "signed", "locked"})
+UNSCHEDULED = "UNS"  # the pseudo-visit of results outside every window of their form (read only)
+EVERY_VISIT = "*"  # where subject-level values (not time-bound) show: at every visit of their form
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,8 @@ def day_zero(session: Session, study: StudyDef, patient_id: str) -> date | None:
 
 
 def place(study: StudyDef, form: FormDef, zero: date | None, when: date | None) -> str | None:
-    """The visit of `form` whose window contains `when`; on overlap the nearest target day wins.
-    None: unscheduled (outside every window, or no day 0 yet)."""
+    """The visit of `form` whose window contains `when` (a date as sent, never its UTC date); on overlap
+    the nearest target day wins. None: unscheduled (outside every window, or no day 0 yet)."""
     if zero is None or when is None:
         return None
     day = (when - zero).days

@@ -6,7 +6,6 @@ so a re-save is a new version of the same resource); this module keeps the workf
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -17,9 +16,11 @@ from ecrf.audit import service as audit
 from ecrf.crf import lifecycle
 from ecrf.crf.checks import Finding, check_items, is_enabled, latest_allowed_date
 from ecrf.crf.errors import Blocked, EditCheckFailed
-from ecrf.crf.models import FormInstance
+from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.schedule import check_visit_date, day_zero
 from ecrf.crf.values import form_values, owned_resources
+from ecrf.queries.counts import unresolved_of_form
+from ecrf.responses import dumps
 from ecrf.runtime import Runtime
 from ecrf.store.errors import Conflict, NotFound, VersionConflict
 from ecrf.store.models import ResourceHead
@@ -118,9 +119,9 @@ def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: Fo
     zero = day_zero(store.session, study, target.subject.patient_id)
     items, alternatives = form_values(store.session, study, target.form, target.visit.id,
                                       target.subject.patient_id, instance, zero)
-    shown = {item_id: entry.get("value") for item_id, entry in items.items()}
-    missing = [item.id for item in target.form.items
-               if item.required and item.derived is None and item.id not in items and is_enabled(item, shown)]
+    missing = missing_items(target.form, items)
+    open_queries, open_queries_by_item = unresolved_of_form(store.session, target.subject.id, target.form.id,
+                                                            target.visit.id)
     view: dict[str, Any] = {
         "subject_id": target.subject.id,
         "form_id": target.form.id,
@@ -140,10 +141,19 @@ def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: Fo
                        "at": instance.signed_at.isoformat(), "hash": instance.signature_hash}
                       if instance and instance.signed_at else None),
         "locked": _who(instance.locked_by, instance.locked_at) if instance else None,
+        "open_queries": open_queries,  # not yet closed (open or answered)
+        "open_queries_by_item": open_queries_by_item,
     }
     if instance and instance.eligibility_basis:
         view["eligibility_basis"] = orjson.loads(instance.eligibility_basis)
     return view
+
+
+def missing_items(form: FormDef, items: dict[str, Any]) -> list[str]:
+    """Required items (enabled by the values shown) that the form view has no value for."""
+    shown = {item_id: entry.get("value") for item_id, entry in items.items()}
+    return [item.id for item in form.items
+            if item.required and item.derived is None and item.id not in items and is_enabled(item, shown)]
 
 
 def read_form(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str) -> dict[str, Any]:
@@ -157,22 +167,10 @@ def subject_instances(store: ClinicalStore, subject: Subject) -> list[FormInstan
 
 # -- writing -----------------------------------------------------------------------------------
 
-def json_types(node: Any) -> Any:
-    """The mapping's Decimals and dates as JSON values (the store keeps orjson-serialisable content).
-    A Decimal becomes the float of its digits, which prints back as the same digits (<= 15 significant)."""
-    if isinstance(node, dict):
-        return {key: json_types(value) for key, value in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [json_types(value) for value in node]
-    if isinstance(node, Decimal):
-        return int(node) if node == node.to_integral_value() and node.as_tuple().exponent >= 0 else float(node)
-    if isinstance(node, (date, datetime)):
-        return node.isoformat()
-    return node
-
-
 def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new` (which may hold the mapping's exact Decimals and dates) is stored as `existing` reads back."""
     strip = {"meta", "id", "resourceType"}
+    new = orjson.loads(dumps(new))
     return {k: v for k, v in existing.items() if k not in strip} == {k: v for k, v in new.items() if k not in strip}
 
 
@@ -191,11 +189,11 @@ def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous
     current = {stored.resource_id: stored.content
                for stored in store.current(h for h in heads if not h.deleted and store.actor.may_see_site(h.site))}
     for resource_id, (slot, resource) in wanted.items():
-        resource_type, content = resource["resourceType"], json_types(resource)
+        resource_type = resource["resourceType"]
         owned[slot] = f"{resource_type}/{resource_id}"
-        if resource_id in current and _same(current[resource_id], content):
+        if resource_id in current and _same(current[resource_id], resource):
             continue  # unchanged: no new version, no audit noise
-        store.update(resource_type, resource_id, content, context)
+        store.update(resource_type, resource_id, resource, context)
     for slot, reference in previous.items():
         if slot not in owned:
             resource_type, resource_id = reference.split("/", 1)
@@ -206,10 +204,21 @@ def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous
         if not patch:
             continue
         current = store.read(resource_type, resource_id).content
-        merged = _merge(current, json_types(patch))
+        merged = _merge(current, patch)
         if not _same(current, merged):
             store.update(resource_type, resource_id, merged, context)
     return owned
+
+
+def _index_owned(store: ClinicalStore, instance_id: str, before: dict[str, str], after: dict[str, str]) -> None:
+    """Keep form_resource (resource -> owning instance) in step with the instance's resources."""
+    for reference in set(before.values()) - set(after.values()):
+        row = store.session.get(FormResource, tuple(reference.split("/", 1)))
+        if row is not None:
+            store.session.delete(row)
+    for reference in sorted(set(after.values()) - set(before.values())):
+        resource_type, resource_id = reference.split("/", 1)
+        store.session.add(FormResource(resource_type=resource_type, resource_id=resource_id, instance_id=instance_id))
 
 
 def _audit_form(store: ClinicalStore, target: Target, instance: FormInstance, action: str,
@@ -254,7 +263,8 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
     context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit.id)
     mapped = form_to_resources(study, target.form.id, entry.values,
                                patient_ref=f"Patient/{target.subject.patient_id}", visit_date=the_date)
-    owned = _write_resources(store, target, mapped, owned_resources(instance), context)
+    previous = owned_resources(instance)
+    owned = _write_resources(store, target, mapped, previous, context)
     # after the write, so eligibility sees the entered randomisation date as R; a refusal rolls it all back
     basis = eligibility_gate(runtime, store, target.subject) if assigns_arm(target.form) else None
 
@@ -277,6 +287,7 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
     if basis is not None:
         instance.eligibility_basis = basis
     store.session.add(instance)
+    _index_owned(store, instance.id, previous, owned)
     try:
         store.session.flush()
     except IntegrityError as error:  # a concurrent first save of the same form won the unique key

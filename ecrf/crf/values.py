@@ -1,5 +1,7 @@
 """What a form instance shows: item facts written by the instance (source form) and facts that
-arrived through FHIR for the subject and fall in the visit's window (source fhir)."""
+arrived through FHIR for the subject and fall in the visit's window (source fhir); EHR facts in none of
+the form's windows are its unscheduled results. Dates are the dates as sent, never converted to UTC."""
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -10,7 +12,8 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from ecrf.crf.models import FormInstance
-from ecrf.crf.schedule import place
+from ecrf.crf.schedule import EVERY_VISIT, place
+from ecrf.store.indexing import sent_date
 from ecrf.store.models import ItemFact, ResourceVersion
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
 
@@ -22,6 +25,7 @@ class ShownFact:
     fact: ItemFact
     source: str
     author: str
+    own: bool = False  # written by the form instance being shown
 
 
 def owned_resources(instance: FormInstance | None) -> dict[str, str]:
@@ -58,8 +62,9 @@ def _entry(item: ItemDef, shown: ShownFact) -> dict[str, Any]:
     entry["source"] = shown.source
     entry["resource"] = f"{fact.resource_type}/{fact.resource_id}"
     entry["resource_version"] = fact.version_id
-    if fact.effective is not None:
-        entry["effective"] = fact.effective.date().isoformat()
+    day = fact_date(fact)
+    if day is not None:
+        entry["effective"] = day.isoformat()
     return entry
 
 
@@ -87,6 +92,41 @@ def form_values(session: Session, study: StudyDef, form: FormDef, visit_id: str,
                 instance: FormInstance | None, zero: date | None) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """(items, alternatives): one value per item (this instance's own value first, else the latest
     placed FHIR value), plus every other value placed at this visit."""
+    chosen: dict[str, list[ShownFact]] = {}
+    for item, shown, placed in _placed(session, study, form, patient_id, instance, zero):
+        if placed in (visit_id, EVERY_VISIT):
+            chosen.setdefault(item.id, []).append(shown)
+    return _pick(form, chosen)
+
+
+def unscheduled_values(session: Session, study: StudyDef, form: FormDef, patient_id: str,
+                       zero: date | None) -> list[dict[str, Any]]:
+    """EHR results of the form that fall in none of its visit windows (or arrive before day 0 is known),
+    grouped by the date they were sent with, oldest first (undated last): [{date, study_day, items,
+    alternatives}], items and alternatives as in a form view."""
+    by_date: dict[date | None, dict[str, list[ShownFact]]] = {}
+    for item, shown, placed in _placed(session, study, form, patient_id, None, zero):
+        if placed is None:
+            by_date.setdefault(fact_date(shown.fact), {}).setdefault(item.id, []).append(shown)
+    results = []
+    for day in sorted(by_date, key=lambda d: (d is None, d or date.min)):
+        items, alternatives = _pick(form, by_date[day])
+        results.append({"date": day.isoformat() if day else None,
+                        "study_day": (day - zero).days if day and zero else None,
+                        "items": items, "alternatives": alternatives})
+    return results
+
+
+def fact_date(fact: ItemFact) -> date | None:
+    """The date a fact was sent with (windows, visits and intervals use it, never its UTC date)."""
+    return sent_date(fact.effective_date, fact.effective)
+
+
+def _placed(session: Session, study: StudyDef, form: FormDef, patient_id: str, instance: FormInstance | None,
+            zero: date | None) -> Iterator[tuple[ItemDef, ShownFact, str | None]]:
+    """Every fact of the form with where it shows: the instance's own (source form) at its visit,
+    subject-level ones at EVERY_VISIT, other EHR facts at the visit placed by their date (None: unscheduled).
+    Facts written by another instance of the form belong to that instance and are left out."""
     mine = set(owned_resources(instance).values())
     others = set()
     for other in session.exec(select(FormInstance).where(
@@ -94,7 +134,6 @@ def form_values(session: Session, study: StudyDef, form: FormDef, visit_id: str,
         if instance is None or other.id != instance.id:
             others |= set(owned_resources(other).values())
     items = {item.id: item for item in form.items}
-    chosen: dict[str, list[ShownFact]] = {}
     for shown in _facts(session, patient_id, form.id):
         fact = shown.fact
         item = items.get(fact.item_id)
@@ -102,21 +141,30 @@ def form_values(session: Session, study: StudyDef, form: FormDef, visit_id: str,
             continue
         reference = f"{fact.resource_type}/{fact.resource_id}"
         if reference in mine:
-            shown = ShownFact(fact, "form", shown.author)
+            yield item, ShownFact(fact, "form", shown.author, own=True), instance.visit_id
         elif reference in others:
             continue
-        elif item.fhir.kind not in SUBJECT_LEVEL_KINDS:
-            when = fact.effective.date() if fact.effective else None
-            if place(study, form, zero, when) != visit_id:
-                continue
-        chosen.setdefault(item.id, []).append(shown)
+        elif item.fhir.kind in SUBJECT_LEVEL_KINDS:
+            yield item, shown, EVERY_VISIT
+        else:
+            yield item, shown, place(study, form, zero, fact_date(fact))
+
+
+def _pick(form: FormDef, chosen: dict[str, list[ShownFact]]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """One value per item: the form's own first, else the latest by date as sent (then instant, then
+    write order); the others as alternatives."""
+    items = {item.id: item for item in form.items}
     values: dict[str, Any] = {}
     alternatives: dict[str, list[dict[str, Any]]] = {}
     for item_id, candidates in chosen.items():
-        ordered = sorted(candidates, key=lambda s: (f"{s.fact.resource_type}/{s.fact.resource_id}" not in mine,
-                                                    -(s.fact.effective.timestamp() if s.fact.effective else 0),
-                                                    -s.fact.pk))
+        ordered = sorted(candidates, key=_newest_first)
         values[item_id] = _entry(items[item_id], ordered[0])
         if len(ordered) > 1:
             alternatives[item_id] = [_entry(items[item_id], s) for s in ordered[1:]]
     return {item.id: values[item.id] for item in form.items if item.id in values}, alternatives
+
+
+def _newest_first(shown: ShownFact) -> tuple:
+    fact, day = shown.fact, fact_date(shown.fact)
+    return (not shown.own, -(day.toordinal() if day else 0),
+            -(fact.effective.timestamp() if fact.effective else 0), -fact.pk)

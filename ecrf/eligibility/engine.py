@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from ecrf.crf.checks import latest_allowed_date
 from ecrf.eligibility import expressions
 from ecrf.eligibility.expressions import Derived, compare, named
 from ecrf.eligibility.findings import MET, NOT_MET, UNKNOWN, Finding, all_of, any_of, negate, number_text
@@ -78,10 +79,20 @@ def evaluate(study: StudyDef, patient: PatientData, now: datetime | None = None)
     now = now or datetime.now(UTC)
     reference_item = study.reference_date.item
     recorded = patient.of(reference_item)[-1].value if reference_item and patient.of(reference_item) else None
-    reference = recorded if isinstance(recorded, date) else now.astimezone(UTC).date()
+    reference = recorded if isinstance(recorded, date) else evaluation_day(patient, now)
     evaluation = Evaluation(study, patient, Anchors(study, patient, reference))
     criteria = [evaluation.criterion(c.id, c.kind, c.description, c.rule) for c in study.criteria]
     return Result(overall(criteria), reference, recorded is not None, now, criteria)
+
+
+def evaluation_day(patient: PatientData, now: datetime) -> date:
+    """R before randomisation: the day of evaluation. Values keep the dates they were sent with, so a site
+    east of UTC is already on a later date in its morning: R is the UTC date, or the latest date the patient's
+    own values already carry if later (never a date that has not begun somewhere on Earth)."""
+    today, latest = now.astimezone(UTC).date(), latest_allowed_date(now)
+    carried = [value.day for values in patient.values.values() for value in values
+               if value.day is not None and today < value.day <= latest]
+    return max(carried, default=today)
 
 
 @dataclass

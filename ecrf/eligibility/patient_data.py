@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlmodel import Session, select
 
+from ecrf.store.indexing import sent_date
 from ecrf.store.models import ItemFact, ResourceHead, ResourceVersion
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.fhir_constants import VOID_STATUSES
@@ -21,7 +22,8 @@ from fhir_mappings.fhir_constants import VOID_STATUSES
 CHUNK = 500
 FACT_COLUMNS = (ItemFact.pk, ItemFact.patient_id, ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id,
                 ItemFact.form_id, ItemFact.item_id, ItemFact.value_text, ItemFact.unit, ItemFact.uln,
-                ItemFact.effective, ItemFact.error, ItemFact.original_value, ItemFact.original_unit)
+                ItemFact.effective, ItemFact.effective_date, ItemFact.error, ItemFact.original_value,
+                ItemFact.original_unit)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ class Value:
     form: str
     value: Any
     unit: str | None
-    day: date | None
-    moment: datetime | None
+    day: date | None  # the date as sent (the sender's calendar): windows, "latest", intervals
+    moment: datetime | None  # the exact instant (UTC): orders values of the same day
     uln: Decimal | None
     resource_type: str
     resource_id: str
@@ -46,7 +48,8 @@ class Value:
 
     @property
     def sort_key(self) -> tuple:
-        return (self.moment or datetime.min.replace(tzinfo=UTC), self.order)
+        """Latest = the latest date as sent; the instant then the write order break ties."""
+        return (self.day or date.min, self.moment or datetime.min.replace(tzinfo=UTC), self.order)
 
 
 @dataclass(frozen=True)
@@ -120,22 +123,20 @@ def _add_facts(study: StudyDef, data: dict[str, PatientData], facts: Iterable[An
     for fact in facts:
         patient = data[fact.patient_id]
         moment = _utc(fact.effective)
+        day = sent_date(fact.effective_date, moment)
         if fact.error or fact.value_text is None or fact.item_id not in types:
             patient.unusable[fact.item_id].append(Unusable(
-                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", moment.date() if moment else None,
-                fact.error or "no value"))
+                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", day, fact.error or "no value"))
             continue
         value = _parse(types[fact.item_id], fact.value_text)
         if value is None:
             patient.unusable[fact.item_id].append(Unusable(
-                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", moment.date() if moment else None,
-                f"unreadable value {fact.value_text!r}"))
+                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", day, f"unreadable value {fact.value_text!r}"))
             continue
         uln_text = exact_uln.get((fact.resource_type, fact.resource_id, fact.version_id,
                                   uln_items.get(fact.item_id, "")))
         patient.values[fact.item_id].append(Value(
-            item=fact.item_id, form=fact.form_id, value=value, unit=fact.unit,
-            day=moment.date() if moment else None, moment=moment,
+            item=fact.item_id, form=fact.form_id, value=value, unit=fact.unit, day=day, moment=moment,
             uln=Decimal(uln_text) if uln_text else _float_decimal(fact.uln),
             resource_type=fact.resource_type, resource_id=fact.resource_id, version_id=fact.version_id,
             order=fact.pk or 0, original=fact.original_value, original_unit=fact.original_unit))

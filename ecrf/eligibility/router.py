@@ -3,12 +3,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.pagination import Limit, Offset, page
 from ecrf.crf.errors import EditCheckFailed
 from ecrf.eligibility import service
 from ecrf.store.unit import read_only
+from ecrf.subjects.service import resolve
 
 router = APIRouter(tags=["eligibility"])
 
@@ -22,7 +24,13 @@ def subject_eligibility(subject_id: str, request: Request,
     whether later data would change it."""
     runtime = request.app.state.runtime
     with read_only(runtime, actor) as store:
-        return service.subject_view(store, runtime.study, subject_id)
+        view = service.subject_view(store, runtime.study, subject_id)
+        if access.shows_identifiers(runtime.study, view):  # the birth date, as age evidence
+            patient_id = resolve(store, runtime.study, subject_id).patient_id
+        else:
+            patient_id = None
+    access.record_request(request, actor, "eligibility.read", access.BIRTH_DATE, [patient_id])
+    return view
 
 
 @router.get("/eligibility")

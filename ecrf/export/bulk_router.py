@@ -5,11 +5,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ecrf.audit import service as audit
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.db import transaction
@@ -43,7 +45,7 @@ def _outcome(status: int, message: str, *, severity: str = "error", code: str = 
                     media_type=FHIR_JSON, headers=headers)
 
 
-@router.get("/$export", summary="Bulk Data export of every patient's data (Prefer: respond-async)")
+@router.get("/$export", summary="Bulk Data export (Prefer: respond-async); de-identified: the study's subjects only")
 def export_system(request: Request, _type: str | None = None, _since: str | None = None,
                   _outputFormat: str | None = None, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     return _kick_off(request, actor, None, _type, _since, _outputFormat, deidentify)
@@ -69,6 +71,8 @@ def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: 
         raise HTTPException(400, f"not supported: {', '.join(unsupported)}")
     deidentified = deidentify_for(actor, deidentify)
     profile = deidentifier(runtime).profile if deidentified else None
+    if deidentified:
+        group_id = runtime.study.id  # de-identified data are study data: the subjects' compartments, never more
     since = None
     if since_param is not None:
         since = parse_moment(since_param)
@@ -162,7 +166,16 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
+    if not job.deidentified and entry["type"] == "Patient":
+        await run_in_threadpool(_record_identifiers, request, actor, path)
     return FileResponse(path, media_type=NDJSON)
+
+
+def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
+    """An identified Patient file carries every identifier: the access log names each Patient in it."""
+    with path.open("rb") as lines:
+        patient_ids = [orjson.loads(line).get("id") for line in lines if line.strip()]
+    access.record_request(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """One form as CSV: a row per subject and visit, a column per item (canonical units, unit in the header),
-columns in the form definition's order. Rows are built subject batch by subject batch and streamed."""
+columns in the form definition's order; unscheduled EHR results follow, a row per date with visit UNS.
+Rows are built subject batch by subject batch and streamed."""
 import csv
 import hashlib
 import io
@@ -13,8 +14,8 @@ from sqlmodel import Session
 
 from ecrf.auth.actor import Actor
 from ecrf.crf.models import FormInstance
-from ecrf.crf.schedule import day_zero
-from ecrf.crf.values import form_values
+from ecrf.crf.schedule import UNSCHEDULED, day_zero
+from ecrf.crf.values import form_values, unscheduled_values
 from ecrf.export.deidentify import Deidentifier, parse_date
 from ecrf.store.indexing import patient_of
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
@@ -32,6 +33,7 @@ class Tally:
     rows: int = 0
     subjects: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+    patients: list[str] = field(default_factory=list)  # whose rows were written (for the access log)
 
     @property
     def sha256(self) -> str:
@@ -93,6 +95,8 @@ def rows(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifie
                 emitted = True
                 yield row
             tally.subjects += emitted
+            if emitted:
+                tally.patients.append(patient_id)
         session.expunge_all()
 
 
@@ -109,12 +113,19 @@ def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[C
             continue
         when = instance.visit_date if instance else min(
             (d for d in (parse_date(entry.get("effective")) for entry in values.values()) if d), default=None)
-        row = [deid.pseudonym(patient_id) if deid else subject_id, site or "", visit_id,
-               _date(when, days, deid), "" if when is None or zero is None else str((when - zero).days)]
-        for column in cols:
-            entry = values.get(column.item.id)
-            row.append(_cell(column, entry, when, days, deid))
-        yield row
+        yield _row(cols, values, deid, days, subject_id, site, patient_id, visit_id, when, zero)
+    for result in unscheduled_values(session, study, form, patient_id, zero):  # a row per date, visit UNS
+        yield _row(cols, result["items"], deid, days, subject_id, site, patient_id, UNSCHEDULED,
+                   parse_date(result["date"]), zero)
+
+
+def _row(cols: list[Column], values: dict[str, Any], deid: Deidentifier | None, days: int | None, subject_id: str,
+         site: str | None, patient_id: str, visit_id: str, when: date | None, zero: date | None) -> list[str]:
+    row = [deid.pseudonym(patient_id) if deid else subject_id, site or "", visit_id,
+           _date(when, days, deid), "" if when is None or zero is None else str((when - zero).days)]
+    for column in cols:
+        row.append(_cell(column, values.get(column.item.id), when, days, deid))
+    return row
 
 
 def _date(value: date | None, days: int | None, deid: Deidentifier | None) -> str:

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
 from ecrf.audit import service as audit
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.db import transaction
@@ -77,6 +78,9 @@ def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIF
             finally:
                 session.close()
                 _audit(runtime, actor, form, deid, version, tally, finished)
+                if deid is None:  # identified rows (real subject ids, birth dates) left for these subjects
+                    access.record_request(request, actor, "export.form_csv", access.IDENTIFIED_EXPORT,
+                                          tally.patients)
 
         headers = {**_headers(deid, version),
                    "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"'}

@@ -81,9 +81,9 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
             if attempt == ATTEMPTS - 1:
                 raise FhirError.one(409, "a concurrent request kept changing the same resources: send it again",
                                     code="transient")
-        finally:
-            if engine is not None:
+            if engine is not None:  # only before a retry: the stored content answered shares the rewritten references
                 engine.undo_rewrites()
+        finally:
             for entry in entries:
                 entry.target_id, entry.matched = None, False
     raise AssertionError("unreachable")

@@ -1,18 +1,57 @@
 """GET /fhir/metadata: a CapabilityStatement built from what this door actually implements."""
+import re
 from typing import Any
 
 from ecrf.fhir.validation import WRITABLE_TYPES
 from ecrf.store.indexing import SEARCH_PARAMS
 
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+SECURITY = (
+    "Bearer JWT; the token's role decides, and ehr clients see and write only their sites' data. A token may also "
+    "carry SMART system scopes, which narrow the role and never widen it: v2 system/<Type|*>.<cruds subset> "
+    "(e.g. system/Observation.c, system/*.rs) and v1 system/<Type|*>.read|write|* (read = rs, write = cud). "
+    "With any system/, patient/ or user/ scope present, every interaction, every Bundle entry included, needs "
+    "a granting scope: create c, read/vread/history r, update u, delete d, search s; conditional create, "
+    "update, delete and conditional references also need s. patient/ and user/ scopes, scopes with ?query "
+    "constraints and malformed scopes grant nothing. Every response carrying a Patient is recorded in the "
+    "access log."
+)
 INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
 DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Type/id or id",
         "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant"}
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
+                         ("Patient", "export"): BULK_DATA + "patient-export"}
+READ_ONLY = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)/\{[^}]+\}$")
+OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(?P<name>[a-z][a-z-]*)$")
 
 
-def capability_statement(base_url: str, study: Any, settings: Any) -> dict[str, Any]:
+def capability_statement(base_url: str, study: Any, settings: Any, app: Any = None) -> dict[str, Any]:
+    """`app`: the running application, whose routes say which read-only types and operations exist."""
+    routes = _get_paths(app) if app is not None else []
     resources = [_writable(resource_type) for resource_type in WRITABLE_TYPES]
-    resources.append({"type": "ResearchStudy", "interaction": [{"code": "read"}],
-                      "documentation": f"Read-only: ResearchStudy/{study.id}, generated from the study definition."})
+    read_only_docs = {
+        "ResearchStudy": f"Read-only: ResearchStudy/{study.id}, generated from the study definition.",
+        "Questionnaire": "Read-only: each form of the study as an SDC-style Questionnaire, read by its form id ("
+                         + ", ".join(form.id for form in study.forms) + ").",
+    }
+    read_only = sorted({match["type"] for match in map(READ_ONLY.match, routes) if match}
+                       - set(WRITABLE_TYPES)) or ["ResearchStudy"]
+    for resource_type in read_only:
+        resources.append({"type": resource_type, "interaction": [{"code": "read"}],
+                          "documentation": read_only_docs.get(resource_type, "Read-only.")})
+    operations: dict[str | None, list[dict[str, Any]]] = {}
+    for match in filter(None, map(OPERATION.match, routes)):
+        kind, name = match["type"], match["name"]
+        definition = OPERATION_DEFINITIONS.get((kind, name),
+                                               f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}")
+        operations.setdefault(kind, []).append({"name": name, "definition": definition})
+    for resource_type in sorted(kind for kind in operations if kind is not None):
+        known = next((r for r in resources if r["type"] == resource_type), None)
+        if known is None:
+            known = {"type": resource_type}
+            resources.append(known)
+        known["operation"] = operations[resource_type]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -26,9 +65,9 @@ def capability_statement(base_url: str, study: Any, settings: Any) -> dict[str, 
             "mode": "server",
             "security": {
                 "cors": False,
-                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                         "code": "OAuth"}]}],
-                "description": "Bearer JWT; ehr clients see and write only their sites' data.",
+                "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
+                            {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],
+                "description": SECURITY,
             },
             "resource": resources,
             "interaction": [
@@ -36,7 +75,7 @@ def capability_statement(base_url: str, study: Any, settings: Any) -> dict[str, 
                                                          "urn:uuid fullUrls resolved; ifNoneExist honoured."},
                 {"code": "batch", "documentation": "Each entry on its own; a failing entry gets an OperationOutcome."},
             ],
-            "operation": [],
+            "operation": operations.get(None, []),
             "documentation": f"Bodies up to {settings.max_body_bytes} bytes and Bundles up to "
                              f"{settings.max_bundle_entries} entries; _count up to {settings.page_size_max}.",
         }],
@@ -62,3 +101,15 @@ def _writable(resource_type: str) -> dict[str, Any]:
                          "_count and _offset page, with next links. Unknown parameters are refused (400).",
     }
 
+
+
+def _get_paths(app: Any) -> list[str]:
+    """Paths of the app's GET routes, those of included routers too."""
+    paths = []
+    for route in app.routes:
+        if hasattr(route, "effective_route_contexts"):
+            paths += [context.path for context in route.effective_route_contexts()
+                      if "GET" in (getattr(context.original_route, "methods", None) or ())]
+        elif "GET" in (getattr(route, "methods", None) or ()):
+            paths.append(route.path)
+    return paths

@@ -4,6 +4,7 @@ Two identical requests racing both try to insert the same (type, criteria) key; 
 fails, its whole unit of work is retried, and on the retry it finds the winner's resource.
 """
 import hashlib
+from typing import Any
 from urllib.parse import parse_qsl
 
 from ecrf.fhir import search
@@ -16,6 +17,8 @@ MAX_KEY = 512
 def normalised(criteria: str) -> str:
     """Criteria with parameters sorted, so the same search written differently gives one key."""
     pairs = sorted(parse_qsl(criteria.lstrip("?"), keep_blank_values=True))
+    if any(search.CONTROL_CHARACTER.search(name + value) for name, value in pairs):
+        raise FhirError.one(400, "the conditional criteria contain a control character")
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
@@ -28,22 +31,61 @@ def key(store: ClinicalStore, criteria: str) -> str:
     return text
 
 
-def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None) -> str | None:
-    """The one resource the criteria name, None when there is none; 412 when several match."""
+def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None,
+         creating: bool = False) -> str | None:
+    """The one resource the criteria name among those the client sees, None when there is none; 412 when
+    several match. When a miss would create (`creating`), a match the client may not see (an ehr client sees
+    only its own pushes) is a 409: that resource is neither shown to it nor made a second time."""
     criteria_key = key(store, criteria)
     owner = store.conditional_owner(resource_type, criteria_key)
+    site_wide = store.site_view()
     if owner is not None:
-        head = store.head(resource_type, owner)
-        if head is not None and not head.deleted:
+        head = site_wide.head(resource_type, owner)
+        if head is None or head.deleted:
+            store.release_conditional(resource_type, criteria_key, owner)
+        elif store.sees(head):
             return owner
-        store.release_conditional(resource_type, criteria_key)
+        elif creating:
+            raise _unseen_match(resource_type, criteria, location)
     matches = search.matching_ids(store, resource_type, criteria)
     if len(matches) > 1:
         raise FhirError.one(412, f"{resource_type}?{criteria} matches more than one resource",
                             code="multiple-matches", location=location)
+    if not matches and creating and site_wide is not store and search.matching_ids(site_wide, resource_type,
+                                                                                   criteria, 1):
+        raise _unseen_match(resource_type, criteria, location)
     return matches[0] if matches else None
+
+
+def _unseen_match(resource_type: str, criteria: str, location: str | None) -> FhirError:
+    return FhirError.one(409, f"{resource_type}?{criteria} matches a resource of this site that this client did not "
+                              "push: it is not shown to this client, and not created a second time",
+                         code="duplicate", location=location)
 
 
 def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str) -> None:
     """Reserve the criteria for a new resource; raises IntegrityError/Conflict when a twin got there first."""
     store.claim_conditional(resource_type, key(store, criteria), resource_id)
+
+
+KEPT = frozenset({"resourceType", "id", "meta", "identifier"})
+
+
+def merged(existing: dict[str, Any], pushed: dict[str, Any]) -> dict[str, Any]:
+    """A conditional update that merges: the pushed elements win; id, meta and the existing identifiers stay
+    (pushed identifiers not yet there are added)."""
+    result = {**existing, **{name: value for name, value in pushed.items() if name not in KEPT}}
+    identifiers = list(existing.get("identifier") or [])
+    seen = {(i.get("system"), i.get("value")) for i in identifiers if isinstance(i, dict)}
+    for identifier in pushed.get("identifier") or []:
+        if isinstance(identifier, dict) and (identifier.get("system"), identifier.get("value")) not in seen:
+            seen.add((identifier.get("system"), identifier.get("value")))
+            identifiers.append(identifier)
+    if identifiers:
+        result["identifier"] = identifiers
+    return result
+
+
+def same_content(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Equal but for meta (version and instant), so an unchanged push makes no new version."""
+    return {k: v for k, v in one.items() if k != "meta"} == {k: v for k, v in other.items() if k != "meta"}

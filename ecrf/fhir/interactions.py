@@ -8,13 +8,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ecrf.errors import issue
-from ecrf.fhir import conditional, search
+from ecrf.fhir import authorise, conditional, search
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.references import local_target, path_to, reference_holders
 from ecrf.fhir.research_study import research_study
 from ecrf.fhir.validation import WRITABLE_TYPES
 from ecrf.store.errors import NotFound, StoreError
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
+from ecrf.subjects.service import claim_subject, study_reference, subject_key
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 REASONS = {200: "OK", 201: "Created", 204: "No Content"}
@@ -36,6 +37,7 @@ class Entry:
     if_match: int | None = None
     target_id: str | None = None
     matched: bool = False  # a conditional create found its resource
+    merge: bool = False  # ... through the site's MRN of a pushed Patient: the match is updated with what was sent
 
 
 @dataclass
@@ -64,7 +66,12 @@ class Engine:
     _claimed: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def run(self, entries: list[Entry]) -> dict[int, Result]:
-        """Carry out entries in FHIR order (DELETE, POST, PUT, GET); raises FhirError at the first failure."""
+        """Carry out entries in FHIR order (DELETE, POST, PUT, GET); raises FhirError at the first failure.
+        Nothing runs unless the policy allows every entry (role and SMART scopes): 403 naming each refusal."""
+        refused = [problem for entry in entries
+                   for problem in authorise.refusals(self.store.actor, entry, self._searches_first)]
+        if refused:
+            raise FhirError(403, refused)
         ordered = sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
         results: dict[int, Result] = {}
         for entry in (e for e in ordered if e.method == "DELETE"):
@@ -72,6 +79,9 @@ class Engine:
         writes = [e for e in ordered if e.method in ("POST", "PUT")]
         for entry in writes:
             self._guard(entry, self._resolve_target)
+        subjects: dict[str, int] = {}  # subject key -> entry index, within this unit of work
+        for entry in writes:
+            self._guard(entry, lambda e: self._one_subject_per_patient(e, subjects))
         for entry in writes:
             self._guard(entry, self._rewrite_references)
         creates = [e for e in writes if e.method == "POST" and not e.matched]
@@ -84,7 +94,9 @@ class Engine:
         for entry, stored in zip(creates, created, strict=True):
             results[entry.index] = Result(201, stored)
         for entry in writes:
-            if entry.method == "POST" and entry.matched:
+            if entry.method == "POST" and entry.matched and entry.merge:
+                results[entry.index] = self._guard(entry, self._merge)
+            elif entry.method == "POST" and entry.matched:
                 results[entry.index] = Result(200, self.store.read(entry.resource_type, entry.target_id))
             elif entry.method == "PUT":
                 results[entry.index] = self._guard(entry, self._update)
@@ -116,19 +128,28 @@ class Engine:
         return Result(204, stored)
 
     def _resolve_target(self, entry: Entry) -> None:
+        entry.merge = False
         if entry.method == "POST":
             criteria = entry.if_none_exist or self._site_mrn_criteria(entry)
             if criteria:
-                found = conditional.find(self.store, entry.resource_type, criteria, location=entry.location)
+                # the implicit MRN match finds the site's Patient whoever pushed or enrolled it, and links it
+                # to this client: for an ehr client it counts as pushed by it from now on
+                linking = entry.if_none_exist is None
+                found = conditional.find(self.store.site_view() if linking else self.store, entry.resource_type,
+                                         criteria, location=entry.location, creating=True)
                 if found is not None:
                     entry.target_id, entry.matched = found, True
+                    entry.merge = linking  # the implicit MRN match is a conditional update
+                    if linking:
+                        self.store.adopt(entry.resource_type, found)
                 else:
                     entry.target_id = new_id()
                     self._claim(entry, criteria)
             else:
                 entry.target_id = new_id()
         elif entry.criteria is not None:
-            found = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location)
+            found = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location,
+                                     creating=True)
             if found is None:
                 found = entry.target_id = new_id()
                 self._claim(entry, entry.criteria)
@@ -140,6 +161,10 @@ class Engine:
             self.mapping[entry.full_url] = reference
         if not entry.matched:
             self.written.add(reference)
+
+    def _searches_first(self, entry: Entry) -> bool:
+        """A create that looks for its resource first: ifNoneExist, or a Patient with its site's MRN."""
+        return bool(entry.if_none_exist or self._site_mrn_criteria(entry))
 
     def _site_mrn_criteria(self, entry: Entry) -> str | None:
         """A Patient carrying an MRN of the pushing client's site is that site's patient with that MRN."""
@@ -163,8 +188,51 @@ class Engine:
                                      "send it once", code="duplicate", location=entry.location)
         conditional.claim(self.store, entry.resource_type, criteria, entry.target_id)
 
+    def _one_subject_per_patient(self, entry: Entry, claimed: dict[str, int]) -> None:
+        """A Patient is a subject of the study once (a unique key in conditional_key): creating another
+        answers the subject that exists, as an ifNoneExist would; a PUT making a second one is refused."""
+        if entry.resource_type != "ResearchSubject" or entry.matched or entry.resource is None:
+            return
+        patient_id = self._subject_patient(entry)
+        if patient_id is None:
+            return
+        twin = claimed.setdefault(subject_key(self.study, patient_id), entry.index)
+        if twin != entry.index:
+            raise FhirError.one(400, f"entries {twin} and {entry.index} both make Patient/{patient_id} a subject of "
+                                     f"{self.study.id}: send it once", code="duplicate", location=entry.location)
+        other = claim_subject(self.store, self.study, patient_id, entry.target_id)
+        if other is None:
+            return
+        if self.store.head("ResearchSubject", other) is None:  # an ehr client's view: enrolled by someone else
+            raise FhirError.one(409, f"Patient/{patient_id} already is a subject of study {self.study.id}, which "
+                                     "this client did not push: it is not shown to it, and not made a second time",
+                                code="duplicate", location=f"{entry.resource_location}.individual")
+        if entry.method != "POST":
+            raise FhirError.one(409, f"Patient/{patient_id} already is subject ResearchSubject/{other} of study "
+                                     f"{self.study.id}, and a patient is enrolled once: update ResearchSubject/{other}",
+                                code="duplicate", location=f"{entry.resource_location}.individual")
+        self.written.discard(f"ResearchSubject/{entry.target_id}")
+        entry.target_id, entry.matched = other, True
+        if entry.full_url:
+            self.mapping[entry.full_url] = f"ResearchSubject/{other}"
+
+    def _subject_patient(self, entry: Entry) -> str | None:
+        """The Patient id a ResearchSubject of this study names as individual (after this Bundle's fullUrls)."""
+        study = (entry.resource.get("study") or {}).get("reference")
+        reference = (entry.resource.get("individual") or {}).get("reference")
+        if not isinstance(study, str) or not isinstance(reference, str):
+            return None
+        if local_target(study, self.base_url) != study_reference(self.study):
+            return None
+        reference = self.mapping.get(reference, reference)
+        if "?" in reference and not reference.startswith(("http:", "https:")):
+            reference = self._conditional_reference(
+                reference, lambda: f"{entry.resource_location}.individual.reference") or reference
+        target = local_target(reference, self.base_url)
+        return target.split("/", 1)[1] if target and target.startswith("Patient/") else None
+
     def _rewrite_references(self, entry: Entry) -> None:
-        if entry.matched or entry.resource is None:
+        if (entry.matched and not entry.merge) or entry.resource is None:
             return
         problems = []
         for holder in reference_holders(entry.resource):
@@ -214,6 +282,20 @@ class Engine:
             head = self.store.head(resource_type, resource_id)
             self._exists[target] = head is not None and not head.deleted
         return self._exists[target]
+
+    def _merge(self, entry: Entry) -> Result:
+        """A pushed Patient that matched its site's MRN: the stored Patient keeps its id, site and identifiers
+        and takes the pushed elements, in a new version only when that changes something."""
+        current = self.store.read(entry.resource_type, entry.target_id)
+        content = conditional.merged(current.content, entry.resource)
+        if conditional.same_content(current.content, content):
+            return Result(200, current)
+        reason = authorise.refusal(self.store.actor, "fhir.write", entry.resource_type, "u",
+                                   f"{entry.location} (POST {entry.resource_type} matching Patient/{entry.target_id})")
+        if reason is not None:
+            raise FhirError.one(403, reason, code="forbidden", location=entry.location)
+        stored, _ = self.store.update(entry.resource_type, entry.target_id, content, self.context)
+        return Result(200, stored)
 
     def _update(self, entry: Entry) -> Result:
         if entry.resource_type == "Patient" and self.store.head("Patient", entry.target_id) is None:

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
 from ecrf.fhir import bundle, search
+from ecrf.fhir.authorise import require
 from ecrf.fhir.capability import capability_statement
 from ecrf.fhir.interactions import Result, searchset
 from ecrf.fhir.media import if_match_version, outcome_response, read_json, respond, version_headers
@@ -75,11 +77,17 @@ def _runtime(request: Request):
     return request.app.state.runtime
 
 
+def _shown(request: Request, actor: Actor, interaction: str, body: Any) -> Any:
+    """Record the Patients (identifiers) a response is about to show, then let it go."""
+    access.record_request(request, actor, interaction, access.PATIENT, access.patients_shown(body))
+    return body
+
+
 @router.get("/metadata", dependencies=[Depends(public)])
 def metadata(request: Request):
     """The CapabilityStatement: types, interactions and search parameters this server supports."""
     runtime = _runtime(request)
-    return respond(capability_statement(_base(request), runtime.study, runtime.settings))
+    return respond(capability_statement(_base(request), runtime.study, runtime.settings, request.app))
 
 
 @router.post("", summary="Transaction or batch Bundle")
@@ -91,11 +99,13 @@ async def post_bundle(request: Request, actor: Actor = WRITE):
         result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request))
     except FhirError as error:
         return outcome_response(error)
+    await run_in_threadpool(_shown, request, actor, body.get("type", "bundle"), result)
     return respond(result)
 
 
 @router.get("/ResearchStudy/{resource_id}")
 def read_research_study(request: Request, resource_id: str, actor: Actor = READ):
+    require(actor, "fhir.read", "ResearchStudy", "read")
     study = _runtime(request).study
     if resource_id != study.id:
         raise NotFound(f"ResearchStudy/{resource_id} is not known: this server runs {study.id}")
@@ -135,26 +145,30 @@ async def conditional_delete(request: Request, resource_type: str, actor: Actor 
 
 @router.get("/{resource_type:fhir_type}", summary="Search")
 def search_type(request: Request, resource_type: str, actor: Actor = READ):
+    require(actor, "fhir.read", resource_type, "search")
     runtime = _runtime(request)
     settings = runtime.settings
     try:
         query = search.parse(resource_type, list(request.query_params.multi_items()),
                              default_count=settings.page_size_default, max_count=settings.page_size_max)
         with read_only(runtime, actor) as store:
-            return respond(searchset(store, query, _base(request)))
+            found = searchset(store, query, _base(request))
     except FhirError as error:
         return outcome_response(error)
+    return respond(_shown(request, actor, "search", found))
 
 
 @router.get("/{resource_type:fhir_type}/{resource_id}", summary="Read")
 def read(request: Request, resource_type: str, resource_id: str, actor: Actor = READ):
+    require(actor, "fhir.read", resource_type, "read")
     with read_only(_runtime(request), actor) as store:
         stored = store.read(resource_type, resource_id)
-    return respond(stored.content, headers=version_headers(stored))
+    return respond(_shown(request, actor, "read", stored.content), headers=version_headers(stored))
 
 
 @router.get("/{resource_type:fhir_type}/{resource_id}/_history", summary="History of one resource")
 def history(request: Request, resource_type: str, resource_id: str, actor: Actor = READ):
+    require(actor, "fhir.read", resource_type, "history")
     base = _base(request)
     with read_only(_runtime(request), actor) as store:
         versions = store.history(resource_type, resource_id)
@@ -168,16 +182,18 @@ def history(request: Request, resource_type: str, resource_id: str, actor: Actor
         entry["response"] = {"status": "204 No Content" if stored.deleted else ("201 Created" if method == "POST" else "200 OK"),
                              "etag": stored.etag, "lastModified": instant(stored.last_updated)}
         entries.append(entry)
-    return respond({"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries})
+    history_bundle = {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+    return respond(_shown(request, actor, "history", history_bundle))
 
 
 @router.get("/{resource_type:fhir_type}/{resource_id}/_history/{version_id}", summary="Read one version")
 def vread(request: Request, resource_type: str, resource_id: str, version_id: str, actor: Actor = READ):
+    require(actor, "fhir.read", resource_type, "vread")
     if not re.fullmatch(r"\d{1,9}", version_id):
         raise NotFound(f"{resource_type}/{resource_id} has no version {version_id!r}")
     with read_only(_runtime(request), actor) as store:
         stored = store.vread(resource_type, resource_id, int(version_id))
-    return respond(stored.content, headers=version_headers(stored))
+    return respond(_shown(request, actor, "vread", stored.content), headers=version_headers(stored))
 
 
 async def _write(request: Request, actor: Actor, method: str, url: str, *, has_body: bool = True,
@@ -195,6 +211,9 @@ async def _write(request: Request, actor: Actor, method: str, url: str, *, has_b
         [result] = await run_in_threadpool(bundle.transaction, _runtime(request), actor, [entry], base)
     except FhirError as error:
         return outcome_response(error)
+    if result.stored is not None and not result.stored.deleted:
+        interaction = {"POST": "create", "PUT": "update"}[method]
+        await run_in_threadpool(_shown, request, actor, interaction, result.stored.content)
     return _rest_response(result)
 
 

@@ -1,4 +1,5 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from ecrf.store.service import ClinicalStore
 CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format")
 COMMON_PARAMS = {"_id": "id", "_lastUpdated": "last-updated"}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")  # criteria also come from Bundle urls and If-None-Exist
 
 
 @dataclass
@@ -50,6 +52,8 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
     sort_spec = None
     for name, value in pairs:
         base, _, modifier = name.partition(":")
+        if CONTROL_CHARACTER.search(name) or CONTROL_CHARACTER.search(value):
+            raise FhirError.one(400, f"search parameter {CONTROL_CHARACTER.sub('?', base)!r} contains a control character")
         if name in CONTROL_PARAMS:
             if name == "_count":
                 query.count = min(_non_negative(name, value), max_count)
@@ -108,7 +112,7 @@ def matching_ids(store: ClinicalStore, resource_type: str, criteria: str, limit:
 
 
 def _non_negative(name: str, value: str) -> int:
-    if not value.isdigit() or int(value) > MAX_OFFSET:
+    if not re.fullmatch("[0-9]{1,10}", value) or int(value) > MAX_OFFSET:
         raise FhirError.one(400, f"{name} must be an integer from 0 to {MAX_OFFSET}, got {value!r}")
     return int(value)
 
@@ -140,7 +144,7 @@ def _code_condition(value: str):
 
 def _reference_condition(value: str):
     if "/" not in value:
-        return or_(SearchToken.value == value, SearchToken.value.like(f"%/{value}"))
+        return or_(SearchToken.value == value, SearchToken.value.endswith(f"/{value}", autoescape=True))
     parts = value.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]

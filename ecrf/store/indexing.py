@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.mapping import resource_to_items
@@ -82,8 +82,7 @@ PATIENT_REFERENCE = {
 }
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):  # a tuple: several per resource written, so cheap to make
     param: str
     system: str | None = None
     code: str | None = None
@@ -101,7 +100,8 @@ class Fact:
     original_value: str | None
     original_unit: str | None
     uln: float | None
-    effective: datetime | None
+    effective: datetime | None  # the exact instant, in UTC: for ordering
+    effective_date: date | None  # the calendar date as sent (local to the sender): for windows and visits
     error: str | None
 
 
@@ -120,7 +120,7 @@ def search_tokens(resource: dict[str, Any]) -> list[Token]:
     tokens: list[Token] = []
     for param, (kind, paths) in SEARCH_PARAMS.get(resource.get("resourceType", ""), {}).items():
         for path in paths:
-            values = list(_values_at(resource, path))
+            values = _values_at(resource, path)
             if kind == "date":
                 moments = [parse_moment(value) for value in values if isinstance(value, str)]
                 tokens.extend(Token(param, moment=moment) for moment in moments if moment)
@@ -149,16 +149,19 @@ def _token_values(param: str, values: Iterable[Any]) -> Iterator[Token]:
             yield Token(param, system=value.get("system"), code=value.get("code"))
 
 
-def _values_at(node: Any, path: str) -> Iterator[Any]:
-    head, _, rest = path.partition(".")
-    value = node.get(head) if isinstance(node, dict) else None
-    for element in value if isinstance(value, list) else [value]:
-        if element is None:
-            continue
-        if rest:
-            yield from _values_at(element, rest)
-        else:
-            yield element
+def _values_at(node: Any, path: str) -> list[Any]:
+    """The values at a dotted path, arrays flattened at every step, nulls left out."""
+    values = [node]
+    for name in path.split("."):
+        found = []
+        for value in values:
+            element = value.get(name) if isinstance(value, dict) else None
+            if isinstance(element, list):
+                found.extend(item for item in element if item is not None)
+            elif element is not None:
+                found.append(element)
+        values = found
+    return values
 
 
 def parse_moment(text: str) -> datetime | None:
@@ -195,6 +198,7 @@ class Indexer:
                 original_unit=item.original_unit,
                 uln=None if item.uln is None else float(item.uln),
                 effective=_moment(item.effective),
+                effective_date=local_date(item.effective),
                 error=item.error,
             ))
         return facts
@@ -216,6 +220,28 @@ def _text(value: Any) -> str | None:
     if isinstance(value, (date, datetime)):
         return value.isoformat()
     return str(value)
+
+
+def local_date(value: Any) -> date | None:
+    """The calendar date a FHIR date or dateTime was sent with: the date of its own offset, never of UTC
+    (2026-11-12T07:00+08:00 is 2026-11-12). Partial dates (year, year-month) have none."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and len(value) >= 10:
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None
+
+
+def sent_date(effective_date: date | None, effective: datetime | None) -> date | None:
+    """An item fact's date as sent; a fact without one (indexed before it was kept) falls back to its UTC date."""
+    if effective_date is not None or effective is None:
+        return effective_date
+    return (effective.astimezone(UTC) if effective.tzinfo else effective).date()
 
 
 def _moment(value: Any) -> datetime | None:

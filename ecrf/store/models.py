@@ -1,5 +1,5 @@
 """Tables of the versioned clinical store. Versions are append-only; heads and indexes are derived."""
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -97,7 +97,8 @@ class ItemFact(SQLModel, table=True):
     original_value: str | None = Field(default=None, max_length=64)
     original_unit: str | None = Field(default=None, max_length=64)
     uln: float | None = None
-    effective: datetime | None = None
+    effective: datetime | None = None  # the exact instant (UTC), for ordering
+    effective_date: date | None = None  # the date as sent (the sender's local date): windows, visits, intervals
     error: str | None = Field(default=None, sa_column=Column(Text))
     source: str = Field(max_length=16)  # the door of the write that set this value (form, fhir, system)
     set_in_version: int | None = None  # the resource version that set this value; later versions may carry it
@@ -111,3 +112,14 @@ class ConditionalKey(SQLModel, table=True):
     resource_type: str = Field(primary_key=True, max_length=64)
     criteria: str = Field(primary_key=True, max_length=512)
     resource_id: str = Field(max_length=64)
+
+
+class PushedBy(SQLModel, table=True):
+    """Which ehr client (token `sub`) pushed each resource, or linked it to itself by its site's MRN: what an
+    ehr-only client may read back. Written by the store for every write of such a client."""
+
+    __tablename__ = "pushed_by"
+
+    resource_type: str = Field(primary_key=True, max_length=64)
+    resource_id: str = Field(primary_key=True, max_length=64)
+    sub: str = Field(primary_key=True, max_length=200)

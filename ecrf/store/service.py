@@ -5,12 +5,13 @@ here, where data is read, so no caller can forget it.
 """
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import and_, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 from sqlmodel.sql.expression import Select
@@ -20,8 +21,9 @@ from ecrf.auth.actor import Actor
 from ecrf.responses import dumps
 from ecrf.store import bulk
 from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, VersionConflict
-from ecrf.store.indexing import Fact, Indexer, patient_of, search_tokens
-from ecrf.store.models import ConditionalKey, ItemFact, ResourceHead, ResourceVersion, SearchToken
+from ecrf.store.indexing import Indexer, patient_of
+from ecrf.store.models import ConditionalKey, ItemFact, PushedBy, ResourceHead, ResourceVersion, SearchToken
+from ecrf.store.version_rows import FactKey, audit_entries, fact_rows, token_rows
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,13 @@ def _stored(row: ResourceVersion) -> Stored:
 
 
 ONE_MICROSECOND = timedelta(microseconds=1)
+BULK_CHUNK = 1000  # resources per bulk insert: bounds the rows held in memory at once
 
 DerivedHook = Callable[["ClinicalStore", set[str]], None]
-FactKey = tuple[str, str]  # (form id, item id)
+# Asked before any version of an existing resource is written or deleted: refuses by raising a StoreError
+# (nothing is written), or answers a follow-up to run in the same transaction once the new version is in place.
+WriteGuard = Callable[["ClinicalStore", str, str, "WriteContext"], Callable[[], None] | None]
+EHR_ONLY = frozenset({"ehr"})
 
 
 @dataclass
@@ -87,14 +93,54 @@ class ClinicalStore:
     actor: Actor
     indexer: Indexer
     derived_hooks: list[DerivedHook] = field(default_factory=list)
+    write_guards: list[WriteGuard] = field(default_factory=list)
     touched_patients: set[str] = field(default_factory=set)
+    # An ehr-only client sees only what it pushed (pushed_by), and its writes are recorded there;
+    # None: decided by the actor's roles.
+    own_pushes_only: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.own_pushes_only is None:
+            self.own_pushes_only = self.actor.roles == EHR_ONLY
+
+    # -- visibility: the one rule of what this actor may see, for a query and for one loaded head --
+
+    def visible(self, statement: Select) -> Select:
+        """The statement (over resource_head) limited to what this actor may see: its sites, and for an
+        ehr-only client only the resources it pushed."""
+        if self.actor.sites is not None:
+            statement = statement.where(ResourceHead.site.in_(sorted(self.actor.sites)))
+        if self.own_pushes_only:
+            statement = statement.where(exists().where(
+                PushedBy.resource_type == ResourceHead.resource_type, PushedBy.resource_id == ResourceHead.resource_id,
+                PushedBy.sub == self.actor.sub))
+        return statement
+
+    def sees(self, head: ResourceHead) -> bool:
+        """`visible` for one head already loaded."""
+        if not self.actor.may_see_site(head.site):
+            return False
+        return not self.own_pushes_only or \
+            self.session.get(PushedBy, (head.resource_type, head.resource_id, self.actor.sub)) is not None
+
+    def site_view(self) -> "ClinicalStore":
+        """This unit of work seeing all of its actor's sites' data, also for an ehr client (which otherwise
+        sees its pushes only): for derived state and duplicate checks. Its writes are not pushes."""
+        return replace(self, own_pushes_only=False) if self.own_pushes_only else self
+
+    def adopt(self, resource_type: str, resource_id: str) -> None:
+        """An ehr client linked an existing resource to itself (its site's Patient, by MRN): from now on it
+        counts as pushed by that client."""
+        if self.own_pushes_only:
+            self._record_push(resource_type, resource_id, new=False)
+            self.session.flush()
 
     # -- reads -------------------------------------------------------------------------------
 
     def head(self, resource_type: str, resource_id: str) -> ResourceHead | None:
         head = self.session.get(ResourceHead, (resource_type, resource_id))
-        if head is not None and not self.actor.may_see_site(head.site):
-            return None  # another site's data does not exist for this actor
+        if head is not None and not self.sees(head):
+            return None  # data this actor may not see (another site's, another client's) do not exist for it
         return head
 
     def read(self, resource_type: str, resource_id: str) -> Stored:
@@ -131,20 +177,20 @@ class ClinicalStore:
 
     def scoped_heads(self, resource_type: str) -> Select:
         """Current, not deleted heads of one type that this actor may see: the base of every search."""
-        statement = select(ResourceHead).where(ResourceHead.resource_type == resource_type,
-                                               ResourceHead.deleted == False)  # noqa: E712
-        if self.actor.sites is not None:
-            statement = statement.where(ResourceHead.site.in_(sorted(self.actor.sites)))
-        return statement
+        return self.visible(select(ResourceHead).where(ResourceHead.resource_type == resource_type,
+                                                       ResourceHead.deleted == False))  # noqa: E712
 
     def current(self, heads: Iterable[ResourceHead]) -> list[Stored]:
-        """Current versions for heads already filtered by a scoped query, in the given order."""
+        """Current versions of heads, in the given order; those this actor may not see are left out."""
         heads = list(heads)
         pks = [head.version_pk for head in heads]
         if not pks:
             return []
-        rows = {row.pk: row for row in self.session.exec(select(ResourceVersion).where(ResourceVersion.pk.in_(pks))).all()}
-        return [_stored(rows[pk]) for pk in pks]
+        statement = self.visible(select(ResourceVersion).join(ResourceHead, and_(
+            ResourceHead.resource_type == ResourceVersion.resource_type,
+            ResourceHead.resource_id == ResourceVersion.resource_id)).where(ResourceVersion.pk.in_(pks)))
+        rows = {row.pk: row for row in self.session.exec(statement).all()}
+        return [_stored(rows[pk]) for pk in pks if pk in rows]
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -165,7 +211,7 @@ class ClinicalStore:
         now = datetime.now(UTC)
         moment = instant(now)
         patient_sites = self._patient_sites(resources, site)
-        versions, prepared = [], []
+        prepared = []
         for resource, resource_id in resources:
             resource_type = resource["resourceType"]
             content = {**resource, "id": resource_id,
@@ -176,12 +222,17 @@ class ClinicalStore:
             if not self.actor.may_see_site(where):
                 raise Forbidden(f"{resource_type}/{resource_id} belongs to a site this client may not write")
             prepared.append(Stored(resource_type, resource_id, 1, now, False, patient_id, where, content))
-            versions.append({
-                "resource_type": resource_type, "resource_id": resource_id, "version_id": 1, "last_updated": now,
-                "deleted": False, "patient_id": patient_id, "site": where, "content": orjson.dumps(content).decode(),
-                "author_sub": self.actor.sub, "author_role": self.actor.role, "reason": context.reason,
-                "source": context.source,
-            })
+        for start in range(0, len(prepared), BULK_CHUNK):  # rows are built and inserted a chunk at a time
+            self._insert_new(prepared[start:start + BULK_CHUNK], context)
+        return prepared
+
+    def _insert_new(self, prepared: list[Stored], context: WriteContext) -> None:
+        versions = [{
+            "resource_type": s.resource_type, "resource_id": s.resource_id, "version_id": 1,
+            "last_updated": s.last_updated, "deleted": False, "patient_id": s.patient_id, "site": s.site,
+            "content": dumps(s.content).decode(), "author_sub": self.actor.sub, "author_role": self.actor.role,
+            "reason": context.reason, "source": context.source,
+        } for s in prepared]
         pks = bulk.next_keys(self.session, ResourceVersion.__table__, len(versions))
         for version, pk in zip(versions, pks, strict=True):
             version["pk"] = pk
@@ -189,36 +240,16 @@ class ClinicalStore:
             bulk.insert_rows(self.session, ResourceVersion.__table__, versions)
             bulk.insert_rows(self.session, ResourceHead.__table__, [
                 {"resource_type": s.resource_type, "resource_id": s.resource_id, "version_id": 1, "version_pk": pk,
-                 "last_updated": now, "deleted": False, "patient_id": s.patient_id, "site": s.site}
+                 "last_updated": s.last_updated, "deleted": False, "patient_id": s.patient_id, "site": s.site}
                 for s, pk in zip(prepared, pks, strict=True)
             ])
+            if self.own_pushes_only:
+                bulk.insert_rows(self.session, PushedBy.__table__, [
+                    {"resource_type": s.resource_type, "resource_id": s.resource_id, "sub": self.actor.sub}
+                    for s in prepared])
         except IntegrityError as error:
             raise Conflict("a resource of this request already exists or was created concurrently: retry") from error
-        tokens, facts, audit_entries = [], [], []
-        for stored in prepared:
-            tokens.extend(
-                {"resource_type": stored.resource_type, "resource_id": stored.resource_id, "param": token.param,
-                 "system": _cut(token.system), "code": _cut(token.code), "value": _cut(token.value),
-                 "moment": token.moment}
-                for token in search_tokens(stored.content))
-            new_facts = self.indexer.facts(stored.content)
-            facts.extend(self._fact_row(stored, fact, context) for fact in new_facts)
-            common = dict(action="create", source=context.source, patient_id=stored.patient_id,
-                          visit_id=context.visit_id, reason=context.reason, resource=stored.reference,
-                          resource_version=1)
-            by_item = {(fact.form_id, fact.item_id): fact for fact in new_facts}
-            shown = [(by_item[key], _shown(by_item[key])) for key in sorted(by_item)]
-            shown = [(fact, text) for fact, text in shown if text is not None]
-            audit_entries.extend({**common, "form_id": fact.form_id, "item_id": fact.item_id, "new_value": text}
-                                 for fact, text in shown)
-            if not shown:
-                audit_entries.append({**common, "form_id": context.form_id})
-            if stored.patient_id:
-                self.touched_patients.add(stored.patient_id)
-        bulk.insert_rows(self.session, SearchToken.__table__, tokens)
-        bulk.insert_rows(self.session, ItemFact.__table__, facts)
-        audit.append_many(self.session, self.actor, audit_entries)
-        return prepared
+        self._index([(stored, {}) for stored in prepared], context)
 
     def _patient_sites(self, resources: list[tuple[dict[str, Any], str]], site: str | None) -> dict[str, str | None]:
         """Site of every Patient the resources are about: created alongside, or already stored."""
@@ -246,19 +277,25 @@ class ClinicalStore:
         if head.deleted:
             return None
         self._check_version(head, if_match, resource_type, resource_id)
+        follow_ups = self._guarded(resource_type, resource_id, context)
         previous = self.session.get(ResourceVersion, head.version_pk)
         content = orjson.loads(previous.content)
-        return self._append_version(head, resource_type, resource_id, content, context, deleted=True, site=None)
+        stored = self._append_version(head, resource_type, resource_id, content, context, deleted=True, site=None)
+        for follow_up in follow_ups:
+            follow_up()
+        return stored
 
     def claim_conditional(self, resource_type: str, criteria: str, resource_id: str) -> None:
         """Reserve a conditional-create key; a concurrent twin fails on the unique key and retries."""
         self.session.add(ConditionalKey(resource_type=resource_type, criteria=criteria, resource_id=resource_id))
         self.session.flush()
 
-    def release_conditional(self, resource_type: str, criteria: str) -> None:
-        """Free a key whose resource was deleted, so the criteria can create again."""
+    def release_conditional(self, resource_type: str, criteria: str, owner: str) -> None:
+        """Free the key `owner` holds because its resource was deleted, so the criteria can create again. Only
+        while `owner` still holds it: a key a concurrent unit of work has released and claimed again stays."""
         self.session.execute(sql_delete(ConditionalKey).where(
-            (ConditionalKey.resource_type == resource_type) & (ConditionalKey.criteria == criteria)))
+            (ConditionalKey.resource_type == resource_type) & (ConditionalKey.criteria == criteria)
+            & (ConditionalKey.resource_id == owner)))
 
     def conditional_owner(self, resource_type: str, criteria: str) -> str | None:
         key = self.session.get(ConditionalKey, (resource_type, criteria))
@@ -268,8 +305,9 @@ class ClinicalStore:
         """Recompute derived state for every patient this unit of work touched, before commit."""
         while self.touched_patients:
             patients, self.touched_patients = self.touched_patients, set()
+            view = self.site_view()  # derived state (eligibility) sees all of a subject's data
             for hook in self.derived_hooks:
-                hook(self, patients)
+                hook(view, patients)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -277,7 +315,7 @@ class ClinicalStore:
         head = self.session.exec(select(ResourceHead).where(
             ResourceHead.resource_type == resource_type, ResourceHead.resource_id == resource_id,
         ).with_for_update()).one_or_none()
-        if head is not None and not self.actor.may_see_site(head.site):
+        if head is not None and not self.sees(head):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         return head
 
@@ -297,9 +335,22 @@ class ClinicalStore:
             raise Conflict(f"{resource_type}/{resource_id} already exists")
         if head is None and expected is not None:
             raise VersionConflict(f"{resource_type}/{resource_id} does not exist, so version {expected} cannot match")
+        follow_ups = []
         if head is not None:
             self._check_version(head, expected, resource_type, resource_id)
-        return self._append_version(head, resource_type, resource_id, dict(resource), context, deleted=False, site=site)
+            follow_ups = self._guarded(resource_type, resource_id, context)
+        stored = self._append_version(head, resource_type, resource_id, dict(resource), context, deleted=False, site=site)
+        for follow_up in follow_ups:
+            follow_up()
+        return stored
+
+    def _record_push(self, resource_type: str, resource_id: str, *, new: bool) -> None:
+        if new or self.session.get(PushedBy, (resource_type, resource_id, self.actor.sub)) is None:
+            self.session.add(PushedBy(resource_type=resource_type, resource_id=resource_id, sub=self.actor.sub))
+
+    def _guarded(self, resource_type: str, resource_id: str, context: WriteContext) -> list[Callable[[], None]]:
+        answers = (guard(self, resource_type, resource_id, context) for guard in self.write_guards)
+        return [follow_up for follow_up in answers if follow_up is not None]
 
     def _site_for(self, resource_type: str, patient_id: str | None, requested: str | None) -> str | None:
         if patient_id and resource_type != "Patient":
@@ -332,6 +383,8 @@ class ClinicalStore:
             author_sub=self.actor.sub, author_role=self.actor.role, reason=context.reason, source=context.source,
         )
         self.session.add(row)
+        if self.own_pushes_only:
+            self._record_push(resource_type, resource_id, new=version_id == 1)
         try:
             self.session.flush()
         except IntegrityError as error:
@@ -348,79 +401,32 @@ class ClinicalStore:
         except IntegrityError as error:
             raise Conflict(f"{resource_type}/{resource_id} was created concurrently: retry") from error
         stored = _stored(row)
-        old_facts, new_facts = self._reindex(stored, context)
-        self._audit(stored, context, old_facts, new_facts)
-        if patient_id:
-            self.touched_patients.add(patient_id)
+        self._index([(stored, self._unindex(stored))], context)
         return stored
 
-    def _reindex(self, stored: Stored, context: WriteContext) -> tuple[dict[FactKey, ItemFact], dict[FactKey, Fact]]:
-        """Replace the resource's tokens and facts; returns the facts it had before and has now."""
-        key = (ItemFact.resource_type == stored.resource_type) & (ItemFact.resource_id == stored.resource_id)
-        old = {(fact.form_id, fact.item_id): fact for fact in self.session.exec(select(ItemFact).where(key)).all()}
-        self.session.execute(sql_delete(ItemFact).where(key))
-        self.session.execute(sql_delete(SearchToken).where(
-            (SearchToken.resource_type == stored.resource_type) & (SearchToken.resource_id == stored.resource_id)
-        ))
-        if stored.deleted:
-            return old, {}
-        tokens = [
-            {"resource_type": stored.resource_type, "resource_id": stored.resource_id, "param": token.param,
-             "system": _cut(token.system), "code": _cut(token.code), "value": _cut(token.value), "moment": token.moment}
-            for token in search_tokens(stored.content)
-        ]
-        if tokens:
-            self.session.execute(SearchToken.__table__.insert(), tokens)
-        new = {(fact.form_id, fact.item_id): fact for fact in self.indexer.facts(stored.content)}
-        facts = [self._fact_row(stored, fact, context, old.get(key)) for key, fact in new.items()]
-        if facts:
-            self.session.execute(ItemFact.__table__.insert(), facts)
-        return old, new
+    def _unindex(self, stored: Stored) -> dict[FactKey, Any]:
+        """Drop the resource's search tokens and item facts; returns the facts it had."""
+        facts, tokens = ItemFact.__table__, SearchToken.__table__
+        old = self.session.execute(facts.delete().where(
+            (facts.c.resource_type == stored.resource_type) & (facts.c.resource_id == stored.resource_id)
+        ).returning(*facts.c)).all()
+        self.session.execute(tokens.delete().where(
+            (tokens.c.resource_type == stored.resource_type) & (tokens.c.resource_id == stored.resource_id)))
+        return {(fact.form_id, fact.item_id): fact for fact in old}
 
-    @staticmethod
-    def _fact_row(stored: Stored, fact: Fact, context: WriteContext, before: ItemFact | None = None) -> dict[str, Any]:
-        """The fact of the new version; a value this version did not change keeps the provenance (source and
-        version) of the write that set it, so a derived status update does not claim a clinician's value."""
-        if before is not None and _shown(before) == _shown(fact):
-            source, set_in = before.source or context.source, before.set_in_version or before.version_id
-        else:
-            source, set_in = context.source, stored.version_id
-        return {
-            "resource_type": stored.resource_type, "resource_id": stored.resource_id,
-            "version_id": stored.version_id, "patient_id": stored.patient_id, "form_id": fact.form_id,
-            "item_id": fact.item_id, "value_number": fact.value_number, "value_text": fact.value_text,
-            "unit": fact.unit, "original_value": _cut(fact.original_value, 64), "original_unit": _cut(fact.original_unit, 64),
-            "uln": fact.uln, "effective": fact.effective, "error": fact.error, "source": source,
-            "set_in_version": set_in,
-        }
-
-    def _audit(self, stored: Stored, context: WriteContext, old_facts: dict[FactKey, ItemFact],
-               new_facts: dict[FactKey, Fact]) -> None:
-        action = "delete" if stored.deleted else ("create" if stored.version_id == 1 else "update")
-        common = dict(source=context.source, patient_id=stored.patient_id, visit_id=context.visit_id,
-                      reason=context.reason, resource=stored.reference, resource_version=stored.version_id)
-        changed = False
-        for key in sorted(set(old_facts) | set(new_facts)):
-            old_value = _shown(old_facts.get(key))
-            new_value = _shown(new_facts.get(key))
-            if old_value == new_value:
-                continue
-            changed = True
-            audit.append(self.session, self.actor, action, form_id=key[0], item_id=key[1],
-                         old_value=old_value, new_value=new_value, **common)
-        if not changed:
-            audit.append(self.session, self.actor, action, form_id=context.form_id, **common)
-
-
-def _shown(fact: Any) -> str | None:
-    if fact is None:
-        return None
-    text = fact.value_text if fact.value_text is not None else fact.original_value
-    unit = f" {fact.unit}" if fact.unit else ""
-    uln = f" (ULN {fact.uln:g})" if fact.uln is not None else ""
-    return f"{text}{unit}{uln}"
-
-
-def _cut(text: str | None, limit: int = 255) -> str | None:
-    return text if text is None or len(text) <= limit else text[:limit]
-
+    def _index(self, versions: list[tuple[Stored, dict[FactKey, Any]]], context: WriteContext) -> None:
+        """Search tokens, item facts and item-level audit entries of new versions, given the facts each
+        resource had before; their patients' derived state is recomputed before commit."""
+        tokens, facts, entries = [], [], []
+        for stored, before in versions:
+            after = {}
+            if not stored.deleted:
+                tokens += token_rows(stored)
+                after = {(fact.form_id, fact.item_id): fact for fact in self.indexer.facts(stored.content)}
+            facts += fact_rows(stored, after, context, before)
+            entries += audit_entries(stored, context, before, after)
+            if stored.patient_id:
+                self.touched_patients.add(stored.patient_id)
+        bulk.insert_rows(self.session, SearchToken.__table__, tokens)
+        bulk.insert_rows(self.session, ItemFact.__table__, facts)
+        audit.append_many(self.session, self.actor, entries)

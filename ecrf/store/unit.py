@@ -11,7 +11,7 @@ from ecrf.store.service import ClinicalStore
 @contextmanager
 def writing(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
     with transaction(runtime.engine) as session:
-        store = ClinicalStore(session, actor, runtime.indexer, list(runtime.derived_hooks))
+        store = ClinicalStore(session, actor, runtime.indexer, list(runtime.derived_hooks), list(runtime.write_guards))
         yield store
         store.finish()
 

@@ -4,11 +4,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.pagination import Limit, Offset, page
 from ecrf.crf.schedule import day_zero, visit_schedule
 from ecrf.crf.service import subject_instances
+from ecrf.queries.counts import unresolved_of_subject
 from ecrf.responses import JSONBody
 from ecrf.store.unit import read_only, writing
 from ecrf.subjects import service
@@ -25,6 +27,7 @@ def enrol(body: Enrolment, request: Request, actor: Actor = Depends(requires("su
     with writing(runtime, actor) as store:
         subject = service.enrol(store, runtime.study, body.site, body.mrn, body.consent_date)
         view = service.describe(store, runtime.study, [subject])[0]
+    _record_mrns(request, actor, "subject.enrol", [view])
     return JSONBody(view, status_code=201, headers={"Location": f"/api/v1/subjects/{subject.id}"})
 
 
@@ -38,6 +41,7 @@ def list_subjects(request: Request, site: str | None = None, status: str | None 
     with read_only(runtime, actor) as store:
         total, subjects = service.list_subjects(store, runtime.study, site=site, status=status, offset=offset, limit=limit)
         items = service.describe(store, runtime.study, subjects)
+    _record_mrns(request, actor, "subject.list", items)
     return {"items": items, "total": total, "offset": offset, "limit": limit}
 
 
@@ -51,4 +55,12 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
         zero = day_zero(store.session, runtime.study, subject.patient_id)
         view["day_zero"] = zero.isoformat() if zero else None
         view["visits"] = visit_schedule(runtime.study, zero, subject_instances(store, subject), datetime.now(UTC).date())
+        view["open_queries"] = unresolved_of_subject(store.session, subject.id)
+    _record_mrns(request, actor, "subject.read", [view])
     return view
+
+
+def _record_mrns(request: Request, actor: Actor, interaction: str, views: list[dict[str, Any]]) -> None:
+    """Subject views show the MRN to roles that may see identifiers: the access log says who saw whose."""
+    access.record_request(request, actor, interaction, access.MRN,
+                          [view["patient_id"] for view in views if view.get("mrn") is not None])

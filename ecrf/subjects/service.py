@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import orjson
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
@@ -16,7 +17,7 @@ from ecrf.crf.checks import latest_allowed_date
 from ecrf.crf.errors import EditCheckFailed
 from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound
 from ecrf.store.indexing import patient_of
-from ecrf.store.models import ResourceHead, SearchToken
+from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
 from fhir_mappings.definitions import StudyDef
 
@@ -70,6 +71,45 @@ def _subjects_of_patient(store: ClinicalStore, study: StudyDef, patient_id: str)
     )).all())
 
 
+def _names_patient(store: ClinicalStore, subject_id: str, patient_id: str) -> bool:
+    """Whether the subject, as stored and whoever may see it, still names the patient as its individual, in any
+    form of the reference (relative, absolute, versioned): only a subject that does not may lose its key."""
+    head = store.session.get(ResourceHead, ("ResearchSubject", subject_id))
+    if head is None or head.deleted:
+        return False
+    content = orjson.loads(store.session.get(ResourceVersion, head.version_pk).content)
+    reference = (content.get("individual") or {}).get("reference")
+    if not isinstance(reference, str):
+        return False
+    reference = reference.split("/_history/", 1)[0]
+    return reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}")
+
+
+def subject_key(study: StudyDef, patient_id: str) -> str:
+    """The conditional_key criteria that makes (study, individual) of a ResearchSubject unique."""
+    return f"one-subject {study_reference(study)} Patient/{patient_id}"
+
+
+def claim_subject(store: ClinicalStore, study: StudyDef, patient_id: str, subject_id: str) -> str | None:
+    """Reserve the patient's one subject of the study for `subject_id`, or answer the other subject that
+    already is it (nothing claimed). The reservation is a row of conditional_key, unique in the database, so
+    of two concurrent enrolments one fails on the key (IntegrityError) and, retried, finds the other."""
+    key = subject_key(study, patient_id)
+    # The key first: whatever committed it committed its subject too, so the reads after it see that subject.
+    owner = store.conditional_owner("ResearchSubject", key)
+    current = _subjects_of_patient(store, study, patient_id)
+    if owner is not None and owner != subject_id and owner not in current and not _names_patient(store, owner,
+                                                                                                 patient_id):
+        store.release_conditional("ResearchSubject", key, owner)  # its subject was deleted, or names another patient
+        owner = None
+    other = owner or next((found for found in current if found != subject_id), None)
+    if other is not None and other != subject_id:
+        return other
+    if owner is None:
+        store.claim_conditional("ResearchSubject", key, subject_id)
+    return None
+
+
 def enrol(store: ClinicalStore, study: StudyDef, site: str, mrn: str, consent_date: date) -> Subject:
     """Create the Patient (MRN in the site's system) and its ResearchSubject with the same id.
 
@@ -106,6 +146,12 @@ def enrol(store: ClinicalStore, study: StudyDef, site: str, mrn: str, consent_da
         store.create({"resourceType": "Patient", "identifier": [{"system": system, "value": mrn}]}, context,
                      resource_id=patient_id, site=site)
     subject_id = patient_id if store.session.get(ResourceHead, ("ResearchSubject", patient_id)) is None else new_id()
+    try:
+        other = claim_subject(store, study, patient_id, subject_id)
+    except IntegrityError as error:
+        raise Conflict(f"MRN {mrn} is being enrolled at site {site} concurrently", location="mrn") from error
+    if other is not None:
+        raise Conflict(f"MRN {mrn} is already enrolled at site {site}", location="mrn")
     stored = store.create({
         "resourceType": "ResearchSubject",
         "status": "candidate",
