@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,8 +45,8 @@ def _observation_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[It
     effective = _parse_moment(resource.get("effectiveDateTime")
                               or (resource.get("effectivePeriod") or {}).get("start")
                               or resource.get("effectiveInstant"))
+    high = _reference_high(resource)
     for form, item in matching:
-        high = _reference_high(resource)
         uln = _uln(item, high)
         value = _read_value(study, form, item, resource, effective)
         yield _with_uln(value, uln)
@@ -333,7 +333,8 @@ def _is_void(resource: dict[str, Any]) -> bool:
 def _with_uln(value: ItemValue, uln: Decimal | None) -> ItemValue:
     if uln is None or value.error:
         return value
-    return replace(value, uln=uln)
+    return ItemValue(value.form_id, value.item_id, value.value, value.unit, value.original_value,
+                     value.original_unit, value.effective, uln)
 
 
 def _ok(form: FormDef, item: ItemDef, value: Any, original: Any, original_unit: str | None,

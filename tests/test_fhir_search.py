@@ -121,3 +121,30 @@ def test_unknown_search_parameters_are_refused_not_ignored(server):
             outcome = response.json()
             assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["diagnostics"]
         assert "colour" in http.get("/fhir/Observation", params={"colour": "red"}).json()["issue"][0]["diagnostics"]
+
+
+def test_patient_search_takes_the_subject_when_it_is_a_patient(server):
+    pid = _patient_with(server, [lab("", "718-7", 12.0, "g/dL")], [_condition("C22.0")])
+    with server.client("ehr", "S01") as http:
+        of_group = lab(f"Group/{pid}", "718-7", 12.5, "g/dL")
+        group_observation = http.post("/fhir/Observation", json=of_group, headers=FHIR_JSON)
+        assert group_observation.status_code == 201, group_observation.text
+
+        def found(resource_type: str, **params) -> list[str]:
+            response = http.get(f"/fhir/{resource_type}", params=params)
+            assert response.status_code == 200, response.text
+            return _ids(response.json())
+
+        by_subject = found("Observation", subject=pid)
+        assert group_observation.json()["id"] in by_subject and len(by_subject) == 2
+        patient_observations = found("Observation", subject=f"Patient/{pid}")
+        assert len(patient_observations) == 1
+        for value in (pid, f"Patient/{pid}", f"{server.base_url}/fhir/Patient/{pid}", f"Patient/{pid}/_history/1"):
+            assert found("Observation", patient=value) == patient_observations, value
+        assert found("Observation", patient=f"Group/{pid}") == []
+        assert found("Observation", patient=f"Group/{pid},Patient/{pid}") == patient_observations
+        assert len(found("Condition", patient=pid)) == 1
+        subject = {"resourceType": "ResearchSubject", "status": "candidate",
+                   "study": {"reference": "ResearchStudy/NCT04163237"}, "individual": {"reference": f"Patient/{pid}"}}
+        subject_id = http.post("/fhir/ResearchSubject", json=subject).json()["id"]
+        assert found("ResearchSubject", patient=pid) == [subject_id]

@@ -32,14 +32,21 @@ APPENDED_FIELDS = ("action", "source", "patient_id", "form_id", "visit_id", "ite
 PENDING_FIELDS = ("at", "actor_sub", "actor_role", "actor_site", *APPENDED_FIELDS)
 PENDING = "audit.pending"  # session.info: entries of this unit of work (tuples of PENDING_FIELDS), not yet chained
 SAVEPOINTS = "audit.savepoints"  # session.info: savepoint -> number of entries pending when it began
-CHAIN_CHUNK = 5000  # entries hashed and inserted at a time
+CHAIN_CHUNK = 1000  # entries hashed and inserted at a time: bounds the rows held at once
+# The hashed JSON has its keys sorted; a payload built in this order serializes so without sorting each one.
+SORTED_HASHED_FIELDS = tuple(sorted(HASHED_FIELDS))
 
 
 def entry_hash(entry: AuditEntry | Mapping[str, Any]) -> str:
     values = entry if isinstance(entry, Mapping) else {name: getattr(entry, name) for name in HASHED_FIELDS}
-    payload = {name: values[name] for name in HASHED_FIELDS}
-    payload["at"] = _timestamp(payload["at"])
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _hash(values, _timestamp(values["at"]))
+
+
+def _hash(values: Mapping[str, Any], at: str) -> str:
+    """entry_hash of values whose `at` is already formatted by _timestamp."""
+    payload = {name: values[name] for name in SORTED_HASHED_FIELDS}
+    payload["at"] = at
+    return hashlib.sha256(orjson.dumps(payload)).hexdigest()
 
 
 def _timestamp(moment: datetime) -> str:
@@ -89,12 +96,14 @@ def _chain(session: Session, pending: list[tuple]) -> None:
                              "ON CONFLICT (id) DO NOTHING"), {"genesis": GENESIS})
         head = session.execute(tip).one()
     seq, prev_hash = head
+    stamps: dict[datetime, str] = {}  # the entries of one unit of work share few instants
     for start in range(0, len(pending), CHAIN_CHUNK):
         rows = []
         for values in pending[start:start + CHAIN_CHUNK]:
             seq += 1
             row = dict(zip(PENDING_FIELDS, values), seq=seq, prev_hash=prev_hash)
-            row["hash"] = prev_hash = entry_hash(row)
+            at = stamps.get(row["at"]) or stamps.setdefault(row["at"], _timestamp(row["at"]))
+            row["hash"] = prev_hash = _hash(row, at)
             rows.append(row)
         insert_rows(session, AuditEntry.__table__, rows)
     head_row = AuditHead.__table__

@@ -5,12 +5,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy import and_, func, not_, or_
+from sqlalchemy import and_, false, func, not_, or_
 from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
 from ecrf.pagination import MAX_OFFSET
-from ecrf.store.indexing import SEARCH_PARAMS
+from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH
 from ecrf.store.models import ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
@@ -118,16 +118,21 @@ def _non_negative(name: str, value: str) -> int:
 
 
 def _token_filter(resource_type: str, param: str, kind: str, value: str):
+    through = SEARCHED_THROUGH.get(resource_type, {}).get(param)
     conditions = []
     for alternative in value.split(","):
-        if kind == "date":
+        if through:
+            conditions.append(_patient_reference_condition(alternative))
+        elif kind == "date":
             conditions.append(_date_condition(SearchToken.moment, alternative, param))
         elif kind == "reference":
             conditions.append(_reference_condition(alternative))
         else:
             conditions.append(_code_condition(alternative))
     tokens = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == resource_type, SearchToken.param == param, or_(*conditions))
+        SearchToken.resource_type == resource_type, SearchToken.param == (through or param), or_(*conditions))
+    if kind == "reference":  # lets a suffix match scan the (partial) index of references, not the table
+        tokens = tokens.where(SearchToken.value.isnot(None))
     return ResourceHead.resource_id.in_(tokens)
 
 
@@ -145,10 +150,24 @@ def _code_condition(value: str):
 def _reference_condition(value: str):
     if "/" not in value:
         return or_(SearchToken.value == value, SearchToken.value.endswith(f"/{value}", autoescape=True))
+    return SearchToken.value == _reference_target(value)
+
+
+def _patient_reference_condition(value: str):
+    """`_reference_condition` met by references to a Patient only."""
+    if "/" not in value:
+        return or_(SearchToken.value == f"Patient/{value}",
+                   SearchToken.value.endswith(f"/Patient/{value}", autoescape=True))
+    target = _reference_target(value)
+    return SearchToken.value == target if target.startswith("Patient/") else false()
+
+
+def _reference_target(value: str) -> str:
+    """Type/id of a relative, absolute or versioned reference."""
     parts = value.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    return SearchToken.value == "/".join(parts[-2:])
+    return "/".join(parts[-2:])
 
 
 def _date_condition(column, value: str, param: str):

@@ -29,18 +29,31 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     params = [getter(row) for row in rows]
     converting = [(index, process) for index, process in enumerate(processors) if process is not None]
     if converting:
-        params = [_converted(list(values), converting) for values in params]
+        params = _converted(params, converting)
     if dialect.name == "postgresql" and len(params) >= COPY_FROM_ROWS:
         _copy(connection, table, columns, params)
     else:
         connection.exec_driver_sql(statement, params)
 
 
-def _converted(values: list[Any], converting: list[tuple[int, Any]]) -> tuple:
+def _converted(params: list[tuple], converting: list[tuple[int, Any]]) -> list[tuple]:
+    """The rows with the columns that need it converted, a column at a time."""
+    columns = list(zip(*params))
     for index, process in converting:
-        if values[index] is not None:
-            values[index] = process(values[index])
-    return tuple(values)
+        columns[index] = _converted_column(columns[index], process)
+    return list(zip(*columns))
+
+
+def _converted_column(values: tuple, process) -> list[Any]:
+    """Each distinct value converted once: an insert repeats a few timestamps and flags many times. Values
+    that compare equal convert alike (a UTC instant is the same instant in any offset; 1 and True are 1)."""
+    try:
+        distinct = set(values)
+    except TypeError:  # an unhashable value: converted one by one
+        return [None if value is None else process(value) for value in values]
+    converted = {value: process(value) for value in distinct if value is not None}
+    converted[None] = None
+    return list(map(converted.__getitem__, values))
 
 
 def _copy(connection, table: Table, columns: list[str], params: list[tuple]) -> None:

@@ -3,7 +3,6 @@
 Computed once per write, so reads and eligibility never parse stored JSON.
 """
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -82,6 +81,19 @@ PATIENT_REFERENCE = {
 }
 
 
+# Parameters searched through another one's tokens instead of stored: `patient`, where the element it reads is
+# already indexed under that other parameter. A search takes that parameter's Patient references only
+# (FHIR: subject.where(resolve() is Patient)).
+SEARCHED_THROUGH: dict[str, dict[str, str]] = {
+    "ResearchSubject": {"patient": "individual"},
+    "Observation": {"patient": "subject"},
+    "Condition": {"patient": "subject"},
+    "Procedure": {"patient": "subject"},
+    "MedicationStatement": {"patient": "subject"},
+    "Specimen": {"patient": "subject"},
+}
+
+
 class Token(NamedTuple):  # a tuple: several per resource written, so cheap to make
     param: str
     system: str | None = None
@@ -90,8 +102,7 @@ class Token(NamedTuple):  # a tuple: several per resource written, so cheap to m
     moment: datetime | None = None
 
 
-@dataclass(frozen=True)
-class Fact:
+class Fact(NamedTuple):  # a tuple, like Token: one or more per resource written
     form_id: str
     item_id: str
     value_number: float | None
@@ -118,17 +129,19 @@ def patient_of(resource: dict[str, Any]) -> str | None:
 
 def search_tokens(resource: dict[str, Any]) -> list[Token]:
     tokens: list[Token] = []
-    for param, (kind, paths) in SEARCH_PARAMS.get(resource.get("resourceType", ""), {}).items():
+    for param, kind, paths in STORED_PARAMS.get(resource.get("resourceType", ""), ()):
         for path in paths:
             values = _values_at(resource, path)
+            if not values:
+                continue
             if kind == "date":
                 moments = [parse_moment(value) for value in values if isinstance(value, str)]
-                tokens.extend(Token(param, moment=moment) for moment in moments if moment)
+                tokens.extend(Token(param, None, None, None, moment) for moment in moments if moment)
                 if moments:
                     break
             elif kind == "reference":
                 tokens.extend(
-                    Token(param, value=value["reference"]) for value in values
+                    Token(param, None, None, value["reference"]) for value in values
                     if isinstance(value, dict) and isinstance(value.get("reference"), str)
                 )
             else:
@@ -139,20 +152,20 @@ def search_tokens(resource: dict[str, Any]) -> list[Token]:
 def _token_values(param: str, values: Iterable[Any]) -> Iterator[Token]:
     for value in values:
         if isinstance(value, str):
-            yield Token(param, code=value)
+            yield Token(param, None, value)
         elif isinstance(value, dict) and "coding" in value:
             for coding in value.get("coding") or []:
-                yield Token(param, system=coding.get("system"), code=coding.get("code"))
+                yield Token(param, coding.get("system"), coding.get("code"))
         elif isinstance(value, dict) and "value" in value:  # Identifier
-            yield Token(param, system=value.get("system"), code=str(value.get("value")))
+            yield Token(param, value.get("system"), str(value.get("value")))
         elif isinstance(value, dict) and "code" in value:  # Coding
-            yield Token(param, system=value.get("system"), code=value.get("code"))
+            yield Token(param, value.get("system"), value.get("code"))
 
 
-def _values_at(node: Any, path: str) -> list[Any]:
-    """The values at a dotted path, arrays flattened at every step, nulls left out."""
+def _values_at(node: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
+    """The values at a path of element names, arrays flattened at every step, nulls left out."""
     values = [node]
-    for name in path.split("."):
+    for name in path:
         found = []
         for value in values:
             element = value.get(name) if isinstance(value, dict) else None
@@ -162,6 +175,17 @@ def _values_at(node: Any, path: str) -> list[Any]:
                 found.append(element)
         values = found
     return values
+
+
+def _stored_params() -> dict[str, tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...]]:
+    """Per resource type, the parameters whose tokens are stored: (param, kind, paths split into names)."""
+    return {resource_type: tuple(
+        (param, kind, tuple(tuple(path.split(".")) for path in paths))
+        for param, (kind, paths) in params.items() if param not in SEARCHED_THROUGH.get(resource_type, {})
+    ) for resource_type, params in SEARCH_PARAMS.items()}
+
+
+STORED_PARAMS = _stored_params()
 
 
 def parse_moment(text: str) -> datetime | None:
@@ -186,22 +210,19 @@ class Indexer:
         self.study = study
 
     def facts(self, resource: dict[str, Any]) -> list[Fact]:
-        facts = []
-        for item in resource_to_items(self.study, resource):
-            facts.append(Fact(
-                form_id=item.form_id,
-                item_id=item.item_id,
-                value_number=_number(item.value),
-                value_text=_text(item.value),
-                unit=item.unit,
-                original_value=None if item.original_value is None else str(item.original_value),
-                original_unit=item.original_unit,
-                uln=None if item.uln is None else float(item.uln),
-                effective=_moment(item.effective),
-                effective_date=local_date(item.effective),
-                error=item.error,
-            ))
-        return facts
+        return [Fact(
+            item.form_id,
+            item.item_id,
+            _number(item.value),
+            _text(item.value),
+            item.unit,
+            None if item.original_value is None else str(item.original_value),
+            item.original_unit,
+            None if item.uln is None else float(item.uln),
+            _moment(item.effective),
+            local_date(item.effective),
+            item.error,
+        ) for item in resource_to_items(self.study, resource)]
 
 
 def _number(value: Any) -> float | None:
