@@ -24,6 +24,7 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_bundle_entries: int = 10_000
+    stream_bundle_bytes: int = Field(default=2 * 1024 * 1024, ge=0)  # larger Bundles are read one entry at a time
     max_json_depth: int = Field(default=64, ge=2, le=1000)  # orjson itself stops at 1024
     max_json_elements: int = 1_000_000  # JSON values in one body (a 10,000-entry lab Bundle has ~260,000)
     rate_limit_per_minute: int = 6000  # per client (bearer token or address); 0 turns it off

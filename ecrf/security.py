@@ -27,9 +27,15 @@ URL_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 QUOTE_SPACE_COLON = re.compile(rb'"[ \t\r\n]+:')
 ESCAPED_QUOTE_BEFORE_COLON = re.compile(rb'(\\+)"[ \t\r\n]*:')
 POSSIBLE_CONTROL_ESCAPE = re.compile(rb"\\(?:u00[01]|[bf])")  # JSON strings hold C0 characters only as escapes
-STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-TOO_MANY_DIGITS = re.compile(rb"[0-9]{19}|\.[0-9]{18}")  # FHIR decimal: at most 18 digits before the point, 17 after
+# FHIR decimal: at most 18 digits before the point, 17 after. A longer run of digits where a number may start
+# (body start, after a colon, bracket or comma) is a hint; strings are skipped to confirm it, without a copy.
+DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+TOO_MANY_DIGITS = (b"0" * 19, b"." + b"0" * 18)  # after DIGITS_TO_ZERO: found by bytes.find, far faster than re
+SCAN_SLICE = 1024 * 1024
+NUMBER_CHARACTERS = frozenset(b"0123456789.-+eE \t\r\n")
+STRING_OR_LONG_NUMBER = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|(?P<number>[0-9]{19}|\.[0-9]{18})')
 INSPECT_IN_THREAD_BYTES = 256 * 1024
+STREAMED_BUNDLES = frozenset({("POST", "/fhir"), ("POST", "/fhir/")})  # large Bundles are read entry by entry
 MAX_OBJECT_KEYS = 1000  # no FHIR resource or eCRF form comes near; a million unknown keys cost a million errors
 
 
@@ -59,35 +65,68 @@ class Refusal(Exception):
 def parse_json_body(raw: bytes, settings: Settings) -> Any:
     """A request body as strict JSON (RFC 8259, UTF-8, no BOM, no NaN), within the depth and size limits,
     with no repeated key and no control character in any string; else a Refusal saying which rule it broke."""
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        if "depth" in str(error) or "recursion" in str(error):
-            raise _too_deep(settings.max_json_depth) from None
-        raise Refusal(400, f"the body is not valid JSON: {error}", "json", "structure") from None
-    keys = _measure(document, settings.max_json_depth, settings.max_json_elements)
+    document = parse_json(raw, settings.max_json_depth)
+    keys, _ = measure(document, settings.max_json_depth, settings.max_json_elements)
     if POSSIBLE_CONTROL_ESCAPE.search(raw):
-        _refuse_control_characters(document)
-    if TOO_MANY_DIGITS.search(raw) and TOO_MANY_DIGITS.search(STRING.sub(b'""', raw)):
-        raise Refusal(422, "a number has more digits than a FHIR decimal allows (18 before the decimal point, "
-                           "17 after): it could not be stored exactly", "number_digits", "value")
-    if keys != _keys_written(raw):
-        repeated = _repeated_key(raw)
-        if repeated is not None:
-            raise Refusal(400, f"the key {repeated!r} appears twice in one object", "duplicate_key", "structure")
+        refuse_control_characters(document)
+    refuse_long_numbers(raw)
+    if keys != keys_written(raw):
+        refuse_repeated_key(raw)
     return document
 
 
-def _measure(document: Any, max_depth: int, max_elements: int) -> int:
-    """Depth and number of values of the document, within the limits; returns the number of object keys."""
+def parse_json(raw: bytes | memoryview, max_depth: int) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        if "depth" in str(error) or "recursion" in str(error):
+            raise too_deep(max_depth) from None
+        raise Refusal(400, f"the body is not valid JSON: {error}", "json", "structure") from None
+
+
+def refuse_long_numbers(raw: bytes) -> None:
+    hinted = any(_number_may_start_before(raw, position) for position in _long_digit_runs(raw))
+    if hinted and any(found.lastgroup for found in STRING_OR_LONG_NUMBER.finditer(raw)):
+        raise Refusal(422, "a number has more digits than a FHIR decimal allows (18 before the decimal point, "
+                           "17 after): it could not be stored exactly", "number_digits", "value")
+
+
+def _long_digit_runs(raw: bytes):
+    """Where 19 digits, or a point and 18 digits, start; a slice of the body translated at a time."""
+    for start in range(0, len(raw), SCAN_SLICE):
+        piece = raw[start:start + SCAN_SLICE + 19].translate(DIGITS_TO_ZERO)
+        for needle in TOO_MANY_DIGITS:
+            position = piece.find(needle)
+            while 0 <= position < SCAN_SLICE:  # one starting in the overlap is found in the next slice
+                yield start + position
+                position = piece.find(needle, position + len(needle))
+
+
+def _number_may_start_before(raw: bytes, position: int) -> bool:
+    while position > 0 and raw[position - 1] in NUMBER_CHARACTERS:
+        position -= 1
+    return position == 0 or raw[position - 1] in b":[,"
+
+
+def refuse_repeated_key(raw: bytes | memoryview, path: tuple = (), resource_type: str | None = None) -> None:
+    repeated = _repeated_key(raw)
+    if repeated is not None:
+        raise Refusal(400, f"the key {repeated!r} appears twice in one object", "duplicate_key", "structure",
+                      path=path, resource_type=resource_type)
+
+
+def measure(document: Any, max_depth: int, max_elements: int, *, depth: int = 1, elements: int = 0) -> tuple[int, int]:
+    """Depth and number of values of the document (at `depth`, after `elements` values counted elsewhere),
+    within the limits; returns its number of object keys and the number of values counted so far."""
+    elements += 1
     if not isinstance(document, (dict, list)):
-        return 0
-    keys, elements = 0, 1
-    stack: list[tuple[Any, int]] = [(document, 1)]
+        return 0, elements
+    keys = 0
+    stack: list[tuple[Any, int]] = [(document, depth)]
     while stack:
         container, depth = stack.pop()
         if depth > max_depth:
-            raise _too_deep(max_depth)
+            raise too_deep(max_depth)
         elements += len(container)
         if elements > max_elements:
             raise Refusal(413, f"the body has more than {max_elements} JSON values (ECRF_MAX_JSON_ELEMENTS)",
@@ -104,13 +143,14 @@ def _measure(document: Any, max_depth: int, max_elements: int) -> int:
             kind = type(member)
             if kind is dict or kind is list:
                 stack.append((member, depth + 1))
-    return keys
+    return keys, elements
 
 
-def _refuse_control_characters(document: Any) -> None:
-    """Refuse the first key or string holding a control character, located by its path."""
-    resource_type = document.get("resourceType") if isinstance(document, dict) else None
-    stack: list[tuple[Any, tuple]] = [(document, ())]
+def refuse_control_characters(document: Any, path: tuple = (), resource_type: str | None = None) -> None:
+    """Refuse the first key or string holding a control character, located by its path (below `path`)."""
+    if resource_type is None and isinstance(document, dict):
+        resource_type = document.get("resourceType")
+    stack: list[tuple[Any, tuple]] = [(document, path)]
     while stack:
         value, path = stack.pop()
         if isinstance(value, str):
@@ -126,12 +166,12 @@ def _refuse_control_characters(document: Any) -> None:
             stack.extend((member, (*path, index)) for index, member in enumerate(value))
 
 
-def _too_deep(max_depth: int) -> Refusal:
+def too_deep(max_depth: int) -> Refusal:
     return Refusal(413, f"the body nests deeper than {max_depth} levels (ECRF_MAX_JSON_DEPTH)", "max_json_depth",
                    "too-costly")
 
 
-def _keys_written(raw: bytes) -> int:
+def keys_written(raw: bytes | memoryview) -> int:
     """Keys in the raw body: in valid JSON every quote not escaped that is followed by a colon ends a key."""
     written = raw.count(b'":') + len(QUOTE_SPACE_COLON.findall(raw))
     if b'\\"' in raw:
@@ -143,7 +183,7 @@ class _Repeated(Exception):
     pass
 
 
-def _repeated_key(raw: bytes) -> str | None:
+def _repeated_key(raw: bytes | memoryview) -> str | None:
     def unique(pairs):
         seen = set()
         for key, _ in pairs:
@@ -242,7 +282,7 @@ class RequestGuard:
                 self._check_head(scope)
                 body = await self._read_body(receive)
                 if body:
-                    await self._check_body(scope, body)
+                    body = await self._check_body(scope, body)
             except Refusal as refusal:
                 await _refuse(scope, receive, send_logged, refusal)
                 return
@@ -310,7 +350,9 @@ class RequestGuard:
                 break
         return b"".join(chunks)
 
-    async def _check_body(self, scope, body: bytes) -> None:
+    async def _check_body(self, scope, body: bytes) -> bytes:
+        """Check the body and leave it parsed in the request state; returns what the route may still read
+        (nothing, for a streamed Bundle: its bytes belong to the stream, which lets them go once read)."""
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         media_type, _, parameters = content_type.partition(";")
         charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", parameters, re.IGNORECASE)
@@ -318,11 +360,19 @@ class RequestGuard:
             shown = media_type.strip() or "none"
             raise Refusal(415, f"content type {shown!r} is not supported: send application/json "
                                "(or application/fhir+json), UTF-8", "content_type", "not-supported", item="Content-Type")
+        state = scope.setdefault("state", {})
+        if len(body) > self.settings.stream_bundle_bytes and (scope["method"], scope["path"]) in STREAMED_BUNDLES:
+            from ecrf.json_stream import StreamedObject
+
+            streamed = await run_in_threadpool(StreamedObject.read, body, "entry", self.settings)
+            if streamed is not None:
+                state["json_body"] = streamed
+                return b""
         if len(body) > INSPECT_IN_THREAD_BYTES:
-            document = await run_in_threadpool(parse_json_body, body, self.settings)
+            state["json_body"] = await run_in_threadpool(parse_json_body, body, self.settings)
         else:
-            document = parse_json_body(body, self.settings)
-        scope.setdefault("state", {})["json_body"] = document
+            state["json_body"] = parse_json_body(body, self.settings)
+        return body
 
 
 def _replay(body: bytes, receive):

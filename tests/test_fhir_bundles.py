@@ -2,9 +2,22 @@
 import threading
 import uuid
 
+import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from tests.conftest import running_server
 from tests.fhir_builders import FHIR_JSON, MRN, bundle, lab, outcome_expressions, patient, patient_with_labs, post, urn
+
+
+@pytest.fixture(scope="module", params=["parsed whole", "streamed"])
+def server(request, server):
+    """Every test runs against Bundles parsed whole and against Bundles read entry by entry, as large ones are
+    (ECRF_STREAM_BUNDLE_BYTES=0 streams them all)."""
+    if request.param == "parsed whole":
+        yield server
+        return
+    with running_server(server.settings.model_copy(update={"stream_bundle_bytes": 0})) as streaming:
+        yield streaming
 
 
 def _send(http, body):

@@ -309,6 +309,25 @@ def test_numbers_no_fhir_decimal_can_hold_are_refused(server, targets, name):
             assert "more digits than a FHIR decimal allows" in json.dumps(answer), (target_name, answer)
 
 
+@pytest.mark.parametrize("offset", [-30, -19, -10, -1, 0, 1])
+def test_a_long_number_is_found_wherever_it_falls_in_a_large_body(server, offset):
+    """The body is scanned a megabyte at a time: a number across a slice boundary is still seen, and digits
+    inside a string are still text."""
+    person = patient()
+    person["text"] = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">PAD</div>'}
+    person["multipleBirthInteger"] = "NUMBER"
+    body = json.dumps(person)
+    text = body.replace("PAD", "x" * (1024 * 1024 + offset - body.replace("PAD", "").index('"NUMBER"')))
+    assert text.index('"NUMBER"') == 1024 * 1024 + offset
+    with server.client("ehr", "S01", sub="long-numbers") as http:
+        refused = http.post("/fhir/Patient", content=text.replace('"NUMBER"', "1" + "0" * 25), headers=FHIR_JSON)
+        assert refused.status_code == 422 and "more digits" in refused.text, refused.text[:300]
+        as_text = json.loads(text.replace('"NUMBER"', "2"))
+        as_text["name"] = [{"family": "1" + "0" * 25}]
+        kept = http.post("/fhir/Patient", json=as_text, headers=FHIR_JSON)
+        assert kept.status_code != 422 or "more digits" not in kept.text, kept.text[:300]
+
+
 @pytest.mark.parametrize("name", list(EXTREME))
 def test_extreme_numbers_are_stored_exactly_or_refused(server, targets, name):
     """Numbers JSON can hold but no lab value has: a 4xx, or a write whose result reads back; never a 5xx."""

@@ -29,6 +29,7 @@ class TokensView(BaseModel):
 class LimitsView(BaseModel):
     max_body_bytes: int
     max_bundle_entries: int
+    stream_bundle_bytes: int = Field(description="POST /fhir Bundles larger than this are read one entry at a time")
     max_json_depth: int
     max_json_elements: int
     rate_limit_per_minute: int

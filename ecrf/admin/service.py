@@ -14,8 +14,8 @@ from ecrf.runtime import Runtime
 # so a new setting is classified deliberately instead of leaking by default.
 SHOWN = frozenset({
     "study_dir", "jwks_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "jwt_leeway_seconds", "jwt_max_bytes",
-    "max_body_bytes", "max_bundle_entries", "max_json_depth", "max_json_elements", "rate_limit_per_minute",
-    "page_size_default", "page_size_max",
+    "max_body_bytes", "max_bundle_entries", "stream_bundle_bytes", "max_json_depth", "max_json_elements",
+    "rate_limit_per_minute", "page_size_default", "page_size_max",
     "export_dir", "export_profile", "export_worker", "export_batch_size", "export_lease_seconds",
     "export_retention_hours", "export_batch_pause_seconds", "report_min_cell",
 })
@@ -44,6 +44,7 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_bundle_entries": settings.max_bundle_entries,
+            "stream_bundle_bytes": settings.stream_bundle_bytes,
             "max_json_depth": settings.max_json_depth,
             "max_json_elements": settings.max_json_elements,
             "rate_limit_per_minute": settings.rate_limit_per_minute,

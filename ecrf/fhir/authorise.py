@@ -76,7 +76,7 @@ def _needs(entry: Any, conditional_create: bool) -> list[tuple[str, str]]:
         needs = [(entry.resource_type, "cs" if conditional_create else "c")]
     else:
         needs = [(entry.resource_type, "us" if conditional else "u")]
-    for holder in reference_holders(entry.resource or {}):
+    for holder in reference_holders(entry.content() or {}):
         reference = holder["reference"]
         searched = reference.partition("?")[0]
         if "?" in reference and not reference.startswith(("http:", "https:")) and searched in WRITABLE_TYPES:

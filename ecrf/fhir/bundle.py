@@ -1,5 +1,6 @@
 """POST /fhir: transaction (all or nothing) and batch (each entry on its own) Bundles."""
 from collections import Counter
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,8 +11,10 @@ from ecrf.errors import issue
 from ecrf.fhir.interactions import Engine, Entry, Result
 from ecrf.fhir.outcome import FhirError, validation_issues
 from ecrf.fhir.requests import bundle_entry
-from ecrf.fhir.validation import model_of
+from ecrf.fhir.validation import model_of, prepare
+from ecrf.json_stream import StreamedObject
 from ecrf.runtime import Runtime
+from ecrf.security import Refusal
 from ecrf.store.errors import Conflict
 from ecrf.store.service import WriteContext, instant
 from ecrf.store.unit import writing
@@ -24,19 +27,18 @@ STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid"})
 def status_of(issues: list[dict[str, Any]]) -> int:
     """400 when the request is malformed, 422 when it is well formed but breaks a rule of this server."""
     return 400 if any(i.get("code") in STRUCTURE_CODES for i in issues) else 422
-
-
-def shell_issues(body: Any, max_entries: int) -> list[dict[str, Any]]:
-    """Checks on the Bundle itself, before any entry is validated against a model."""
+def shell_issues(body: Any, entries: int | None, max_entries: int) -> list[dict[str, Any]]:
+    """Checks on the Bundle itself (`entries` of them, when not in the body), before any entry is validated."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         shown = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
         raise FhirError.one(400, f"POST /fhir takes a Bundle of type transaction or batch, not {shown!r}",
                             code="structure", location="Bundle")
-    entries = body.get("entry", [])
-    if not isinstance(entries, list):
-        raise FhirError.one(400, "Bundle.entry must be an array", code="structure", location="Bundle.entry")
-    if len(entries) > max_entries:
-        raise FhirError.one(413, f"the Bundle has {len(entries)} entries; the limit is {max_entries}",
+    if entries is None:
+        if not isinstance(body.get("entry", []), list):
+            raise FhirError.one(400, "Bundle.entry must be an array", code="structure", location="Bundle.entry")
+        entries = len(body.get("entry", []))
+    if entries > max_entries:
+        raise FhirError.one(413, f"the Bundle has {entries} entries; the limit is {max_entries}",
                             code="too-costly", location="Bundle.entry")
     if body.get("type") not in ("transaction", "batch"):
         raise FhirError.one(422, f"Bundle.type {body.get('type')!r} is not processed here: send a transaction "
@@ -48,18 +50,53 @@ def shell_issues(body: Any, max_entries: int) -> list[dict[str, Any]]:
     return []
 
 
-def process(runtime: Runtime, actor: Actor, body: Any, base_url: str) -> dict[str, Any]:
-    settings = runtime.settings
-    problems = shell_issues(body, settings.max_bundle_entries)
-    parsed = [bundle_entry(raw, index, base_url) for index, raw in enumerate(body.get("entry", []))]
-    if body["type"] == "transaction":
+def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObject, base_url: str) -> dict[str, Any]:
+    """A Bundle parsed whole, or streamed (its entries read one at a time and read again when written)."""
+    streamed = body if isinstance(body, StreamedObject) else None
+    shell = body if streamed is None else streamed.shell
+    problems = shell_issues(shell, None if streamed is None else len(streamed), runtime.settings.max_bundle_entries)
+    parsed, unsupported = _entries(body, base_url)
+    if shell["type"] == "transaction":
         problems += [problem for _, entry_problems in parsed for problem in entry_problems]
         if problems:
-            raise FhirError(status_of(problems), _summarised(problems, body))
+            raise FhirError(status_of(problems), _summarised(problems, unsupported))
         return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url))
     if problems:
         raise FhirError(status_of(problems), problems)
     return _response("batch-response", batch(runtime, actor, parsed, base_url))
+
+
+def _entries(body: dict[str, Any] | StreamedObject, base_url: str) -> tuple[list[tuple[Entry | None, list]], Counter]:
+    """Every entry read and validated, and how many entries have each unsupported resource type. A streamed
+    entry lets its resource go once validated: it is read again from the body when it is written."""
+    streamed = body if isinstance(body, StreamedObject) else None
+    parsed, unsupported = [], Counter()
+    try:
+        for index, raw in enumerate(body.get("entry", [])) if streamed is None else streamed.elements():
+            parsed.append(_entry(streamed, raw, index, base_url, unsupported))
+    except Refusal as refusal:  # a rule the guard checks on a body parsed whole, here as each entry is read
+        raise FhirError.one(refusal.status, refusal.message, code=refusal.code,
+                            location=refusal.location(fhir=True)) from None
+    return parsed, unsupported
+
+
+def _entry(streamed: StreamedObject | None, raw: Any, index: int, base_url: str,
+           unsupported: Counter) -> tuple[Entry | None, list]:
+    entry, problems = bundle_entry(raw, index, base_url)
+    if any(problem.get("code") == "not-supported" and _is_resource(problem) for problem in problems):
+        resource = raw.get("resource") if isinstance(raw, dict) else None
+        unsupported[(resource if isinstance(resource, dict) else {}).get("resourceType") or "?"] += 1
+    if streamed is not None and entry is not None and entry.resource is not None:
+        entry.reload = partial(_resource_of, streamed, index)
+        entry.may_search = streamed.holds(index, b"?")
+        entry.release()
+    return entry, problems
+
+
+def _resource_of(streamed: StreamedObject, index: int) -> dict[str, Any]:
+    resource = streamed.element(index)["resource"]
+    prepare(resource)
+    return resource
 
 
 def engine_for(runtime: Runtime, store, base_url: str) -> Engine:
@@ -86,6 +123,7 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
         finally:
             for entry in entries:
                 entry.target_id, entry.matched = None, False
+                entry.release()
     raise AssertionError("unreachable")
 
 
@@ -119,6 +157,7 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
             engine.undo_rewrites()
             engine.mapping, engine.written, engine._claimed = mapping, written, claimed
             entry.target_id, entry.matched = None, False
+            entry.release()
             if isinstance(error, FhirError):
                 return Result(error.status, outcome=error.outcome)
             if attempt == ATTEMPTS - 1:
@@ -130,13 +169,8 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
     raise AssertionError("unreachable")
 
 
-def _summarised(problems: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+def _summarised(problems: list[dict[str, Any]], unsupported: Counter) -> list[dict[str, Any]]:
     """Lead with one line naming the unsupported types, when that is why the transaction is refused."""
-    unsupported = Counter(
-        (entry.get("resource") or {}).get("resourceType") or "?"
-        for problem in problems if problem.get("code") == "not-supported"
-        for entry in [_entry_at(body, problem)] if entry is not None
-    )
     if not unsupported:
         return problems
     listed = ", ".join(f"{name} ({count})" for name, count in sorted(unsupported.items()))
@@ -145,13 +179,9 @@ def _summarised(problems: list[dict[str, Any]], body: dict[str, Any]) -> list[di
     return [lead, *problems]
 
 
-def _entry_at(body: dict[str, Any], problem: dict[str, Any]) -> dict[str, Any] | None:
+def _is_resource(problem: dict[str, Any]) -> bool:
     location = (problem.get("expression") or [""])[0]
-    if not (location.startswith("Bundle.entry[") and location.endswith("].resource")):
-        return None
-    index = int(location[len("Bundle.entry["):].split("]", 1)[0])
-    entry = body["entry"][index]
-    return entry if isinstance(entry, dict) else None
+    return location.startswith("Bundle.entry[") and location.endswith("].resource")
 
 
 def _response(kind: str, results: list[Result]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A transaction runs every entry through one Engine in one store unit of work; a batch runs each entry
 through the same Engine in its own savepoint; a REST call is a transaction of one entry.
 """
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,10 +19,14 @@ from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
 from ecrf.subjects.service import claim_subject, study_reference, subject_key
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+# New resources of a streamed Bundle written at a time: bounds the resources and rows held in memory. A Bundle
+# parsed whole is written in one go (the store still inserts 1,000 at a time): on PostgreSQL every round of
+# COPYs costs several milliseconds whatever its size.
+STREAMED_CHUNK = 500
 REASONS = {200: "OK", 201: "Created", 204: "No Content"}
 
 
-@dataclass
+@dataclass(slots=True)  # a Bundle may hold 10,000 of them
 class Entry:
     index: int
     method: str
@@ -38,9 +43,29 @@ class Entry:
     target_id: str | None = None
     matched: bool = False  # a conditional create found its resource
     merge: bool = False  # ... through the site's MRN of a pushed Patient: the match is updated with what was sent
+    reload: Callable[[], dict[str, Any]] | None = None  # a streamed entry's resource, read again from the body
+    may_search: bool = True  # False when the entry holds no "?" at all, so no conditional reference
+    holders: list[dict[str, Any]] | None = None  # its references, once found (while its resource is held)
+
+    def content(self) -> dict[str, Any] | None:
+        """The resource, read again if it was let go."""
+        if self.resource is None and self.reload is not None:
+            self.resource = self.reload()
+        return self.resource
+
+    def references(self) -> list[dict[str, Any]]:
+        """Every Reference in the resource, found once while the resource is held."""
+        if self.holders is None:
+            self.holders = list(reference_holders(self.content()))
+        return self.holders
+
+    def release(self) -> None:
+        """Let the resource go, if it can be read again (rewritten references are lost with it)."""
+        if self.reload is not None:
+            self.resource, self.holders = None, None
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     status: int
     stored: Stored | None = None
@@ -68,8 +93,10 @@ class Engine:
     def run(self, entries: list[Entry]) -> dict[int, Result]:
         """Carry out entries in FHIR order (DELETE, POST, PUT, GET); raises FhirError at the first failure.
         Nothing runs unless the policy allows every entry (role and SMART scopes): 403 naming each refusal."""
-        refused = [problem for entry in entries
-                   for problem in authorise.refusals(self.store.actor, entry, self._searches_first)]
+        refused = []
+        for entry in entries:
+            refused += authorise.refusals(self.store.actor, entry, self._searches_first)
+            entry.release()
         if refused:
             raise FhirError(403, refused)
         ordered = sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
@@ -82,24 +109,22 @@ class Engine:
         subjects: dict[str, int] = {}  # subject key -> entry index, within this unit of work
         for entry in writes:
             self._guard(entry, lambda e: self._one_subject_per_patient(e, subjects))
-        for entry in writes:
-            self._guard(entry, self._rewrite_references)
+        for entry in writes:  # before anything is written, as the server was when the request came
+            self._guard(entry, self._resolve_conditional_references)
         creates = [e for e in writes if e.method == "POST" and not e.matched]
-        for entry in creates:
-            self._patient_site(entry)
-        try:
-            created = self.store.create_many([(e.resource, e.target_id) for e in creates], self.context)
-        except StoreError as error:
-            raise FhirError.of_store(error, location="Bundle.entry" if len(creates) > 1 else creates[0].location) from error
-        for entry, stored in zip(creates, created, strict=True):
-            results[entry.index] = Result(201, stored)
+        step = STREAMED_CHUNK if any(entry.reload for entry in creates) else max(1, len(creates))
+        for start in range(0, len(creates), step):
+            results.update(self._create(creates[start:start + step], len(creates)))
         for entry in writes:
             if entry.method == "POST" and entry.matched and entry.merge:
+                self._guard(entry, self._rewrite_references)
                 results[entry.index] = self._guard(entry, self._merge)
             elif entry.method == "POST" and entry.matched:
                 results[entry.index] = Result(200, self.store.read(entry.resource_type, entry.target_id))
             elif entry.method == "PUT":
+                self._guard(entry, self._rewrite_references)
                 results[entry.index] = self._guard(entry, self._update)
+            entry.release()
         for entry in (e for e in ordered if e.method == "GET"):
             results[entry.index] = self._guard(entry, self._get)
         return results
@@ -111,6 +136,21 @@ class Engine:
         self._undo.clear()
 
     # -- steps -----------------------------------------------------------------------------------
+
+    def _create(self, chunk: list[Entry], creates: int) -> dict[int, Result]:
+        """New resources in bulk. A streamed entry's result keeps no content (its response shows none)."""
+        for entry in chunk:
+            self._guard(entry, self._rewrite_references)
+            self._patient_site(entry)
+        try:
+            created = self.store.create_many([(e.content(), e.target_id) for e in chunk], self.context)
+        except StoreError as error:
+            raise FhirError.of_store(error, location="Bundle.entry" if creates > 1 else chunk[0].location) from error
+        results = {}
+        for entry, stored in zip(chunk, created, strict=True):
+            results[entry.index] = Result(201, stored if entry.reload is None else replace(stored, content={}))
+            entry.release()
+        return results
 
     def _guard(self, entry: Entry, step):
         try:
@@ -175,7 +215,7 @@ class Engine:
             system = self.study.site(site).mrn_system
         except KeyError:
             return None
-        for identifier in entry.resource.get("identifier") or []:
+        for identifier in entry.content().get("identifier") or []:
             if isinstance(identifier, dict) and identifier.get("system") == system and identifier.get("value"):
                 return urlencode({"identifier": f"{system}|{identifier['value']}"})
         return None
@@ -191,7 +231,7 @@ class Engine:
     def _one_subject_per_patient(self, entry: Entry, claimed: dict[str, int]) -> None:
         """A Patient is a subject of the study once (a unique key in conditional_key): creating another
         answers the subject that exists, as an ifNoneExist would; a PUT making a second one is refused."""
-        if entry.resource_type != "ResearchSubject" or entry.matched or entry.resource is None:
+        if entry.resource_type != "ResearchSubject" or entry.matched or entry.content() is None:
             return
         patient_id = self._subject_patient(entry)
         if patient_id is None:
@@ -231,17 +271,28 @@ class Engine:
         target = local_target(reference, self.base_url)
         return target.split("/", 1)[1] if target and target.startswith("Patient/") else None
 
+    def _resolve_conditional_references(self, entry: Entry) -> None:
+        """Conditional references (Type?criteria) found among what was stored before this unit of work."""
+        if (entry.matched and not entry.merge) or not entry.may_search or entry.content() is None:
+            return
+        for holder in entry.references():
+            reference = holder["reference"]
+            if "?" in reference and reference not in self.mapping and not reference.startswith(("http:", "https:")):
+                target = self._conditional_reference(reference, lambda: self._path(entry, holder))
+                if target is not None:
+                    self.mapping[reference] = target
+        entry.release()
+
     def _rewrite_references(self, entry: Entry) -> None:
-        if (entry.matched and not entry.merge) or entry.resource is None:
+        if (entry.matched and not entry.merge) or entry.content() is None:
             return
         problems = []
-        for holder in reference_holders(entry.resource):
+        for holder in entry.references():
             original = holder["reference"]
             target = self.mapping.get(original)
-            if target is None and "?" in original and not original.startswith(("http:", "https:")):
-                target = self._conditional_reference(original, lambda: self._path(entry, holder))
             if target is not None:
-                self._undo.append((holder, original))
+                if entry.reload is None:  # a streamed entry is read again, as sent, on a retry
+                    self._undo.append((holder, original))
                 holder["reference"] = target
                 original = target
             elif original.startswith("urn:"):
@@ -287,7 +338,7 @@ class Engine:
         """A pushed Patient that matched its site's MRN: the stored Patient keeps its id, site and identifiers
         and takes the pushed elements, in a new version only when that changes something."""
         current = self.store.read(entry.resource_type, entry.target_id)
-        content = conditional.merged(current.content, entry.resource)
+        content = conditional.merged(current.content, entry.content())
         if conditional.same_content(current.content, content):
             return Result(200, current)
         reason = authorise.refusal(self.store.actor, "fhir.write", entry.resource_type, "u",
@@ -300,7 +351,7 @@ class Engine:
     def _update(self, entry: Entry) -> Result:
         if entry.resource_type == "Patient" and self.store.head("Patient", entry.target_id) is None:
             self._patient_site(entry)
-        stored, created = self.store.update(entry.resource_type, entry.target_id, entry.resource, self.context,
+        stored, created = self.store.update(entry.resource_type, entry.target_id, entry.content(), self.context,
                                             if_match=entry.if_match)
         return Result(201 if created else 200, stored)
 

@@ -99,7 +99,7 @@ async def post_bundle(request: Request, actor: Actor = WRITE):
         result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request))
     except FhirError as error:
         return outcome_response(error)
-    await run_in_threadpool(_shown, request, actor, body.get("type", "bundle"), result)
+    await run_in_threadpool(_shown, request, actor, result["type"].removesuffix("-response"), result)
     return respond(result)
 
 
