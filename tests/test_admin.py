@@ -11,6 +11,7 @@ from ecrf.audit.models import AuditEntry
 from ecrf.config import Settings
 from tests.conftest import running_server
 from tests.crf_support import enrol
+from tests.tamper_support import tampering
 
 SETTINGS = "/api/v1/admin/settings"
 VERIFY = "/api/v1/admin/audit/verify"
@@ -105,7 +106,7 @@ def test_audit_verify_names_the_first_altered_entry(server):
     with server.client("investigator", "S01") as http:
         enrol(http)
         enrol(http)
-    with server.runtime.engine.begin() as connection:
+    with tampering(server.runtime.engine) as connection:
         seq, old = connection.execute(text(
             "SELECT seq, new_value FROM audit_entry ORDER BY seq DESC LIMIT 1 OFFSET 2")).one()
         connection.execute(text("UPDATE audit_entry SET new_value = :v WHERE seq = :s"), {"v": "forged", "s": seq})
@@ -116,7 +117,7 @@ def test_audit_verify_names_the_first_altered_entry(server):
         assert body["entries"] == _entries(server)
         assert f"entry {seq}" in body["message"] and "altered" in body["message"]
     finally:
-        with server.runtime.engine.begin() as connection:
+        with tampering(server.runtime.engine) as connection:
             connection.execute(text("UPDATE audit_entry SET new_value = :v WHERE seq = :s"), {"v": old, "s": seq})
     with server.client("admin") as http:
         assert http.get(VERIFY).json()["ok"] is True
@@ -125,7 +126,7 @@ def test_audit_verify_names_the_first_altered_entry(server):
 def test_audit_verify_names_a_removed_entry(server):
     with server.client("investigator", "S01") as http:
         enrol(http)
-    with server.runtime.engine.begin() as connection:
+    with tampering(server.runtime.engine) as connection:
         seq = connection.execute(text("SELECT max(seq) - 1 FROM audit_entry")).scalar_one()
         row = connection.execute(AuditEntry.__table__.select().where(AuditEntry.seq == seq)).mappings().one()
         connection.execute(text("DELETE FROM audit_entry WHERE seq = :s"), {"s": seq})
@@ -134,7 +135,7 @@ def test_audit_verify_names_a_removed_entry(server):
             body = http.get(VERIFY).json()
         assert body["ok"] is False and body["first_bad_seq"] == seq and "missing" in body["message"]
     finally:
-        with server.runtime.engine.begin() as connection:
+        with tampering(server.runtime.engine) as connection:
             connection.execute(AuditEntry.__table__.insert(), [dict(row)])
     with server.client("data_manager") as http:
         assert http.get(VERIFY).json()["ok"] is True

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from ecrf.audit.models import AuditEntry
@@ -14,6 +15,7 @@ from ecrf.store.errors import Gone, NotFound, VersionConflict
 from ecrf.store.models import ItemFact, ResourceVersion, SearchToken
 from ecrf.store.service import WriteContext
 from ecrf.store.unit import read_only, writing
+from tests.tamper_support import tampering
 
 S01_EHR = Actor(sub="ehr-s01", roles=frozenset({"ehr"}), sites=frozenset({"S01"}))
 S02_EHR = Actor(sub="ehr-s02", roles=frozenset({"ehr"}), sites=frozenset({"S02"}))
@@ -122,7 +124,7 @@ def test_audit_verify_detects_a_tampered_row(server, tmp_path):
     verify = [sys.executable, "-m", "ecrf.cli", "audit", "verify"]
     intact = subprocess.run(verify, env=env, capture_output=True, text=True)
     assert intact.returncode == 0, intact.stderr
-    with server.runtime.engine.begin() as connection:
+    with tampering(server.runtime.engine) as connection:
         seq, old = connection.execute(text("SELECT seq, new_value FROM audit_entry ORDER BY seq DESC LIMIT 1")).one()
         connection.execute(text("UPDATE audit_entry SET new_value = :v WHERE seq = :s"), {"v": "forged", "s": seq})
     try:
@@ -130,7 +132,7 @@ def test_audit_verify_detects_a_tampered_row(server, tmp_path):
         assert broken.returncode == 1
         assert f"entry {seq}" in broken.stderr and "altered" in broken.stderr
     finally:
-        with server.runtime.engine.begin() as connection:
+        with tampering(server.runtime.engine) as connection:
             connection.execute(text("UPDATE audit_entry SET new_value = :v WHERE seq = :s"), {"v": old, "s": seq})
     assert subprocess.run(verify, env=env, capture_output=True).returncode == 0
 
@@ -140,7 +142,7 @@ def test_audit_verify_detects_a_deleted_row(server):
         store.create(_patient(uuid.uuid4().hex), FHIR)
         store.create(_patient(uuid.uuid4().hex), FHIR)
     env = {**os.environ, "ECRF_DATABASE_URL": server.settings.database_url}
-    with server.runtime.engine.begin() as connection:
+    with tampering(server.runtime.engine) as connection:
         seq = connection.execute(text("SELECT max(seq) - 1 FROM audit_entry")).scalar_one()
         row = connection.execute(AuditEntry.__table__.select().where(AuditEntry.seq == seq)).mappings().one()
         connection.execute(text("DELETE FROM audit_entry WHERE seq = :s"), {"s": seq})
@@ -148,5 +150,26 @@ def test_audit_verify_detects_a_deleted_row(server):
         broken = subprocess.run([sys.executable, "-m", "ecrf.cli", "audit", "verify"], env=env, capture_output=True, text=True)
         assert broken.returncode == 1 and "missing" in broken.stderr
     finally:
-        with server.runtime.engine.begin() as connection:
+        with tampering(server.runtime.engine) as connection:
             connection.execute(AuditEntry.__table__.insert(), [dict(row)])
+
+
+@pytest.mark.parametrize("table, key", [("resource_version", "pk"), ("audit_entry", "seq"), ("access_event", "id")])
+def test_versions_audit_entries_and_access_events_cannot_be_changed_or_removed(server, table, key):
+    """The database itself refuses UPDATE, DELETE (and on PostgreSQL TRUNCATE) on the append-only tables."""
+    with writing(server.runtime, S01_EHR) as store:
+        patient = store.create(_patient(uuid.uuid4().hex), FHIR)
+    with server.client("coordinator", "S01") as http:
+        assert http.get(f"/fhir/Patient/{patient.resource_id}").status_code == 200  # an identified read is logged
+    last = f"(SELECT max({key}) FROM {table})"
+    statements = [f"UPDATE {table} SET {key} = {key} WHERE {key} = {last}", f"DELETE FROM {table} WHERE {key} = {last}"]
+    if server.backend == "postgresql":
+        statements.append(f"TRUNCATE {table}")
+    with server.runtime.engine.connect() as connection:
+        before = connection.execute(text(f"SELECT count(*), max({key}) FROM {table}")).one()
+    assert before[0] > 0
+    for statement in statements:
+        with pytest.raises(DBAPIError, match="append-only"), server.runtime.engine.begin() as connection:
+            connection.execute(text(statement))
+    with server.runtime.engine.connect() as connection:
+        assert connection.execute(text(f"SELECT count(*), max({key}) FROM {table}")).one() == before
