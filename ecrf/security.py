@@ -396,17 +396,22 @@ def _report_failure(scope, error: BaseException) -> str:
     """Log an exception no handler answered by its types and frames only: its message may quote stored
     values (SQL parameters, a database's DETAIL line), so it never reaches the log. Returns the incident id."""
     incident = secrets.token_hex(6)
+    failures.error("incident %s: unhandled %s in %s %s (message withheld: it may hold patient data)\n%s", incident,
+                   type(error).__qualname__, scope["method"], _logged_path(scope), types_and_frames(error))
+    return incident
+
+
+def types_and_frames(error: BaseException) -> str:
+    """What a log may say of an exception: the types of it and of its causes, and where each was raised; never
+    a message, which may quote stored values (SQL parameters, a database's DETAIL line)."""
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain and len(chain) < 5:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    frames = "".join(f"{type(link).__module__}.{type(link).__qualname__}, raised at:\n"
-                     + "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
-                     for link in chain)
-    failures.error("incident %s: unhandled %s in %s %s (message withheld: it may hold patient data)\n%s", incident,
-                   type(error).__qualname__, scope["method"], _logged_path(scope), frames)
-    return incident
+    return "".join(f"{type(link).__module__}.{type(link).__qualname__}, raised at:\n"
+                   + "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
+                   for link in chain)
 
 
 def _client_key(scope, headers) -> str:

@@ -318,3 +318,52 @@ def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
     assert "Uvicorn running" in output or "Application startup complete" in output, output[-2000:]
     assert "incident" in output, "the injected failure was not reported"
     assert_nothing_leaked(phi, output.splitlines())
+
+
+@contextmanager
+def export_completion_fails(database_url: str, quoted: str) -> Iterator[None]:
+    """A trigger that makes the database refuse to mark an export completed, with a message quoting `quoted`."""
+    if database_url.startswith("sqlite"):
+        connection = sqlite3.connect(database_url.split("///", 1)[1])
+        connection.execute("CREATE TRIGGER export_fault BEFORE UPDATE ON export_job WHEN NEW.status = 'completed' "
+                           f"BEGIN SELECT RAISE(ABORT, 'refusing the export of {quoted}'); END")
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute("DROP TRIGGER IF EXISTS export_fault")
+            connection.commit()
+            connection.close()
+        return
+    import psycopg
+
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as connection:
+        connection.execute("CREATE OR REPLACE FUNCTION export_fault() RETURNS trigger AS $$ BEGIN "
+                           f"IF NEW.status = 'completed' THEN RAISE EXCEPTION 'refusing the export of {quoted}'; END IF; "
+                           "RETURN NEW; END $$ LANGUAGE plpgsql")
+        connection.execute("CREATE TRIGGER export_fault BEFORE UPDATE ON export_job FOR EACH ROW "
+                           "EXECUTE FUNCTION export_fault()")
+        try:
+            yield
+        finally:
+            connection.execute("DROP TRIGGER IF EXISTS export_fault ON export_job")
+            connection.execute("DROP FUNCTION IF EXISTS export_fault()")
+
+
+def test_a_failed_export_is_logged_without_its_message(database_url, tmp_path):
+    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), export_dir=tmp_path / "out",
+                        _env_file=None)
+    phi = Secrets()
+    with running_server(settings) as server, capture_every_log() as captured, \
+            export_completion_fails(database_url, phi.family), server.client("data_manager") as http:
+        kick_off = http.get("/fhir/$export", params={"deidentify": "false", "_type": "Patient"},
+                            headers={"Prefer": "respond-async"})
+        assert kick_off.status_code == 202, kick_off.text
+        deadline = time.monotonic() + 60
+        while (status := http.get(kick_off.headers["content-location"])).status_code == 202:
+            assert time.monotonic() < deadline, "the export neither finished nor failed"
+            time.sleep(0.2)
+        assert status.status_code >= 400, status.text
+    failed = [r for r in captured.records if r.name == "ecrf.export.worker" and "failed" in r.getMessage()]
+    assert failed and "raised at" in failed[0].getMessage(), [r.getMessage()[:200] for r in captured.records][-5:]
+    assert_nothing_leaked(phi, captured.lines)

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ecrf.export import bulk, jobs
 from ecrf.runtime import Runtime
+from ecrf.security import types_and_frames
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
@@ -45,8 +46,8 @@ class ExportWorker:
         while not self.stopping.is_set():
             try:
                 job = jobs.claim(self.runtime.engine, self.id, settings.export_lease_seconds)
-            except Exception:  # noqa: BLE001 - the database may be briefly away; try again later
-                log.exception("claiming an export job failed")
+            except Exception as error:  # noqa: BLE001 - the database may be briefly away; try again later
+                _withheld(error, "claiming an export job failed")
                 job = None
             if job is not None:
                 self._run(job)
@@ -66,7 +67,7 @@ class ExportWorker:
             elif self.stopping.is_set():
                 jobs.release(engine, job, self.id)
         except Exception as error:  # noqa: BLE001 - a failed job is reported to its owner, not fatal to the worker
-            log.exception("export job %s failed", job.id)
+            _withheld(error, f"export job {job.id} failed")
             jobs.fail(engine, job, self.id, f"the export failed ({type(error).__name__}); start a new one")
 
     def _sweep(self) -> None:
@@ -77,8 +78,14 @@ class ExportWorker:
         try:
             for directory in jobs.expire(self.runtime.engine, retention):
                 bulk.discard(directory)
-        except Exception:  # noqa: BLE001
-            log.exception("expiring export files failed")
+        except Exception as error:  # noqa: BLE001
+            _withheld(error, "expiring export files failed")
+
+
+def _withheld(error: Exception, what: str) -> None:
+    """An export reads and writes patient data: its failures are logged without their messages."""
+    log.error("%s: %s (message withheld: it may hold patient data)\n%s", what, type(error).__qualname__,
+              types_and_frames(error))
 
 
 @asynccontextmanager
