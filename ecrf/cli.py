@@ -49,8 +49,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"eCRF serving study {runtime.study.id} at {url}  (database: {_safe_url(settings.database_url)})", flush=True)
     print(f"API docs: {url}/docs   FHIR base: {url}/fhir   health: {url}/healthz", flush=True)
     print("Get a token: ecrf token --role investigator --site S01", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=_log_config())
     return 0
+
+
+def _log_config() -> dict:
+    """uvicorn's own logging, plus the service's loggers (the PHI-free request log `ecrf.access`, incidents
+    `ecrf.errors`, the export worker) at INFO on the same stream; uvicorn's access line stays off."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["ecrf"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:

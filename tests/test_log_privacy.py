@@ -317,6 +317,7 @@ def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
     output = out.read_text(errors="replace") + err.read_text(errors="replace")
     assert "Uvicorn running" in output or "Application startup complete" in output, output[-2000:]
     assert "incident" in output, "the injected failure was not reported"
+    assert "GET /fhir/{resource_type}/{resource_id} 404" in output, "the request log (ecrf.access) is not written"
     assert_nothing_leaked(phi, output.splitlines())
 
 
