@@ -1,4 +1,5 @@
 """SMART system scopes on the FHIR door: they narrow what the role allows, entry by entry, and never widen it."""
+import time
 import uuid
 
 import httpx
@@ -229,3 +230,37 @@ def test_the_capability_statement_announces_smart_scopes(server):
     codes = {coding["code"] for service in security["service"] for coding in service["coding"]}
     assert codes == {"OAuth", "SMART-on-FHIR"}
     assert "system/Observation.c" in security["description"] and "never widen" in security["description"]
+
+
+def test_an_export_covers_only_the_types_the_scopes_let_the_client_read(server):
+    _observation(server, _patient(server))
+    export = {"Prefer": "respond-async"}
+    with scoped(server, "data_manager", scope=["system/Observation.rs"]) as http:
+        refused = http.get("/fhir/$export", params={"_type": "Observation,Patient", "deidentify": "false"},
+                           headers=export)
+        assert refused.status_code == 403 and "Patient" in refused.text and "Observation," not in refused.text
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        accepted = http.get("/fhir/$export", params={"deidentify": "false"}, headers=export)
+        assert accepted.status_code == 202, accepted.text
+        status_url = accepted.headers["content-location"]
+        for _ in range(300):
+            status = http.get(status_url)
+            if status.status_code != 202:
+                break
+            time.sleep(0.2)
+        assert status.status_code == 200, status.text
+        assert {output["type"] for output in status.json()["output"]} == {"Observation"}
+    with scoped(server, "data_manager", scope=["system/Condition.c"]) as http:
+        assert http.get("/fhir/$export", params={"deidentify": "false"}, headers=export).status_code == 403
+    with scoped(server, "data_manager", scope=["openid"]) as http:  # no SMART scopes: the role decides
+        assert http.get("/fhir/$export", params={"_type": "Patient"}, headers=export).status_code == 202
+
+
+@pytest.mark.parametrize("scope, status", [(["system/Observation.rs"], 403), (["system/Questionnaire.r"], 200),
+                                           (["system/*.rs"], 200), (["openid"], 200)])
+def test_a_questionnaire_is_read_under_the_scopes_too(server, scope, status):
+    with scoped(server, "investigator", "S01", scope=scope) as http:
+        response = http.get("/fhir/Questionnaire/labs")
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert "system/Questionnaire.r" in response.json()["issue"][0]["diagnostics"]

@@ -1,16 +1,19 @@
 """GET /fhir/Questionnaire/{form_id}: a form definition as an SDC-style FHIR R4 Questionnaire."""
 from fastapi import APIRouter, Depends, HTTPException, Request
 
+from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.fhir.authorise import require
 from ecrf.responses import FHIRBody
 from fhir_mappings.mapping import form_to_questionnaire
 
 router = APIRouter(tags=["fhir"])
 
 
-@router.get("/Questionnaire/{form_id}", dependencies=[Depends(requires("study.read"))])
-def read_questionnaire(form_id: str, request: Request) -> FHIRBody:
+@router.get("/Questionnaire/{form_id}")
+def read_questionnaire(form_id: str, request: Request, actor: Actor = Depends(requires("study.read"))) -> FHIRBody:
     """The form as a Questionnaire: item codes, units, answer options, enableWhen for conditional items."""
+    require(actor, "study.read", "Questionnaire", "read")  # a token's SMART scopes, as on every /fhir read
     study = request.app.state.runtime.study
     try:
         study.form(form_id)

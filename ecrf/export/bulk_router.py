@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ecrf.audit import service as audit
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
+from ecrf.auth import scopes
 from ecrf.auth.dependencies import requires
 from ecrf.db import transaction
 from ecrf.errors import issue, operation_outcome
@@ -88,6 +89,7 @@ def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: 
                                 f"_type: {', '.join(refused)} never leave de-identified (profile {profile.name})")
     else:
         types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
+    types = _within_scopes(actor, types, explicit=bool(type_param))
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
                       types=types, since=since)
@@ -97,6 +99,16 @@ def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: 
     location = f"{_base(request)}/$export-status/{job.id}"
     return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
                     headers={"Content-Location": location})
+
+
+def _within_scopes(actor: Actor, types: list[str], *, explicit: bool) -> list[str]:
+    """The types the token's SMART scopes let it read (`rs`): an export asked for by type is refused whole
+    when one is outside them; an export of everything exports what they cover."""
+    lacking = [name for name in types if not scopes.allows(actor.scopes, name, "rs")]
+    if lacking and (explicit or len(lacking) == len(types)):
+        raise HTTPException(403, f"exporting {', '.join(lacking)} needs the SMART scope system/<type>.rs "
+                                 "(or system/*.rs), which this token's scopes do not grant")
+    return [name for name in types if name not in lacking]
 
 
 def _job_of(request: Request, actor: Actor, job_id: str) -> ExportJob:
