@@ -105,6 +105,22 @@ def test_urn_uuid_references_are_resolved_everywhere_in_the_resource(server):
     assert "urn:uuid" not in str(stored)
 
 
+def test_a_reference_by_this_server_s_own_url_is_stored_relative_and_linked(server):
+    with server.client("ehr", "S01") as http:
+        created = http.post("/fhir/Patient", json=patient(), headers=FHIR_JSON)
+        assert created.status_code == 201, created.text
+        patient_id = created.json()["id"]
+        absolute = f"{server.base_url}/fhir/Patient/{patient_id}"
+        body = bundle([post(lab(absolute, "718-7", 12.4, "g/dL")),
+                       post(lab(f"{absolute}/_history/1", "718-7", 12.6, "g/dL"))])
+        response = _send(http, body)
+        assert response.status_code == 200, response.text
+        found = http.get("/fhir/Observation", params={"subject": f"Patient/{patient_id}"}).json()
+    assert found["total"] == 2
+    assert sorted(e["resource"]["subject"]["reference"] for e in found["entry"]) == [
+        f"Patient/{patient_id}", f"Patient/{patient_id}/_history/1"]
+
+
 def test_unresolvable_urn_uuid_is_refused_naming_the_element(server):
     body = bundle([post(patient(), urn()), post(lab(urn(), "718-7", 12.0, "g/dL"))])
     with server.client("ehr", "S01") as http:

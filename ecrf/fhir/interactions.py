@@ -290,6 +290,8 @@ class Engine:
         for holder in entry.references():
             original = holder["reference"]
             target = self.mapping.get(original)
+            if target is None and original.startswith(self.base_url + "/") and "?" not in original:
+                target = original[len(self.base_url) + 1:]  # this server's own URL: kept relative, linked as such
             if target is not None:
                 if entry.reload is None:  # a streamed entry is read again, as sent, on a retry
                     self._undo.append((holder, original))

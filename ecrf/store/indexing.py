@@ -127,6 +127,12 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     return None
 
 
+def unversioned(reference: str) -> str:
+    """A reference without its `/_history/{version}`: a search for the resource finds it at any version."""
+    head, marker, _ = reference.partition("/_history/")
+    return head if marker else reference
+
+
 def search_tokens(resource: dict[str, Any]) -> list[Token]:
     tokens: list[Token] = []
     for param, kind, paths in STORED_PARAMS.get(resource.get("resourceType", ""), ()):
@@ -141,7 +147,7 @@ def search_tokens(resource: dict[str, Any]) -> list[Token]:
                     break
             elif kind == "reference":
                 tokens.extend(
-                    Token(param, None, None, value["reference"]) for value in values
+                    Token(param, None, None, unversioned(value["reference"])) for value in values
                     if isinstance(value, dict) and isinstance(value.get("reference"), str)
                 )
             else:
