@@ -237,6 +237,24 @@ def test_a_locked_form_cannot_be_queried(server, labs):
         assert http.get(queries_of(labs)).json()["total"] == 0
 
 
+def test_a_form_with_an_unresolved_query_cannot_be_locked(server, open_query):
+    subject_id, query = open_query
+    form_url = path(subject_id, "labs", "SCR")
+    with server.client("monitor", "S01") as http:
+        assert http.post(form_url + "/verify").status_code == 200
+    with server.client("investigator", "S01") as http:
+        assert http.post(form_url + "/sign", json={"meaning": "approved"}).status_code == 200
+        assert http.post(f"/api/v1/queries/{query['id']}/answer", json={"text": "checked"}).status_code == 200
+    with server.client("data_manager") as http:
+        refused = http.post(form_url + "/lock")
+        assert refused.status_code == 409 and "1 unresolved query" in refused.json()["detail"]
+        assert http.get(form_url).json()["status"] == "signed"
+    with server.client("monitor", "S01") as http:
+        assert http.post(f"/api/v1/queries/{query['id']}/close").status_code == 200
+    with server.client("data_manager") as http:
+        assert http.post(form_url + "/lock").json()["status"] == "locked"
+
+
 def test_wrong_transitions_are_409_with_a_clear_message(server, open_query):
     _, query = open_query
     url = f"/api/v1/queries/{query['id']}"

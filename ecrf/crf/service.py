@@ -314,6 +314,11 @@ def transition(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: 
     _check_version(instance, if_match)
     if instance.status != step.source:
         raise Conflict(f"form {form_id} at {visit_id} is {instance.status}; {name} needs it {step.source}")
+    if name == "lock":
+        unresolved, _ = unresolved_of_form(store.session, target.subject.id, target.form.id, target.visit.id)
+        if unresolved:
+            raise Conflict(f"form {form_id} at {visit_id} has {unresolved} unresolved "
+                           f"quer{'y' if unresolved == 1 else 'ies'} (open or answered): close before locking")
     reason, meaning = (reason or "").strip() or None, (meaning or "").strip() or None
     problems = []
     if step.needs_reason and not reason:
