@@ -7,9 +7,11 @@ The alias LOCAL always means the study's own local code system.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -302,6 +304,20 @@ class SiteDef(BaseModel):
     id: str
     name: str
     mrn_system: str
+    time_zone: str = "UTC"  # IANA name: the site's calendar decides what "today" is for its subjects
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone {value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+        return value
+
+    def today(self, now: datetime | None = None) -> date:
+        """The date it is at the site."""
+        return (now or datetime.now(UTC)).astimezone(ZoneInfo(self.time_zone)).date()
 
 
 class ArmDef(BaseModel):
@@ -401,6 +417,11 @@ class StudyDef(BaseModel):
             if site.id == site_id:
                 return site
         raise KeyError(f"study {self.id!r} has no site {site_id!r}")
+
+    def today_at(self, site_id: str | None, now: datetime | None = None) -> date:
+        """The date it is at the site (in UTC for no site or one the study does not list)."""
+        site = next((site for site in self.sites if site.id == site_id), None)
+        return site.today(now) if site else (now or datetime.now(UTC)).astimezone(UTC).date()
 
     def arm(self, arm_id: str) -> ArmDef:
         for arm in self.arms:

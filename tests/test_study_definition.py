@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def test_sites_with_mrn_systems(study: StudyDef) -> None:
         ("S02", "urn:oid:2.16.840.1.113883.3.9999.2"),
     ]
     assert study.site("S01").name == "Guangxi Medical University Cancer Hospital"
+
+
+def test_a_site_s_today_is_its_own_calendar_date(study: StudyDef) -> None:
+    evening_in_utc = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)  # 01:30 the next morning in Guangxi
+    assert study.site("S01").time_zone == "Asia/Shanghai"
+    assert study.today_at("S01", evening_in_utc) == date(2026, 11, 27)
+    assert study.today_at("S02", evening_in_utc) == date(2026, 11, 26)  # no time zone given: UTC
+    assert study.today_at(None, evening_in_utc) == date(2026, 11, 26)
 
 
 def test_arms(study: StudyDef) -> None:
@@ -366,6 +375,8 @@ def _load_error(directory: Path) -> str:
     ("study.yaml", "  - {id: M9, label: Month 9,", "  - {id: M6, label: Month 9,", "visits[6].id",
      "duplicate id 'M6'"),
     ("study.yaml", "  - id: S02\n", "  - id: S01\n", "sites[1].id", "duplicate id 'S01'"),
+    ("study.yaml", "    time_zone: Asia/Shanghai", "    time_zone: China/Nanning", "sites[0].time_zone",
+     "'China/Nanning' is not an IANA time zone"),
     ("study.yaml", "  ast: \"40\"", "  asst: \"40\"", "uln_defaults.asst", "unknown item 'asst'"),
     ("forms/ctc.yaml", "of: ctc_count\n      codes:", "of: ctc_cnt\n      codes:",
      "items[1].fhir.of", "unknown item 'ctc_cnt'"),

@@ -253,7 +253,7 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
     if target.form.date_item and target.form.date_item in entry.canonical:
         the_date = entry.canonical[target.form.date_item]
     else:
-        the_date = visit_date or min(datetime.now(UTC).date(), latest_allowed_date())
+        the_date = visit_date or min(study.today_at(target.subject.site), latest_allowed_date())
     zero = entry.canonical.get(study.day_zero_item) if study.day_zero_item else None
     zero = zero or day_zero(store.session, study, target.subject.patient_id)
     date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)

@@ -17,7 +17,8 @@ def read_study(request: Request) -> dict[str, Any]:
         "title": study.title,
         "identifier_system": study.identifier_system,
         "planned_size": study.planned_size,
-        "sites": [{"id": s.id, "name": s.name, "mrn_system": s.mrn_system} for s in study.sites],
+        "sites": [{"id": s.id, "name": s.name, "mrn_system": s.mrn_system, "time_zone": s.time_zone}
+                  for s in study.sites],
         "arms": [a.model_dump(mode="json") for a in study.arms],
         "visits": [v.model_dump(mode="json") for v in study.visits],
         "forms": [

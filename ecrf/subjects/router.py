@@ -1,5 +1,4 @@
 """/api/v1/subjects: enrol, list and read subjects (ResearchSubject + Patient in the store)."""
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -54,7 +53,8 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
         view = service.describe(store, runtime.study, [subject])[0]
         zero = day_zero(store.session, runtime.study, subject.patient_id)
         view["day_zero"] = zero.isoformat() if zero else None
-        view["visits"] = visit_schedule(runtime.study, zero, subject_instances(store, subject), datetime.now(UTC).date())
+        view["visits"] = visit_schedule(runtime.study, zero, subject_instances(store, subject),
+                                        runtime.study.today_at(subject.site))
         view["open_queries"] = unresolved_of_subject(store.session, subject.id)
     _record_mrns(request, actor, "subject.read", [view])
     return view
