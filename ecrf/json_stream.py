@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ecrf.config import Settings
-from ecrf.security import (POSSIBLE_CONTROL_ESCAPE, keys_written, measure, parse_json, refuse_control_characters,
+from ecrf.json_rules import (POSSIBLE_CONTROL_ESCAPE, keys_written, measure, parse_json, refuse_control_characters,
                            refuse_long_numbers, refuse_repeated_key, too_deep)
 
 # Everything up to the next bracket outside a string, and that bracket: strings are skipped whole.

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from ecrf.errors import FHIR_JSON
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import version_of_etag
-from ecrf.security import Refusal, parse_json_body
+from ecrf.json_rules import Refusal, parse_json_body
 from ecrf.store.service import Stored
 
 ACCEPTED_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
