@@ -12,9 +12,9 @@ from ecrf.fhir.interactions import Engine, Entry, Result
 from ecrf.fhir.outcome import FhirError, validation_issues
 from ecrf.fhir.requests import bundle_entry
 from ecrf.fhir.validation import model_of, prepare
+from ecrf.json_rules import Refusal
 from ecrf.json_stream import StreamedObject
 from ecrf.runtime import Runtime
-from ecrf.json_rules import Refusal
 from ecrf.store.errors import Conflict
 from ecrf.store.service import WriteContext, instant
 from ecrf.store.unit import writing
@@ -27,6 +27,8 @@ STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid"})
 def status_of(issues: list[dict[str, Any]]) -> int:
     """400 when the request is malformed, 422 when it is well formed but breaks a rule of this server."""
     return 400 if any(i.get("code") in STRUCTURE_CODES for i in issues) else 422
+
+
 def shell_issues(body: Any, entries: int | None, max_entries: int) -> list[dict[str, Any]]:
     """Checks on the Bundle itself (`entries` of them, when not in the body), before any entry is validated."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":

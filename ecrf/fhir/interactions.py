@@ -84,7 +84,7 @@ class Engine:
     study: Any
     context: WriteContext
     page_size: tuple[int, int] = (50, 500)
-    mapping: dict[str, str] = field(default_factory=dict)  # fullUrl -> Type/id
+    mapping: dict[str, str] = field(default_factory=dict)  # fullUrl or conditional reference -> Type/id
     written: set[str] = field(default_factory=set)  # Type/id written by this unit of work
     _undo: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     _exists: dict[str, bool] = field(default_factory=dict)
