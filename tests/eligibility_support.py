@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from ecrf.auth.actor import Actor
+from ecrf.config import Settings
 from ecrf.eligibility.engine import Result, evaluate
 from ecrf.eligibility.patient_data import load
 from ecrf.store.service import WriteContext
 from ecrf.store.unit import writing
+from ecrf.study.loader import load_study
 from fhir_mappings.mapping import form_to_resources
 
 DATA = Path(__file__).resolve().parent / "data" / "eligibility"
-TODAY = datetime.now(UTC).date()
+TODAY = load_study(Settings(_env_file=None).study_dir).today_at("S01")  # R of an S01 subject: its site's date
 COORDINATOR = Actor(sub="coordinator-s01", roles=frozenset({"coordinator"}), sites=frozenset({"S01"}))
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _TERM = re.compile(r"([+-])(\d+)([dy])")

@@ -141,3 +141,18 @@ def test_the_randomisation_date_is_r(server):
     _, later = store_patient(server, resources, forms, date(2025, 9, 1))
     assert later.randomised and later.reference_date == date.fromisoformat(day("R-1d", R))
     assert later.status == "eligible"
+
+
+def test_before_randomisation_r_is_the_date_at_the_subject_s_site():
+    from datetime import UTC, datetime
+
+    from ecrf.config import Settings
+    from ecrf.eligibility.engine import evaluate
+    from ecrf.eligibility.patient_data import PatientData
+    from ecrf.study.loader import load_study
+
+    study = load_study(Settings(_env_file=None).study_dir)
+    evening_in_utc = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)  # 01:30 on the 27th in Guangxi (S01)
+    at_s01 = evaluate(study, PatientData("p"), evening_in_utc, study.today_at("S01", evening_in_utc))
+    assert at_s01.reference_date == date(2026, 11, 27)
+    assert evaluate(study, PatientData("p"), evening_in_utc).reference_date == date(2026, 11, 26)

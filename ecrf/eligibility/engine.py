@@ -74,22 +74,23 @@ def overall(criteria: list[CriterionResult]) -> str:
     return INCOMPLETE
 
 
-def evaluate(study: StudyDef, patient: PatientData, now: datetime | None = None) -> Result:
-    """R is the reference item's value once it exists (randomised), else the evaluation day."""
+def evaluate(study: StudyDef, patient: PatientData, now: datetime | None = None, today: date | None = None) -> Result:
+    """R is the reference item's value once it exists (randomised), else the evaluation day; `today` is the
+    date at the subject's site (UTC when not given)."""
     now = now or datetime.now(UTC)
     reference_item = study.reference_date.item
     recorded = patient.of(reference_item)[-1].value if reference_item and patient.of(reference_item) else None
-    reference = recorded if isinstance(recorded, date) else evaluation_day(patient, now)
+    reference = recorded if isinstance(recorded, date) else evaluation_day(patient, now, today)
     evaluation = Evaluation(study, patient, Anchors(study, patient, reference))
     criteria = [evaluation.criterion(c.id, c.kind, c.description, c.rule) for c in study.criteria]
     return Result(overall(criteria), reference, recorded is not None, now, criteria)
 
 
-def evaluation_day(patient: PatientData, now: datetime) -> date:
-    """R before randomisation: the day of evaluation. Values keep the dates they were sent with, so a site
-    east of UTC is already on a later date in its morning: R is the UTC date, or the latest date the patient's
-    own values already carry if later (never a date that has not begun somewhere on Earth)."""
-    today, latest = now.astimezone(UTC).date(), latest_allowed_date(now)
+def evaluation_day(patient: PatientData, now: datetime, today: date | None = None) -> date:
+    """R before randomisation: the day of evaluation, the date at the subject's site (`today`; the UTC date
+    when not given), or the latest date the patient's own values already carry if later: values keep the dates
+    they were sent with (never a date that has not begun somewhere on Earth)."""
+    today, latest = today or now.astimezone(UTC).date(), latest_allowed_date(now)
     carried = [value.day for values in patient.values.values() for value in values
                if value.day is not None and today < value.day <= latest]
     return max(carried, default=today)

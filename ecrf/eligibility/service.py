@@ -40,7 +40,7 @@ def recompute(store: ClinicalStore, patient_ids: set[str]) -> None:
                 store.session.delete(state)
             continue
         if patient_id not in results:
-            results[patient_id] = evaluate(study, data[patient_id], now)
+            results[patient_id] = evaluate(study, data[patient_id], now, study.today_at(site, now))
         entries += _update_state(store, subject_id, patient_id, site, content, state, results[patient_id], now)
     store.session.flush()
     audit.append_many(store.session, store.actor, entries)
@@ -137,7 +137,8 @@ def subject_view(store: ClinicalStore, study: StudyDef, subject_id: str) -> dict
     """The subject's eligibility now (R = evaluation time, or the randomisation date); once randomised the
     frozen result, with the live one beside it and a flag when the data have changed since."""
     subject = resolve(store, study, subject_id)
-    live = evaluate(study, load(store.session, study, [subject.patient_id])[subject.patient_id]).as_dict()
+    patient = load(store.session, study, [subject.patient_id])[subject.patient_id]
+    live = evaluate(study, patient, today=study.today_at(subject.site)).as_dict()
     state = store.session.get(EligibilityState, subject.id)
     view: dict[str, Any] = {"subject": subject.id, **live, "live_status": live["status"], "frozen": False,
                             "changed_since_randomisation": False}
@@ -154,7 +155,12 @@ def randomisation_basis(study: StudyDef, store: ClinicalStore, patient_id: str) 
     live one (the entry being saved is already in the transaction, so R is its randomisation date)."""
     frozen = store.session.exec(select(EligibilityState.frozen_result).where(
         EligibilityState.patient_id == patient_id, EligibilityState.frozen_result.is_not(None))).first()
-    result = orjson.loads(frozen) if frozen else evaluate(study, load(store.session, study, [patient_id])[patient_id]).as_dict()
+    if frozen:
+        result = orjson.loads(frozen)
+    else:
+        head = store.session.get(ResourceHead, ("Patient", patient_id))
+        today = study.today_at(head.site if head is not None else None)
+        result = evaluate(study, load(store.session, study, [patient_id])[patient_id], today=today).as_dict()
     return {**result, "overall": result["status"],
             "criteria": [{**c, "outcome": c["result"]} for c in result["criteria"]]}
 
