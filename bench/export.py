@@ -29,14 +29,16 @@ from sqlalchemy import select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.server_log import ServerLog  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
 from ecrf.config import Settings  # noqa: E402
 from ecrf.db import make_engine  # noqa: E402
 from ecrf.export.models import ExportJob  # noqa: E402
 from ecrf.export.source import Scope, batches  # noqa: E402
 from ecrf.store.migrate import upgrade  # noqa: E402
-from ecrf.store.models import ResourceHead, ResourceVersion  # noqa: E402
+from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken  # noqa: E402
 
+STUDY = "ResearchStudy/NCT04163237"
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 LOINC = "http://loinc.org"
 LABS = [("718-7", "Hemoglobin", "g/dL", "g/L", 10, 13.2), ("777-3", "Platelets", "10*3/uL", "10*9/L", 1, 180),
@@ -88,7 +90,27 @@ def load(database_url: str, count: int, subjects: int) -> None:
                               "site": "S01"})
             connection.execute(ResourceVersion.__table__.insert(), versions)
             connection.execute(ResourceHead.__table__.insert(), heads)
+        _enrol(connection, patients, count, now)
     engine.dispose()
+
+
+def _enrol(connection, patients: list[str], first_pk: int, now: datetime) -> None:
+    """A ResearchSubject of the study per patient: a sponsor's de-identified export holds study subjects' data only."""
+    versions, heads, tokens = [], [], []
+    for n, patient_id in enumerate(patients, start=first_pk + 1):
+        subject_id = uuid.uuid4().hex
+        content = {"resourceType": "ResearchSubject", "id": subject_id, "status": "candidate",
+                   "study": {"reference": STUDY}, "individual": {"reference": f"Patient/{patient_id}"}}
+        row = {"resource_type": "ResearchSubject", "resource_id": subject_id, "version_id": 1, "last_updated": now,
+               "deleted": False, "patient_id": patient_id, "site": "S01"}
+        versions.append({**row, "pk": n, "content": orjson.dumps(content).decode(), "author_sub": "bench",
+                         "author_role": "coordinator", "reason": None, "source": "form"})
+        heads.append({**row, "version_pk": n})
+        tokens.append({"resource_type": "ResearchSubject", "resource_id": subject_id, "param": "study",
+                       "value": STUDY})
+    connection.execute(ResourceVersion.__table__.insert(), versions)
+    connection.execute(ResourceHead.__table__.insert(), heads)
+    connection.execute(SearchToken.__table__.insert(), tokens)
 
 
 def floor(database_url: str, directory: Path) -> tuple[int, float]:
@@ -122,8 +144,9 @@ class ServerProcess:
 
     def __enter__(self) -> "ServerProcess":
         code = "from ecrf.cli import main; raise SystemExit(main())"
+        self.log = ServerLog()
         self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(self.port)], cwd=ROOT,
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.file)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -132,7 +155,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 time.sleep(0.1)
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log.tail()}")
         raise RuntimeError("server did not start in 60 s")
 
     def __exit__(self, *_exc) -> None:

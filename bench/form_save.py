@@ -27,6 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.server_log import ServerLog  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
 from ecrf.config import Settings  # noqa: E402
 
@@ -52,12 +53,13 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": secret, "PYTHONWARNINGS": "ignore"}
+        self.log = ServerLog()
         self.process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(self.port)],
-                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log.file)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log.tail()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return

@@ -25,6 +25,7 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
 from bench.ingest.bundles import lab_bundle
+from bench.server_log import ServerLog
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
 
@@ -44,8 +45,9 @@ class ServerProcess:
 
     def __enter__(self) -> "ServerProcess":
         code = "from ecrf.cli import main; raise SystemExit(main())"
+        self.log = ServerLog()
         self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.file)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -54,7 +56,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 time.sleep(0.1)
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log.tail()}")
         raise RuntimeError("server did not start in 60 s")
 
     def __exit__(self, *_exc) -> None:
