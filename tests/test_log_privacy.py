@@ -112,35 +112,41 @@ def capture_every_log() -> Iterator[CaptureEverything]:
 
 
 @contextmanager
-def fault_injected(database_url: str) -> Iterator[None]:
-    """A trigger that makes the database itself fail an insert carrying FAULT_MARK, with an error whose
-    message quotes the row: the path of an exception no handler answers."""
+def failing_trigger(database_url: str, name: str, event: str, table: str, condition: str, sqlite_failure: str,
+                    postgres_failure: str) -> Iterator[None]:
+    """A trigger `name` making the database itself fail `event` on `table` where `condition` (on NEW) holds:
+    on SQLite by running `sqlite_failure`, on PostgreSQL by raising `postgres_failure` (a RAISE statement)."""
     if database_url.startswith("sqlite"):
         connection = sqlite3.connect(database_url.split("///", 1)[1])
-        connection.execute(f"CREATE TRIGGER privacy_fault BEFORE INSERT ON resource_version WHEN NEW.content "
-                           f"LIKE '%{FAULT_MARK}%' BEGIN SELECT abs(-9223372036854775808); END")
+        connection.execute(f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {condition} "
+                           f"BEGIN {sqlite_failure}; END")
         connection.commit()
         try:
             yield
         finally:
-            connection.execute("DROP TRIGGER IF EXISTS privacy_fault")
+            connection.execute(f"DROP TRIGGER IF EXISTS {name}")
             connection.commit()
             connection.close()
         return
     import psycopg
 
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as connection:
-        connection.execute(
-            "CREATE OR REPLACE FUNCTION privacy_fault() RETURNS trigger AS $$ BEGIN "
-            f"IF NEW.content LIKE '%{FAULT_MARK}%' THEN RAISE EXCEPTION 'refusing row %', NEW.content; END IF; "
-            "RETURN NEW; END $$ LANGUAGE plpgsql")
-        connection.execute("CREATE TRIGGER privacy_fault BEFORE INSERT ON resource_version FOR EACH ROW "
-                           "EXECUTE FUNCTION privacy_fault()")
+        connection.execute(f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+                           f"IF {condition} THEN {postgres_failure}; END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
+        connection.execute(f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
         try:
             yield
         finally:
-            connection.execute("DROP TRIGGER IF EXISTS privacy_fault ON resource_version")
-            connection.execute("DROP FUNCTION IF EXISTS privacy_fault()")
+            connection.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            connection.execute(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+def fault_injected(database_url: str):
+    """A trigger that makes the database itself fail an insert carrying FAULT_MARK, with an error whose
+    message quotes the row: the path of an exception no handler answers."""
+    return failing_trigger(database_url, "privacy_fault", "INSERT", "resource_version",
+                           f"NEW.content LIKE '%{FAULT_MARK}%'", "SELECT abs(-9223372036854775808)",
+                           "RAISE EXCEPTION 'refusing row %', NEW.content")
 
 
 def _synthea_supported_part() -> dict:
@@ -321,34 +327,11 @@ def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
     assert_nothing_leaked(phi, output.splitlines())
 
 
-@contextmanager
-def export_completion_fails(database_url: str, quoted: str) -> Iterator[None]:
+def export_completion_fails(database_url: str, quoted: str):
     """A trigger that makes the database refuse to mark an export completed, with a message quoting `quoted`."""
-    if database_url.startswith("sqlite"):
-        connection = sqlite3.connect(database_url.split("///", 1)[1])
-        connection.execute("CREATE TRIGGER export_fault BEFORE UPDATE ON export_job WHEN NEW.status = 'completed' "
-                           f"BEGIN SELECT RAISE(ABORT, 'refusing the export of {quoted}'); END")
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute("DROP TRIGGER IF EXISTS export_fault")
-            connection.commit()
-            connection.close()
-        return
-    import psycopg
-
-    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as connection:
-        connection.execute("CREATE OR REPLACE FUNCTION export_fault() RETURNS trigger AS $$ BEGIN "
-                           f"IF NEW.status = 'completed' THEN RAISE EXCEPTION 'refusing the export of {quoted}'; END IF; "
-                           "RETURN NEW; END $$ LANGUAGE plpgsql")
-        connection.execute("CREATE TRIGGER export_fault BEFORE UPDATE ON export_job FOR EACH ROW "
-                           "EXECUTE FUNCTION export_fault()")
-        try:
-            yield
-        finally:
-            connection.execute("DROP TRIGGER IF EXISTS export_fault ON export_job")
-            connection.execute("DROP FUNCTION IF EXISTS export_fault()")
+    return failing_trigger(database_url, "export_fault", "UPDATE", "export_job", "NEW.status = 'completed'",
+                           f"SELECT RAISE(ABORT, 'refusing the export of {quoted}')",
+                           f"RAISE EXCEPTION 'refusing the export of {quoted}'")
 
 
 def test_a_failed_export_is_logged_without_its_message(database_url, tmp_path):
