@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
     errors.install(app)
-    app.add_middleware(RequestGuard, settings=runtime.settings)
+    app.add_middleware(RequestGuard, settings=runtime.settings,
+                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}))
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(public)])
     def healthz(request: Request) -> dict:

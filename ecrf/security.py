@@ -22,7 +22,6 @@ failures = logging.getLogger("ecrf.errors")
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/fhir+json"})
 URL_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 INSPECT_IN_THREAD_BYTES = 256 * 1024
-STREAMED_BUNDLES = frozenset({("POST", "/fhir"), ("POST", "/fhir/")})  # large Bundles are read entry by entry
 
 
 def loggable_path(path: str, path_params: dict | None) -> str:
@@ -73,9 +72,10 @@ class RequestGuard:
     no handler answered ends here: logged without its message, answered 500 with an incident id.
     """
 
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, bundle_paths: frozenset[str] = frozenset()):
         self.app = app
         self.settings = settings
+        self.bundle_paths = bundle_paths  # where POSTed bodies are Bundles: large ones are read entry by entry
         self.max_body = settings.max_body_bytes
         self.rate = settings.rate_limit_per_minute
         self.buckets: dict[str, tuple[float, float]] = {}
@@ -187,7 +187,8 @@ class RequestGuard:
             raise Refusal(415, f"content type {shown!r} is not supported: send application/json "
                                "(or application/fhir+json), UTF-8", "content_type", "not-supported", item="Content-Type")
         state = scope.setdefault("state", {})
-        if len(body) > self.settings.stream_bundle_bytes and (scope["method"], scope["path"]) in STREAMED_BUNDLES:
+        if len(body) > self.settings.stream_bundle_bytes and scope["method"] == "POST" \
+                and scope["path"] in self.bundle_paths:
             streamed = await run_in_threadpool(StreamedObject.read, body, "entry", self.settings)
             if streamed is not None:
                 state["json_body"] = streamed
