@@ -205,7 +205,7 @@ def test_batch_entries_succeed_or_fail_on_their_own(server):
         body = bundle([
             post(good),
             post(bad_value),
-            {"resource": {"resourceType": "Encounter", "status": "finished"}, "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": {"resourceType": "Claim", "status": "active"}, "request": {"method": "POST", "url": "Claim"}},
             post(lab("Patient/nobody", "718-7", 12.0, "g/dL")),
             {"request": {"method": "GET", "url": f"Patient/{patient_id}"}},
             post(good),
@@ -227,15 +227,14 @@ def test_batch_entries_succeed_or_fail_on_their_own(server):
 
 def test_transaction_with_unsupported_types_is_refused_listing_them(server):
     body = patient_with_labs(1)
-    body["entry"].append({"fullUrl": urn(), "resource": {"resourceType": "Encounter", "status": "finished",
-                                                         "class": {"code": "AMB"}},
-                          "request": {"method": "POST", "url": "Encounter"}})
+    body["entry"].append({"fullUrl": urn(), "resource": {"resourceType": "ExplanationOfBenefit", "status": "active"},
+                          "request": {"method": "POST", "url": "ExplanationOfBenefit"}})
     body["entry"].append({"resource": {"resourceType": "Claim"}, "request": {"method": "POST", "url": "Claim"}})
     with server.client("ehr", "S01") as http:
         response = _send(http, body)
     assert response.status_code == 422
     issues = response.json()["issue"]
-    assert "Claim (1), Encounter (1)" in issues[0]["diagnostics"] and "nothing was stored" in issues[0]["diagnostics"]
+    assert "Claim (1), ExplanationOfBenefit (1)" in issues[0]["diagnostics"] and "nothing was stored" in issues[0]["diagnostics"]
     assert outcome_expressions(response.json())[1:] == ["Bundle.entry[2].resource", "Bundle.entry[3].resource"]
 
 

@@ -21,7 +21,7 @@ from ecrf.store.unit import writing
 
 ATTEMPTS = 5
 RETRYABLE = (Conflict, IntegrityError, OperationalError)
-STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid"})
+STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid", "code-invalid"})
 
 
 def status_of(issues: list[dict[str, Any]]) -> int:
