@@ -21,7 +21,7 @@ def test_metadata_is_public_valid_and_truthful(server):
     assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
                               "MedicationStatement", "Specimen", "MedicationAdministration", "MedicationRequest",
                               "AdverseEvent", "DiagnosticReport", "Encounter", "ResearchStudy", "Questionnaire",
-                              "Group"}  # the kept types of forms/study.yaml, and the read-only ones
+                              "Medication", "Group"}  # the kept types of forms/study.yaml, and the read-only ones
     assert "Claim" not in resources
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
     assert "interaction" not in resources["Group"]  # only Group/{study}/$export

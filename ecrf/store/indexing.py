@@ -106,6 +106,10 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "class": ("token", ("class",)),
         "date": ("date", ("period.start",)),
     },
+    "Medication": {  # no patient: what a MedicationRequest or MedicationAdministration names
+        "identifier": ("token", ("identifier",)),
+        "code": ("token", ("code",)),
+    },
 }
 
 # The element that names the Patient a resource is about.
