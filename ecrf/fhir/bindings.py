@@ -36,19 +36,23 @@ def binding_issues(resource: dict[str, Any], location: str) -> list[dict[str, An
         children = nodes.get(node_name)
         if children is None or not isinstance(value, dict):
             continue
-        for name, spec in children.items():
-            element = value.get(name)
-            if element is None:
+        for name, element in value.items():  # the elements present: fewer than those the table names
+            spec = children.get(name)
+            if spec is None or element is None:
                 continue
-            items = element if isinstance(element, list) else [element]
-            for index, item in enumerate(items):
-                where = f"{path}.{name}" + (f"[{index}]" if isinstance(element, list) else "")
-                if "type" in spec:
-                    stack.append((spec["type"], item, where))
+            listed = type(element) is list
+            for index, item in enumerate(element) if listed else ((None, element),):
+                kind = spec.get("type")
+                if kind is not None:
+                    if type(item) is dict:
+                        stack.append((kind, item, f"{path}.{name}[{index}]" if listed else f"{path}.{name}"))
                     continue
                 url = spec["binding"]
+                if spec["kind"] == "code" and (type(item) is not str or item in any_system[url]):
+                    continue  # the common case, answered without a call
                 bad = _bad(spec["kind"], item, value_sets[url], any_system[url])
                 if bad is not None:
+                    where = f"{path}.{name}[{index}]" if listed else f"{path}.{name}"
                     problems.append(issue(f"{bad} is not in the value set {url} (required binding)",
                                           code="code-invalid", location=where))
     return problems
