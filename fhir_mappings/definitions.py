@@ -392,6 +392,7 @@ class StudyDef(BaseModel):
     windows: dict[str, WindowDef] = Field(default_factory=dict)
     derived: dict[str, dict[str, Any]] = Field(default_factory=dict)
     uln_defaults: dict[str, Decimal] = Field(default_factory=dict)
+    kept_resource_types: tuple[str, ...] = ()  # FHIR types stored; others are validated and not retained
 
     @field_validator("uln_defaults", mode="before")
     @classmethod

@@ -157,6 +157,8 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_READ, SITE, other=404),
     ("GET", FHIR_TYPE + "/{resource_id}/_history"): Expect(FHIR_READ, SITE, other=404),
     ("GET", FHIR_TYPE + "/{resource_id}/_history/{version_id}"): Expect(FHIR_READ, SITE, other=404),
+    ("GET", "/fhir/Patient/{patient_id}/$everything"): Expect(FHIR_READ, SITE, other=404),
+    ("GET", "/fhir/OperationDefinition/Patient-everything"): EVERYONE,
     # types the door does not keep: a precise refusal (404 not-supported) to those who have the door
     **{(method, template): Expect(FHIR_READ, STUDY_WIDE, ok=frozenset({404}))
        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
@@ -530,6 +532,11 @@ def _fhir_read(suffix: str) -> Builder:
     return build
 
 
+def _everything(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    patient_id = w.fhir(site)["patient"]
+    return Req("GET", f"/fhir/Patient/{patient_id}/$everything", ids=(patient_id,))
+
+
 def _fhir_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     observation_id = w.fhir(site)["observation"]
     return Req("GET", "/fhir/Observation", params={"_id": observation_id}, item=observation_id,
@@ -563,7 +570,7 @@ def _entered_delete(w: World, site: str, fresh: bool, caller: Caller) -> Req:
 
 
 def _unkept_type(method: str, url: str) -> Builder:
-    body = {"resourceType": "Encounter", "status": "finished"} if method in ("POST", "PUT", "PATCH") else None
+    body = {"resourceType": "Claim", "status": "active"} if method in ("POST", "PUT", "PATCH") else None
     return _static(method, url, json=body, headers=FHIR_JSON)
 
 
@@ -619,11 +626,13 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("DELETE", FHIR_TYPE): _fhir_conditional_delete,
     ("GET", FHIR_TYPE): _fhir_search,
     ("GET", FHIR_TYPE + "/{resource_id}"): _fhir_read(""),
+    ("GET", "/fhir/Patient/{patient_id}/$everything"): _everything,
+    ("GET", "/fhir/OperationDefinition/Patient-everything"): _static("GET", "/fhir/OperationDefinition/Patient-everything"),
     ("GET", FHIR_TYPE + "/{resource_id}/_history"): _fhir_read("/_history"),
     ("GET", FHIR_TYPE + "/{resource_id}/_history/{version_id}"): _fhir_read("/_history/1"),
-    **{(method, FHIR_OTHER_TYPE): _unkept_type(method, "/fhir/Encounter")
+    **{(method, FHIR_OTHER_TYPE): _unkept_type(method, "/fhir/Claim")
        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")},
-    **{(method, FHIR_OTHER_TYPE + "/{rest:path}"): _unkept_type(method, "/fhir/Encounter/e1")
+    **{(method, FHIR_OTHER_TYPE + "/{rest:path}"): _unkept_type(method, "/fhir/Claim/e1")
        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")},
 }
 

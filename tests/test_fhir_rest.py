@@ -19,8 +19,10 @@ def test_metadata_is_public_valid_and_truthful(server):
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
-                              "MedicationStatement", "Specimen", "ResearchStudy", "Questionnaire", "Group"}
-    assert "Encounter" not in resources
+                              "MedicationStatement", "Specimen", "MedicationAdministration", "MedicationRequest",
+                              "AdverseEvent", "DiagnosticReport", "Encounter", "ResearchStudy", "Questionnaire",
+                              "Medication", "Group"}  # the kept types of forms/study.yaml, and the read-only ones
+    assert "Claim" not in resources
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
     assert "interaction" not in resources["Group"]  # only Group/{study}/$export
     observation = resources["Observation"]
@@ -187,10 +189,10 @@ def test_research_subject_enrols_a_patient_as_candidate(server):
 
 def test_unknown_types_and_bad_resources_are_refused_with_outcomes(server):
     with server.client("ehr", "S01") as http:
-        assert http.get("/fhir/Encounter").status_code == 404
-        encounter = http.post("/fhir/Encounter", json={"resourceType": "Encounter"})
-        assert encounter.status_code == 404 and encounter.json()["issue"][0]["code"] == "not-supported"
-        assert encounter.json()["issue"][0]["expression"] == ["Encounter"]
+        assert http.get("/fhir/Claim").status_code == 404
+        claim = http.post("/fhir/Claim", json={"resourceType": "Claim"})
+        assert claim.status_code == 404 and claim.json()["issue"][0]["code"] == "not-supported"
+        assert claim.json()["issue"][0]["expression"] == ["Claim"]
         assert http.post("/fhir/ResearchStudy", json={"resourceType": "ResearchStudy"}).status_code == 405
         bad = lab("Patient/x", "718-7", "twelve", "g/dL")
         bad["flavour"] = "salty"

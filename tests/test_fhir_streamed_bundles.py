@@ -79,7 +79,7 @@ HOSTILE = {
     "18 decimals": _in_resource('"x": 1.123456789012345678'),
     "too deep": _in_resource('"extension": ' + "[" * 70 + "]" * 70),
     "an unknown element": _in_resource('"colour": "blue"'),
-    "an unsupported type": _text(bundle([post({"resourceType": "Account", "status": "active"})])).encode(),
+    "an unsupported type": _text(bundle([post({"resourceType": "Spaceship", "status": "active"})])).encode(),
     "a bad reference": _text(bundle([post(lab(urn(), "718-7", 12.0, "g/dL"))])).encode(),
     "an empty object": b"{}",
     "an empty entry array": b'{"resourceType": "Bundle", "type": "transaction", "entry": []}',

@@ -467,3 +467,15 @@ def test_a_second_study_loads_from_data_only(tmp_path: Path) -> None:
     assert item.accepted_units["mg/dL"] == Decimal("0.0555")
     assert other.criteria[0].id == "C1"
     assert other.value_coding(item, "x").system == "https://sponsor.example/fhir/CodeSystem/demo2"
+
+
+def test_kept_resource_types_must_be_r4_types_and_keep_the_subjects(tmp_path: Path) -> None:
+    shutil.copytree(default_study_dir(), tmp_path / "study")
+    study_file = tmp_path / "study" / "study.yaml"
+    text = study_file.read_text(encoding="utf-8")
+    assert "kept_resource_types: [Patient, ResearchSubject," in text
+    study_file.write_text(text.replace("kept_resource_types: [Patient, ResearchSubject,",
+                                       "kept_resource_types: [Patient, Spaceship, Observation,"), encoding="utf-8")
+    error = _load_error(tmp_path / "study")
+    assert "kept_resource_types[1]: 'Spaceship' is not an R4 resource type" in error
+    assert "'Observation' is listed twice" in error and "the study must keep ResearchSubject" in error

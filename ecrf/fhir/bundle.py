@@ -21,7 +21,7 @@ from ecrf.store.unit import writing
 
 ATTEMPTS = 5
 RETRYABLE = (Conflict, IntegrityError, OperationalError)
-STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid"})
+STRUCTURE_CODES = frozenset({"structure", "value", "required", "invalid", "code-invalid"})
 
 
 def status_of(issues: list[dict[str, Any]]) -> int:
@@ -57,7 +57,7 @@ def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObjec
     streamed = body if isinstance(body, StreamedObject) else None
     shell = body if streamed is None else streamed.shell
     problems = shell_issues(shell, None if streamed is None else len(streamed), runtime.settings.max_bundle_entries)
-    parsed, unsupported = _entries(body, base_url)
+    parsed, unsupported, urls = _entries(body, base_url)
     if shell["type"] == "transaction":
         problems += [problem for _, entry_problems in parsed for problem in entry_problems]
         if problems:
@@ -65,21 +65,25 @@ def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObjec
         return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url))
     if problems:
         raise FhirError(status_of(problems), problems)
-    return _response("batch-response", batch(runtime, actor, parsed, base_url))
+    return _response("batch-response", batch(runtime, actor, parsed, base_url, urls))
 
 
-def _entries(body: dict[str, Any] | StreamedObject, base_url: str) -> tuple[list[tuple[Entry | None, list]], Counter]:
-    """Every entry read and validated, and how many entries have each unsupported resource type. A streamed
-    entry lets its resource go once validated: it is read again from the body when it is written."""
+def _entries(body: dict[str, Any] | StreamedObject,
+             base_url: str) -> tuple[list[tuple[Entry | None, list]], Counter, dict[str, int]]:
+    """Every entry read and validated, how many entries have each unsupported resource type, and the fullUrls
+    (-> entry index). A streamed entry lets its resource go once validated: it is read again from the body
+    when it is written."""
     streamed = body if isinstance(body, StreamedObject) else None
-    parsed, unsupported = [], Counter()
+    parsed, unsupported, urls = [], Counter(), {}
     try:
         for index, raw in enumerate(body.get("entry", [])) if streamed is None else streamed.elements():
+            if isinstance(raw, dict) and isinstance(raw.get("fullUrl"), str):
+                urls.setdefault(raw["fullUrl"], index)
             parsed.append(_entry(streamed, raw, index, base_url, unsupported))
     except Refusal as refusal:  # a rule the guard checks on a body parsed whole, here as each entry is read
         raise FhirError.one(refusal.status, refusal.message, code=refusal.code,
                             location=refusal.location(fhir=True)) from None
-    return parsed, unsupported
+    return parsed, unsupported, urls
 
 
 def _entry(streamed: StreamedObject | None, raw: Any, index: int, base_url: str,
@@ -129,18 +133,42 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
     raise AssertionError("unreachable")
 
 
-def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]], base_url: str) -> list[Result]:
-    """Each entry in its own savepoint: a failing entry gets its OperationOutcome, the others commit."""
+def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]], base_url: str,
+          urls: dict[str, int] | None = None) -> list[Result]:
+    """Each entry in its own savepoint: a failing entry gets its OperationOutcome, the others commit. An entry
+    referring to a refused one (or to a later one) is told so; held-back entries (types not kept) list the
+    references to them removed from the entries that were stored."""
+    urls = urls or {}
+    by_index = {index: url for url, index in urls.items()}
     results: list[Result | None] = [None] * len(parsed)
+    refused: dict[str, tuple[int, str]] = {}
     for index, (entry, problems) in enumerate(parsed):
         if entry is None:
             results[index] = Result(status_of(problems), outcome={"resourceType": "OperationOutcome", "issue": problems})
+            if index in by_index:
+                refused[by_index[index]] = (index, _why(results[index]))
     runnable = sorted((e for e, _ in parsed if e is not None), key=lambda e: (_ORDER[e.method], e.index))
+    held_back = [entry for entry in runnable if not entry.retained]
     with writing(runtime, actor) as store:
         engine = engine_for(runtime, store, base_url)
+        engine.bundle_urls, engine.refused = urls, refused
+        engine.retention.hold_back(held_back)
         for entry in runnable:
-            results[entry.index] = _batch_entry(engine, entry)
+            results[entry.index] = result = _batch_entry(engine, entry)
+            if result.status >= 300 and entry.full_url:
+                refused[entry.full_url] = (entry.index, _why(result))
+        stored = [entry for entry in runnable if entry.retained and results[entry.index].status < 300]
+        results_of_held = engine.held_back_results(held_back, stored)
+    for index, result in results_of_held.items():
+        results[index] = result
     return results
+
+
+def _why(result: Result) -> str:
+    """A refused entry's reason, in a few words, for the entries that refer to it."""
+    issues = (result.outcome or {}).get("issue") or [{}]
+    text = issues[0].get("diagnostics", "")
+    return f"{result.status}: {text[:200]}"
 
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
@@ -192,11 +220,12 @@ def _response(kind: str, results: list[Result]) -> dict[str, Any]:
 
 def _response_entry(result: Result) -> dict[str, Any]:
     response: dict[str, Any] = {"status": result.status_line}
+    stored = result.stored
     if result.outcome is not None:
         response["outcome"] = result.outcome
-        return {"response": response}
+        if stored is None:
+            return {"response": response}
     entry: dict[str, Any] = {"response": response}
-    stored = result.stored
     if stored is not None:
         response["location"] = f"{stored.reference}/_history/{stored.version_id}"
         response["etag"] = stored.etag

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from ecrf.errors import issue
 from ecrf.fhir import authorise, conditional, search
+from ecrf.fhir import retention as held
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.references import local_target, path_to, reference_holders
 from ecrf.fhir.research_study import research_study
@@ -46,6 +47,8 @@ class Entry:
     reload: Callable[[], dict[str, Any]] | None = None  # a streamed entry's resource, read again from the body
     may_search: bool = True  # False when the entry holds no "?" at all, so no conditional reference
     holders: list[dict[str, Any]] | None = None  # its references, once found (while its resource is held)
+    retained: bool = True  # False: a valid resource of a type the study does not keep (ecrf/fhir/retention.py)
+    removed: dict[str, Any] | None = None  # path -> held.Removal: references to what is not retained
 
     def content(self) -> dict[str, Any] | None:
         """The resource, read again if it was let go."""
@@ -89,10 +92,33 @@ class Engine:
     _undo: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     _exists: dict[str, bool] = field(default_factory=dict)
     _claimed: dict[tuple[str, str], int] = field(default_factory=dict)
+    retention: held.Retention = field(default_factory=held.Retention)
+    bundle_urls: dict[str, int] = field(default_factory=dict)  # a batch's fullUrls -> entry index
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # a batch's refused fullUrls -> index, why
 
     def run(self, entries: list[Entry]) -> dict[int, Result]:
         """Carry out entries in FHIR order (DELETE, POST, PUT, GET); raises FhirError at the first failure.
-        Nothing runs unless the policy allows every entry (role and SMART scopes): 403 naming each refusal."""
+        Nothing runs unless the policy allows every entry (role and SMART scopes): 403 naming each refusal.
+        Entries of types the study does not keep are held back (nothing stored; ecrf/fhir/retention.py)."""
+        held_back = [entry for entry in entries if not entry.retained]
+        if held_back:
+            self.retention.hold_back(held_back)
+            entries = [entry for entry in entries if entry.retained]
+        results = self._run(entries)
+        kept = [(entry, results[entry.index].stored) for entry in entries if entry.removed]
+        for entry, _ in kept:
+            results[entry.index].outcome = held.kept_outcome(entry)
+        results.update(self.held_back_results(held_back, entries))
+        held.record(self.store.session, self.store.actor, held_back, kept)
+        return results
+
+    def held_back_results(self, held_back: list[Entry], entries: list[Entry]) -> dict[int, Result]:
+        """The answers of held-back entries, listing the removed references to each among `entries`."""
+        referring = held.referring(entries)
+        return {entry.index: Result(200, outcome=held.held_back_outcome(entry, referring.get(entry.index, [])))
+                for entry in held_back}
+
+    def _run(self, entries: list[Entry]) -> dict[int, Result]:
         refused = []
         for entry in entries:
             refused += authorise.refusals(self.store.actor, entry, self._searches_first)
@@ -287,8 +313,12 @@ class Engine:
         if (entry.matched and not entry.merge) or entry.content() is None:
             return
         problems = []
+        removed = False
         for holder in entry.references():
             original = holder["reference"]
+            if self._remove_if_not_retained(entry, holder, original):
+                removed = True
+                continue
             target = self.mapping.get(original)
             if target is None and original.startswith(self.base_url + "/") and "?" not in original:
                 target = original[len(self.base_url) + 1:]  # this server's own URL: kept relative, linked as such
@@ -298,14 +328,39 @@ class Engine:
                 holder["reference"] = target
                 original = target
             elif original.startswith("urn:"):
-                problems.append(issue(f"reference {original!r} names no fullUrl of this Bundle",
-                                      code="not-found", location=self._path(entry, holder)))
+                problems.append(issue(self._unresolved(original), code="not-found", location=self._path(entry, holder)))
                 continue
             if not self._target_exists(original):
                 problems.append(issue(f"reference {original!r} names a resource that does not exist (in this "
                                       "Bundle or the store)", code="not-found", location=self._path(entry, holder)))
         if problems:
             raise FhirError(422, problems)
+        if removed:
+            held.check_after_removal(entry)
+
+    def _remove_if_not_retained(self, entry: Entry, holder: dict[str, Any], original: str) -> bool:
+        """Remove a reference to what is not retained, and note it on the entry (kept across retries)."""
+        found = self.retention.not_retained(original, self.base_url)
+        if found is None:
+            return False
+        path = self._path(entry, holder)
+        if entry.removed is None:
+            entry.removed = {}
+        entry.removed.setdefault(path, held.Removal(path, original, *found))
+        held.remove(entry.content(), holder)
+        return True
+
+    def _unresolved(self, reference: str) -> str:
+        """Why a urn reference resolves to nothing: the real cause, in a batch."""
+        if reference in self.refused:
+            index, why = self.refused[reference]
+            return (f"reference {reference!r} names Bundle.entry[{index}], which was refused ({why}): this entry "
+                    "is not stored either")
+        if reference in self.bundle_urls:
+            return (f"reference {reference!r} names Bundle.entry[{self.bundle_urls[reference]}], which a batch "
+                    "writes after this entry: a batch entry may refer only to entries before it (or send a "
+                    "transaction)")
+        return f"reference {reference!r} names no fullUrl of this Bundle"
 
     @staticmethod
     def _path(entry: Entry, holder: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ from typing import Any
 
 from ecrf.errors import issue
 from ecrf.fhir.interactions import Entry
-from ecrf.fhir.validation import READ_ONLY_TYPES, WRITABLE_TYPES, ID_PATTERN, structure_issues, unsupported
+from ecrf.fhir.validation import (READ_ONLY_TYPES, WRITABLE_TYPES, ID_PATTERN, is_resource_type, structure_issues,
+                                  unsupported)
 
 ENTRY_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "link", "fullUrl", "resource", "search",
                             "request", "response"})
@@ -58,14 +59,17 @@ def bundle_entry(raw: Any, index: int, base_url: str) -> tuple[Entry | None, lis
         return None, [issue("ifNoneExist must be a string", code="value", location=f"{where}.request.ifNoneExist")]
     return request_entry(index, method, url, raw.get("resource"), base_url, location=f"{where}.request",
                          resource_location=f"{where}.resource", full_url=full_url,
-                         if_none_exist=if_none_exist or None, if_match=if_match)
+                         if_none_exist=if_none_exist or None, if_match=if_match, others=True)
 
 
 def request_entry(
     index: int, method: str, url: str, resource: Any, base_url: str, *, location: str, resource_location: str,
     full_url: str | None = None, if_none_exist: str | None = None, if_match: int | None = None,
+    others: bool = False,
 ) -> tuple[Entry | None, list[dict[str, Any]]]:
-    """An Entry for `METHOD url` with its resource; `url` is relative to the FHIR base (or absolute on it)."""
+    """An Entry for `METHOD url` with its resource; `url` is relative to the FHIR base (or absolute on it).
+    With `others` (a Bundle entry), a create or update of any other R4 type is validated and held back
+    (`retained` False: ecrf/fhir/retention.py)."""
     if url.startswith(base_url + "/"):
         url = url[len(base_url) + 1:]
     path, _, query = url.lstrip("/").partition("?")
@@ -73,11 +77,12 @@ def request_entry(
     resource_type = parts[0]
     url_location = f"{location}.url" if location.endswith(".request") else location
     readable = resource_type in WRITABLE_TYPES or (method == "GET" and resource_type in READ_ONLY_TYPES)
-    if not readable:
+    held_back = not readable and others and method in ("POST", "PUT") and is_resource_type(resource_type)
+    if not readable and not held_back:
         return None, [unsupported(resource_type, resource_location if resource is not None else url_location)]
     entry = Entry(index=index, method=method, resource_type=resource_type, location=location,
                   resource_location=resource_location, full_url=full_url, if_none_exist=if_none_exist,
-                  if_match=if_match)
+                  if_match=if_match, retained=not held_back)
     shape = _url_shape(method, parts, query)
     if shape is not None:
         return None, [issue(f"{method} {url!r}: {shape}", code="value", location=url_location)]
@@ -90,7 +95,7 @@ def request_entry(
     if query or method == "GET":
         entry.criteria = query
     if method in ("POST", "PUT"):
-        problems = structure_issues(resource, resource_location)
+        problems = structure_issues(resource, resource_location, kept_only=not held_back)
         if problems:
             return None, problems
         if resource["resourceType"] != resource_type:

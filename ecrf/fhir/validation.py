@@ -3,14 +3,26 @@ import re
 from functools import cache
 from typing import Any
 
+import yaml
+
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 from ecrf.errors import issue
+from ecrf.fhir.bindings import binding_issues
 from ecrf.fhir.outcome import validation_issues
+from ecrf.study import default_study_dir
 
-WRITABLE_TYPES = ("Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
-                  "MedicationStatement", "Specimen")
+
+def _kept_types() -> tuple[str, ...]:
+    """The resource types the study keeps, as forms/study.yaml names them (`kept_resource_types`). Read at
+    import: the routes are built from them."""
+    study = yaml.safe_load((default_study_dir() / "study.yaml").read_text(encoding="utf-8"))
+    return tuple(study["kept_resource_types"])
+
+
+WRITABLE_TYPES = _kept_types()
 READ_ONLY_TYPES = ("ResearchStudy",)
 ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")  # FHIR's id, but "." and ".." would be path segments
 
@@ -18,6 +30,17 @@ ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")  # FHIR's id, but "."
 @cache
 def model_of(resource_type: str):
     return get_fhir_model_class(resource_type)
+
+
+def is_resource_type(name: Any) -> bool:
+    """An R4 resource type (fhir.resources R4B knows it and it is a resource, not a datatype)."""
+    if not isinstance(name, str) or not name[:1].isupper():
+        return False
+    try:
+        model = model_of(name)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        return False
+    return issubclass(model, Resource) and name != "Bundle"  # a Bundle inside a Bundle is not taken
 
 
 def unsupported(resource_type: Any, location: str) -> dict[str, Any]:
@@ -32,18 +55,24 @@ def prepare(resource: dict[str, Any]) -> None:
         resource["status"] = "candidate"
 
 
-def structure_issues(resource: Any, location: str) -> list[dict[str, Any]]:
-    """Issues of a resource body: not an object, unsupported type, or invalid against its R4B model."""
+def structure_issues(resource: Any, location: str, *, kept_only: bool = True) -> list[dict[str, Any]]:
+    """Issues of a resource body: not an object, unsupported type (`kept_only`), invalid against its R4B
+    model, or (a kept type) a code outside a required binding."""
     if not isinstance(resource, dict):
         return [issue("the resource must be a JSON object", code="structure", location=location)]
     resource_type = resource.get("resourceType")
-    if resource_type not in WRITABLE_TYPES:
+    kept = resource_type in WRITABLE_TYPES
+    if not kept and (kept_only or not is_resource_type(resource_type)):
         return [unsupported(resource_type, location)]
     prepare(resource)
     try:
         model_of(resource_type).model_validate(resource)
     except ValidationError as error:
         return validation_issues(error.errors(include_url=False, include_input=False), location)
+    if kept:
+        problems = binding_issues(resource, location)
+        if problems:
+            return problems
     resource_id = resource.get("id")
     if resource_id is not None and not ID_PATTERN.match(str(resource_id)):
         return [issue(f"id {resource_id!r} is not a FHIR id", code="value", location=f"{location}.id")]

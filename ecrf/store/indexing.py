@@ -67,6 +67,49 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "patient": ("reference", ("subject",)),
         "type": ("token", ("type",)),
     },
+    # kept for the study's EHR Bundles (forms/study.yaml kept_resource_types)
+    "MedicationAdministration": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "status": ("token", ("status",)),
+        "code": ("token", ("medicationCodeableConcept",)),
+        "effective-time": ("date", ("effectiveDateTime", "effectivePeriod.start")),
+    },
+    "MedicationRequest": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "status": ("token", ("status",)),
+        "code": ("token", ("medicationCodeableConcept",)),
+        "authoredon": ("date", ("authoredOn",)),
+    },
+    "AdverseEvent": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "event": ("token", ("event",)),
+        "date": ("date", ("date",)),
+    },
+    "DiagnosticReport": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("code",)),
+        "status": ("token", ("status",)),
+        "date": ("date", ("effectiveDateTime", "effectivePeriod.start")),
+    },
+    "Encounter": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "status": ("token", ("status",)),
+        "class": ("token", ("class",)),
+        "date": ("date", ("period.start",)),
+    },
+    "Medication": {  # no patient: what a MedicationRequest or MedicationAdministration names
+        "identifier": ("token", ("identifier",)),
+        "code": ("token", ("code",)),
+    },
 }
 
 # The element that names the Patient a resource is about.
@@ -78,6 +121,11 @@ PATIENT_REFERENCE = {
     "Immunization": "patient",
     "MedicationStatement": "subject",
     "Specimen": "subject",
+    "MedicationAdministration": "subject",
+    "MedicationRequest": "subject",
+    "AdverseEvent": "subject",
+    "DiagnosticReport": "subject",
+    "Encounter": "subject",
 }
 
 
@@ -91,6 +139,10 @@ SEARCHED_THROUGH: dict[str, dict[str, str]] = {
     "Procedure": {"patient": "subject"},
     "MedicationStatement": {"patient": "subject"},
     "Specimen": {"patient": "subject"},
+    "MedicationAdministration": {"patient": "subject"},
+    "MedicationRequest": {"patient": "subject"},
+    "DiagnosticReport": {"patient": "subject"},
+    "Encounter": {"patient": "subject"},
 }
 
 

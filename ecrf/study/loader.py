@@ -259,12 +259,33 @@ class _StudyLoader:
             elif study.item(item_id)[1].type != "quantity":
                 self.issues.append(doc.issue(("uln_defaults", item_id),
                                              f"item {item_id!r} is not a quantity"))
+        self._check_kept_types(doc, study)
         if study.day_zero_item is not None:
             if not study.has_item(study.day_zero_item):
                 self.issues.append(doc.issue(("day_zero_item",),
                                              f"unknown item {study.day_zero_item!r}"))
             elif study.item(study.day_zero_item)[1].type != "date":
                 self.issues.append(doc.issue(("day_zero_item",), "day_zero_item must be a date item"))
+
+    def _check_kept_types(self, doc: _YamlDocument, study: StudyDef) -> None:
+        """kept_resource_types, when given: R4 resource types, once each, Patient and ResearchSubject among them."""
+        from fhir.resources.R4B import get_fhir_model_class
+        from fhir.resources.R4B.resource import Resource
+        if not study.kept_resource_types:
+            return  # a study that keeps no FHIR types of its own: the door's defaults are not its business
+        for index, name in enumerate(study.kept_resource_types):
+            if name in study.kept_resource_types[:index]:
+                self.issues.append(doc.issue(("kept_resource_types", index), f"{name!r} is listed twice"))
+            try:
+                known = issubclass(get_fhir_model_class(name), Resource) and name != "Bundle"
+            except (KeyError, ValueError, AttributeError, ImportError):
+                known = False
+            if not known:
+                self.issues.append(doc.issue(("kept_resource_types", index), f"{name!r} is not an R4 resource type "
+                                                                              "that can be kept"))
+        for needed in ("Patient", "ResearchSubject"):
+            if needed not in study.kept_resource_types:
+                self.issues.append(doc.issue(("kept_resource_types",), f"the study must keep {needed}"))
 
     def _check_form(self, doc: _YamlDocument, form: FormDef, study: StudyDef) -> None:
         visit_ids = {visit.id for visit in study.visits}
