@@ -98,7 +98,11 @@ def _writable(resource_type: str) -> dict[str, Any]:
         "conditionalDelete": "single",
         "searchParam": params,
         "documentation": "_sort by " + ", ".join(["_lastUpdated", "_id", *dates]) + " (prefix - for descending); "
-                         "_count and _offset page, with next links. Unknown parameters are refused (400).",
+                         "_count and _offset page, with next links; _count=0 and _summary=count answer the total "
+                         "only; _total=none|estimate|accurate. POST [type]/_search takes the parameters form-encoded "
+                         "(body and URL). Unknown or unsupported parameters and modifiers are ignored and named in "
+                         "an OperationOutcome entry (search.mode outcome), and left out of the self link; with "
+                         "Prefer: handling=strict they are refused (400).",
     }
 
 

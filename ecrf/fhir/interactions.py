@@ -390,10 +390,20 @@ def searchset(store: ClinicalStore, query: search.SearchQuery, base_url: str) ->
     links = [{"relation": "self", "url": query.link(base_url, query.offset)}]
     if page.has_more:
         links.append({"relation": "next", "url": query.link(base_url, query.offset + query.count)})
-    if query.offset > 0:
+    if query.offset > 0 and not query.count_only:
         links.append({"relation": "previous", "url": query.link(base_url, max(0, query.offset - query.count))})
-    return {
-        "resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links,
-        "entry": [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content, "search": {"mode": "match"}}
-                  for stored in store.current(page.heads)],
-    }
+    found: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if query.total != "none" or query.count_only:
+        found["total"] = page.total
+    found["link"] = links
+    found["entry"] = [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content,
+                       "search": {"mode": "match"}} for stored in store.current(page.heads)]
+    if query.ignored:
+        found["entry"].append({"resource": ignored_outcome(query.ignored), "search": {"mode": "outcome"}})
+    return found
+
+
+def ignored_outcome(ignored: list[str]) -> dict[str, Any]:
+    """What a lenient search left out, as R4 search.html asks: an OperationOutcome entry of mode outcome."""
+    return {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "not-supported", "diagnostics": f"{reason}: ignored"} for reason in ignored]}

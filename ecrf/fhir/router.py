@@ -15,7 +15,10 @@ from ecrf.fhir import bundle, search
 from ecrf.fhir.authorise import require
 from ecrf.fhir.capability import capability_statement
 from ecrf.fhir.interactions import Result, searchset
-from ecrf.fhir.media import if_match_version, outcome_response, read_json, respond, version_headers
+from urllib.parse import parse_qsl
+
+from ecrf.fhir.media import (if_match_version, outcome_response, preferences, read_json, respond,
+                              strict_handling, version_headers)
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import request_entry
 from ecrf.fhir.research_study import research_study
@@ -145,12 +148,31 @@ async def conditional_delete(request: Request, resource_type: str, actor: Actor 
 
 @router.get("/{resource_type:fhir_type}", summary="Search")
 def search_type(request: Request, resource_type: str, actor: Actor = READ):
+    return _search(request, resource_type, actor, list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type:fhir_type}/_search", summary="Search with the parameters in a form-encoded body")
+async def search_type_post(request: Request, resource_type: str, actor: Actor = READ):
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return outcome_response(FhirError.one(415, f"content type {content_type or 'none'!r} is not supported by "
+                                                   "_search: send application/x-www-form-urlencoded",
+                                              code="not-supported"))
+    try:
+        body = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:
+        return outcome_response(FhirError.one(400, "the search parameters are not UTF-8"))
+    pairs = [*request.query_params.multi_items(), *parse_qsl(body, keep_blank_values=True)]
+    return await run_in_threadpool(_search, request, resource_type, actor, pairs)
+
+
+def _search(request: Request, resource_type: str, actor: Actor, pairs: list[tuple[str, str]]):
     require(actor, "fhir.read", resource_type, "search")
     runtime = _runtime(request)
     settings = runtime.settings
     try:
-        query = search.parse(resource_type, list(request.query_params.multi_items()),
-                             default_count=settings.page_size_default, max_count=settings.page_size_max)
+        query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
+                             max_count=settings.page_size_max, strict=strict_handling(request))
         with read_only(runtime, actor) as store:
             found = searchset(store, query, _base(request))
     except FhirError as error:

@@ -14,7 +14,8 @@ from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH
 from ecrf.store.models import ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
-CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format")
+CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary")
+TOTAL_MODES = ("none", "estimate", "accurate")
 COMMON_PARAMS = {"_id": "id", "_lastUpdated": "last-updated"}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")  # criteria also come from Bundle urls and If-None-Exist
@@ -28,9 +29,20 @@ class SearchQuery:
     count: int = 50
     offset: int = 0
     params: list[tuple[str, str]] = field(default_factory=list)  # the criteria, for paging links
+    ignored: list[str] = field(default_factory=list)  # lenient handling: why each parameter was left out
+    summary_count: bool = False  # _summary=count: the total only
+    total: str = "accurate"  # _total: none leaves the total out
+
+    @property
+    def count_only(self) -> bool:
+        return self.summary_count or self.count == 0
 
     def link(self, base: str, offset: int) -> str:
         pairs = [*self.params, ("_count", str(self.count)), ("_offset", str(offset))]
+        if self.summary_count:
+            pairs.append(("_summary", "count"))
+        if self.total != "accurate":
+            pairs.append(("_total", self.total))
         return f"{base}/{self.resource_type}?{urlencode(pairs)}"
 
 
@@ -45,7 +57,11 @@ def params_of(query_string: str) -> list[tuple[str, str]]:
     return parse_qsl(query_string, keep_blank_values=True)
 
 
-def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: int, max_count: int) -> SearchQuery:
+def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: int, max_count: int,
+          strict: bool = True) -> SearchQuery:
+    """The query of search parameters. Strict: an unknown or unsupported parameter, modifier or empty value is
+    400. Lenient (R4 search.html, Prefer: handling=lenient, the REST default): each is left out of the search
+    and of its links, and named in `ignored`."""
     known = SEARCH_PARAMS.get(resource_type, {})
     query = SearchQuery(resource_type, count=default_count)
     problems = []
@@ -63,6 +79,15 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
                 sort_spec = value
             elif name == "_format" and value not in ("json", "application/fhir+json", "application/json"):
                 problems.append(f"_format {value!r} is not supported (JSON only)")
+            elif name == "_summary":
+                if value == "count":
+                    query.summary_count = True
+                elif value != "false":
+                    problems.append(f"_summary={value!r} is not supported (count or false)")
+            elif name == "_total":
+                if value not in TOTAL_MODES:
+                    raise FhirError.one(400, f"_total must be one of {', '.join(TOTAL_MODES)}, got {value!r}")
+                query.total = value
             continue
         if modifier:
             problems.append(f"modifier :{modifier} of {base!r} is not supported")
@@ -82,8 +107,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
             problems.append(f"search parameter {name!r} is not supported for {resource_type} (supported: {supported})")
             continue
         query.params.append((name, value))
-    if problems:
+    if problems and strict:
         raise FhirError.one(400, "; ".join(problems), code="not-supported")
+    query.ignored = problems
     query.order = _order(resource_type, sort_spec, known)
     if sort_spec:
         query.params.append(("_sort", sort_spec))
@@ -93,8 +119,8 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
 def run(store: ClinicalStore, query: SearchQuery) -> Page:
     statement = store.scoped_heads(query.resource_type).where(*query.filters)
     total = store.session.exec(select(func.count()).select_from(statement.subquery())).one()
-    if query.count == 0:
-        return Page([], total, total > 0)
+    if query.count_only:
+        return Page([], total, False)
     rows = store.session.exec(statement.order_by(*query.order).offset(query.offset).limit(query.count + 1)).all()
     return Page(list(rows[: query.count]), total, len(rows) > query.count)
 
