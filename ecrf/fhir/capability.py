@@ -3,6 +3,7 @@ import re
 from typing import Any
 
 from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.fhir.search import REFERENCE_TARGETS
 from ecrf.store.indexing import SEARCH_PARAMS
 
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
@@ -16,7 +17,8 @@ SECURITY = (
     "constraints and malformed scopes grant nothing. Every response carrying a Patient is recorded in the "
     "access log."
 )
-INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
+INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                "search-type")
 DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Type/id or id",
         "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant"}
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
@@ -74,6 +76,8 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
                 {"code": "transaction", "documentation": "All or nothing, in FHIR order (DELETE, POST, PUT, GET); "
                                                          "urn:uuid fullUrls resolved; ifNoneExist honoured."},
                 {"code": "batch", "documentation": "Each entry on its own; a failing entry gets an OperationOutcome."},
+                {"code": "history-system", "documentation": "GET /fhir/_history: every version this client may "
+                                                            "see, newest first; _count, _offset, _since, _at, _type."},
             ],
             "operation": operations.get(None, []),
             "documentation": f"Bodies up to {settings.max_body_bytes} bytes and Bundles up to "
@@ -87,6 +91,12 @@ def _writable(resource_type: str) -> dict[str, Any]:
               for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()]
     params += [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]}]
     dates = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "date"]
+    references = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "reference"]
+    rev_includes = [f"{source}:{name}" for source in WRITABLE_TYPES
+                    for name, (kind, _) in SEARCH_PARAMS.get(source, {}).items()
+                    if kind == "reference" and resource_type in REFERENCE_TARGETS.get(name, ())]
+    chains = [f"{name}.{chained}" for name in references for target in REFERENCE_TARGETS.get(name, ())
+              for chained, (kind, _) in SEARCH_PARAMS.get(target, {}).items() if kind != "reference"]
     return {
         "type": resource_type,
         "interaction": [{"code": code} for code in INTERACTIONS],
@@ -96,13 +106,21 @@ def _writable(resource_type: str) -> dict[str, Any]:
         "conditionalCreate": True,
         "conditionalUpdate": True,
         "conditionalDelete": "single",
+        "searchInclude": [f"{resource_type}:{name}" for name in references],
+        "searchRevInclude": rev_includes,
         "searchParam": params,
         "documentation": "_sort by " + ", ".join(["_lastUpdated", "_id", *dates]) + " (prefix - for descending); "
                          "_count and _offset page, with next links; _count=0 and _summary=count answer the total "
                          "only; _total=none|estimate|accurate. POST [type]/_search takes the parameters form-encoded "
                          "(body and URL). Unknown or unsupported parameters and modifiers are ignored and named in "
                          "an OperationOutcome entry (search.mode outcome), and left out of the self link; with "
-                         "Prefer: handling=strict they are refused (400).",
+                         "Prefer: handling=strict they are refused (400). PATCH takes a JSON Patch "
+                         "(application/json-patch+json), also conditional (Type?criteria, one match), with If-Match; "
+                         "_history is paged (_count, _offset, _since, _at); Prefer: return=minimal|representation|"
+                         "OperationOutcome on create, update and patch. _include and _revinclude (also :iterate, one "
+                         "level more) on the reference parameters; _elements; modifiers :missing (every "
+                         "parameter), :not (token), :Type (reference); chained parameters one level: "
+                         + (", ".join(chains) or "none") + ".",
     }
 
 

@@ -164,7 +164,10 @@ class Engine:
             resource_id = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location)
             if resource_id is None:
                 return Result(204)
-        stored = self.store.delete(entry.resource_type, resource_id, self.context, if_match=entry.if_match)
+        try:
+            stored = self.store.delete(entry.resource_type, resource_id, self.context, if_match=entry.if_match)
+        except NotFound:
+            return Result(204)  # R4: deleting what does not exist succeeds (an idempotent retry); nothing is written
         return Result(204, stored)
 
     def _resolve_target(self, entry: Entry) -> None:
@@ -396,11 +399,29 @@ def searchset(store: ClinicalStore, query: search.SearchQuery, base_url: str) ->
     if query.total != "none" or query.count_only:
         found["total"] = page.total
     found["link"] = links
-    found["entry"] = [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content,
-                       "search": {"mode": "match"}} for stored in store.current(page.heads)]
+    matches = store.current(page.heads)
+    found["entry"] = [{"fullUrl": f"{base_url}/{stored.reference}", "resource": _elements(stored.content, query),
+                       "search": {"mode": "match"}} for stored in matches]
+    found["entry"] += [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content,
+                        "search": {"mode": "include"}} for stored in search.included(store, query, matches)]
     if query.ignored:
         found["entry"].append({"resource": ignored_outcome(query.ignored), "search": {"mode": "outcome"}})
     return found
+
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+MANDATORY = ("resourceType", "id", "meta")
+
+
+def _elements(content: dict[str, Any], query: search.SearchQuery) -> dict[str, Any]:
+    """_elements: the listed top-level elements (and the mandatory ones), tagged SUBSETTED."""
+    if query.elements is None:
+        return content
+    shown = {key: part for key, part in content.items() if key in MANDATORY or key in query.elements}
+    meta = dict(shown.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    shown["meta"] = meta
+    return shown
 
 
 def ignored_outcome(ignored: list[str]) -> dict[str, Any]:

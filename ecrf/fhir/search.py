@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy import and_, false, func, not_, or_
+from sqlalchemy import and_, false, func, literal, not_, or_
 from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
@@ -14,7 +14,12 @@ from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH
 from ecrf.store.models import ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
-CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary")
+CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary", "_elements")
+RESULT_PARAMS = ("_include", "_revinclude")
+MAX_INCLUDED = 1000  # resources a page may include, over all _include and _revinclude
+# Where a reference parameter may point, for chains (`subject.identifier`) and typed includes.
+REFERENCE_TARGETS = {"subject": ("Patient",), "patient": ("Patient",), "individual": ("Patient",),
+                     "study": ("ResearchStudy",)}
 TOTAL_MODES = ("none", "estimate", "accurate")
 COMMON_PARAMS = {"_id": "id", "_lastUpdated": "last-updated"}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -32,6 +37,8 @@ class SearchQuery:
     ignored: list[str] = field(default_factory=list)  # lenient handling: why each parameter was left out
     summary_count: bool = False  # _summary=count: the total only
     total: str = "accurate"  # _total: none leaves the total out
+    elements: list[str] | None = None  # _elements: the top-level elements shown of each match
+    includes: list["Include"] = field(default_factory=list)
 
     @property
     def count_only(self) -> bool:
@@ -43,7 +50,20 @@ class SearchQuery:
             pairs.append(("_summary", "count"))
         if self.total != "accurate":
             pairs.append(("_total", self.total))
+        if self.elements is not None:
+            pairs.append(("_elements", ",".join(self.elements)))
         return f"{base}/{self.resource_type}?{urlencode(pairs)}"
+
+
+@dataclass(frozen=True)
+class Include:
+    """_include (the matches' references through `param`) or _revinclude (resources of `source` whose `param`
+    names a match); `iterate`: applied once more to what was included."""
+    reverse: bool
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
 
 
 @dataclass
@@ -84,13 +104,30 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
                     query.summary_count = True
                 elif value != "false":
                     problems.append(f"_summary={value!r} is not supported (count or false)")
+            elif name == "_elements":
+                query.elements = [element.strip() for element in value.split(",") if element.strip()]
             elif name == "_total":
                 if value not in TOTAL_MODES:
                     raise FhirError.one(400, f"_total must be one of {', '.join(TOTAL_MODES)}, got {value!r}")
                 query.total = value
             continue
+        if base in RESULT_PARAMS:
+            include = _include(resource_type, base, modifier, value, problems)
+            if include is not None:
+                query.includes.append(include)
+                query.params.append((name, value))
+            continue
+        if "." in name:
+            condition = _chained(resource_type, known, name, value, problems)
+            if condition is not None:
+                query.filters.append(condition)
+                query.params.append((name, value))
+            continue
         if modifier:
-            problems.append(f"modifier :{modifier} of {base!r} is not supported")
+            condition = _modified(resource_type, known, base, modifier, value, problems)
+            if condition is not None:
+                query.filters.append(condition)
+                query.params.append((name, value))
             continue
         if not value:
             problems.append(f"search parameter {name!r} has no value")
@@ -125,6 +162,59 @@ def run(store: ClinicalStore, query: SearchQuery) -> Page:
     return Page(list(rows[: query.count]), total, len(rows) > query.count)
 
 
+def included(store: ClinicalStore, query: SearchQuery, matches: list) -> list:
+    """What _include and _revinclude add to a page (each resource once, none of the matches), as this actor
+    may see it; `:iterate` includes are applied once more to what the first round included."""
+    if not query.includes or not matches:
+        return []
+    seen = {stored.reference for stored in matches}
+    found: list = []
+    for round_sources, includes in ((matches, query.includes), (None, [i for i in query.includes if i.iterate])):
+        sources = round_sources if round_sources is not None else list(found)
+        for include in includes:
+            if len(found) >= MAX_INCLUDED:
+                break
+            for stored in _include_round(store, include, sources):
+                if stored.reference not in seen and len(found) < MAX_INCLUDED:
+                    seen.add(stored.reference)
+                    found.append(stored)
+    return found
+
+
+def _include_round(store: ClinicalStore, include: Include, sources: list) -> list:
+    from ecrf.fhir.validation import WRITABLE_TYPES
+    param = SEARCHED_THROUGH.get(include.source, {}).get(include.param) or include.param
+    if include.reverse:
+        references = [stored.reference for stored in sources]
+        if include.target is not None:
+            references = [r for r in references if r.startswith(f"{include.target}/")]
+        if not references:
+            return []
+        tokens = select(SearchToken.resource_id).where(
+            SearchToken.resource_type == include.source, SearchToken.param == param,
+            SearchToken.value.in_(references))
+        heads = store.session.exec(store.scoped_heads(include.source).where(ResourceHead.resource_id.in_(tokens))
+                                   .order_by(ResourceHead.resource_id).limit(MAX_INCLUDED)).all()
+        return store.current(heads)
+    ids = [stored.resource_id for stored in sources if stored.resource_type == include.source]
+    if not ids:
+        return []
+    values = store.session.exec(select(SearchToken.value).where(
+        SearchToken.resource_type == include.source, SearchToken.param == param,
+        SearchToken.resource_id.in_(ids), SearchToken.value.isnot(None))).all()
+    wanted: dict[str, set[str]] = {}
+    for value in values:
+        target_type, _, target_id = _reference_target(value).partition("/")
+        if target_type in WRITABLE_TYPES and target_id and include.target in (None, target_type):
+            wanted.setdefault(target_type, set()).add(target_id)
+    found = []
+    for target_type, target_ids in sorted(wanted.items()):
+        heads = store.session.exec(store.scoped_heads(target_type).where(
+            ResourceHead.resource_id.in_(sorted(target_ids))).order_by(ResourceHead.resource_id)).all()
+        found += store.current(heads)
+    return found
+
+
 def matching_ids(store: ClinicalStore, resource_type: str, criteria: str, limit: int = 2) -> list[str]:
     """Ids of the resources a conditional criteria string matches (at most `limit`)."""
     pairs = params_of(criteria)
@@ -143,7 +233,81 @@ def _non_negative(name: str, value: str) -> int:
     return int(value)
 
 
-def _token_filter(resource_type: str, param: str, kind: str, value: str):
+def _include(resource_type: str, name: str, modifier: str, value: str, problems: list[str]) -> Include | None:
+    """`_include=Observation:subject[:Patient]`, `_revinclude=Observation:subject`, `:iterate` on either."""
+    from ecrf.fhir.validation import WRITABLE_TYPES
+    if modifier not in ("", "iterate", "recurse"):
+        problems.append(f"modifier :{modifier} of {name!r} is not supported (iterate)")
+        return None
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        problems.append(f"{name}={value!r} is not Type:parameter or Type:parameter:TargetType")
+        return None
+    source, param, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    iterate = bool(modifier)
+    if source not in WRITABLE_TYPES or (name == "_include" and not iterate and source != resource_type):
+        problems.append(f"{name}={value!r}: {source} is not {'a type of this server' if iterate or name != '_include' else resource_type}")
+        return None
+    kind = SEARCH_PARAMS.get(source, {}).get(param, ("",))[0]
+    if kind != "reference":
+        references = sorted(p for p, (k, _) in SEARCH_PARAMS.get(source, {}).items() if k == "reference")
+        problems.append(f"{name}={value!r}: {param!r} is not a reference parameter of {source} "
+                        f"(those: {', '.join(references)})")
+        return None
+    if target is not None and target not in REFERENCE_TARGETS.get(param, (target,)):
+        problems.append(f"{name}={value!r}: {source}.{param} does not refer to {target}")
+        return None
+    return Include(name == "_revinclude", source, param, target, iterate)
+
+
+def _modified(resource_type: str, known, base: str, modifier: str, value: str, problems: list[str]):
+    """`:missing` (any parameter), `:not` (token), `:exact`/`:contains`/`:text` where R4 defines them."""
+    if base not in known:
+        problems.append(f"search parameter {base!r} is not supported for {resource_type}")
+        return None
+    kind, _ = known[base]
+    param = SEARCHED_THROUGH.get(resource_type, {}).get(base) or base
+    tokens = select(SearchToken.resource_id).where(SearchToken.resource_type == resource_type,
+                                                   SearchToken.param == param)
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise FhirError.one(400, f"{base}:missing takes true or false, got {value!r}")
+        return not_(ResourceHead.resource_id.in_(tokens)) if value == "true" else ResourceHead.resource_id.in_(tokens)
+    if modifier == "not" and kind == "token" and value:
+        return not_(_token_filter(resource_type, base, kind, value))
+    if modifier in REFERENCE_TARGETS.get(base, ()) and kind == "reference" and value:  # subject:Patient=123
+        return _token_filter(resource_type, base, kind, value if "/" in value else f"{modifier}/{value}")
+    problems.append(f"modifier :{modifier} of {base!r} ({kind}) is not supported")
+    return None
+
+
+def _chained(resource_type: str, known, name: str, value: str, problems: list[str]):
+    """One level of chaining on a reference parameter: `subject.identifier=…`, `subject:Patient.identifier=…`."""
+    head, _, chained = name.partition(".")
+    param, _, target = head.partition(":")
+    if known.get(param, ("",))[0] != "reference" or "." in chained or ":" in chained:
+        problems.append(f"chained parameter {name!r} is not supported (one level, on a reference parameter)")
+        return None
+    targets = REFERENCE_TARGETS.get(param, ())
+    target = target or (targets[0] if len(targets) == 1 else "")
+    target_kind = SEARCH_PARAMS.get(target, {}).get(chained, ("",))[0]
+    if target not in targets or target_kind in ("", "reference") or not value:
+        problems.append(f"chained parameter {name!r} is not supported for {resource_type}")
+        return None
+    matched = _token_ids(target, chained, target_kind, value).subquery()
+    through = SEARCHED_THROUGH.get(resource_type, {}).get(param) or param
+    references = select(SearchToken.resource_id).where(
+        SearchToken.resource_type == resource_type, SearchToken.param == through,
+        SearchToken.value.in_(select(literal(f"{target}/") + matched.c.resource_id)))
+    return ResourceHead.resource_id.in_(references)
+
+
+def _token_ids(resource_type: str, param: str, kind: str, value: str):
+    """The ids of the resources of `resource_type` whose `param` matches `value`, as a select."""
+    return _token_filter(resource_type, param, kind, value, select_only=True)
+
+
+def _token_filter(resource_type: str, param: str, kind: str, value: str, *, select_only: bool = False):
     through = SEARCHED_THROUGH.get(resource_type, {}).get(param)
     conditions = []
     for alternative in value.split(","):
@@ -159,6 +323,8 @@ def _token_filter(resource_type: str, param: str, kind: str, value: str):
         SearchToken.resource_type == resource_type, SearchToken.param == (through or param), or_(*conditions))
     if kind == "reference":  # lets a suffix match scan the (partial) index of references, not the table
         tokens = tokens.where(SearchToken.value.isnot(None))
+    if select_only:
+        return tokens
     return ResourceHead.resource_id.in_(tokens)
 
 

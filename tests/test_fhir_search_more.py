@@ -1,0 +1,106 @@
+"""Search as clients use it (issue 12, item 3): _include / _revinclude (:iterate), _elements, chained parameters,
+:missing and :not, site scoping of everything included."""
+from fhir.resources.R4B import get_fhir_model_class
+
+from tests.fhir_builders import FHIR_JSON, MRN, bundle, lab, patient, post, urn
+
+
+def _subject_with_labs(server, site: str = "S01", labs: int = 2):
+    person, patient_url, subject_url = patient(site=site), urn(), urn()
+    subject = {"resourceType": "ResearchSubject", "status": "candidate",
+               "study": {"reference": "ResearchStudy/NCT04163237"}, "individual": {"reference": patient_url}}
+    entries = [post(person, patient_url), post(subject, subject_url)]
+    entries += [post(lab(patient_url, "718-7", 12 + i / 10, "g/dL", f"2026-05-{1 + i:02d}")) for i in range(labs)]
+    entries.append(post({**lab(patient_url, "777-3", 210, "10*3/uL"), "status": "preliminary"}))
+    with server.client("ehr", site) as http:
+        response = http.post("/fhir", json=bundle(entries), headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+    ids = [entry["response"]["location"].split("/")[1] for entry in response.json()["entry"]]
+    return {"patient": ids[0], "subject": ids[1], "labs": ids[2:-1], "platelets": ids[-1],
+            "mrn": person["identifier"][0]["value"]}
+
+
+def _by_mode(found: dict) -> dict[str, list[str]]:
+    modes: dict[str, list[str]] = {}
+    for entry in found.get("entry", []):
+        resource = entry["resource"]
+        modes.setdefault(entry["search"]["mode"], []).append(f"{resource['resourceType']}/{resource.get('id')}")
+    return modes
+
+
+def test_include_revinclude_and_iterate(server):
+    data = _subject_with_labs(server)
+    pid = data["patient"]
+    with server.client("ehr", "S01") as http:
+        def get(resource_type, **params):
+            response = http.get(f"/fhir/{resource_type}", params=params, headers={"Prefer": "handling=strict"})
+            assert response.status_code == 200, response.text
+            get_fhir_model_class("Bundle").model_validate(response.json())
+            return response.json()
+
+        found = get("Observation", subject=f"Patient/{pid}", code="718-7", _include="Observation:subject")
+        assert sorted(_by_mode(found)["match"]) == sorted(f"Observation/{i}" for i in data["labs"])
+        assert _by_mode(found)["include"] == [f"Patient/{pid}"]  # once, though both labs name it
+        assert found["total"] == 2  # includes are not counted
+        assert _by_mode(get("Observation", subject=f"Patient/{pid}", _include="Observation:patient:Patient"))[
+            "include"] == [f"Patient/{pid}"]
+
+        reverse = get("Patient", _id=pid, _revinclude="Observation:subject")
+        assert _by_mode(reverse)["match"] == [f"Patient/{pid}"]
+        assert len(_by_mode(reverse)["include"]) == 3
+        both = get("Patient", _id=pid, _revinclude=["Observation:patient", "ResearchSubject:individual"])
+        assert f"ResearchSubject/{data['subject']}" in _by_mode(both)["include"]
+
+        iterated = http.get("/fhir/ResearchSubject", params=[("_id", data["subject"]),
+                                                             ("_include", "ResearchSubject:individual"),
+                                                             ("_revinclude:iterate", "Observation:subject")]).json()
+        included = _by_mode(iterated)["include"]
+        assert f"Patient/{pid}" in included and len([r for r in included if r.startswith("Observation/")]) == 3
+        assert "_include=ResearchSubject%3Aindividual" in {l["relation"]: l["url"] for l in iterated["link"]}["self"]
+
+        strict = {"Prefer": "handling=strict"}
+        for bad in ({"_include": "Observation:code"}, {"_include": "Patient:subject"},
+                    {"_include": "Observation:subject:Specimen"}, {"_include": "Observation"}):
+            assert http.get("/fhir/Observation", params=bad, headers=strict).status_code == 400, bad
+    with server.client("ehr", "S02") as other:  # another site's data are never included
+        found = other.get("/fhir/Patient", params={"_id": pid, "_revinclude": "Observation:subject"}).json()
+        assert found["total"] == 0 and not [e for e in found.get("entry", []) if e["search"]["mode"] != "outcome"]
+
+
+def test_elements_chained_missing_and_not(server):
+    data = _subject_with_labs(server)
+    pid = data["patient"]
+    other = _subject_with_labs(server, "S02")
+    with server.client("ehr", "S01") as http:
+        def ids(resource_type, **params):
+            response = http.get(f"/fhir/{resource_type}", params=params, headers={"Prefer": "handling=strict"})
+            assert response.status_code == 200, response.text
+            return sorted(e["resource"]["id"] for e in response.json().get("entry", []))
+
+        shown = http.get("/fhir/Observation", params={"_id": data["labs"][0], "_elements": "status,code"}).json()
+        [resource] = [e["resource"] for e in shown["entry"]]
+        assert set(resource) == {"resourceType", "id", "meta", "status", "code"}
+        assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in \
+            resource["meta"]["tag"]
+        assert "_elements=status%2Ccode" in shown["link"][0]["url"]
+
+        every = sorted([*data["labs"], data["platelets"]])
+        identifier = f"{MRN['S01']}|{data['mrn']}"
+        assert ids("Observation", **{"subject.identifier": identifier}) == every
+        assert ids("Observation", **{"subject:Patient.identifier": identifier}) == every
+        assert ids("Observation", **{"patient.identifier": identifier, "code": "777-3"}) == [data["platelets"]]
+        assert ids("ResearchSubject", **{"individual.identifier": identifier}) == [data["subject"]]
+        assert ids("Observation", **{"subject.identifier": f"{MRN['S02']}|{other['mrn']}"}) == []  # another site
+        assert ids("Observation", **{"subject:Patient": pid}) == every
+
+        assert ids("Observation", subject=f"Patient/{pid}", **{"status:not": "final"}) == [data["platelets"]]
+        assert ids("Observation", subject=f"Patient/{pid}", **{"code:not": "http://loinc.org|718-7"}) == [
+            data["platelets"]]
+        assert ids("Observation", subject=f"Patient/{pid}", **{"date:missing": "false"}) == every
+        assert ids("Observation", subject=f"Patient/{pid}", **{"date:missing": "true"}) == []
+        assert pid not in ids("Patient", _id=pid, **{"birthdate:missing": "true"})
+        assert http.get("/fhir/Observation", params={"date:missing": "maybe"}).status_code == 400
+        strict = {"Prefer": "handling=strict"}
+        for bad in ({"subject.subject.identifier": "x"}, {"code.identifier": "x"}, {"subject.colour": "x"},
+                    {"date:not": "2026"}):
+            assert http.get("/fhir/Observation", params=bad, headers=strict).status_code == 400, bad
