@@ -98,9 +98,98 @@ def test_elements_chained_missing_and_not(server):
             data["platelets"]]
         assert ids("Observation", subject=f"Patient/{pid}", **{"date:missing": "false"}) == every
         assert ids("Observation", subject=f"Patient/{pid}", **{"date:missing": "true"}) == []
-        assert pid not in ids("Patient", _id=pid, **{"birthdate:missing": "true"})
+        assert ids("Patient", _id=pid, **{"identifier:missing": "true"}) == []
+        assert ids("Patient", _id=pid, **{"identifier:missing": "false"}) == [pid]
         assert http.get("/fhir/Observation", params={"date:missing": "maybe"}).status_code == 400
         strict = {"Prefer": "handling=strict"}
         for bad in ({"subject.subject.identifier": "x"}, {"code.identifier": "x"}, {"subject.colour": "x"},
                     {"date:not": "2026"}):
             assert http.get("/fhir/Observation", params=bad, headers=strict).status_code == 400, bad
+
+
+def test_quantity_search_with_prefixes_in_the_canonical_unit_and_converted_exactly(server):
+    data = _subject_with_labs(server)  # hemoglobin 12.0 and 12.1 g/dL (120, 121 g/L); platelets 210 10*3/uL
+    pid = data["patient"]
+    with server.client("ehr", "S01") as http:
+        def ids(value, **params):
+            response = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "value-quantity": value,
+                                                            **params}, headers={"Prefer": "handling=strict"})
+            assert response.status_code == 200, response.text
+            return sorted(e["resource"]["id"] for e in response.json().get("entry", []))
+
+        ucum = "http://unitsofmeasure.org"
+        assert ids(f"ge200|{ucum}|10*9/L") == [data["platelets"]]
+        assert ids(f"ge200000|{ucum}|/uL") == [data["platelets"]]  # 200000 /uL = 200 10*9/L, exactly
+        assert ids(f"gt210|{ucum}|10*9/L") == [] and ids(f"eq210|{ucum}|10*9/L") == [data["platelets"]]
+        assert ids(f"210|{ucum}|10*3/uL") == [data["platelets"]]
+        assert ids(f"ge120.5|{ucum}|g/L") == [data["labs"][1]]
+        assert ids(f"le12.05|{ucum}|g/dL") == [data["labs"][0]]
+        assert ids(f"ap121|{ucum}|g/L", code="718-7") == sorted(data["labs"])
+        assert ids(f"ne120|{ucum}|g/L", code="718-7") == [data["labs"][1]]
+        assert ids(f"ge1|{ucum}|mmol/L") == []  # a unit no item of the study accepts matches nothing
+        assert http.get("/fhir/Observation", params={"value-quantity": "ge|x"}).status_code == 400
+        assert http.get("/fhir/Observation", params={"value-quantity": "ge1|http://snomed.info/sct|mg"}).status_code == 400
+
+
+def test_patient_name_family_given_birthdate_gender_for_roles_that_may_read_identifiers(server):
+    person = {**patient(), "name": [{"family": "Nakamura-Ødegård", "given": ["Aiko", "Mei"]}],
+              "birthDate": "1957-07-08", "gender": "female"}
+    with server.client("coordinator", "S01") as http:
+        created = http.post("/fhir/Patient", json=person, headers=FHIR_JSON)
+        assert created.status_code == 201, created.text
+        pid = created.json()["id"]
+
+        def ids(**params):
+            response = http.get("/fhir/Patient", params={"_count": 500, **params}, headers={"Prefer": "handling=strict"})
+            assert response.status_code == 200, response.text
+            return [e["resource"]["id"] for e in response.json().get("entry", [])]
+
+        assert pid in ids(family="nakamura") and pid in ids(name="AIKO") and pid in ids(given="mei")
+        assert pid in ids(**{"family:exact": "Nakamura-Ødegård"}) and pid not in ids(**{"family:exact": "nakamura-ødegård"})
+        assert pid in ids(**{"name:contains": "ødeg"}) and pid not in ids(family="ødegård")
+        assert pid in ids(family="Nakamura", birthdate="1957-07-08", gender="female")
+        assert pid not in ids(family="Nakamura", birthdate="1957-07-09")
+        observation = http.post("/fhir/Observation", json=lab(f"Patient/{pid}", "718-7", 13, "g/dL"), headers=FHIR_JSON)
+        found = http.get("/fhir/Observation", params={"subject.family": "nakamura", "code": "718-7"}).json()
+        assert observation.json()["id"] in [e["resource"]["id"] for e in found["entry"]]
+    with server.client("coordinator", "S02") as other:
+        assert pid not in [e["resource"]["id"] for e in other.get("/fhir/Patient", params={"family": "nakamura"})
+                           .json().get("entry", [])]
+    with server.client("ehr", "S01") as ehr:  # an ehr client may not read identifiers: refused, not ignored
+        for params in ({"family": "nakamura"}, {"name": "aiko"}, {"birthdate": "1957-07-08"}, {"gender": "female"},
+                       {"given:exact": "Aiko"}):
+            refused = ehr.get("/fhir/Patient", params=params)
+            assert refused.status_code == 403, params
+            assert refused.json()["issue"][0]["code"] == "forbidden"
+        assert ehr.get("/fhir/Observation", params={"subject.family": "nakamura"}).status_code == 403
+        assert ehr.get("/fhir/Patient", params={"identifier": f"{MRN['S01']}|x"}).status_code == 200
+
+
+def test_name_tokens_of_patients_stored_before_come_with_the_migration(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from ecrf.store.migrate import alembic_config, upgrade
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'names.db'}")
+    upgrade(engine, "0012_patient_tokens")
+    content = '{"resourceType": "Patient", "id": "p1", "name": [{"family": "Okafor", "given": ["Ada", "N"]}]}'
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO resource_version (pk, resource_type, resource_id, version_id, last_updated, deleted, content, "
+            "author_sub, author_role, source) VALUES (1, 'Patient', 'p1', 1, '2026-01-01', 0, :c, 's', 'ehr', 'fhir')"),
+            {"c": content})
+        connection.execute(text(
+            "INSERT INTO resource_head (resource_type, resource_id, version_id, version_pk, last_updated, deleted) "
+            "VALUES ('Patient', 'p1', 1, 1, '2026-01-01', 0)"))
+
+    def tokens() -> set[tuple[str, str]]:
+        with engine.connect() as connection:
+            return set(connection.execute(text("SELECT param, code FROM search_token WHERE resource_type = 'Patient'")).all())
+
+    upgrade(engine)
+    assert tokens() == {("name", "Okafor"), ("name", "Ada"), ("name", "N"), ("family", "Okafor"), ("given", "Ada"),
+                        ("given", "N")}
+    command.downgrade(alembic_config(engine), "0030_patient_name_tokens-1")
+    assert tokens() == set()
+    engine.dispose()

@@ -3,7 +3,7 @@ import re
 from typing import Any
 
 from ecrf.fhir.validation import WRITABLE_TYPES
-from ecrf.fhir.search import REFERENCE_TARGETS
+from ecrf.fhir.search import QUANTITY_PARAMS, REFERENCE_TARGETS
 from ecrf.store.indexing import SEARCH_PARAMS
 
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
@@ -20,7 +20,10 @@ SECURITY = (
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type")
 DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Type/id or id",
-        "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant"}
+        "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant",
+        "string": "starts with, case-insensitive; :exact, :contains; roles that may read identifiers only",
+        "quantity": "[prefix]number|http://unitsofmeasure.org|unit, prefixes eq ne gt ge lt le sa eb ap; the "
+                    "study's lab items in their canonical unit, other accepted units converted exactly"}
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
                          ("Patient", "export"): BULK_DATA + "patient-export"}
@@ -89,6 +92,8 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
 def _writable(resource_type: str) -> dict[str, Any]:
     params = [{"name": name, "type": kind, "documentation": DOCS[kind]}
               for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()]
+    params += [{"name": name, "type": "quantity", "documentation": DOCS["quantity"]}
+               for name in QUANTITY_PARAMS.get(resource_type, ())]
     params += [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]}]
     dates = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "date"]
     references = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "reference"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
+from ecrf.auth.policy import can
 from ecrf.errors import issue
 from ecrf.fhir import authorise, conditional, search
 from ecrf.fhir.outcome import FhirError
@@ -379,7 +380,11 @@ class Engine:
         if entry.resource_id is None:
             pairs = search.params_of(entry.criteria or "")
             query = search.parse(entry.resource_type, pairs, default_count=self.page_size[0],
-                                 max_count=self.page_size[1])
+                                 max_count=self.page_size[1], study=self.study)
+            if query.demographic and not can(self.store.actor, "identifiers.read"):
+                raise FhirError.one(403, "searching Patients by name, birth date or gender is for roles that may "
+                                         f"read identifiers, not {self.store.actor.role}", code="forbidden",
+                                    location=entry.location)
             return Result(200, resource=searchset(self.store, query, self.base_url))
         if entry.version_id is not None:
             stored = self.store.vread(entry.resource_type, entry.resource_id, entry.version_id)

@@ -11,6 +11,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
+from ecrf.auth.policy import can
 from ecrf.fhir import bundle, json_patch, search
 from ecrf.fhir.authorise import refusal, require
 from ecrf.fhir.capability import capability_statement
@@ -173,7 +174,10 @@ def _search(request: Request, resource_type: str, actor: Actor, pairs: list[tupl
     settings = runtime.settings
     try:
         query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
-                             max_count=settings.page_size_max, strict=strict_handling(request))
+                             max_count=settings.page_size_max, strict=strict_handling(request), study=runtime.study)
+        if query.demographic and not can(actor, "identifiers.read"):
+            raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
+                                     f"that may read identifiers, not {actor.role}", code="forbidden")
         with read_only(runtime, actor) as store:
             found = searchset(store, query, _base(request))
     except FhirError as error:

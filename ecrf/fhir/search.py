@@ -1,5 +1,6 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
 import re
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,12 +11,18 @@ from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
 from ecrf.pagination import MAX_OFFSET
-from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH
-from ecrf.store.models import ResourceHead, SearchToken
+from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, folded
+from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
 CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary", "_elements")
 RESULT_PARAMS = ("_include", "_revinclude")
+# Patient parameters that search by who a person is: for roles that may read identifiers only
+DEMOGRAPHIC_PARAMS = ("name", "family", "given", "birthdate", "gender")
+# Quantity parameters, answered from the study's item facts (values in each item's canonical unit)
+QUANTITY_PARAMS = {"Observation": ("value-quantity",)}
+UCUM_SYSTEM = "http://unitsofmeasure.org"
+QUANTITY_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MAX_INCLUDED = 1000  # resources a page may include, over all _include and _revinclude
 # Where a reference parameter may point, for chains (`subject.identifier`) and typed includes.
 REFERENCE_TARGETS = {"subject": ("Patient",), "patient": ("Patient",), "individual": ("Patient",),
@@ -37,6 +44,7 @@ class SearchQuery:
     ignored: list[str] = field(default_factory=list)  # lenient handling: why each parameter was left out
     summary_count: bool = False  # _summary=count: the total only
     total: str = "accurate"  # _total: none leaves the total out
+    demographic: bool = False  # searches Patients by name, birth date or gender (also through a chain)
     elements: list[str] | None = None  # _elements: the top-level elements shown of each match
     includes: list["Include"] = field(default_factory=list)
 
@@ -78,7 +86,7 @@ def params_of(query_string: str) -> list[tuple[str, str]]:
 
 
 def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: int, max_count: int,
-          strict: bool = True) -> SearchQuery:
+          strict: bool = True, study: Any = None) -> SearchQuery:
     """The query of search parameters. Strict: an unknown or unsupported parameter, modifier or empty value is
     400. Lenient (R4 search.html, Prefer: handling=lenient, the REST default): each is left out of the search
     and of its links, and named in `ignored`."""
@@ -117,6 +125,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
                 query.includes.append(include)
                 query.params.append((name, value))
             continue
+        if name.rpartition(".")[2].partition(":")[0] in DEMOGRAPHIC_PARAMS and (
+                resource_type == "Patient" or "." in name):
+            query.demographic = True
         if "." in name:
             condition = _chained(resource_type, known, name, value, problems)
             if condition is not None:
@@ -136,6 +147,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
             query.filters.append(ResourceHead.resource_id.in_(value.split(",")))
         elif name == "_lastUpdated":
             query.filters.append(_date_condition(ResourceHead.last_updated, value, name))
+        elif name in QUANTITY_PARAMS.get(resource_type, ()) and study is not None:
+            query.filters.append(or_(*(_quantity_condition(study, name, alternative)
+                                       for alternative in value.split(","))))
         elif name in known:
             kind, _ = known[name]
             query.filters.append(_token_filter(resource_type, name, kind, value))
@@ -233,6 +247,50 @@ def _non_negative(name: str, value: str) -> int:
     return int(value)
 
 
+def _quantity_condition(study: Any, param: str, value: str):
+    """`[prefix]number[|system|unit]` against the item facts, the number converted exactly (Decimal) to each
+    item's canonical unit; without a unit, the number is compared in each item's canonical unit. `eq` is the
+    range of the number's precision (R4), `ap` ±10%."""
+    from fhir_mappings.units import UnitError, resolve_unit
+    prefix = value[:2] if value[:2] in QUANTITY_PREFIXES else "eq"
+    text = value[2:] if value[:2] in QUANTITY_PREFIXES else value
+    number_text, _, rest = text.partition("|")
+    system, _, unit = rest.partition("|")
+    try:
+        number = Decimal(number_text)
+        if not number.is_finite():
+            raise InvalidOperation
+    except InvalidOperation:
+        raise FhirError.one(400, f"{param}: {number_text!r} is not a number") from None
+    if system not in ("", UCUM_SYSTEM):
+        raise FhirError.one(400, f"{param}: units are searched in UCUM ({UCUM_SYSTEM}), not {system!r}",
+                            code="not-supported")
+    half = Decimal(1).scaleb(number.as_tuple().exponent) / 2
+    conditions = []
+    for _, item in study.items_of_kind("observation"):
+        if item.unit is None:
+            continue
+        try:
+            factor = resolve_unit(item, unit or None).factor
+        except UnitError:
+            continue
+        low, high, centre = (number - half) * factor, (number + half) * factor, number * factor
+        column = ItemFact.value_number
+        compared = {
+            "eq": and_(column >= float(low), column < float(high)),
+            "ne": not_(and_(column >= float(low), column < float(high))),
+            "gt": column > float(centre), "sa": column > float(centre),
+            "lt": column < float(centre), "eb": column < float(centre),
+            "ge": column >= float(centre), "le": column <= float(centre),
+            "ap": and_(column >= float(centre - abs(centre) / 10), column <= float(centre + abs(centre) / 10)),
+        }[prefix]
+        conditions.append(and_(ItemFact.item_id == item.id, compared))
+    if not conditions:
+        return false()
+    facts = select(ItemFact.resource_id).where(ItemFact.resource_type == "Observation", or_(*conditions))
+    return ResourceHead.resource_id.in_(facts)
+
+
 def _include(resource_type: str, name: str, modifier: str, value: str, problems: list[str]) -> Include | None:
     """`_include=Observation:subject[:Patient]`, `_revinclude=Observation:subject`, `:iterate` on either."""
     from ecrf.fhir.validation import WRITABLE_TYPES
@@ -273,6 +331,8 @@ def _modified(resource_type: str, known, base: str, modifier: str, value: str, p
         if value not in ("true", "false"):
             raise FhirError.one(400, f"{base}:missing takes true or false, got {value!r}")
         return not_(ResourceHead.resource_id.in_(tokens)) if value == "true" else ResourceHead.resource_id.in_(tokens)
+    if modifier in ("exact", "contains") and kind == "string" and value:
+        return _token_filter(resource_type, base, kind, value, modifier=modifier)
     if modifier == "not" and kind == "token" and value:
         return not_(_token_filter(resource_type, base, kind, value))
     if modifier in REFERENCE_TARGETS.get(base, ()) and kind == "reference" and value:  # subject:Patient=123
@@ -307,7 +367,18 @@ def _token_ids(resource_type: str, param: str, kind: str, value: str):
     return _token_filter(resource_type, param, kind, value, select_only=True)
 
 
-def _token_filter(resource_type: str, param: str, kind: str, value: str, *, select_only: bool = False):
+def _string_condition(value: str, modifier: str):
+    """R4 string search: starts with, case- and accent-insensitive (the folded copy in `value`); `:exact` the
+    whole string as sent; `:contains` anywhere."""
+    if modifier == "exact":
+        return SearchToken.code == value
+    if modifier == "contains":
+        return SearchToken.value.contains(folded(value), autoescape=True)
+    return SearchToken.value.startswith(folded(value), autoescape=True)
+
+
+def _token_filter(resource_type: str, param: str, kind: str, value: str, *, select_only: bool = False,
+                  modifier: str = ""):
     through = SEARCHED_THROUGH.get(resource_type, {}).get(param)
     conditions = []
     for alternative in value.split(","):
@@ -317,6 +388,8 @@ def _token_filter(resource_type: str, param: str, kind: str, value: str, *, sele
             conditions.append(_date_condition(SearchToken.moment, alternative, param))
         elif kind == "reference":
             conditions.append(_reference_condition(alternative))
+        elif kind == "string":
+            conditions.append(_string_condition(alternative, modifier))
         else:
             conditions.append(_code_condition(alternative))
     tokens = select(SearchToken.resource_id).where(
