@@ -193,3 +193,31 @@ def test_name_tokens_of_patients_stored_before_come_with_the_migration(tmp_path)
     command.downgrade(alembic_config(engine), "0030_patient_name_tokens-1")
     assert tokens() == set()
     engine.dispose()
+
+
+def test_every_search_parameter_the_capability_statement_lists_is_r4s_and_works(server):
+    from fhir_mappings.search_parameters import r4_search_parameters
+
+    published = r4_search_parameters()
+    assert {"Encounter", "DiagnosticReport", "MedicationRequest", "AdverseEvent"} <= set(published)
+    with server.client() as anonymous:
+        statement = anonymous.get("/fhir/metadata").json()
+    get_fhir_model_class("CapabilityStatement").model_validate(statement)
+    with server.client("coordinator", "S01") as http:
+        for resource in statement["rest"][0]["resource"]:
+            for param in resource.get("searchParam", []):
+                name = param["name"]
+                if name.startswith("_"):
+                    continue
+                r4 = published[resource["type"]][name]
+                assert param["type"] == r4["type"] and param["definition"] == r4["url"], (resource["type"], name)
+                value = {"date": "ge2000-01-01", "reference": "Patient/x", "quantity": "ge0",
+                         "string": "a"}.get(param["type"], "x")
+                response = http.get(f"/fhir/{resource['type']}", params={name: value},
+                                    headers={"Prefer": "handling=strict"})
+                assert response.status_code == 200, (resource["type"], name, response.text)
+            for include in resource.get("searchInclude", []) + resource.get("searchRevInclude", []):
+                kind = "_include" if include in resource.get("searchInclude", []) else "_revinclude"
+                response = http.get(f"/fhir/{resource['type']}", params={kind: include},
+                                    headers={"Prefer": "handling=strict"})
+                assert response.status_code == 200, (resource["type"], include, response.text)

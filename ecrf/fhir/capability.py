@@ -3,6 +3,7 @@ import re
 from typing import Any
 
 from ecrf.fhir.validation import WRITABLE_TYPES
+from fhir_mappings.search_parameters import definition
 from ecrf.fhir.search import QUANTITY_PARAMS, REFERENCE_TARGETS
 from ecrf.store.indexing import SEARCH_PARAMS
 
@@ -94,6 +95,10 @@ def _writable(resource_type: str) -> dict[str, Any]:
               for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()]
     params += [{"name": name, "type": "quantity", "documentation": DOCS["quantity"]}
                for name in QUANTITY_PARAMS.get(resource_type, ())]
+    for param in params:  # each names its R4 definition (a parameter this server invented would have none)
+        published = definition(resource_type, param["name"])
+        if published is not None:
+            param["definition"] = published["url"]
     params += [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]}]
     dates = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "date"]
     references = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "reference"]
