@@ -1,8 +1,8 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
 import re
-from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -10,10 +10,12 @@ from sqlalchemy import and_, false, func, literal, not_, or_
 from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
+from ecrf.fhir.validation import WRITABLE_TYPES
 from ecrf.pagination import MAX_OFFSET
 from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, folded
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
+from fhir_mappings.units import UnitError, resolve_unit
 
 CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary", "_elements")
 RESULT_PARAMS = ("_include", "_revinclude")
@@ -196,7 +198,6 @@ def included(store: ClinicalStore, query: SearchQuery, matches: list) -> list:
 
 
 def _include_round(store: ClinicalStore, include: Include, sources: list) -> list:
-    from ecrf.fhir.validation import WRITABLE_TYPES
     param = SEARCHED_THROUGH.get(include.source, {}).get(include.param) or include.param
     if include.reverse:
         references = [stored.reference for stored in sources]
@@ -251,7 +252,6 @@ def _quantity_condition(study: Any, param: str, value: str):
     """`[prefix]number[|system|unit]` against the item facts, the number converted exactly (Decimal) to each
     item's canonical unit; without a unit, the number is compared in each item's canonical unit. `eq` is the
     range of the number's precision (R4), `ap` ±10%."""
-    from fhir_mappings.units import UnitError, resolve_unit
     prefix = value[:2] if value[:2] in QUANTITY_PREFIXES else "eq"
     text = value[2:] if value[:2] in QUANTITY_PREFIXES else value
     number_text, _, rest = text.partition("|")
@@ -293,7 +293,6 @@ def _quantity_condition(study: Any, param: str, value: str):
 
 def _include(resource_type: str, name: str, modifier: str, value: str, problems: list[str]) -> Include | None:
     """`_include=Observation:subject[:Patient]`, `_revinclude=Observation:subject`, `:iterate` on either."""
-    from ecrf.fhir.validation import WRITABLE_TYPES
     if modifier not in ("", "iterate", "recurse"):
         problems.append(f"modifier :{modifier} of {name!r} is not supported (iterate)")
         return None
