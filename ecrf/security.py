@@ -19,7 +19,8 @@ from ecrf.json_stream import StreamedObject
 log = logging.getLogger("ecrf.access")
 failures = logging.getLogger("ecrf.errors")
 
-JSON_MEDIA_TYPES = frozenset({"application/json", "application/fhir+json"})
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/fhir+json", "application/json-patch+json"})
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"  # POST [type]/_search only: search parameters in the body
 URL_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
 INSPECT_IN_THREAD_BYTES = 256 * 1024
 
@@ -182,6 +183,12 @@ class RequestGuard:
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         media_type, _, parameters = content_type.partition(";")
         charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", parameters, re.IGNORECASE)
+        if media_type.strip().lower() == FORM_MEDIA_TYPE and scope["method"] == "POST" \
+                and scope["path"].endswith("/_search"):
+            if URL_CONTROL_BYTE.search(unquote_to_bytes(body.replace(b"+", b" "))):
+                raise Refusal(400, "the search parameters contain a control character", "control_character",
+                              "invalid", item="body")
+            return body
         if media_type.strip().lower() not in JSON_MEDIA_TYPES or (charset and charset.group(1).lower() != "utf-8"):
             shown = media_type.strip() or "none"
             raise Refusal(415, f"content type {shown!r} is not supported: send application/json "

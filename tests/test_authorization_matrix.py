@@ -150,7 +150,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", FHIR_TYPE): Expect(FHIR_WRITE, SITE, other=422),
     ("PUT", FHIR_TYPE): Expect(FHIR_WRITE, SITE, other=422),
     ("PUT", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_WRITE, SITE, other=422),
-    ("DELETE", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_WRITE, SITE, other=404),
+    ("DELETE", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_WRITE, SITE, other=204),  # v2: as an unknown id (R4)
     # a conditional delete that matches nothing visible is 204 and deletes nothing
     ("DELETE", FHIR_TYPE): Expect(FHIR_WRITE, SITE, other=204),
     ("GET", FHIR_TYPE): Expect(FHIR_READ, LIST),
@@ -159,6 +159,11 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", FHIR_TYPE + "/{resource_id}/_history/{version_id}"): Expect(FHIR_READ, SITE, other=404),
     ("GET", "/fhir/Patient/{patient_id}/$everything"): Expect(FHIR_READ, SITE, other=404),
     ("GET", "/fhir/OperationDefinition/Patient-everything"): EVERYONE,
+    ("GET", FHIR_TYPE + "/_history"): Expect(FHIR_READ, LIST),
+    ("GET", "/fhir/_history"): Expect(FHIR_READ, LIST),
+    ("POST", FHIR_TYPE + "/_search"): Expect(FHIR_READ, LIST),
+    ("PATCH", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_WRITE, SITE, other=404),
+    ("PATCH", FHIR_TYPE): Expect(FHIR_WRITE, SITE, other=404),
     # types the door does not keep: a precise refusal (404 not-supported) to those who have the door
     **{(method, template): Expect(FHIR_READ, STUDY_WIDE, ok=frozenset({404}))
        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
@@ -182,7 +187,7 @@ VARIANT_EXPECTATIONS: dict[tuple[str, str, str], Expect] = {
     # ... so it cannot change or delete them either (its update names a Patient it does not see: 422)
     ("PUT", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): Expect(FHIR_WRITE, SITE, other=422, unseen=frozenset({EHR})),
     ("DELETE", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): Expect(
-        FHIR_WRITE, SITE, other=404, unseen=frozenset({EHR})),
+        FHIR_WRITE, SITE, other=204, unseen=frozenset({EHR})),  # v2: as an unknown id (R4), nothing written
 }
 
 
@@ -543,6 +548,40 @@ def _fhir_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
                shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
 
 
+def _fhir_history(url: str) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        observation_id = w.fhir(site)["observation"]
+        params = {"_count": 500, **({"_type": "Observation"} if url == "/fhir/_history" else {})}
+        return Req("GET", url, params=params, item=observation_id,
+                   shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+    return build
+
+
+def _fhir_post_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    observation_id = w.fhir(site)["observation"]
+    return Req("POST", "/fhir/Observation/_search", params={"_id": observation_id}, item=observation_id,
+               headers={"Content-Type": "application/x-www-form-urlencoded"},
+               shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+
+
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+STATUS_PATCH = [{"op": "replace", "path": "/status", "value": "final"}]
+
+
+@mutating
+def _fhir_patch(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    data = w.fhir(site)
+    return Req("PATCH", f"/fhir/Observation/{data['observation']}", json=STATUS_PATCH, headers=JSON_PATCH,
+               ids=(data["observation"],))
+
+
+@mutating
+def _fhir_conditional_patch(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    data = w.fhir(site)
+    return Req("PATCH", "/fhir/Observation", params={"identifier": f"{IDENTIFIER_SYSTEM}|{data['identifier']}"},
+               json=STATUS_PATCH, headers=JSON_PATCH, ids=(data["identifier"],))
+
+
 def _entered_read(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     observation_id = w.entered(site)["observation"]
     return Req("GET", f"/fhir/Observation/{observation_id}", ids=(observation_id,))
@@ -630,6 +669,11 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/fhir/OperationDefinition/Patient-everything"): _static("GET", "/fhir/OperationDefinition/Patient-everything"),
     ("GET", FHIR_TYPE + "/{resource_id}/_history"): _fhir_read("/_history"),
     ("GET", FHIR_TYPE + "/{resource_id}/_history/{version_id}"): _fhir_read("/_history/1"),
+    ("GET", FHIR_TYPE + "/_history"): _fhir_history("/fhir/Observation/_history"),
+    ("GET", "/fhir/_history"): _fhir_history("/fhir/_history"),
+    ("POST", FHIR_TYPE + "/_search"): _fhir_post_search,
+    ("PATCH", FHIR_TYPE + "/{resource_id}"): _fhir_patch,
+    ("PATCH", FHIR_TYPE): _fhir_conditional_patch,
     **{(method, FHIR_OTHER_TYPE): _unkept_type(method, "/fhir/Claim")
        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")},
     **{(method, FHIR_OTHER_TYPE + "/{rest:path}"): _unkept_type(method, "/fhir/Claim/e1")

@@ -132,3 +132,36 @@ def test_the_audit_chain_stays_whole_after_bulk_ingest(server):
     assert read.json()["meta"]["lastUpdated"] == reply["entry"][0]["response"]["lastModified"]
     with Session(server.runtime.engine) as session:
         assert list(verify(session)) == []
+
+
+def test_fhirpy_count_fetch_all_over_pages_and_lenient_parameters(server):
+    client = _fhirpy(server)
+    value = mrn()
+    person = client.resource("Patient", identifier=[{"system": MRN["S01"], "value": value}], gender="female")
+    person.save()
+    for day in range(1, 8):
+        client.resource("Observation", **lab(f"Patient/{person.id}", "718-7", 12 + day / 10, "g/dL",
+                                             f"2026-04-{day:02d}")).save()
+    search = client.resources("Observation").search(subject=f"Patient/{person.id}")
+    assert search.count() == 7  # _count=0 and fhirpy's _totalMethod=count (ignored, named in an outcome entry)
+    every = search.limit(3).fetch_all()  # follows next links until there is none
+    assert len(every) == 7 and len({o.id for o in every}) == 7
+    assert all(o.resource_type == "Observation" for o in every)
+    assert client.resources("Observation").search(subject=f"Patient/{person.id}", code="718-7").count() == 7
+
+
+def test_fhirpy_include_and_revinclude(server):
+    client = _fhirpy(server)
+    person = client.resource("Patient", identifier=[{"system": MRN["S01"], "value": mrn()}], gender="female")
+    person.save()
+    for day in (1, 2):
+        client.resource("Observation", **lab(f"Patient/{person.id}", "718-7", 12 + day / 10, "g/dL",
+                                             f"2026-05-{day:02d}")).save()
+    search = client.resources("Observation").search(subject=f"Patient/{person.id}").include("Observation", "subject")
+    raw = search.fetch_raw()
+    included = [e["resource"] for e in raw["entry"] if e["search"]["mode"] == "include"]
+    assert [r["id"] for r in included] == [person.id] and included[0]["resourceType"] == "Patient"
+    assert len(search.fetch()) == 2  # fhirpy keeps the matches
+    assert search.count() == 2
+    reverse = client.resources("Patient").search(_id=person.id).revinclude("Observation", "subject").fetch_raw()
+    assert sorted(e["search"]["mode"] for e in reverse["entry"]) == ["include", "include", "match"]

@@ -112,15 +112,20 @@ def test_condition_patient_identifier_and_research_subject_search(server):
         assert _ids(found) == [subject_id]
 
 
-def test_unknown_search_parameters_are_refused_not_ignored(server):
+def test_unknown_search_parameters_are_refused_with_strict_handling(server):
+    # v2 (issue 12): lenient is the default (tests/test_fhir_search_lenient.py); Prefer: handling=strict keeps 400
+    strict = {"Prefer": "handling=strict"}
     with server.client("ehr", "S01") as http:
-        for params in ({"colour": "red"}, {"code:text": "hemoglobin"}, {"_include": "Observation:subject"},
+        for params in ({"colour": "red"}, {"code:text": "hemoglobin"}, {"_include": "Observation:code"},
                        {"date": "yesterday"}, {"_count": "-1"}, {"_sort": "value"}, {"subject": ""}):
-            response = http.get("/fhir/Observation", params=params)
+            response = http.get("/fhir/Observation", params=params, headers=strict)
             assert response.status_code == 400, params
             outcome = response.json()
             assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["diagnostics"]
-        assert "colour" in http.get("/fhir/Observation", params={"colour": "red"}).json()["issue"][0]["diagnostics"]
+        refused = http.get("/fhir/Observation", params={"colour": "red"}, headers=strict).json()
+        assert "colour" in refused["issue"][0]["diagnostics"]
+        for params in ({"date": "yesterday"}, {"_count": "-1"}, {"_sort": "value"}):  # wrong values, not unknown names
+            assert http.get("/fhir/Observation", params=params).status_code == 400, params
 
 
 def test_patient_search_takes_the_subject_when_it_is_a_patient(server):

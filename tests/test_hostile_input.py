@@ -557,10 +557,18 @@ def test_a_coordinator_never_sees_another_sites_rows_whatever_the_filter(server,
         for query in ({"identifier": "%"}, {"_id": world["other_subject"]}, {"patient": "%"},
                       {"subject": f"Patient/{world['other_subject']}"}, {"_id": f"{world['other_subject']},%"}):
             for resource_type in ("Patient", "Observation", "ResearchSubject"):
-                response = http.get(f"/fhir/{resource_type}", params=query)
+                # v2 (issue 12): lenient handling is the default, so strict handling keeps this check's meaning
+                # (an unknown parameter 400, never ignored)
+                response = http.get(f"/fhir/{resource_type}", params=query, headers={"Prefer": "handling=strict"})
                 assert response.status_code in (200, 400)
                 if response.status_code == 200:
                     assert response.json()["total"] == 0 and not response.json().get("entry"), (resource_type, query)
+                lenient = http.get(f"/fhir/{resource_type}", params={**query, "_count": 500})
+                assert lenient.status_code in (200, 400)  # an ignored parameter filters nothing: own site only
+                if lenient.status_code == 200:
+                    shown = [e["resource"] for e in lenient.json().get("entry", []) if e["search"]["mode"] == "match"]
+                    assert world["other_subject"] not in str(shown), (resource_type, query)
+                    assert all(r.get("id") != world["other_subject"] for r in shown), (resource_type, query)
 
 
 # -- tokens ----------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ import re
 from typing import Any
 
 from ecrf.fhir.validation import WRITABLE_TYPES
+from fhir_mappings.search_parameters import definition
+from ecrf.fhir.search import QUANTITY_PARAMS, REFERENCE_TARGETS
 from ecrf.store.indexing import SEARCH_PARAMS
 
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
@@ -16,9 +18,13 @@ SECURITY = (
     "constraints and malformed scopes grant nothing. Every response carrying a Patient is recorded in the "
     "access log."
 )
-INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
+INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                "search-type")
 DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Type/id or id",
-        "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant"}
+        "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant",
+        "string": "starts with, case-insensitive; :exact, :contains; roles that may read identifiers only",
+        "quantity": "[prefix]number|http://unitsofmeasure.org|unit, prefixes eq ne gt ge lt le sa eb ap; the "
+                    "study's lab items in their canonical unit, other accepted units converted exactly"}
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
                          ("Patient", "export"): BULK_DATA + "patient-export"}
@@ -74,6 +80,8 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
                 {"code": "transaction", "documentation": "All or nothing, in FHIR order (DELETE, POST, PUT, GET); "
                                                          "urn:uuid fullUrls resolved; ifNoneExist honoured."},
                 {"code": "batch", "documentation": "Each entry on its own; a failing entry gets an OperationOutcome."},
+                {"code": "history-system", "documentation": "GET /fhir/_history: every version this client may "
+                                                            "see, newest first; _count, _offset, _since, _at, _type."},
             ],
             "operation": operations.get(None, []),
             "documentation": f"Bodies up to {settings.max_body_bytes} bytes and Bundles up to "
@@ -85,8 +93,20 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
 def _writable(resource_type: str) -> dict[str, Any]:
     params = [{"name": name, "type": kind, "documentation": DOCS[kind]}
               for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()]
+    params += [{"name": name, "type": "quantity", "documentation": DOCS["quantity"]}
+               for name in QUANTITY_PARAMS.get(resource_type, ())]
+    for param in params:  # each names its R4 definition (a parameter this server invented would have none)
+        published = definition(resource_type, param["name"])
+        if published is not None:
+            param["definition"] = published["url"]
     params += [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]}]
     dates = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "date"]
+    references = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "reference"]
+    rev_includes = [f"{source}:{name}" for source in WRITABLE_TYPES
+                    for name, (kind, _) in SEARCH_PARAMS.get(source, {}).items()
+                    if kind == "reference" and resource_type in REFERENCE_TARGETS.get(name, ())]
+    chains = [f"{name}.{chained}" for name in references for target in REFERENCE_TARGETS.get(name, ())
+              for chained, (kind, _) in SEARCH_PARAMS.get(target, {}).items() if kind != "reference"]
     return {
         "type": resource_type,
         "interaction": [{"code": code} for code in INTERACTIONS],
@@ -96,9 +116,21 @@ def _writable(resource_type: str) -> dict[str, Any]:
         "conditionalCreate": True,
         "conditionalUpdate": True,
         "conditionalDelete": "single",
+        "searchInclude": [f"{resource_type}:{name}" for name in references],
+        "searchRevInclude": rev_includes,
         "searchParam": params,
         "documentation": "_sort by " + ", ".join(["_lastUpdated", "_id", *dates]) + " (prefix - for descending); "
-                         "_count and _offset page, with next links. Unknown parameters are refused (400).",
+                         "_count and _offset page, with next links; _count=0 and _summary=count answer the total "
+                         "only; _total=none|estimate|accurate. POST [type]/_search takes the parameters form-encoded "
+                         "(body and URL). Unknown or unsupported parameters and modifiers are ignored and named in "
+                         "an OperationOutcome entry (search.mode outcome), and left out of the self link; with "
+                         "Prefer: handling=strict they are refused (400). PATCH takes a JSON Patch "
+                         "(application/json-patch+json), also conditional (Type?criteria, one match), with If-Match; "
+                         "_history is paged (_count, _offset, _since, _at); Prefer: return=minimal|representation|"
+                         "OperationOutcome on create, update and patch. _include and _revinclude (also :iterate, one "
+                         "level more) on the reference parameters; _elements; modifiers :missing (every "
+                         "parameter), :not (token), :Type (reference); chained parameters one level: "
+                         + (", ".join(chains) or "none") + ".",
     }
 
 

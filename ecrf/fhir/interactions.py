@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
+from ecrf.auth.policy import can
 from ecrf.errors import issue
 from ecrf.fhir import authorise, conditional, search
 from ecrf.fhir import retention as held
@@ -190,7 +191,10 @@ class Engine:
             resource_id = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location)
             if resource_id is None:
                 return Result(204)
-        stored = self.store.delete(entry.resource_type, resource_id, self.context, if_match=entry.if_match)
+        try:
+            stored = self.store.delete(entry.resource_type, resource_id, self.context, if_match=entry.if_match)
+        except NotFound:
+            return Result(204)  # R4: deleting what does not exist succeeds (an idempotent retry); nothing is written
         return Result(204, stored)
 
     def _resolve_target(self, entry: Entry) -> None:
@@ -431,7 +435,11 @@ class Engine:
         if entry.resource_id is None:
             pairs = search.params_of(entry.criteria or "")
             query = search.parse(entry.resource_type, pairs, default_count=self.page_size[0],
-                                 max_count=self.page_size[1])
+                                 max_count=self.page_size[1], study=self.study)
+            if query.demographic and not can(self.store.actor, "identifiers.read"):
+                raise FhirError.one(403, "searching Patients by name, birth date or gender is for roles that may "
+                                         f"read identifiers, not {self.store.actor.role}", code="forbidden",
+                                    location=entry.location)
             return Result(200, resource=searchset(self.store, query, self.base_url))
         if entry.version_id is not None:
             stored = self.store.vread(entry.resource_type, entry.resource_id, entry.version_id)
@@ -445,10 +453,38 @@ def searchset(store: ClinicalStore, query: search.SearchQuery, base_url: str) ->
     links = [{"relation": "self", "url": query.link(base_url, query.offset)}]
     if page.has_more:
         links.append({"relation": "next", "url": query.link(base_url, query.offset + query.count)})
-    if query.offset > 0:
+    if query.offset > 0 and not query.count_only:
         links.append({"relation": "previous", "url": query.link(base_url, max(0, query.offset - query.count))})
-    return {
-        "resourceType": "Bundle", "type": "searchset", "total": page.total, "link": links,
-        "entry": [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content, "search": {"mode": "match"}}
-                  for stored in store.current(page.heads)],
-    }
+    found: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if query.total != "none" or query.count_only:
+        found["total"] = page.total
+    found["link"] = links
+    matches = store.current(page.heads)
+    found["entry"] = [{"fullUrl": f"{base_url}/{stored.reference}", "resource": _elements(stored.content, query),
+                       "search": {"mode": "match"}} for stored in matches]
+    found["entry"] += [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content,
+                        "search": {"mode": "include"}} for stored in search.included(store, query, matches)]
+    if query.ignored:
+        found["entry"].append({"resource": ignored_outcome(query.ignored), "search": {"mode": "outcome"}})
+    return found
+
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+MANDATORY = ("resourceType", "id", "meta")
+
+
+def _elements(content: dict[str, Any], query: search.SearchQuery) -> dict[str, Any]:
+    """_elements: the listed top-level elements (and the mandatory ones), tagged SUBSETTED."""
+    if query.elements is None:
+        return content
+    shown = {key: part for key, part in content.items() if key in MANDATORY or key in query.elements}
+    meta = dict(shown.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    shown["meta"] = meta
+    return shown
+
+
+def ignored_outcome(ignored: list[str]) -> dict[str, Any]:
+    """What a lenient search left out, as R4 search.html asks: an OperationOutcome entry of mode outcome."""
+    return {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "not-supported", "diagnostics": f"{reason}: ignored"} for reason in ignored]}

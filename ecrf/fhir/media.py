@@ -66,3 +66,18 @@ def if_match_version(request: Request) -> int | None:
     if version is None:
         raise FhirError.one(400, f"If-Match {value!r} does not name a version (expected W/\"n\")")
     return version
+
+
+def preferences(request: Request) -> dict[str, str]:
+    """The Prefer header as name -> value (`return=minimal, handling=strict`)."""
+    found = {}
+    for part in request.headers.get("prefer", "").split(","):
+        for token in part.split(";"):
+            name, _, value = token.strip().partition("=")
+            if name:
+                found[name.strip().lower()] = value.strip().strip('"').lower()
+    return found
+
+
+def strict_handling(request: Request) -> bool:
+    return preferences(request).get("handling") == "strict"

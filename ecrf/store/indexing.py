@@ -2,6 +2,7 @@
 
 Computed once per write, so reads and eligibility never parse stored JSON.
 """
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -16,6 +17,10 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "identifier": ("token", ("identifier",)),
         "gender": ("token", ("gender",)),
         "birthdate": ("date", ("birthDate",)),
+        # strings (R4 Patient-name, -family, -given): each part of every HumanName, as sent
+        "name": ("string", ("name.family", "name.given", "name.text", "name.prefix", "name.suffix")),
+        "family": ("string", ("name.family",)),
+        "given": ("string", ("name.given",)),
     },
     "ResearchSubject": {
         "identifier": ("token", ("identifier",)),
@@ -179,6 +184,11 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     return None
 
 
+def folded(text: str) -> str:
+    """A string as R4 string search compares it: accents dropped, case folded (`Ødegård` -> `ødegard`)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
+
+
 def unversioned(reference: str) -> str:
     """A reference without its `/_history/{version}`: a search for the resource finds it at any version."""
     head, marker, _ = reference.partition("/_history/")
@@ -202,6 +212,9 @@ def search_tokens(resource: dict[str, Any]) -> list[Token]:
                     Token(param, None, None, unversioned(value["reference"])) for value in values
                     if isinstance(value, dict) and isinstance(value.get("reference"), str)
                 )
+            elif kind == "string":
+                tokens.extend(Token(param, None, value[:255], folded(value)[:255]) for value in values
+                              if isinstance(value, str))
             else:
                 tokens.extend(_token_values(param, values))
     return tokens

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import and_, exists
+from sqlalchemy import and_, exists, func
+from sqlalchemy.orm import aliased
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 from sqlmodel.sql.expression import Select
@@ -175,6 +176,38 @@ class ClinicalStore:
         ).order_by(ResourceVersion.version_id.desc())).all()
         return [_stored(row) for row in rows]
 
+    def history_page(
+        self, resource_types: Iterable[str], resource_id: str | None = None, *, since: datetime | None = None,
+        at: tuple[datetime, datetime] | None = None, count: int, offset: int = 0,
+    ) -> tuple[list[Stored], int]:
+        """One page of versions (newest first) of the given types, or of one resource, that this actor may see,
+        and how many there are. `since`: versions written at or after it; `at` ([start, end)): the versions that
+        were current at some moment of that period."""
+        if resource_id is not None:
+            [resource_type] = resource_types
+            if self.head(resource_type, resource_id) is None:
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
+        statement = self.visible(select(ResourceVersion).join(ResourceHead, and_(
+            ResourceHead.resource_type == ResourceVersion.resource_type,
+            ResourceHead.resource_id == ResourceVersion.resource_id)).where(
+            ResourceVersion.resource_type.in_(sorted(resource_types))))
+        if resource_id is not None:
+            statement = statement.where(ResourceVersion.resource_id == resource_id)
+        if since is not None:
+            statement = statement.where(ResourceVersion.last_updated >= since)
+        if at is not None:
+            start, end = at
+            later = aliased(ResourceVersion)
+            statement = statement.where(ResourceVersion.last_updated < end, ~exists().where(
+                later.resource_type == ResourceVersion.resource_type, later.resource_id == ResourceVersion.resource_id,
+                later.version_id > ResourceVersion.version_id, later.last_updated <= start))
+        total = self.session.exec(select(func.count()).select_from(statement.subquery())).one()
+        if count == 0:
+            return [], total
+        rows = self.session.exec(statement.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.pk.desc())
+                                 .offset(offset).limit(count)).all()
+        return [_stored(row) for row in rows], total
+
     def scoped_heads(self, resource_type: str) -> Select:
         """Current, not deleted heads of one type that this actor may see: the base of every search."""
         return self.visible(select(ResourceHead).where(ResourceHead.resource_type == resource_type,
@@ -266,7 +299,8 @@ class ClinicalStore:
         *, if_match: int | None = None,
     ) -> tuple[Stored, bool]:
         """Update (or create with the client's id); returns the version and whether it was created."""
-        existed = self.session.get(ResourceHead, (resource_type, resource_id)) is not None
+        head = self.session.get(ResourceHead, (resource_type, resource_id))
+        existed = head is not None and not head.deleted  # re-creating a deleted resource is a create (201)
         stored = self._write(resource_type, resource_id, resource, context, expected=if_match, must_be_new=False)
         return stored, not existed
 
