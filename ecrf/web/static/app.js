@@ -140,8 +140,17 @@ function renderHeader() {
 }
 
 // -- routing ------------------------------------------------------------------------------------------
-async function route() {
+// Routes run one after another, each for the address it started with, so a slow page never paints over a
+// newer one; `data-ready` on <body> says which address the page shows (tests and screen readers wait for it).
+let routing = Promise.resolve();
+function route() {
+  routing = routing.then(showRoute, showRoute);
+  return routing;
+}
+async function showRoute() {
   if (!state.session) return;
+  const shown = location.hash;
+  delete document.body.dataset.ready;
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   try {
     if (parts[0] === "subjects" && parts[2] === "forms") await formPage(parts[1], parts[3], parts[4]);
@@ -154,6 +163,7 @@ async function route() {
   }
   const heading = document.querySelector("main h1");
   if (heading) document.title = `${heading.textContent} — eCRF`;
+  document.body.dataset.ready = shown;
 }
 window.addEventListener("hashchange", () => { route().then(() => document.getElementById("main").focus()); });
 
@@ -378,16 +388,17 @@ async function formPage(subjectId, formId, visitId) {
     h("label", { for: "reason" }, t("form.reason")), h("textarea", { id: "reason", rows: 2, "aria-describedby": "reason-notes" }),
     h("div", { class: "notes", id: "reason-notes" }));
   notes.reason = reasonRow.querySelector("#reason-notes");
+  const general = h("div", { id: "form-findings" });  // findings about the form as a whole (visit date, window)
 
   function showFindings(errors, warnings) {
-    for (const note of Object.values(notes)) note.querySelectorAll(".finding").forEach(n => n.remove());
+    for (const note of [...Object.values(notes), general]) note.querySelectorAll(".finding").forEach(n => n.remove());
     for (const c of Object.values(controls)) c.input.removeAttribute("aria-invalid");
     const first = [];
     for (const [list, cls] of [[errors, "error"], [warnings, "warning"]]) {
       for (const f of list || []) {
-        const target = notes[f.item] || notes.reason;
         if (f.rule === "reason_required") reasonRow.hidden = false;
-        if (target) target.append(h("div", { class: `finding ${cls}`, "data-rule": f.rule }, f.message));
+        const target = notes[f.item] || (f.item === "reason" ? notes.reason : general);
+        target.append(h("div", { class: `finding ${cls}`, "data-rule": f.rule, "data-item": f.item }, f.message));
         if (cls === "error" && controls[f.item]) { controls[f.item].input.setAttribute("aria-invalid", "true"); first.push(controls[f.item].input); }
       }
     }
@@ -447,12 +458,11 @@ async function formPage(subjectId, formId, visitId) {
     h("p", {}, t("form.status"), ": ", status, view.updated ? ` · ${t("form.updated", { who: view.updated.by || "", at: showMoment(view.updated.at, subject.data.site) })}` : "",
       view.signature ? ` · ${t("form.signed_by", { who: view.signature.by || view.signature.name || "", meaning: view.signature.meaning || "" })}` : ""),
     h("form", { id: "crf", novalidate: true, onsubmit: save },
-      h("div", { class: "item" }, h("label", { for: "visit-date" }, t("form.visit_date")), h("span", { class: "control" }, visitDate), h("div", { class: "notes", id: "visit-date-notes" })),
-      items, reasonRow, summary,
+      h("div", { class: "item" }, h("label", { for: "visit-date" }, t("form.visit_date")), h("span", { class: "control" }, visitDate)),
+      items, reasonRow, general, summary,
       editable ? h("button", { type: "submit", id: "save" }, t("form.save")) : h("p", {}, t(view.status === "locked" ? "form.locked" : "form.read_only"))),
     lifecycle(formUrl, view, () => route()),
   ];
-  notes.visit_date = document.createElement("div");
   if (may("query.read")) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
   render(...parts);
   applyConditions();
