@@ -65,7 +65,7 @@ async def login(request: Request, *, reauth: bool) -> RedirectResponse:
                                                  code_verifier=verifier, nonce=nonce, **extra)
     current = sessions.current(request) if reauth else None
     pending = {"state": state, "verifier": verifier, "nonce": nonce, "at": int(time.time()),
-               "reauth_sub": current.sub if current else None}
+               "reauth_sub": current.sub if current else None, "replaces": current.token_hash if current else None}
     response = RedirectResponse(url, status_code=302)
     response.set_cookie(PENDING, json.dumps(pending, separators=(",", ":")), max_age=PENDING_SECONDS, httponly=True,
                         samesite="lax", secure=request.url.scheme == "https", path="/web-auth/oidc/")
@@ -111,6 +111,8 @@ async def callback(request: Request) -> RedirectResponse:
     except TokenError as error:
         raise HTTPException(403, f"the identity provider's account cannot use the eCRF: {error}") from error
     response = RedirectResponse("/", status_code=303)
+    if pending.get("replaces"):
+        sessions.forget(request, str(pending["replaces"]))  # the session re-authenticated gives way to the new one
     sessions.start(request, response, actor, "oidc")
     response.delete_cookie(PENDING, path="/web-auth/oidc/")
     return response

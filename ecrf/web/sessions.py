@@ -55,14 +55,10 @@ def start(request: Request, response: Response, actor: Actor, method: str) -> We
     return row
 
 
-def reauthenticated(request: Request, row: WebSession) -> None:
-    """The session's user proved who they are again (a fresh sign-in of the same identity)."""
+def forget(request: Request, token_hash: str) -> None:
     with Session(request.app.state.runtime.engine) as session:
-        stored = session.get(WebSession, row.token_hash)
-        if stored is not None:
-            stored.authenticated_at = _now()
-            session.add(stored)
-            session.commit()
+        session.execute(delete(WebSession).where(WebSession.token_hash == token_hash))
+        session.commit()
 
 
 def end(request: Request, response: Response) -> None:
