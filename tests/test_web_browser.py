@@ -3,12 +3,16 @@ real server on SQLite and PostgreSQL. Every step is a click or a key press on th
 to prepare data another actor (the hospital's EHR, another user) would have made."""
 import re
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from crf_support import VALID, day, enrol, path, save
 from fhir_builders import FHIR_JSON, MRN, lab
+from sqlmodel import Session
+
 from ecrf.config import Settings
+from ecrf.web.models import WebSession
+from ecrf.web.sessions import COOKIE, _hash
 from ecrf.study.loader import load_study
 from web_support import axe_violations, chromium, screenshot  # noqa: F401 - chromium is a fixture
 
@@ -157,10 +161,13 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     criteria = page.locator("#eligibility tbody tr")
     assert criteria.count() >= 10
     expect(page.locator('[data-criterion="I09_hemoglobin"]')).to_contain_text("met")
+    page.locator("#eligibility").scroll_into_view_if_needed()
+    page.evaluate("document.getElementById('eligibility').scrollIntoView()")
     screenshot(page, "subject")
     goto(page, "#/")
     expect(page.locator("#subjects")).to_contain_text(mrn)
     expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "home")
 
     page.set_viewport_size({"width": 768, "height": 1024})  # a tablet
@@ -247,9 +254,24 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
 
     investigator = sign_in(open_page(chromium, server), "investigator")
     open_form(investigator, subject["id"], "ctc", visit)
+    cookie = next(c for c in investigator.context.cookies() if c["name"] == COOKIE)
+    with Session(server.runtime.engine) as session:  # signed in an hour ago: signing asks who they are again
+        row = session.get(WebSession, _hash(cookie["value"]))
+        row.authenticated_at = datetime.now(UTC) - timedelta(hours=1)
+        session.add(row)
+        session.commit()
+    investigator.fill("#meaning", "I approve these CTC data")
+    investigator.click("#sign")
+    expect(investigator.locator("#lifecycle-message")).to_contain_text("confirm who you are")
+    expect(investigator.locator("#form-status")).to_have_text("verified (SDV)")
+    investigator.click("#reauth")
+    expect(investigator.locator("#announce")).to_contain_text("Identity confirmed")
     investigator.fill("#meaning", "I approve these CTC data")
     investigator.click("#sign")
     expect(investigator.locator("#form-status")).to_have_text("signed")
+    with server.client("monitor", "S01") as http:
+        signature = http.get(path(subject["id"], "ctc", visit)).json()["signature"]
+    assert signature["meaning"] == "I approve these CTC data" and "investigator" in str(signature)
 
     manager = sign_in(open_page(chromium, server), "data_manager", None)
     open_form(manager, subject["id"], "ctc", visit)
