@@ -134,6 +134,11 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     open_form(page, subject_id, "demographics", "SCR")
     expect(page.locator("#item-weight")).to_have_value("143.3")  # the entered value and unit are kept
     expect(page.locator("#item-weight-unit")).to_have_value("lb")
+    page.click('button.history[data-for="weight"]')  # the item's history, from the audit trail
+    history = page.locator('[data-item="weight"] .item-history tbody tr')
+    expect(history).to_have_count(2)
+    expect(history.nth(1)).to_contain_text("weight re-measured")
+    expect(history.nth(1)).to_contain_text("dev-coordinator")
     with server.client("monitor", "S01") as http:
         weight = http.get(path(subject_id, "demographics", "SCR")).json()["items"]["weight"]
     assert weight["unit"] == "kg" and abs(weight["value"] - 65.0) < 0.01  # stored in the canonical unit
@@ -164,9 +169,12 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     page.locator("#eligibility").scroll_into_view_if_needed()
     page.evaluate("document.getElementById('eligibility').scrollIntoView()")
     screenshot(page, "subject")
+    # randomisation is the randomisation form, refused by the eligibility gate unless eligible
+    fill_and_save(page, subject_id, "randomisation", {"arm": "SORA", "randomisation_date": R.isoformat()}, R.isoformat())
     goto(page, "#/")
     expect(page.locator("#subjects")).to_contain_text(mrn)
     expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
+    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text("SORA")
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "home")
 
@@ -231,7 +239,7 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
                                     body: JSON.stringify({items: {ctc_count: 9}})});
         return r.status; }""", path(subject["id"], "ctc", visit))
     assert forged == 403  # ...and a forged request is refused as the API refuses it
-    monitor.click('button.raise[data-item="ctc_count"]')
+    monitor.click('button.raise[data-for="ctc_count"]')
     monitor.fill("#query-text", "Please confirm the count against the lab sheet")
     monitor.click("#query-submit")
     expect(monitor.locator('#queries .query[data-status="open"]')).to_contain_text("ctc / POD7 / ctc_count")
@@ -264,10 +272,7 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
     investigator.click("#sign")
     expect(investigator.locator("#lifecycle-message")).to_contain_text("confirm who you are")
     expect(investigator.locator("#form-status")).to_have_text("verified (SDV)")
-    investigator.click("#reauth")
-    expect(investigator.locator("#announce")).to_contain_text("Identity confirmed")
-    investigator.fill("#meaning", "I approve these CTC data")
-    investigator.click("#sign")
+    investigator.click("#reauth")  # confirmed, the signature goes on with the meaning entered
     expect(investigator.locator("#form-status")).to_have_text("signed")
     with server.client("monitor", "S01") as http:
         signature = http.get(path(subject["id"], "ctc", visit)).json()["signature"]

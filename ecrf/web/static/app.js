@@ -373,12 +373,15 @@ async function formPage(subjectId, formId, visitId) {
       note.append(h("div", { class: "source alternative" }, t("form.alternative", { value: `${alt.value ?? ""} ${alt.unit || ""}`, source: alt.source, date: alt.effective || "" })));
     const queries = view.open_queries_by_item?.[item.id];
     if (queries) note.append(h("span", { class: "badge warning" }, t("form.open_queries", { n: queries })));
-    const raise = may("query.raise") ? h("button", { type: "button", class: "secondary raise", "data-item": item.id,
+    const raise = may("query.raise") ? h("button", { type: "button", class: "secondary raise", "data-for": item.id,
       onclick: () => raiseQuery(subjectId, formId, visitId, item) }, t("queries.raise_for", { label: item.label })) : null;
+    const history = may("audit.read") ? h("button", { type: "button", class: "secondary history", "data-for": item.id,
+      "aria-expanded": "false", onclick: (event) => itemHistory(event.currentTarget, note, subjectId, formId, visitId, item, subject.data.site) },
+      t("form.history_of", { label: item.label })) : null;
     const label = item.derived ? h("span", { class: "label", id: `${id}-label` }, item.label)
       : h("label", { for: id }, item.label, item.required ? h("span", { "aria-hidden": "true" }, " *") : null,
           item.required ? h("span", { class: "visually-hidden" }, ` (${t("form.required")})`) : null);
-    rows[item.id] = h("div", { class: "item", "data-item": item.id }, label, h("div", {}, control, raise), note);
+    rows[item.id] = h("div", { class: "item", "data-item": item.id }, label, h("div", { class: "row" }, control, raise, history), note);
     return rows[item.id];
   });
 
@@ -398,7 +401,7 @@ async function formPage(subjectId, formId, visitId) {
       for (const f of list || []) {
         if (f.rule === "reason_required") reasonRow.hidden = false;
         const target = notes[f.item] || (f.item === "reason" ? notes.reason : general);
-        target.append(h("div", { class: `finding ${cls}`, "data-rule": f.rule, "data-item": f.item }, f.message));
+        target.append(h("div", { class: `finding ${cls}`, "data-rule": f.rule, "data-about": f.item }, f.message));
         if (cls === "error" && controls[f.item]) { controls[f.item].input.setAttribute("aria-invalid", "true"); first.push(controls[f.item].input); }
       }
     }
@@ -478,7 +481,8 @@ function lifecycle(formUrl, view, refresh) {
       document.getElementById("form-messages")?.replaceChildren(h("p", { class: "ok" }, t(`lifecycle.${name}ed`)));
     } catch (error) {
       if (error.status === 401 && name === "sign") {
-        message.replaceChildren(h("div", { class: "error", role: "alert" }, t("lifecycle.reauth_needed")), reauthentication());
+        message.replaceChildren(h("div", { class: "error", role: "alert" }, t("lifecycle.reauth_needed")),
+          reauthentication(() => step(name, body)));  // confirmed: the same signature, with the same meaning
       } else message.replaceChildren(problem(error));
       announce(error.message);
     }
@@ -503,15 +507,31 @@ function lifecycle(formUrl, view, refresh) {
     h("div", { class: "row" }, buttons), message);
 }
 
-function reauthentication() {
+function reauthentication(then) {
   // 21 CFR 11.200: the signer proves who they are again. OpenID Connect: the provider asks again (prompt=login).
   if (state.session.method === "oidc")
     return h("a", { id: "reauth", href: `/web-auth/oidc/login?reauth=true` }, t("lifecycle.reauth_oidc"));
   return h("button", { type: "button", id: "reauth", onclick: async () => {
     const response = await fetch("/web-auth/dev-login", { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ role: state.session.user_roles[0], site: state.session.user_sites?.[0] || null, sub: state.session.sub }) });
-    if (response.ok) { state.session = (await (await fetch("/web-auth/session")).json()); announce(t("lifecycle.reauth_done")); await route(); }
+    if (response.ok) { state.session = (await (await fetch("/web-auth/session")).json()); announce(t("lifecycle.reauth_done")); await then(); }
   } }, t("lifecycle.reauth_dev"));
+}
+
+// An item's history, from the audit trail (both doors): who changed it when, from what to what, and why.
+async function itemHistory(button, note, subjectId, formId, visitId, item, site) {
+  const open = note.querySelector(".item-history");
+  if (open) { open.remove(); button.setAttribute("aria-expanded", "false"); return; }
+  const params = new URLSearchParams({ form: formId, visit: visitId, item: item.id, limit: "500" });
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/audit?${params}`);
+  const show = (value) => value === null || value === undefined ? "—" : typeof value === "object" ? JSON.stringify(value) : String(value);
+  note.append(h("div", { class: "item-history" }, data.items.length
+    ? h("table", {}, h("caption", {}, t("form.history_of", { label: item.label })),
+        h("thead", {}, h("tr", {}, ["history.when", "history.who", "history.old", "history.new", "history.reason", "history.source"].map(k => h("th", { scope: "col" }, t(k))))),
+        h("tbody", {}, data.items.map(e => h("tr", {}, h("td", {}, showMoment(e.at, site)), h("td", {}, `${e.who.sub} (${e.who.role})`),
+          h("td", {}, show(e.old_value)), h("td", {}, show(e.new_value)), h("td", {}, e.reason || ""), h("td", {}, e.source)))))
+    : h("p", {}, t("history.none"))));
+  button.setAttribute("aria-expanded", "true");
 }
 
 async function raiseQuery(subjectId, formId, visitId, item) {
