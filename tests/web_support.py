@@ -1,6 +1,7 @@
 """Browser test support: Debian's chromium driven by Playwright for Python, and the node tools of
 tests/web_node (axe-core, oidc-provider). Outside CI a missing browser or tool skips with its reason; with
 CI=true it fails, as PostgreSQL's absence does."""
+import atexit
 import os
 import shutil
 import subprocess
@@ -34,18 +35,32 @@ def node_modules() -> Path:
     return modules
 
 
+_BROWSER: list = []  # one Playwright and one chromium for the whole run, whichever module asks first
+
+
+def _close_browser() -> None:
+    if _BROWSER:
+        browser, playwright = _BROWSER
+        browser.close()
+        playwright.stop()
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator:
+    """Each browser test module imports this fixture; they all share one browser (Playwright's sync API
+    allows one running instance per thread)."""
     if not Path(CHROMIUM).exists():
         missing(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         missing("playwright is not installed (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
+    if not _BROWSER:
+        playwright = sync_playwright().start()
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
+        _BROWSER.extend([browser, playwright])
+        atexit.register(_close_browser)
+    yield _BROWSER[0]
 
 
 def screenshot(page, name: str) -> None:

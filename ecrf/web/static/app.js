@@ -568,6 +568,10 @@ async function exportsPage() {
 
 (async function start() {
   const preferred = localStorage.getItem("ecrf.lang") || (navigator.language || "en").slice(0, 2);
-  await loadMessages(["en", "zh"].includes(preferred) ? preferred : "en");
-  await boot();
+  try {
+    await loadMessages(["en", "zh"].includes(preferred) ? preferred : "en");
+    await boot();
+  } catch (error) {
+    render(problem(error), h("p", {}, h("a", { href: "/" }, t("app.retry"))));  // never a silent "Loading…"
+  }
 })();
