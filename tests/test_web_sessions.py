@@ -158,3 +158,16 @@ def test_dev_sign_in_is_refused_outside_dev_mode_and_checks_role_and_site(server
     with running_server(settings) as production, httpx.Client(base_url=production.base_url) as http:
         assert http.get("/web-auth/session").json()["dev_login"] is False
         assert http.post("/web-auth/dev-login", json={"role": "admin"}).status_code == 404
+
+
+def test_each_browser_session_has_its_own_rate_budget_behind_one_address(tmp_path):
+    """A hospital's users often share one address (a proxy or NAT): one user's pace must not throttle another."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'rate.db'}", jwt_secret="r" * 40, rate_limit_per_minute=4,
+                        _env_file=None)
+    with running_server(settings) as limited, httpx.Client(base_url=limited.base_url) as first, \
+            httpx.Client(base_url=limited.base_url) as second:
+        for http in (first, second):
+            assert http.post("/web-auth/dev-login", json={"role": "monitor"}).status_code == 200
+        statuses = [first.get("/web-auth/session").status_code for _ in range(5)]
+        assert statuses[-1] == 429 and 200 in statuses
+        assert second.get("/web-auth/session").status_code == 200
