@@ -22,6 +22,8 @@ from ecrf.eligibility.router import router as eligibility_router
 from ecrf.queries.router import router as queries_router
 from ecrf.reports.router import router as reports_router
 from ecrf.subjects.router import router as subjects_router
+from ecrf.web import sessions as web_sessions
+from ecrf.web.router import router as web_router
 
 API_PREFIX = "/api/v1"
 FHIR_PREFIX = "/fhir"
@@ -37,6 +39,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
+    app.state.cookie_actor = web_sessions.cookie_actor  # browser sessions of the web door (ecrf/web)
     errors.install(app)
     app.add_middleware(RequestGuard, settings=runtime.settings,
                        bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}))
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(everything_router, prefix=FHIR_PREFIX)  # Patient/{id}/$everything, before the catch-all
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)
+    app.include_router(web_router)  # the clinicians' screens at /, over /api/v1
     return app
 
 

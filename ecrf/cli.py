@@ -49,6 +49,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"eCRF serving study {runtime.study.id} at {url}  (database: {_safe_url(settings.database_url)})", flush=True)
     print(f"API docs: {url}/docs   FHIR base: {url}/fhir   health: {url}/healthz", flush=True)
     print("Get a token: ecrf token --role investigator --site S01", flush=True)
+    print(f"Clinicians' screens: open {url}/ in a browser", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=_log_config())
     return 0
 

@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     export_retention_hours: int = 24
     export_batch_pause_seconds: float = 0.0
 
+    web_idle_minutes: int = Field(default=30, ge=1)  # browser sessions end after this long without a request
+    web_absolute_hours: int = Field(default=12, ge=1)  # ... and this long after sign-in in any case
+    web_reauth_seconds: int = Field(default=300, ge=0)  # signing in the browser needs an authentication this recent
+    web_dev_login: bool | None = None  # None: on in dev mode (HS256 dev tokens), off with a JWKS
+    oidc_issuer: str | None = None  # the hospital's OpenID Connect provider (browser sign-in)
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_roles_claim: str = "roles"  # claims of the ID token/userinfo mapped as for API tokens
+    oidc_sites_claim: str = "sites"
+
     report_min_cell: int = Field(default=5, ge=0)  # sponsors' aggregate reports: counts 1..n-1 hidden; 0 or 1: off
 
     @field_validator("jwt_algorithms", mode="before")

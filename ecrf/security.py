@@ -247,10 +247,14 @@ def types_and_frames(error: BaseException) -> str:
 
 
 def _client_key(scope, headers) -> str:
-    """A client is its bearer token (hashed) or, without one, its address."""
+    """A client is its bearer token (hashed), else its browser session (the web door's cookie, hashed: the
+    users of a hospital often share one address), else its address."""
     authorization = headers.get(b"authorization")
     if authorization:
         return hashlib.sha256(authorization).hexdigest()
+    session = re.search(rb"(?:^|;\s*)ecrf_session=([^;]+)", headers.get(b"cookie", b""))
+    if session:
+        return "session:" + hashlib.sha256(session.group(1)).hexdigest()
     client = scope.get("client") or ("unknown", 0)
     return f"addr:{client[0]}"
 

@@ -41,6 +41,7 @@ def test_settings_show_what_is_in_force_and_no_secret(server):
     assert body["limits"]["max_body_bytes"] == settings.max_body_bytes
     assert body["exports"]["batch_size"] == settings.export_batch_size
     assert body["reports"] == {"min_cell": settings.report_min_cell}
+    assert body["web"]["dev_login"] is True and body["web"]["oidc_client_secret"] is None  # dev mode, no provider
     assert body["study"]["id"] == "NCT04163237"
 
 

@@ -101,6 +101,14 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/docs"): EVERYONE,
     ("GET", "/docs/oauth2-redirect"): EVERYONE,
     ("GET", "/redoc"): EVERYONE,
+    # the web door (ecrf/web): the page, its files and sign-in are open; what it shows comes from /api/v1
+    ("GET", "/"): EVERYONE,
+    ("GET", "/web/{asset:path}"): EVERYONE,
+    ("GET", "/web-auth/session"): EVERYONE,
+    ("POST", "/web-auth/dev-login"): EVERYONE,  # dev mode only (the matrix's server is: HS256 dev secret)
+    ("POST", "/web-auth/logout"): EVERYONE,
+    ("GET", "/web-auth/oidc/login"): Expect(EVERY_ROLE, PUBLIC, ok=frozenset({404})),  # no provider configured here
+    ("GET", "/web-auth/oidc/callback"): Expect(EVERY_ROLE, PUBLIC, ok=frozenset({404})),
     # the study definition is nobody's data: every authenticated role (the ehr maps its codes with it)
     ("GET", "/api/v1/study"): Expect(EVERY_ROLE, STUDY_WIDE),
     ("GET", "/api/v1/forms"): Expect(EVERY_ROLE, STUDY_WIDE),
@@ -229,7 +237,9 @@ class As:
         self.http, self.auth = http, {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs) -> httpx.Response:
-        return self.http.request(method, url, headers={**self.auth, **(headers or {})}, **kwargs)
+        response = self.http.request(method, url, headers={**self.auth, **(headers or {})}, **kwargs)
+        self.http.cookies.clear()  # a web sign-in row's session cookie must not follow the next identity
+        return response
 
     def get(self, url: str, **kwargs) -> httpx.Response:
         return self.request("GET", url, **kwargs)
@@ -620,6 +630,13 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/docs"): _static("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"): _static("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"): _static("GET", "/redoc"),
+    ("GET", "/"): _static("GET", "/"),
+    ("GET", "/web/{asset:path}"): _static("GET", "/web/app.js"),
+    ("GET", "/web-auth/session"): _static("GET", "/web-auth/session"),
+    ("POST", "/web-auth/dev-login"): _static("POST", "/web-auth/dev-login", json={"role": "monitor"}),
+    ("POST", "/web-auth/logout"): _static("POST", "/web-auth/logout", json={}),
+    ("GET", "/web-auth/oidc/login"): _static("GET", "/web-auth/oidc/login"),
+    ("GET", "/web-auth/oidc/callback"): _static("GET", "/web-auth/oidc/callback", params={"state": "s", "code": "c"}),
     ("GET", "/api/v1/study"): _static("GET", "/api/v1/study"),
     ("GET", "/api/v1/forms"): _static("GET", "/api/v1/forms"),
     ("GET", "/api/v1/forms/{form_id}"): _static("GET", f"/api/v1/forms/{FORM}"),

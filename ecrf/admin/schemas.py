@@ -55,6 +55,18 @@ class ReportsView(BaseModel):
     min_cell: int
 
 
+class WebView(BaseModel):
+    idle_minutes: int
+    absolute_hours: int
+    reauth_seconds: int
+    dev_login: bool = Field(description="the web dev sign-in is offered")
+    oidc_issuer: str | None
+    oidc_client_id: str | None
+    oidc_client_secret: str | None = Field(description="where the client secret comes from, never its value")
+    oidc_roles_claim: str
+    oidc_sites_claim: str
+
+
 class EffectiveSettings(BaseModel):
     study: StudyView
     database: DatabaseView
@@ -63,6 +75,7 @@ class EffectiveSettings(BaseModel):
     paging: PagingView
     exports: ExportsView
     reports: ReportsView
+    web: WebView
 
 
 class ChainCheck(BaseModel):

@@ -18,11 +18,14 @@ SHOWN = frozenset({
     "rate_limit_per_minute", "page_size_default", "page_size_max",
     "export_dir", "export_profile", "export_worker", "export_batch_size", "export_lease_seconds",
     "export_retention_hours", "export_batch_pause_seconds", "report_min_cell",
+    "web_idle_minutes", "web_absolute_hours", "web_reauth_seconds", "web_dev_login", "oidc_issuer", "oidc_client_id",
+    "oidc_roles_claim", "oidc_sites_claim",
 })
 WITHHELD = frozenset({
     "jwt_secret",     # only where it comes from
     "study_secret",   # only where it comes from
     "database_url",   # shown as backend, host, port and database, never user, password or query
+    "oidc_client_secret",  # only whether one is set
 })
 
 
@@ -62,6 +65,17 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
                                            settings.study_secret_file),
         },
         "reports": {"min_cell": settings.report_min_cell},
+        "web": {
+            "idle_minutes": settings.web_idle_minutes,
+            "absolute_hours": settings.web_absolute_hours,
+            "reauth_seconds": settings.web_reauth_seconds,
+            "dev_login": settings.web_dev_login if settings.web_dev_login is not None else runtime.verifier.uses_hmac,
+            "oidc_issuer": settings.oidc_issuer,
+            "oidc_client_id": settings.oidc_client_id,
+            "oidc_client_secret": "ECRF_OIDC_CLIENT_SECRET" if settings.oidc_client_secret else None,
+            "oidc_roles_claim": settings.oidc_roles_claim,
+            "oidc_sites_claim": settings.oidc_sites_claim,
+        },
     }
 
 

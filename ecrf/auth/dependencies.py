@@ -12,6 +12,10 @@ bearer = HTTPBearer(auto_error=False, description="A JWT from `ecrf token` (dev)
 
 
 def current_actor(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Actor:
+    cookie_actor = getattr(request.app.state, "cookie_actor", None)  # the web door's sessions (ecrf/web)
+    if credentials is None and cookie_actor is not None and (actor := cookie_actor(request)) is not None:
+        request.state.actor = actor
+        return actor
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
     try:
@@ -27,9 +31,11 @@ def requires(action: str) -> Callable[..., Actor]:
     if action not in PERMISSIONS:
         raise ValueError(f"unknown action {action!r}")
 
-    def check(actor: Actor = Depends(current_actor)) -> Actor:
+    def check(request: Request, actor: Actor = Depends(current_actor)) -> Actor:
         if not can(actor, action):
             raise HTTPException(403, f"role {actor.role} may not {action}")
+        if (fresh := getattr(request.state, "session_check", None)) is not None:
+            fresh(action)  # a browser session: signing needs a recent (re-)authentication
         return actor
 
     check.action = action  # read by the test that walks every route

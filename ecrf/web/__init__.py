@@ -1,0 +1,1 @@
+"""The clinicians' screens: a static single-page app served by the app over /api/v1, and browser sessions."""

@@ -1,0 +1,577 @@
+// The clinicians' screens: a page over /api/v1 (the same services, policy and store as every other client).
+// Rendered from the study definition (/api/v1/study, /api/v1/forms/{id}); no rule of the study lives here.
+"use strict";
+
+const state = { session: null, study: null, forms: {}, messages: {}, lang: "en" };
+
+// -- messages: every text of the interface is in /web/i18n/{lang}.json ---------------------------------
+async function loadMessages(lang) {
+  const response = await fetch(`/web/i18n/${lang}.json`);
+  state.messages = response.ok ? await response.json() : {};
+  state.lang = lang;
+  document.documentElement.lang = lang;
+}
+function t(key, params) {
+  let text = state.messages[key] ?? key;
+  for (const [name, value] of Object.entries(params || {})) text = text.replaceAll(`{${name}}`, String(value));
+  return text;
+}
+
+// -- DOM helpers ---------------------------------------------------------------------------------------
+function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+function announce(text) {
+  const region = document.getElementById("announce");
+  region.textContent = "";
+  setTimeout(() => { region.textContent = text; }, 30);
+}
+function render(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+function may(action) { return !!state.session?.actions?.includes(action); }
+
+// -- the API, with the session cookie and its CSRF token -----------------------------------------------
+class ApiError extends Error {
+  constructor(status, body) { super(body?.detail || `HTTP ${status}`); this.status = status; this.body = body || {}; }
+}
+async function api(method, path, body, headers) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json", ...(headers || {}) } };
+  if (method !== "GET") init.headers["X-CSRF-Token"] = state.session?.csrf || "";
+  if (body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }
+  if (!response.ok) {
+    if (response.status === 401 && !String(data?.detail || "").includes("21 CFR")) {
+      state.session = null;
+      await boot();
+    }
+    throw new ApiError(response.status, data);
+  }
+  return { data, response };
+}
+function problem(error) {
+  return h("div", { class: "error", role: "alert" }, error instanceof ApiError ? error.message : String(error));
+}
+
+// -- the site's dates: what the site's calendar says, shown as its locale writes them ------------------
+function siteZone(site) { return state.study?.sites.find(s => s.id === site)?.time_zone || "UTC"; }
+function showMoment(iso, site) {
+  if (!iso) return "";
+  return new Intl.DateTimeFormat(state.lang === "zh" ? "zh-CN" : "en-GB",
+    { dateStyle: "medium", timeStyle: "short", timeZone: siteZone(site) }).format(new Date(iso)) + ` (${siteZone(site)})`;
+}
+
+// -- sign-in ------------------------------------------------------------------------------------------
+async function boot() {
+  const info = (await (await fetch("/web-auth/session", { credentials: "same-origin" })).json());
+  state.session = info.signed_in ? info : null;
+  state.info = info;
+  renderHeader();
+  if (!state.session) return renderSignIn(info);
+  if (!state.study) state.study = (await api("GET", "/api/v1/study")).data;
+  route();
+}
+
+function renderSignIn(info) {
+  const parts = [h("h1", {}, t("signin.title"))];
+  if (info.oidc) {
+    parts.push(h("p", {}, h("a", { href: "/web-auth/oidc/login", id: "oidc-login" }, t("signin.oidc"))));
+  }
+  if (info.dev_login) {
+    const role = h("select", { id: "dev-role", name: "role" }, info.roles.map(r => h("option", { value: r }, t(`role.${r}`))));
+    const site = h("select", { id: "dev-site", name: "site" },
+      h("option", { value: "" }, t("signin.all_sites")), info.sites.map(s => h("option", { value: s.id }, `${s.id} — ${s.name}`)));
+    site.value = info.sites[0]?.id || "";
+    const error = h("div", { "aria-live": "polite" });
+    const form = h("form", { id: "dev-login", onsubmit: async (event) => {
+      event.preventDefault();
+      const response = await fetch("/web-auth/dev-login", { method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ role: role.value, site: site.value || null }) });
+      if (!response.ok) { error.replaceChildren(problem(new ApiError(response.status, await response.json()))); return; }
+      location.hash = "#/";
+      await boot();
+    } },
+      h("p", {}, t("signin.dev_note")),
+      h("div", { class: "row" },
+        h("label", { for: "dev-role" }, t("signin.role"), role),
+        h("label", { for: "dev-site" }, t("signin.site"), site),
+        h("button", { type: "submit" }, t("signin.submit"))),
+      error);
+    parts.push(h("section", { class: "panel", "aria-labelledby": "dev-title" }, h("h2", { id: "dev-title" }, t("signin.dev")), form));
+  }
+  if (!info.oidc && !info.dev_login) parts.push(h("p", {}, t("signin.none")));
+  render(...parts);
+}
+
+function renderHeader() {
+  const top = document.getElementById("top");
+  const nav = document.getElementById("nav");
+  const lang = h("select", { id: "lang", "aria-label": t("header.language"), onchange: async (e) => {
+    localStorage.setItem("ecrf.lang", e.target.value); await loadMessages(e.target.value); renderHeader(); route(); } },
+    h("option", { value: "en" }, "English"), h("option", { value: "zh" }, "中文"));
+  lang.value = state.lang;
+  const who = state.session
+    ? [h("span", { id: "who" }, t("header.signed_in_as", { sub: state.session.sub,
+        role: state.session.user_roles.map(r => t(`role.${r}`)).join(", "),
+        sites: state.session.user_sites ? state.session.user_sites.join(", ") : t("signin.all_sites") })),
+       h("button", { class: "secondary", id: "logout", onclick: async () => {
+         await api("POST", "/web-auth/logout", {}); state.session = null; location.hash = "#/"; await boot(); } }, t("header.logout"))]
+    : [];
+  top.replaceChildren(h("strong", {}, t("app.title")), h("span", { class: "grow" }, state.info?.study || ""), ...who, lang);
+  if (!state.session) { nav.replaceChildren(); return; }
+  const links = [["#/", t("nav.subjects"), may("subject.read")], ["#/queries", t("nav.queries"), may("query.read")],
+                 ["#/exports", t("nav.exports"), may("export.deidentified")]];
+  nav.replaceChildren(h("ul", {}, links.filter(l => l[2]).map(([href, label]) => h("li", {}, h("a", { href }, label)))));
+}
+
+// -- routing ------------------------------------------------------------------------------------------
+// Routes run one after another, each for the address it started with, so a slow page never paints over a
+// newer one; `data-ready` on <body> says which address the page shows (tests and screen readers wait for it).
+let routing = Promise.resolve();
+function route() {
+  routing = routing.then(showRoute, showRoute);
+  return routing;
+}
+async function showRoute() {
+  if (!state.session) return;
+  const shown = location.hash;
+  delete document.body.dataset.ready;
+  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
+  try {
+    if (parts[0] === "subjects" && parts[2] === "forms") await formPage(parts[1], parts[3], parts[4]);
+    else if (parts[0] === "subjects") await subjectPage(parts[1]);
+    else if (parts[0] === "queries") await queriesPage();
+    else if (parts[0] === "exports") await exportsPage();
+    else await homePage();
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) render(problem(error));
+  }
+  const heading = document.querySelector("main h1");
+  if (heading) document.title = `${heading.textContent} — eCRF`;
+  document.body.dataset.ready = shown;
+}
+window.addEventListener("hashchange", () => { route().then(() => document.getElementById("main").focus()); });
+
+async function formDef(formId) {
+  if (!state.forms[formId]) state.forms[formId] = (await api("GET", `/api/v1/forms/${encodeURIComponent(formId)}`)).data;
+  return state.forms[formId];
+}
+
+// -- home: the screening log of the caller's sites ------------------------------------------------------
+async function homePage() {
+  const parts = [h("h1", {}, t("home.title"))];
+  if (may("subject.enrol")) parts.push(enrolForm());
+  if (!may("subject.read")) {
+    render(...parts, h("p", {}, t("home.no_subjects_role")));
+    return;
+  }
+  const [subjects, log] = await Promise.all([api("GET", "/api/v1/subjects?limit=500"), api("GET", "/api/v1/eligibility?limit=500")]);
+  const eligibility = Object.fromEntries((log.data.items || []).map(e => [e.subject || e.subject_id || e.id, e]));
+  const rows = subjects.data.items.map(s => {
+    const e = eligibility[s.id] || {};
+    const blocking = (e.blocking || e.blocking_criteria || []).map(b => typeof b === "string" ? b : b.id).join(", ");
+    return h("tr", {},
+      h("td", {}, h("a", { href: `#/subjects/${s.id}` }, s.mrn || s.id)),
+      h("td", {}, s.site), h("td", {}, t(`subject.status.${s.status}`)),
+      h("td", { class: `result-${e.status}` }, e.status ? t(`eligibility.${e.status}`) : ""),
+      h("td", {}, blocking), h("td", {}, s.arm || ""), h("td", {}, s.open_queries ?? ""));
+  });
+  parts.push(h("table", { id: "subjects" },
+    h("caption", { class: "visually-hidden" }, t("home.title")),
+    h("thead", {}, h("tr", {}, ["home.mrn", "home.site", "home.status", "home.eligibility", "home.blocking", "home.arm", "home.queries"]
+      .map(k => h("th", { scope: "col" }, t(k))))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7 }, t("home.empty"))))));
+  render(...parts);
+}
+
+function enrolForm() {
+  const sites = state.session.user_sites || state.study.sites.map(s => s.id);
+  const site = h("select", { id: "enrol-site" }, sites.map(s => h("option", { value: s }, s)));
+  const mrn = h("input", { id: "enrol-mrn", required: true, autocomplete: "off" });
+  const consent = h("input", { id: "enrol-consent", type: "date", required: true });
+  const message = h("div", { "aria-live": "polite" });
+  return h("form", { class: "panel", id: "enrol", "aria-labelledby": "enrol-title", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const { data } = await api("POST", "/api/v1/subjects", { site: site.value, mrn: mrn.value, consent_date: consent.value });
+      announce(t("enrol.done", { mrn: data.mrn }));
+      location.hash = `#/subjects/${data.id}`;
+    } catch (error) { message.replaceChildren(problem(error)); }
+  } },
+    h("h2", { id: "enrol-title" }, t("enrol.title")),
+    h("div", { class: "row" },
+      h("label", { for: "enrol-site" }, t("home.site"), site),
+      h("label", { for: "enrol-mrn" }, t("home.mrn"), mrn),
+      h("label", { for: "enrol-consent" }, t("enrol.consent_date"), consent),
+      h("button", { type: "submit" }, t("enrol.submit"))),
+    message);
+}
+
+// -- a subject: visit schedule, forms, eligibility, queries --------------------------------------------
+async function subjectPage(subjectId) {
+  const subject = (await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)).data;
+  const parts = [h("h1", {}, t("subject.title", { mrn: subject.mrn || subject.id })),
+    h("p", {}, `${t("home.site")}: ${subject.site} · ${t("home.status")}: ${t(`subject.status.${subject.status}`)}`,
+      subject.arm ? ` · ${t("home.arm")}: ${subject.arm}` : "", subject.day_zero ? ` · ${t("subject.day_zero")}: ${subject.day_zero}` : "")];
+  const titles = Object.fromEntries(state.study.forms.map(f => [f.id, f.title]));
+  parts.push(h("h2", {}, t("subject.schedule")), h("table", { id: "visits" },
+    h("thead", {}, h("tr", {}, ["subject.visit", "subject.window", "subject.visit_status", "subject.forms"].map(k => h("th", { scope: "col" }, t(k))))),
+    h("tbody", {}, subject.visits.map(v => h("tr", {},
+      h("th", { scope: "row" }, v.label, " ", h("span", { class: "source" }, `(${v.id})`)),
+      h("td", {}, v.window_start ? `${v.window_start} – ${v.window_end} (${t("subject.target")} ${v.target_date})` : t("subject.no_window")),
+      h("td", {}, t(`visit.${v.status}`)),
+      h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", {},
+        h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`))))))))));
+  if (may("eligibility.read")) parts.push(await eligibilityPanel(subject.id));
+  if (may("query.read")) parts.push(await queryPanel(subject.id, {}));
+  render(...parts);
+}
+
+async function eligibilityPanel(subjectId) {
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/eligibility`);
+  const described = Object.fromEntries(state.study.criteria.map(c => [c.id, c.description]));
+  return h("section", { class: "panel", id: "eligibility", "aria-labelledby": "eligibility-title" },
+    h("h2", { id: "eligibility-title" }, t("eligibility.title"), ": ",
+      h("span", { class: `result-${data.status}`, id: "eligibility-status" }, t(`eligibility.${data.status}`))),
+    h("p", {}, t("eligibility.reference", { date: data.reference_date || "" })),
+    h("table", {},
+      h("thead", {}, h("tr", {}, ["eligibility.criterion", "eligibility.result", "eligibility.reason", "eligibility.evidence"].map(k => h("th", { scope: "col" }, t(k))))),
+      h("tbody", {}, data.criteria.map(c => h("tr", { "data-criterion": c.id },
+        h("th", { scope: "row" }, described[c.id] || c.id, h("br"), h("span", { class: "source" }, `${c.id} · ${t(`criterion.${c.kind}`)}`)),
+        h("td", { class: `result-${c.result}` }, t(`criterion.result.${c.result}`)),
+        h("td", {}, c.reason || ""),
+        h("td", {}, (c.evidence || []).map(e => h("div", {}, `${e.item}: ${typeof e.value === "object" ? JSON.stringify(e.value) : e.value}`))))))));
+}
+
+async function queryPanel(subjectId, filter, rerender) {
+  const params = new URLSearchParams({ limit: "500", ...filter });
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/queries?${params}`);
+  const refresh = rerender || (() => route());
+  return h("section", { class: "panel", id: "queries", "aria-labelledby": "queries-title" },
+    h("h2", { id: "queries-title" }, t("queries.title")),
+    data.items.length ? h("ul", {}, data.items.map(q => queryEntry(q, refresh))) : h("p", {}, t("queries.none")));
+}
+
+function queryEntry(q, refresh) {
+  const text = h("input", { id: `q-text-${q.id}`, "aria-label": t("queries.reply") });
+  const act = async (name, body) => {
+    try { await api("POST", `/api/v1/queries/${q.id}/${name}`, body); announce(t(`queries.${name}ed`)); await refresh(); }
+    catch (error) { announce(error.message); }
+  };
+  const buttons = [];
+  if (q.status !== "closed" && may("query.answer"))
+    buttons.push(text, h("button", { type: "button", class: "q-answer", onclick: () => act("answer", { text: text.value }) }, t("queries.answer")));
+  if (q.status !== "closed" && may("query.close"))
+    buttons.push(h("button", { type: "button", class: "q-close secondary", onclick: () => act("close", {}) }, t("queries.close")));
+  return h("li", { class: "query", "data-query": q.id, "data-status": q.status },
+    h("strong", {}, [q.form_id, q.visit_id, q.item_id].filter(Boolean).join(" / ")), " — ",
+    h("span", { class: "badge" }, t(`queries.status.${q.status}`)),
+    h("ul", {}, (q.messages || q.thread || []).map(m => h("li", {}, `${m.author_sub || ""} (${m.action}): ${m.text || ""}`))),
+    h("div", { class: "row" }, buttons));
+}
+
+// -- a form at a visit -------------------------------------------------------------------------------
+function enabled(item, values) {
+  const when = item.enable_when;
+  if (!when) return true;
+  return values[when.item] === when.equals;
+}
+function currentValue(item, input, unit) {
+  if (!input) return null;
+  if (item.type === "boolean") return input.value === "" ? null : input.value === "true";
+  if (input.value === "") return null;
+  if (item.type === "quantity") {
+    const value = Number(input.value);
+    return unit && unit.value !== item.unit ? { value, unit: unit.value } : value;
+  }
+  if (item.type === "integer") return Number(input.value);
+  return input.value;
+}
+
+async function formPage(subjectId, formId, visitId) {
+  const [definition, read, subject] = await Promise.all([formDef(formId),
+    api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`),
+    api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)]);
+  let view = read.data;
+  const editable = may("form.write") && view.status !== "locked";
+  const controls = {};
+  const notes = {};
+  const rows = {};
+  const summary = h("div", { id: "form-messages", "aria-live": "assertive" });
+
+  function values() {
+    const out = {};
+    for (const item of definition.items) {
+      const c = controls[item.id];
+      if (c) out[item.id] = currentValue(item, c.input, c.unit);
+    }
+    return out;
+  }
+  function applyConditions() {
+    const now = values();
+    for (const item of definition.items) rows[item.id].hidden = !enabled(item, now);
+  }
+
+  const items = definition.items.map(item => {
+    const id = `item-${item.id}`;
+    const stored = view.items[item.id];
+    const note = h("div", { class: "notes", id: `${id}-notes` });
+    notes[item.id] = note;
+    let control;
+    if (item.derived) {
+      control = h("output", { id, "aria-describedby": `${id}-notes` }, stored ? `${stored.value ?? ""} ${stored.unit || ""}` : "—");
+      note.append(h("span", { class: "source" }, t("form.derived")));
+    } else {
+      let input;
+      let unit = null;
+      if (item.type === "boolean") {
+        input = h("select", { id }, h("option", { value: "" }, "—"), h("option", { value: "true" }, t("form.yes")), h("option", { value: "false" }, t("form.no")));
+        if (stored && stored.value !== null && stored.value !== undefined) input.value = String(stored.value);
+      } else if (item.type === "code") {
+        input = h("select", { id }, h("option", { value: "" }, "—"), (item.values || []).map(v => h("option", { value: v }, t(`value.${item.id}.${v}`) === `value.${item.id}.${v}` ? v : t(`value.${item.id}.${v}`))));
+        if (stored) input.value = stored.value;
+      } else if (item.type === "date") {
+        input = h("input", { id, type: "date" });
+        if (stored) input.value = stored.value;
+      } else {
+        input = h("input", { id, type: "number", step: "any", inputmode: "decimal" });
+        if (item.type === "quantity") {
+          unit = h("select", { id: `${id}-unit`, "aria-label": t("form.unit_of", { label: item.label }) },
+            Object.keys(item.accepted_units || { [item.unit]: "1" }).map(u => h("option", { value: u }, u)));
+          unit.value = item.unit;
+          if (stored) {
+            const entered = stored.entered || stored;
+            input.value = entered.value;
+            unit.value = entered.unit || item.unit;
+          } else if (item.default !== undefined) input.value = item.default;
+        } else if (stored) input.value = stored.value;
+      }
+      input.setAttribute("aria-describedby", `${id}-notes`);
+      if (!editable) { input.disabled = true; if (unit) unit.disabled = true; }
+      input.addEventListener("change", applyConditions);
+      controls[item.id] = { input, unit };
+      control = h("span", { class: "control" }, input, unit);
+    }
+    if (stored && stored.source === "fhir")
+      note.append(h("span", { class: "source ehr" }, t("form.from_ehr", { date: stored.effective || "" })));
+    for (const alt of view.alternatives?.[item.id] || [])
+      note.append(h("div", { class: "source alternative" }, t("form.alternative", { value: `${alt.value ?? ""} ${alt.unit || ""}`, source: alt.source, date: alt.effective || "" })));
+    const queries = view.open_queries_by_item?.[item.id];
+    if (queries) note.append(h("span", { class: "badge warning" }, t("form.open_queries", { n: queries })));
+    const raise = may("query.raise") ? h("button", { type: "button", class: "secondary raise", "data-for": item.id,
+      onclick: () => raiseQuery(subjectId, formId, visitId, item) }, t("queries.raise_for", { label: item.label })) : null;
+    const history = may("audit.read") ? h("button", { type: "button", class: "secondary history", "data-for": item.id,
+      "aria-expanded": "false", onclick: (event) => itemHistory(event.currentTarget, note, subjectId, formId, visitId, item, subject.data.site) },
+      t("form.history_of", { label: item.label })) : null;
+    const label = item.derived ? h("span", { class: "label", id: `${id}-label` }, item.label)
+      : h("label", { for: id }, item.label, item.required ? h("span", { "aria-hidden": "true" }, " *") : null,
+          item.required ? h("span", { class: "visually-hidden" }, ` (${t("form.required")})`) : null);
+    rows[item.id] = h("div", { class: "item", "data-item": item.id }, label, h("div", { class: "row" }, control, raise, history), note);
+    return rows[item.id];
+  });
+
+  const visitDate = h("input", { id: "visit-date", type: "date", disabled: !editable });
+  if (view.visit_date) visitDate.value = view.visit_date;
+  const reasonRow = h("div", { class: "item", id: "reason-row", hidden: true },
+    h("label", { for: "reason" }, t("form.reason")), h("textarea", { id: "reason", rows: 2, "aria-describedby": "reason-notes" }),
+    h("div", { class: "notes", id: "reason-notes" }));
+  notes.reason = reasonRow.querySelector("#reason-notes");
+  const general = h("div", { id: "form-findings" });  // findings about the form as a whole (visit date, window)
+
+  function showFindings(errors, warnings) {
+    for (const note of [...Object.values(notes), general]) note.querySelectorAll(".finding").forEach(n => n.remove());
+    for (const c of Object.values(controls)) c.input.removeAttribute("aria-invalid");
+    const first = [];
+    for (const [list, cls] of [[errors, "error"], [warnings, "warning"]]) {
+      for (const f of list || []) {
+        if (f.rule === "reason_required") reasonRow.hidden = false;
+        const target = notes[f.item] || (f.item === "reason" ? notes.reason : general);
+        target.append(h("div", { class: `finding ${cls}`, "data-rule": f.rule, "data-about": f.item }, f.message));
+        if (cls === "error" && controls[f.item]) { controls[f.item].input.setAttribute("aria-invalid", "true"); first.push(controls[f.item].input); }
+      }
+    }
+    return first[0];
+  }
+
+  async function save(event) {
+    event.preventDefault();
+    const body = { items: {} };
+    const now = values();
+    for (const item of definition.items) {
+      if (item.derived || !enabled(item, now)) continue;  // a hidden conditional item is not sent
+      if (now[item.id] !== null && now[item.id] !== undefined) body.items[item.id] = now[item.id];
+    }
+    if (visitDate.value) body.visit_date = visitDate.value;
+    const reason = document.getElementById("reason").value.trim();
+    if (reason) body.reason = reason;
+    try {
+      const { data } = await api("PUT", formUrl, body, { "If-Match": `W/"${view.version}"` });
+      view = data;
+      showFindings([], data.warnings);
+      const text = data.warnings?.length ? t("form.saved_with_warnings", { n: data.warnings.length }) : t("form.saved");
+      summary.replaceChildren(h("p", { class: data.warnings?.length ? "warning" : "ok" }, text));
+      announce(text);
+      status.textContent = t(`form.status.${data.status}`);
+      reasonRow.hidden = true;
+      document.getElementById("reason").value = "";
+    } catch (error) {
+      if (error.status === 422) {
+        const first = showFindings(error.body.errors || [], []);
+        const text = t("form.refused", { n: (error.body.errors || []).length });
+        summary.replaceChildren(h("p", { class: "error" }, text));
+        announce(text + " " + (error.body.errors || []).map(e => e.message).join("; "));
+        if (!reasonRow.hidden && (error.body.errors || []).some(e => e.rule === "reason_required")) document.getElementById("reason").focus();
+        else if (first) first.focus();
+      } else if (error.status === 412) {
+        const latest = (await api("GET", formUrl)).data;
+        const changed = definition.items.filter(i => JSON.stringify(latest.items[i.id]?.value) !== JSON.stringify(view.items[i.id]?.value));
+        summary.replaceChildren(h("div", { class: "error", role: "alert", id: "stale" },
+          h("p", {}, t("form.stale", { who: latest.updated?.by || "", version: latest.version })),
+          h("ul", {}, changed.map(i => h("li", {}, `${i.label}: ${latest.items[i.id] ? `${latest.items[i.id].value} ${latest.items[i.id].unit || ""}` : "—"}`))),
+          h("button", { type: "button", id: "reload", onclick: () => route() }, t("form.reload"))));
+        announce(t("form.stale", { who: latest.updated?.by || "", version: latest.version }));
+      } else {
+        summary.replaceChildren(problem(error));
+        announce(error.message);
+      }
+    }
+  }
+
+  const formUrl = `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`;
+  const status = h("span", { id: "form-status" }, t(`form.status.${view.status}`));
+  const visit = subject.data.visits.find(v => v.id === visitId);
+  const parts = [
+    h("p", {}, h("a", { href: `#/subjects/${subjectId}` }, t("form.back", { mrn: subject.data.mrn || subjectId }))),
+    h("h1", {}, `${definition.title} — ${visit ? visit.label : visitId}`),
+    h("p", {}, t("form.status"), ": ", status, view.updated ? ` · ${t("form.updated", { who: view.updated.by || "", at: showMoment(view.updated.at, subject.data.site) })}` : "",
+      view.signature ? ` · ${t("form.signed_by", { who: view.signature.by || view.signature.name || "", meaning: view.signature.meaning || "" })}` : ""),
+    h("form", { id: "crf", novalidate: true, onsubmit: save },
+      h("div", { class: "item" }, h("label", { for: "visit-date" }, t("form.visit_date")), h("span", { class: "control" }, visitDate)),
+      items, reasonRow, general, summary,
+      editable ? h("button", { type: "submit", id: "save" }, t("form.save")) : h("p", {}, t(view.status === "locked" ? "form.locked" : "form.read_only"))),
+    lifecycle(formUrl, view, () => route()),
+  ];
+  if (may("query.read")) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
+  render(...parts);
+  applyConditions();
+}
+
+function lifecycle(formUrl, view, refresh) {
+  const message = h("div", { "aria-live": "polite", id: "lifecycle-message" });
+  const step = async (name, body) => {
+    try {
+      await api("POST", `${formUrl}/${name}`, body, { "If-Match": `W/"${view.version}"` });
+      announce(t(`lifecycle.${name}ed`));
+      await refresh();
+      document.getElementById("form-messages")?.replaceChildren(h("p", { class: "ok" }, t(`lifecycle.${name}ed`)));
+    } catch (error) {
+      if (error.status === 401 && name === "sign") {
+        message.replaceChildren(h("div", { class: "error", role: "alert" }, t("lifecycle.reauth_needed")),
+          reauthentication(() => step(name, body)));  // confirmed: the same signature, with the same meaning
+      } else message.replaceChildren(problem(error));
+      announce(error.message);
+    }
+  };
+  const buttons = [];
+  if (may("form.verify") && view.status === "complete")
+    buttons.push(h("button", { type: "button", id: "verify", onclick: () => step("verify", {}) }, t("lifecycle.verify")));
+  if (may("form.sign") && view.status === "verified") {
+    const meaning = h("input", { id: "meaning", value: t("lifecycle.default_meaning") });
+    buttons.push(h("label", { for: "meaning" }, t("lifecycle.meaning"), " ", meaning),
+      h("button", { type: "button", id: "sign", onclick: () => step("sign", { meaning: meaning.value }) }, t("lifecycle.sign")));
+  }
+  if (may("form.lock") && view.status === "signed")
+    buttons.push(h("button", { type: "button", id: "lock", onclick: () => step("lock", {}) }, t("lifecycle.lock")));
+  if (may("form.lock") && view.status === "locked") {
+    const reason = h("input", { id: "unlock-reason" });
+    buttons.push(h("label", { for: "unlock-reason" }, t("form.reason"), " ", reason),
+      h("button", { type: "button", id: "unlock", onclick: () => step("unlock", { reason: reason.value }) }, t("lifecycle.unlock")));
+  }
+  if (!buttons.length) return h("div", {});
+  return h("section", { class: "panel", "aria-labelledby": "lifecycle-title" }, h("h2", { id: "lifecycle-title" }, t("lifecycle.title")),
+    h("div", { class: "row" }, buttons), message);
+}
+
+function reauthentication(then) {
+  // 21 CFR 11.200: the signer proves who they are again. OpenID Connect: the provider asks again (prompt=login).
+  if (state.session.method === "oidc")
+    return h("a", { id: "reauth", href: `/web-auth/oidc/login?reauth=true` }, t("lifecycle.reauth_oidc"));
+  return h("button", { type: "button", id: "reauth", onclick: async () => {
+    const response = await fetch("/web-auth/dev-login", { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ role: state.session.user_roles[0], site: state.session.user_sites?.[0] || null, sub: state.session.sub }) });
+    if (response.ok) { state.session = (await (await fetch("/web-auth/session")).json()); announce(t("lifecycle.reauth_done")); await then(); }
+  } }, t("lifecycle.reauth_dev"));
+}
+
+// An item's history, from the audit trail (both doors): who changed it when, from what to what, and why.
+async function itemHistory(button, note, subjectId, formId, visitId, item, site) {
+  const open = note.querySelector(".item-history");
+  if (open) { open.remove(); button.setAttribute("aria-expanded", "false"); return; }
+  const params = new URLSearchParams({ form: formId, visit: visitId, item: item.id, limit: "500" });
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/audit?${params}`);
+  const show = (value) => value === null || value === undefined ? "—" : typeof value === "object" ? JSON.stringify(value) : String(value);
+  note.append(h("div", { class: "item-history" }, data.items.length
+    ? h("table", {}, h("caption", {}, t("form.history_of", { label: item.label })),
+        h("thead", {}, h("tr", {}, ["history.when", "history.who", "history.old", "history.new", "history.reason", "history.source"].map(k => h("th", { scope: "col" }, t(k))))),
+        h("tbody", {}, data.items.map(e => h("tr", {}, h("td", {}, showMoment(e.at, site)), h("td", {}, `${e.who.sub} (${e.who.role})`),
+          h("td", {}, show(e.old_value)), h("td", {}, show(e.new_value)), h("td", {}, e.reason || ""), h("td", {}, e.source)))))
+    : h("p", {}, t("history.none"))));
+  button.setAttribute("aria-expanded", "true");
+}
+
+async function raiseQuery(subjectId, formId, visitId, item) {
+  const main = document.getElementById("main");
+  const text = h("textarea", { id: "query-text", rows: 2 });
+  const dialog = h("form", { class: "panel", id: "raise-query", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      await api("POST", `/api/v1/subjects/${encodeURIComponent(subjectId)}/queries`, { form_id: formId, visit_id: visitId, item_id: item.id, text: text.value });
+      announce(t("queries.raised"));
+      await route();
+    } catch (error) { dialog.append(problem(error)); }
+  } }, h("label", { for: "query-text" }, t("queries.raise_for", { label: item.label })), text,
+     h("button", { type: "submit", id: "query-submit" }, t("queries.raise")));
+  main.prepend(dialog);
+  text.focus();
+}
+
+// -- monitors and data managers: open queries across the caller's sites --------------------------------
+async function queriesPage() {
+  const { data } = await api("GET", "/api/v1/queries?status=unresolved&limit=500");
+  render(h("h1", {}, t("queries.open_title")),
+    data.items.length ? h("ul", {}, data.items.map(q => h("li", {},
+      h("a", { href: `#/subjects/${q.subject_id}${q.form_id ? `/forms/${q.form_id}/${q.visit_id}` : ""}` }, [q.form_id, q.visit_id, q.item_id].filter(Boolean).join(" / ") || q.subject_id),
+      " — ", t(`queries.status.${q.status}`)))) : h("p", {}, t("queries.none")));
+}
+
+// -- sponsors and data managers: de-identified form CSVs ----------------------------------------------
+async function exportsPage() {
+  render(h("h1", {}, t("exports.title")), h("p", {}, t("exports.csv_note")),
+    h("ul", { id: "csv-exports" }, state.study.forms.map(f => h("li", {},
+      h("a", { href: `/api/v1/exports/forms/${encodeURIComponent(f.id)}.csv`, download: `${f.id}.csv` }, `${f.title} (${f.id}.csv)`)))));
+}
+
+(async function start() {
+  const preferred = localStorage.getItem("ecrf.lang") || (navigator.language || "en").slice(0, 2);
+  try {
+    await loadMessages(["en", "zh"].includes(preferred) ? preferred : "en");
+    await boot();
+  } catch (error) {
+    render(problem(error), h("p", {}, h("a", { href: "/" }, t("app.retry"))));  // never a silent "Loading…"
+  }
+})();

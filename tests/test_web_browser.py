@@ -1,0 +1,398 @@
+"""The clinicians' screens in a real browser (issue 16): Debian's chromium, driven by Playwright, against the
+real server on SQLite and PostgreSQL. Every step is a click or a key press on the page; the API is used only
+to prepare data another actor (the hospital's EHR, another user) would have made."""
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from crf_support import VALID, day, enrol, path, save
+from fhir_builders import FHIR_JSON, MRN, lab
+from sqlmodel import Session
+
+from ecrf.config import Settings
+from ecrf.web.models import WebSession
+from ecrf.web.sessions import COOKIE, _hash
+from ecrf.study.loader import load_study
+from web_support import axe_violations, chromium, screenshot  # noqa: F401 - chromium is a fixture
+
+from playwright.sync_api import Page, expect  # noqa: E402 - after web_support, which explains a missing playwright
+
+pytestmark = pytest.mark.usefixtures("chromium")
+TIMEOUT = 20_000
+# A subject screened today: eligibility's labs must lie within 14 days before R (today at the site), so the
+# surgery was 21 days ago (the SCR visit's target) on the site's calendar.
+R = load_study(Settings(_env_file=None).study_dir).today_at("S01")
+SURGERY = R - timedelta(days=21)
+TIMELINE = {  # form -> (visit date, items changed from crf_support.VALID)
+    "surgery": (None, {"surgery_date": SURGERY.isoformat()}),
+    "demographics": (R.isoformat(), {"consent_date": (SURGERY + timedelta(days=14)).isoformat()}),
+    "baseline": ((SURGERY - timedelta(days=3)).isoformat(), {}),
+    "labs": (R.isoformat(), {}), "pathology": (R.isoformat(), {}), "afp": (R.isoformat(), {}),
+    "history": (R.isoformat(), {}),
+}
+
+
+def screened(form_id: str, **changes) -> tuple[str | None, dict]:
+    visit_date, items = TIMELINE[form_id]
+    return visit_date, {**VALID[form_id][2], **items, **changes}
+
+
+def open_page(chromium, server, *, width: int = 1200, height: int = 860) -> Page:
+    context = chromium.new_context(base_url=server.base_url, viewport={"width": width, "height": height}, locale="en-US")
+    context.set_default_timeout(TIMEOUT)
+    return context.new_page()
+
+
+def sign_in(page: Page, role: str, site: str | None = "S01") -> Page:
+    page.goto("/")
+    page.select_option("#dev-role", role)
+    page.select_option("#dev-site", site or "")
+    page.click("#dev-login button[type=submit]")
+    expect(page.locator("#logout")).to_be_visible()
+    return page
+
+
+def goto(page: Page, hash_path: str) -> None:
+    """Open an address of the page and wait until the page shows it (not the one before)."""
+    if page.url.endswith("/" + hash_path):
+        page.reload()  # the same address again: a fresh read, as a user's reload
+    else:
+        page.goto("/" + hash_path)
+    page.wait_for_function("(h) => document.body.dataset.ready === h", arg=hash_path)
+
+
+def open_form(page: Page, subject_id: str, form_id: str, visit_id: str) -> None:
+    goto(page, f"#/subjects/{subject_id}/forms/{form_id}/{visit_id}")
+    expect(page.locator("#crf")).to_be_visible()
+
+
+def fill_item(page: Page, item_id: str, value) -> None:
+    control = page.locator(f"#item-{item_id}")
+    if isinstance(value, bool):
+        control.select_option("true" if value else "false")
+    elif isinstance(value, dict):
+        control.fill(str(value["value"]))
+        page.select_option(f"#item-{item_id}-unit", value["unit"])
+    elif control.evaluate("node => node.tagName") == "SELECT":
+        control.select_option(str(value))
+    else:
+        control.fill(str(value))
+
+
+def fill_and_save(page: Page, subject_id: str, form_id: str, items: dict | None = None, visit_date: str | None = None,
+                  expect_text: str = "Saved") -> None:
+    visit, default_date, default_items = VALID[form_id]
+    open_form(page, subject_id, form_id, visit)
+    if visit_date or default_date:
+        page.fill("#visit-date", visit_date or default_date)
+    for item_id, value in (items or default_items).items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text(expect_text)
+
+
+def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
+    page = open_page(chromium, server)
+    page.goto("/")
+    screenshot(page, "sign-in")
+    sign_in(page, "coordinator")
+    mrn = secrets.token_hex(5)
+    page.fill("#enrol-mrn", mrn)
+    page.fill("#enrol-consent", (SURGERY + timedelta(days=14)).isoformat())
+    page.click("#enrol button[type=submit]")
+    expect(page.locator("main h1")).to_have_text(f"Subject {mrn}")
+    subject_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#eligibility-status")).to_have_text("incomplete: data missing")
+    expect(page.locator('[data-criterion="I02_surgery"]')).to_contain_text("no surgery_date on file")
+
+    visit_date, items = screened("surgery")
+    fill_and_save(page, subject_id, "surgery", items, visit_date)
+
+    # demographics: a conditional item, a soft warning, a unit conversion and a reason for change
+    open_form(page, subject_id, "demographics", "SCR")
+    contraception = page.locator('[data-item="contraception_agreed"]')
+    expect(contraception).to_be_hidden()
+    page.select_option("#item-wocbp", "true")
+    expect(contraception).to_be_visible()
+    page.select_option("#item-wocbp", "false")
+    expect(contraception).to_be_hidden()
+    visit_date, items = screened("demographics", weight={"value": 30, "unit": "kg"})
+    page.fill("#visit-date", visit_date)
+    for item_id, value in items.items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved with 1 warning")
+    expect(page.locator('[data-item="weight"] .warning[data-rule="soft_range"]')).to_be_visible()
+    fill_item(page, "weight", {"value": 143.3, "unit": "lb"})
+    page.click("#save")
+    expect(page.locator('#reason-row .error[data-rule="reason_required"]')).to_be_visible()
+    expect(page.locator("#reason")).to_be_focused()
+    page.fill("#reason", "weight re-measured")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    open_form(page, subject_id, "demographics", "SCR")
+    expect(page.locator("#item-weight")).to_have_value("143.3")  # the entered value and unit are kept
+    expect(page.locator("#item-weight-unit")).to_have_value("lb")
+    page.click('button.history[data-for="weight"]')  # the item's history, from the audit trail
+    history = page.locator('[data-item="weight"] .item-history tbody tr')
+    expect(history).to_have_count(2)
+    expect(history.nth(1)).to_contain_text("weight re-measured")
+    expect(history.nth(1)).to_contain_text("dev-coordinator")
+    with server.client("monitor", "S01") as http:
+        weight = http.get(path(subject_id, "demographics", "SCR")).json()["items"]["weight"]
+    assert weight["unit"] == "kg" and abs(weight["value"] - 65.0) < 0.01  # stored in the canonical unit
+
+    # labs: a hard error shown at its item at once, nothing stored, then fixed
+    visit_date, items = screened("labs", platelets=5000, hemoglobin={"value": 13.2, "unit": "g/dL"})
+    fill_and_save(page, subject_id, "labs", items, visit_date, expect_text="Not saved: 1 problem")
+    platelets_error = page.locator('[data-item="platelets"] .error[data-rule="hard_range"]')
+    expect(platelets_error).to_contain_text("outside the possible range")
+    expect(page.locator("#item-platelets")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#item-platelets")).to_be_focused()
+    expect(page.locator("#announce")).to_contain_text("Not saved")
+    expect(page.locator("#form-status")).to_have_text("not started")
+    screenshot(page, "form-edit-check")
+    page.fill("#item-platelets", "180")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    expect(platelets_error).to_have_count(0)
+
+    for form_id in ("baseline", "pathology", "afp", "history"):
+        fill_and_save(page, subject_id, form_id, *reversed(screened(form_id)))
+
+    goto(page, f"#/subjects/{subject_id}")
+    expect(page.locator("#eligibility-status")).to_have_text("eligible")
+    criteria = page.locator("#eligibility tbody tr")
+    assert criteria.count() >= 10
+    expect(page.locator('[data-criterion="I09_hemoglobin"]')).to_contain_text("met")
+    page.locator("#eligibility").scroll_into_view_if_needed()
+    page.evaluate("document.getElementById('eligibility').scrollIntoView()")
+    screenshot(page, "subject")
+    # randomisation is the randomisation form, refused by the eligibility gate unless eligible
+    fill_and_save(page, subject_id, "randomisation", {"arm": "SORA", "randomisation_date": R.isoformat()}, R.isoformat())
+    goto(page, "#/")
+    expect(page.locator("#subjects")).to_contain_text(mrn)
+    expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
+    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text("SORA")
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "home")
+
+    page.set_viewport_size({"width": 768, "height": 1024})  # a tablet
+    open_form(page, subject_id, "labs", "SCR")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 768
+    page.context.close()
+
+
+def _link_ehr_patient(server, subject):
+    with server.client("ehr", "S01") as http:
+        patient = {"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": subject["mrn"]}]}
+        assert http.post("/fhir/Patient", json=patient, headers=FHIR_JSON).status_code == 200
+
+
+def test_ehr_value_is_shown_with_its_source_and_a_stale_save_is_never_overwritten(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+    _link_ehr_patient(server, subject)
+    with server.client("ehr", "S01") as http:
+        pushed = http.post("/fhir/Observation", json=lab(f"Patient/{subject['patient_id']}", "718-7", 12.1, "g/dL", day(21)),
+                           headers=FHIR_JSON)
+        assert pushed.status_code == 201, pushed.text
+    first, second = open_page(chromium, server), open_page(chromium, server)
+    for page in (first, second):
+        sign_in(page, "coordinator")
+        open_form(page, subject["id"], "labs", "SCR")
+    expect(first.locator('[data-item="hemoglobin"] .ehr')).to_contain_text(f"from the hospital record, {day(21)}")
+    expect(first.locator("#item-hemoglobin")).to_have_value("12.1")
+    expect(first.locator("#item-hemoglobin-unit")).to_have_value("g/dL")
+
+    first.fill("#visit-date", day(21))
+    first.fill("#item-platelets", "180")
+    first.click("#save")
+    expect(first.locator("#form-messages")).to_contain_text("Saved")
+    second.fill("#visit-date", day(21))
+    second.fill("#item-platelets", "190")
+    second.click("#save")
+    stale = second.locator("#stale")
+    expect(stale).to_contain_text("Someone else")
+    expect(stale).to_contain_text("Platelets: 180")
+    with server.client("monitor", "S01") as http:
+        assert http.get(path(subject["id"], "labs", "SCR")).json()["items"]["platelets"]["value"] == 180
+    second.click("#reload")
+    expect(second.locator("#item-platelets")).to_have_value("180")
+    for page in (first, second):
+        page.context.close()
+
+
+def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "ctc").status_code == 201
+    visit = VALID["ctc"][0]
+    monitor = sign_in(open_page(chromium, server), "monitor")
+    open_form(monitor, subject["id"], "ctc", visit)
+    expect(monitor.locator("#save")).to_have_count(0)  # a monitor does not enter data: no button...
+    forged = monitor.evaluate("""async (url) => {
+        const session = await (await fetch('/web-auth/session')).json();
+        const r = await fetch(url, {method: 'PUT', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': session.csrf},
+                                    body: JSON.stringify({items: {ctc_count: 9}})});
+        return r.status; }""", path(subject["id"], "ctc", visit))
+    assert forged == 403  # ...and a forged request is refused as the API refuses it
+    monitor.click('button.raise[data-for="ctc_count"]')
+    monitor.fill("#query-text", "Please confirm the count against the lab sheet")
+    monitor.click("#query-submit")
+    expect(monitor.locator('#queries .query[data-status="open"]')).to_contain_text("ctc / POD7 / ctc_count")
+    screenshot(monitor, "form-query")
+
+    site = sign_in(open_page(chromium, server), "coordinator")
+    open_form(site, subject["id"], "ctc", visit)
+    expect(site.locator('[data-item="ctc_count"] .badge')).to_contain_text("1 open")
+    expect(site.locator(".q-close")).to_have_count(0)
+    site.locator("#queries input").fill("Confirmed: 3 cells")
+    site.click(".q-answer")
+    expect(site.locator('#queries .query[data-status="answered"]')).to_contain_text("Confirmed: 3 cells")
+
+    open_form(monitor, subject["id"], "ctc", visit)
+    monitor.click(".q-close")
+    expect(monitor.locator('#queries .query[data-status="closed"]')).to_be_visible()
+    monitor.click("#verify")
+    expect(monitor.locator("#form-status")).to_have_text("verified (SDV)")
+    expect(site.locator("#verify")).to_have_count(0)
+
+    investigator = sign_in(open_page(chromium, server), "investigator")
+    open_form(investigator, subject["id"], "ctc", visit)
+    cookie = next(c for c in investigator.context.cookies() if c["name"] == COOKIE)
+    with Session(server.runtime.engine) as session:  # signed in an hour ago: signing asks who they are again
+        row = session.get(WebSession, _hash(cookie["value"]))
+        row.authenticated_at = datetime.now(UTC) - timedelta(hours=1)
+        session.add(row)
+        session.commit()
+    investigator.fill("#meaning", "I approve these CTC data")
+    investigator.click("#sign")
+    expect(investigator.locator("#lifecycle-message")).to_contain_text("confirm who you are")
+    expect(investigator.locator("#form-status")).to_have_text("verified (SDV)")
+    investigator.click("#reauth")  # confirmed, the signature goes on with the meaning entered
+    expect(investigator.locator("#form-status")).to_have_text("signed")
+    with server.client("monitor", "S01") as http:
+        signature = http.get(path(subject["id"], "ctc", visit)).json()["signature"]
+    assert signature["meaning"] == "I approve these CTC data" and "investigator" in str(signature)
+
+    manager = sign_in(open_page(chromium, server), "data_manager", None)
+    open_form(manager, subject["id"], "ctc", visit)
+    manager.click("#lock")
+    expect(manager.locator("#form-status")).to_have_text("locked")
+    open_form(site, subject["id"], "ctc", visit)
+    expect(site.locator("#save")).to_have_count(0)
+    expect(site.locator("main")).to_contain_text("This form is locked.")
+    for page in (monitor, site, investigator, manager):
+        page.context.close()
+
+
+def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "ctc").status_code == 201
+    sponsor = sign_in(open_page(chromium, server), "sponsor", None)
+    expect(sponsor.locator("#nav")).not_to_contain_text("Subjects")
+    assert sponsor.evaluate("async () => (await fetch('/api/v1/subjects')).status") == 403
+    sponsor.click('#nav a[href="#/exports"]')
+    with sponsor.expect_download() as download:
+        sponsor.click('#csv-exports a[href$="/ctc.csv"]')
+    content = open(download.value.path(), encoding="utf-8").read()
+    header = content.splitlines()[0]
+    assert "ctc_count" in header and subject["mrn"] not in content and subject["id"] not in content
+    sponsor.context.close()
+
+
+def test_dev_sign_in_as_each_role_shows_what_that_role_may_do(server, chromium):
+    page = open_page(chromium, server)
+    shown = {}
+    for role, site in (("investigator", "S01"), ("coordinator", "S01"), ("monitor", "S01"), ("data_manager", None),
+                       ("sponsor", None), ("admin", None), ("ehr", "S01")):
+        sign_in(page, role, site)
+        shown[role] = sorted(page.locator("#nav a").all_inner_texts())
+        expect(page.locator("#enrol")).to_have_count(1 if role in ("investigator", "coordinator") else 0)
+        page.click("#logout")
+        expect(page.locator("#dev-login")).to_be_visible()
+    assert shown["coordinator"] == ["Open queries", "Subjects"]
+    assert shown["sponsor"] == ["Exports"] and shown["admin"] == [] and shown["ehr"] == []
+    assert shown["data_manager"] == ["Exports", "Open queries", "Subjects"]
+    page.context.close()
+
+
+def test_keyboard_only_sign_in_enrol_and_form_entry(server, chromium):
+    page = open_page(chromium, server)
+    page.goto("/")
+    expect(page.locator("#dev-login")).to_be_visible()
+
+    def tab_to(selector: str, limit: int = 60) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+                return
+        raise AssertionError(f"Tab never reached {selector}")
+
+    tab_to("#dev-role")  # investigator, the first role, and S01, the first site, are preselected
+    tab_to("#dev-login button")
+    page.keyboard.press("Enter")
+    expect(page.locator("#who")).to_contain_text("Investigator")
+    tab_to("#enrol-mrn")
+    mrn = secrets.token_hex(5)
+    page.keyboard.type(mrn)
+    page.keyboard.press("Tab")
+    consent = day(14)
+    page.keyboard.type(f"{consent[5:7]}{consent[8:10]}{consent[:4]}")  # en-US date field: month, day, year
+    expect(page.locator("#enrol-consent")).to_have_value(consent)
+    page.keyboard.press("Enter")
+    expect(page.locator("main h1")).to_have_text(f"Subject {mrn}")
+    tab_to('a[href$="/forms/ctc/PREOP"]')
+    page.keyboard.press("Enter")
+    expect(page.locator("#crf")).to_be_visible()
+    tab_to("#item-ctc_count")
+    page.keyboard.type("-1")
+    page.keyboard.press("Enter")
+    expect(page.locator('[data-item="ctc_count"] .error')).to_be_visible()
+    expect(page.locator("#item-ctc_count")).to_be_focused()  # the error takes the focus to its item
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    page.keyboard.press("Enter")
+    expect(page.locator("#form-messages")).to_contain_text("Saved")
+    page.context.close()
+
+
+@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form"])
+def test_no_serious_accessibility_violations(server, chromium, screen):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "labs", dict(VALID["labs"][2], platelets=5000)).status_code == 422
+    page = open_page(chromium, server)
+    if screen == "sign-in":
+        page.goto("/")
+        expect(page.locator("#dev-login")).to_be_visible()
+    else:
+        sign_in(page, "coordinator")
+        if screen == "subject":
+            goto(page, f"#/subjects/{subject['id']}")
+            expect(page.locator("#eligibility")).to_be_visible()
+        elif screen == "form":
+            open_form(page, subject["id"], "labs", "SCR")
+            page.fill("#item-platelets", "5000")
+            page.click("#save")
+            expect(page.locator('[data-item="platelets"] .error')).to_be_visible()
+        else:
+            expect(page.locator("#subjects")).to_be_visible()
+    violations = axe_violations(page)
+    assert violations == [], violations
+    page.context.close()
+
+
+def test_the_interface_speaks_the_sites_language_from_its_catalogue(server, chromium):
+    page = sign_in(open_page(chromium, server), "coordinator")
+    page.select_option("#lang", "zh")
+    expect(page.locator("main h1")).to_have_text("筛选日志")
+    expect(page.locator("html")).to_have_attribute("lang", "zh")
+    page.reload()
+    expect(page.locator("#enrol-title")).to_have_text("登记受试者")
+    assert re.search("退出", page.locator("#logout").inner_text())
+    page.context.close()
