@@ -8,6 +8,7 @@ from ecrf.auth.dependencies import public
 from ecrf.config import Settings
 from ecrf.export.bulk_router import router as export_fhir_router
 from ecrf.export.forms_router import router as export_forms_router
+from ecrf.cdisc.router import router as cdisc_router
 from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(access_log_router, prefix=API_PREFIX)
     app.include_router(export_forms_router, prefix=API_PREFIX)
+    app.include_router(cdisc_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...

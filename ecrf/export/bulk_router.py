@@ -33,6 +33,8 @@ NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData")
+MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
+               ".xpt": "application/octet-stream"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
 
 
@@ -135,7 +137,9 @@ def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     base = _base(request)
-    output = [{"type": entry["type"], "url": f"{base}/$export-file/{job.id}/{entry['file']}", "count": entry["count"]}
+    output = [{"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
+               "url": f"{base}/$export-file/{job.id}/{entry['file']}",
+               **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}}
               for entry in json.loads(job.output or "[]")]
     profile = None
     if job.deidentified:
@@ -180,7 +184,7 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and entry["type"] == "Patient":
         await run_in_threadpool(_record_identifiers, request, actor, path)
-    return FileResponse(path, media_type=NDJSON)
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, NDJSON) if job.kind != "bulk" else NDJSON)
 
 
 def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
@@ -193,5 +197,5 @@ def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:
     with transaction(request.app.state.runtime.engine) as session:
         audit.append(session, actor, "export.download", source="export", resource=f"export/{job.id}",
-                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry["count"],
+                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry.get("count"),
                                                                  "deidentified": job.deidentified}, sort_keys=True))
