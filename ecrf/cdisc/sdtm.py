@@ -242,7 +242,7 @@ class Builder:
             original_number = _decimal(original)
             factor = number / original_number if number is not None and original_number else None
             uln_original = uln / factor if uln is not None and factor else uln
-            row.append(_text(uln_original.normalize()) if uln_original is not None else None)
+            row.append(format(uln_original.normalize(), "f") if uln_original is not None else None)
             if source:
                 extra.append([self.study.id, domain, usubjid, f"{domain}SEQ", str(seq), "ULNSRC",
                               "Source of the ULN", source, ASSIGNED])
