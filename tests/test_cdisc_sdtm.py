@@ -32,7 +32,12 @@ def _load(server) -> dict:
         assert response.status_code == 201, response.text
         response = save(http, subject["id"], "randomisation")
         assert response.status_code == 201, response.text
-    return subject
+        ineligible = enrol(http)
+        assert save(http, ineligible["id"], "surgery").status_code == 201
+        assert save(http, ineligible["id"], "baseline", {**VALID["baseline"][2], "ecog": 3}).status_code == 201
+        eligibility = http.get(f"/api/v1/subjects/{ineligible['id']}/eligibility").json()
+        assert eligibility["status"] == "ineligible"
+    return {**subject, "ineligible": ineligible, "ineligible_r": eligibility["reference_date"]}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,11 @@ def study(database_url, tmp_path_factory):
                 manifest = cdisc_export(http, "sdtm", deidentify="false")
                 content = files(http, manifest)
             yield server, subject, manifest, content
+
+
+def server_visits():
+    from ecrf.study import default_study_dir, load_study
+    return {visit.id: visit for visit in load_study(default_study_dir()).visits}.values()
 
 
 def _json(content: dict[str, bytes], name: str) -> dict:
@@ -60,7 +70,7 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
     _, _, manifest, content = study
     schema = json.loads((DATASET_JSON / "dataset.schema.json").read_text())
     names = {entry["type"] for entry in manifest["output"] if entry.get("format") == "json"}
-    assert {"DM", "DS", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
+    assert {"DM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
     for name in names:
         dataset = _json(content, name)
         jsonschema.validate(dataset, schema)
@@ -97,7 +107,7 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
 
 def test_dm_of_a_randomised_subject(study):
     _, subject, _, content = study
-    [dm] = _records(_json(content, "DM"))
+    [dm] = [row for row in _records(_json(content, "DM")) if row["SUBJID"] == subject["id"]]
     assert dm == {"STUDYID": STUDY, "DOMAIN": "DM", "USUBJID": f"{STUDY}-{subject['id']}", "SUBJID": subject["id"],
                   "RFSTDTC": day(22), "RFICDTC": day(14), "SITEID": "S01",
                   "AGE": (SURGERY + timedelta(days=14)).year - 1970 - ((SURGERY + timedelta(days=14)).timetuple()[1:3] < (5, 1)),
@@ -106,7 +116,7 @@ def test_dm_of_a_randomised_subject(study):
 
 def test_ds_for_the_randomisation(study):
     _, subject, _, content = study
-    ds = {row["DSDECOD"]: row for row in _records(_json(content, "DS"))}
+    ds = {row["DSDECOD"]: row for row in _records(_json(content, "DS")) if row["USUBJID"].endswith(subject["id"])}
     assert ds["RANDOMIZED"]["DSSTDTC"] == day(22) and ds["RANDOMIZED"]["DSSTDY"] == 1
     assert ds["RANDOMIZED"]["DSCAT"] == "PROTOCOL MILESTONE" and ds["RANDOMIZED"]["VISIT"]
     assert ds["INFORMED CONSENT OBTAINED"]["DSSTDTC"] == day(14) and ds["INFORMED CONSENT OBTAINED"]["DSSTDY"] == -8
@@ -114,7 +124,7 @@ def test_ds_for_the_randomisation(study):
 
 def test_lb_converted_unit_defaulted_uln_and_origin(study):
     server, subject, _, content = study
-    lb = {row["LBTESTCD"]: row for row in _records(_json(content, "LB"))}
+    lb = {row["LBTESTCD"]: row for row in _records(_json(content, "LB")) if row["USUBJID"].endswith(subject["id"])}
     bili = lb["BILI"]
     assert (bili["LBORRES"], bili["LBORRESU"], bili["LBSTRESC"], bili["LBSTRESN"], bili["LBSTRESU"]) == (
         "1.2", "mg/dL", "20.52", 20.52, "umol/L")
@@ -124,7 +134,7 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
     assert (ast["LBORRES"], ast["LBORNRHI"], ast["LBSTNRHI"]) == ("30", "40", 40.0)
     hgb = lb["HGB"]
     assert (hgb["LBORRES"], hgb["LBORRESU"], hgb["LBSTRESN"], hgb["LBSTRESU"]) == ("13.2", "g/dL", 132.0, "g/L")
-    supp = _records(_json(content, "SUPPLB"))
+    supp = [row for row in _records(_json(content, "SUPPLB")) if row["USUBJID"].endswith(subject["id"])]
     by_seq = {(row["IDVARVAL"], row["QNAM"]): row["QVAL"] for row in supp}
     assert by_seq[(str(ast["LBSEQ"]), "ULNSRC")] == "DEFAULT"
     assert by_seq[(str(bili["LBSEQ"]), "ULNSRC")] == "REPORT"
@@ -133,7 +143,21 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
         kind, resource_id, _, version = reference.split("/")
         observation = http.get(f"/fhir/{kind}/{resource_id}/_history/{version}").json()
     assert observation["valueQuantity"]["value"] == 13.2 and observation["code"]["coding"][0]["code"] == "718-7"
-    vs = {row["VSTESTCD"]: row for row in _records(_json(content, "VS"))}
+    vs = {row["VSTESTCD"]: row for row in _records(_json(content, "VS")) if row["USUBJID"].endswith(subject["id"])}
     assert (vs["WEIGHT"]["VSSTRESN"], vs["WEIGHT"]["VSSTRESU"], vs["HEIGHT"]["VSSTRESN"]) == (60.0, "kg", 165.0)
     ctc = lb["CTC"]
     assert ctc["LBSTRESN"] == 3.0 and ctc["LBMETHOD"] == "NEG_ENRICHMENT_TPCR"
+
+
+def test_ie_for_an_ineligible_subject_and_sv(study):
+    _, subject, _, content = study
+    ineligible = subject["ineligible"]
+    ie = [row for row in _records(_json(content, "IE")) if row["USUBJID"] == f"{STUDY}-{ineligible['id']}"]
+    assert {row["IETESTCD"]: (row["IECAT"], row["IEORRES"], row["IESTRESC"]) for row in ie} == {
+        "I05": ("INCLUSION", "N", "N"), "E03": ("EXCLUSION", "Y", "Y")}  # ECOG 3: inclusion ECOG 0-1 fails, exclusion ECOG >= 2 applies
+    [e03] = [row for row in ie if row["IETESTCD"] == "E03"]
+    assert e03["IEDTC"] == subject["ineligible_r"] and e03["VISIT"] and e03["IETEST"] == "Latest ECOG >= 2"
+    assert not [row for row in _records(_json(content, "IE")) if row["USUBJID"].endswith(subject["id"])]  # eligible
+    sv = {row["VISIT"]: row for row in _records(_json(content, "SV")) if row["USUBJID"].endswith(subject["id"])}
+    pod7 = next(visit.label for visit in server_visits() if visit.id == "POD7")
+    assert sv[pod7]["SVSTDTC"] == day(7) and sv[pod7]["SVSTDY"] == 7 - 22

@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from ecrf.audit.models import AuditEntry
-from ecrf.auth.actor import Actor
 from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import day_zero
 from ecrf.crf.values import form_values
+from ecrf.eligibility.models import EligibilityState
 from ecrf.export.deidentify import parse_date
 from ecrf.export.form_csv import _subject_heads
 from ecrf.store.indexing import patient_of
@@ -36,6 +36,7 @@ class SubjectRecord:
     site: str | None
     zero: date | None
     forms: list[FormRecord] = field(default_factory=list)
+    eligibility: EligibilityState | None = None
 
     def value(self, item_id: str) -> dict[str, Any] | None:
         """The subject's value of an item at its first visit holding one (subject-level items)."""
@@ -65,7 +66,7 @@ def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None) -> 
 
 def _subject(session: Session, study: StudyDef, subject_id: str, site: str | None, patient_id: str) -> SubjectRecord:
     zero = day_zero(session, study, patient_id)
-    record = SubjectRecord(subject_id, patient_id, site, zero)
+    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id))
     instances = {(i.form_id, i.visit_id): i for i in session.execute(
         select(FormInstance).where(FormInstance.patient_id == patient_id)).scalars()}
     for form in study.forms:
@@ -84,7 +85,3 @@ def audit_trail(session: Session, patient_id: str) -> list[AuditEntry]:
     """The subject's audit entries in chain order (item values, form status, signatures, queries)."""
     return list(session.execute(select(AuditEntry).where(AuditEntry.patient_id == patient_id)
                                 .order_by(AuditEntry.seq)).scalars())
-
-
-def actor_for(owner: Actor) -> Actor:
-    return owner

@@ -100,6 +100,6 @@ def write(path: Path, study: StudyDef, mapping: Mapping, produced: list[tuple[Da
         _text(term, "Decode", decode)
     for key in sorted(methods):
         method = etree.SubElement(version, f"{{{ODM_NS}}}MethodDef", OID=f"MT.{key}", Name=key,
-                                  Type="Computation" if key in ("AGE", "DY", "SEQ", "STRESN") else "Imputation")
+                                  Type="Computation")
         _text(method, "Description", METHODS[key])
     etree.ElementTree(root).write(str(path), xml_declaration=True, encoding="UTF-8", pretty_print=True)

@@ -32,6 +32,14 @@ class Mapping:
         return self.spec.get("dm") or {}
 
     @property
+    def ie(self) -> dict[str, Any] | None:
+        return self.spec.get("ie")
+
+    @property
+    def sv(self) -> bool:
+        return bool(self.spec.get("sv"))
+
+    @property
     def findings(self) -> dict[str, dict[str, Any]]:
         return self.spec.get("findings") or {}
 
@@ -52,6 +60,9 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
         for domain in (spec.get(section) or {}).values():
             for item_id, rule in (domain.get("items") or {}).items():
                 named += [item_id, rule.get("uln"), rule.get("METHOD_ITEM")]
+    visits = {visit.id for visit in study.visits}
+    if (spec.get("ie") or {}).get("visit") not in (None, *visits):
+        raise MappingError(f"{path}: ie.visit {spec['ie']['visit']} is not a visit of the study")
     unknown = sorted({name for name in named if name and name not in items})
     if unknown:
         raise MappingError(f"{path}: items not in the study: {', '.join(unknown)}")

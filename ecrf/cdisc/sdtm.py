@@ -2,6 +2,7 @@
 findings domains (VS, LB, ...), each with its SUPP-- holding every record's FHIR origin (resource and version).
 Rows are made subject by subject; for sponsors through the export's de-identification (pseudonymous subject and
 resource ids, dates shifted per subject, study days exact, ages instead of birth dates)."""
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -19,6 +20,8 @@ METHODS = {
     "DY": "Study day: date - RFSTDTC (+1 on or after RFSTDTC), from unshifted dates",
     "STRESN": "The collected value converted exactly to the study's canonical unit (forms/, UCUM factors)",
     "SEQ": "Sequence number of the subject's records in the domain, in export order",
+    "IE": "From the subject's eligibility evaluation (forms/criteria.yaml; the frozen one once randomised): "
+          "inclusion criteria not met (N) and exclusion criteria met (Y), dated by its reference date R",
     "VISITNUM": "Order of the visit in the study's schedule (forms/study.yaml)",
 }
 
@@ -74,6 +77,23 @@ def datasets(mapping: Mapping) -> list[Dataset]:
         _c("SEX", "Sex", origin=COLLECTED, source="sex"),
         _c("ARMCD", "Planned Arm Code", origin=COLLECTED, source="arm"), _c("ARM", "Description of Planned Arm"),
     ], keys=("STUDYID", "USUBJID"))]
+    if mapping.ie is not None:
+        result.append(Dataset("IE", "Inclusion/Exclusion Criteria Not Met", [
+            *_identity("IE"), _c("IESEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+            _c("IETESTCD", "Inclusion/Exclusion Criterion Short Name"), _c("IETEST", "Inclusion/Exclusion Criterion"),
+            _c("IECAT", "Inclusion/Exclusion Category"),
+            _c("IEORRES", "I/E Criterion Original Result", origin=DERIVED, method="IE"),
+            _c("IESTRESC", "I/E Criterion Result in Std Format", origin=DERIVED, method="IE"), *_visit_columns(),
+            _c("IEDTC", "Date/Time of Collection", "date", DERIVED, "IE"),
+            _c("IEDY", "Study Day of Collection", "integer", DERIVED, "DY")],
+            keys=("STUDYID", "USUBJID", "IETESTCD"), structure="One record per inclusion/exclusion criterion not met per subject",
+            klass="FINDINGS"))
+    if mapping.sv:
+        result.append(Dataset("SV", "Subject Visits", [
+            *_identity("SV"), *_visit_columns(),
+            _c("SVSTDTC", "Start Date/Time of Visit", "date", COLLECTED, source="visit_date"),
+            _c("SVSTDY", "Study Day of Start of Visit", "integer", DERIVED, "DY")],
+            keys=("STUDYID", "USUBJID", "VISITNUM"), structure="One record per subject per actual visit", klass="SPECIAL PURPOSE"))
     for domain, spec in mapping.events.items():
         d = domain
         verb = "TRT" if domain in ("PR", "CM", "EX") else "TERM"
@@ -104,7 +124,7 @@ def datasets(mapping: Mapping) -> list[Dataset]:
                    _c(f"{d}DY", "Study Day of Collection", "integer", DERIVED, "DY")]
         result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}TESTCD", "VISITNUM"),
                               structure="One record per test per visit per subject", klass="FINDINGS"))
-    for parent in [dataset.name for dataset in result if dataset.name != "DM"]:
+    for parent in [dataset.name for dataset in result if dataset.name not in ("DM", "IE", "SV")]:
         result.append(Dataset(f"SUPP{parent}", f"Supplemental Qualifiers for {parent}", [
             *_identity(parent, rdomain=True), _c("IDVAR", "Identifying Variable"),
             _c("IDVARVAL", "Identifying Variable Value"), _c("QNAM", "Qualifier Variable Name"),
@@ -164,6 +184,16 @@ class Builder:
         start_entry = subject.value(dm.get("RFSTDTC", {}).get("item", ""))
         reference = parse_date(start_entry["value"]) if start_entry else None
         out["DM"] = [self._dm(subject, usubjid, reference)]
+        if self.mapping.ie is not None:
+            out["IE"] = self._ie(subject, usubjid, reference)
+        if self.mapping.sv:
+            visits: dict[str, date] = {}
+            for record in subject.forms:
+                if record.visit_date is not None and record.visit_id in self.visit_number:
+                    visits[record.visit_id] = min(record.visit_date, visits.get(record.visit_id, record.visit_date))
+            out["SV"] = [[self.study.id, "SV", usubjid, self.visit_number[visit_id], self.visit_label[visit_id],
+                          self.dtc(subject, day), self.study_day(day, reference)]
+                         for visit_id, day in sorted(visits.items(), key=lambda pair: self.visit_number[pair[0]])]
         for domain, spec in self.mapping.events.items():
             rows, supp = [], []
             for item_id, rule in spec["items"].items():
@@ -193,6 +223,26 @@ class Builder:
                     supp += self._origin(domain, usubjid, seq, entry) + extra
             out[domain], out[f"SUPP{domain}"] = rows, supp
         return out
+
+    def _ie(self, subject: SubjectRecord, usubjid: str, reference: date | None) -> list[list[Any]]:
+        state = subject.eligibility
+        if state is None:
+            return []
+        evaluation = json.loads(state.frozen_result or state.result)
+        day = parse_date(evaluation.get("reference_date"))
+        visit_id = self.mapping.ie.get("visit")
+        described = {criterion.id: criterion.description for criterion in self.study.criteria}
+        rows = []
+        for criterion in evaluation.get("criteria", []):
+            inclusion = criterion["kind"] == "inclusion"
+            if criterion["result"] != ("not_met" if inclusion else "met"):
+                continue
+            answer = "N" if inclusion else "Y"
+            rows.append([self.study.id, "IE", usubjid, len(rows) + 1, criterion["id"].split("_", 1)[0][:8],
+                         described.get(criterion["id"], criterion["id"]), "INCLUSION" if inclusion else "EXCLUSION",
+                         answer, answer, self.visit_number.get(visit_id), self.visit_label.get(visit_id),
+                         self.dtc(subject, day), self.study_day(day, reference)])
+        return rows
 
     def _dm(self, subject: SubjectRecord, usubjid: str, reference: date | None) -> list[Any]:
         dm = self.mapping.dm
