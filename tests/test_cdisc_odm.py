@@ -115,3 +115,28 @@ def test_a_site_archive_holds_that_site_only(study):
     with server.client("data_manager") as http:
         document, _ = _odm(http, deidentify="false", site="S02")
     assert document.xpath("//odm:SubjectData/@SubjectKey", namespaces=NS) == [data["other"]["id"]]
+
+
+def test_audit_records_agree_with_the_verified_chain(study):
+    server, _ = study
+    with server.client("data_manager") as http:
+        document, _ = _odm(http, deidentify="false")
+        verified = http.get("/api/v1/admin/audit/verify").json()
+    assert verified["ok"] is True
+    with server.runtime.engine.connect() as connection:
+        entries = {row.seq: row for row in connection.execute(text(
+            "SELECT seq, at, actor_sub, form_id, visit_id, item_id, reason FROM audit_entry "
+            "WHERE item_id IS NOT NULL AND form_id IS NOT NULL AND action IN ('create', 'update', 'delete')"))}
+    users = {u.get("OID"): u.findtext("odm:LoginName", namespaces=NS) for u in document.iterfind(".//odm:User", NS)}
+    seen = set()
+    for data in document.iterfind(".//odm:ItemData", NS):
+        record = data.find("odm:AuditRecord", NS)
+        seq = int(record.findtext("odm:SourceID", namespaces=NS).split()[0].removeprefix("audit:"))
+        entry = entries[seq]
+        form_id = data.getparent().getparent().get("FormOID").removeprefix("F.")
+        assert data.get("ItemOID") == f"IT.{entry.form_id}.{entry.item_id}" and form_id == entry.form_id
+        assert users[record.find("odm:UserRef", NS).get("UserOID")] == entry.actor_sub
+        assert record.findtext("odm:DateTimeStamp", namespaces=NS)[:19] == str(entry.at)[:19].replace(" ", "T")
+        assert record.findtext("odm:ReasonForChange", namespaces=NS) == entry.reason
+        seen.add(seq)
+    assert seen == set(entries)  # every item-level entry of the chain is in the archive, and nothing else

@@ -4,6 +4,7 @@ and spot checks against hand-derived rows (DM of a randomised subject, LB with a
 ULN, DS for the randomisation)."""
 import io
 import json
+import zipfile
 from datetime import timedelta
 
 import jsonschema
@@ -92,6 +93,12 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
             else:
                 expected = ["" if v is None else v for v in expected]
             assert data[column["name"]] == expected, (name, column["name"])
+    with zipfile.ZipFile(io.BytesIO(content["sdtm-package.zip"])) as package:
+        packed = {name: package.read(name) for name in package.namelist()}
+    assert {name: data for name, data in packed.items() if name != "manifest.json"} == {
+        name: data for name, data in content.items() if name != "sdtm-package.zip"}
+    assert [f["file"] for f in orjson.loads(packed["manifest.json"])["files"]] == [
+        e["url"].rsplit("/", 1)[1] for e in manifest["output"] if e["type"] != "package"]
     define = etree.fromstring(content["define.xml"])
     validator = define_schema()
     assert validator.validate(define), validator.error_log

@@ -5,6 +5,7 @@ starts its files again from the beginning, in a new snapshot."""
 import hashlib
 import json
 import threading
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ecrf.export.models import ExportJob
 from ecrf.store.service import ClinicalStore
 
 SUBJECT_BATCH = 50
+PACKAGE = "sdtm-package.zip"
 
 
 def _snapshot(runtime) -> Session:
@@ -114,6 +116,14 @@ def run_sdtm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event)
     for entry in output:
         entry["sha256"] = _sha256(directory / entry["file"])
         entry["audit_chain_head"] = {"seq": head[0], "hash": head[1]}
+    package = directory / PACKAGE
+    with zipfile.ZipFile(package, "w", zipfile.ZIP_DEFLATED) as archive:  # file by file: memory stays bounded
+        for entry in output:
+            archive.write(directory / entry["file"], entry["file"])
+        archive.writestr("manifest.json", json.dumps({"study": runtime.study.id, "deidentified": job.deidentified,
+                                                      "profile": job.profile, "files": output}, indent=1))
+    output.append({"type": "package", "file": PACKAGE, "sha256": _sha256(package),
+                   "audit_chain_head": {"seq": head[0], "hash": head[1]}})
     if not jobs.complete(runtime.engine, job, worker_id, output, count):
         raise Stopped
 

@@ -34,7 +34,7 @@ OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData")
 MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
-               ".xpt": "application/octet-stream"}  # CDISC export jobs' files (ecrf/cdisc)
+               ".xpt": "application/octet-stream", ".zip": "application/zip"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
 
 
