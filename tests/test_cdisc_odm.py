@@ -6,7 +6,7 @@ from sqlalchemy import text
 
 from tests.cdisc_support import cdisc_export, files, odm_schema
 from tests.conftest import running_server
-from tests.crf_support import VALID, enrol, path, save
+from tests.crf_support import VALID, day, enrol, path, save
 from tests.test_export_protocol import export_settings, fresh_database
 
 NS = {"odm": "http://www.cdisc.org/ns/odm/v1.3"}
@@ -19,6 +19,11 @@ def _load(server) -> dict:
             assert save(http, subject["id"], form).status_code == 201
         labs = {**VALID["labs"][2], "platelets": 190}
         assert save(http, subject["id"], "labs", labs, reason="transcription error").status_code == 200
+        ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": day(-50),
+               "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+               "subject": {"reference": f"Patient/{subject['patient_id']}"},
+               "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+        assert http.post("/fhir/Observation", json=ehr).status_code == 201
     with server.client("monitor", "S01", sub="mon-1") as http:
         assert http.post(path(subject["id"], "labs", "SCR") + "/verify").status_code == 200
         query = http.post(f"/api/v1/subjects/{subject['id']}/queries",
@@ -85,6 +90,9 @@ def test_archive_holds_every_version_with_who_when_why(study):
     assert meaning == ["I approve these results"]
     notes = " ".join(form.xpath("odm:Annotation/odm:Comment/text()", namespaces=NS))
     assert "form.verify" in notes and "query.raise" in notes and "please confirm ANC" in notes and "confirmed" in notes
+    [pushed] = mine.xpath("odm:StudyEventData[@StudyEventOID='SE.UNS']//odm:ItemData", namespaces=NS)
+    assert (pushed.get("ItemOID"), pushed.get("Value")) == ("IT.labs.hemoglobin", "124.0")
+    assert "door:fhir" in pushed.findtext("odm:AuditRecord/odm:SourceID", namespaces=NS)
     entry = manifest["output"][0]
     assert entry["audit_chain_head"]["seq"] >= chain[-1].seq and entry["count"] == 2
     assert entry["audit_chain_head"]["seq"] <= head.last_seq
@@ -97,7 +105,7 @@ def test_metadata_from_the_forms(study):
         document, _ = _odm(http, deidentify="false", mode="snapshot")
     assert document.get("FileType") == "Snapshot"
     study_def = server.runtime.study
-    assert {e.get("OID") for e in document.iterfind(".//odm:StudyEventDef", NS)} == {f"SE.{v.id}" for v in study_def.visits}
+    assert {e.get("OID") for e in document.iterfind(".//odm:StudyEventDef", NS)} == {f"SE.{v.id}" for v in study_def.visits} | {"SE.UNS"}
     [anc] = document.xpath("//odm:ItemDef[@OID='IT.labs.anc']", namespaces=NS)
     assert anc.get("DataType") == "float"
     checks = {(r.get("Comparator"), r.get("SoftHard"), r.findtext("odm:CheckValue", namespaces=NS))

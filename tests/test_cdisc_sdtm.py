@@ -33,6 +33,11 @@ def _load(server) -> dict:
         assert response.status_code == 201, response.text
         response = save(http, subject["id"], "randomisation")
         assert response.status_code == 201, response.text
+        ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": day(-50),
+               "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+               "subject": {"reference": f"Patient/{subject['patient_id']}"},
+               "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+        assert http.post("/fhir/Observation", json=ehr).status_code == 201  # outside every window: unscheduled
         ineligible = enrol(http)
         assert save(http, ineligible["id"], "surgery").status_code == 201
         assert save(http, ineligible["id"], "baseline", {**VALID["baseline"][2], "ecog": 3}).status_code == 201
@@ -131,7 +136,8 @@ def test_ds_for_the_randomisation(study):
 
 def test_lb_converted_unit_defaulted_uln_and_origin(study):
     server, subject, _, content = study
-    lb = {row["LBTESTCD"]: row for row in _records(_json(content, "LB")) if row["USUBJID"].endswith(subject["id"])}
+    lb = {row["LBTESTCD"]: row for row in _records(_json(content, "LB"))
+          if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] != "UNSCHEDULED"}
     bili = lb["BILI"]
     assert (bili["LBORRES"], bili["LBORRESU"], bili["LBSTRESC"], bili["LBSTRESN"], bili["LBSTRESU"]) == (
         "1.2", "mg/dL", "20.52", 20.52, "umol/L")
@@ -150,6 +156,10 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
         kind, resource_id, _, version = reference.split("/")
         observation = http.get(f"/fhir/{kind}/{resource_id}/_history/{version}").json()
     assert observation["valueQuantity"]["value"] == 13.2 and observation["code"]["coding"][0]["code"] == "718-7"
+    [unscheduled] = [row for row in _records(_json(content, "LB"))
+                     if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] == "UNSCHEDULED"]
+    assert (unscheduled["LBTESTCD"], unscheduled["LBORRES"], unscheduled["LBSTRESN"], unscheduled["VISITNUM"],
+            unscheduled["LBDTC"], unscheduled["LBDY"]) == ("HGB", "12.4", 124.0, None, day(-50), -72)
     vs = {row["VSTESTCD"]: row for row in _records(_json(content, "VS")) if row["USUBJID"].endswith(subject["id"])}
     assert (vs["WEIGHT"]["VSSTRESN"], vs["WEIGHT"]["VSSTRESU"], vs["HEIGHT"]["VSSTRESN"]) == (60.0, "kg", 165.0)
     ctc = lb["CTC"]

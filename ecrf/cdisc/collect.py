@@ -11,7 +11,8 @@ from sqlmodel import Session
 from ecrf.audit.models import AuditEntry
 from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import day_zero
-from ecrf.crf.values import form_values
+from ecrf.crf.schedule import UNSCHEDULED
+from ecrf.crf.values import form_values, unscheduled_values
 from ecrf.eligibility.models import EligibilityState
 from ecrf.export.deidentify import parse_date
 from ecrf.export.form_csv import _subject_heads
@@ -78,6 +79,8 @@ def _subject(session: Session, study: StudyDef, subject_id: str, site: str | Non
             when = instance.visit_date if instance else min(
                 (d for d in (parse_date(e.get("effective")) for e in values.values()) if d), default=None)
             record.forms.append(FormRecord(form, visit_id, instance, values, when))
+        for result in unscheduled_values(session, study, form, patient_id, zero):  # EHR results outside every window
+            record.forms.append(FormRecord(form, UNSCHEDULED, None, result["items"], parse_date(result["date"])))
     return record
 
 

@@ -18,6 +18,7 @@ from lxml import etree
 
 from ecrf.audit.models import AuditEntry
 from ecrf.cdisc.collect import SubjectRecord
+from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.export.deidentify import Deidentifier
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
 
@@ -69,10 +70,15 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
     protocol = _e(version, "Protocol")
     for number, visit in enumerate(study.visits, start=1):
         _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{visit.id}", OrderNumber=number, Mandatory="No")
+    _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{UNSCHEDULED}", OrderNumber=len(study.visits) + 1, Mandatory="No")
     for visit in study.visits:
         event = _e(version, "StudyEventDef", OID=f"SE.{visit.id}", Name=visit.label, Repeating="No", Type="Scheduled")
         for number, form in enumerate(f for f in study.forms if visit.id in f.visits):
             _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number + 1, Mandatory="No")
+    event = _e(version, "StudyEventDef", OID=f"SE.{UNSCHEDULED}", Name="Values that came through the FHIR door",
+               Repeating="Yes", Type="Unscheduled")
+    for number, form in enumerate(study.forms, start=1):
+        _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number, Mandatory="No")
     for form in study.forms:
         node = _e(version, "FormDef", OID=f"F.{form.id}", Name=form.title, Repeating="Yes" if form.repeating else "No")
         _e(node, "ItemGroupRef", ItemGroupOID=f"IG.{form.id}", Mandatory="Yes")
@@ -200,13 +206,14 @@ class Writer:
 
     def _archive(self, node: etree._Element, subject: SubjectRecord, trail: list[AuditEntry]) -> None:
         events: dict = {}
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[tuple] = set()
         signatures: dict[tuple[str, str], AuditEntry] = {}
         for entry in trail:
             if entry.form_id is None or entry.form_id not in self.forms:
                 continue
             form = self.forms[entry.form_id]
-            visit_id = entry.visit_id or form.visits[0]
+            # a value pushed through /fhir has no visit of its own (it is placed on read): the unscheduled event
+            visit_id = entry.visit_id or (form.visits[0] if entry.source == "form" else UNSCHEDULED)
             if entry.item_id is not None and entry.action in ITEM_ACTIONS:
                 item = next((i for i in items_of(form, self.deid) if i.id == entry.item_id), None)
                 if item is None:
@@ -214,7 +221,7 @@ class Writer:
                 slot = self._form_node(events, node, visit_id, form.id)
                 if slot["group"] is None:
                     slot["group"] = _e(slot["form"], "ItemGroupData", ItemGroupOID=f"IG.{form.id}", TransactionType="Upsert")
-                key = (visit_id, form.id, item.id)
+                key = (visit_id, form.id, item.id, entry.resource if visit_id == UNSCHEDULED else None)
                 value = self.value(subject, item, entry.new_value)
                 kind = "Remove" if value is None and key in seen else "Update" if key in seen else "Insert"
                 seen.add(key)

@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ecrf.cdisc.collect import FormRecord, SubjectRecord
+from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.cdisc.mapping import Mapping
 from ecrf.export.deidentify import Deidentifier, completed_years, parse_date
 from fhir_mappings.definitions import StudyDef
@@ -139,8 +140,9 @@ class Builder:
 
     def __init__(self, study: StudyDef, mapping: Mapping, deid: Deidentifier | None):
         self.study, self.mapping, self.deid = study, mapping, deid
-        self.visit_number = {visit.id: number for number, visit in enumerate(study.visits, start=1)}
+        self.visit_number: dict[str, int | None] = {visit.id: number for number, visit in enumerate(study.visits, start=1)}
         self.visit_label = {visit.id: visit.label for visit in study.visits}
+        self.visit_label[UNSCHEDULED] = "UNSCHEDULED"  # EHR results outside every window: VISITNUM null
         self.arm_label = {arm.id: arm.label for arm in study.arms}
         self.items = {item.id: item for form in study.forms for item in form.items}
 
@@ -189,7 +191,7 @@ class Builder:
         if self.mapping.sv:
             visits: dict[str, date] = {}
             for record in subject.forms:
-                if record.visit_date is not None and record.visit_id in self.visit_number:
+                if record.visit_date is not None and self.visit_number.get(record.visit_id) is not None:
                     visits[record.visit_id] = min(record.visit_date, visits.get(record.visit_id, record.visit_date))
             out["SV"] = [[self.study.id, "SV", usubjid, self.visit_number[visit_id], self.visit_label[visit_id],
                           self.dtc(subject, day), self.study_day(day, reference)]
