@@ -50,10 +50,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _subjects(runtime, job: ExportJob, session: Session):
+def _subjects(runtime, job: ExportJob, session: Session, *, values: bool = True):
     params = json.loads(job.params or "{}")
     store = ClinicalStore(session, jobs.owner(job), runtime.indexer)
-    return collect.subjects(store, runtime.study, params.get("site"))
+    return collect.subjects(store, runtime.study, params.get("site"), values=values)
 
 
 def _mdv(job: ExportJob) -> str:
@@ -72,7 +72,7 @@ def run_odm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event) 
     session = _snapshot(runtime)
     try:
         head = session.execute(select(AuditHead.last_seq, AuditHead.last_hash)).first() or (0, "0" * 64)
-        for subject in _subjects(runtime, job, session):
+        for subject in _subjects(runtime, job, session, values=not archive):
             writer.add(subject, collect.audit_trail(session, subject.patient_id) if archive else [])
             if writer.subjects % SUBJECT_BATCH == 0:
                 _progress(runtime, job, worker_id, stopping, writer.subjects)
