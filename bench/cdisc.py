@@ -60,8 +60,8 @@ def load(server: ServerProcess, subjects: int, results: int) -> float:
         per_subject = results // subjects
         batch = []
         for n in range(results):
-            patient = patients[n % subjects]
-            k = n // subjects  # the subject's k-th result: item k % 4 on day k // 4
+            patient = patients[n // per_subject]  # subject by subject: a Bundle touches few subjects (their derived
+            k = n % per_subject  # state is recomputed per write); the subject's k-th result: item k % 4 on day k // 4
             code, unit, base = LABS[k % len(LABS)]
             batch.append({"request": {"method": "POST", "url": "Observation"}, "resource": {
                 "resourceType": "Observation", "status": "final",

@@ -118,11 +118,15 @@ def test_metadata_from_the_forms(study):
     assert values == ["190"]  # the snapshot: current values only
 
 
-def test_a_site_archive_holds_that_site_only(study):
+def test_a_site_archive_holds_that_site_only_and_its_download_is_in_the_access_log(study):
     server, data = study
-    with server.client("data_manager") as http:
+    with server.client("data_manager", sub="dm-site-archive") as http:
         document, _ = _odm(http, deidentify="false", site="S02")
     assert document.xpath("//odm:SubjectData/@SubjectKey", namespaces=NS) == [data["other"]["id"]]
+    with server.runtime.engine.connect() as connection:
+        logged = connection.execute(text(
+            "SELECT patient_id, kind, interaction FROM access_event WHERE actor_sub = 'dm-site-archive'")).all()
+    assert [tuple(row) for row in logged] == [(data["other"]["patient_id"], "identified_export", "export.odm_file")]
 
 
 def test_audit_records_agree_with_the_verified_chain(study):

@@ -15,13 +15,14 @@ from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth import scopes
 from ecrf.auth.dependencies import requires
-from ecrf.db import transaction
+from ecrf.db import reading, transaction
 from ecrf.errors import issue, operation_outcome
 from ecrf.export import jobs
 from ecrf.export.access import deidentify_for, may_read_job
 from ecrf.export.bulk import deidentifier, discard
 from ecrf.export.models import ExportJob
-from ecrf.export.source import resource_types
+from ecrf.export.source import resource_types, study_patients
+from ecrf.store.models import ResourceHead
 from ecrf.export.worker import worker_lifespan
 from ecrf.responses import FHIR_JSON, JSONBody
 from ecrf.store.indexing import parse_moment
@@ -182,8 +183,10 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
-    if not job.deidentified and entry["type"] == "Patient":
+    if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
         await run_in_threadpool(_record_identifiers, request, actor, path)
+    elif not job.deidentified and job.kind != "bulk":  # an identified CDISC file: every subject of the job
+        await run_in_threadpool(_record_job_subjects, request, actor, job)
     return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, NDJSON) if job.kind != "bulk" else NDJSON)
 
 
@@ -192,6 +195,20 @@ def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
     with path.open("rb") as lines:
         patient_ids = [orjson.loads(line).get("id") for line in lines if line.strip()]
     access.record_request(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
+
+
+def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None:
+    site = json.loads(job.params or "{}").get("site")
+    sites = jobs.owner(job).sites
+    head = ResourceHead.__table__.c
+    query = study_patients(job.group_id or request.app.state.runtime.study.id)
+    if site is not None:
+        query = query.where(head.site == site)
+    if sites is not None:
+        query = query.where(head.site.in_(sorted(sites)))
+    with reading(request.app.state.runtime.engine) as session:
+        patient_ids = list(session.execute(query).scalars())
+    access.record_request(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:
