@@ -4,6 +4,7 @@ from ecrf.responses import JSONBody
 from sqlalchemy import text
 
 from ecrf import errors
+from ecrf.cdisc.router import router as cdisc_router
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
 from ecrf.export.bulk_router import router as export_fhir_router
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(access_log_router, prefix=API_PREFIX)
     app.include_router(export_forms_router, prefix=API_PREFIX)
+    app.include_router(cdisc_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...

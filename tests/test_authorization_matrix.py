@@ -147,6 +147,8 @@ MATRIX: dict[tuple[str, str], Expect] = {
     # de-identified exports: sponsor and data manager; a job and its files are its owner's only (404)
     ("GET", "/api/v1/exports/forms/{form_id}.csv"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest"): Expect(EXPORT, STUDY_WIDE),
+    ("GET", "/api/v1/exports/odm"): Expect(EXPORT, STUDY_WIDE),
+    ("GET", "/api/v1/exports/sdtm"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/$export"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/$export-status/{job_id}"): Expect(EXPORT, OWNER, other=404),
@@ -185,6 +187,8 @@ ECRF_ENTERED = "data entered in the eCRF, not pushed by an ehr"
 VARIANT_EXPECTATIONS: dict[tuple[str, str, str], Expect] = {
     # sponsors never get identifiers; a data manager may ask for them
     ("GET", "/fhir/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
+    ("GET", "/api/v1/exports/odm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
+    ("GET", "/api/v1/exports/sdtm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/forms/{form_id}.csv", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest", IDENTIFIED): Expect(
@@ -669,6 +673,8 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest"): _static(
         "GET", f"/api/v1/exports/forms/{FORM}.csv.manifest"),
     ("GET", "/fhir/$export"): _kick_off("/fhir/$export"),
+    ("GET", "/api/v1/exports/odm"): _kick_off("/api/v1/exports/odm"),
+    ("GET", "/api/v1/exports/sdtm"): _kick_off("/api/v1/exports/sdtm"),
     ("GET", "/fhir/Group/{group_id}/$export"): _kick_off(f"/fhir/Group/{STUDY}/$export"),
     ("GET", "/fhir/$export-status/{job_id}"): _job("GET"),
     ("DELETE", "/fhir/$export-status/{job_id}"): _job("DELETE"),
@@ -700,6 +706,8 @@ REQUESTS: dict[tuple[str, str], Builder] = {
 
 VARIANT_REQUESTS: dict[tuple[str, str, str], Builder] = {
     ("GET", "/fhir/$export", IDENTIFIED): _kick_off("/fhir/$export", deidentify="false"),
+    ("GET", "/api/v1/exports/odm", IDENTIFIED): _kick_off("/api/v1/exports/odm", deidentify="false"),
+    ("GET", "/api/v1/exports/sdtm", IDENTIFIED): _kick_off("/api/v1/exports/sdtm", deidentify="false"),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): _kick_off(
         f"/fhir/Group/{STUDY}/$export", deidentify="false"),
     ("GET", "/api/v1/exports/forms/{form_id}.csv", IDENTIFIED): _static(

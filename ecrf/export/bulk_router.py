@@ -15,13 +15,14 @@ from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth import scopes
 from ecrf.auth.dependencies import requires
-from ecrf.db import transaction
+from ecrf.db import reading, transaction
 from ecrf.errors import issue, operation_outcome
 from ecrf.export import jobs
 from ecrf.export.access import deidentify_for, may_read_job
 from ecrf.export.bulk import deidentifier, discard
 from ecrf.export.models import ExportJob
-from ecrf.export.source import resource_types
+from ecrf.export.source import resource_types, study_patients
+from ecrf.store.models import ResourceHead
 from ecrf.export.worker import worker_lifespan
 from ecrf.responses import FHIR_JSON, JSONBody
 from ecrf.store.indexing import parse_moment
@@ -33,6 +34,8 @@ NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData")
+MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
+               ".xpt": "application/octet-stream", ".zip": "application/zip"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
 
 
@@ -135,7 +138,9 @@ def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     base = _base(request)
-    output = [{"type": entry["type"], "url": f"{base}/$export-file/{job.id}/{entry['file']}", "count": entry["count"]}
+    output = [{"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
+               "url": f"{base}/$export-file/{job.id}/{entry['file']}",
+               **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}}
               for entry in json.loads(job.output or "[]")]
     profile = None
     if job.deidentified:
@@ -178,9 +183,11 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
-    if not job.deidentified and entry["type"] == "Patient":
+    if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
         await run_in_threadpool(_record_identifiers, request, actor, path)
-    return FileResponse(path, media_type=NDJSON)
+    elif not job.deidentified and job.kind != "bulk":  # an identified CDISC file: every subject of the job
+        await run_in_threadpool(_record_job_subjects, request, actor, job)
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, NDJSON) if job.kind != "bulk" else NDJSON)
 
 
 def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
@@ -190,8 +197,22 @@ def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
     access.record_request(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
+def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None:
+    site = json.loads(job.params or "{}").get("site")
+    sites = jobs.owner(job).sites
+    head = ResourceHead.__table__.c
+    query = study_patients(job.group_id or request.app.state.runtime.study.id)
+    if site is not None:
+        query = query.where(head.site == site)
+    if sites is not None:
+        query = query.where(head.site.in_(sorted(sites)))
+    with reading(request.app.state.runtime.engine) as session:
+        patient_ids = list(session.execute(query).scalars())
+    access.record_request(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
+
+
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:
     with transaction(request.app.state.runtime.engine) as session:
         audit.append(session, actor, "export.download", source="export", resource=f"export/{job.id}",
-                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry["count"],
+                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry.get("count"),
                                                                  "deidentified": job.deidentified}, sort_keys=True))

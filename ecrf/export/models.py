@@ -34,3 +34,5 @@ class ExportJob(SQLModel, table=True):
     exported: int = 0
     output: str | None = Field(default=None, sa_column=Column(Text))  # JSON manifest entries
     error: str | None = Field(default=None, sa_column=Column(Text))
+    kind: str = Field(default="bulk", max_length=16)  # bulk (FHIR NDJSON), odm, sdtm: which runner runs it
+    params: str | None = Field(default=None, sa_column=Column(Text))  # JSON: the runner's own parameters

@@ -12,12 +12,14 @@ from datetime import timedelta
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from ecrf.cdisc.runner import RUNNERS as CDISC_RUNNERS
 from ecrf.export import bulk, jobs
 from ecrf.runtime import Runtime
 from ecrf.security import types_and_frames
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
+RUNNERS = {"bulk": bulk.run, **CDISC_RUNNERS}  # export job kind -> runner(runtime, job, worker_id, stopping)
 SWEEP_SECONDS = 60.0
 
 
@@ -59,7 +61,7 @@ class ExportWorker:
     def _run(self, job) -> None:
         engine = self.runtime.engine
         try:
-            bulk.run(self.runtime, job, self.id, self.stopping)
+            RUNNERS.get(job.kind or "bulk", bulk.run)(self.runtime, job, self.id, self.stopping)
         except bulk.Stopped:
             current = jobs.get(engine, job.id)
             if current is not None and current.status == jobs.CANCELLED:

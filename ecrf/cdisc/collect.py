@@ -1,0 +1,127 @@
+"""What a CDISC export reads: the study's subjects (site-scoped), subject by subject, with each form's values
+per visit as the eCRF shows them, and the item-level audit trail. Memory holds one subject."""
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from ecrf.audit.models import AuditEntry
+from ecrf.crf.models import FormInstance
+from ecrf.crf.schedule import EVERY_VISIT, UNSCHEDULED, day_zero, place
+from ecrf.crf.values import SUBJECT_LEVEL_KINDS, ShownFact, _facts, _pick, fact_date, owned_resources
+from ecrf.eligibility.models import EligibilityState
+from ecrf.export.deidentify import parse_date
+from ecrf.export.form_csv import _subject_heads
+from ecrf.store.indexing import patient_of
+from ecrf.store.service import ClinicalStore
+from fhir_mappings.definitions import FormDef, StudyDef
+
+
+@dataclass
+class FormRecord:
+    form: FormDef
+    visit_id: str
+    instance: FormInstance | None
+    values: dict[str, dict[str, Any]]
+    visit_date: date | None
+
+
+@dataclass
+class SubjectRecord:
+    subject_id: str
+    patient_id: str
+    site: str | None
+    zero: date | None
+    forms: list[FormRecord] = field(default_factory=list)
+    eligibility: EligibilityState | None = None
+
+    def value(self, item_id: str) -> dict[str, Any] | None:
+        """The subject's value of an item at its first visit holding one (subject-level items)."""
+        for record in self.forms:
+            entry = record.values.get(item_id)
+            if entry is not None and entry.get("value") is not None:
+                return entry
+        return None
+
+
+def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, values: bool = True) -> Iterator[SubjectRecord]:
+    """Every study subject the store's actor may see (at `site` when given), in subject id order; with their
+    forms' values unless `values` is False (the ODM archive reads the audit trail instead)."""
+    session = store.session
+    after = None
+    while True:
+        heads = _subject_heads(session, study, store.actor, after)
+        if not heads:
+            return
+        after = heads[-1].resource_id
+        for subject in store.current(heads):
+            patient_id = patient_of(subject.content)
+            if patient_id is None or (site is not None and subject.site != site):
+                continue
+            if values:
+                yield _subject(session, study, subject.resource_id, subject.site, patient_id)
+            else:
+                yield SubjectRecord(subject.resource_id, patient_id, subject.site, None)
+        session.expunge_all()
+
+
+def _subject(session: Session, study: StudyDef, subject_id: str, site: str | None, patient_id: str) -> SubjectRecord:
+    zero = day_zero(session, study, patient_id)
+    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id))
+    instances = {(i.form_id, i.visit_id): i for i in session.execute(
+        select(FormInstance).where(FormInstance.patient_id == patient_id)).scalars()}
+    for form in study.forms:
+        mine = {visit_id: instance for (form_id, visit_id), instance in instances.items() if form_id == form.id}
+        placed = _placed_once(session, study, form, patient_id, mine, zero)
+        for visit_id in form.visits:
+            instance = mine.get(visit_id)
+            here, everywhere = placed.get(visit_id, {}), placed.get(EVERY_VISIT, {})
+            values, _ = _pick(form, {item_id: here.get(item_id, []) + everywhere.get(item_id, [])
+                                     for item_id in here.keys() | everywhere.keys()})
+            if not values and instance is None:
+                continue
+            when = instance.visit_date if instance else min(
+                (d for d in (parse_date(e.get("effective")) for e in values.values()) if d), default=None)
+            record.forms.append(FormRecord(form, visit_id, instance, values, when))
+        unscheduled: dict[date | None, dict[str, list[ShownFact]]] = {}
+        for item_id, shown in placed.get(None, {}).items():
+            for one in shown:
+                unscheduled.setdefault(fact_date(one.fact), {}).setdefault(item_id, []).append(one)
+        for day in sorted(unscheduled, key=lambda d: (d is None, d or date.min)):  # EHR results outside every window
+            values, _ = _pick(form, unscheduled[day])
+            record.forms.append(FormRecord(form, UNSCHEDULED, None, values, day))
+    return record
+
+
+def _placed_once(session: Session, study: StudyDef, form: FormDef, patient_id: str,
+                 instances: dict[str, FormInstance], zero: date | None) -> dict[str | None, dict[str, list[ShownFact]]]:
+    """Where each of the form's facts shows (visit, EVERY_VISIT or None: unscheduled), read once for all visits:
+    the placement of ecrf.crf.values (an instance's own facts at its visit, subject-level facts at every visit,
+    EHR facts by their date), which reads the facts again per visit."""
+    owner = {reference: visit_id for visit_id, instance in instances.items()
+             for reference in owned_resources(instance).values()}
+    items = {item.id: item for item in form.items}
+    placed: dict[str | None, dict[str, list[ShownFact]]] = {}
+    for shown in _facts(session, patient_id, form.id):
+        fact = shown.fact
+        item = items.get(fact.item_id)
+        if item is None:
+            continue
+        visit_id = owner.get(f"{fact.resource_type}/{fact.resource_id}")
+        if visit_id is not None:
+            shown, where = ShownFact(fact, "form", shown.author, own=True), visit_id
+        elif item.fhir.kind in SUBJECT_LEVEL_KINDS:
+            where = EVERY_VISIT
+        else:
+            where = place(study, form, zero, fact_date(fact))
+        placed.setdefault(where, {}).setdefault(item.id, []).append(shown)
+    return placed
+
+
+def audit_trail(session: Session, patient_id: str) -> list[AuditEntry]:
+    """The subject's audit entries in chain order (item values, form status, signatures, queries)."""
+    return list(session.execute(select(AuditEntry).where(AuditEntry.patient_id == patient_id)
+                                .order_by(AuditEntry.seq)).scalars())

@@ -1,0 +1,69 @@
+"""The SDTM mapping of a study, read from `forms/sdtm.yaml` (study data: a second study brings its own)."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fhir_mappings.definitions import StudyDef
+
+FILE_NAME = "sdtm.yaml"
+
+
+class MappingError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Mapping:
+    spec: dict[str, Any]
+
+    @property
+    def units(self) -> dict[str, str]:
+        return self.spec.get("units") or {}
+
+    def unit(self, ucum: str | None) -> str:
+        if not ucum:
+            return ""
+        return self.units.get(ucum, ucum)
+
+    @property
+    def dm(self) -> dict[str, dict[str, Any]]:
+        return self.spec.get("dm") or {}
+
+    @property
+    def ie(self) -> dict[str, Any] | None:
+        return self.spec.get("ie")
+
+    @property
+    def sv(self) -> bool:
+        return bool(self.spec.get("sv"))
+
+    @property
+    def findings(self) -> dict[str, dict[str, Any]]:
+        return self.spec.get("findings") or {}
+
+    @property
+    def events(self) -> dict[str, dict[str, Any]]:
+        return self.spec.get("events") or {}
+
+
+def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
+    path = Path(study_dir) / FILE_NAME
+    if not path.is_file():
+        raise MappingError(f"the study has no SDTM mapping ({path} is missing)")
+    spec = yaml.safe_load(path.read_text()) or {}
+    items = {item.id for form in study.forms for item in form.items}
+    named = [rule.get("item") for rule in (spec.get("dm") or {}).values()]
+    named += [rule.get(key) for rule in (spec.get("dm") or {}).values() for key in ("born", "at")]
+    for section in ("findings", "events"):
+        for domain in (spec.get(section) or {}).values():
+            for item_id, rule in (domain.get("items") or {}).items():
+                named += [item_id, rule.get("uln"), rule.get("METHOD_ITEM")]
+    visits = {visit.id for visit in study.visits}
+    if (spec.get("ie") or {}).get("visit") not in (None, *visits):
+        raise MappingError(f"{path}: ie.visit {spec['ie']['visit']} is not a visit of the study")
+    unknown = sorted({name for name in named if name and name not in items})
+    if unknown:
+        raise MappingError(f"{path}: items not in the study: {', '.join(unknown)}")
+    return Mapping(spec)

@@ -1,0 +1,336 @@
+"""SDTM datasets from the eCRF's values, following the study's mapping (`forms/sdtm.yaml`): DM, DS, PR and the
+findings domains (VS, LB, ...), each with its SUPP-- holding every record's FHIR origin (resource and version).
+Rows are made subject by subject; for sponsors through the export's de-identification (pseudonymous subject and
+resource ids, dates shifted per subject, study days exact, ages instead of birth dates)."""
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ecrf.cdisc.collect import FormRecord, SubjectRecord
+from ecrf.crf.schedule import UNSCHEDULED
+from ecrf.cdisc.mapping import Mapping
+from ecrf.export.deidentify import Deidentifier, completed_years, parse_date
+from fhir_mappings.definitions import StudyDef
+
+COLLECTED, DERIVED, ASSIGNED = "Collected", "Derived", "Assigned"
+METHODS = {
+    "AGE": "Completed years from the birth date to the informed consent date (eCRF items birth_date, consent_date)",
+    "DY": "Study day: date - RFSTDTC (+1 on or after RFSTDTC), from unshifted dates",
+    "STRESN": "The collected value converted exactly to the study's canonical unit (forms/, UCUM factors)",
+    "SEQ": "Sequence number of the subject's records in the domain, in export order",
+    "IE": "From the subject's eligibility evaluation (forms/criteria.yaml; the frozen one once randomised): "
+          "inclusion criteria not met (N) and exclusion criteria met (Y), dated by its reference date R",
+    "VISITNUM": "Order of the visit in the study's schedule (forms/study.yaml)",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    label: str
+    data_type: str  # Dataset-JSON: string, integer, double, date
+    origin: str = COLLECTED
+    method: str | None = None  # key of METHODS for derived columns
+    source: str | None = None  # the eCRF item or FHIR element it comes from
+
+    @property
+    def numeric(self) -> bool:
+        return self.data_type in ("integer", "double", "float", "decimal")
+
+
+@dataclass
+class Dataset:
+    name: str
+    label: str
+    columns: list[Column]
+    keys: tuple[str, ...] = ("STUDYID", "USUBJID")
+    structure: str = "One record per subject"
+    klass: str = "SPECIAL PURPOSE"
+    rows: list[list[Any]] = field(default_factory=list)  # the current subject's rows only
+
+
+def _c(name: str, label: str, data_type: str = "string", origin: str = ASSIGNED, method: str | None = None,
+       source: str | None = None) -> Column:
+    return Column(name, label, data_type, origin, method, source)
+
+
+def _identity(domain: str, *, rdomain: bool = False) -> list[Column]:
+    return [_c("STUDYID", "Study Identifier"),
+            _c("RDOMAIN", "Related Domain Abbreviation") if rdomain else _c("DOMAIN", "Domain Abbreviation"),
+            _c("USUBJID", "Unique Subject Identifier")]
+
+
+def _visit_columns() -> list[Column]:
+    return [_c("VISITNUM", "Visit Number", "integer", DERIVED, "VISITNUM"), _c("VISIT", "Visit Name")]
+
+
+def datasets(mapping: Mapping) -> list[Dataset]:
+    """The datasets the mapping produces, with their variables in SDTMIG order."""
+    result = [Dataset("DM", "Demographics", [
+        *_identity("DM"), _c("SUBJID", "Subject Identifier for the Study"),
+        _c("RFSTDTC", "Subject Reference Start Date/Time", "date", COLLECTED, source="randomisation_date"),
+        _c("RFICDTC", "Date/Time of Informed Consent", "date", COLLECTED, source="consent_date"),
+        _c("SITEID", "Study Site Identifier"),
+        _c("AGE", "Age", "integer", DERIVED, "AGE"), _c("AGEU", "Age Units"),
+        _c("SEX", "Sex", origin=COLLECTED, source="sex"),
+        _c("ARMCD", "Planned Arm Code", origin=COLLECTED, source="arm"), _c("ARM", "Description of Planned Arm"),
+    ], keys=("STUDYID", "USUBJID"))]
+    if mapping.ie is not None:
+        result.append(Dataset("IE", "Inclusion/Exclusion Criteria Not Met", [
+            *_identity("IE"), _c("IESEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+            _c("IETESTCD", "Inclusion/Exclusion Criterion Short Name"), _c("IETEST", "Inclusion/Exclusion Criterion"),
+            _c("IECAT", "Inclusion/Exclusion Category"),
+            _c("IEORRES", "I/E Criterion Original Result", origin=DERIVED, method="IE"),
+            _c("IESTRESC", "I/E Criterion Result in Std Format", origin=DERIVED, method="IE"), *_visit_columns(),
+            _c("IEDTC", "Date/Time of Collection", "date", DERIVED, "IE"),
+            _c("IEDY", "Study Day of Collection", "integer", DERIVED, "DY")],
+            keys=("STUDYID", "USUBJID", "IETESTCD"), structure="One record per inclusion/exclusion criterion not met per subject",
+            klass="FINDINGS"))
+    if mapping.sv:
+        result.append(Dataset("SV", "Subject Visits", [
+            *_identity("SV"), *_visit_columns(),
+            _c("SVSTDTC", "Start Date/Time of Visit", "date", COLLECTED, source="visit_date"),
+            _c("SVSTDY", "Study Day of Start of Visit", "integer", DERIVED, "DY")],
+            keys=("STUDYID", "USUBJID", "VISITNUM"), structure="One record per subject per actual visit", klass="SPECIAL PURPOSE"))
+    for domain, spec in mapping.events.items():
+        d = domain
+        verb = "TRT" if domain in ("PR", "CM", "EX") else "TERM"
+        columns = [*_identity(domain), _c(f"{d}SEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+                   _c(f"{d}{verb}", "Reported Name" if verb == "TRT" else "Reported Term", origin=COLLECTED),
+                   _c(f"{d}DECOD", "Standardized Term"), _c(f"{d}CAT", "Category"), *_visit_columns(),
+                   _c(f"{d}STDTC", "Start Date/Time", "date", COLLECTED),
+                   _c(f"{d}STDY", "Study Day of Start", "integer", DERIVED, "DY")]
+        result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}SEQ"),
+                              structure="One record per event per subject",
+                              klass="INTERVENTIONS" if verb == "TRT" else "EVENTS"))
+    for domain, spec in mapping.findings.items():
+        d = domain
+        lab = domain == "LB"
+        columns = [*_identity(domain), _c(f"{d}SEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+                   _c(f"{d}TESTCD", "Short Name of Measurement"), _c(f"{d}TEST", "Name of Measurement"),
+                   *([_c("LBCAT", "Category for Lab Test")] if lab else []),
+                   _c(f"{d}ORRES", "Result in Original Units", origin=COLLECTED),
+                   _c(f"{d}ORRESU", "Original Units", origin=COLLECTED),
+                   *([_c("LBORNRHI", "Reference Range Upper Limit in Orig Unit", origin=COLLECTED)] if lab else []),
+                   _c(f"{d}STRESC", "Result in Standard Format", origin=DERIVED, method="STRESN"),
+                   _c(f"{d}STRESN", "Numeric Result in Standard Units", "double", DERIVED, "STRESN"),
+                   _c(f"{d}STRESU", "Standard Units"),
+                   *([_c("LBSTNRHI", "Reference Range Upper Limit-Std Units", "double", DERIVED, "STRESN"),
+                      _c("LBSPEC", "Specimen Type"), _c("LBMETHOD", "Method of Test or Examination", origin=COLLECTED)]
+                     if lab else []),
+                   *_visit_columns(), _c(f"{d}DTC", "Date/Time of Collection", "date", COLLECTED),
+                   _c(f"{d}DY", "Study Day of Collection", "integer", DERIVED, "DY")]
+        result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}TESTCD", "VISITNUM"),
+                              structure="One record per test per visit per subject", klass="FINDINGS"))
+    for parent in [dataset.name for dataset in result if dataset.name not in ("DM", "IE", "SV")]:
+        result.append(Dataset(f"SUPP{parent}", f"Supplemental Qualifiers for {parent}", [
+            *_identity(parent, rdomain=True), _c("IDVAR", "Identifying Variable"),
+            _c("IDVARVAL", "Identifying Variable Value"), _c("QNAM", "Qualifier Variable Name"),
+            _c("QLABEL", "Qualifier Variable Label"), _c("QVAL", "Data Value"), _c("QORIG", "Origin"),
+        ], keys=("STUDYID", "RDOMAIN", "USUBJID", "IDVAR", "IDVARVAL", "QNAM"),
+            structure="One record per supplemental qualifier per related parent domain record", klass="RELATIONSHIP"))
+    return result
+
+
+class Builder:
+    """Makes one subject's rows for every dataset."""
+
+    def __init__(self, study: StudyDef, mapping: Mapping, deid: Deidentifier | None):
+        self.study, self.mapping, self.deid = study, mapping, deid
+        self.visit_number: dict[str, int | None] = {visit.id: number for number, visit in enumerate(study.visits, start=1)}
+        self.visit_label = {visit.id: visit.label for visit in study.visits}
+        self.visit_label[UNSCHEDULED] = "UNSCHEDULED"  # EHR results outside every window: VISITNUM null
+        self.arm_label = {arm.id: arm.label for arm in study.arms}
+        self.items = {item.id: item for form in study.forms for item in form.items}
+
+    # -- keys, dates, references ---------------------------------------------------------------
+
+    def subject_key(self, subject: SubjectRecord) -> str:
+        return self.deid.pseudonym(subject.patient_id) if self.deid else subject.subject_id
+
+    def usubjid(self, subject: SubjectRecord) -> str:
+        return f"{self.study.id}-{self.subject_key(subject)}"
+
+    def dtc(self, subject: SubjectRecord, value: Any) -> str | None:
+        day = parse_date(value) if not isinstance(value, date) else value
+        if day is None:
+            return None
+        text = day.isoformat()
+        return self.deid.shift(text, self.deid.shift_days(subject.patient_id)) if self.deid else text
+
+    def reference(self, entry: dict[str, Any]) -> str | None:
+        resource = entry.get("resource")
+        if not resource:
+            return None
+        kind, _, resource_id = resource.partition("/")
+        if self.deid:
+            resource_id = self.deid.pseudonym(resource_id)
+        return f"{kind}/{resource_id}/_history/{entry.get('resource_version')}"
+
+    @staticmethod
+    def study_day(day: date | None, reference: date | None) -> int | None:
+        if day is None or reference is None:
+            return None
+        delta = (day - reference).days
+        return delta + 1 if delta >= 0 else delta
+
+    # -- rows ------------------------------------------------------------------------------------
+
+    def rows(self, subject: SubjectRecord) -> dict[str, list[list[Any]]]:
+        out: dict[str, list[list[Any]]] = {}
+        usubjid = self.usubjid(subject)
+        dm = self.mapping.dm
+        start_entry = subject.value(dm.get("RFSTDTC", {}).get("item", ""))
+        reference = parse_date(start_entry["value"]) if start_entry else None
+        out["DM"] = [self._dm(subject, usubjid, reference)]
+        if self.mapping.ie is not None:
+            out["IE"] = self._ie(subject, usubjid, reference)
+        if self.mapping.sv:
+            visits: dict[str, date] = {}
+            for record in subject.forms:
+                if record.visit_date is not None and self.visit_number.get(record.visit_id) is not None:
+                    visits[record.visit_id] = min(record.visit_date, visits.get(record.visit_id, record.visit_date))
+            out["SV"] = [[self.study.id, "SV", usubjid, self.visit_number[visit_id], self.visit_label[visit_id],
+                          self.dtc(subject, day), self.study_day(day, reference)]
+                         for visit_id, day in sorted(visits.items(), key=lambda pair: self.visit_number[pair[0]])]
+        for domain, spec in self.mapping.events.items():
+            rows, supp = [], []
+            for item_id, rule in spec["items"].items():
+                for record in subject.forms:
+                    entry = record.values.get(item_id)
+                    if entry is None or entry.get("value") is None:
+                        continue
+                    day = parse_date(entry["value"])
+                    seq = len(rows) + 1
+                    rows.append([self.study.id, domain, usubjid, seq, rule.get("TERM") or rule.get("TRT"),
+                                 rule.get("DECOD"), rule.get("CAT"), self.visit_number.get(record.visit_id),
+                                 self.visit_label.get(record.visit_id), self.dtc(subject, day),
+                                 self.study_day(day, reference)])
+                    supp += self._origin(domain, usubjid, seq, entry)
+                    break  # a subject-level event: once
+            out[domain], out[f"SUPP{domain}"] = rows, supp
+        for domain, spec in self.mapping.findings.items():
+            rows, supp = [], []
+            for record in subject.forms:
+                for item_id, rule in spec["items"].items():
+                    entry = record.values.get(item_id)
+                    if entry is None or entry.get("value") is None:
+                        continue
+                    seq = len(rows) + 1
+                    row, extra = self._finding(domain, rule, subject, usubjid, seq, record, item_id, entry, reference)
+                    rows.append(row)
+                    supp += self._origin(domain, usubjid, seq, entry) + extra
+            out[domain], out[f"SUPP{domain}"] = rows, supp
+        return out
+
+    def _ie(self, subject: SubjectRecord, usubjid: str, reference: date | None) -> list[list[Any]]:
+        state = subject.eligibility
+        if state is None:
+            return []
+        evaluation = json.loads(state.frozen_result or state.result)
+        day = parse_date(evaluation.get("reference_date"))
+        visit_id = self.mapping.ie.get("visit")
+        described = {criterion.id: criterion.description for criterion in self.study.criteria}
+        rows = []
+        for criterion in evaluation.get("criteria", []):
+            inclusion = criterion["kind"] == "inclusion"
+            if criterion["result"] != ("not_met" if inclusion else "met"):
+                continue
+            answer = "N" if inclusion else "Y"
+            rows.append([self.study.id, "IE", usubjid, len(rows) + 1, criterion["id"].split("_", 1)[0][:8],
+                         described.get(criterion["id"], criterion["id"]), "INCLUSION" if inclusion else "EXCLUSION",
+                         answer, answer, self.visit_number.get(visit_id), self.visit_label.get(visit_id),
+                         self.dtc(subject, day), self.study_day(day, reference)])
+        return rows
+
+    def _dm(self, subject: SubjectRecord, usubjid: str, reference: date | None) -> list[Any]:
+        dm = self.mapping.dm
+
+        def value(variable: str) -> Any:
+            rule = dm.get(variable)
+            entry = subject.value(rule["item"]) if rule and rule.get("item") else None
+            return None if entry is None else entry["value"]
+
+        age = None
+        rule = dm.get("AGE")
+        if rule:
+            born, at = subject.value(rule["born"]), subject.value(rule["at"])
+            born_day, at_day = (parse_date(born["value"]) if born else None), (parse_date(at["value"]) if at else None)
+            if born_day and at_day:
+                age = self.deid.age(born_day, at_day)[0] if self.deid else completed_years(born_day, at_day)
+        sex = value("SEX")
+        codes = (dm.get("SEX") or {}).get("codes") or {}
+        arm = value("ARMCD")
+        return [self.study.id, "DM", usubjid, self.subject_key(subject), self.dtc(subject, reference),
+                self.dtc(subject, value("RFICDTC")), subject.site, age, "YEARS" if age is not None else None,
+                codes.get(sex, sex) if sex is not None else None, arm,
+                self.arm_label.get(arm) if arm is not None else None]
+
+    def _finding(self, domain: str, rule: dict[str, Any], subject: SubjectRecord, usubjid: str, seq: int,
+                 record: FormRecord, item_id: str, entry: dict[str, Any], reference: date | None) -> tuple[list[Any], list[list[Any]]]:
+        exact = entry.get("exact") if entry.get("exact") is not None else str(entry["value"])
+        entered = entry.get("entered") or {}
+        original = entered.get("value", entry["value"])
+        canonical_unit = entry.get("unit")
+        original_unit = entered.get("unit") or canonical_unit
+        number = _decimal(exact)
+        day = parse_date(entry.get("effective")) or record.visit_date
+        row: list[Any] = [self.study.id, domain, usubjid, seq, rule["TESTCD"], rule["TEST"]]
+        extra: list[list[Any]] = []
+        lab = domain == "LB"
+        if lab:
+            row.append(rule.get("CAT"))
+        row += [_text(original), self.mapping.unit(original_unit)]
+        if lab:
+            uln, source = None, None
+            if rule.get("uln"):
+                if entry.get("uln") is not None:
+                    uln, source = _decimal(entry["uln"]), "REPORT"
+                elif item_id in self.study.uln_defaults:
+                    uln, source = Decimal(self.study.uln_defaults[item_id]), "DEFAULT"
+            original_number = _decimal(original)
+            factor = number / original_number if number is not None and original_number else None
+            uln_original = uln / factor if uln is not None and factor else uln
+            row.append(format(uln_original.normalize(), "f") if uln_original is not None else None)
+            if source:
+                extra.append([self.study.id, domain, usubjid, f"{domain}SEQ", str(seq), "ULNSRC",
+                              "Source of the ULN", source, ASSIGNED])
+        row += [exact, float(number) if number is not None else None, self.mapping.unit(canonical_unit)]
+        if lab:
+            method_item = rule.get("METHOD_ITEM")
+            method = record.values.get(method_item, {}).get("value") if method_item else None
+            row += [float(uln) if uln is not None else None, rule.get("SPEC"),
+                    str(method).upper() if method is not None else rule.get("METHOD")]
+        row += [self.visit_number.get(record.visit_id), self.visit_label.get(record.visit_id),
+                self.dtc(subject, day), self.study_day(day, reference)]
+        return row, extra
+
+    def _origin(self, domain: str, usubjid: str, seq: int, entry: dict[str, Any]) -> list[list[Any]]:
+        reference = self.reference(entry)
+        if reference is None:
+            return []
+        return [[self.study.id, domain, usubjid, f"{domain}SEQ", str(seq), "FHIRREF",
+                 "FHIR resource and version", reference, ASSIGNED]]
+
+
+def _decimal(value: Any) -> Decimal | None:
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def subjects_rows(builder: Builder, subjects: Iterator[SubjectRecord]) -> Iterator[dict[str, list[list[Any]]]]:
+    for subject in subjects:
+        yield builder.rows(subject)

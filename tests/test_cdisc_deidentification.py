@@ -1,0 +1,66 @@
+"""What a sponsor receives as CDISC is de-identified (issue 19): no MRN, birth date, real date, subject or resource
+id, user name, reason, query text or signature meaning in the ODM archive, the SDTM datasets (JSON, NDJSON, XPT)
+or the define.xml; a sponsor asking for identified CDISC data gets 403."""
+import pytest
+
+from tests.cdisc_support import cdisc_export, files
+from tests.conftest import running_server
+from tests.crf_support import VALID, day, path, save
+from tests.test_export_protocol import ASYNC, export_settings, fresh_database
+
+MRN = "MRN-QX-558812"
+BORN = "1931-02-17"
+REASON = "Quackenbush said the tube was mislabelled"
+QUERY = "Zebediah's ANC looks odd"
+MEANING = "Signed by Dr Philomena Cartwright"
+
+
+@pytest.fixture(scope="module")
+def study(database_url, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cdisc-deid")
+    with fresh_database(database_url, tmp_path) as url:
+        with running_server(export_settings(url, tmp_path)) as server:
+            with server.client("investigator", "S01", sub="philomena.cartwright") as http:
+                response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": MRN, "consent_date": day(14)})
+                assert response.status_code == 201, response.text
+                subject = response.json()
+                for form in ("surgery", "labs", "ctc"):
+                    assert save(http, subject["id"], form).status_code == 201
+                demographics = {**VALID["demographics"][2], "birth_date": BORN}
+                assert save(http, subject["id"], "demographics", demographics).status_code == 201
+                labs = {**VALID["labs"][2], "platelets": 191}
+                assert save(http, subject["id"], "labs", labs, reason=REASON).status_code == 200
+            with server.client("monitor", "S01", sub="monty.monitor") as http:
+                assert http.post(path(subject["id"], "labs", "SCR") + "/verify").status_code == 200
+                assert http.post(f"/api/v1/subjects/{subject['id']}/queries",
+                                 json={"form_id": "labs", "visit_id": "SCR", "item_id": "anc", "text": QUERY}).status_code == 201
+            with server.client("investigator", "S01", sub="philomena.cartwright") as http:
+                assert http.post(path(subject["id"], "labs", "SCR") + "/sign", json={"meaning": MEANING}).status_code == 200
+                resources = [entry["resource"].split("/")[1] for entry in
+                             http.get(path(subject["id"], "labs", "SCR")).json()["items"].values()]
+            yield server, subject, resources
+
+
+def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
+    server, subject, resources = study
+    with server.client("sponsor") as http:
+        content = files(http, cdisc_export(http, "odm"))
+        content.update(files(http, cdisc_export(http, "odm", mode="snapshot")))
+        content.update(files(http, cdisc_export(http, "sdtm")))
+    assert {"odm-archive.xml", "odm-snapshot.xml", "define.xml", "dm.json", "dm.ndjson", "dm.xpt", "lb.xpt"} <= set(content)
+    assert all(" " not in name for name in content)
+    everything = b"\n".join(content.values()).decode("latin-1")
+    assert "HGB" in everything and "IT.labs.platelets" in everything  # the data are there ...
+    planted = [MRN, BORN, REASON, QUERY, MEANING, "Quackenbush", "Zebediah", "Cartwright", "philomena", "monty",
+               subject["id"], subject["patient_id"], *resources, *(day(offset) for offset in (-3, 0, 7, 14, 21, 22))]
+    leaked = [value for value in planted if value in everything]
+    assert leaked == []  # ... and nothing identifying
+
+
+def test_a_sponsor_cannot_ask_for_identified_cdisc(study):
+    server, _, _ = study
+    with server.client("sponsor") as http:
+        for kind in ("odm", "sdtm"):
+            assert http.get(f"/api/v1/exports/{kind}", params={"deidentify": "false"}, headers=ASYNC).status_code == 403
+    with server.client("investigator", "S01") as http:
+        assert http.get("/api/v1/exports/odm", params={"site": "S01"}, headers=ASYNC).status_code == 403
