@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     export_retention_hours: int = 24
     export_batch_pause_seconds: float = 0.0
 
+    # allocation lists' generator key (CRF-SPEC 6), never the study or JWT secret; None: generated into a 0600 file
+    randomisation_secret: str | None = None
+
     report_min_cell: int = Field(default=5, ge=0)  # sponsors' aggregate reports: counts 1..n-1 hidden; 0 or 1: off
 
     @field_validator("jwt_algorithms", mode="before")
@@ -69,6 +72,11 @@ class Settings(BaseSettings):
     def study_secret_file(self) -> Path:
         """Where a generated study secret (pseudonyms, date shifts) is kept, like the dev signing secret."""
         return self._state_dir() / ".ecrf-study-secret"
+
+    @property
+    def randomisation_secret_file(self) -> Path:
+        """Where a generated randomisation secret is kept, like the study secret."""
+        return self._state_dir() / ".ecrf-randomisation-secret"
 
     @property
     def exports_path(self) -> Path:
