@@ -19,7 +19,8 @@ def test_metadata_is_public_valid_and_truthful(server):
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
-                              "MedicationStatement", "Specimen", "ResearchStudy", "Questionnaire", "Group"}
+                              "MedicationStatement", "Specimen", "ResearchStudy", "Questionnaire", "Group",
+                              "OperationDefinition"}  # v2: the definition of ResearchSubject/$randomize
     assert "Encounter" not in resources
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
     assert "interaction" not in resources["Group"]  # only Group/{study}/$export
@@ -29,6 +30,7 @@ def test_metadata_is_public_valid_and_truthful(server):
     assert {p["name"] for p in observation["searchParam"]} >= {"subject", "code", "date", "_lastUpdated"}
     assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"transaction", "batch"}
     assert [i["code"] for i in resources["ResearchStudy"]["interaction"]] == ["read"]
+    assert [i["code"] for i in resources["OperationDefinition"]["interaction"]] == ["read"]
 
 
 def test_create_read_vread_update_history_delete(server):
