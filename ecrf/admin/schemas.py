@@ -55,6 +55,11 @@ class ReportsView(BaseModel):
     min_cell: int
 
 
+class RandomisationView(BaseModel):
+    scheme: str | None = Field(description="the study's randomisation scheme file, null: the system does not allocate")
+    secret: str | None = Field(description="where the allocation lists' key comes from, never its value")
+
+
 class EffectiveSettings(BaseModel):
     study: StudyView
     database: DatabaseView
@@ -63,6 +68,7 @@ class EffectiveSettings(BaseModel):
     paging: PagingView
     exports: ExportsView
     reports: ReportsView
+    randomisation: RandomisationView
 
 
 class ChainCheck(BaseModel):

@@ -22,6 +22,7 @@ SHOWN = frozenset({
 WITHHELD = frozenset({
     "jwt_secret",     # only where it comes from
     "study_secret",   # only where it comes from
+    "randomisation_secret",  # only where it comes from
     "database_url",   # shown as backend, host, port and database, never user, password or query
 })
 
@@ -62,6 +63,11 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
                                            settings.study_secret_file),
         },
         "reports": {"min_cell": settings.report_min_cell},
+        "randomisation": {
+            "scheme": "randomisation.yaml" if runtime.randomisation is not None else None,
+            "secret": _secret_source(runtime.randomisation is not None, settings.randomisation_secret,
+                                     "ECRF_RANDOMISATION_SECRET", settings.randomisation_secret_file),
+        },
     }
 
 
