@@ -354,3 +354,22 @@ def _tamper(server, statement: str) -> None:
             connection.execute(text(statement))
             connection.execute(text("CREATE TRIGGER randomisation_slot_no_update BEFORE UPDATE ON randomisation_slot "
                                     "BEGIN SELECT RAISE(ABORT, 'randomisation_slot is append-only'); END"))
+
+
+def test_the_enrolment_report_counts_allocations_per_stratum_and_arm(server):
+    with server.client("coordinator", "S01") as http:
+        assert randomise(http, eligible(http, bclc("bclc-A"))).status_code == 201
+    with server.client("data_manager") as http:
+        report = http.get("/api/v1/reports/enrolment").json()
+    with Session(server.runtime.engine) as session:
+        rows = session.exec(select(RandomisationAllocation).where(RandomisationAllocation.study_id == STUDY.id)).all()
+    for scope in [*report["sites"], report["overall"]]:
+        mine = [row for row in rows if scope.get("site", row.site) == row.site]
+        expected = {stratum: {arm.id: sum(1 for row in mine if (row.stratum, row.arm) == (stratum, arm.id))
+                              for arm in STUDY.arms} for stratum in SCHEME.strata}
+        assert scope["randomised"]["by_stratum"] == expected, scope.get("site")
+    assert report["overall"]["randomised"]["by_stratum"]["S01-A"] != {"PD1_SORA": 0, "SORA": 0}
+    with server.client("sponsor") as http:  # small cells hidden as every other count of the report
+        sponsor = http.get("/api/v1/reports/enrolment").json()
+    cells = [n for stratum in sponsor["overall"]["randomised"]["by_stratum"].values() for n in stratum.values()]
+    assert all(n is None or n == 0 or n >= sponsor["min_cell"] for n in cells)

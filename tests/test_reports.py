@@ -104,9 +104,12 @@ def test_a_data_manager_gets_exact_counts_per_site_and_overall(study):
     assert s01["eligibility"] == {"eligible": 3, "ineligible": 1, "incomplete": 6}
     assert overall["eligibility"] == {"eligible": 4, "ineligible": 1, "incomplete": 7}
 
-    assert s01["randomised"] == {"total": 3, "by_arm": {"PD1_SORA": 1, "SORA": 2, "other": 0}}
-    assert s02["randomised"] == {"total": 1, "by_arm": {"PD1_SORA": 1, "SORA": 0, "other": 0}}
-    assert overall["randomised"] == {"total": 4, "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0}}
+    # v2: per stratum, the system's allocations only; these subjects' arms were entered (version 1)
+    no_strata = {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in ("S01-A", "S01-BC", "S02-A", "S02-BC")}
+    assert s01["randomised"] == {"total": 3, "by_arm": {"PD1_SORA": 1, "SORA": 2, "other": 0}, "by_stratum": no_strata}
+    assert s02["randomised"] == {"total": 1, "by_arm": {"PD1_SORA": 1, "SORA": 0, "other": 0}, "by_stratum": no_strata}
+    assert overall["randomised"] == {"total": 4, "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0},
+                                     "by_stratum": no_strata}
 
     assert _form(s01, "randomisation", "SCR") == {"form": "randomisation", "visit": "SCR", "done": 3,
                                                  "by_status": {"draft": 0, "complete": 2, "verified": 1,
@@ -185,7 +188,9 @@ def test_a_sponsor_never_sees_a_small_cell(study):
     for key in sponsor["overall"]["by_status"]:
         assert sum(scope["by_status"][key] is None for scope in scopes) != 1
     assert sponsor["overall"]["by_status"]["candidate"] == 7  # big enough, and protected by its hidden neighbours
-    assert sponsor["overall"]["randomised"] == {"total": None, "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0}}
+    assert sponsor["overall"]["randomised"] == {"total": None, "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0},
+                                                "by_stratum": {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in
+                                                               ("S01-A", "S01-BC", "S02-A", "S02-BC")}}
     assert all(scope["suppressed"] for scope in scopes)
 
 
