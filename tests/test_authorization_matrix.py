@@ -139,6 +139,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", SUBJECT_ROUTE + "/randomisation"): Expect(CLINICAL_READ, SITE, other=404),
     ("POST", "/fhir/ResearchSubject/{resource_id}/$randomize"): Expect(ALLOCATE, SITE, other=404),
     ("GET", "/fhir/OperationDefinition/{resource_id}"): Expect(FHIR_READ, STUDY_WIDE),
+    ("POST", SUBJECT_ROUTE + "/randomisation/notes"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
     ("GET", "/api/v1/randomisation/lists"): Expect(LISTS, STUDY_WIDE),
     ("GET", "/api/v1/randomisation/lists.csv"): Expect(LISTS, STUDY_WIDE),
     ("GET", "/api/v1/randomisation/lists/{stratum}"): Expect(LISTS, STUDY_WIDE),
@@ -503,6 +504,17 @@ def _fhir_randomize(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     return Req("POST", f"/fhir/ResearchSubject/{subject_id}/$randomize", headers=FHIR_JSON, ids=(subject_id,))
 
 
+@mutating
+def _randomisation_note(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    """A note on an allocated subject (allocated once, by the site's coordinator); notes add up, nothing is used up."""
+    subject_id = w.eligible(site)
+    if site != MISSING:
+        w.once(("allocated", site), False, lambda: _expect(
+            w.seed[COORDINATOR, site].post(f"/api/v1/subjects/{subject_id}/randomise"), 201))
+    return Req("POST", f"/api/v1/subjects/{subject_id}/randomisation/notes", json={"text": "randomised in error"},
+               ids=(subject_id,))
+
+
 def _lists(url: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         w.lists()
@@ -656,6 +668,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", SUBJECT_ROUTE + "/randomise"): _randomise,
     ("GET", SUBJECT_ROUTE + "/randomisation"): _subject_get("/randomisation"),
     ("POST", "/fhir/ResearchSubject/{resource_id}/$randomize"): _fhir_randomize,
+    ("POST", SUBJECT_ROUTE + "/randomisation/notes"): _randomisation_note,
     ("GET", "/fhir/OperationDefinition/{resource_id}"): _static("GET", "/fhir/OperationDefinition/ResearchSubject-randomize"),
     ("GET", "/api/v1/randomisation/lists"): _lists("/api/v1/randomisation/lists"),
     ("GET", "/api/v1/randomisation/lists.csv"): _lists("/api/v1/randomisation/lists.csv"),

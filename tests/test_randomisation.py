@@ -373,3 +373,21 @@ def test_the_enrolment_report_counts_allocations_per_stratum_and_arm(server):
         sponsor = http.get("/api/v1/reports/enrolment").json()
     cells = [n for stratum in sponsor["overall"]["randomised"]["by_stratum"].values() for n in stratum.values()]
     assert all(n is None or n == 0 or n >= sponsor["min_cell"] for n in cells)
+
+
+def test_a_mis_randomisation_is_a_note_and_the_allocation_stays(server):
+    with server.client("investigator", "S01") as http:
+        subject_id = eligible(http)
+        allocation = randomise(http, subject_id).json()
+        assert http.post(f"/api/v1/subjects/{subject_id}/randomisation/notes",
+                         json={"text": "wrong subject"}).status_code == 403
+        unallocated = eligible(http)
+    with server.client("data_manager") as http:
+        noted = http.post(f"/api/v1/subjects/{subject_id}/randomisation/notes",
+                          json={"text": "randomised in error: consent withdrawn the day before"})
+        assert noted.status_code == 201, noted.text
+        assert noted.json()["randomisation_number"] == allocation["randomisation_number"]
+        assert http.post(f"/api/v1/subjects/{unallocated}/randomisation/notes", json={"text": "x"}).status_code == 409
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == allocation
+        trail = http.get(f"/api/v1/subjects/{subject_id}/audit", params={"limit": 500}).json()
+    assert "randomised in error: consent withdrawn the day before" in str(trail)

@@ -37,6 +37,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "randomisation.allocate": frozenset({"investigator", "coordinator"}),
     "randomisation.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # own allocation
     "randomisation.lists": frozenset({"randomisation_manager"}),
+    "randomisation.note": frozenset({"data_manager"}),  # a mis-randomisation is a note; the allocation stays
 }
 PUBLIC = "public"
 

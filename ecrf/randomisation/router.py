@@ -4,13 +4,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.randomisation import service
 from ecrf.responses import JSONBody
 from ecrf.store.errors import NotFound
-from ecrf.store.unit import read_only
+from ecrf.store.unit import read_only, writing
 
 router = APIRouter(tags=["randomisation"])
 MANAGER = Depends(requires("randomisation.lists"))
@@ -39,6 +40,20 @@ def read_allocation(subject_id: str, request: Request,
     runtime = request.app.state.runtime
     with read_only(runtime, actor) as store:
         return service.read_allocation(runtime, store, subject_id)
+
+
+class Note(BaseModel):
+    text: str = Field(min_length=1, max_length=4000, description="what went wrong; the allocation stays")
+
+
+@router.post("/subjects/{subject_id}/randomisation/notes", status_code=201)
+def add_note(subject_id: str, body: Note, request: Request,
+             actor: Actor = Depends(requires("randomisation.note"))) -> dict[str, Any]:
+    """A data manager records a mis-randomisation as a note in the audit trail (`randomisation.note`). There
+    is no undo: the allocation, the arm and the subject's status stay as they are (intention to treat)."""
+    runtime = request.app.state.runtime
+    with writing(runtime, actor) as store:
+        return service.add_note(runtime, store, subject_id, body.text)
 
 
 @router.get("/randomisation/lists")

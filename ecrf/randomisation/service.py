@@ -313,6 +313,25 @@ def randomise_with_retry(runtime: Any, actor: Actor, subject_id: str, *, source:
     raise Conflict("the allocation could not be made; try again")
 
 
+def add_note(runtime: Any, store: ClinicalStore, subject_id: str, text: str) -> dict[str, Any]:
+    """A mis-randomisation is recorded as a note in the audit trail (data manager); the subject stays as
+    allocated (intention to treat): nothing else is written."""
+    text = (text or "").strip()
+    if not text:
+        raise Blocked("a note needs its text", [{"item": "text", "rule": "required", "message": "text must not be blank"}])
+    scheme = scheme_of(runtime)
+    subject = resolve(store, runtime.study, subject_id)
+    view = read_allocation(runtime, store, subject.id)
+    if not view["randomised"]:
+        raise Conflict(f"subject {subject.id} is not randomised: there is no allocation to annotate")
+    now = datetime.now(UTC)
+    audit.append(store.session, store.actor, "randomisation.note", source="form", patient_id=subject.patient_id,
+                 form_id=scheme.form, visit_id=scheme.visit, resource=f"ResearchSubject/{subject.id}",
+                 new_value=view.get("randomisation_number") or view["arm"], reason=text, at=now)
+    return {"subject_id": subject.id, "randomisation_number": view.get("randomisation_number"), "note": text,
+            "at": now.isoformat(), "by": store.actor.sub}
+
+
 # -- the randomisation manager's views ----------------------------------------------------------------
 
 def list_summaries(session: Session, study: StudyDef) -> list[dict[str, Any]]:
