@@ -391,3 +391,16 @@ def test_a_mis_randomisation_is_a_note_and_the_allocation_stays(server):
         assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == allocation
         trail = http.get(f"/api/v1/subjects/{subject_id}/audit", params={"limit": 500}).json()
     assert "randomised in error: consent withdrawn the day before" in str(trail)
+
+
+def test_the_randomisation_secret_is_neither_the_study_nor_the_jwt_secret(tmp_path):
+    from ecrf.randomisation.service import randomisation_secret
+
+    same = Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", study_secret="s" * 40, randomisation_secret="s" * 40,
+                    _env_file=None)
+    with pytest.raises(SchemeError, match="must differ"):
+        randomisation_secret(same)
+    generated = Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", _env_file=None)
+    first = randomisation_secret(generated)
+    assert first == randomisation_secret(generated) and len(first) >= 48
+    assert (tmp_path / ".ecrf-randomisation-secret").stat().st_mode & 0o777 == 0o600
