@@ -404,3 +404,18 @@ def test_the_randomisation_secret_is_neither_the_study_nor_the_jwt_secret(tmp_pa
     first = randomisation_secret(generated)
     assert first == randomisation_secret(generated) and len(first) >= 48
     assert (tmp_path / ".ecrf-randomisation-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_screening_log_shows_allocations_and_counts_per_stratum_and_arm(server):
+    with server.client("coordinator", "S01") as http:
+        subject_id = eligible(http)
+        allocation = randomise(http, subject_id).json()
+        log = http.get("/api/v1/eligibility", params={"limit": 500, "site": "S01"}).json()
+    row = next(r for r in log["items"] if r["subject"] == subject_id)
+    assert row["allocation"] == {"arm": allocation["arm"], "stratum": "S01-BC",
+                                 "randomisation_number": allocation["randomisation_number"]}
+    with Session(server.runtime.engine) as session:
+        stored = Counter((a.stratum, a.arm) for a in session.exec(select(RandomisationAllocation).where(
+            RandomisationAllocation.study_id == STUDY.id, RandomisationAllocation.site == "S01")).all())
+    assert {(c["stratum"], c["arm"]): c["n"] for c in log["randomised"]} == dict(stored)
+    assert {c["site"] for c in log["randomised"]} == {"S01"}

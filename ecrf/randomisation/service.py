@@ -374,13 +374,17 @@ def as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def strata_counts(session: Session, study: StudyDef, sites: frozenset[str] | None) -> list[dict[str, Any]]:
+def strata_counts(session: Session, study: StudyDef, sites: frozenset[str] | None,
+                  site: str | None = None) -> list[dict[str, Any]]:
     """Randomised subjects per site, stratum and arm (allocated ones only: never a slot)."""
     query = select(RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm,
                    func.count()).where(RandomisationAllocation.study_id == study.id)
     if sites is not None:
         query = query.where(RandomisationAllocation.site.in_(sorted(sites)))
+    if site:
+        query = query.where(RandomisationAllocation.site == site)
     rows = session.exec(query.group_by(RandomisationAllocation.site, RandomisationAllocation.stratum,
                                        RandomisationAllocation.arm)).all()
-    return [{"site": site, "stratum": stratum, "arm": arm, "n": n} for site, stratum, arm, n in rows]
+    return [{"site": at, "stratum": stratum, "arm": arm, "n": n}
+            for at, stratum, arm, n in sorted(rows, key=lambda r: (r[0] or "", r[1], r[2]))]
 
