@@ -21,6 +21,8 @@ from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
 from ecrf.eligibility.router import router as eligibility_router
 from ecrf.queries.router import router as queries_router
+from ecrf.randomisation.fhir_router import router as randomisation_fhir_router
+from ecrf.randomisation.router import router as randomisation_router
 from ecrf.reports.router import router as reports_router
 from ecrf.subjects.router import router as subjects_router
 from ecrf.web import sessions as web_sessions
@@ -70,9 +72,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(cdisc_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
+    app.include_router(randomisation_router, prefix=API_PREFIX)
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...
     app.include_router(everything_router, prefix=FHIR_PREFIX)  # Patient/{id}/$everything, before the catch-all
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
+    app.include_router(randomisation_fhir_router, prefix=FHIR_PREFIX)  # before the catch-all of unkept types
     app.include_router(fhir_router, prefix=FHIR_PREFIX)
     app.include_router(web_router)  # the clinicians' screens at /, over /api/v1
     return app

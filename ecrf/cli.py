@@ -1,4 +1,4 @@
-"""The `ecrf` command: serve, token, demo, db upgrade, audit verify."""
+"""The `ecrf` command: serve, token, demo, db upgrade, audit verify, randomisation generate|verify."""
 import argparse
 import sys
 
@@ -29,9 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="audit trail")
     audit.add_argument("action", choices=["verify"])
 
+    randomisation = commands.add_parser("randomisation", help="allocation lists (randomisation manager)")
+    randomisation.add_argument("action", choices=["generate", "verify"],
+                               help="generate: the lists of strata that have none (never regenerates); "
+                                    "verify: regenerate from the secret and compare, exit 1 on any difference")
+
     args = parser.parse_args(argv)
     settings = Settings()
-    handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit}[args.command]
+    handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit,
+               "randomisation": _randomisation}[args.command]
     return handler(settings, args) or 0
 
 
@@ -44,6 +50,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     runtime = Runtime.start(settings)
     upgrade(runtime.engine)
+    if runtime.randomisation is not None:  # generated once per study, at the first start
+        from ecrf.randomisation.service import generate
+
+        generate(runtime.engine, settings, runtime.study, runtime.randomisation)
     app = create_app(runtime=runtime)
     url = f"http://{args.host}:{args.port}"
     print(f"eCRF serving study {runtime.study.id} at {url}  (database: {_safe_url(settings.database_url)})", flush=True)
@@ -106,6 +116,35 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
         print(f"audit verify: FAILED, {breaks} problem(s)", file=sys.stderr)
         return 1
     print("audit verify: chain intact")
+    return 0
+
+
+def _randomisation(settings: Settings, args: argparse.Namespace) -> int:
+    from ecrf.randomisation import service
+    from ecrf.randomisation.scheme import load_scheme
+    from ecrf.store.migrate import upgrade
+    from ecrf.study import load_study
+    from ecrf.db import make_engine
+
+    study = load_study(settings.study_dir)
+    scheme = load_scheme(settings.study_dir, study)
+    if scheme is None:
+        print(f"ecrf randomisation: study {study.id} has no randomisation.yaml", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    if args.action == "generate":
+        made = service.generate(engine, settings, study, scheme)
+        print(f"randomisation generate: {len(made)} list(s) generated" + (f" ({', '.join(made)})" if made else
+                                                                          "; every stratum already has its list"))
+        return 0
+    problems = service.verify(engine, settings, study, scheme)
+    for problem in problems:
+        print(f"RANDOMISATION LIST {problem.stratum}: {problem.problem}", file=sys.stderr)
+    if problems:
+        print(f"randomisation verify: FAILED, {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"randomisation verify: {len(scheme.strata)} list(s) intact")
     return 0
 
 

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     oidc_client_secret: str | None = None
     oidc_roles_claim: str = "roles"  # claims of the ID token/userinfo mapped as for API tokens
     oidc_sites_claim: str = "sites"
+    # allocation lists' generator key (CRF-SPEC 6), never the study or JWT secret; None: generated into a 0600 file
+    randomisation_secret: str | None = None
 
     report_min_cell: int = Field(default=5, ge=0)  # sponsors' aggregate reports: counts 1..n-1 hidden; 0 or 1: off
 
@@ -79,6 +81,11 @@ class Settings(BaseSettings):
     def study_secret_file(self) -> Path:
         """Where a generated study secret (pseudonyms, date shifts) is kept, like the dev signing secret."""
         return self._state_dir() / ".ecrf-study-secret"
+
+    @property
+    def randomisation_secret_file(self) -> Path:
+        """Where a generated randomisation secret is kept, like the study secret."""
+        return self._state_dir() / ".ecrf-randomisation-secret"
 
     @property
     def exports_path(self) -> Path:

@@ -20,11 +20,13 @@ class Runtime:
     verifier: TokenVerifier
     derived_hooks: list[Any] = field(default_factory=list)
     write_guards: list[Any] = field(default_factory=list)
+    randomisation: Any = None  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
         from ecrf.crf.guard import lifecycle_guard
         from ecrf.eligibility.service import recompute
+        from ecrf.randomisation.scheme import load_scheme
         from ecrf.study import load_study
 
         study = load_study(settings.study_dir)
@@ -36,6 +38,7 @@ class Runtime:
             verifier=TokenVerifier(settings),
             derived_hooks=[recompute],
             write_guards=[lifecycle_guard(study)],
+            randomisation=load_scheme(settings.study_dir, study),
         )
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:

@@ -69,3 +69,22 @@ def errors_of(response) -> set[tuple[str, str]]:
     for error in body["errors"]:
         assert set(error) == {"item", "rule", "message"} and error["message"]
     return {(error["item"], error["rule"]) for error in body["errors"]}
+
+
+def entered_randomisation(server, subject_id: str, site: str = "S01", items: dict[str, Any] | None = None,
+                          sub: str = "dev-investigator"):
+    """A version-1 allocation: the arm typed into the randomisation form. Version 2 refuses that through the
+    API (422, rule `derived`: the system allocates, POST .../randomise), but allocations of version 1 stay as
+    they are (`method: entered`, CRF-SPEC 6); tests that need one write it through the form service, with the
+    eligibility gate and every check, as version 1's door did. Answers the form view."""
+    from ecrf.auth.actor import Actor
+    from ecrf.crf.service import save_form
+    from ecrf.store.unit import writing
+
+    visit, visit_date, default_items = VALID["randomisation"]
+    actor = Actor(sub=sub, roles=frozenset({"investigator"}), sites=frozenset({site}))
+    with writing(server.runtime, actor) as store:
+        result = save_form(server.runtime, store, subject_id, "randomisation", visit,
+                           items=default_items if items is None else items,
+                           visit_date=date.fromisoformat(visit_date), reason=None, if_match=None, allocated=True)
+    return result.view

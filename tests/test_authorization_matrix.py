@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 from crf_support import VALID, enrol, path, save
+from eligibility_support import compose, push
 from fhir_builders import bundle, lab, patient, post, urn
 from route_support import every_operation
 from sqlalchemy import String, cast, func, literal_column, select, union_all
@@ -54,9 +55,9 @@ VISIT = VALID[FORM][0]
 
 # -- the role model -------------------------------------------------------------------------------------
 
-INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN = (
-    "investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin")
-EVERY_ROLE = frozenset({INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN})
+INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN, RANDOMISATION_MANAGER = (
+    "investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin", "randomisation_manager")
+EVERY_ROLE = frozenset({INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN, RANDOMISATION_MANAGER})
 DATA_ENTRY = frozenset({INVESTIGATOR, COORDINATOR})          # enrol, enter and edit data
 CLINICAL_READ = DATA_ENTRY | {MONITOR, DATA_MANAGER}         # per-subject data, identifiers included
 FHIR_READ = CLINICAL_READ | {EHR}                            # the FHIR door; the ehr reads back its site's data
@@ -69,6 +70,8 @@ QUERY_ANSWER = DATA_ENTRY                                    # investigator and 
 AGGREGATE = frozenset({SPONSOR, DATA_MANAGER, MONITOR})      # sponsor: counts; data_manager: reports;
 #                                                              monitor: it reads its sites' data, so their counts
 CHAIN_CHECK = frozenset({ADMIN, DATA_MANAGER})               # admin: audit review; data_manager: a study-level report
+ALLOCATE = DATA_ENTRY                                        # CRF-SPEC 6: the site randomises, by a dedicated action
+LISTS = frozenset({RANDOMISATION_MANAGER})                   # the unblinded statistician only: lists, slots, the log
 
 PUBLIC = "public"  # no token needed
 STUDY_WIDE = "study"  # about no site's data (the study definition, settings, study-level exports)
@@ -138,6 +141,18 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", "/api/v1/queries/{query_id}/answer"): Expect(QUERY_ANSWER, SITE, other=404),
     ("POST", "/api/v1/queries/{query_id}/close"): Expect(QUERY_RAISE_CLOSE, SITE, other=404),
     ("POST", "/api/v1/queries/{query_id}/reopen"): Expect(QUERY_RAISE_CLOSE, SITE, other=404),
+    # randomisation (CRF-SPEC 6): the site allocates; the subject's own allocation is read as the subject is;
+    # lists, unused slots, the allocation log and their CSV exports are the randomisation manager's alone
+    ("POST", SUBJECT_ROUTE + "/randomise"): Expect(ALLOCATE, SITE, other=404),
+    ("GET", SUBJECT_ROUTE + "/randomisation"): Expect(CLINICAL_READ, SITE, other=404),
+    ("POST", "/fhir/ResearchSubject/{resource_id}/$randomize"): Expect(ALLOCATE, SITE, other=404),
+    ("GET", "/fhir/OperationDefinition/{resource_id}"): Expect(FHIR_READ, STUDY_WIDE),
+    ("POST", SUBJECT_ROUTE + "/randomisation/notes"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
+    ("GET", "/api/v1/randomisation/lists"): Expect(LISTS, STUDY_WIDE),
+    ("GET", "/api/v1/randomisation/lists.csv"): Expect(LISTS, STUDY_WIDE),
+    ("GET", "/api/v1/randomisation/lists/{stratum}"): Expect(LISTS, STUDY_WIDE),
+    ("GET", "/api/v1/randomisation/allocations"): Expect(LISTS, STUDY_WIDE),
+    ("GET", "/api/v1/randomisation/allocations.csv"): Expect(LISTS, STUDY_WIDE),
     # aggregate counts, per site of the caller's sites: never a subject
     ("GET", "/api/v1/reports/enrolment"): Expect(AGGREGATE, LIST),
     # administration: settings and who-saw-what are the admin's; the chain check also the data manager's
@@ -229,6 +244,7 @@ CALLERS = (
     Caller("sponsor", SPONSOR),
     Caller("ehr@S01", EHR, (OWN,)),
     Caller("admin", ADMIN),
+    Caller("randomisation_manager", RANDOMISATION_MANAGER),
 )
 ANONYMOUS = Caller("no token", None)
 EXPIRED = Caller("expired token", None)
@@ -324,6 +340,26 @@ class World:
         if site == MISSING:
             return self.missing_id
         return self.once(("subject", site), fresh, lambda: enrol(self.seed[COORDINATOR, site], site)["id"])
+
+    def eligible(self, site: str, fresh: bool = False) -> str:
+        """A subject eligible today at the site (the FHIR door and two forms, by the site's coordinator)."""
+        if site == MISSING:
+            return self.missing_id
+
+        def make() -> str:
+            patient = compose()
+            patient["resources"]["patient"]["identifier"][0]["system"] = \
+                self.server.runtime.study.site(site).mrn_system
+            return push(self.seed[COORDINATOR, site], patient)
+        return self.once(("eligible", site), fresh, make)
+
+    def lists(self) -> None:
+        """The allocation lists exist (generated once, as `ecrf serve` does at its first start)."""
+        from ecrf.randomisation.service import generate
+
+        runtime = self.server.runtime
+        if generate(runtime.engine, runtime.settings, runtime.study, runtime.randomisation):
+            self.writes += 1
 
     def form(self, state: str, site: str, fresh: bool = False) -> str:
         """The path of a form of a new subject: complete, verified, signed or locked."""
@@ -474,6 +510,37 @@ def _query_step(method: str, suffix: str, state: str, body: dict[str, Any] | Non
         query_id = w.query(state, site, fresh)
         return Req(method, f"/api/v1/queries/{query_id}{suffix}", json=body, ids=(query_id,))
     return mutating(build) if method != "GET" else build
+
+
+@mutating
+def _randomise(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    """An allowed call allocates a fresh eligible subject (201); a shared one would answer its repeat (200)."""
+    subject_id = w.eligible(site, fresh)
+    return Req("POST", f"/api/v1/subjects/{subject_id}/randomise", ids=(subject_id,))
+
+
+@mutating
+def _fhir_randomize(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    subject_id = w.eligible(site, fresh)
+    return Req("POST", f"/fhir/ResearchSubject/{subject_id}/$randomize", headers=FHIR_JSON, ids=(subject_id,))
+
+
+@mutating
+def _randomisation_note(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    """A note on an allocated subject (allocated once, by the site's coordinator); notes add up, nothing is used up."""
+    subject_id = w.eligible(site)
+    if site != MISSING:
+        w.once(("allocated", site), False, lambda: _expect(
+            w.seed[COORDINATOR, site].post(f"/api/v1/subjects/{subject_id}/randomise"), 201))
+    return Req("POST", f"/api/v1/subjects/{subject_id}/randomisation/notes", json={"text": "randomised in error"},
+               ids=(subject_id,))
+
+
+def _lists(url: str) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        w.lists()
+        return Req("GET", url)
+    return build
 
 
 def _report(w: World, site: str, fresh: bool, caller: Caller) -> Req:
@@ -665,6 +732,16 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", "/api/v1/queries/{query_id}/answer"): _query_step("POST", "/answer", "open", {"text": "Yes, per 5 mL."}),
     ("POST", "/api/v1/queries/{query_id}/close"): _query_step("POST", "/close", "open", {"text": "resolved"}),
     ("POST", "/api/v1/queries/{query_id}/reopen"): _query_step("POST", "/reopen", "closed", {"text": "source differs"}),
+    ("POST", SUBJECT_ROUTE + "/randomise"): _randomise,
+    ("GET", SUBJECT_ROUTE + "/randomisation"): _subject_get("/randomisation"),
+    ("POST", "/fhir/ResearchSubject/{resource_id}/$randomize"): _fhir_randomize,
+    ("POST", SUBJECT_ROUTE + "/randomisation/notes"): _randomisation_note,
+    ("GET", "/fhir/OperationDefinition/{resource_id}"): _static("GET", "/fhir/OperationDefinition/ResearchSubject-randomize"),
+    ("GET", "/api/v1/randomisation/lists"): _lists("/api/v1/randomisation/lists"),
+    ("GET", "/api/v1/randomisation/lists.csv"): _lists("/api/v1/randomisation/lists.csv"),
+    ("GET", "/api/v1/randomisation/lists/{stratum}"): _lists("/api/v1/randomisation/lists/S01-A"),
+    ("GET", "/api/v1/randomisation/allocations"): _lists("/api/v1/randomisation/allocations"),
+    ("GET", "/api/v1/randomisation/allocations.csv"): _lists("/api/v1/randomisation/allocations.csv"),
     ("GET", "/api/v1/reports/enrolment"): _report,
     ("GET", "/api/v1/admin/settings"): _static("GET", "/api/v1/admin/settings"),
     ("GET", "/api/v1/admin/audit/verify"): _static("GET", "/api/v1/admin/audit/verify"),

@@ -1,6 +1,6 @@
 """Form entry through /api/v1: every form of the spec, valid and invalid, and the server's edit checks."""
 import pytest
-from crf_support import VALID, day, enrol, errors_of, path, save
+from crf_support import VALID, day, enrol, entered_randomisation, errors_of, path, save
 
 INVALID = {
     # form -> (items, the (item, rule) pairs the 422 must list)
@@ -21,8 +21,10 @@ INVALID = {
             {("ctc_count", "type"), ("blood_volume", "hard_range"), ("method", "allowed_values")}),
     "history": ({**VALID["history"][2], "mi_date": "yesterday", "vaccine_date": "2999-12-31", "steroid_gt10mg_14d": 1},
                 {("mi_date", "type"), ("vaccine_date", "future_date"), ("steroid_gt10mg_14d", "type")}),
+    # v2: both items are the system's allocation, never typed (rule `derived`), and still checked
     "randomisation": ({"arm": "PLACEBO", "randomisation_date": "2999-01-01"},
-                      {("arm", "allowed_values"), ("randomisation_date", "future_date")}),
+                      {("arm", "allowed_values"), ("randomisation_date", "future_date"), ("arm", "derived"),
+                       ("randomisation_date", "derived")}),
 }
 
 
@@ -42,8 +44,15 @@ def test_every_form_accepts_a_valid_entry_and_reads_it_back(server, subject, for
             for other in VALID:
                 if other not in ("surgery", "randomisation"):
                     assert save(http, subject["id"], other).status_code == 201, other
-        response = save(http, subject["id"], form_id) if form_id != "surgery" else http.get(path(subject["id"], "surgery", "PREOP"))
-        assert response.status_code in (200, 201), response.text
+            # v2: typed, the arm and the date are refused (the system allocates them); a version-1 entry,
+            # written as version 1's door did, must still be read back as entered
+            typed = save(http, subject["id"], form_id)
+            assert errors_of(typed) == {("arm", "derived"), ("randomisation_date", "derived")}, typed.text
+            entered_randomisation(server, subject["id"], sub="dr-wei")
+        else:
+            response = save(http, subject["id"], form_id) if form_id != "surgery" else http.get(
+                path(subject["id"], "surgery", "PREOP"))
+            assert response.status_code in (200, 201), response.text
         read = http.get(path(subject["id"], form_id, visit))
     assert read.status_code == 200
     form = read.json()
@@ -171,6 +180,7 @@ def test_a_put_is_the_whole_form_items_left_out_are_cleared(server, subject):
 
 
 def test_randomisation_asks_the_eligibility_hook(server, subject):
+    """v2: the randomise action asks the hook (typing the arm is refused, tests/test_randomisation.py)."""
     def ineligible(store, patient_id):
         return {"overall": "ineligible", "criteria": [
             {"id": "I05_ecog_0_1", "kind": "inclusion", "outcome": "not_met", "reason": "latest ECOG is 2"},
@@ -181,16 +191,18 @@ def test_randomisation_asks_the_eligibility_hook(server, subject):
         return {"overall": "eligible", "criteria": [{"id": "I02_surgery", "kind": "inclusion", "outcome": "met"}]}
 
     with server.client("investigator", "S01") as http:
+        assert save(http, subject["id"], "baseline").status_code == 201  # the stratum's BCLC stage
         try:
             server.runtime.eligibility = ineligible
-            refused = save(http, subject["id"], "randomisation")
+            refused = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
             server.runtime.eligibility = eligible
-            accepted = save(http, subject["id"], "randomisation")
+            accepted = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
         finally:
             del server.runtime.eligibility
         subject_after = http.get(f"/api/v1/subjects/{subject['id']}").json()
+        form = http.get(path(subject["id"], "randomisation", "SCR")).json()
     assert refused.status_code == 409
     assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {("I05_ecog_0_1", "not_met"),
                                                                           ("E03_ecog_2_plus", "met")}
-    assert accepted.status_code == 201 and accepted.json()["eligibility_basis"]["overall"] == "eligible"
-    assert subject_after["arm"] == "SORA"
+    assert accepted.status_code == 201 and form["eligibility_basis"]["overall"] == "eligible"
+    assert subject_after["arm"] == accepted.json()["arm"] and subject_after["status"] == "on-study"

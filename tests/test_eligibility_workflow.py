@@ -99,13 +99,17 @@ def test_randomisation_needs_eligible_and_freezes_the_result(server):
     with server.client("investigator", "S01") as http:
         blocked = push(http, compose({"resources": {"bclc_stage": {"valueCodeableConcept": {"coding": [
             {"system": "http://example.org/fhir/CodeSystem/nct04163237", "code": "bclc-D"}]}}}}))
-        refused = save_form(http, blocked, "randomisation", randomisation, expect=409)
+        # v2: the system allocates (POST .../randomise); a typed arm is refused as derived
+        assert save_form(http, blocked, "randomisation", randomisation, expect=422)
+        refused = http.post(f"/api/v1/subjects/{blocked}/randomise")
+        assert refused.status_code == 409
         assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {("I03_bclc_abc", "not_met")}
         assert _eligibility(http, blocked)["frozen"] is False
 
         subject_id = push(http, compose())
         patient_id = _patient_of(http, subject_id)
-        accepted = save_form(http, subject_id, "randomisation", randomisation).json()
+        assert http.post(f"/api/v1/subjects/{subject_id}/randomise").status_code == 201
+        accepted = http.get(f"/api/v1/subjects/{subject_id}/forms/randomisation/SCR").json()
         assert accepted["eligibility_basis"]["overall"] == "eligible"
         frozen = _eligibility(http, subject_id)
         assert frozen["frozen"] is True and frozen["status"] == "eligible"
@@ -119,7 +123,7 @@ def test_randomisation_needs_eligible_and_freezes_the_result(server):
         assert later["frozen"] is True and later["status"] == "eligible"
         assert later["changed_since_randomisation"] is True and later["live_status"] == "ineligible"
         assert {c["id"]: c["result"] for c in later["live"]["criteria"]}["I08_platelets"] == "not_met"
-        assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "eligible"
+        assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "on-study"  # v2: allocated
         row = next(r for r in http.get("/api/v1/eligibility", params={"limit": 500}).json()["items"]
                    if r["subject"] == subject_id)
         assert (row["status"], row["live_status"], row["frozen"], row["changed_since_randomisation"]) == \
@@ -129,8 +133,10 @@ def test_randomisation_needs_eligible_and_freezes_the_result(server):
 
 
 def test_a_subject_entered_only_through_the_ecrf_door(server):
-    """Enrolled with POST /subjects, every form PUT; labs 79 days old are out of today's window, but a
-    randomisation dated the day after the labs makes that day R (CRF-SPEC 4), so it is accepted."""
+    """Enrolled with POST /subjects, every form PUT; labs 79 days old are out of today's window. Version 1
+    let a randomisation dated the day after the labs make that day R; version 2 does not back-date (9.7):
+    the typed date is refused as derived, and the allocation, R being the site's date, lists the criteria
+    that the old labs leave unknown."""
     with server.client("investigator", "S01") as http:
         subject = enrol(http)
         for form_id in ("surgery", "demographics", "baseline", "labs", "pathology", "afp", "history"):
@@ -138,9 +144,13 @@ def test_a_subject_entered_only_through_the_ecrf_door(server):
         today = _eligibility(http, subject["id"])
         assert today["status"] == "incomplete"
         assert {m["item"] for m in today["missing"] if m["criterion"] == "I08_platelets"} == {"platelets"}
-        response = save(http, subject["id"], "randomisation")
-        assert response.status_code == 201, response.text
-        assert response.json()["eligibility_basis"]["reference_date"] == day(22)
+        typed = save(http, subject["id"], "randomisation")
+        assert typed.status_code == 422
+        assert {(e["item"], e["rule"]) for e in typed.json()["errors"]} == {("arm", "derived"),
+                                                                            ("randomisation_date", "derived")}
+        refused = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
+        assert refused.status_code == 409
+        assert "I08_platelets" in {e["item"] for e in refused.json()["errors"]}
         view = _eligibility(http, subject["id"])
-        assert view["frozen"] and view["status"] == "eligible" and view["reference_date"] == day(22)
+        assert not view["frozen"] and view["status"] == "incomplete"
         assert VALID["randomisation"][2]["randomisation_date"] == day(22)

@@ -21,7 +21,8 @@ def test_metadata_is_public_valid_and_truthful(server):
     assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
                               "MedicationStatement", "Specimen", "MedicationAdministration", "MedicationRequest",
                               "AdverseEvent", "DiagnosticReport", "Encounter", "ResearchStudy", "Questionnaire",
-                              "Medication", "Group"}  # the kept types of forms/study.yaml, and the read-only ones
+                              "Medication", "Group", "OperationDefinition"}  # the kept types of forms/study.yaml, the read-only ones
+    # (v2: OperationDefinition, the definitions of ResearchSubject/$randomize and Patient/$everything)
     assert "Claim" not in resources
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
     assert "interaction" not in resources["Group"]  # only Group/{study}/$export
@@ -31,6 +32,7 @@ def test_metadata_is_public_valid_and_truthful(server):
     assert {p["name"] for p in observation["searchParam"]} >= {"subject", "code", "date", "_lastUpdated"}
     assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"transaction", "batch", "history-system"}
     assert [i["code"] for i in resources["ResearchStudy"]["interaction"]] == ["read"]
+    assert [i["code"] for i in resources["OperationDefinition"]["interaction"]] == ["read"]
 
 
 def test_create_read_vread_update_history_delete(server):

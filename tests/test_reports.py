@@ -12,7 +12,7 @@ from ecrf.db import snapshot
 from ecrf.reports import service
 from ecrf.reports.suppression import hidden_cells
 from tests.conftest import PG_ADMIN_URL, running_server
-from tests.crf_support import VALID, day, enrol, path, save
+from tests.crf_support import VALID, day, enrol, entered_randomisation, path, save
 
 REPORT = "/api/v1/reports/enrolment"
 SCREENING_FORMS = ("surgery", "demographics", "baseline", "labs", "pathology", "afp", "history")
@@ -44,10 +44,10 @@ def _screened(http, site: str, **overrides) -> dict:
     return subject
 
 
-def _randomised(http, site: str, arm: str) -> dict:
+def _randomised(server, http, site: str, arm: str) -> dict:
+    """A version-1 allocation (the arm entered): the report counts what the store holds, whatever the method."""
     subject = _screened(http, site)
-    response = save(http, subject["id"], "randomisation", {"arm": arm, "randomisation_date": day(22)})
-    assert response.status_code == 201, response.text
+    entered_randomisation(server, subject["id"], site, {"arm": arm, "randomisation_date": day(22)})
     assert save(http, subject["id"], "ctc").status_code == 201
     return subject
 
@@ -63,14 +63,14 @@ def study(database_url, tmp_path_factory):
             subjects = []
             with server.client("investigator", "S01") as http:
                 subjects += [enrol(http, "S01") for _ in range(6)]
-                subjects += [_randomised(http, "S01", arm) for arm in ("SORA", "SORA", "PD1_SORA")]
+                subjects += [_randomised(server, http, "S01", arm) for arm in ("SORA", "SORA", "PD1_SORA")]
                 subjects.append(_screened(http, "S01", baseline={**VALID["baseline"][2], "ecog": 3}))
             with server.client("monitor", "S01") as http:
                 verified = http.post(path(subjects[6]["id"], "randomisation", "SCR") + "/verify")
                 assert verified.status_code == 200, verified.text
             with server.client("coordinator", "S02") as http:
                 subjects.append(enrol(http, "S02"))
-                subjects.append(_randomised(http, "S02", "PD1_SORA"))
+                subjects.append(_randomised(server, http, "S02", "PD1_SORA"))
             server.subjects = subjects
             yield server
 
@@ -104,9 +104,12 @@ def test_a_data_manager_gets_exact_counts_per_site_and_overall(study):
     assert s01["eligibility"] == {"eligible": 3, "ineligible": 1, "incomplete": 6}
     assert overall["eligibility"] == {"eligible": 4, "ineligible": 1, "incomplete": 7}
 
-    assert s01["randomised"] == {"total": 3, "by_arm": {"PD1_SORA": 1, "SORA": 2, "other": 0}}
-    assert s02["randomised"] == {"total": 1, "by_arm": {"PD1_SORA": 1, "SORA": 0, "other": 0}}
-    assert overall["randomised"] == {"total": 4, "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0}}
+    # v2: per stratum, the system's allocations only; these subjects' arms were entered (version 1)
+    no_strata = {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in ("S01-A", "S01-BC", "S02-A", "S02-BC")}
+    assert s01["randomised"] == {"total": 3, "by_arm": {"PD1_SORA": 1, "SORA": 2, "other": 0}, "by_stratum": no_strata}
+    assert s02["randomised"] == {"total": 1, "by_arm": {"PD1_SORA": 1, "SORA": 0, "other": 0}, "by_stratum": no_strata}
+    assert overall["randomised"] == {"total": 4, "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0},
+                                     "by_stratum": no_strata}
 
     assert _form(s01, "randomisation", "SCR") == {"form": "randomisation", "visit": "SCR", "done": 3,
                                                  "by_status": {"draft": 0, "complete": 2, "verified": 1,
@@ -185,7 +188,9 @@ def test_a_sponsor_never_sees_a_small_cell(study):
     for key in sponsor["overall"]["by_status"]:
         assert sum(scope["by_status"][key] is None for scope in scopes) != 1
     assert sponsor["overall"]["by_status"]["candidate"] == 7  # big enough, and protected by its hidden neighbours
-    assert sponsor["overall"]["randomised"] == {"total": None, "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0}}
+    assert sponsor["overall"]["randomised"] == {"total": None, "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0},
+                                                "by_stratum": {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in
+                                                               ("S01-A", "S01-BC", "S02-A", "S02-BC")}}
     assert all(scope["suppressed"] for scope in scopes)
 
 

@@ -67,6 +67,11 @@ class WebView(BaseModel):
     oidc_sites_claim: str
 
 
+class RandomisationView(BaseModel):
+    scheme: str | None = Field(description="the study's randomisation scheme file, null: the system does not allocate")
+    secret: str | None = Field(description="where the allocation lists' key comes from, never its value")
+
+
 class EffectiveSettings(BaseModel):
     study: StudyView
     database: DatabaseView
@@ -76,6 +81,7 @@ class EffectiveSettings(BaseModel):
     exports: ExportsView
     reports: ReportsView
     web: WebView
+    randomisation: RandomisationView
 
 
 class ChainCheck(BaseModel):

@@ -24,6 +24,7 @@ SHOWN = frozenset({
 WITHHELD = frozenset({
     "jwt_secret",     # only where it comes from
     "study_secret",   # only where it comes from
+    "randomisation_secret",  # only where it comes from
     "database_url",   # shown as backend, host, port and database, never user, password or query
     "oidc_client_secret",  # only whether one is set
 })
@@ -75,6 +76,11 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
             "oidc_client_secret": "ECRF_OIDC_CLIENT_SECRET" if settings.oidc_client_secret else None,
             "oidc_roles_claim": settings.oidc_roles_claim,
             "oidc_sites_claim": settings.oidc_sites_claim,
+        },
+        "randomisation": {
+            "scheme": "randomisation.yaml" if runtime.randomisation is not None else None,
+            "secret": _secret_source(runtime.randomisation is not None, settings.randomisation_secret,
+                                     "ECRF_RANDOMISATION_SECRET", settings.randomisation_secret_file),
         },
     }
 

@@ -1,8 +1,9 @@
 """Who is calling: the verified claims of a bearer token."""
 from dataclasses import dataclass, field
 
-ROLES = ("investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin")
-STUDY_WIDE_ROLES = frozenset({"data_manager", "sponsor", "admin"})
+ROLES = ("investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin", "randomisation_manager")
+# randomisation_manager: the unblinded statistician (CRF-SPEC 6): no site, no clinical data
+STUDY_WIDE_ROLES = frozenset({"data_manager", "sponsor", "admin", "randomisation_manager"})
 
 
 @dataclass(frozen=True)

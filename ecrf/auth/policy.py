@@ -9,7 +9,8 @@ from ecrf.auth import scopes
 from ecrf.auth.actor import Actor
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "study.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin"}),
+    "study.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin",
+                             "randomisation_manager"}),
     "subject.enrol": frozenset({"investigator", "coordinator"}),
     "subject.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
     "identifiers.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
@@ -32,6 +33,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "access_log.read": frozenset({"admin"}),
     "settings.read": frozenset({"admin"}),
     "audit.verify": frozenset({"admin", "data_manager"}),
+    # randomisation (CRF-SPEC 6): the site allocates; only the unblinded statistician sees lists and slots
+    "randomisation.allocate": frozenset({"investigator", "coordinator"}),
+    "randomisation.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # own allocation
+    "randomisation.lists": frozenset({"randomisation_manager"}),
+    "randomisation.note": frozenset({"data_manager"}),  # a mis-randomisation is a note; the allocation stays
 }
 PUBLIC = "public"
 

@@ -109,6 +109,15 @@ def eligibility_gate(runtime: Runtime, store: ClinicalStore, subject: Subject) -
     return orjson.dumps(result, default=str).decode()
 
 
+def _typed_allocation(runtime: Runtime, target: Target, items: dict[str, Any], allocated: bool) -> list[Finding]:
+    scheme = getattr(runtime, "randomisation", None)
+    if allocated or scheme is None or target.form.id != scheme.form:
+        return []
+    return [Finding(item_id, "derived", f"{item_id} is set by the system's allocation "
+                                       f"(POST /api/v1/subjects/{target.subject.id}/randomise), never entered")
+            for item_id in sorted(scheme.derived_items) if items.get(item_id) not in (None, "")]
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 def _who(by: str | None, at: datetime | None) -> dict[str, Any] | None:
@@ -236,8 +245,10 @@ class SaveResult:
 
 
 def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: str, visit_id: str, *,
-              items: dict[str, Any], visit_date: date | None, reason: str | None, if_match: int | None) -> SaveResult:
-    """Check and store one entry. Nothing is written when a hard check fails."""
+              items: dict[str, Any], visit_date: date | None, reason: str | None, if_match: int | None,
+              allocated: bool = False) -> SaveResult:
+    """Check and store one entry. Nothing is written when a hard check fails. The items the randomisation
+    scheme derives (arm, date) are written only by the allocation (`allocated`), never typed (422 `derived`)."""
     study = runtime.study
     target = locate(store, study, subject_id, form_id, visit_id, writing=True)
     instance = _instance(store, target.instance_id, for_update=True)
@@ -246,7 +257,7 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
         raise Conflict(f"form {form_id} at {visit_id} is locked; a data manager must unlock it first")
     reason = (reason or "").strip() or None
     entry = check_items(target.form, items)
-    errors = list(entry.errors)
+    errors = list(entry.errors) + _typed_allocation(runtime, target, items, allocated)
     if instance is not None and instance.status in lifecycle.REASON_NEEDED and not reason:
         errors.append(Finding("reason", "reason_required",
                               f"the form is {instance.status}: a reason for the change is required"))

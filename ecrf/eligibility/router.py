@@ -9,6 +9,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.pagination import Limit, Offset, page
 from ecrf.crf.errors import EditCheckFailed
 from ecrf.eligibility import service
+from ecrf.randomisation.service import strata_counts
 from ecrf.store.unit import read_only
 from ecrf.subjects.service import resolve
 
@@ -38,7 +39,8 @@ def screening_log(request: Request, site: str | None = None, status: str | None 
                   offset: Offset = 0, limit: Limit = None,
                   actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
     """Subjects of the caller's sites with their eligibility status and the criteria that block them,
-    as of the latest write (paginated; filter by site and status)."""
+    as of the latest write (paginated; filter by site and status), each with its allocation once randomised;
+    `randomised`: the system's allocations per site, stratum and arm (allocated subjects only)."""
     if status is not None and status not in service.STATUSES:
         raise EditCheckFailed([{"item": "status", "rule": "allowed_values",
                                 "message": f"status must be one of {', '.join(service.STATUSES)}"}],
@@ -47,4 +49,5 @@ def screening_log(request: Request, site: str | None = None, status: str | None 
     offset, limit = page(request, offset, limit)
     with read_only(runtime, actor) as store:
         total, items = service.screening_log(store, site=site, status=status, offset=offset, limit=limit)
-    return {"items": items, "total": total, "offset": offset, "limit": limit}
+        randomised = strata_counts(store.session, runtime.study, store.actor.sites, site)
+    return {"items": items, "total": total, "offset": offset, "limit": limit, "randomised": randomised}

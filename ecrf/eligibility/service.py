@@ -11,6 +11,7 @@ from ecrf.audit import service as audit
 from ecrf.eligibility.engine import ELIGIBLE, INCOMPLETE, INELIGIBLE, Result, evaluate
 from ecrf.eligibility.models import EligibilityState
 from ecrf.eligibility.patient_data import CHUNK, load
+from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import resolve, study_reference
@@ -176,10 +177,15 @@ def screening_log(store: ClinicalStore, *, site: str | None, status: str | None,
         query = query.where(EligibilityState.status == status)
     total = store.session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = store.session.exec(query.order_by(EligibilityState.subject_id).offset(offset).limit(limit)).all()
+    allocated = {a.subject_id: a for a in store.session.exec(select(RandomisationAllocation).where(
+        RandomisationAllocation.subject_id.in_([row.subject_id for row in rows]))).all()} if rows else {}
     return total, [{
         "subject": row.subject_id, "site": row.site, "status": row.status, "live_status": row.live_status,
         "frozen": row.frozen_result is not None, "changed_since_randomisation": row.changed_since_randomisation,
         "blocking": orjson.loads(row.blocking), "evaluated_at": _iso(row.evaluated_at),
+        "allocation": ({"arm": allocated[row.subject_id].arm, "stratum": allocated[row.subject_id].stratum,
+                        "randomisation_number": allocated[row.subject_id].number}
+                       if row.subject_id in allocated else None),
     } for row in rows]
 
 

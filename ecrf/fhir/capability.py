@@ -28,6 +28,7 @@ DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Typ
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
                          ("Patient", "export"): BULK_DATA + "patient-export"}
+LOCAL_OPERATIONS = {("ResearchSubject", "randomize")}  # defined here: OperationDefinition/<Type>-<name>
 READ_ONLY = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)/\{[^}]+\}$")
 OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(?P<name>[a-z][a-z-]*)$")
 
@@ -35,9 +36,11 @@ OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(
 def capability_statement(base_url: str, study: Any, settings: Any, app: Any = None) -> dict[str, Any]:
     """`app`: the running application, whose routes say which read-only types and operations exist."""
     routes = _get_paths(app) if app is not None else []
+    operation_routes = _get_paths(app, "POST") + routes if app is not None else []
     resources = [_writable(resource_type) for resource_type in WRITABLE_TYPES]
     read_only_docs = {
         "ResearchStudy": f"Read-only: ResearchStudy/{study.id}, generated from the study definition.",
+        "OperationDefinition": "Read-only: OperationDefinition/ResearchSubject-randomize, this server's own operation.",
         "Questionnaire": "Read-only: each form of the study as an SDC-style Questionnaire, read by its form id ("
                          + ", ".join(form.id for form in study.forms) + ").",
     }
@@ -47,10 +50,12 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         resources.append({"type": resource_type, "interaction": [{"code": "read"}],
                           "documentation": read_only_docs.get(resource_type, "Read-only.")})
     operations: dict[str | None, list[dict[str, Any]]] = {}
-    for match in filter(None, map(OPERATION.match, routes)):
+    for match in filter(None, map(OPERATION.match, dict.fromkeys(operation_routes))):
         kind, name = match["type"], match["name"]
         definition = OPERATION_DEFINITIONS.get((kind, name),
                                                f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}")
+        if (kind, name) in LOCAL_OPERATIONS:
+            definition = f"{base_url}/OperationDefinition/{kind}-{name}"
         operations.setdefault(kind, []).append({"name": name, "definition": definition})
     for resource_type in sorted(kind for kind in operations if kind is not None):
         known = next((r for r in resources if r["type"] == resource_type), None)
@@ -135,13 +140,13 @@ def _writable(resource_type: str) -> dict[str, Any]:
 
 
 
-def _get_paths(app: Any) -> list[str]:
-    """Paths of the app's GET routes, those of included routers too."""
+def _get_paths(app: Any, method: str = "GET") -> list[str]:
+    """Paths of the app's GET (or `method`) routes, those of included routers too."""
     paths = []
     for route in app.routes:
         if hasattr(route, "effective_route_contexts"):
             paths += [context.path for context in route.effective_route_contexts()
-                      if "GET" in (getattr(context.original_route, "methods", None) or ())]
-        elif "GET" in (getattr(route, "methods", None) or ()):
+                      if method in (getattr(context.original_route, "methods", None) or ())]
+        elif method in (getattr(route, "methods", None) or ()):
             paths.append(route.path)
     return paths

@@ -17,4 +17,5 @@ def enrolment(request: Request, actor: Actor = Depends(requires("report.aggregat
     done. Callers who may not read subjects (sponsors) get counts below ECRF_REPORT_MIN_CELL hidden."""
     runtime = request.app.state.runtime
     with snapshot(runtime.engine) as session:
-        return service.enrolment(session, runtime.study, actor, runtime.settings.report_min_cell)
+        return service.enrolment(session, runtime.study, actor, runtime.settings.report_min_cell,
+                                 runtime.randomisation.strata if runtime.randomisation is not None else ())

@@ -14,6 +14,9 @@ class FormCounts(BaseModel):
 class Randomised(BaseModel):
     total: int | None = Field(description="randomised subjects; null when an arm's count is hidden")
     by_arm: Counts = Field(description="per arm of the study; `other`: randomised without a valid arm")
+    by_stratum: dict[str, Counts] = Field(
+        default_factory=dict, description="allocations by the system per stratum of the randomisation scheme and "
+                                          "arm (allocated subjects only; version-1 entered arms are not in a stratum)")
 
 
 class ScopeCounts(BaseModel):

@@ -17,6 +17,7 @@ from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import DONE_STATUSES
 from ecrf.eligibility.models import EligibilityState
 from ecrf.eligibility.service import STATUSES as ELIGIBILITY_STATUSES
+from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.reports.suppression import hidden_cells
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.subjects.service import study_reference
@@ -62,6 +63,11 @@ def queries(study: StudyDef, sites: frozenset[str] | None) -> dict[str, Any]:
                                .group_by(EligibilityState.site, EligibilityState.status), EligibilityState.site, sites),
         "randomised": _randomised(sites),
         "arms": _randomised_by_arm(study, sites),
+        "strata": _scoped(select(RandomisationAllocation.site, RandomisationAllocation.stratum,
+                                 RandomisationAllocation.arm, func.count())
+                          .where(RandomisationAllocation.study_id == study.id)
+                          .group_by(RandomisationAllocation.site, RandomisationAllocation.stratum,
+                                    RandomisationAllocation.arm), RandomisationAllocation.site, sites),
         "forms": _scoped(select(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status,
                                 func.count())
                          .group_by(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status),
@@ -69,7 +75,9 @@ def queries(study: StudyDef, sites: frozenset[str] | None) -> dict[str, Any]:
     }
 
 
-def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int) -> dict[str, Any]:
+def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
+              strata: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`strata`: the randomisation scheme's strata (every one a column, allocated or not)."""
     protect = min_cell if min_cell > 1 and not can(actor, "subject.read") else None
     rows = {name: session.exec(query).all() if query is not None else []
             for name, query in queries(study, actor.sites).items()}
@@ -81,12 +89,14 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int) ->
     arms.add((site, arm if arm in arms.columns else OTHER_ARM, n) for site, arm, n in rows["arms"])
     with_arm = {site: sum(arms.counts.get((site, column), 0) for column in arms.columns) for site, *_ in rows["arms"]}
     arms.add((site, OTHER_ARM, n - with_arm.get(site, 0)) for site, n in rows["randomised"])
+    by_stratum = Table([f"{stratum} {arm.id}" for stratum in strata for arm in study.arms])
+    by_stratum.add((site, f"{stratum} {arm}", n) for site, stratum, arm, n in rows["strata"])
     forms = {(form.id, visit_id): Table(list(FORM_STATUSES))
              for form in study.forms for visit_id in form.visits}
     for site, form_id, visit_id, status, n in rows["forms"]:
         forms.setdefault((form_id, visit_id), Table(list(FORM_STATUSES))).add([(site, status, n)])
 
-    tables = [statuses, eligibility, arms, *forms.values()]
+    tables = [statuses, eligibility, arms, by_stratum, *forms.values()]
     sites = _site_rows(study, actor, {site for table in tables for site, _ in table.counts})
     for table in tables:
         table.complete(sites, protect)
@@ -102,7 +112,8 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int) ->
             "subjects": sum(statuses.counts.get((site, status), 0) for status in statuses.columns),
             "by_status": statuses.row(site),
             "eligibility": eligibility.row(site),
-            "randomised": {"total": _sum_or_none(by_arm.values()), "by_arm": by_arm},
+            "randomised": {"total": _sum_or_none(by_arm.values()), "by_arm": by_arm,
+                           "by_stratum": _strata_view(by_stratum.row(site))},
             "forms": form_views,
         }
         view["suppressed"] = any((site, column) in table.hidden for table in tables for column in table.columns)
@@ -115,6 +126,14 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int) ->
         "sites": [{"site": site, **scope(site)} for site in sites],
         "overall": scope(OVERALL),
     }
+
+
+def _strata_view(row: dict[str, int | None]) -> dict[str, dict[str, int | None]]:
+    view: dict[str, dict[str, int | None]] = {}
+    for column, n in row.items():
+        stratum, arm = column.rsplit(" ", 1)
+        view.setdefault(stratum, {})[arm] = n
+    return view
 
 
 def _scoped(query, column, sites: frozenset[str] | None):
