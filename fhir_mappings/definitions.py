@@ -268,8 +268,9 @@ class FormDef(BaseModel):
     model_config = _FROZEN
     id: str
     title: str
-    visits: tuple[str, ...]
-    repeating: bool = False
+    visits: tuple[str, ...] = ()
+    kind: Literal["visit", "log"] = "visit"  # log: entries not tied to a visit (adverse events, medication)
+    repeating: bool = False  # visit forms: any number of entries per visit besides the visit's own form
     observation_category: str | None = None
     date_item: str | None = None
     items: tuple[ItemDef, ...]
@@ -291,6 +292,21 @@ class FormDef(BaseModel):
                                  if key in base}}
             items.append(raw)
         return {**data, "items": items}
+
+    @model_validator(mode="after")
+    def _kind_and_visits(self) -> FormDef:
+        if self.kind == "log" and self.visits:
+            raise ValueError("a log form is not collected at visits: leave `visits` out")
+        if self.kind == "log" and self.repeating:
+            raise ValueError("a log form has entries already; `repeating` is for visit forms")
+        if self.kind == "visit" and not self.visits:
+            raise ValueError("a visit form needs `visits` (or `kind: log`)")
+        return self
+
+    @property
+    def has_entries(self) -> bool:
+        """Entries (each with its own id and lifecycle) are kept for log forms and repeating visit forms."""
+        return self.kind == "log" or self.repeating
 
     def item(self, item_id: str) -> ItemDef:
         for item in self.items:

@@ -105,7 +105,7 @@ def _check_not_locked(session: Session, subject_id: str, where: Where) -> None:
         return
     status = session.exec(select(FormInstance.status).where(
         FormInstance.subject_id == subject_id, FormInstance.form_id == where.form_id,
-        FormInstance.visit_id == where.visit_id)).one_or_none()
+        FormInstance.visit_id == where.visit_id, FormInstance.entry_id == "")).one_or_none()
     if status == "locked":
         raise Conflict(f"form {where.form_id} at {where.visit_id} is locked; a data manager must unlock it "
                        f"before it can be queried")
