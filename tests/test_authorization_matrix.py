@@ -92,7 +92,9 @@ SUBJECT_ROUTE = "/api/v1/subjects/{subject_id}"
 FORM_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/{visit_id}"
 ENTRIES_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/entries"  # a log form's (and every repeating form's) entries
 VISIT_ENTRIES_ROUTE = FORM_ROUTE + "/entries"  # a repeating form's entries at one visit
-ENTRY_FORM = "afp"  # the study's repeating form (it has no log form yet: CRF-SPEC 7 brings them)
+LOG_FORM = "adverse_event"  # a log form: entries tied to no visit
+REPEATING_FORM = "afp"  # a repeating form: entries at a visit
+AE_ENTRY = {"ctcae_term": "rash", "onset_date": VALID["labs"][1], "grade": 2, "serious": False, "outcome": "recovering"}
 FHIR_TYPE = "/fhir/{resource_type:fhir_type}"
 FHIR_OTHER_TYPE = "/fhir/{resource_type:fhir_other_type}"
 
@@ -127,9 +129,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", FORM_ROUTE + "/unlock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
     # entries of log and repeating forms: the same roles as a visit's form, entry by entry
     ("GET", ENTRIES_ROUTE): Expect(CLINICAL_READ, SITE, other=404),
-    # adding to a log form: the study has none yet, so the allowed call on the repeating form is the precise
-    # 404 "repeats at a visit" (tests/test_form_entries.py adds log entries on a study that has a log form)
-    ("POST", ENTRIES_ROUTE): Expect(DATA_ENTRY, SITE, other=404, ok=frozenset({404})),
+    ("POST", ENTRIES_ROUTE): Expect(DATA_ENTRY, SITE, other=404),
     ("GET", ENTRIES_ROUTE + "/{entry_id}"): Expect(CLINICAL_READ, SITE, other=404),
     ("PUT", ENTRIES_ROUTE + "/{entry_id}"): Expect(DATA_ENTRY, SITE, other=404),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/withdraw"): Expect(DATA_ENTRY, SITE, other=404),
@@ -339,25 +339,23 @@ class World:
             return url
         return self.once(("form", state, site), fresh, make)
 
-    def entry(self, state: str, site: str, fresh: bool = False) -> tuple[str, str]:
-        """(subject id, entry id) of an entry of the repeating form at its first visit, of a new subject:
-        complete, verified, signed or locked."""
+    def entry(self, state: str, site: str, fresh: bool = False, visit: bool = False) -> tuple[str, str]:
+        """(subject id, entry id) of an entry of a new subject: of the log form, or (visit) of the repeating
+        form at its first visit; complete, verified, signed or locked."""
         if site == MISSING:
             return self.missing_id, self.missing_hex[:16]
 
         def make() -> tuple[str, str]:
             subject_id = self.subject(site, fresh=True)
-            visit = VALID[ENTRY_FORM][0]
             created = _expect(self.seed[COORDINATOR, site].post(
-                f"{path(subject_id, ENTRY_FORM, visit)}/entries",
-                json={"items": VALID[ENTRY_FORM][2], "visit_date": VALID[ENTRY_FORM][1]}), 201).json()
-            url = f"/api/v1/subjects/{subject_id}/forms/{ENTRY_FORM}/entries/{created['id']}"
+                _entries_url(subject_id, visit=visit), json=_entry_body(visit)), 201).json()
+            url = _entries_url(subject_id, created["id"], visit)
             steps = [(self.monitor, "verify", None), (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
                      (self.data_manager, "lock", None)]
             for http, step, body in steps[:["complete", "verified", "signed", "locked"].index(state)]:
                 _expect(http.post(f"{url}/{step}", json=body), 200)
             return subject_id, created["id"]
-        return self.once(("entry", state, site), fresh, make)
+        return self.once(("entry", state, site, visit), fresh, make)
 
     def fhir(self, site: str, fresh: bool = False) -> dict[str, str]:
         """A Patient and an Observation (with an identifier) pushed in one transaction by the site's ehr."""
@@ -463,14 +461,20 @@ def _form_step(step: str, state: str, body: dict[str, Any] | None = None) -> Bui
 
 
 def _entries_url(subject_id: str, entry_id: str | None = None, visit: bool = False) -> str:
-    base = path(subject_id, ENTRY_FORM, VALID[ENTRY_FORM][0]) if visit else \
-        f"/api/v1/subjects/{subject_id}/forms/{ENTRY_FORM}"
+    base = path(subject_id, REPEATING_FORM, VALID[REPEATING_FORM][0]) if visit else \
+        f"/api/v1/subjects/{subject_id}/forms/{LOG_FORM}"
     return f"{base}/entries" + (f"/{entry_id}" if entry_id else "")
+
+
+def _entry_body(visit: bool) -> dict[str, Any]:
+    if visit:
+        return {"items": VALID[REPEATING_FORM][2], "visit_date": VALID[REPEATING_FORM][1]}
+    return {"items": AE_ENTRY}
 
 
 def _entries_list(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
-        subject_id, _ = w.entry("complete", site)
+        subject_id, _ = w.entry("complete", site, visit=visit)
         return Req("GET", _entries_url(subject_id, visit=visit), ids=(subject_id,))
     return build
 
@@ -478,14 +482,13 @@ def _entries_list(visit: bool) -> Builder:
 def _entry_add(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id = w.subject(site)
-        body = {"items": VALID[ENTRY_FORM][2], "visit_date": VALID[ENTRY_FORM][1]}
-        return Req("POST", _entries_url(subject_id, visit=visit), json=body, ids=(subject_id,))
+        return Req("POST", _entries_url(subject_id, visit=visit), json=_entry_body(visit), ids=(subject_id,))
     return mutating(build)
 
 
 def _entry_read(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
-        subject_id, entry_id = w.entry("complete", site)
+        subject_id, entry_id = w.entry("complete", site, visit=visit)
         return Req("GET", _entries_url(subject_id, entry_id, visit), ids=(subject_id, entry_id))
     return build
 
@@ -493,8 +496,8 @@ def _entry_read(visit: bool) -> Builder:
 def _entry_save(visit: bool) -> Builder:
     """Saves with a reason, so saving the same entry again is valid too: no target is used up."""
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
-        subject_id, entry_id = w.entry("complete", site)
-        body = {"items": VALID[ENTRY_FORM][2], "visit_date": VALID[ENTRY_FORM][1], "reason": "authorisation matrix"}
+        subject_id, entry_id = w.entry("complete", site, visit=visit)
+        body = {**_entry_body(visit), "reason": "authorisation matrix"}
         return Req("PUT", _entries_url(subject_id, entry_id, visit), json=body, ids=(subject_id, entry_id))
     return mutating(build)
 

@@ -203,3 +203,148 @@ def test_a_repeating_form_takes_several_entries_at_one_visit(server):
         assert http.get(f"{entries_url(subject, 'afp')}/{entry}").status_code == 200
         assert http.post(entries_url(subject, "afp"), json={"items": {"afp": 1}}).status_code == 404  # needs a visit
         assert http.post(f"{path(subject, 'afp', 'POD7')}/entries", json={"items": {"afp": 1}}).status_code == 422
+
+
+# -- the adverse event log (CRF-SPEC 7.2): AdverseEvent resources, checks as data ------------------------
+
+AE = {"ctcae_term": "rash", "onset_date": day(40), "grade": 3, "serious": True,
+      "seriousness_criteria": ["hospitalisation"], "related_pd1": "related", "related_sorafenib": "not_related",
+      "immune_related": True, "action_taken": "interrupted", "outcome": "recovering"}
+
+
+def ae_url(subject_id: str) -> str:
+    return entries_url(subject_id, "adverse_event")
+
+
+@pytest.fixture
+def ae_subject(server):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+    return subject["id"]
+
+
+def test_an_adverse_event_entry_is_an_adverse_event_resource_read_back_item_by_item(server, ae_subject):
+    with server.client("coordinator", "S01") as http:
+        created = http.post(ae_url(ae_subject), json={"items": AE})
+        assert created.status_code == 201, created.text
+        view = created.json()
+    assert view["status"] == "complete" and view["visit_date"] == day(40)  # the onset date is the entry's date
+    shown = {item: entry["value"] for item, entry in view["items"].items()}
+    assert shown == {**AE, "severity": "severe"}  # every item read back from the stored resource; severity derived
+    assert {entry["source"] for entry in view["items"].values()} == {"form"}
+    resource = view["items"]["ctcae_term"]["resource"]
+    assert resource.startswith("AdverseEvent/") and {e["resource"] for e in view["items"].values()} == {resource}
+    stored = server.runtime  # the store holds one AdverseEvent with the R4 elements of CRF-SPEC 7.2
+    from ecrf.store.unit import read_only
+    with read_only(stored, _reader()) as store:
+        content = store.read("AdverseEvent", resource.split("/")[1]).content
+    assert content["actuality"] == "actual" and content["subject"] == {"reference": f"Patient/{_patient(server, ae_subject)}"}
+    assert content["date"] == content["detected"] == day(40)
+    assert content["seriousness"]["coding"][0]["code"] == "serious"
+    assert content["severity"]["coding"][0] == {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+                                                "code": "severe", "display": "Severe"}
+    assert content["outcome"]["coding"][0]["code"] == "recovering"
+    assert content["event"]["coding"][0]["code"] == "ae-rash"
+    grade = [e for e in content["extension"] if e["url"].endswith("/ctcae-grade")]
+    assert grade == [{"url": "http://example.org/fhir/StructureDefinition/ctcae-grade", "valueInteger": 3}]
+
+
+def _reader():
+    from ecrf.auth.actor import Actor
+    return Actor(sub="test-reader", roles=frozenset({"data_manager"}))
+
+
+def _patient(server, subject_id: str) -> str:
+    with server.client("coordinator", "S01") as http:
+        return http.get(f"/api/v1/subjects/{subject_id}").json()["patient_id"]
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"grade": 5}, {("outcome", "grade_outcome"), ("seriousness_criteria", "grade5_serious_death")}),
+    ({"outcome": "fatal"}, {("outcome", "grade_outcome")}),
+    ({"grade": 5, "outcome": "fatal", "seriousness_criteria": ["death"]}, set()),
+    ({"resolution_date": day(45)}, {("resolution_date", "resolution_with_outcome")}),
+    ({"resolution_date": day(35), "outcome": "recovered"}, {("resolution_date", "resolution_before_onset")}),
+    ({"ctcae_term": "other"}, {("term_verbatim", "verbatim_required")}),
+    ({"ctcae_term": "other", "term_verbatim": "itchy scalp"}, set()),
+    ({"seriousness_criteria": None}, {("seriousness_criteria", "seriousness_criteria_required")}),
+    ({"seriousness_criteria": ["hospitalisation", "nope"]}, {("seriousness_criteria", "allowed_values")}),
+    ({"seriousness_criteria": "hospitalisation"}, {("seriousness_criteria", "type")}),
+    ({"term_verbatim": "x" * 501}, {("term_verbatim", "max_length")}),
+    ({"grade": 6}, {("grade", "hard_range")}),
+    ({"severity": "mild"}, {("severity", "derived")}),
+])
+def test_the_checks_of_an_adverse_event(server, ae_subject, change, expected):
+    items = {key: value for key, value in {**AE, **change}.items() if value is not None}
+    with server.client("coordinator", "S01") as http:
+        response = http.post(ae_url(ae_subject), json={"items": items})
+        if expected:
+            assert response.status_code == 422, response.text
+            assert {(e["item"], e["rule"]) for e in response.json()["errors"]} == expected
+            assert http.get(ae_url(ae_subject)).json() == []  # nothing written
+        else:
+            assert response.status_code == 201, response.text
+
+
+def test_text_and_codes_items_in_the_form_and_the_questionnaire(server):
+    with server.client("coordinator", "S01") as http:
+        form = http.get("/api/v1/forms/adverse_event").json()
+        assert form["kind"] == "log" and form["visits"] == []
+        questionnaire = http.get("/fhir/Questionnaire/adverse-event").json()
+        assert questionnaire["id"] == "adverse-event"
+        assert http.get("/fhir/Questionnaire/adverse_event").json() == questionnaire  # by the form id too
+    questions = {q["linkId"]: q for q in questionnaire["item"]}
+    assert questions["term_verbatim"]["type"] == "text" and questions["term_verbatim"]["maxLength"] == 500
+    assert questions["seriousness_criteria"]["repeats"] is True
+    assert [o["valueCoding"]["code"] for o in questions["seriousness_criteria"]["answerOption"]][0] == \
+        "seriousness_criteria-death"
+
+
+# -- concomitant medication (7.3) and disease assessment (7.4) ----------------------------------------
+
+def test_a_conmed_entry_is_a_medication_statement_and_its_checks(server, ae_subject):
+    url = entries_url(ae_subject, "conmed")
+    items = {"medication": "Omeprazole 20 mg", "atc": "A", "indication": "gastric protection",
+             "start_date": day(30), "ongoing": True}
+    with server.client("coordinator", "S01") as http:
+        created = http.post(url, json={"items": items})
+        assert created.status_code == 201, created.text
+        view = created.json()
+        assert {k: v["value"] for k, v in view["items"].items()} == items
+        assert view["items"]["medication"]["resource"].startswith("MedicationStatement/")
+        refused = http.post(url, json={"items": {**items, "end_date": day(20)}})
+        assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {
+            ("end_date", "end_before_start"), ("end_date", "ongoing_with_end_date")}
+        stopped = http.put(f"{url}/{view['id']}", json={"items": {**items, "ongoing": False, "end_date": day(50)},
+                                                        "reason": "stopped"})
+        assert stopped.status_code == 200 and stopped.json()["items"]["ongoing"]["value"] is False
+    from ecrf.store.unit import read_only
+    with read_only(server.runtime, _reader()) as store:
+        content = store.read("MedicationStatement", view["items"]["medication"]["resource"].split("/")[1]).content
+    assert content["status"] == "completed" and content["effectivePeriod"] == {"start": day(30), "end": day(50)}
+    assert content["medicationCodeableConcept"]["text"] == "Omeprazole 20 mg"
+    assert content["medicationCodeableConcept"]["coding"][0]["code"] == "atc-A"
+
+
+def test_disease_assessments_repeat_at_their_visits_as_cancer_disease_status_observations(server, ae_subject):
+    url = f"{path(ae_subject, 'disease_assessment', 'M3')}/entries"
+    recurrence = {"status": "recurrence", "assessment_date": day(92), "method": "ct",
+                  "recurrence_site": "intrahepatic", "recurrence_date": day(90)}
+    with server.client("coordinator", "S01") as http:
+        ned = http.post(url, json={"items": {"status": "ned", "assessment_date": day(88), "method": "mri"}})
+        found = http.post(url, json={"items": recurrence})
+        assert ned.status_code == 201 and found.status_code == 201, found.text
+        assert [e["items"]["status"]["value"] for e in http.get(url).json()] == ["ned", "recurrence"]
+        assert {k: v["value"] for k, v in found.json()["items"].items()} == recurrence
+        observation = http.get(f"/fhir/{found.json()['items']['status']['resource']}").json()
+        assert observation["code"]["coding"][0]["code"] == "97509-4" and observation["status"] == "final"
+        assert observation["effectiveDateTime"] == day(92)
+        checks = [({"status": "recurrence", "assessment_date": day(92), "method": "ct"},
+                   {("recurrence_site", "recurrence_site_required"), ("recurrence_date", "recurrence_date_required")}),
+                  ({**recurrence, "recurrence_date": day(95)}, {("recurrence_date", "recurrence_after_assessment")}),
+                  ({**recurrence, "status": "ned"}, {("status", "recurrence_without_recurrence")})]
+        for items, expected in checks:
+            refused = http.post(url, json={"items": items})
+            assert refused.status_code == 422, refused.text
+            assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == expected

@@ -42,6 +42,8 @@ def item_value(item: ItemDef, fact: ItemFact) -> Any:
         return int(Decimal(fact.value_text))
     if item.type in ("decimal", "quantity"):
         return float(Decimal(fact.value_text))
+    if item.type == "codes":
+        return orjson.loads(fact.value_text)
     return fact.value_text
 
 

@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
+
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.mapping import resource_to_items
 
@@ -61,6 +63,21 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "code": ("token", ("medicationCodeableConcept",)),
         "effective": ("date", ("effectiveDateTime", "effectivePeriod.start")),
     },
+    "AdverseEvent": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "event": ("token", ("event",)),
+        "seriousness": ("token", ("seriousness",)),
+        "severity": ("token", ("severity",)),
+        "date": ("date", ("date",)),
+    },
+    "MedicationAdministration": {
+        "identifier": ("token", ("identifier",)),
+        "subject": ("reference", ("subject",)),
+        "patient": ("reference", ("subject",)),
+        "code": ("token", ("medicationCodeableConcept",)),
+        "effective-time": ("date", ("effectiveDateTime", "effectivePeriod.start")),
+    },
     "Specimen": {
         "identifier": ("token", ("identifier",)),
         "subject": ("reference", ("subject",)),
@@ -78,6 +95,8 @@ PATIENT_REFERENCE = {
     "Immunization": "patient",
     "MedicationStatement": "subject",
     "Specimen": "subject",
+    "AdverseEvent": "subject",
+    "MedicationAdministration": "subject",
 }
 
 
@@ -91,6 +110,7 @@ SEARCHED_THROUGH: dict[str, dict[str, str]] = {
     "Procedure": {"patient": "subject"},
     "MedicationStatement": {"patient": "subject"},
     "Specimen": {"patient": "subject"},
+    "MedicationAdministration": {"patient": "subject"},
 }
 
 
@@ -246,6 +266,8 @@ def _text(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (date, datetime)):
         return value.isoformat()
+    if isinstance(value, list):  # a codes item: its set of values, as a sorted JSON list
+        return orjson.dumps(sorted(str(v) for v in value)).decode()
     return str(value)
 
 
