@@ -7,6 +7,7 @@ The alias LOCAL always means the study's own local code system.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -17,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from fhir_mappings.ucum import is_ucum_like
 
-ItemType = Literal["date", "integer", "decimal", "boolean", "code", "quantity"]
-ITEM_TYPES: tuple[str, ...] = ("date", "integer", "decimal", "boolean", "code", "quantity")
+ItemType = Literal["date", "integer", "decimal", "boolean", "code", "quantity", "text", "codes"]
+ITEM_TYPES: tuple[str, ...] = ("date", "integer", "decimal", "boolean", "code", "quantity", "text", "codes")
+TEXT_MAX_LENGTH = 500  # free text (CRF-SPEC 7): at most 500 characters, never in a de-identified export
 
 TargetKind = Literal[
     "observation",           # its own Observation; `codes` = Observation.code (primary first)
@@ -31,10 +33,12 @@ TargetKind = Literal[
     "component",             # an Observation.component (code `codes`) of the `of` item
     "method",                # Observation.method of the `of` item
     "interpretation",        # Observation.interpretation of the `of` item (derived items)
+    "resource",              # its own resource of `resource_type`; the value goes at `path` (AdverseEvent.event)
+    "element",               # an element at `path` of the `of` item's resource (`extension:name.valueInteger`)
     "none",                  # kept in the eCRF only
 ]
 DEPENDENT_KINDS = frozenset({"procedure_code", "reference_range_high", "component", "method",
-                             "interpretation"})
+                             "interpretation", "element"})
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -129,6 +133,11 @@ class FhirTarget(BaseModel):
     value_aliases: dict[str, str] = Field(default_factory=dict)
     value_system: str | None = None
     derived_from: tuple[EhrSource, ...] = ()
+    resource_type: str | None = None  # kind resource: the type of the resource the item owns
+    fixed: dict[str, Any] = Field(default_factory=dict)  # kind resource: elements every such resource has
+    also: tuple[str, ...] = ()  # more paths written with the same value (read back from `path` only)
+    code_pattern: str | None = None  # a coded value's code in the local system, e.g. "ae-{value}"
+    as_code: bool = False  # write a coded value as its bare code (a `code` element such as status)
 
     @field_validator("value_system", mode="before")
     @classmethod
@@ -159,6 +168,12 @@ class FhirTarget(BaseModel):
             raise ValueError("a research_subject target needs path period.start or assignedArm")
         if self.kind == "condition" and not self.value_system:
             raise ValueError("a condition target needs `value_system` (the morphology code system)")
+        if self.kind == "resource" and not (self.resource_type and self.path):
+            raise ValueError("a resource target needs `resource_type` and the `path` of its value")
+        if self.kind == "element" and not self.path:
+            raise ValueError("an element target needs the `path` of its value")
+        if (self.fixed or self.resource_type) and self.kind != "resource":
+            raise ValueError("only a resource target has `resource_type` and `fixed`")
         return self
 
 
@@ -199,6 +214,7 @@ class ItemDef(BaseModel):
     default: Any = None
     identifier_bearing: bool = False
     derived: Derivation | None = None
+    max_length: int | None = None  # text items: at most TEXT_MAX_LENGTH
     fhir: FhirTarget
 
     @model_validator(mode="before")
@@ -237,10 +253,12 @@ class ItemDef(BaseModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ItemDef:
-        if self.type == "code" and not self.values:
-            raise ValueError("a code item needs `values`")
-        if self.type != "code" and self.values:
-            raise ValueError("only code items have `values`")
+        if self.type in ("code", "codes") and not self.values:
+            raise ValueError(f"a {self.type} item needs `values`")
+        if self.type not in ("code", "codes") and self.values:
+            raise ValueError("only code and codes items have `values`")
+        if self.max_length is not None and (self.type != "text" or not 0 < self.max_length <= TEXT_MAX_LENGTH):
+            raise ValueError(f"`max_length` is for text items, at most {TEXT_MAX_LENGTH}")
         if self.type == "quantity" and not self.unit:
             raise ValueError("a quantity item needs a canonical `unit`")
         if self.unit is not None and not is_ucum_like(self.unit):
@@ -263,16 +281,46 @@ class ItemDef(BaseModel):
     def is_quantity_like(self) -> bool:
         return self.unit is not None
 
+    @property
+    def text_limit(self) -> int:
+        return self.max_length or TEXT_MAX_LENGTH
+
+
+class FormCheck(BaseModel):
+    """A check across items of one entry, as data: `when` (the condition language of derived items, plus
+    `not`, `present`, `has`, `before`) describes the violation; a hard check refuses the save (422), a
+    warning is returned with it."""
+    model_config = _FROZEN
+    rule: str
+    item: str  # the item the finding names
+    message: str
+    severity: Literal["hard", "warning"] = "hard"
+    when: dict[str, Any]
+
+
+def condition_items(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key in ("item", "before"):
+            if isinstance(node.get(key), str):
+                yield node[key]
+        for key in ("all_of", "any_of"):
+            for child in node.get(key) or ():
+                yield from condition_items(child)
+        if "not" in node:
+            yield from condition_items(node["not"])
+
 
 class FormDef(BaseModel):
     model_config = _FROZEN
     id: str
     title: str
-    visits: tuple[str, ...]
-    repeating: bool = False
+    visits: tuple[str, ...] = ()
+    kind: Literal["visit", "log"] = "visit"  # log: entries not tied to a visit (adverse events, medication)
+    repeating: bool = False  # visit forms: any number of entries per visit besides the visit's own form
     observation_category: str | None = None
     date_item: str | None = None
     items: tuple[ItemDef, ...]
+    checks: tuple[FormCheck, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -291,6 +339,26 @@ class FormDef(BaseModel):
                                  if key in base}}
             items.append(raw)
         return {**data, "items": items}
+
+    @model_validator(mode="after")
+    def _kind_and_visits(self) -> FormDef:
+        if self.kind == "log" and self.visits:
+            raise ValueError("a log form is not collected at visits: leave `visits` out")
+        if self.kind == "log" and self.repeating:
+            raise ValueError("a log form has entries already; `repeating` is for visit forms")
+        if self.kind == "visit" and not self.visits:
+            raise ValueError("a visit form needs `visits` (or `kind: log`)")
+        known = {item.id for item in self.items}
+        for check in self.checks:
+            unknown = sorted({check.item, *condition_items(check.when)} - known)
+            if unknown:
+                raise ValueError(f"check {check.rule!r} names items the form does not have: {', '.join(unknown)}")
+        return self
+
+    @property
+    def has_entries(self) -> bool:
+        """Entries (each with its own id and lifecycle) are kept for log forms and repeating visit forms."""
+        return self.kind == "log" or self.repeating
 
     def item(self, item_id: str) -> ItemDef:
         for item in self.items:
@@ -437,14 +505,24 @@ class StudyDef(BaseModel):
         raise KeyError(f"study {self.id!r} has no criterion {criterion_id!r}")
 
     def item(self, item_id: str) -> tuple[FormDef, ItemDef]:
-        for form in self.forms:
-            for item in form.items:
-                if item.id == item_id:
-                    return form, item
-        raise KeyError(f"study {self.id!r} has no item {item_id!r}")
+        """An item named by a study-level reference: `form.item`, or a bare id that one form alone has
+        (item ids are unique within a form; `status` of disease_assessment and of end_of_study differ)."""
+        form_id, dot, bare = item_id.rpartition(".")
+        found = [(form, item) for form in self.forms if not dot or form.id == form_id
+                 for item in form.items if item.id == (bare if dot else item_id)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise KeyError(f"study {self.id!r} has no item {item_id!r}")
+        forms = ", ".join(form.id for form, _ in found)
+        raise KeyError(f"item {item_id!r} is in forms {forms}: name it as form.item ({found[0][0].id}.{item_id})")
 
     def has_item(self, item_id: str) -> bool:
-        return any(item.id == item_id for form in self.forms for item in form.items)
+        try:
+            self.item(item_id)
+        except KeyError:
+            return False
+        return True
 
     def dependents_of(self, form: FormDef, owner_id: str) -> tuple[ItemDef, ...]:
         """Items of `form` that are written into the resource owned by `owner_id`."""
@@ -453,6 +531,14 @@ class StudyDef(BaseModel):
     def items_of_kind(self, kind: str) -> tuple[tuple[FormDef, ItemDef], ...]:
         """(form, item) of every item whose FHIR target is of `kind`, in study order."""
         return self._items_by_kind.get(kind, ())
+
+    def resource_owners(self, resource_type: str) -> tuple[tuple[FormDef, ItemDef], ...]:
+        """(form, item) of the items that own a resource of `resource_type` (kind resource)."""
+        return tuple(pair for pair in self.items_of_kind("resource") if pair[1].fhir.resource_type == resource_type)
+
+    def extension_url(self, name: str) -> str:
+        """The URL of the study's own extension `name` (paths write it `extension:name`)."""
+        return f"{self.canonical_base}/StructureDefinition/{name}"
 
     def observation_items_with_code(self, keys: set[tuple[str, str]]) -> list[tuple[FormDef, ItemDef]]:
         """(form, item) of the observation items having any of the codes (system, code), in study order."""
@@ -502,5 +588,6 @@ class StudyDef(BaseModel):
             return Coding(system=item.fhir.value_system, code=value)
         if value in item.fhir.code_by_value:
             return item.fhir.code_by_value[value]
-        code = self.value_code_pattern.format(item=item.id, value=value)
+        pattern = item.fhir.code_pattern or self.value_code_pattern
+        code = pattern.format(item=item.id, value=value)
         return Coding(system=self.local_system, code=code, display=value)

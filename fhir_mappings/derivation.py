@@ -16,6 +16,11 @@ COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator
            "==": operator.eq, "!=": operator.ne}
 
 
+def violated(form: FormDef, when: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Whether a form check's condition holds (a violation) for the entry's canonical values; unknown is no."""
+    return _holds(form, when, values) is True
+
+
 def derive_item(form: FormDef, item: ItemDef, values: dict[str, Any]) -> Any:
     """The derived value of `item` given the entry's `values`, or None when unknown."""
     if item.derived is None:
@@ -36,9 +41,19 @@ def _holds(form: FormDef, node: dict[str, Any], values: dict[str, Any]) -> bool 
     if "any_of" in node:
         outcomes = [_holds(form, child, values) for child in node["any_of"]]
         return True if True in outcomes else (None if None in outcomes else False)
+    if "not" in node:
+        outcome = _holds(form, node["not"], values)
+        return None if outcome is None else not outcome
     value = values.get(node["item"])
+    if "present" in node:  # never unknown: whether the entry holds the item
+        return (value is not None) is bool(node["present"])
     if value is None:
         return None
+    if "has" in node:  # a codes item holding this value
+        return str(node["has"]) in {str(v) for v in value}
+    if "before" in node:  # a date earlier than another item's date
+        other = values.get(node["before"])
+        return None if other is None else value < other
     if "is" in node:
         return value is node["is"]
     if "equals" in node:

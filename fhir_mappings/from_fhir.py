@@ -8,6 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from fhir_mappings import elements
 from fhir_mappings import fhir_constants as fhir
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
 from fhir_mappings.units import ResolvedUnit, UnitError, resolve_unit
@@ -32,8 +33,66 @@ class ItemValue:
 def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemValue]:
     if not isinstance(resource, dict) or _is_void(resource):
         return []
-    reader = _READERS.get(resource.get("resourceType", ""))
-    return list(reader(study, resource)) if reader else []
+    resource_type = resource.get("resourceType", "")
+    reader = _READERS.get(resource_type)
+    found = list(reader(study, resource)) if reader else []
+    if study.resource_owners(resource_type):
+        found += _element_items(study, resource)
+    return found
+
+
+# --- resources of `resource` targets, items at paths ----------------------------------------
+
+def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    for form, owner in study.resource_owners(resource["resourceType"]):
+        if not _has_fixed_code(study, owner, resource):
+            continue
+        found = elements.read(study, resource, owner.fhir.path)
+        values = [elements.decode(study, owner, raw) for raw in found]
+        if not any(error is None for _, error in values):
+            continue  # not a resource of this form (another code)
+        items = [owner, *(d for d in study.dependents_of(form, owner.id) if d.fhir.kind == "element")]
+        effective = None
+        if form.date_item in {item.id for item in items}:
+            dated = form.item(form.date_item)
+            raws = elements.read(study, resource, dated.fhir.path)
+            effective = elements.decode(study, dated, raws[0])[0] if raws else None
+        for item in items:
+            value = _path_value(study, form, item, resource, effective)
+            if value is not None:
+                yield value
+
+
+def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -> bool:
+    """A resource target with a fixed `code` (Observation LOINC 97509-4) takes only resources of that code."""
+    fixed = owner.fhir.fixed.get("code")
+    if not isinstance(fixed, dict):
+        return True
+    return bool(_coding_keys(fixed) & _coding_keys(resource.get("code")))
+
+
+def _path_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
+                effective: date | datetime | None) -> ItemValue | None:
+    found = elements.read(study, resource, item.fhir.path)
+    if not found:
+        return None
+    if item.unit is not None:
+        if isinstance(found[0], dict):
+            return _quantity_value(form, item, found[0], effective)
+        return _failed(form, item, found[0], None, effective, f"{found[0]!r} is not a Quantity")
+    decoded = [elements.decode(study, item, raw) for raw in found]
+    if item.fhir.as_code:  # a status element holds other codes too (e.g. entered-in-error): only ours count
+        decoded = [(value, error) for value, error in decoded if error is None]
+        if not decoded:
+            return None
+    errors = [error for _, error in decoded if error]
+    if errors:
+        return _failed(form, item, str(found[0]), None, effective, errors[0])
+    if item.type == "codes":
+        codes = sorted({value for value, _ in decoded})
+        return _ok(form, item, codes, codes, None, effective)
+    value = decoded[0][0]
+    return _ok(form, item, value, found[0] if not isinstance(found[0], dict) else value, None, effective)
 
 
 # --- Observation --------------------------------------------------------------------------

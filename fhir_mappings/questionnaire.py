@@ -10,7 +10,13 @@ from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
 VISIT_DATE_LINK_ID = "visit_date"
 
 _QUESTION_TYPES = {"date": "date", "integer": "integer", "decimal": "decimal",
-                   "boolean": "boolean", "code": "choice", "quantity": "quantity"}
+                   "boolean": "boolean", "code": "choice", "quantity": "quantity", "codes": "choice",
+                   "text": "text"}
+
+
+def questionnaire_id(form_id: str) -> str:
+    """A FHIR id ([A-Za-z0-9-.]) for a form id: `adverse_event` is Questionnaire/adverse-event."""
+    return form_id.replace("_", "-")
 
 
 def form_to_questionnaire(study: StudyDef, form_id: str) -> dict[str, Any]:
@@ -21,7 +27,7 @@ def form_to_questionnaire(study: StudyDef, form_id: str) -> dict[str, Any]:
     items.extend(_question(study, form, item) for item in form.items)
     return {
         "resourceType": "Questionnaire",
-        "id": form.id,  # the id it is read by: GET /fhir/Questionnaire/{form id}
+        "id": questionnaire_id(form.id),  # the id it is read by: GET /fhir/Questionnaire/{id}
         "url": f"{study.canonical_base}/Questionnaire/{study.id}-{form.id}",
         "name": _name(f"{study.id}_{form.id}"),
         "title": form.title,
@@ -44,7 +50,11 @@ def _question(study: StudyDef, form: FormDef, item: ItemDef) -> dict[str, Any]:
     extensions = _unit_extensions(item) + _range_extensions(item)
     if extensions:
         question["extension"] = extensions
-    if item.type == "code":
+    if item.type == "codes":
+        question["repeats"] = True
+    if item.type == "text":
+        question["maxLength"] = item.text_limit
+    if item.type in ("code", "codes"):
         question["answerOption"] = [{"valueCoding": study.value_coding(item, value).fhir()}
                                     for value in item.values or ()]
     if item.enable_when is not None:

@@ -64,10 +64,15 @@ class RuleContext:
         self.problems.append(Problem(path, message))
 
     def item(self, item_id: Any, path: Path) -> ItemDef | None:
-        if not isinstance(item_id, str) or not self.study.has_item(item_id):
+        if not isinstance(item_id, str):
             self.add(path, f"unknown item {item_id!r}")
             return None
-        return self.study.item(item_id)[1]
+        try:
+            return self.study.item(item_id)[1]
+        except KeyError as error:
+            known = f"unknown item {item_id!r}"
+            self.add(path, known if "has no item" in str(error) else str(error).strip("'\""))
+            return None
 
 
 def validate_criteria_file(study: StudyDef, data: dict[str, Any]) -> list[Problem]:

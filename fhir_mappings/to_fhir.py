@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
-from fhir_mappings import fhir_constants as fhir
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
-from fhir_mappings.derivation import derive_item
-from fhir_mappings.units import resolve_unit
+import copy
 
-OWNER_KINDS = ("observation", "procedure", "condition")
+from fhir_mappings import elements
+from fhir_mappings import fhir_constants as fhir
+from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from fhir_mappings.derivation import derive_item
+from fhir_mappings.elements import quantity
+
+OWNER_KINDS = ("observation", "procedure", "condition", "resource")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def form_to_resources(study: StudyDef, form_id: str, items: dict[str, Any], *, p
             owners[item.id] = _procedure(item, value, subject)
         elif kind == "condition":
             owners[item.id] = _condition(study, item, value, subject, effective)
+        elif kind == "resource":
+            owners[item.id] = _resource(study, item, value, subject)
         elif kind == "patient":
             result.patient_patch[item.fhir.path] = _element_text(item, value)
         elif kind == "research_subject":
@@ -115,25 +119,9 @@ def observation_value(study: StudyDef, item: ItemDef, value: Any) -> dict[str, A
         return {"valueBoolean": bool(value)}
     if item.type == "date":
         return {"valueDateTime": _fhir_date(value)}
+    if item.type == "text":
+        return {"valueString": str(value)}
     return {"valueCodeableConcept": {"coding": [study.value_coding(item, str(value)).fhir()]}}
-
-
-def quantity(study: StudyDef, item: ItemDef, value: Any) -> dict[str, Any]:
-    """A UCUM Quantity holding the value and unit as entered; quantity items also carry the
-    canonical value in the study's canonical-quantity extension."""
-    if isinstance(value, dict):
-        amount, unit = value.get("value"), value.get("unit")
-    else:
-        amount, unit = value, None
-    resolved = resolve_unit(item, unit)
-    entered = _number(amount)
-    result: dict[str, Any] = {"value": entered, "unit": unit or item.unit, "system": fhir.UCUM,
-                              "code": resolved.ucum}
-    if item.type == "quantity":
-        canonical = to_decimal(entered) * resolved.factor
-        result["extension"] = [{"url": study.canonical_quantity_extension, "valueQuantity": {
-            "value": canonical, "unit": item.unit, "system": fhir.UCUM, "code": item.unit}}]
-    return result
 
 
 def _procedure(item: ItemDef, value: Any, subject: dict[str, str]) -> dict[str, Any]:
@@ -157,9 +145,24 @@ def _condition(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, st
     }
 
 
+def _resource(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str]) -> dict[str, Any]:
+    """A resource of the item's `resource_type`: its fixed elements, the subject, the value at `path`."""
+    resource: dict[str, Any] = {"resourceType": item.fhir.resource_type, **copy.deepcopy(item.fhir.fixed),
+                                "subject": subject}
+    _write_paths(study, resource, item, value)
+    return resource
+
+
+def _write_paths(study: StudyDef, resource: dict[str, Any], item: ItemDef, value: Any) -> None:
+    for path in (item.fhir.path, *item.fhir.also):
+        elements.write(study, resource, item, path, value)
+
+
 def _attach(study: StudyDef, item: ItemDef, value: Any, owner: dict[str, Any]) -> None:
     kind = item.fhir.kind
-    if kind == "reference_range_high":
+    if kind == "element":
+        _write_paths(study, owner, item, value)
+    elif kind == "reference_range_high":
         owner["referenceRange"] = [{"high": quantity(study, item, value)}]
     elif kind == "component":
         component = {"code": _concept(item)}
@@ -192,10 +195,7 @@ def _concept(item: ItemDef) -> dict[str, Any]:
     return {"coding": [coding.fhir() for coding in item.fhir.codes]}
 
 
-def _number(value: Any) -> Decimal | int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return to_decimal(value)
+_number = elements._number
 
 
 def _fhir_date(value: Any) -> str:

@@ -93,6 +93,11 @@ class Expect:
 EVERYONE = Expect(EVERY_ROLE, PUBLIC)
 SUBJECT_ROUTE = "/api/v1/subjects/{subject_id}"
 FORM_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/{visit_id}"
+ENTRIES_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/entries"  # a log form's (and every repeating form's) entries
+VISIT_ENTRIES_ROUTE = FORM_ROUTE + "/entries"  # a repeating form's entries at one visit
+LOG_FORM = "adverse_event"  # a log form: entries tied to no visit
+REPEATING_FORM = "afp"  # a repeating form: entries at a visit
+AE_ENTRY = {"ctcae_term": "rash", "onset_date": VALID["labs"][1], "grade": 2, "serious": False, "outcome": "recovering"}
 FHIR_TYPE = "/fhir/{resource_type:fhir_type}"
 FHIR_OTHER_TYPE = "/fhir/{resource_type:fhir_other_type}"
 
@@ -133,6 +138,20 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", FORM_ROUTE + "/sign"): Expect(frozenset({INVESTIGATOR}), SITE, other=404),
     ("POST", FORM_ROUTE + "/lock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
     ("POST", FORM_ROUTE + "/unlock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
+    # entries of log and repeating forms: the same roles as a visit's form, entry by entry
+    ("GET", ENTRIES_ROUTE): Expect(CLINICAL_READ, SITE, other=404),
+    ("POST", ENTRIES_ROUTE): Expect(DATA_ENTRY, SITE, other=404),
+    ("GET", ENTRIES_ROUTE + "/{entry_id}"): Expect(CLINICAL_READ, SITE, other=404),
+    ("PUT", ENTRIES_ROUTE + "/{entry_id}"): Expect(DATA_ENTRY, SITE, other=404),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/withdraw"): Expect(DATA_ENTRY, SITE, other=404),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/verify"): Expect(frozenset({MONITOR}), SITE, other=404),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/sign"): Expect(frozenset({INVESTIGATOR}), SITE, other=404),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/lock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/unlock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
+    ("GET", VISIT_ENTRIES_ROUTE): Expect(CLINICAL_READ, SITE, other=404),
+    ("POST", VISIT_ENTRIES_ROUTE): Expect(DATA_ENTRY, SITE, other=404),
+    ("GET", VISIT_ENTRIES_ROUTE + "/{entry_id}"): Expect(CLINICAL_READ, SITE, other=404),
+    ("PUT", VISIT_ENTRIES_ROUTE + "/{entry_id}"): Expect(DATA_ENTRY, SITE, other=404),
     # data clarification queries: monitor and data manager raise, close (and reopen); the site answers
     ("POST", SUBJECT_ROUTE + "/queries"): Expect(QUERY_RAISE_CLOSE, SITE, other=404),
     ("GET", SUBJECT_ROUTE + "/queries"): Expect(QUERY_READ, SITE, other=404),
@@ -377,6 +396,24 @@ class World:
             return url
         return self.once(("form", state, site), fresh, make)
 
+    def entry(self, state: str, site: str, fresh: bool = False, visit: bool = False) -> tuple[str, str]:
+        """(subject id, entry id) of an entry of a new subject: of the log form, or (visit) of the repeating
+        form at its first visit; complete, verified, signed or locked."""
+        if site == MISSING:
+            return self.missing_id, self.missing_hex[:16]
+
+        def make() -> tuple[str, str]:
+            subject_id = self.subject(site, fresh=True)
+            created = _expect(self.seed[COORDINATOR, site].post(
+                _entries_url(subject_id, visit=visit), json=_entry_body(visit)), 201).json()
+            url = _entries_url(subject_id, created["id"], visit)
+            steps = [(self.monitor, "verify", None), (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
+                     (self.data_manager, "lock", None)]
+            for http, step, body in steps[:["complete", "verified", "signed", "locked"].index(state)]:
+                _expect(http.post(f"{url}/{step}", json=body), 200)
+            return subject_id, created["id"]
+        return self.once(("entry", state, site, visit), fresh, make)
+
     def fhir(self, site: str, fresh: bool = False) -> dict[str, str]:
         """A Patient and an Observation (with an identifier) pushed in one transaction by the site's ehr."""
         if site == MISSING:
@@ -477,6 +514,55 @@ def _form_step(step: str, state: str, body: dict[str, Any] | None = None) -> Bui
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         url = w.form(state, site, fresh)
         return Req("POST", f"{url}/{step}", json=body, ids=(_subject_id(url),))
+    return mutating(build)
+
+
+def _entries_url(subject_id: str, entry_id: str | None = None, visit: bool = False) -> str:
+    base = path(subject_id, REPEATING_FORM, VALID[REPEATING_FORM][0]) if visit else \
+        f"/api/v1/subjects/{subject_id}/forms/{LOG_FORM}"
+    return f"{base}/entries" + (f"/{entry_id}" if entry_id else "")
+
+
+def _entry_body(visit: bool) -> dict[str, Any]:
+    if visit:
+        return {"items": VALID[REPEATING_FORM][2], "visit_date": VALID[REPEATING_FORM][1]}
+    return {"items": AE_ENTRY}
+
+
+def _entries_list(visit: bool) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        subject_id, _ = w.entry("complete", site, visit=visit)
+        return Req("GET", _entries_url(subject_id, visit=visit), ids=(subject_id,))
+    return build
+
+
+def _entry_add(visit: bool) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        subject_id = w.subject(site)
+        return Req("POST", _entries_url(subject_id, visit=visit), json=_entry_body(visit), ids=(subject_id,))
+    return mutating(build)
+
+
+def _entry_read(visit: bool) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        subject_id, entry_id = w.entry("complete", site, visit=visit)
+        return Req("GET", _entries_url(subject_id, entry_id, visit), ids=(subject_id, entry_id))
+    return build
+
+
+def _entry_save(visit: bool) -> Builder:
+    """Saves with a reason, so saving the same entry again is valid too: no target is used up."""
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        subject_id, entry_id = w.entry("complete", site, visit=visit)
+        body = {**_entry_body(visit), "reason": "authorisation matrix"}
+        return Req("PUT", _entries_url(subject_id, entry_id, visit), json=body, ids=(subject_id, entry_id))
+    return mutating(build)
+
+
+def _entry_step(step: str, state: str, body: dict[str, Any] | None = None) -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        subject_id, entry_id = w.entry(state, site, fresh)
+        return Req("POST", f"{_entries_url(subject_id, entry_id)}/{step}", json=body, ids=(subject_id, entry_id))
     return mutating(build)
 
 
@@ -725,6 +811,19 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", FORM_ROUTE + "/sign"): _form_step("sign", "verified", {"meaning": "I approve the data of this form"}),
     ("POST", FORM_ROUTE + "/lock"): _form_step("lock", "signed"),
     ("POST", FORM_ROUTE + "/unlock"): _form_step("unlock", "locked", {"reason": "correction needed"}),
+    ("GET", ENTRIES_ROUTE): _entries_list(visit=False),
+    ("POST", ENTRIES_ROUTE): _entry_add(visit=False),
+    ("GET", ENTRIES_ROUTE + "/{entry_id}"): _entry_read(visit=False),
+    ("PUT", ENTRIES_ROUTE + "/{entry_id}"): _entry_save(visit=False),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/withdraw"): _entry_step("withdraw", "complete", {"reason": "wrong subject"}),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/verify"): _entry_step("verify", "complete"),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/sign"): _entry_step("sign", "verified", {"meaning": "I approve this entry"}),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/lock"): _entry_step("lock", "signed"),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/unlock"): _entry_step("unlock", "locked", {"reason": "correction needed"}),
+    ("GET", VISIT_ENTRIES_ROUTE): _entries_list(visit=True),
+    ("POST", VISIT_ENTRIES_ROUTE): _entry_add(visit=True),
+    ("GET", VISIT_ENTRIES_ROUTE + "/{entry_id}"): _entry_read(visit=True),
+    ("PUT", VISIT_ENTRIES_ROUTE + "/{entry_id}"): _entry_save(visit=True),
     ("POST", SUBJECT_ROUTE + "/queries"): _raise_query,
     ("GET", SUBJECT_ROUTE + "/queries"): _subject_get("/queries"),
     ("GET", "/api/v1/queries"): _listing("/api/v1/queries", lambda w, site: w.query("open", site)),

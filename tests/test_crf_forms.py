@@ -1,7 +1,8 @@
 """Form definitions through /api/v1/forms and as FHIR Questionnaires."""
 from fhir.resources.R4B.questionnaire import Questionnaire
 
-FORMS = ["demographics", "baseline", "labs", "surgery", "pathology", "afp", "ctc", "history", "randomisation"]
+FORMS = ["demographics", "baseline", "labs", "surgery", "pathology", "afp", "ctc", "history", "randomisation",
+         "adverse_event", "conmed", "disease_assessment"]
 
 
 def test_forms_list_every_form_with_items_types_units_values_ranges_and_visits(server):

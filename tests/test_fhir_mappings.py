@@ -165,6 +165,17 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "anticoagulant_prophylaxis": True, "antitumour_therapy_1m_postop": False,
     },
     "randomisation": {"arm": "SORA", "randomisation_date": date(2024, 2, 10)},
+    "adverse_event": {
+        "ctcae_term": "other", "term_verbatim": "itchy scalp", "onset_date": date(2024, 3, 1),
+        "resolution_date": date(2024, 3, 9), "grade": 3, "serious": True,
+        "seriousness_criteria": ["hospitalisation", "other_important"], "related_pd1": "related",
+        "related_sorafenib": "not_related", "immune_related": False, "action_taken": "interrupted",
+        "outcome": "recovered",
+    },
+    "conmed": {"medication": "Omeprazole 20 mg", "atc": "A", "indication": "gastric protection",
+               "start_date": date(2024, 2, 20), "end_date": date(2024, 3, 20), "ongoing": False},
+    "disease_assessment": {"status": "recurrence", "assessment_date": date(2024, 5, 2), "method": "mri",
+                           "recurrence_site": "both", "recurrence_date": date(2024, 4, 28)},
 }
 
 VISIT_DATE = date(2024, 2, 5)
@@ -180,7 +191,7 @@ def test_every_form_has_a_sample_entry(study: StudyDef) -> None:
 def expected_canonical(study: StudyDef, form_id: str) -> dict[str, Any]:
     expected = {}
     for item_id, value in ENTRIES[form_id].items():
-        item = study.item(item_id)[1]
+        item = study.form(form_id).item(item_id)
         if item.type == "quantity":
             amount, unit = (value["value"], value["unit"]) if isinstance(value, dict) else (value, None)
             expected[item_id] = to_canonical(item, amount, unit)

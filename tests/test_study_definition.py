@@ -86,6 +86,10 @@ FORM_VISITS = {
     "ctc": ["PREOP", "POD7", "M1", "M3", "M6", "M9", "M12"],
     "history": ["SCR"],
     "randomisation": ["SCR"],
+    # CRF-SPEC 7 (version 2): log forms have no visits
+    "adverse_event": [],
+    "conmed": [],
+    "disease_assessment": ["M3", "M6", "M9", "M12"],
 }
 
 FORM_ITEMS = {
@@ -109,6 +113,11 @@ FORM_ITEMS = {
                 "vaccine_date", "steroid_gt10mg_14d", "immunosuppressant_14d",
                 "anticoagulant_prophylaxis", "antitumour_therapy_1m_postop"],
     "randomisation": ["arm", "randomisation_date"],
+    "adverse_event": ["ctcae_term", "term_verbatim", "onset_date", "resolution_date", "grade", "severity", "serious",
+                      "seriousness_criteria", "related_pd1", "related_sorafenib", "immune_related", "action_taken",
+                      "outcome"],
+    "conmed": ["medication", "atc", "indication", "start_date", "end_date", "ongoing"],
+    "disease_assessment": ["status", "assessment_date", "method", "recurrence_site", "recurrence_date"],
 }
 
 
@@ -117,8 +126,9 @@ def test_forms_visits_and_items(study: StudyDef) -> None:
     for form in study.forms:
         assert list(form.visits) == FORM_VISITS[form.id], form.id
         assert [i.id for i in form.items] == FORM_ITEMS[form.id], form.id
-    assert study.form("afp").repeating
+    assert study.form("afp").repeating and study.form("disease_assessment").repeating
     assert not study.form("labs").repeating
+    assert [f.id for f in study.forms if f.kind == "log"] == ["adverse_event", "conmed"]
 
 
 @pytest.mark.parametrize("item_id, item_type, values", [
@@ -134,7 +144,7 @@ def test_forms_visits_and_items(study: StudyDef) -> None:
     ("margin_status", "code", ("R0", "R1", "R2")), ("tumour_count", "integer", None),
     ("microvascular_invasion", "code", ("M0", "M1", "M2")),
     ("pvtt_extent", "code", ("Vp0", "Vp1", "Vp2", "Vp3", "Vp4")),
-    ("ctc_count", "integer", None), ("method", "code", ("neg_enrichment_tpcr", "other")),
+    ("ctc_count", "integer", None), ("ctc.method", "code", ("neg_enrichment_tpcr", "other")),
     ("mi_date", "date", None), ("vaccine_date", "date", None),
     ("arm", "code", ("PD1_SORA", "SORA")), ("randomisation_date", "date", None),
 ])
@@ -240,7 +250,7 @@ def test_history_items_use_their_own_id_as_local_code(study: StudyDef) -> None:
     ("aptt_uln", "reference_range_high", None, "aptt"),
     ("surgery_date", "procedure", None, None), ("resection_type", "procedure_code", None, "surgery_date"),
     ("histology", "condition", None, None), ("blood_volume", "component", None, "ctc_count"),
-    ("method", "method", None, "ctc_count"), ("ctc_status", "interpretation", None, "ctc_count"),
+    ("ctc.method", "method", None, "ctc_count"), ("ctc_status", "interpretation", None, "ctc_count"),
 ])
 def test_fhir_targets(study: StudyDef, item_id: str, kind: str, path: str | None,
                       of: str | None) -> None:
@@ -260,7 +270,7 @@ def test_item_rules_of_the_spec(study: StudyDef) -> None:
     assert study.item("tumour_count")[1].hard_min == 1
     assert study.item("ctc_count")[1].hard_min == 0
     assert study.item("blood_volume")[1].default == 5
-    assert study.item("method")[1].default == "neg_enrichment_tpcr"
+    assert study.item("ctc.method")[1].default == "neg_enrichment_tpcr"
     assert study.form("surgery").date_item == "surgery_date"
 
 
@@ -353,8 +363,10 @@ def _load_error(directory: Path) -> str:
      "items[0].accepted_units.IU/mL", "'IU/mL' is not a UCUM code"),
     ("forms/labs.yaml", "  - id: alt_uln", "  - id: ast_uln", "items[9].id",
      "duplicate id 'ast_uln'"),
-    ("forms/afp.yaml", "  - id: afp\n", "  - id: hemoglobin\n", "items[0].id",
-     "duplicate item id 'hemoglobin'"),
+    # item ids are unique within a form (CRF-SPEC 7 has `method` in ctc and disease_assessment, `status` in
+    # disease_assessment and end_of_study); a study-level reference by an id several forms have names them
+    ("criteria.yaml", "rule: {latest: hemoglobin, window: labs", "rule: {latest: method, window: labs",
+     "criteria[8].rule.latest", "item 'method' is in forms ctc, disease_assessment: name it as form.item"),
     ("forms/demographics.yaml", "visits: [SCR]", "visits: [SCREENING]", "visits[0]",
      "unknown visit 'SCREENING'"),
     ("forms/demographics.yaml", "enable_when: {item: wocbp, equals: true}",

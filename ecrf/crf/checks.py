@@ -8,7 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from fhir_mappings.definitions import DEPENDENT_KINDS, FormDef, ItemDef, to_decimal
+from fhir_mappings.definitions import DEPENDENT_KINDS, FormDef, ItemDef, condition_items, to_decimal
+from fhir_mappings.derivation import violated
 from fhir_mappings.units import UnitError, to_canonical
 
 # A date is "in the future" only once it has begun nowhere on Earth yet (UTC+14), so a site east
@@ -77,6 +78,8 @@ def _type_message(item: ItemDef) -> str:
         "decimal": f"{item.label}: expected a number",
         "boolean": f"{item.label}: expected true or false",
         "code": f"{item.label}: expected one of {', '.join(item.values or ())}",
+        "codes": f"{item.label}: expected a list of distinct values of {', '.join(item.values or ())}",
+        "text": f"{item.label}: expected text of at most {item.text_limit} characters",
     }[item.type]
 
 
@@ -95,6 +98,26 @@ def _canonical(item: ItemDef, raw: Any, entry: CheckedEntry) -> Any:
             entry.errors.append(Finding(item.id, "type", _type_message(item)))
             return None
         return raw
+    if item.type == "text":
+        if not isinstance(raw, str):
+            entry.errors.append(Finding(item.id, "type", _type_message(item)))
+            return None
+        text = raw.strip()
+        if len(text) > item.text_limit:
+            entry.errors.append(Finding(item.id, "max_length", f"{item.label}: {len(text)} characters, at most "
+                                                               f"{item.text_limit}"))
+            return None
+        return text or None
+    if item.type == "codes":
+        if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw) or len(set(raw)) != len(raw):
+            entry.errors.append(Finding(item.id, "type", _type_message(item)))
+            return None
+        unknown = [v for v in raw if v not in (item.values or ())]
+        if unknown:
+            entry.errors.append(Finding(item.id, "allowed_values", f"{item.label}: {', '.join(map(repr, unknown))} "
+                                                                   f"not among {', '.join(item.values or ())}"))
+            return None
+        return sorted(raw) or None
     if item.type == "code":
         text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
         if text is None or text not in (item.values or ()):
@@ -176,6 +199,11 @@ def check_items(form: FormDef, items: dict[str, Any]) -> CheckedEntry:
         if owner is not None and items.get(owner) is None:
             entry.errors.append(Finding(item.id, "depends_on",
                                         f"{item.label} needs {known[owner].label} ({owner}) in the same entry"))
+    failed = {finding.item for finding in entry.errors}
+    for check in form.checks:  # an item that failed its own checks is unknown here: no second finding about it
+        if not failed & set(condition_items(check.when)) and violated(form, check.when, entry.canonical):
+            finding = Finding(check.item, check.rule, check.message)
+            (entry.errors if check.severity == "hard" else entry.warnings).append(finding)
     for item in form.items:
         present = item.id in entry.values
         if not is_enabled(item, entry.canonical):

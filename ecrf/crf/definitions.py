@@ -38,6 +38,7 @@ def describe_form(study: StudyDef, form: FormDef) -> dict[str, Any]:
     return {
         "id": form.id,
         "title": form.title,
+        "kind": form.kind,
         "repeating": form.repeating,
         "date_item": form.date_item,
         "visits": [study.visit(visit_id).model_dump(mode="json") for visit_id in form.visits],

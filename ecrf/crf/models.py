@@ -10,7 +10,7 @@ class FormInstance(SQLModel, table=True):
 
     __tablename__ = "form_instance"
     __table_args__ = (
-        UniqueConstraint("subject_id", "form_id", "visit_id", name="uq_form_instance"),
+        UniqueConstraint("subject_id", "form_id", "visit_id", "entry_id", name="uq_form_instance"),
         Index("ix_form_instance_patient", "patient_id"),
         Index("ix_form_instance_report", "site", "form_id", "visit_id", "status"),  # the enrolment report
     )
@@ -20,7 +20,8 @@ class FormInstance(SQLModel, table=True):
     patient_id: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=32)
     form_id: str = Field(max_length=64)
-    visit_id: str = Field(max_length=64)
+    visit_id: str = Field(max_length=64)  # LOG for an entry of a log form
+    entry_id: str = Field(default="", max_length=32, sa_column_kwargs={"server_default": ""})  # '' = the visit's own form
     status: str = Field(max_length=16)
     version: int
     visit_date: date
@@ -40,6 +41,7 @@ class FormInstance(SQLModel, table=True):
     locked_at: datetime | None = None
     locked_by: str | None = Field(default=None, max_length=200)
     eligibility_basis: str | None = Field(default=None, sa_column=Column(Text))
+    withdrawn_reason: str | None = Field(default=None, sa_column=Column(Text))  # status entered_in_error
 
 
 class FormResource(SQLModel, table=True):

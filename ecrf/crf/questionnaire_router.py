@@ -1,4 +1,5 @@
-"""GET /fhir/Questionnaire/{form_id}: a form definition as an SDC-style FHIR R4 Questionnaire."""
+"""GET /fhir/Questionnaire/{form_id}: a form definition as an SDC-style FHIR R4 Questionnaire (read by its FHIR
+id, the form id with `-` for `_`, or by the form id itself)."""
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from ecrf.auth.actor import Actor
@@ -6,6 +7,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.fhir.authorise import require
 from ecrf.responses import FHIRBody
 from fhir_mappings.mapping import form_to_questionnaire
+from fhir_mappings.questionnaire import questionnaire_id
 
 router = APIRouter(tags=["fhir"])
 
@@ -15,8 +17,7 @@ def read_questionnaire(form_id: str, request: Request, actor: Actor = Depends(re
     """The form as a Questionnaire: item codes, units, answer options, enableWhen for conditional items."""
     require(actor, "study.read", "Questionnaire", "read")  # a token's SMART scopes, as on every /fhir read
     study = request.app.state.runtime.study
-    try:
-        study.form(form_id)
-    except KeyError:
-        raise HTTPException(404, f"Questionnaire/{form_id} is not known") from None
-    return FHIRBody(form_to_questionnaire(study, form_id))
+    found = next((form.id for form in study.forms if form_id in (form.id, questionnaire_id(form.id))), None)
+    if found is None:
+        raise HTTPException(404, f"Questionnaire/{form_id} is not known")
+    return FHIRBody(form_to_questionnaire(study, found))

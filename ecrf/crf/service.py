@@ -4,6 +4,7 @@ Clinical values are written only as FHIR resources (ids derived from subject, fo
 so a re-save is a new version of the same resource); this module keeps the workflow state.
 """
 import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -30,6 +31,8 @@ from fhir_mappings.definitions import FormDef, StudyDef, VisitDef
 from fhir_mappings.mapping import form_to_resources
 
 INSTANCE_RESOURCE = "FormInstance"
+LOG_VISIT = "LOG"  # the visit key of a log form's entries (they belong to no visit)
+WITHDRAWN = "entered_in_error"
 
 
 def derived_id(*parts: str) -> str:
@@ -38,16 +41,26 @@ def derived_id(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
+    """A visit's own form (entry_id ''), or one entry of a log form (visit None) or of a repeating form."""
     subject: Subject
     form: FormDef
-    visit: VisitDef
+    visit: VisitDef | None
+    entry_id: str = ""
+
+    @property
+    def visit_key(self) -> str:
+        return self.visit.id if self.visit is not None else LOG_VISIT
+
+    @property
+    def _key(self) -> tuple[str, ...]:
+        return (self.subject.id, self.form.id, self.visit_key) + (("entry", self.entry_id) if self.entry_id else ())
 
     @property
     def instance_id(self) -> str:
-        return derived_id(self.subject.id, self.form.id, self.visit.id)
+        return derived_id(*self._key)
 
     def resource_id(self, slot: str) -> str:
-        return derived_id(self.subject.id, self.form.id, self.visit.id, slot)
+        return derived_id(*self._key, slot)
 
 
 def locate(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str, *, writing: bool) -> Target:
@@ -61,11 +74,78 @@ def locate(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str,
     except KeyError:
         raise NotFound(f"visit {visit_id} is not a visit of study {study.id}") from None
     if visit.id not in form.visits:
-        message = f"form {form.id} is not collected at visit {visit.id} (visits: {', '.join(form.visits)})"
+        message = (f"form {form.id} is a log form: its entries are under .../forms/{form.id}/entries"
+                   if form.kind == "log" else
+                   f"form {form.id} is not collected at visit {visit.id} (visits: {', '.join(form.visits)})")
         if writing:
             raise EditCheckFailed([{"item": "visit_id", "rule": "visit", "message": message}], message)
         raise NotFound(message)
     return Target(subject, form, visit)
+
+
+def _form_with_entries(study: StudyDef, form_id: str) -> FormDef:
+    try:
+        form = study.form(form_id)
+    except KeyError:
+        raise NotFound(f"form {form_id} is not a form of study {study.id}") from None
+    if not form.has_entries:
+        raise NotFound(f"form {form_id} has no entries: it is saved once per visit, at "
+                       f".../forms/{form_id}/<visit> ({', '.join(form.visits)})")
+    return form
+
+
+def new_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str | None) -> Target:
+    """Where a new entry goes: a log form takes no visit, a repeating form the visit it is collected at."""
+    form = _form_with_entries(study, form_id)
+    if form.kind == "log":
+        if visit_id is not None:
+            raise NotFound(f"form {form_id} is a log form: its entries belong to no visit (.../forms/{form_id}/entries)")
+        return Target(resolve(store, study, subject_id), form, None, secrets.token_hex(8))
+    if visit_id is None:
+        raise NotFound(f"form {form_id} repeats at a visit: add entries at .../forms/{form_id}/<visit>/entries "
+                       f"({', '.join(form.visits)})")
+    target = locate(store, study, subject_id, form_id, visit_id, writing=True)
+    return Target(target.subject, form, target.visit, secrets.token_hex(8))
+
+
+def _entry_instance(store: ClinicalStore, subject: Subject, form: FormDef, entry_id: str, *,
+                    for_update: bool) -> FormInstance:
+    query = select(FormInstance).where(FormInstance.subject_id == subject.id, FormInstance.form_id == form.id,
+                                       FormInstance.entry_id == entry_id, FormInstance.entry_id != "")
+    instance = store.session.exec(query.with_for_update() if for_update else query).one_or_none()
+    if instance is None:
+        raise NotFound(f"subject {subject.id} has no entry {entry_id} of form {form.id}")
+    return instance
+
+
+def locate_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, entry_id: str,
+                 visit_id: str | None = None, *, for_update: bool = False) -> tuple[Target, FormInstance]:
+    """An existing entry; with a visit (the repeating form's visit path) it must be an entry of that visit."""
+    form = _form_with_entries(study, form_id)
+    subject = resolve(store, study, subject_id)
+    instance = _entry_instance(store, subject, form, entry_id, for_update=for_update)
+    if visit_id is not None and instance.visit_id != visit_id:
+        raise NotFound(f"entry {entry_id} of form {form_id} is not an entry of visit {visit_id}")
+    visit = None if instance.visit_id == LOG_VISIT else study.visit(instance.visit_id)
+    return Target(subject, form, visit, entry_id), instance
+
+
+def entries(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str,
+            visit_id: str | None = None) -> list[dict[str, Any]]:
+    """A subject's entries of a form (of one visit, for a repeating form's visit path), oldest first;
+    withdrawn ones included, with their status and reason."""
+    form = _form_with_entries(study, form_id)
+    if visit_id is not None:
+        subject = locate(store, study, subject_id, form_id, visit_id, writing=False).subject
+    else:
+        subject = resolve(store, study, subject_id)
+    query = select(FormInstance).where(FormInstance.subject_id == subject.id, FormInstance.form_id == form.id,
+                                       FormInstance.entry_id != "")
+    if visit_id is not None:
+        query = query.where(FormInstance.visit_id == visit_id)
+    found = store.session.exec(query.order_by(FormInstance.created_at, FormInstance.id)).all()
+    return [describe(store, study, Target(subject, form, None if i.visit_id == LOG_VISIT else study.visit(i.visit_id),
+                                          i.entry_id), i) for i in found]
 
 
 def _instance(store: ClinicalStore, instance_id: str, *, for_update: bool) -> FormInstance | None:
@@ -126,15 +206,15 @@ def _who(by: str | None, at: datetime | None) -> dict[str, Any] | None:
 
 def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: FormInstance | None) -> dict[str, Any]:
     zero = day_zero(store.session, study, target.subject.patient_id)
-    items, alternatives = form_values(store.session, study, target.form, target.visit.id,
+    items, alternatives = form_values(store.session, study, target.form, target.visit_key,
                                       target.subject.patient_id, instance, zero)
-    missing = missing_items(target.form, items)
+    missing = missing_items(target.form, items) if not (instance and instance.status == WITHDRAWN) else []
     open_queries, open_queries_by_item = unresolved_of_form(store.session, target.subject.id, target.form.id,
-                                                            target.visit.id)
+                                                            target.visit_key)
     view: dict[str, Any] = {
         "subject_id": target.subject.id,
         "form_id": target.form.id,
-        "visit_id": target.visit.id,
+        "visit_id": target.visit.id if target.visit is not None else None,
         "status": instance.status if instance else "not_started",
         "version": instance.version if instance else 0,
         "visit_date": instance.visit_date.isoformat() if instance else None,
@@ -155,6 +235,8 @@ def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: Fo
     }
     if instance and instance.eligibility_basis:
         view["eligibility_basis"] = orjson.loads(instance.eligibility_basis)
+    if target.entry_id:
+        view = {"id": target.entry_id, **view, "withdrawn_reason": instance.withdrawn_reason if instance else None}
     return view
 
 
@@ -171,7 +253,9 @@ def read_form(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: s
 
 
 def subject_instances(store: ClinicalStore, subject: Subject) -> list[FormInstance]:
-    return list(store.session.exec(select(FormInstance).where(FormInstance.subject_id == subject.id)).all())
+    """The subject's visit forms (entries of log and repeating forms have a lifecycle of their own)."""
+    return list(store.session.exec(select(FormInstance).where(FormInstance.subject_id == subject.id,
+                                                              FormInstance.entry_id == "")).all())
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -233,7 +317,7 @@ def _index_owned(store: ClinicalStore, instance_id: str, before: dict[str, str],
 def _audit_form(store: ClinicalStore, target: Target, instance: FormInstance, action: str,
                 old: str | None, new: str | None, reason: str | None) -> None:
     audit.append(store.session, store.actor, action, source="form", patient_id=target.subject.patient_id,
-                 form_id=target.form.id, visit_id=target.visit.id, old_value=old, new_value=new, reason=reason,
+                 form_id=target.form.id, visit_id=target.visit_key, old_value=old, new_value=new, reason=reason,
                  resource=f"{INSTANCE_RESOURCE}/{instance.id}", resource_version=instance.version)
 
 
@@ -247,14 +331,41 @@ class SaveResult:
 def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: str, visit_id: str, *,
               items: dict[str, Any], visit_date: date | None, reason: str | None, if_match: int | None,
               allocated: bool = False) -> SaveResult:
-    """Check and store one entry. Nothing is written when a hard check fails. The items the randomisation
+    """Check and store a visit's form. Nothing is written when a hard check fails. The items the randomisation
     scheme derives (arm, date) are written only by the allocation (`allocated`), never typed (422 `derived`)."""
+    target = locate(store, runtime.study, subject_id, form_id, visit_id, writing=True)
+    return save_target(runtime, store, target, _instance(store, target.instance_id, for_update=True), items=items,
+                       visit_date=visit_date, reason=reason, if_match=if_match, allocated=allocated)
+
+
+def save_entry(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: str, entry_id: str | None,
+               visit_id: str | None, *, items: dict[str, Any], visit_date: date | None, reason: str | None,
+               if_match: int | None) -> SaveResult:
+    """Create an entry (entry_id None) or save an existing one of a log or repeating form."""
+    if entry_id is None:
+        target, instance = new_entry(store, runtime.study, subject_id, form_id, visit_id), None
+    else:
+        target, instance = locate_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id, for_update=True)
+        if instance.status == WITHDRAWN:
+            raise Conflict(f"entry {entry_id} of form {form_id} was withdrawn (entered in error); add a new entry")
+    return save_target(runtime, store, target, instance, items=items, visit_date=visit_date, reason=reason,
+                       if_match=if_match)
+
+
+def _what(target: Target) -> str:
+    if target.entry_id:
+        return f"entry {target.entry_id} of form {target.form.id}"
+    return f"form {target.form.id} at {target.visit_key}"
+
+
+def save_target(runtime: Runtime, store: ClinicalStore, target: Target, instance: FormInstance | None, *,
+                items: dict[str, Any], visit_date: date | None, reason: str | None, if_match: int | None,
+                allocated: bool = False) -> SaveResult:
+    """Check and store one form or entry. Nothing is written when a hard check fails."""
     study = runtime.study
-    target = locate(store, study, subject_id, form_id, visit_id, writing=True)
-    instance = _instance(store, target.instance_id, for_update=True)
     _check_version(instance, if_match)
     if instance is not None and instance.status == "locked":
-        raise Conflict(f"form {form_id} at {visit_id} is locked; a data manager must unlock it first")
+        raise Conflict(f"{_what(target)} is locked; a data manager must unlock it first")
     reason = (reason or "").strip() or None
     entry = check_items(target.form, items)
     errors = list(entry.errors) + _typed_allocation(runtime, target, items, allocated)
@@ -267,11 +378,14 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
         the_date = visit_date or min(study.today_at(target.subject.site), latest_allowed_date())
     zero = entry.canonical.get(study.day_zero_item) if study.day_zero_item else None
     zero = zero or day_zero(store.session, study, target.subject.patient_id)
-    date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
+    if target.visit is not None:
+        date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
+    else:  # a log entry is dated by its own items, not by a visit window
+        date_errors, date_warnings, deviation = [], [], None
     errors += date_errors
     if errors:
         raise EditCheckFailed([finding.as_dict() for finding in errors])
-    context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit.id)
+    context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
     mapped = form_to_resources(study, target.form.id, entry.values,
                                patient_ref=f"Patient/{target.subject.patient_id}", visit_date=the_date)
     previous = owned_resources(instance)
@@ -284,7 +398,8 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
     if created:
         instance = FormInstance(
             id=target.instance_id, subject_id=target.subject.id, patient_id=target.subject.patient_id,
-            site=target.subject.site, form_id=target.form.id, visit_id=target.visit.id, status="draft", version=0,
+            site=target.subject.site, form_id=target.form.id, visit_id=target.visit_key, entry_id=target.entry_id,
+            status="draft", version=0,
             visit_date=the_date, resources="{}", created_at=now, created_by=actor.sub, updated_at=now,
             updated_by=actor.sub, updated_role=actor.role)
     old_status, old_date, old_deviation = (None if created else instance.status), instance.visit_date, instance.deviation
@@ -302,7 +417,7 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
     try:
         store.session.flush()
     except IntegrityError as error:  # a concurrent first save of the same form won the unique key
-        raise Conflict(f"form {form_id} at {visit_id} was saved concurrently: read it again") from error
+        raise Conflict(f"{_what(target)} was saved concurrently: read it again") from error
     if old_status != instance.status:
         _audit_form(store, target, instance, "form.status", old_status, instance.status, reason)
     if not created and old_date != the_date:
@@ -317,18 +432,30 @@ def save_form(runtime: Runtime, store: ClinicalStore, subject_id: str, form_id: 
 def transition(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, visit_id: str, name: str, *,
                meaning: str | None, reason: str | None, if_match: int | None) -> dict[str, Any]:
     """verify / sign / lock / unlock one form instance, recorded in the audit trail."""
-    step = lifecycle.TRANSITIONS[name]
     target = locate(store, study, subject_id, form_id, visit_id, writing=False)
-    instance = _instance(store, target.instance_id, for_update=True)
+    return transition_target(store, study, target, _instance(store, target.instance_id, for_update=True), name,
+                             meaning=meaning, reason=reason, if_match=if_match)
+
+
+def transition_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, entry_id: str,
+                     visit_id: str | None, name: str, *, meaning: str | None, reason: str | None,
+                     if_match: int | None) -> dict[str, Any]:
+    target, instance = locate_entry(store, study, subject_id, form_id, entry_id, visit_id, for_update=True)
+    return transition_target(store, study, target, instance, name, meaning=meaning, reason=reason, if_match=if_match)
+
+
+def transition_target(store: ClinicalStore, study: StudyDef, target: Target, instance: FormInstance | None,
+                      name: str, *, meaning: str | None, reason: str | None, if_match: int | None) -> dict[str, Any]:
+    step = lifecycle.TRANSITIONS[name]
     if instance is None:
-        raise Conflict(f"form {form_id} at {visit_id} has not been entered; it cannot be {step.target}")
+        raise Conflict(f"{_what(target)} has not been entered; it cannot be {step.target}")
     _check_version(instance, if_match)
     if instance.status != step.source:
-        raise Conflict(f"form {form_id} at {visit_id} is {instance.status}; {name} needs it {step.source}")
+        raise Conflict(f"{_what(target)} is {instance.status}; {name} needs it {step.source}")
     if name == "lock":
-        unresolved, _ = unresolved_of_form(store.session, target.subject.id, target.form.id, target.visit.id)
+        unresolved, _ = unresolved_of_form(store.session, target.subject.id, target.form.id, target.visit_key)
         if unresolved:
-            raise Conflict(f"form {form_id} at {visit_id} has {unresolved} unresolved "
+            raise Conflict(f"{_what(target)} has {unresolved} unresolved "
                            f"quer{'y' if unresolved == 1 else 'ies'} (open or answered): close before locking")
     reason, meaning = (reason or "").strip() or None, (meaning or "").strip() or None
     problems = []
@@ -351,7 +478,7 @@ def transition(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: 
                   for item_id, entry in values.items() if entry["source"] == "form"}
         instance.signed_at, instance.signed_by, instance.signature_meaning = now, actor.sub, meaning
         instance.signature_hash = lifecycle.signed_content_hash(
-            subject_id=target.subject.id, form_id=target.form.id, visit_id=target.visit.id, version=instance.version,
+            subject_id=target.subject.id, form_id=target.form.id, visit_id=target.visit_key, version=instance.version,
             visit_date=instance.visit_date.isoformat(), items=signed, meaning=meaning, name=actor.sub, at=now)
     elif name == "lock":
         instance.locked_at, instance.locked_by = now, actor.sub
@@ -361,4 +488,36 @@ def transition(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: 
     store.session.flush()
     detail = f"{step.target}: {meaning}" if name == "sign" else step.target
     _audit_form(store, target, instance, f"form.{name}", old_status, detail, reason)
+    return describe(store, study, target, instance)
+
+
+def withdraw_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: str, entry_id: str,
+                   visit_id: str | None, *, reason: str | None, if_match: int | None) -> dict[str, Any]:
+    """Mark an entry entered in error: never deleted; its FHIR resources are deleted in the store (their
+    versions stay in the history), the entry keeps its id, its reason and its audit trail."""
+    target, instance = locate_entry(store, study, subject_id, form_id, entry_id, visit_id, for_update=True)
+    _check_version(instance, if_match)
+    if instance.status == "locked":
+        raise Conflict(f"{_what(target)} is locked; a data manager must unlock it first")
+    if instance.status == WITHDRAWN:
+        raise Conflict(f"{_what(target)} is already withdrawn")
+    reason = (reason or "").strip() or None
+    if not reason:
+        raise EditCheckFailed([{"item": "reason", "rule": "reason_required",
+                                "message": "withdrawing an entry needs a reason"}], "withdrawal refused")
+    context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
+    previous = owned_resources(instance)
+    for reference in previous.values():
+        resource_type, resource_id = reference.split("/", 1)
+        store.delete(resource_type, resource_id, context)
+    _index_owned(store, instance.id, previous, {})
+    now, actor, old_status = datetime.now(UTC), store.actor, instance.status
+    instance.status, instance.withdrawn_reason, instance.resources = WITHDRAWN, reason, "{}"
+    instance.version += 1
+    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
+    instance.verified_at = instance.verified_by = None
+    instance.signed_at = instance.signed_by = instance.signature_meaning = instance.signature_hash = None
+    store.session.add(instance)
+    store.session.flush()
+    _audit_form(store, target, instance, "form.withdraw", old_status, WITHDRAWN, reason)
     return describe(store, study, target, instance)

@@ -42,6 +42,8 @@ def item_value(item: ItemDef, fact: ItemFact) -> Any:
         return int(Decimal(fact.value_text))
     if item.type in ("decimal", "quantity"):
         return float(Decimal(fact.value_text))
+    if item.type == "codes":
+        return orjson.loads(fact.value_text)
     return fact.value_text
 
 
@@ -93,8 +95,9 @@ def form_values(session: Session, study: StudyDef, form: FormDef, visit_id: str,
     """(items, alternatives): one value per item (this instance's own value first, else the latest
     placed FHIR value), plus every other value placed at this visit."""
     chosen: dict[str, list[ShownFact]] = {}
+    entry = instance is not None and bool(instance.entry_id)
     for item, shown, placed in _placed(session, study, form, patient_id, instance, zero):
-        if placed in (visit_id, EVERY_VISIT):
+        if (shown.own if entry else placed in (visit_id, EVERY_VISIT)):  # an entry shows only what it holds
             chosen.setdefault(item.id, []).append(shown)
     return _pick(form, chosen)
 

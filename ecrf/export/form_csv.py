@@ -104,7 +104,8 @@ def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[C
                   subject_id: str, site: str | None, patient_id: str) -> Iterator[list[str]]:
     zero = day_zero(session, study, patient_id)
     instances = {instance.visit_id: instance for instance in session.execute(
-        select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.form_id == form.id)).scalars()}
+        select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.form_id == form.id,
+                                   FormInstance.entry_id == "")).scalars()}
     days = deid.shift_days(patient_id) if deid else None
     for visit_id in form.visits:
         instance = instances.get(visit_id)

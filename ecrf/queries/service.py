@@ -86,8 +86,8 @@ def narrow(study: StudyDef, form_id: str | None, visit_id: str | None, item_id: 
         elif form is None and form_id is None:
             try:
                 form, _ = study.item(item_id)
-            except KeyError:
-                problems.append(_problem("item_id", "unknown_item", f"{item_id} is not an item of study {study.id}"))
+            except KeyError as error:  # unknown, or an id several forms have: name the form
+                problems.append(_problem("item_id", "unknown_item", str(error.args[0])))
     if form is not None and visit is not None and visit.id not in form.visits:
         problems.append(_problem("visit_id", "visit", f"form {form.id} is not collected at visit {visit.id} "
                                                       f"(visits: {', '.join(form.visits)})"))
@@ -105,7 +105,7 @@ def _check_not_locked(session: Session, subject_id: str, where: Where) -> None:
         return
     status = session.exec(select(FormInstance.status).where(
         FormInstance.subject_id == subject_id, FormInstance.form_id == where.form_id,
-        FormInstance.visit_id == where.visit_id)).one_or_none()
+        FormInstance.visit_id == where.visit_id, FormInstance.entry_id == "")).one_or_none()
     if status == "locked":
         raise Conflict(f"form {where.form_id} at {where.visit_id} is locked; a data manager must unlock it "
                        f"before it can be queried")
@@ -182,7 +182,7 @@ def check_filters(study: StudyDef, form: str | None, visit: str | None, item: st
         problems.append(_problem("form", "unknown_form", f"{form} is not a form of study {study.id}"))
     if visit is not None and visit not in {v.id for v in study.visits}:
         problems.append(_problem("visit", "unknown_visit", f"{visit} is not a visit of study {study.id}"))
-    if item is not None and not study.has_item(item):
+    if item is not None and not any(i.id == item for f in study.forms for i in f.items):
         problems.append(_problem("item", "unknown_item", f"{item} is not an item of study {study.id}"))
     if problems:
         raise EditCheckFailed(problems, "unknown filter value")

@@ -69,7 +69,7 @@ def queries(study: StudyDef, sites: frozenset[str] | None) -> dict[str, Any]:
                           .group_by(RandomisationAllocation.site, RandomisationAllocation.stratum,
                                     RandomisationAllocation.arm), RandomisationAllocation.site, sites),
         "forms": _scoped(select(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status,
-                                func.count())
+                                func.count()).where(FormInstance.status != "entered_in_error")
                          .group_by(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status),
                          FormInstance.site, sites),
     }

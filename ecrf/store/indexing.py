@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
+
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.mapping import resource_to_items
 
@@ -311,6 +313,8 @@ def _text(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (date, datetime)):
         return value.isoformat()
+    if isinstance(value, list):  # a codes item: its set of values, as a sorted JSON list
+        return orjson.dumps(sorted(str(v) for v in value)).decode()
     return str(value)
 
 

@@ -152,7 +152,6 @@ class _StudyLoader:
         self._check_study(study_doc, study)
         for doc, form in zip(form_docs, forms):
             self._check_form(doc, form, study)
-        self._check_duplicate_items(form_docs, forms)
         self._raise_if_any()
 
         study = self._with_criteria(study, context)
@@ -320,7 +319,7 @@ class _StudyLoader:
                      owner: ItemDef | None) -> None:
         expected = {"procedure_code": ("procedure",), "reference_range_high": ("observation",),
                     "component": ("observation",), "method": ("observation",),
-                    "interpretation": ("observation",)}[item.fhir.kind]
+                    "interpretation": ("observation",), "element": ("resource",)}[item.fhir.kind]
         if owner is None:
             self.issues.append(doc.issue(path + ("fhir", "of"), f"unknown item {item.fhir.of!r} "
                                                                 f"(must be an item of this form)"))
@@ -328,16 +327,6 @@ class _StudyLoader:
             self.issues.append(doc.issue(path + ("fhir", "of"), f"item {owner.id!r} is a "
                                                                 f"{owner.fhir.kind} target; a "
                                                                 f"{item.fhir.kind} needs one of {expected}"))
-
-    def _check_duplicate_items(self, docs: list[_YamlDocument], forms: list[FormDef]) -> None:
-        first_seen: dict[str, Path] = {}
-        for doc, form in zip(docs, forms):
-            for index, item in enumerate(form.items):
-                if item.id in first_seen and first_seen[item.id] != doc.file:
-                    self.issues.append(doc.issue(("items", index, "id"),
-                                                 f"duplicate item id {item.id!r} (also in "
-                                                 f"{first_seen[item.id]}); item ids are study-wide"))
-                first_seen.setdefault(item.id, doc.file)
 
     def _with_criteria(self, study: StudyDef, context: dict[str, Any]) -> StudyDef:
         file = self.directory / CRITERIA_FILE

@@ -22,7 +22,7 @@ def read_study(request: Request) -> dict[str, Any]:
         "arms": [a.model_dump(mode="json") for a in study.arms],
         "visits": [v.model_dump(mode="json") for v in study.visits],
         "forms": [
-            {"id": f.id, "title": f.title, "visits": list(f.visits), "repeating": f.repeating,
+            {"id": f.id, "title": f.title, "visits": list(f.visits), "kind": f.kind, "repeating": f.repeating,
              "items": [i.id for i in f.items]}
             for f in study.forms
         ],
