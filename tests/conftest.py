@@ -24,7 +24,19 @@ from ecrf.runtime import Runtime
 from ecrf.store.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"  # optional: tests/samples.py
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared: uses ../shared/fhir-samples; skipped without it, "
+                                       "failed without it under CI=true (tests/samples.py)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_shared"):
+        from tests.samples import check_shared
+
+        check_shared()
 
 
 def _postgres_reachable() -> str | None:
