@@ -3,7 +3,7 @@ from fastapi import Depends, FastAPI, Request
 from ecrf.responses import JSONBody
 from sqlalchemy import text
 
-from ecrf import errors
+from ecrf import docs, errors
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
 from ecrf.export.bulk_router import router as export_fhir_router
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         description=f"Electronic case report forms with a FHIR R4 door. Study: {runtime.study.id}.",
         default_response_class=JSONBody,
+        docs_url=None, redoc_url=None,  # served offline by ecrf/docs.py
     )
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONBody(body, status_code=status)
 
     _document_error_shape(app)
+    docs.install(app)
     app.include_router(study_router, prefix=API_PREFIX)
     app.include_router(subjects_router, prefix=API_PREFIX)
     app.include_router(crf_router, prefix=API_PREFIX)

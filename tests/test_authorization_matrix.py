@@ -101,6 +101,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/docs"): EVERYONE,
     ("GET", "/docs/oauth2-redirect"): EVERYONE,
     ("GET", "/redoc"): EVERYONE,
+    ("GET", "/docs/assets/{name}"): EVERYONE,
     # the study definition is nobody's data: every authenticated role (the ehr maps its codes with it)
     ("GET", "/api/v1/study"): Expect(EVERY_ROLE, STUDY_WIDE),
     ("GET", "/api/v1/forms"): Expect(EVERY_ROLE, STUDY_WIDE),
@@ -574,6 +575,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/docs"): _static("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"): _static("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"): _static("GET", "/redoc"),
+    ("GET", "/docs/assets/{name}"): _static("GET", "/docs/assets/swagger-ui.css"),
     ("GET", "/api/v1/study"): _static("GET", "/api/v1/study"),
     ("GET", "/api/v1/forms"): _static("GET", "/api/v1/forms"),
     ("GET", "/api/v1/forms/{form_id}"): _static("GET", f"/api/v1/forms/{FORM}"),
