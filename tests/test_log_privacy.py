@@ -26,7 +26,7 @@ from crf_support import VALID, day
 from fhir_builders import FHIR_JSON, MRN
 from ecrf.config import Settings
 from ecrf.fhir.validation import WRITABLE_TYPES
-from tests.conftest import Server, running_server
+from tests.conftest import TEST_SSL_CONTEXT, Server, running_server
 from tests.samples import have_shared, shared_json
 from tests.synthea_shaped import kept_part, patient_bundle, resources_of
 
@@ -163,7 +163,8 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
     def client(role: str, *sites: str, sub: str) -> httpx.Client:
         token = server.token(role, *sites, sub=sub)
         phi.tokens.append(token)
-        return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                            verify=TEST_SSL_CONTEXT)
 
     system = MRN["S01"]
     person = {"resourceType": "Patient", "identifier": [{"system": system, "value": phi.mrn}],
