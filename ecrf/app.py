@@ -3,7 +3,7 @@ from fastapi import Depends, FastAPI, Request
 from ecrf.responses import JSONBody
 from sqlalchemy import text
 
-from ecrf import docs, errors
+from ecrf import docs, errors, openapi_errors
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
 from ecrf.export.bulk_router import router as export_fhir_router
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONBody(body, status_code=status)
 
     _document_error_shape(app)
+    openapi_errors.install(app)
     docs.install(app)
     app.include_router(study_router, prefix=API_PREFIX)
     app.include_router(subjects_router, prefix=API_PREFIX)
