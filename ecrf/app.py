@@ -3,7 +3,7 @@ from fastapi import Depends, FastAPI, Request
 from ecrf.responses import JSONBody
 from sqlalchemy import text
 
-from ecrf import errors
+from ecrf import docs, errors, openapi_errors
 from ecrf.cdisc.router import router as cdisc_router
 from ecrf.auth.dependencies import public
 from ecrf.config import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         description=f"Electronic case report forms with a FHIR R4 door. Study: {runtime.study.id}.",
         default_response_class=JSONBody,
+        docs_url=None, redoc_url=None,  # served offline by ecrf/docs.py
     )
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONBody(body, status_code=status)
 
     _document_error_shape(app)
+    openapi_errors.install(app)
+    docs.install(app)
     app.include_router(study_router, prefix=API_PREFIX)
     app.include_router(subjects_router, prefix=API_PREFIX)
     app.include_router(entries_router, prefix=API_PREFIX)  # before crf_router, whose {visit_id} matches 'entries'

@@ -1,4 +1,5 @@
 """Service settings, read from ECRF_* environment variables (see the README's configuration table)."""
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -15,6 +16,7 @@ class Settings(BaseSettings):
     study_dir: Path = REPO_FORMS_DIR
 
     jwt_secret: str | None = None
+    jwt_secret_file: Path | None = None  # None: $XDG_CONFIG_HOME/ecrf/dev-jwt-secret (the same for every checkout)
     jwks_file: Path | None = None
     jwt_algorithms: list[str] = Field(default_factory=list)
     jwt_issuer: str = "ecrf-dev"
@@ -74,8 +76,13 @@ class Settings(BaseSettings):
 
     @property
     def secret_file(self) -> Path:
-        """Where a generated dev signing secret is kept: next to the SQLite file, else the working dir."""
-        return self._state_dir() / ".ecrf-jwt-secret"
+        """Where a generated dev signing secret is kept: ECRF_JWT_SECRET_FILE, else the user's config dir
+        (`$XDG_CONFIG_HOME/ecrf/dev-jwt-secret`, default `~/.config/...`), so that `ecrf token` and
+        `ecrf serve` find the same secret whatever the working directory or database."""
+        if self.jwt_secret_file is not None:
+            return self.jwt_secret_file.expanduser().resolve()
+        config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(config_home).expanduser().resolve() / "ecrf" / "dev-jwt-secret"
 
     @property
     def study_secret_file(self) -> Path:

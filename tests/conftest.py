@@ -6,6 +6,7 @@ runs skip, with a visible reason, when no server answers; with CI=true they fail
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +24,69 @@ from ecrf.config import Settings
 from ecrf.runtime import Runtime
 from ecrf.store.migrate import upgrade
 
+# One TLS context for every test HTTP client: httpx builds (and loads the CA bundle into) a new one per
+# client otherwise, about 24 ms of CPU each, and the suite makes thousands of clients. The servers are http://.
+TEST_SSL_CONTEXT = ssl.create_default_context()
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"  # optional: tests/samples.py
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared: uses ../shared/fhir-samples; skipped without it, "
+                                       "failed without it under CI=true (tests/samples.py)")
+
+
+class _Progress:
+    """One line as each test file starts on each backend: which file, on which database, how many tests, where
+    the run is and how long it took so far (the dots alone say nothing about what is running). Tests taking the
+    session's `server` are grouped by backend, so a file is visited once per backend."""
+
+    def __init__(self) -> None:
+        self.unit_of: dict[str, str] = {}
+        self.size: dict[str, int] = {}
+        self.current: str | None = None
+        self.started = time.monotonic()
+        self.done = 0
+        self.config = None
+
+
+_PROGRESS = _Progress()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    _PROGRESS.config = config
+    _PROGRESS.unit_of, _PROGRESS.size = {}, {}
+    for item in items:
+        backend = getattr(getattr(item, "callspec", None), "params", {}).get("database_url")
+        unit = item.nodeid.split("::", 1)[0] + (f" [{backend}]" if backend else "")
+        _PROGRESS.unit_of[item.nodeid] = unit
+        _PROGRESS.size[unit] = _PROGRESS.size.get(unit, 0) + 1
+
+
+def pytest_runtest_logstart(nodeid, location):
+    unit = _PROGRESS.unit_of.get(nodeid)
+    if unit is None or unit == _PROGRESS.current:
+        return
+    _PROGRESS.current = unit
+    _PROGRESS.done += 1
+    reporter = _PROGRESS.config.pluginmanager.get_plugin("terminalreporter") if _PROGRESS.config else None
+    if reporter is None:
+        return
+    if reporter._tw.width_of_current_line:  # end the line of dots of the previous file
+        reporter._tw.line()
+    reporter.write_line(f"[{_PROGRESS.done}/{len(_PROGRESS.size)}, {time.monotonic() - _PROGRESS.started:.0f}s] "
+                        f"{unit}: {_PROGRESS.size[unit]} tests", bold=True)
+
+
+def pytest_sessionstart(session):
+    _PROGRESS.started = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_shared"):
+        from tests.samples import check_shared
+
+        check_shared()
 
 
 def _postgres_reachable() -> str | None:
@@ -49,7 +111,7 @@ class Server:
 
     def client(self, role: str | None = None, *sites: str, sub: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(role, *sites, sub=sub)}"} if role else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, verify=TEST_SSL_CONTEXT)
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("POST", "/web-auth/logout"): EVERYONE,
     ("GET", "/web-auth/oidc/login"): Expect(EVERY_ROLE, PUBLIC, ok=frozenset({404})),  # no provider configured here
     ("GET", "/web-auth/oidc/callback"): Expect(EVERY_ROLE, PUBLIC, ok=frozenset({404})),
+    ("GET", "/docs/assets/{name}"): EVERYONE,
     # the study definition is nobody's data: every authenticated role (the ehr maps its codes with it)
     ("GET", "/api/v1/study"): Expect(EVERY_ROLE, STUDY_WIDE),
     ("GET", "/api/v1/forms"): Expect(EVERY_ROLE, STUDY_WIDE),
@@ -794,6 +795,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", "/web-auth/logout"): _static("POST", "/web-auth/logout", json={}),
     ("GET", "/web-auth/oidc/login"): _static("GET", "/web-auth/oidc/login"),
     ("GET", "/web-auth/oidc/callback"): _static("GET", "/web-auth/oidc/callback", params={"state": "s", "code": "c"}),
+    ("GET", "/docs/assets/{name}"): _static("GET", "/docs/assets/swagger-ui.css"),
     ("GET", "/api/v1/study"): _static("GET", "/api/v1/study"),
     ("GET", "/api/v1/forms"): _static("GET", "/api/v1/forms"),
     ("GET", "/api/v1/forms/{form_id}"): _static("GET", f"/api/v1/forms/{FORM}"),

@@ -1,5 +1,6 @@
-"""Third-party clients and data: fhirpy works against the door; every shared sample is accepted or refused
-precisely (an OperationOutcome naming where), never a server error."""
+"""Third-party clients and data: fhirpy works against the door; every sample (generated Synthea-shaped and
+HL7-shaped ones, and the shared ones when ../shared is there) is accepted or refused precisely (an
+OperationOutcome naming where), never a server error."""
 import json
 
 import pytest
@@ -8,10 +9,9 @@ from fhirpy.base.exceptions import MultipleResourcesFound, ResourceNotFound
 from sqlmodel import Session
 
 from ecrf.audit.service import verify
-from tests.conftest import SHARED
 from tests.fhir_builders import FHIR_JSON, MRN, lab, mrn
-
-SAMPLES = sorted((SHARED / "fhir-samples").rglob("*.json"))
+from tests.samples import GENERATED_BUNDLES, SHARED_SAMPLES, needs_shared, upload_cases
+from tests.synthea_shaped import counts
 
 
 def _fhirpy(server, *sites, **headers) -> SyncFHIRClient:
@@ -75,18 +75,15 @@ def test_fhirpy_conditional_create_and_transaction(server):
     assert reply["entry"][1]["resource"]["id"] == first.id
 
 
-def _samples_ids():
-    return [str(path.relative_to(SHARED / "fhir-samples")) for path in SAMPLES]
-
-
-@pytest.mark.parametrize("path", SAMPLES, ids=_samples_ids())
-def test_every_shared_sample_is_accepted_or_precisely_refused(server, path):
-    resource = json.loads(path.read_text())
+@pytest.mark.parametrize("sample", upload_cases())
+def test_every_sample_is_accepted_or_precisely_refused(server, sample):
+    _, content = sample
+    resource = json.loads(content)
     with server.client("ehr", "S01") as http:
         if resource["resourceType"] == "Bundle":
-            response = http.post("/fhir", content=path.read_bytes(), headers=FHIR_JSON)
+            response = http.post("/fhir", content=content, headers=FHIR_JSON)
         else:
-            response = http.post(f"/fhir/{resource['resourceType']}", content=path.read_bytes(), headers=FHIR_JSON)
+            response = http.post(f"/fhir/{resource['resourceType']}", content=content, headers=FHIR_JSON)
     assert response.status_code < 500, response.text[:2000]
     body = response.json()
     if response.status_code >= 400:
@@ -108,16 +105,27 @@ def test_every_shared_sample_is_accepted_or_precisely_refused(server, path):
         assert body["resourceType"] == resource["resourceType"] and body["meta"]["versionId"] == "1"
 
 
-def test_synthea_transactions_go_in_holding_back_the_types_not_kept(server):
+def _generated_19_encounters() -> tuple[bytes, int, int]:
+    bundle = GENERATED_BUNDLES["synthea-shaped-19-encounters"]
+    return json.dumps(bundle).encode(), counts(bundle)["Claim"], counts(bundle)["ExplanationOfBenefit"]
+
+
+def _shared_fa4fda35() -> tuple[bytes, int, int]:
+    return (SHARED_SAMPLES / "synthea" / "fa4fda35-5bfc-e2e3-d317-3f912f954289.json").read_bytes(), 30, 30
+
+
+@pytest.mark.parametrize("source", [pytest.param(_generated_19_encounters, id="generated"),
+                                    pytest.param(_shared_fa4fda35, id="shared-fa4fda35", marks=needs_shared)])
+def test_synthea_transactions_go_in_holding_back_the_types_not_kept(server, source):
     """v2 (issue 12): the whole transaction is taken; types the study does not keep are held back, each named."""
-    bundle_path = next(p for p in SAMPLES if p.name.startswith("fa4fda35"))
+    content, claims, benefits = source()
     with server.client("ehr", "S01") as http:
-        response = http.post("/fhir", content=bundle_path.read_bytes(), headers=FHIR_JSON)
-    assert response.status_code == 200
+        response = http.post("/fhir", content=content, headers=FHIR_JSON)
+    assert response.status_code == 200, response.text[:500]
     held = [e["response"]["outcome"]["issue"][0]["diagnostics"] for e in response.json()["entry"]
             if "location" not in e["response"]]
-    assert sum(text.startswith("Claim is not retained") for text in held) == 30
-    assert sum(text.startswith("ExplanationOfBenefit is not retained") for text in held) == 30
+    assert claims and sum(text.startswith("Claim is not retained") for text in held) == claims
+    assert sum(text.startswith("ExplanationOfBenefit is not retained") for text in held) == benefits
 
 
 def test_the_audit_chain_stays_whole_after_bulk_ingest(server):

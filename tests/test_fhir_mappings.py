@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +17,9 @@ from fhir_mappings.mapping import (
     ItemValue, form_to_questionnaire, form_to_resources, resource_to_items,
 )
 from fhir_mappings.units import UnitError, is_ucum_like, resolve_unit, to_canonical
+from tests.samples import GENERATED_BUNDLES, hl7_cases, load_case, needs_shared, shared_json
+from tests.synthea_shaped import resources_of
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-samples"
 UCUM = "http://unitsofmeasure.org"
 LOCAL = "http://example.org/fhir/CodeSystem/nct04163237"
 PATIENT = "Patient/p-001"
@@ -364,9 +364,16 @@ def test_ctc_status_is_one_cell_per_5_ml(study: StudyDef, count: int, volume: st
 
 # --- EHR-shaped resources -----------------------------------------------------------------
 
+# Each Synthea case runs on a generated Synthea-shaped Bundle, and on the shared Synthea export it stands in
+# for when ../shared is there (tests/samples.py).
+TOM = "synthea/Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json"
+LIKE_TOM = [pytest.param("synthea-shaped-1968-male", id="generated"),
+            pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared)]
+
+
 def _bundle_resources(name: str) -> list[dict[str, Any]]:
-    bundle = json.loads((SAMPLES / "synthea" / name).read_text(encoding="utf-8"))
-    return [entry["resource"] for entry in bundle["entry"]]
+    bundle = GENERATED_BUNDLES[name] if name in GENERATED_BUNDLES else shared_json(name)
+    return resources_of(bundle)
 
 
 def _observations_with(resources: list[dict[str, Any]], code: str) -> list[dict[str, Any]]:
@@ -375,8 +382,9 @@ def _observations_with(resources: list[dict[str, Any]], code: str) -> list[dict[
 
 
 @pytest.mark.parametrize("bundle", [
-    "Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json",
-    "fa4fda35-5bfc-e2e3-d317-3f912f954289.json",
+    *(pytest.param(name, id=name) for name in GENERATED_BUNDLES),
+    pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared),
+    pytest.param("synthea/fa4fda35-5bfc-e2e3-d317-3f912f954289.json", id="shared-fa4fda35", marks=needs_shared),
 ])
 def test_synthea_hemoglobin_in_g_per_dl(study: StudyDef, bundle: str) -> None:
     observations = _observations_with(_bundle_resources(bundle), "718-7")
@@ -392,8 +400,9 @@ def test_synthea_hemoglobin_in_g_per_dl(study: StudyDef, bundle: str) -> None:
             observation["effectiveDateTime"][:10])
 
 
-def test_synthea_platelets_and_chemistry(study: StudyDef) -> None:
-    resources = _bundle_resources("Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json")
+@pytest.mark.parametrize("bundle", LIKE_TOM)
+def test_synthea_platelets_and_chemistry(study: StudyDef, bundle: str) -> None:
+    resources = _bundle_resources(bundle)
     expectations = {"777-3": ("platelets", "1"), "1920-8": ("ast", "1"), "1742-6": ("alt", "1"),
                     "1975-2": ("bilirubin", "17.1")}
     for code, (item_id, factor) in expectations.items():
@@ -405,44 +414,43 @@ def test_synthea_platelets_and_chemistry(study: StudyDef) -> None:
             assert value.value == Decimal(str(observation["valueQuantity"]["value"])) * Decimal(factor)
 
 
-def test_synthea_creatinine_in_blood_is_not_serum_creatinine(study: StudyDef) -> None:
-    resources = _bundle_resources("Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json")
-    observations = _observations_with(resources, "38483-4")
+@pytest.mark.parametrize("bundle", LIKE_TOM)
+def test_synthea_creatinine_in_blood_is_not_serum_creatinine(study: StudyDef, bundle: str) -> None:
+    observations = _observations_with(_bundle_resources(bundle), "38483-4")
     assert observations
     assert all(resource_to_items(study, o) == [] for o in observations)
 
 
-def test_synthea_patient(study: StudyDef) -> None:
-    resources = _bundle_resources("Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json")
-    patient = next(r for r in resources if r["resourceType"] == "Patient")
+@pytest.mark.parametrize("bundle", LIKE_TOM)
+def test_synthea_patient(study: StudyDef, bundle: str) -> None:
+    patient = next(r for r in _bundle_resources(bundle) if r["resourceType"] == "Patient")
     found = {v.item_id: v.value for v in resource_to_items(study, patient)}
     assert found == {"birth_date": date(1968, 4, 30), "sex": "male"}
 
 
-def _sample(relative: str) -> dict[str, Any]:
-    return json.loads((SAMPLES / relative).read_text(encoding="utf-8"))
-
-
-def test_hl7_hemoglobin_example_with_reference_range(study: StudyDef) -> None:
-    (value,) = resource_to_items(study, _sample("hl7-r4-examples/Observation-f005.json"))
+@pytest.mark.parametrize("case", hl7_cases("hemoglobin-with-reference-range"))
+def test_hl7_hemoglobin_example_with_reference_range(study: StudyDef, case) -> None:
+    (value,) = resource_to_items(study, load_case(case))
     assert (value.item_id, value.value, value.uln) == ("hemoglobin", Decimal("72.0"), Decimal("100"))
     assert (value.original_value, value.original_unit) == (7.2, "g/dl")
     assert value.effective.isoformat() == "2013-04-05T10:30:10+01:00"
 
 
-def test_hl7_body_weight_in_pounds(study: StudyDef) -> None:
-    (value,) = resource_to_items(study, _sample("hl7-r4-examples/Observation-example.json"))
+@pytest.mark.parametrize("case", hl7_cases("body-weight-in-pounds"))
+def test_hl7_body_weight_in_pounds(study: StudyDef, case) -> None:
+    (value,) = resource_to_items(study, load_case(case))
     assert (value.item_id, value.value) == ("weight", Decimal("185") * Decimal("0.45359237"))
 
 
-def test_mcode_ecog_value_integer(study: StudyDef) -> None:
-    resource = _sample("mcode/Observation-mCODEECOGPerformanceStatusExample01.json")
-    (value,) = resource_to_items(study, resource)
+@pytest.mark.parametrize("case", hl7_cases("ecog-value-integer"))
+def test_mcode_ecog_value_integer(study: StudyDef, case) -> None:
+    (value,) = resource_to_items(study, load_case(case))
     assert (value.item_id, value.value, value.error) == ("ecog", 0, None)
 
 
-def test_local_code_observation_maps_to_nothing(study: StudyDef) -> None:
-    assert resource_to_items(study, _sample("hl7-r4-examples/Observation-f204.json")) == []
+@pytest.mark.parametrize("case", hl7_cases("local-code"))
+def test_local_code_observation_maps_to_nothing(study: StudyDef, case) -> None:
+    assert resource_to_items(study, load_case(case)) == []
 
 
 def _lab(code: str, value: Any, unit: str | None, **extra: Any) -> dict[str, Any]:
@@ -580,8 +588,11 @@ def test_ehr_hepatectomy_procedure(study: StudyDef) -> None:
                  "subject": {"reference": PATIENT}, "performedDateTime": "2024-01-09T09:30:00+08:00"}
     found = {v.item_id: v.value for v in resource_to_items(study, procedure)}
     assert found == {"surgery_date": date(2024, 1, 9), "resection_type": "anatomical"}
-    unrelated = _sample("hl7-r4-examples/Procedure-example.json")
-    assert resource_to_items(study, unrelated) == []
+
+
+@pytest.mark.parametrize("case", hl7_cases("appendectomy"))
+def test_an_unrelated_procedure_maps_to_nothing(study: StudyDef, case) -> None:
+    assert resource_to_items(study, load_case(case)) == []
 
 
 def test_other_gender_is_flagged(study: StudyDef) -> None:

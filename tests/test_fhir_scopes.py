@@ -7,6 +7,7 @@ import pytest
 
 from ecrf.auth import scopes
 from tests.fhir_builders import FHIR_JSON, bundle, lab, outcome_expressions, patient, post
+from tests.conftest import TEST_SSL_CONTEXT
 
 HEMOGLOBIN = "718-7"
 
@@ -14,7 +15,7 @@ HEMOGLOBIN = "718-7"
 def scoped(server, role: str, *sites: str, scope: list[str], sub: str | None = None) -> httpx.Client:
     token = server.token(role, *sites, sub=sub, scopes=scope)
     return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}", **FHIR_JSON},
-                        timeout=60)
+                        timeout=60, verify=TEST_SSL_CONTEXT)
 
 
 def _patient(server, site: str = "S01") -> str:

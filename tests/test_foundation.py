@@ -116,13 +116,15 @@ def test_ecrf_token_refuses_an_unknown_role():
     assert result.returncode == 2 and "unknown role" in result.stderr
 
 
-def test_dev_secret_is_generated_once_into_a_private_file(tmp_path):
+def test_dev_secret_is_generated_once_into_a_private_file(tmp_path, monkeypatch):
     from ecrf.auth.tokens import dev_secret
 
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", jwt_secret=None, _env_file=None)
     first = dev_secret(settings)
     assert dev_secret(settings) == first
-    assert (tmp_path / ".ecrf-jwt-secret").stat().st_mode & 0o777 == 0o600
+    # in the user's config dir since issue 17 (was: next to the SQLite file), so every working dir finds it
+    assert (tmp_path / "config" / "ecrf" / "dev-jwt-secret").stat().st_mode & 0o777 == 0o600
 
 
 def test_openapi_yaml_matches_the_app():

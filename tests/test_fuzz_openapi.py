@@ -1,4 +1,5 @@
-"""Schemathesis against the committed openapi.yaml and the live server: no 5xx, no response off-schema.
+"""Schemathesis against the committed openapi.yaml and the live server: no 5xx, no status code the document
+does not list for the operation (ecrf/openapi_errors.py), no response off-schema.
 
 A bounded number of examples per operation keeps CI fast; run it longer with
 `ECRF_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz_openapi.py`.
@@ -7,7 +8,7 @@ import os
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from ecrf.app import create_app
 from ecrf.auth.policy import PERMISSIONS
@@ -52,7 +53,8 @@ def test_no_server_errors_and_responses_match_the_schema(server):
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
         def call(case):
             case.call_and_validate(base_url=server.base_url, headers=headers,
-                                   checks=[not_a_server_error, response_schema_conformance])
+                                   checks=[not_a_server_error, status_code_conformance,
+                                           response_schema_conformance])
 
         try:
             call()

@@ -6,6 +6,7 @@ through a conditional-create race and through a database failure no handler answ
 appear in any log record (tracebacks included), nor in the output of an `ecrf serve` process.
 """
 import json
+import re
 import logging
 import os
 import secrets
@@ -26,9 +27,20 @@ from crf_support import VALID, day
 from fhir_builders import FHIR_JSON, MRN
 from ecrf.config import Settings
 from ecrf.fhir.validation import WRITABLE_TYPES
-from tests.conftest import SHARED, Server, running_server
+from tests.conftest import TEST_SSL_CONTEXT, Server, running_server
+from tests.samples import have_shared, shared_json
+from tests.synthea_shaped import kept_part, patient_bundle, resources_of
 
-SYNTHEA = SHARED / "fhir-samples" / "synthea" / "Angelic_Mueller_29d755a6-32fa-482e-8fdd-081300209df8.json"
+
+def _synthea_bundles() -> list[dict]:
+    """A generated Synthea-shaped patient (fresh names each run), and the shared Synthea export when present."""
+    bundles = [patient_bundle(secrets.randbits(32), encounters=3)]
+    if have_shared():
+        bundles.append(shared_json("synthea/Angelic_Mueller_29d755a6-32fa-482e-8fdd-081300209df8.json"))
+    return bundles
+
+
+SYNTHEA_BUNDLES = _synthea_bundles()
 TEST_CLIENT_LOGGERS = ("httpx", "httpcore")  # the test's own HTTP client shares the process; it is not the server
 FAULT_MARK = "Zqxfaultina"  # a write whose content holds it fails inside the database (see fault_injected)
 
@@ -46,19 +58,17 @@ class Secrets:
         self.address = f"17 Quillfeather Lane {tag}"
         self.phone = f"+44 7700 9{tag[:5]}"
         self.reason = f"corrected after a call with her daughter about the bicycle fall {tag}"
-        synthea = next(e["resource"] for e in json.loads(SYNTHEA.read_text())["entry"]
-                       if e["resource"]["resourceType"] == "Patient")
-        self.synthea_names = [synthea["name"][0]["given"][0], synthea["name"][0]["family"]]
-        self.synthea_birth_date = synthea["birthDate"]
-        self.synthea_address = synthea["address"][0]["line"][0]
-        self.synthea_phone = synthea["telecom"][0]["value"]
-        self.synthea_ssn = next(i["value"] for i in synthea["identifier"] if "us-ssn" in i.get("system", ""))
+        self.synthea: list[str] = []
+        for bundle in SYNTHEA_BUNDLES:
+            (synthea,) = resources_of(bundle, "Patient")
+            self.synthea += [synthea["name"][0]["given"][0], synthea["name"][0]["family"], synthea["birthDate"],
+                             synthea["address"][0]["line"][0], synthea["telecom"][0]["value"],
+                             next(i["value"] for i in synthea["identifier"] if "us-ssn" in i.get("system", ""))]
         self.tokens: list[str] = []
 
     def all(self) -> list[str]:
         values = [self.mrn, self.race_mrn, self.fault_mrn, self.given, self.family, self.birth_date, self.address,
-                  self.phone, self.reason, *self.synthea_names, self.synthea_birth_date, self.synthea_address,
-                  self.synthea_phone, self.synthea_ssn]
+                  self.phone, self.reason, *self.synthea]
         for token in self.tokens:
             values += [token, token.rsplit(".", 1)[-1]]
         return values
@@ -149,32 +159,13 @@ def fault_injected(database_url: str):
                            "RAISE EXCEPTION 'refusing row %', NEW.content")
 
 
-def _synthea_supported_part() -> dict:
-    """The Synthea transaction cut down to the types this server keeps, references to the rest removed."""
-    bundle = json.loads(SYNTHEA.read_text())
-    kept = [e for e in bundle["entry"] if e["resource"]["resourceType"] in WRITABLE_TYPES]
-    urls = {e["fullUrl"] for e in kept}
-
-    def dangling(value) -> bool:
-        return isinstance(value, dict) and str(value.get("reference", "")).startswith("urn:") \
-            and value["reference"] not in urls
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not dangling(v)}
-        if isinstance(value, list):
-            return [strip(v) for v in value if not dangling(v)]
-        return value
-
-    return {**bundle, "entry": [strip(e) for e in kept]}
-
-
 def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
     """Every door and most refusals, each carrying the distinctive values."""
     def client(role: str, *sites: str, sub: str) -> httpx.Client:
         token = server.token(role, *sites, sub=sub)
         phi.tokens.append(token)
-        return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                            verify=TEST_SSL_CONTEXT)
 
     system = MRN["S01"]
     person = {"resourceType": "Patient", "identifier": [{"system": system, "value": phi.mrn}],
@@ -223,11 +214,12 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
         assert found.status_code == 200 and found.json()["total"] == 1
         assert http.get("/fhir/Patient", params={"birthdate": phi.birth_date}).status_code == 200
     with client("ehr", "S01", sub="privacy-ehr") as http:
-        assert http.post("/fhir", json=_synthea_supported_part(), headers=FHIR_JSON).status_code == 200
-        # v2: the whole Synthea Bundle goes in (types not kept are held back); refused once a code is invalid
-        assert http.post("/fhir", content=SYNTHEA.read_bytes(), headers=FHIR_JSON).status_code == 200
-        refused = SYNTHEA.read_text().replace('"gender": "female"', '"gender": "banana"', 1)
-        assert http.post("/fhir", content=refused, headers=FHIR_JSON).status_code == 400
+        for bundle in SYNTHEA_BUNDLES:
+            assert http.post("/fhir", json=kept_part(bundle, WRITABLE_TYPES), headers=FHIR_JSON).status_code == 200
+            # v2: the whole Synthea Bundle goes in (types not kept are held back); refused once a code is invalid
+            assert http.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
+            refused = json.loads(re.sub(r'"gender": "(fe)?male"', '"gender": "banana"', json.dumps(bundle), count=1))
+            assert http.post("/fhir", json=refused, headers=FHIR_JSON).status_code == 400
         assert http.get("/fhir/Patient", params={"name": phi.family}).status_code == 403  # v2: name search is for roles that may read identifiers
         assert http.get(f"/fhir/Patient/{phi.family}").status_code == 404
         invalid = http.post("/fhir/Patient", json={**person, "birthDate": phi.given}, headers=FHIR_JSON)

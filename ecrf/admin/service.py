@@ -13,7 +13,7 @@ from ecrf.runtime import Runtime
 # Every setting is either shown (allow-list) or withheld; tests/test_admin.py fails on one that is neither,
 # so a new setting is classified deliberately instead of leaking by default.
 SHOWN = frozenset({
-    "study_dir", "jwks_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "jwt_leeway_seconds", "jwt_max_bytes",
+    "study_dir", "jwks_file", "jwt_secret_file", "jwt_algorithms", "jwt_issuer", "jwt_audience", "jwt_leeway_seconds", "jwt_max_bytes",
     "max_body_bytes", "max_bundle_entries", "stream_bundle_bytes", "max_json_depth", "max_json_elements",
     "rate_limit_per_minute", "page_size_default", "page_size_max",
     "export_dir", "export_profile", "export_worker", "export_batch_size", "export_lease_seconds",

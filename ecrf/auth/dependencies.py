@@ -6,7 +6,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.policy import PERMISSIONS, PUBLIC, can
-from ecrf.auth.tokens import TokenError
+from ecrf.auth.tokens import TokenError, dev_secret_source
 
 bearer = HTTPBearer(auto_error=False, description="A JWT from `ecrf token` (dev) or your identity provider")
 
@@ -21,7 +21,11 @@ def current_actor(request: Request, credentials: HTTPAuthorizationCredentials | 
     try:
         actor = request.app.state.verifier.verify(credentials.credentials)
     except TokenError as error:
-        raise HTTPException(401, str(error), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from error
+        message = str(error)
+        verifier = request.app.state.verifier
+        if verifier.uses_hmac and "Signature verification failed" in message:
+            message = f"{message}: {dev_secret_source(verifier.settings)}"
+        raise HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from error
     request.state.actor = actor
     return actor
 

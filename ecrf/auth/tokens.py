@@ -30,12 +30,26 @@ def dev_secret(settings: Settings) -> str:
     path: Path = settings.secret_file
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secret)
     return secret
+
+
+def dev_secret_source(settings: Settings) -> str:
+    """Where the HS256 secret comes from, and how to mint a token this server accepts (never the secret)."""
+    if settings.jwt_secret:
+        return ("this server verifies HS256 tokens with ECRF_JWT_SECRET from its environment; mint one with the "
+                "same ECRF_JWT_SECRET set: ecrf token --role ROLE --site SITE")
+    return (f"this server verifies HS256 tokens with the dev secret in {settings.secret_file}; mint one that "
+            f"matches with: ECRF_JWT_SECRET_FILE={settings.secret_file} ecrf token --role ROLE --site SITE")
+
+
+def needs_site(role: str) -> bool:
+    """A role whose tokens must name their sites (the verifier refuses them without a sites claim)."""
+    return role not in STUDY_WIDE_ROLES | {"monitor"}
 
 
 def issue_dev_token(
@@ -44,6 +58,8 @@ def issue_dev_token(
 ) -> str:
     if role not in ROLES:
         raise TokenError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    if needs_site(role) and not sites:
+        raise TokenError(f"role {role} works at a site: give it one with --site (e.g. --site S01)")
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
         "sub": sub or f"dev-{role}",
