@@ -13,6 +13,7 @@ from typing import Any
 from jose import JWTError, jwk, jwt
 
 from ecrf.auth.actor import ROLES, STUDY_WIDE_ROLES, Actor
+from ecrf.auth.policy import combination_refusal
 from ecrf.config import Settings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -121,6 +122,9 @@ def _actor(claims: dict[str, Any], leeway: int) -> Actor:
     roles = claims.get("roles")
     if not isinstance(roles, list) or not roles or any(role not in ROLES for role in roles):
         raise TokenError("token roles claim is missing or names an unknown role")
+    refusal = combination_refusal(frozenset(roles))
+    if refusal:
+        raise TokenError(f"token refused: {refusal}")
     sites = claims.get("sites")
     if sites is not None and (not isinstance(sites, list) or not all(isinstance(s, str) for s in sites)):
         raise TokenError("token sites claim must be a list of site ids")
