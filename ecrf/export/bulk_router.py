@@ -135,8 +135,11 @@ def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     base = _base(request)
-    output = [{"type": entry["type"], "url": f"{base}/$export-file/{job.id}/{entry['file']}", "count": entry["count"]}
-              for entry in json.loads(job.output or "[]")]
+    files = json.loads(job.output or "[]")
+    output, errors = [], []  # errors: resources that could not be exported, one OperationOutcome each
+    for entry in files:
+        (errors if entry.get("error") else output).append(
+            {"type": entry["type"], "url": f"{base}/$export-file/{job.id}/{entry['file']}", "count": entry["count"]})
     profile = None
     if job.deidentified:
         runtime = request.app.state.runtime
@@ -149,7 +152,7 @@ def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
         "request": job.request_url,
         "requiresAccessToken": True,
         "output": output,
-        "error": [],
+        "error": errors,
         "extension": {"deidentification": profile, "deidentified": job.deidentified},
     }
 

@@ -24,11 +24,17 @@ SCALARS = (str, int, float, bool)
 SCALAR_TYPES = frozenset(SCALARS)
 LOCAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
 UCUM = "http://unitsofmeasure.org"
+MAX_SHIFT_DAYS = 365
 CACHE_SIZE = 4096  # pseudonyms and shifts of recent subjects; resource ids repeat rarely
 
 
 class ProfileError(ValueError):
     pass
+
+
+class Undeidentifiable(ValueError):
+    """A resource this profile cannot de-identify (e.g. a date its shift would move off the calendar); the
+    message names no value, as it is shown to the export's owner."""
 
 
 def study_secret(settings: Settings) -> bytes:
@@ -71,8 +77,9 @@ def load_profile(path: Path) -> Profile:
             raise ProfileError(f"de-identification profile {path} lacks `{key}`")
     if spec["dates"].get("method") != "shift":
         raise ProfileError("dates.method: only `shift` is implemented")
-    if not 0 < spec["dates"]["min_days"] <= spec["dates"]["max_days"]:
-        raise ProfileError("dates: 0 < min_days <= max_days")
+    if not 0 < spec["dates"]["min_days"] <= spec["dates"]["max_days"] <= MAX_SHIFT_DAYS:
+        raise ProfileError(f"dates: 0 < min_days <= max_days <= {MAX_SHIFT_DAYS} (stored dates keep a year "
+                           "from the calendar's ends, so a shift of at most a year never leaves it)")
     profile = Profile(str(spec["id"]), str(spec["version"]), str(spec.get("title", "")), spec)
     Deidentifier(profile, b"check")  # compiles every plan: unknown datatypes fail at load
     return profile
@@ -153,6 +160,8 @@ class Deidentifier:
             return (date.fromisoformat(text[:10]) + timedelta(days=days)).isoformat() + text[10:]
         except ValueError:
             return None
+        except OverflowError:
+            raise Undeidentifiable("a date cannot be shifted within the calendar") from None
 
     def age(self, born: date, on: date) -> tuple[int, bool]:
         """(years, grouped): ages at or over the top are reported as the top, grouped."""

@@ -10,7 +10,7 @@ from sqlmodel import select
 
 from ecrf.fhir.outcome import FhirError
 from ecrf.pagination import MAX_OFFSET
-from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH
+from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, moment_range
 from ecrf.store.models import ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 
@@ -183,7 +183,11 @@ def _date_condition(column, value: str, param: str):
 
 
 def _date_range(text: str, param: str) -> tuple[datetime, datetime]:
-    """The instants [start, end) a FHIR date of some precision stands for."""
+    """The instants [start, end) a FHIR date of some precision stands for; on the stored calendar only (a
+    date off it matches nothing ever written, and its range may not even exist: 9999-12-31 has no next day)."""
+    off_calendar = moment_range(text)
+    if off_calendar:
+        raise FhirError.one(400, f"{param}: {off_calendar}")
     try:
         if len(text) == 4:
             start = datetime(int(text), 1, 1, tzinfo=UTC)
@@ -195,7 +199,7 @@ def _date_range(text: str, param: str) -> tuple[datetime, datetime]:
             start = datetime.fromisoformat(text).replace(tzinfo=UTC)
             return start, start + timedelta(days=1)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise FhirError.one(400, f"{param}: {text!r} is not a FHIR date or dateTime") from None
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     step = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)

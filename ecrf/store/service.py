@@ -20,8 +20,8 @@ from ecrf.audit import service as audit
 from ecrf.auth.actor import Actor
 from ecrf.responses import dumps
 from ecrf.store import bulk
-from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, VersionConflict
-from ecrf.store.indexing import Indexer, patient_of
+from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, OffCalendar, VersionConflict
+from ecrf.store.indexing import Indexer, out_of_range, patient_of
 from ecrf.store.models import ConditionalKey, ItemFact, PushedBy, ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.version_rows import FactKey, audit_entries, fact_rows, token_rows
 
@@ -58,6 +58,14 @@ class WriteContext:
 
 def instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_calendar(content: dict[str, Any]) -> None:
+    """Every door's writes: no date off the stored calendar (the FHIR door says so earlier, per entry)."""
+    problems = out_of_range(content)
+    if problems:
+        path, problem = problems[0]
+        raise OffCalendar(f"{content['resourceType']}.{path}: {problem}", location=f"{content['resourceType']}.{path}")
 
 
 def new_id() -> str:
@@ -221,6 +229,7 @@ class ClinicalStore:
                 patient_sites.get(patient_id, site or self.actor.site)
             if not self.actor.may_see_site(where):
                 raise Forbidden(f"{resource_type}/{resource_id} belongs to a site this client may not write")
+            _check_calendar(content)
             prepared.append(Stored(resource_type, resource_id, 1, now, False, patient_id, where, content))
         for start in range(0, len(prepared), BULK_CHUNK):  # rows are built and inserted a chunk at a time
             self._insert_new(prepared[start:start + BULK_CHUNK], context)
@@ -377,6 +386,8 @@ class ClinicalStore:
         meta["versionId"] = str(version_id)
         meta["lastUpdated"] = instant(now)
         content["meta"] = meta
+        if not deleted:
+            _check_calendar(content)
         row = ResourceVersion(
             resource_type=resource_type, resource_id=resource_id, version_id=version_id, last_updated=now,
             deleted=deleted, patient_id=patient_id, site=site, content=dumps(content).decode(),
