@@ -121,3 +121,46 @@ def snapshot(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         with session.begin():
             yield session
+
+
+# -- database outages -------------------------------------------------------------------------------------
+
+OUTAGE_RETRY_AFTER_SECONDS = 5
+OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")  # connection exceptions; admin/crash shutdown, cannot connect now; out of resources
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (restarting, down, refusing connections): answered 503 with Retry-After."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Is this database error an outage (the server is away), rather than a lost race or a bad statement?
+    A lost race (serialization failure, deadlock, SQLite's `database is locked`) is retried by its caller;
+    an outage is not: the client is told to come back (503, Retry-After)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(error, DatabaseUnavailable):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if not isinstance(original, psycopg.OperationalError):
+        return False
+    state = getattr(original, "sqlstate", None)
+    if state is None:  # raised by the client: connection refused, closed, lost
+        return True
+    return state.startswith(OUTAGE_SQLSTATE_PREFIXES)
+
+
+def is_statement_timeout(error: BaseException) -> bool:
+    """A statement the database cancelled (statement_timeout, or a cancel sent when the client went away)."""
+    from sqlalchemy.exc import DBAPIError
+
+    original = error.orig if isinstance(error, DBAPIError) else error
+    return getattr(original, "sqlstate", None) == "57014"  # query_canceled
