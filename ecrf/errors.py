@@ -7,7 +7,8 @@ from sqlalchemy.exc import DBAPIError
 from ecrf.responses import FHIR_JSON, JSONBody
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ecrf.db import OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, is_outage, is_statement_timeout
+from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
+                     is_statement_timeout)
 from ecrf.store.errors import StoreError
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
@@ -74,6 +75,14 @@ def install(app: FastAPI) -> None:
                                   "(ECRF_STATEMENT_TIMEOUT_MS): narrow it and send it again", code="too-costly",
                                   headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
         raise error
+
+    @app.exception_handler(StatementCancelled)
+    async def statement_cancelled(request: Request, error: StatementCancelled):
+        why = ("its client went away" if error.reason == "disconnected" else
+               "the server is stopping" if error.reason == "shutdown" else
+               "it took longer than the statement timeout allows (ECRF_STATEMENT_TIMEOUT_MS): narrow it")
+        return error_response(request, 503, f"the request was stopped: {why}", code="too-costly",
+                              headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(DatabaseUnavailable)
     async def database_unavailable(request: Request, error: DatabaseUnavailable):

@@ -1,4 +1,5 @@
 """FHIR R4 REST routes under /fhir: metadata, Bundles, create/read/vread/update/delete, history, search."""
+import asyncio
 import gc
 import re
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
+from ecrf.db import Cancellable
 from ecrf.fhir import bundle, search
 from ecrf.fhir.authorise import require
 from ecrf.fhir.capability import capability_statement
@@ -144,18 +146,40 @@ async def conditional_delete(request: Request, resource_type: str, actor: Actor 
 
 
 @router.get("/{resource_type:fhir_type}", summary="Search")
-def search_type(request: Request, resource_type: str, actor: Actor = READ):
+async def search_type(request: Request, resource_type: str, actor: Actor = READ):
+    """Its statements stop at ECRF_STATEMENT_TIMEOUT_MS (503), and as soon as the client goes away."""
     require(actor, "fhir.read", resource_type, "search")
     runtime = _runtime(request)
     settings = runtime.settings
+    work = Cancellable(settings.statement_timeout_ms)
     try:
         query = search.parse(resource_type, list(request.query_params.multi_items()),
                              default_count=settings.page_size_default, max_count=settings.page_size_max)
-        with read_only(runtime, actor) as store:
-            found = searchset(store, query, _base(request))
+        found = await unless_disconnected(request, work, run_in_threadpool(
+            _search, runtime, actor, query, _base(request), work))
     except FhirError as error:
         return outcome_response(error)
-    return respond(_shown(request, actor, "search", found))
+    return respond(await run_in_threadpool(_shown, request, actor, "search", found))
+
+
+def _search(runtime, actor: Actor, query, base: str, work: Cancellable) -> dict:
+    with read_only(runtime, actor) as store, work.watching(store.session):
+        return searchset(store, query, base)
+
+
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+async def unless_disconnected(request: Request, work: Cancellable, call: Any) -> Any:
+    """Await `call` (database work in a thread), cancelling its statement when the client disconnects."""
+    task = asyncio.ensure_future(call)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            work.cancel("disconnected")
+            return await task  # ends at once with StatementCancelled; the thread is free again
 
 
 @router.get("/{resource_type:fhir_type}/{resource_id}", summary="Read")
