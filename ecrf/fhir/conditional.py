@@ -31,11 +31,30 @@ def key(store: ClinicalStore, criteria: str) -> str:
     return text
 
 
+def lock_text(resource_type: str, criteria: str) -> str:
+    """What concurrent conditional creates are serialised on: the criteria normalised, with every token's
+    system left out (`identifier=urn:rt|V` and `identifier=V` may name the same resource: a token without a
+    system matches that code in any system), and without the client's site scope (tokens for [S01] and
+    [S01, S02] may both see it). Coarser than the key on purpose: it only makes twins wait for each other."""
+    pairs = []
+    for name, value in parse_qsl(normalised(criteria), keep_blank_values=True):
+        alternatives = [part.rsplit("|", 1)[1] if "|" in part and not part.endswith("|") else part
+                        for part in value.split(",")]
+        pairs.append((name, ",".join(sorted(alternatives))))
+    return f"{resource_type}?" + "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
 def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None,
          creating: bool = False) -> str | None:
     """The one resource the criteria name among those the client sees, None when there is none; 412 when
     several match. When a miss would create (`creating`), a match the client may not see (an ehr client sees
-    only its own pushes) is a 409: that resource is neither shown to it nor made a second time."""
+    only its own pushes) is a 409: that resource is neither shown to it nor made a second time.
+
+    A create first waits for any concurrent create of equivalent criteria (`lock_text`; a PostgreSQL
+    advisory lock held to the end of the transaction), so it then sees the twin's resource and matches it
+    instead of making a second one, however each client wrote the criteria and whatever its other sites."""
+    if creating:
+        store.serialise(lock_text(resource_type, criteria))
     criteria_key = key(store, criteria)
     owner = store.conditional_owner(resource_type, criteria_key)
     site_wide = store.site_view()

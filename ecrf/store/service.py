@@ -3,6 +3,7 @@
 Both doors (eCRF forms and FHIR REST) write and read through this class; site scoping is applied
 here, where data is read, so no caller can forget it.
 """
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import and_, exists
+from sqlalchemy import text as sa_text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 from sqlmodel.sql.expression import Select
@@ -293,6 +295,14 @@ class ClinicalStore:
         for follow_up in follow_ups:
             follow_up()
         return stored
+
+    def serialise(self, text: str) -> None:
+        """Wait for, then hold to the end of this transaction, a lock named by `text` (PostgreSQL advisory lock;
+        SQLite writers already take turns). Statements after it see what a holder before it committed."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        lock = int.from_bytes(hashlib.sha256(b"ecrf-serialise\x00" + text.encode()).digest()[:8], "big", signed=True)
+        self.session.execute(sa_text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
     def claim_conditional(self, resource_type: str, criteria: str, resource_id: str) -> None:
         """Reserve a conditional-create key; a concurrent twin fails on the unique key and retries."""
