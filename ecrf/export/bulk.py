@@ -17,6 +17,7 @@ from ecrf.export import jobs
 from ecrf.export.deidentify import Deidentifier, Undeidentifiable, load_profile, parse_date, study_secret
 from ecrf.export.models import ExportJob
 from ecrf.export.source import Row, Scope, batches
+from ecrf.export.vocabulary import Vocabulary, of_study
 from ecrf.runtime import Runtime
 from ecrf.store.models import ItemFact
 
@@ -29,12 +30,23 @@ class Stopped(Exception):
 
 def deidentifier(runtime: Runtime) -> Deidentifier:
     path = Path(runtime.settings.export_profile)
-    return _compiled(path, path.stat().st_mtime, study_secret(runtime.settings))
+    return _compiled(path, path.stat().st_mtime, study_secret(runtime.settings), _vocabulary(runtime.study))
+
+
+_vocabularies: dict[int, tuple[Any, Vocabulary]] = {}
+
+
+def _vocabulary(study) -> Vocabulary:
+    """The study's codes, units and arms, which a de-identified export may carry (made once per study)."""
+    found = _vocabularies.get(id(study))
+    if found is None or found[0] is not study:
+        found = _vocabularies[id(study)] = (study, of_study(study))
+    return found[1]
 
 
 @lru_cache(maxsize=4)
-def _compiled(path: Path, _mtime: float, secret: bytes) -> Deidentifier:
-    return Deidentifier(load_profile(path), secret)
+def _compiled(path: Path, _mtime: float, secret: bytes, vocabulary: Vocabulary) -> Deidentifier:
+    return Deidentifier(load_profile(path), secret, vocabulary)
 
 
 def file_name(resource_type: str) -> str:
