@@ -49,6 +49,24 @@ def test_too_many_parameters_are_400_before_any_search(server):
         assert response.json()["errors"][0]["rule"] == "max_repeated_parameter"
 
 
+def test_conditional_criteria_in_a_body_have_the_same_limits(server):
+    """Criteria in a Bundle (`ifNoneExist`) or an If-None-Exist header pass no query-string guard."""
+    from tests.fhir_builders import FHIR_JSON, bundle, patient, post
+
+    person = patient()
+    with server.client("ehr", "S01") as http:
+        response = http.post("/fhir", json=bundle([post(person, if_none_exist=_query("identifier", "x", 17))]),
+                             headers=FHIR_JSON)
+        assert response.status_code == 400, response.text
+        assert "repeat 'identifier' 17 times" in response.text
+        response = http.post("/fhir/Patient", json=person,
+                             headers={**FHIR_JSON, "If-None-Exist": "&".join(f"identifier=v{i}" for i in range(101))})
+        assert response.status_code == 400, response.text
+        response = http.post("/fhir/Patient", json=person, headers={**FHIR_JSON, "If-None-Exist": _query(
+            "identifier", f"{person['identifier'][0]['system']}|{person['identifier'][0]['value']}", 16)})
+        assert response.status_code == 201, response.text
+
+
 @pytest.fixture
 def pg_url():
     problem = _postgres_reachable()

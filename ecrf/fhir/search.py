@@ -1,5 +1,6 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -8,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy import and_, false, func, not_, or_
 from sqlmodel import select
 
+from ecrf.config import Settings
 from ecrf.fhir.outcome import FhirError
 from ecrf.pagination import MAX_OFFSET
 from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, moment_range
@@ -104,11 +106,26 @@ def matching_ids(store: ClinicalStore, resource_type: str, criteria: str, limit:
     pairs = params_of(criteria)
     if not pairs:
         raise FhirError.one(400, f"conditional criteria {criteria!r} are empty")
+    _check_counts(pairs)
     query = parse(resource_type, pairs, default_count=limit, max_count=limit)
     if any(name in CONTROL_PARAMS for name, _ in pairs):
         raise FhirError.one(400, f"conditional criteria {criteria!r} may not use paging or sorting")
     statement = store.scoped_heads(resource_type).where(*query.filters).order_by(ResourceHead.resource_id).limit(limit)
     return [head.resource_id for head in store.session.exec(statement).all()]
+
+
+def _check_counts(pairs: list[tuple[str, str]]) -> None:
+    """Conditional criteria come in bodies, past the request guard's query-string limits: the same limits
+    (ECRF_MAX_QUERY_PARAMETERS, ECRF_MAX_REPEATED_PARAMETER, their defaults) apply to them here."""
+    most_parameters = Settings.model_fields["max_query_parameters"].default
+    most_repeated = Settings.model_fields["max_repeated_parameter"].default
+    if len(pairs) > most_parameters:
+        raise FhirError.one(400, f"conditional criteria have {len(pairs)} parameters; the limit is {most_parameters}",
+                            code="too-costly")
+    name, copies = Counter(name for name, _ in pairs).most_common(1)[0]
+    if copies > most_repeated:
+        raise FhirError.one(400, f"conditional criteria repeat {name[:64]!r} {copies} times; the limit is "
+                                 f"{most_repeated}", code="too-costly")
 
 
 def _non_negative(name: str, value: str) -> int:
