@@ -227,19 +227,19 @@ class Cancellable:
 
     def cancel(self, reason: str = "disconnected") -> None:
         """Stop the running statement, if any (any thread may call this)."""
-        with self._lock:
+        with self._lock:  # held while cancelling: the connection cannot go back to the pool meanwhile
             if self.reason is None:
                 self.reason = reason
             connection, dialect = self._connection, self._dialect
-        if connection is None:
-            return
-        try:
-            if dialect == "postgresql":
-                (getattr(connection, "cancel_safe", None) or connection.cancel)()
-            else:
-                connection.interrupt()
-        except Exception:  # noqa: BLE001 - the statement may have just ended, or the server be gone
-            pass
+            if connection is None:
+                return
+            try:
+                if dialect == "postgresql":
+                    (getattr(connection, "cancel_safe", None) or connection.cancel)()
+                else:
+                    connection.interrupt()
+            except Exception:  # noqa: BLE001 - the statement may have just ended, or the server be gone
+                pass
 
 
 RUNNING: "set[Cancellable]" = set()
