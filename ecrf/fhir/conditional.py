@@ -22,13 +22,20 @@ def normalised(criteria: str) -> str:
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
-def key(store: ClinicalStore, criteria: str) -> str:
-    """The key is per site scope: another site's identical criteria never meet this one's resource."""
-    scope = ",".join(sorted(store.actor.sites)) if store.actor.sites is not None else "*"
+def key(site: str | None, criteria: str) -> str:
+    """The key of criteria at one site (the site the resource is at; `*` for one of no site): another site's
+    identical criteria never meet this one's resource, and the client's other sites play no part."""
+    scope = site or "*"
     text = f"{scope} {normalised(criteria)}"
     if len(text) > MAX_KEY:
         text = f"{scope} sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
+
+
+def keys(store: ClinicalStore, criteria: str) -> list[str]:
+    """The keys a client looks its criteria up by: one per site it may see (a study-wide client: `*` only)."""
+    sites = sorted(store.actor.sites) if store.actor.sites is not None else [None]
+    return [key(site, criteria) for site in sites]
 
 
 def lock_text(resource_type: str, criteria: str) -> str:
@@ -55,10 +62,11 @@ def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: s
     instead of making a second one, however each client wrote the criteria and whatever its other sites."""
     if creating:
         store.serialise(lock_text(resource_type, criteria))
-    criteria_key = key(store, criteria)
-    owner = store.conditional_owner(resource_type, criteria_key)
     site_wide = store.site_view()
-    if owner is not None:
+    for criteria_key in keys(store, criteria):
+        owner = store.conditional_owner(resource_type, criteria_key)
+        if owner is None:
+            continue
         head = site_wide.head(resource_type, owner)
         if head is None or head.deleted:
             store.release_conditional(resource_type, criteria_key, owner)
@@ -82,9 +90,10 @@ def _unseen_match(resource_type: str, criteria: str, location: str | None) -> Fh
                          code="duplicate", location=location)
 
 
-def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str) -> None:
-    """Reserve the criteria for a new resource; raises IntegrityError/Conflict when a twin got there first."""
-    store.claim_conditional(resource_type, key(store, criteria), resource_id)
+def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str, site: str | None) -> None:
+    """Reserve the criteria for a new resource at `site`; raises IntegrityError/Conflict when a twin got there
+    first."""
+    store.claim_conditional(resource_type, key(site, criteria), resource_id)
 
 
 KEPT = frozenset({"resourceType", "id", "meta", "identifier"})
