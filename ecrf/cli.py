@@ -60,8 +60,25 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"API docs: {url}/docs   FHIR base: {url}/fhir   health: {url}/healthz", flush=True)
     print("Get a token: ecrf token --role investigator --site S01", flush=True)
     print(f"Clinicians' screens: open {url}/ in a browser", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=_log_config())
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False,
+                            log_config=_log_config())
+    StoppingServer(config).run()
     return 0
+
+
+def StoppingServer(config):  # noqa: N802 - a class made on first use, so uvicorn is imported only to serve
+    """uvicorn's server, which on SIGTERM/SIGINT also cancels the statements requests still run (a long
+    search must not hold the shutdown until its statement timeout)."""
+    import uvicorn
+
+    from ecrf.db import cancel_running
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            cancel_running("shutdown")
+
+    return Server(config)
 
 
 def _log_config() -> dict:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=64, ge=2, le=1000)  # orjson itself stops at 1024
     max_json_elements: int = 1_000_000  # JSON values in one body (a 10,000-entry lab Bundle has ~260,000)
     rate_limit_per_minute: int = 6000  # per client (bearer token or address); 0 turns it off
+    max_query_parameters: int = Field(default=100, ge=1)  # query-string parameters of one request; more: 400
+    max_repeated_parameter: int = Field(default=16, ge=1)  # copies of one parameter name; more: 400
+    statement_timeout_ms: int = Field(default=15_000, ge=0)  # a search's statements; over it: 503; 0: none
     page_size_default: int = 50
     page_size_max: int = 500
 

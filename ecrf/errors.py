@@ -3,14 +3,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from ecrf.responses import FHIR_JSON, JSONBody
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
+                     is_statement_timeout)
 from ecrf.store.errors import StoreError
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
-               422: "processing", 429: "throttled"}
+               422: "processing", 429: "throttled", 503: "transient"}
 MAX_LISTED_ERRORS = 100  # a body with a million unknown fields must not get a million errors back
 
 
@@ -59,6 +62,32 @@ def install(app: FastAPI) -> None:
             for e in error.errors()
         ]
         return error_response(request, 422, "the request is not valid", errors=errors)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, error: DBAPIError):
+        """A database outage is 503 with Retry-After (the client sends it again later, unlike a 409); a
+        search stopped by the statement timeout is 503 too. Anything else stays an internal error (500)."""
+        if is_outage(error):
+            return error_response(request, 503, "the database is unavailable: send the request again later",
+                                  code="transient", headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
+        if is_statement_timeout(error):
+            return error_response(request, 503, "the request took longer than the statement timeout allows "
+                                  "(ECRF_STATEMENT_TIMEOUT_MS): narrow it and send it again", code="too-costly",
+                                  headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
+        raise error
+
+    @app.exception_handler(StatementCancelled)
+    async def statement_cancelled(request: Request, error: StatementCancelled):
+        why = ("its client went away" if error.reason == "disconnected" else
+               "the server is stopping" if error.reason == "shutdown" else
+               "it took longer than the statement timeout allows (ECRF_STATEMENT_TIMEOUT_MS): narrow it")
+        return error_response(request, 503, f"the request was stopped: {why}", code="too-costly",
+                              headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, error: DatabaseUnavailable):
+        return error_response(request, 503, "the database is unavailable: send the request again later",
+                              code="transient", headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, error: StoreError):

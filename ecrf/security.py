@@ -142,6 +142,25 @@ class RequestGuard:
         if query and URL_CONTROL_BYTE.search(unquote_to_bytes(query.replace(b"+", b" "))):
             raise Refusal(400, "the query string contains a control character", "control_character", "invalid",
                           item="query")
+        if query:
+            self._check_parameter_counts(query)
+
+    def _check_parameter_counts(self, query: bytes) -> None:
+        """Bounded work per request: each parameter is a condition of the search (a join), and a planner
+        given hundreds of them takes minutes (ECRF_MAX_QUERY_PARAMETERS, ECRF_MAX_REPEATED_PARAMETER)."""
+        names = [unquote_to_bytes(part.split(b"=", 1)[0].replace(b"+", b" ")) for part in query.split(b"&") if part]
+        if len(names) > self.settings.max_query_parameters:
+            raise Refusal(400, f"the query string has {len(names)} parameters; the limit is "
+                               f"{self.settings.max_query_parameters}", "max_query_parameters", "too-costly", item="query")
+        counts: dict[bytes, int] = {}
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+        name, most = max(counts.items(), key=lambda pair: pair[1])
+        if most > self.settings.max_repeated_parameter:
+            shown = name.decode("utf-8", "replace")[:64]
+            raise Refusal(400, f"parameter {shown!r} is repeated {most} times; the limit is "
+                               f"{self.settings.max_repeated_parameter}", "max_repeated_parameter", "too-costly",
+                          item=shown)
 
     def _too_large(self) -> Refusal:
         return Refusal(413, f"request body exceeds {self.max_body} bytes", "max_body_bytes", "too-costly")

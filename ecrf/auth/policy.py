@@ -52,3 +52,27 @@ def can(actor: Actor, action: str, site: str | None = None, *, resource_type: st
     if permissions and (resource_type is None or not scopes.allows(actor.scopes, resource_type, permissions)):
         return False
     return site is None or actor.may_see_site(site)
+
+
+# Role combinations. A token may carry several roles, and `can` grants the union of what they allow; two
+# pairs would widen access beyond what either role is for, so a token asking for them is refused (401):
+# - `ehr` is a system, not a person: its reads are limited to what it pushed, which any human role would
+#   widen to the whole site. It combines with no other role.
+# - `sponsor` sees de-identified data only: combined with a role that reads identifiers it would get them.
+EXCLUSIVE_ROLES = frozenset({"ehr"})
+DEIDENTIFIED_ONLY_ROLES = frozenset({"sponsor"})
+
+
+def combination_refusal(roles: frozenset[str] | set[str]) -> str | None:
+    """Why a token carrying all of `roles` is refused, or None when the combination is allowed."""
+    roles = frozenset(roles)
+    for role in sorted(EXCLUSIVE_ROLES & roles):
+        others = roles - {role}
+        if others:
+            return f"role {role} cannot be combined with any other role (token also has {', '.join(sorted(others))})"
+    identified = roles & PERMISSIONS["identifiers.read"]
+    for role in sorted(DEIDENTIFIED_ONLY_ROLES & roles):
+        if identified:
+            return (f"role {role} sees de-identified data only and cannot be combined with a role that reads "
+                    f"identifiers ({', '.join(sorted(identified))})")
+    return None

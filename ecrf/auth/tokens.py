@@ -3,6 +3,8 @@
 The accepted algorithms come from configuration and are never taken from the token: a token whose
 header names another algorithm, no algorithm (`none`), or an unknown `kid` is refused.
 """
+import base64
+import binascii
 import json
 import os
 import secrets
@@ -13,6 +15,7 @@ from typing import Any
 from jose import JWTError, jwk, jwt
 
 from ecrf.auth.actor import ROLES, STUDY_WIDE_ROLES, Actor
+from ecrf.auth.policy import combination_refusal
 from ecrf.config import Settings
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -76,6 +79,55 @@ def issue_dev_token(
     return jwt.encode(claims, dev_secret(settings), algorithm="HS256")
 
 
+NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
+NUMERIC_DATE_LIMIT = 2**53  # a NumericDate beyond this is no date any clock reaches (and no double holds it exactly)
+
+
+def _json_part(part: str, what: str) -> dict[str, Any]:
+    """One base64url JSON part of a compact JWS, parsed strictly: an object, no repeated key, no NaN/Infinity."""
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise TokenError(f"token {what} repeats the key {', '.join(map(repr, repeated))}")
+        return dict(pairs)
+
+    def no_constant(name: str) -> Any:
+        raise TokenError(f"token {what} holds {name}, which is not JSON")
+
+    try:
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=no_repeats, parse_constant=no_constant)
+    except TokenError:
+        raise
+    except (ValueError, UnicodeDecodeError, binascii.Error) as error:
+        raise TokenError("token is malformed") from error
+    if not isinstance(value, dict):
+        raise TokenError(f"token {what} is not a JSON object")
+    return value
+
+
+def check_token_shape(token: str) -> None:
+    """Types of the header and claims, checked before any library reads them (anything odd is a TokenError,
+    answered 401): header `alg` and `kid` strings; `exp`, `iat`, `nbf` integers of a reachable size (not
+    strings, booleans, fractions, ±Infinity or 1e309); no key repeated in the header or the claims (JSON
+    parsers disagree on which copy wins, so a token could mean two things)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("token is malformed")
+    header = _json_part(parts[0], "header")
+    claims = _json_part(parts[1], "claims")
+    if not isinstance(header.get("alg"), str):
+        raise TokenError("token header alg must be a string")
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise TokenError("token header kid must be a string")
+    for name in NUMERIC_DATE_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= NUMERIC_DATE_LIMIT:
+                raise TokenError(f"token claim {name} must be an integer NumericDate (seconds since 1970)")
+
+
 class TokenVerifier:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -98,6 +150,7 @@ class TokenVerifier:
     def verify(self, token: str) -> Actor:
         if len(token) > self.settings.jwt_max_bytes:
             raise TokenError("token is too large")
+        check_token_shape(token)
         try:
             header = jwt.get_unverified_header(token)
         except JWTError as error:
@@ -137,6 +190,9 @@ def _actor(claims: dict[str, Any], leeway: int) -> Actor:
     roles = claims.get("roles")
     if not isinstance(roles, list) or not roles or any(role not in ROLES for role in roles):
         raise TokenError("token roles claim is missing or names an unknown role")
+    refusal = combination_refusal(frozenset(roles))
+    if refusal:
+        raise TokenError(f"token refused: {refusal}")
     sites = claims.get("sites")
     if sites is not None and (not isinstance(sites, list) or not all(isinstance(s, str) for s in sites)):
         raise TokenError("token sites claim must be a list of site ids")

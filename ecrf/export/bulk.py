@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from ecrf.db import reading
 from ecrf.export import jobs
-from ecrf.export.deidentify import Deidentifier, load_profile, parse_date, study_secret
+from ecrf.export.deidentify import Deidentifier, Undeidentifiable, load_profile, parse_date, study_secret
 from ecrf.export.models import ExportJob
 from ecrf.export.source import Row, Scope, batches
+from ecrf.export.vocabulary import Vocabulary, of_study
 from ecrf.runtime import Runtime
 from ecrf.store.models import ItemFact
 
@@ -29,12 +30,23 @@ class Stopped(Exception):
 
 def deidentifier(runtime: Runtime) -> Deidentifier:
     path = Path(runtime.settings.export_profile)
-    return _compiled(path, path.stat().st_mtime, study_secret(runtime.settings))
+    return _compiled(path, path.stat().st_mtime, study_secret(runtime.settings), _vocabulary(runtime.study))
+
+
+_vocabularies: dict[int, tuple[Any, Vocabulary]] = {}
+
+
+def _vocabulary(study) -> Vocabulary:
+    """The study's codes, units and arms, which a de-identified export may carry (made once per study)."""
+    found = _vocabularies.get(id(study))
+    if found is None or found[0] is not study:
+        found = _vocabularies[id(study)] = (study, of_study(study))
+    return found[1]
 
 
 @lru_cache(maxsize=4)
-def _compiled(path: Path, _mtime: float, secret: bytes) -> Deidentifier:
-    return Deidentifier(load_profile(path), secret)
+def _compiled(path: Path, _mtime: float, secret: bytes, vocabulary: Vocabulary) -> Deidentifier:
+    return Deidentifier(load_profile(path), secret, vocabulary)
 
 
 def file_name(resource_type: str) -> str:
@@ -50,11 +62,14 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
     cursor: dict[str, Any] = json.loads(job.cursor) if job.cursor else {"done": []}
     done: list[dict[str, Any]] = cursor["done"]
     exported = sum(entry["count"] for entry in done)
+    # resources that could not be exported: one OperationOutcome each, in the manifest's `error` file
+    problems = Problems(directory / ERROR_FILE, **(cursor.get("errors") or {}))
 
     def save(current: dict[str, Any] | None) -> None:
         if stopping.is_set():
             raise Stopped
-        state = {"done": done, "current": current}
+        problems.flush()
+        state = {"done": done, "current": current, "errors": problems.state}
         if not jobs.checkpoint(runtime.engine, job, worker_id, settings.export_lease_seconds, state, exported):
             raise Stopped
 
@@ -73,7 +88,7 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
             handle.seek(current["bytes"])
         with handle or path.open("wb") as out:
             for after, rows in batches(runtime.engine, scope, after, settings.export_batch_size):
-                lines = _lines(runtime, resource_type, rows, deid, job.transaction_time.date())
+                lines = _lines(runtime, resource_type, rows, deid, job.transaction_time.date(), problems)
                 out.write(b"".join(lines))
                 out.flush()
                 count += len(lines)
@@ -91,21 +106,71 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
             output.append({"type": entry["type"], "file": path.name, "count": entry["count"]})
         else:
             path.unlink(missing_ok=True)
+    problems.close()
+    if problems.count:
+        output.append({"type": "OperationOutcome", "file": ERROR_FILE, "count": problems.count, "error": True})
     if not jobs.complete(runtime.engine, job, worker_id, output, exported):
         raise Stopped
 
 
+ERROR_FILE = "OperationOutcome.ndjson"
+
+
+class Problems:
+    """The export's error file: appended to as resources fail, checkpointed (count, bytes) with the job."""
+
+    def __init__(self, path: Path, count: int = 0, bytes: int = 0):  # noqa: A002 - the checkpoint's key
+        self.path, self.count, self._bytes, self._handle = path, count, bytes, None
+        if path.exists():
+            with path.open("r+b") as handle:
+                handle.truncate(bytes)  # anything after the checkpoint is written again
+        else:
+            self.count, self._bytes = 0, 0
+
+    @property
+    def state(self) -> dict[str, int]:
+        return {"count": self.count, "bytes": self._bytes}
+
+    def add(self, resource: str, message: str) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("ab")
+        outcome = {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "processing", "diagnostics": f"{resource} was not exported: {message}",
+            "expression": [resource.split("/")[0]]}]}
+        self._handle.write(orjson.dumps(outcome) + b"\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            self._bytes = self._handle.tell()
+
+    def close(self) -> None:
+        self.flush()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 def _lines(runtime: Runtime, resource_type: str, rows: list[Row], deid: Deidentifier | None,
-           snapshot: date) -> list[bytes]:
+           snapshot: date, problems: Problems) -> list[bytes]:
+    """One NDJSON line per row. A row that cannot be exported is reported in `problems` (named by its
+    pseudonym in a de-identified export) and left out: one record never stops an export for everyone."""
     if deid is None:
         return [row.content.encode() + b"\n" for row in rows]
     anchors = _age_anchors(runtime, deid, rows, snapshot) if resource_type == "Patient" else {}
     lines = []
     for row in rows:
-        content = orjson.loads(row.content)
-        result = deid.resource(content, row.patient_id, anchors.get(row.patient_id))
-        if result is not None:
-            lines.append(orjson.dumps(result) + b"\n")
+        try:
+            content = orjson.loads(row.content)
+            result = deid.resource(content, row.patient_id, anchors.get(row.patient_id))
+            line = None if result is None else orjson.dumps(result) + b"\n"
+        except (Undeidentifiable, ValueError, TypeError, KeyError, OverflowError, AttributeError) as error:
+            why = str(error) if isinstance(error, Undeidentifiable) else f"it could not be de-identified ({type(error).__name__})"
+            problems.add(f"{resource_type}/{deid.pseudonym(row.resource_id)}", why)
+            continue
+        if line is not None:
+            lines.append(line)
     return lines
 
 

@@ -138,10 +138,13 @@ def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     base = _base(request)
-    output = [{"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
-               "url": f"{base}/$export-file/{job.id}/{entry['file']}",
-               **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}}
-              for entry in json.loads(job.output or "[]")]
+    files = json.loads(job.output or "[]")
+    output, errors = [], []  # errors: resources that could not be exported, one OperationOutcome each
+    for entry in files:
+        (errors if entry.get("error") else output).append(
+            {"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
+             "url": f"{base}/$export-file/{job.id}/{entry['file']}",
+             **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}})
     profile = None
     if job.deidentified:
         runtime = request.app.state.runtime
@@ -154,7 +157,7 @@ def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
         "request": job.request_url,
         "requiresAccessToken": True,
         "output": output,
-        "error": [],
+        "error": errors,
         "extension": {"deidentification": profile, "deidentified": job.deidentified},
     }
 

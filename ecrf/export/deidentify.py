@@ -15,20 +15,28 @@ from typing import Any
 import yaml
 
 from ecrf.config import Settings
+from ecrf.export.vocabulary import Vocabulary
+from fhir_mappings.ucum import is_ucum_like
 
 Handler = Callable[[Any, int | None], Any]
 Plan = dict[str, Handler]
 
-PRIMITIVES = frozenset({"keep", "date", "reference", "extension"})
+PRIMITIVES = frozenset({"keep", "date", "reference", "extension", "coding", "ucum", "system", "arm"})
 SCALARS = (str, int, float, bool)
 SCALAR_TYPES = frozenset(SCALARS)
 LOCAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
 UCUM = "http://unitsofmeasure.org"
+MAX_SHIFT_DAYS = 365
 CACHE_SIZE = 4096  # pseudonyms and shifts of recent subjects; resource ids repeat rarely
 
 
 class ProfileError(ValueError):
     pass
+
+
+class Undeidentifiable(ValueError):
+    """A resource this profile cannot de-identify (e.g. a date its shift would move off the calendar); the
+    message names no value, as it is shown to the export's owner."""
 
 
 def study_secret(settings: Settings) -> bytes:
@@ -71,8 +79,9 @@ def load_profile(path: Path) -> Profile:
             raise ProfileError(f"de-identification profile {path} lacks `{key}`")
     if spec["dates"].get("method") != "shift":
         raise ProfileError("dates.method: only `shift` is implemented")
-    if not 0 < spec["dates"]["min_days"] <= spec["dates"]["max_days"]:
-        raise ProfileError("dates: 0 < min_days <= max_days")
+    if not 0 < spec["dates"]["min_days"] <= spec["dates"]["max_days"] <= MAX_SHIFT_DAYS:
+        raise ProfileError(f"dates: 0 < min_days <= max_days <= {MAX_SHIFT_DAYS} (stored dates keep a year "
+                           "from the calendar's ends, so a shift of at most a year never leaves it)")
     profile = Profile(str(spec["id"]), str(spec["version"]), str(spec.get("title", "")), spec)
     Deidentifier(profile, b"check")  # compiles every plan: unknown datatypes fail at load
     return profile
@@ -94,9 +103,15 @@ def parse_date(text: Any) -> date | None:
 class Deidentifier:
     """Applies one profile with one study secret. Deterministic: the same input gives the same output."""
 
-    def __init__(self, profile: Profile, secret: bytes):
+    def __init__(self, profile: Profile, secret: bytes, vocabulary: Vocabulary | None = None):
         self.profile = profile
         spec = profile.spec
+        vocabulary = vocabulary or Vocabulary()
+        rules = dict(spec.get("standard_systems") or {})
+        default = _code_rule(rules.pop("default", r"^[A-Za-z0-9][A-Za-z0-9.\-/]{0,31}$"))
+        self._system_rules = {system: default for system in vocabulary.systems}
+        self._system_rules.update({system: _code_rule(rule) for system, rule in rules.items()})
+        self.vocabulary = vocabulary
         self._key = hmac.new(secret, digestmod=hashlib.sha256)
         self._length = int(spec["pseudonyms"].get("length", 32))
         self.keep_ids = frozenset(spec["pseudonyms"].get("keep_ids", ()))
@@ -153,6 +168,8 @@ class Deidentifier:
             return (date.fromisoformat(text[:10]) + timedelta(days=days)).isoformat() + text[10:]
         except ValueError:
             return None
+        except OverflowError:
+            raise Undeidentifiable("a date cannot be shifted within the calendar") from None
 
     def age(self, born: date, on: date) -> tuple[int, bool]:
         """(years, grouped): ages at or over the top are reported as the top, grouped."""
@@ -206,10 +223,21 @@ class Deidentifier:
         return {element: self._handler(kind) for element, kind in fields.items()}
 
     def _handler(self, kind: Any) -> Handler:
+        if isinstance(kind, dict) and set(kind) in ({"one_of"}, {"pattern"}):
+            allowed = _code_rule(kind.get("one_of", kind.get("pattern")))
+            return lambda value, _days: value if isinstance(value, str) and allowed(value) else None
         if isinstance(kind, dict):
             return _complex(self._plan(kind))
         if kind == "keep":
             return _keep
+        if kind == "coding":
+            return self._coding
+        if kind == "ucum":
+            return self._unit
+        if kind == "system":
+            return lambda value, _days: value if isinstance(value, str) and value in self._system_rules else None
+        if kind == "arm":
+            return lambda value, _days: value if isinstance(value, str) and value in self.vocabulary.arms else None
         if kind == "date":
             return self.shift
         if kind == "reference":
@@ -217,6 +245,24 @@ class Deidentifier:
         if kind == "extension":
             return self._extension
         return _complex(self._datatype(kind))
+
+    def _coding(self, value: Any, _days: int | None) -> dict[str, str] | None:
+        """A Coding of a standard system with a code of its shape, or one of the study's own codes."""
+        if not isinstance(value, dict):
+            return None
+        system, code = value.get("system"), value.get("code")
+        if not isinstance(system, str) or not isinstance(code, str):
+            return None
+        rule = self._system_rules.get(system)
+        if (system, code) in self.vocabulary.codes or (rule is not None and rule(code)):
+            return {"system": system, "code": code}
+        return None
+
+    def _unit(self, value: Any, _days: int | None) -> str | None:
+        """A UCUM code without annotations ({...} is free text), or a unit the study declares."""
+        if not isinstance(value, str):
+            return None
+        return value if value in self.vocabulary.units or _plain_ucum(value) else None
 
     def _reference(self, value: Any, _days: int | None) -> dict[str, str] | None:
         reference = value.get("reference") if isinstance(value, dict) else None
@@ -234,6 +280,23 @@ class Deidentifier:
         plan = self._extensions.get(value.get("url"))
         fields = _apply(plan, value, days) if plan is not None else None
         return {"url": value["url"], **fields} if fields else None
+
+
+def _plain_ucum(value: str) -> bool:
+    return "{" not in value and len(value) <= 64 and is_ucum_like(value)
+
+
+def _code_rule(rule: Any) -> Callable[[str], bool]:
+    """A profile's rule for codes: a list (one of), `ucum`, or a regular expression (the whole code)."""
+    if isinstance(rule, (list, tuple)):
+        allowed = frozenset(str(item) for item in rule)
+        return allowed.__contains__
+    if rule == "ucum":
+        return _plain_ucum
+    if isinstance(rule, str):
+        pattern = re.compile(rule)
+        return lambda code: pattern.fullmatch(code) is not None
+    raise ProfileError(f"a code rule is a list, `ucum` or a regular expression, not {rule!r}")
 
 
 def _keep(value: Any, _days: int | None) -> Any:

@@ -107,7 +107,9 @@ def complete(engine: Engine, job: ExportJob, worker_id: str, output: list[dict[s
             return False
         summary = {"kind": job.kind or "bulk", **(json.loads(job.params) if job.params else {}), "request": job.request_url, "deidentified": job.deidentified,
                    "profile": job.profile, "since": job.since.isoformat() if job.since else None,
-                   "counts": {entry["type"]: entry.get("count", 0) for entry in output}, "total": exported}
+                   "counts": {entry["type"]: entry.get("count", 0) for entry in output if not entry.get("error")},
+                   "total": exported,
+                   "not_exported": sum(entry.get("count", 0) for entry in output if entry.get("error"))}
         audit.append(session, owner(job), "export", source="export",
                      resource=f"Group/{job.group_id}" if job.group_id else "system", reason=job.profile,
                      new_value=json.dumps(summary, sort_keys=True))

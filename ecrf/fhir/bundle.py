@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ecrf.auth.actor import Actor
+from ecrf.db import is_outage
 from ecrf.errors import issue
 from ecrf.fhir.interactions import Engine, Entry, Result
 from ecrf.fhir.outcome import FhirError, validation_issues
@@ -120,7 +121,9 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
                 engine = engine_for(runtime, store, base_url)
                 results = engine.run(entries)
             return [results[entry.index] for entry in entries]
-        except RETRYABLE:
+        except RETRYABLE as error:
+            if is_outage(error):
+                raise  # the database is away: 503 with Retry-After (ecrf/errors.py), not a lost race
             if attempt == ATTEMPTS - 1:
                 raise FhirError.one(409, "a concurrent request kept changing the same resources: send it again",
                                     code="transient")
@@ -183,6 +186,8 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
             savepoint.commit()
             return result
         except (FhirError, *RETRYABLE) as error:
+            if is_outage(error):
+                raise  # every entry would fail the same way: the whole batch is 503 with Retry-After
             savepoint.rollback()
             engine.undo_rewrites()
             engine.mapping, engine.written, engine._claimed = mapping, written, claimed

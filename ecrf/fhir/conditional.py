@@ -22,24 +22,51 @@ def normalised(criteria: str) -> str:
     return "&".join(f"{name}={value}" for name, value in pairs)
 
 
-def key(store: ClinicalStore, criteria: str) -> str:
-    """The key is per site scope: another site's identical criteria never meet this one's resource."""
-    scope = ",".join(sorted(store.actor.sites)) if store.actor.sites is not None else "*"
+def key(site: str | None, criteria: str) -> str:
+    """The key of criteria at one site (the site the resource is at; `*` for one of no site): another site's
+    identical criteria never meet this one's resource, and the client's other sites play no part."""
+    scope = site or "*"
     text = f"{scope} {normalised(criteria)}"
     if len(text) > MAX_KEY:
         text = f"{scope} sha256:{hashlib.sha256(text.encode()).hexdigest()}"
     return text
 
 
+def keys(store: ClinicalStore, criteria: str) -> list[str]:
+    """The keys a client looks its criteria up by: one per site it may see (a study-wide client: `*` only)."""
+    sites = sorted(store.actor.sites) if store.actor.sites is not None else [None]
+    return [key(site, criteria) for site in sites]
+
+
+def lock_text(resource_type: str, criteria: str) -> str:
+    """What concurrent conditional creates are serialised on: the criteria normalised, with every token's
+    system left out (`identifier=urn:rt|V` and `identifier=V` may name the same resource: a token without a
+    system matches that code in any system), and without the client's site scope (tokens for [S01] and
+    [S01, S02] may both see it). Coarser than the key on purpose: it only makes twins wait for each other."""
+    pairs = []
+    for name, value in parse_qsl(normalised(criteria), keep_blank_values=True):
+        alternatives = [part.rsplit("|", 1)[1] if "|" in part and not part.endswith("|") else part
+                        for part in value.split(",")]
+        pairs.append((name, ",".join(sorted(alternatives))))
+    return f"{resource_type}?" + "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
 def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None,
          creating: bool = False) -> str | None:
     """The one resource the criteria name among those the client sees, None when there is none; 412 when
     several match. When a miss would create (`creating`), a match the client may not see (an ehr client sees
-    only its own pushes) is a 409: that resource is neither shown to it nor made a second time."""
-    criteria_key = key(store, criteria)
-    owner = store.conditional_owner(resource_type, criteria_key)
+    only its own pushes) is a 409: that resource is neither shown to it nor made a second time.
+
+    A create first waits for any concurrent create of equivalent criteria (`lock_text`; a PostgreSQL
+    advisory lock held to the end of the transaction), so it then sees the twin's resource and matches it
+    instead of making a second one, however each client wrote the criteria and whatever its other sites."""
+    if creating:
+        store.serialise(lock_text(resource_type, criteria))
     site_wide = store.site_view()
-    if owner is not None:
+    for criteria_key in keys(store, criteria):
+        owner = store.conditional_owner(resource_type, criteria_key)
+        if owner is None:
+            continue
         head = site_wide.head(resource_type, owner)
         if head is None or head.deleted:
             store.release_conditional(resource_type, criteria_key, owner)
@@ -63,9 +90,10 @@ def _unseen_match(resource_type: str, criteria: str, location: str | None) -> Fh
                          code="duplicate", location=location)
 
 
-def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str) -> None:
-    """Reserve the criteria for a new resource; raises IntegrityError/Conflict when a twin got there first."""
-    store.claim_conditional(resource_type, key(store, criteria), resource_id)
+def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str, site: str | None) -> None:
+    """Reserve the criteria for a new resource at `site`; raises IntegrityError/Conflict when a twin got there
+    first."""
+    store.claim_conditional(resource_type, key(site, criteria), resource_id)
 
 
 KEPT = frozenset({"resourceType", "id", "meta", "identifier"})

@@ -50,6 +50,7 @@ class Entry:
     holders: list[dict[str, Any]] | None = None  # its references, once found (while its resource is held)
     retained: bool = True  # False: a valid resource of a type the study does not keep (ecrf/fhir/retention.py)
     removed: dict[str, Any] | None = None  # path -> held.Removal: references to what is not retained
+    claim: str | None = None  # criteria whose conditional key this entry takes once written (at its site)
 
     def content(self) -> dict[str, Any] | None:
         """The resource, read again if it was let go."""
@@ -175,6 +176,7 @@ class Engine:
             raise FhirError.of_store(error, location="Bundle.entry" if creates > 1 else chunk[0].location) from error
         results = {}
         for entry, stored in zip(chunk, created, strict=True):
+            self._claim_key(entry, stored)
             results[entry.index] = Result(201, stored if entry.reload is None else replace(stored, content={}))
             entry.release()
         return results
@@ -198,7 +200,7 @@ class Engine:
         return Result(204, stored)
 
     def _resolve_target(self, entry: Entry) -> None:
-        entry.merge = False
+        entry.merge, entry.claim = False, None
         if entry.method == "POST":
             criteria = entry.if_none_exist or self._site_mrn_criteria(entry)
             if criteria:
@@ -256,7 +258,7 @@ class Engine:
         if twin != entry.index:
             raise FhirError.one(400, f"entries {twin} and {entry.index} both create {entry.resource_type}?{criteria}: "
                                      "send it once", code="duplicate", location=entry.location)
-        conditional.claim(self.store, entry.resource_type, criteria, entry.target_id)
+        entry.claim = criteria  # taken once written, keyed by the site the resource lands at (_claim_key)
 
     def _one_subject_per_patient(self, entry: Entry, claimed: dict[str, int]) -> None:
         """A Patient is a subject of the study once (a unique key in conditional_key): creating another
@@ -414,7 +416,16 @@ class Engine:
             self._patient_site(entry)
         stored, created = self.store.update(entry.resource_type, entry.target_id, entry.content(), self.context,
                                             if_match=entry.if_match)
+        if created:
+            self._claim_key(entry, stored)
         return Result(201 if created else 200, stored)
+
+    def _claim_key(self, entry: Entry, stored: Stored) -> None:
+        """The conditional key of a resource just created from criteria: per the site it landed at, so it does
+        not depend on which other sites the client's token names; a twin's insert of the same key fails and
+        its unit of work is retried (then it finds this resource)."""
+        if entry.claim is not None:
+            conditional.claim(self.store, entry.resource_type, entry.claim, stored.resource_id, stored.site)
 
     def _patient_site(self, entry: Entry) -> str | None:
         if entry.resource_type != "Patient":

@@ -1,4 +1,5 @@
 """FHIR R4 REST routes under /fhir: metadata, Bundles, create/read/vread/update/delete, history, search."""
+import asyncio
 import gc
 import re
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
 from ecrf.auth.policy import can
+from ecrf.db import Cancellable
 from ecrf.fhir import bundle, json_patch, search
 from ecrf.fhir.authorise import refusal, require
 from ecrf.fhir.capability import capability_statement
@@ -149,8 +151,9 @@ async def conditional_delete(request: Request, resource_type: str, actor: Actor 
 
 
 @router.get("/{resource_type:fhir_type}", summary="Search")
-def search_type(request: Request, resource_type: str, actor: Actor = READ):
-    return _search(request, resource_type, actor, list(request.query_params.multi_items()))
+async def search_type(request: Request, resource_type: str, actor: Actor = READ):
+    """Its statements stop at ECRF_STATEMENT_TIMEOUT_MS (503), and as soon as the client goes away."""
+    return await _search_answer(request, resource_type, actor, list(request.query_params.multi_items()))
 
 
 @router.post("/{resource_type:fhir_type}/_search", summary="Search with the parameters in a form-encoded body")
@@ -165,24 +168,45 @@ async def search_type_post(request: Request, resource_type: str, actor: Actor = 
     except UnicodeDecodeError:
         return outcome_response(FhirError.one(400, "the search parameters are not UTF-8"))
     pairs = [*request.query_params.multi_items(), *parse_qsl(body, keep_blank_values=True)]
-    return await run_in_threadpool(_search, request, resource_type, actor, pairs)
+    return await _search_answer(request, resource_type, actor, pairs)
 
 
-def _search(request: Request, resource_type: str, actor: Actor, pairs: list[tuple[str, str]]):
+async def _search_answer(request: Request, resource_type: str, actor: Actor, pairs: list[tuple[str, str]]):
     require(actor, "fhir.read", resource_type, "search")
     runtime = _runtime(request)
     settings = runtime.settings
+    work = Cancellable(settings.statement_timeout_ms)
     try:
         query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
                              max_count=settings.page_size_max, strict=strict_handling(request), study=runtime.study)
         if query.demographic and not can(actor, "identifiers.read"):
             raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
                                      f"that may read identifiers, not {actor.role}", code="forbidden")
-        with read_only(runtime, actor) as store:
-            found = searchset(store, query, _base(request))
+        found = await unless_disconnected(request, work, run_in_threadpool(
+            _search, runtime, actor, query, _base(request), work))
     except FhirError as error:
         return outcome_response(error)
-    return respond(_shown(request, actor, "search", found))
+    return respond(await run_in_threadpool(_shown, request, actor, "search", found))
+
+
+def _search(runtime, actor: Actor, query, base: str, work: Cancellable) -> dict:
+    with read_only(runtime, actor) as store, work.watching(store.session):
+        return searchset(store, query, base)
+
+
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+async def unless_disconnected(request: Request, work: Cancellable, call: Any) -> Any:
+    """Await `call` (database work in a thread), cancelling its statement when the client disconnects."""
+    task = asyncio.ensure_future(call)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            work.cancel("disconnected")
+            return await task  # ends at once with StatementCancelled; the thread is free again
 
 
 @router.get("/_history", summary="History of every resource this client may see (system level)")

@@ -1,5 +1,6 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -9,10 +10,11 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy import and_, false, func, literal, not_, or_
 from sqlmodel import select
 
+from ecrf.config import Settings
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES
 from ecrf.pagination import MAX_OFFSET
-from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, folded
+from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 from fhir_mappings.units import UnitError, resolve_unit
@@ -235,11 +237,26 @@ def matching_ids(store: ClinicalStore, resource_type: str, criteria: str, limit:
     pairs = params_of(criteria)
     if not pairs:
         raise FhirError.one(400, f"conditional criteria {criteria!r} are empty")
+    _check_counts(pairs)
     query = parse(resource_type, pairs, default_count=limit, max_count=limit)
     if any(name in CONTROL_PARAMS for name, _ in pairs):
         raise FhirError.one(400, f"conditional criteria {criteria!r} may not use paging or sorting")
     statement = store.scoped_heads(resource_type).where(*query.filters).order_by(ResourceHead.resource_id).limit(limit)
     return [head.resource_id for head in store.session.exec(statement).all()]
+
+
+def _check_counts(pairs: list[tuple[str, str]]) -> None:
+    """Conditional criteria come in bodies, past the request guard's query-string limits: the same limits
+    (ECRF_MAX_QUERY_PARAMETERS, ECRF_MAX_REPEATED_PARAMETER, their defaults) apply to them here."""
+    most_parameters = Settings.model_fields["max_query_parameters"].default
+    most_repeated = Settings.model_fields["max_repeated_parameter"].default
+    if len(pairs) > most_parameters:
+        raise FhirError.one(400, f"conditional criteria have {len(pairs)} parameters; the limit is {most_parameters}",
+                            code="too-costly")
+    name, copies = Counter(name for name, _ in pairs).most_common(1)[0]
+    if copies > most_repeated:
+        raise FhirError.one(400, f"conditional criteria repeat {name[:64]!r} {copies} times; the limit is "
+                                 f"{most_repeated}", code="too-costly")
 
 
 def _non_negative(name: str, value: str) -> int:
@@ -447,7 +464,11 @@ def _date_condition(column, value: str, param: str):
 
 
 def _date_range(text: str, param: str) -> tuple[datetime, datetime]:
-    """The instants [start, end) a FHIR date of some precision stands for."""
+    """The instants [start, end) a FHIR date of some precision stands for; on the stored calendar only (a
+    date off it matches nothing ever written, and its range may not even exist: 9999-12-31 has no next day)."""
+    off_calendar = moment_range(text)
+    if off_calendar:
+        raise FhirError.one(400, f"{param}: {off_calendar}")
     try:
         if len(text) == 4:
             start = datetime(int(text), 1, 1, tzinfo=UTC)
@@ -459,7 +480,7 @@ def _date_range(text: str, param: str) -> tuple[datetime, datetime]:
             start = datetime.fromisoformat(text).replace(tzinfo=UTC)
             return start, start + timedelta(days=1)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise FhirError.one(400, f"{param}: {text!r} is not a FHIR date or dateTime") from None
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     step = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ecrf.errors import issue
 from ecrf.fhir.bindings import binding_issues
 from ecrf.fhir.outcome import validation_issues
+from ecrf.store.indexing import out_of_range
 from ecrf.study import default_study_dir
 
 
@@ -76,4 +77,4 @@ def structure_issues(resource: Any, location: str, *, kept_only: bool = True) ->
     resource_id = resource.get("id")
     if resource_id is not None and not ID_PATTERN.match(str(resource_id)):
         return [issue(f"id {resource_id!r} is not a FHIR id", code="value", location=f"{location}.id")]
-    return []
+    return [issue(problem, code="value", location=f"{location}.{path}") for path, problem in out_of_range(resource)]

@@ -33,3 +33,12 @@ class Forbidden(StoreError):
 
 class Invalid(StoreError):
     status, code = 422, "invalid"
+
+
+class OffCalendar(StoreError):
+    """A date, dateTime or instant outside the calendar the store keeps (ecrf.store.indexing.CALENDAR)."""
+    status, code = 400, "value"
+
+    def __init__(self, message: str, *, location: str):
+        super().__init__(message, location=location)
+        self.errors = [{"item": location, "rule": "calendar", "message": message}]

@@ -2,10 +2,12 @@
 
 Computed once per write, so reads and eligibility never parse stored JSON.
 """
+import typing
 import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -349,4 +351,91 @@ def _moment(value: Any) -> datetime | None:
         return datetime.combine(value, datetime.min.time(), tzinfo=UTC)
     if isinstance(value, str):
         return parse_moment(value)
+    return None
+
+
+# The calendar a stored date may use. Every date, dateTime and instant written lies within these years as
+# sent, so the UTC instant of any time zone (±14 h) and a de-identification shift (at most a year, see the
+# export profile's max_days) both stay inside Python's and the databases' calendar (years 1..9999).
+EARLIEST_YEAR, LATEST_YEAR = 2, 9998
+CALENDAR = f"{EARLIEST_YEAR:04d}-01-01..{LATEST_YEAR:04d}-12-31"
+DATE_TYPES = frozenset({"Date", "DateTime", "Instant"})
+
+
+def moment_range(text: Any) -> str | None:
+    """Why a FHIR date, dateTime or instant lies off the stored calendar, or None (also for what is no date:
+    the shape is the model's business)."""
+    if not isinstance(text, str) or len(text) < 4 or not text[:4].isdigit():
+        return None
+    if EARLIEST_YEAR <= int(text[:4]) <= LATEST_YEAR:
+        return None
+    return f"{text!r} lies outside the calendar this server stores ({CALENDAR})"
+
+
+def out_of_range(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path below the resource, problem) for every date, dateTime and instant element of `resource` off the
+    calendar, found through its R4B model: contained resources and extensions included."""
+    model = _model(resource.get("resourceType"))
+    if model is None:
+        return []
+    found: list[tuple[str, str]] = []
+    _walk(resource, model, "", found)
+    return found
+
+
+@cache
+def _model(resource_type: Any) -> Any:
+    if not isinstance(resource_type, str):
+        return None
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return None
+
+
+def _walk(node: dict[str, Any], model: Any, path: str, found: list[tuple[str, str]]) -> None:
+    plan = _date_plan(model)
+    for key, value in node.items():
+        kind = plan.get(key)
+        if kind is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            where = f"{path}{'.' if path else ''}{key}" + (f"[{index}]" if isinstance(value, list) else "")
+            if kind == "date":
+                problem = moment_range(item)
+                if problem:
+                    found.append((where, problem))
+            elif isinstance(item, dict):
+                child = _model(item.get("resourceType")) if kind == "resource" else kind
+                if child is not None:
+                    _walk(item, child, where, found)
+
+
+@cache
+def _date_plan(model: Any) -> dict[str, Any]:
+    """A model's elements that are dates ("date") or hold some ("resource": any resource, else the model)."""
+    plan: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        kind = _kind(field.annotation)
+        if kind is not None:
+            plan[field.alias or name] = kind
+    return plan
+
+
+def _kind(annotation: Any) -> Any:
+    if any(type(meta).__name__ in DATE_TYPES for meta in getattr(annotation, "__metadata__", ())):
+        return "date"
+    klass = getattr(annotation, "get_model_klass", None)
+    if klass is not None:
+        model = klass()
+        if model.__name__ in ("Resource", "DomainResource"):
+            return "resource"
+        return model if getattr(model, "model_fields", None) else None
+    for argument in typing.get_args(annotation):
+        kind = _kind(argument)
+        if kind is not None:
+            return kind
     return None

@@ -3,6 +3,7 @@
 Both doors (eCRF forms and FHIR REST) write and read through this class; site scoping is applied
 here, where data is read, so no caller can forget it.
 """
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import and_, exists, func
+from sqlalchemy import text as sa_text
 from sqlalchemy.orm import aliased
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -21,8 +23,8 @@ from ecrf.audit import service as audit
 from ecrf.auth.actor import Actor
 from ecrf.responses import dumps
 from ecrf.store import bulk
-from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, VersionConflict
-from ecrf.store.indexing import Indexer, patient_of
+from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, OffCalendar, VersionConflict
+from ecrf.store.indexing import Indexer, out_of_range, patient_of
 from ecrf.store.models import ConditionalKey, ItemFact, PushedBy, ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.version_rows import FactKey, audit_entries, fact_rows, token_rows
 
@@ -59,6 +61,14 @@ class WriteContext:
 
 def instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_calendar(content: dict[str, Any]) -> None:
+    """Every door's writes: no date off the stored calendar (the FHIR door says so earlier, per entry)."""
+    problems = out_of_range(content)
+    if problems:
+        path, problem = problems[0]
+        raise OffCalendar(f"{content['resourceType']}.{path}: {problem}", location=f"{content['resourceType']}.{path}")
 
 
 def new_id() -> str:
@@ -254,6 +264,7 @@ class ClinicalStore:
                 patient_sites.get(patient_id, site or self.actor.site)
             if not self.actor.may_see_site(where):
                 raise Forbidden(f"{resource_type}/{resource_id} belongs to a site this client may not write")
+            _check_calendar(content)
             prepared.append(Stored(resource_type, resource_id, 1, now, False, patient_id, where, content))
         for start in range(0, len(prepared), BULK_CHUNK):  # rows are built and inserted a chunk at a time
             self._insert_new(prepared[start:start + BULK_CHUNK], context)
@@ -318,6 +329,14 @@ class ClinicalStore:
         for follow_up in follow_ups:
             follow_up()
         return stored
+
+    def serialise(self, text: str) -> None:
+        """Wait for, then hold to the end of this transaction, a lock named by `text` (PostgreSQL advisory lock;
+        SQLite writers already take turns). Statements after it see what a holder before it committed."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        lock = int.from_bytes(hashlib.sha256(b"ecrf-serialise\x00" + text.encode()).digest()[:8], "big", signed=True)
+        self.session.execute(sa_text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
     def claim_conditional(self, resource_type: str, criteria: str, resource_id: str) -> None:
         """Reserve a conditional-create key; a concurrent twin fails on the unique key and retries."""
@@ -411,6 +430,8 @@ class ClinicalStore:
         meta["versionId"] = str(version_id)
         meta["lastUpdated"] = instant(now)
         content["meta"] = meta
+        if not deleted:
+            _check_calendar(content)
         row = ResourceVersion(
             resource_type=resource_type, resource_id=resource_id, version_id=version_id, last_updated=now,
             deleted=deleted, patient_id=patient_id, site=site, content=dumps(content).decode(),
