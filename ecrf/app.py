@@ -21,6 +21,8 @@ from ecrf.eligibility.router import router as eligibility_router
 from ecrf.queries.router import router as queries_router
 from ecrf.reports.router import router as reports_router
 from ecrf.subjects.router import router as subjects_router
+from ecrf.smart.router import TOKEN_PATH, admin_router as smart_clients_router, router as smart_router
+from ecrf.smart.service import SmartTokens
 
 API_PREFIX = "/api/v1"
 FHIR_PREFIX = "/fhir"
@@ -36,9 +38,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
+    runtime.verifier.smart = SmartTokens(runtime.settings, runtime.engine)  # access tokens of /auth/token
     errors.install(app)
     app.add_middleware(RequestGuard, settings=runtime.settings,
-                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}))
+                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}), form_paths=frozenset({TOKEN_PATH}))
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(public)])
     def healthz(request: Request) -> dict:
@@ -64,6 +67,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(export_forms_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
+    app.include_router(smart_clients_router, prefix=API_PREFIX)
+    app.include_router(smart_router)  # /fhir/.well-known/smart-configuration, /auth/token, /auth/jwks
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)

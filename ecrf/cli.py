@@ -1,4 +1,4 @@
-"""The `ecrf` command: serve, token, demo, db upgrade, audit verify."""
+"""The `ecrf` command: serve, token, demo, db upgrade, audit verify, client."""
 import argparse
 import sys
 
@@ -29,9 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="audit trail")
     audit.add_argument("action", choices=["verify"])
 
+    from ecrf.smart import cli as client_cli
+
+    client_cli.add_parser(commands)
+
     args = parser.parse_args(argv)
     settings = Settings()
-    handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit}[args.command]
+    handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit,
+               "client": client_cli.run}[args.command]
     return handler(settings, args) or 0
 
 

@@ -6,3 +6,4 @@ import ecrf.crf.models  # noqa: F401
 import ecrf.export.models  # noqa: F401
 import ecrf.eligibility.models  # noqa: F401
 import ecrf.queries.models  # noqa: F401
+import ecrf.smart.models  # noqa: F401

@@ -32,6 +32,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "access_log.read": frozenset({"admin"}),
     "settings.read": frozenset({"admin"}),
     "audit.verify": frozenset({"admin", "data_manager"}),
+    "client.manage": frozenset({"admin"}),
 }
 PUBLIC = "public"
 

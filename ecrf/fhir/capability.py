@@ -22,6 +22,9 @@ DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Typ
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
                          ("Patient", "export"): BULK_DATA + "patient-export"}
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+TOKEN_PATH = "/auth/token"  # ecrf/smart/router.py: SMART Backend Services, announced in rest.security
 READ_ONLY = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)/\{[^}]+\}$")
 OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(?P<name>[a-z][a-z-]*)$")
 
@@ -59,11 +62,14 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         "kind": "instance",
         "software": {"name": "ecrf", "version": "0.1.0"},
         "implementation": {"description": f"eCRF backend FHIR door for {study.id}", "url": base_url},
+        "instantiates": [BULK_DATA_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
             "security": {
+                "extension": [{"url": OAUTH_URIS, "extension": [
+                    {"url": "token", "valueUri": base_url.rsplit("/fhir", 1)[0] + TOKEN_PATH}]}],
                 "cors": False,
                 "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
                             {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],
