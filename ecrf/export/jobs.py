@@ -27,7 +27,8 @@ def now() -> datetime:
 
 
 def create(engine: Engine, actor: Actor, *, directory: Path, deidentified: bool, profile: str | None,
-           request_url: str, group_id: str | None, types: list[str], since: datetime | None) -> ExportJob:
+           request_url: str, group_id: str | None, types: list[str], since: datetime | None,
+           options: dict[str, Any] | None = None) -> ExportJob:
     job_id = uuid.uuid4().hex
     moment = now()
     job = ExportJob(
@@ -35,7 +36,7 @@ def create(engine: Engine, actor: Actor, *, directory: Path, deidentified: bool,
         owner_sites=None if actor.sites is None else json.dumps(sorted(actor.sites)),
         deidentified=deidentified, profile=profile, request_url=request_url, group_id=group_id,
         types=json.dumps(types), since=since, transaction_time=moment, directory=str(directory / job_id),
-        created_at=moment,
+        created_at=moment, options=json.dumps(options) if options else None,
     )
     with transaction(engine) as session:
         session.add(job)
@@ -106,7 +107,9 @@ def complete(engine: Engine, job: ExportJob, worker_id: str, output: list[dict[s
             return False
         summary = {"kind": "bulk", "request": job.request_url, "deidentified": job.deidentified,
                    "profile": job.profile, "since": job.since.isoformat() if job.since else None,
-                   "counts": {entry["type"]: entry["count"] for entry in output}, "total": exported}
+                   "counts": {entry["type"]: entry["count"] for entry in output if entry.get("section", "output") == "output"},
+                   "deleted": sum(entry["count"] for entry in output if entry.get("section") == "deleted"),
+                   "options": json.loads(job.options) if job.options else None, "total": exported}
         audit.append(session, owner(job), "export", source="export",
                      resource=f"Group/{job.group_id}" if job.group_id else "system", reason=job.profile,
                      new_value=json.dumps(summary, sort_keys=True))

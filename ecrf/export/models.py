@@ -34,3 +34,4 @@ class ExportJob(SQLModel, table=True):
     exported: int = 0
     output: str | None = Field(default=None, sa_column=Column(Text))  # JSON manifest entries
     error: str | None = Field(default=None, sa_column=Column(Text))
+    options: str | None = Field(default=None, sa_column=Column(Text))  # JSON: _typeFilter, _elements, patient, warnings
