@@ -75,6 +75,17 @@ def test_since_exports_list_deletions_in_the_deleted_array(loaded):
     assert identified["output"] == []  # the deleted Observation is not exported as current data
 
 
+def test_kick_off_needs_an_accept_header_and_downloads_need_the_scope(loaded):
+    with loaded.client("sponsor") as http:
+        assert http.get("/fhir/$export", headers={"Prefer": "respond-async", "Accept": ""}).status_code == 400
+        assert http.get("/fhir/$export", headers={"Prefer": "respond-async", "Accept": "application/json"}).status_code == 400
+        manifest = export(http, "/fhir/$export", _type="Patient")
+    narrow = loaded.token("sponsor", scopes=["system/Observation.rs"])
+    with loaded.client() as http:
+        url = manifest["output"][0]["url"]
+        assert http.get(url, headers={"Authorization": f"Bearer {narrow}"}).status_code in (403, 404)
+
+
 def test_since_in_the_future_is_refused(loaded):
     future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with loaded.client("sponsor") as http:
@@ -129,24 +140,33 @@ def test_patient_parameter_narrows_patient_and_group_exports(loaded, path):
         assert [p["id"] for p in files["Patient"]] == [chosen]
         assert all(o["subject"]["reference"] == f"Patient/{chosen}" for o in files.get("Observation", []))
         unknown = post_kick_off(http, path, [{"name": "patient", "valueReference": {"reference": "Patient/nobody"}}])
-        assert unknown.status_code == 400
+        assert unknown.status_code == 202  # as an unknown id in a search: nothing exported, the manifest says why
+        manifest = wait_for_manifest(http, unknown.headers["Content-Location"])
+        assert manifest["output"] == []
+        [outcome] = fetch(http, manifest["error"][0])
+        assert "Patient/nobody" in outcome["issue"][0]["diagnostics"]
         system = post_kick_off(http, "/fhir/$export", [{"name": "patient", "valueReference": {"reference": f"Patient/{chosen}"}}])
         assert system.status_code == 400
 
 
 def test_lenient_handling_reports_what_it_left_out(loaded):
     with loaded.client("sponsor", sub="sponsor-lenient") as http:
-        strict = http.get("/fhir/$export", params={"includeAssociatedData": "LatestProvenanceResources"}, headers=ASYNC)
+        strict = http.get("/fhir/$export", params={"includeAssociatedData": "_customSet"}, headers=ASYNC)
         assert strict.status_code == 400
+        provenance = http.get("/fhir/$export", params={"_type": "Patient", "includeAssociatedData": "LatestProvenanceResources"},
+                              headers=ASYNC)
+        assert provenance.status_code == 202  # accepted: no Provenance is kept, so none is associated (and said so)
+        [[note]] = [o["issue"] for o in fetch(http, wait_for_manifest(http, provenance.headers["Content-Location"])["error"][0])]
+        assert "Provenance" in note["diagnostics"]
         response = post_kick_off(http, f"/fhir/Group/{STUDY}/$export",
                                  [{"name": "_type", "valueString": "Patient"},
-                                  {"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"}],
+                                  {"name": "includeAssociatedData", "valueCode": "_customSet"}],
                                  prefer="respond-async, handling=lenient")
         assert response.status_code == 202, response.text
         manifest = wait_for_manifest(http, response.headers["Content-Location"])
         [error] = manifest["error"]
         [outcome] = fetch(http, error)
-    assert "includeAssociatedData" in outcome["issue"][0]["diagnostics"]
+    assert "includeAssociatedData=_customSet" in outcome["issue"][0]["diagnostics"]
     assert [entry["type"] for entry in manifest["output"]] == ["Patient"]
 
 
@@ -157,5 +177,5 @@ def test_capability_statement_names_the_bulk_operations(loaded):
     system = {op["name"]: op["definition"] for op in metadata["rest"][0]["operation"]}
     assert system["export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
     by_type = {r["type"]: {op["name"]: op["definition"] for op in r.get("operation", [])} for r in metadata["rest"][0]["resource"]}
-    assert by_type["Patient"]["export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
-    assert by_type["Group"]["export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    assert by_type["Patient"]["patient-export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+    assert by_type["Group"]["group-export"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"

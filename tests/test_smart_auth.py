@@ -152,8 +152,8 @@ def test_scopes_beyond_the_registration_are_invalid_scope(server, scope):
 
 
 @pytest.mark.parametrize("scope, granted", [
-    ("system/*.read", "system/*.rs"), ("system/Patient.*", "system/Patient.rs"),
-    ("system/Patient.read system/Observation.rs", "system/Observation.rs system/Patient.rs"),
+    ("system/*.read", "system/*.read"), ("system/Patient.*", "system/Patient.rs"), ("system/*.rs", "system/*.rs"),
+    ("system/Patient.read system/Observation.rs", "system/Observation.rs system/Patient.read"),
     ("system/*.cruds", "system/*.rs"), ("system/Patient.cruds", "system/Patient.rs"),
 ])
 def test_v1_and_v2_scopes_are_granted_as_v2_within_the_registration(server, scope, granted):

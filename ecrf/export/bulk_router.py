@@ -76,6 +76,10 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
     prefer = request.headers.get("prefer", "")
     if "respond-async" not in prefer:
         raise HTTPException(400, "a Bulk Data export needs the header Prefer: respond-async")
+    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
+    if not accepted & {FHIR_JSON, "*/*", "application/*"}:
+        raise HTTPException(400, "a Bulk Data kick-off needs the header Accept: application/fhir+json "
+                                 "(the format of its OperationOutcome; the only one supported)")
     lenient = "handling=lenient" in prefer.replace(" ", "")
     body = getattr(request.state, "json_body", None) if request.method == "POST" else None
     try:
@@ -218,6 +222,9 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     path = Path(job.directory) / file_name
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
+    if entry.get("section", "output") == "output" and not scopes.allows(actor.scopes, entry["type"], "rs"):
+        raise HTTPException(403, f"downloading {entry['type']} needs the SMART scope system/{entry['type']}.rs "
+                                 "(or system/*.rs), which this token's scopes do not grant")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and entry["type"] == "Patient":
         await run_in_threadpool(_record_identifiers, request, actor, path)

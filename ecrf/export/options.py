@@ -8,8 +8,11 @@ body (POST), checked, and kept with the job as JSON (`export_job.options`).
 - `_elements` (`element` or `Type.element`): top-level elements kept (plus `resourceType`, `id`, `meta`),
   the resource tagged SUBSETTED;
 - `patient` (Patient and Group level): only these patients' data; the references are the ids the caller sees
-  (pseudonyms in a de-identified export);
-- `includeAssociatedData`: not supported.
+  (pseudonyms in a de-identified export); an id that is no Patient of the study exports nothing and is named
+  in the manifest's `error` OperationOutcome;
+- `includeAssociatedData`: `LatestProvenanceResources` and `RelevantProvenanceResources` are accepted and
+  noted in the manifest's `error` OperationOutcome: this server keeps no Provenance resources, so there are
+  none to include; other values are not supported.
 
 Under `Prefer: handling=lenient` what cannot be honoured is left out and reported, one issue each, in an
 OperationOutcome file listed in the manifest's `error` array; otherwise it is a 400.
@@ -27,7 +30,8 @@ TYPE_FILTER = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})\?(?P<query>.+)$")
 ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]{1,63})\.)?(?P<element>[a-z][A-Za-z0-9]{0,63}(?:\[x\])?)$")
 KNOWN = ("_type", "_since", "_outputFormat", "_typeFilter", "_elements", "patient", "includeAssociatedData",
          "deidentify", "organizeOutputBy", "allowPartialManifests")
-NOT_SUPPORTED = ("includeAssociatedData", "organizeOutputBy", "allowPartialManifests")
+NOT_SUPPORTED = ("organizeOutputBy", "allowPartialManifests")
+PROVENANCE = ("LatestProvenanceResources", "RelevantProvenanceResources")
 MAX_VALUES = 1000
 
 
@@ -94,6 +98,14 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
             problem(f"kick-off parameter {name} is not supported")
         elif name in NOT_SUPPORTED:
             problem(f"{name} is not supported by this server")
+    for value in _split(params.get("includeAssociatedData", [])):
+        if value in PROVENANCE:
+            note = (f"includeAssociatedData={value}: this server keeps no Provenance resources, so none are "
+                    "associated with the exported data and none are included")
+            if note not in options.warnings:
+                options.warnings.append(note)
+        else:
+            problem(f"includeAssociatedData={value} is not supported (only {', '.join(PROVENANCE)})")
     for text in _split(params.get("_typeFilter", [])):
         matched = TYPE_FILTER.match(text)
         if matched is None:
@@ -127,15 +139,15 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
         else:
             wanted = []
             for reference in _split(params["patient"]):
-                seen_id = reference.split("/", 1)[1] if reference.startswith("Patient/") else None
-                if seen_id is None or seen_id not in patient_ids:
-                    problem(f"patient {reference!r} is not a Patient of the study (Patient/<id>)")
-                    continue
-                wanted.append(patient_ids[seen_id])
-            if wanted:
-                options.patients = sorted(set(wanted))
-            elif not lenient:
-                raise KickOffError("patient names no Patient of the study")
+                seen_id = reference.split("/", 1)[1] if reference.startswith("Patient/") else reference
+                if "/" in seen_id or not seen_id:
+                    problem(f"patient {reference!r} is not a Patient reference (Patient/<id>)")
+                elif seen_id not in patient_ids:
+                    # as an unknown id in a search: nothing about it is exported, and the manifest says so
+                    options.warnings.append(f"patient {reference!r} is not a Patient of the study; nothing exported for it")
+                else:
+                    wanted.append(patient_ids[seen_id])
+            options.patients = sorted(set(wanted))
     return options
 
 

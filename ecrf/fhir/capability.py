@@ -25,6 +25,7 @@ OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "expo
 BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 TOKEN_PATH = "/auth/token"  # ecrf/smart/router.py: SMART Backend Services, announced in rest.security
+OPERATION_NAMES = {("Group", "export"): "group-export", ("Patient", "export"): "patient-export"}
 READ_ONLY = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)/\{[^}]+\}$")
 OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(?P<name>[a-z][a-z-]*)$")
 
@@ -48,7 +49,9 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         kind, name = match["type"], match["name"]
         definition = OPERATION_DEFINITIONS.get((kind, name),
                                                f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}")
-        operations.setdefault(kind, []).append({"name": name, "definition": definition})
+        # the Bulk Data IG's CapabilityStatement names the type-level exports patient-export and group-export
+        shown = OPERATION_NAMES.get((kind, name), name)
+        operations.setdefault(kind, []).append({"name": shown, "definition": definition})
     for resource_type in sorted(kind for kind in operations if kind is not None):
         known = next((r for r in resources if r["type"] == resource_type), None)
         if known is None:

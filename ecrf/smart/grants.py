@@ -56,7 +56,15 @@ def grant(requested: str, registered: str) -> list[str]:
             if not result[name]:
                 del result[name]
     order = sorted(result, key=lambda name: (name != "*", name))
-    return [f"system/{name}.{''.join(p for p in PERMISSIONS if p in result[name])}" for name in order]
+    asked_v1 = {scope for scope in requested.split() if scope.rsplit(".", 1)[-1] in smart_scopes.V1_PERMISSIONS}
+    granted = []
+    for name in order:
+        letters = "".join(p for p in PERMISSIONS if p in result[name])
+        # asked in v1 syntax and granted exactly its meaning: answered in the same syntax (clients compare them)
+        v1 = next((f"system/{name}.{action}" for action, meaning in smart_scopes.V1_PERMISSIONS.items()
+                   if meaning == letters and f"system/{name}.{action}" in asked_v1), None)
+        granted.append(v1 or f"system/{name}.{letters}")
+    return granted
 
 
 def valid_registration(scope_text: str) -> list[str]:
