@@ -46,24 +46,34 @@ def _outcome(status: int, message: str, *, severity: str = "error", code: str = 
                     media_type=FHIR_JSON, headers=headers)
 
 
-KICK_OFF = {"summary": "Bulk Data export (Prefer: respond-async); POST takes a Parameters body",
-            "openapi_extra": {"requestBody": {"required": False, "content": {"application/fhir+json": {
-                "schema": {"type": "object", "description": "a FHIR Parameters resource"}}}}}}
+KICK_OFF_SUMMARY = "Bulk Data export (Prefer: respond-async); POST takes the parameters as a Parameters body"
+PARAMETERS_BODY = {"requestBody": {"required": False, "content": {"application/fhir+json": {
+    "schema": {"type": "object", "description": "a FHIR Parameters resource"}}}}}
 
 
-@router.api_route("/$export", methods=["GET", "POST"], **KICK_OFF)
+def _kick_off_route(path: str):
+    """GET and POST kick-off at one path (separate OpenAPI operations)."""
+    def register(function):
+        name = function.__name__
+        router.get(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_get")(function)
+        router.post(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_post", openapi_extra=PARAMETERS_BODY)(function)
+        return function
+    return register
+
+
+@_kick_off_route("/$export")
 def export_system(request: Request, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     """System level; de-identified: the study's subjects only."""
     return _kick_off(request, actor, "system", None, deidentify)
 
 
-@router.api_route("/Patient/$export", methods=["GET", "POST"], **KICK_OFF)
+@_kick_off_route("/Patient/$export")
 def export_patients(request: Request, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     """Patient level: every Patient of the study and their compartments (`patient` narrows it)."""
     return _kick_off(request, actor, "patient", request.app.state.runtime.study.id, deidentify)
 
 
-@router.api_route("/Group/{group_id}/$export", methods=["GET", "POST"], **KICK_OFF)
+@_kick_off_route("/Group/{group_id}/$export")
 def export_group(request: Request, group_id: str, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     """The study's subjects (the Group is the study id)."""
     if group_id != request.app.state.runtime.study.id:
