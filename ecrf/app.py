@@ -28,6 +28,8 @@ from ecrf.reports.router import router as reports_router
 from ecrf.subjects.router import router as subjects_router
 from ecrf.web import sessions as web_sessions
 from ecrf.web.router import router as web_router
+from ecrf.smart.router import TOKEN_PATH, admin_router as smart_clients_router, router as smart_router
+from ecrf.smart.service import SmartTokens
 
 API_PREFIX = "/api/v1"
 FHIR_PREFIX = "/fhir"
@@ -45,9 +47,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
     app.state.cookie_actor = web_sessions.cookie_actor  # browser sessions of the web door (ecrf/web)
+    runtime.verifier.smart = SmartTokens(runtime.settings, runtime.engine)  # access tokens of /auth/token
     errors.install(app)
     app.add_middleware(RequestGuard, settings=runtime.settings,
-                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}))
+                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}), form_paths=frozenset({TOKEN_PATH}))
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(public)])
     def healthz(request: Request) -> dict:
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_router, prefix=API_PREFIX)
     app.include_router(randomisation_router, prefix=API_PREFIX)
+    app.include_router(smart_clients_router, prefix=API_PREFIX)
+    app.include_router(smart_router)  # /fhir/.well-known/smart-configuration, /auth/token, /auth/jwks
     app.include_router(export_fhir_router, prefix=FHIR_PREFIX)  # before the FHIR door's catch-all /fhir/{type}/...
     app.include_router(everything_router, prefix=FHIR_PREFIX)  # Patient/{id}/$everything, before the catch-all
     app.include_router(questionnaire_router, prefix=FHIR_PREFIX)

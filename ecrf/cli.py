@@ -1,4 +1,4 @@
-"""The `ecrf` command: serve, token, demo, db upgrade, audit verify, randomisation generate|verify."""
+"""The `ecrf` command: serve, token, demo, db upgrade, audit verify, randomisation generate|verify, client."""
 import argparse
 import sys
 
@@ -33,11 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     randomisation.add_argument("action", choices=["generate", "verify"],
                                help="generate: the lists of strata that have none (never regenerates); "
                                     "verify: regenerate from the secret and compare, exit 1 on any difference")
+    from ecrf.smart import cli as client_cli
+
+    client_cli.add_parser(commands)
 
     args = parser.parse_args(argv)
     settings = Settings()
     handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit,
-               "randomisation": _randomisation}[args.command]
+               "randomisation": _randomisation,
+               "client": client_cli.run}[args.command]
     return handler(settings, args) or 0
 
 

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     jwt_audience: str = "ecrf"
     jwt_leeway_seconds: int = 30
     jwt_max_bytes: int = 8192
+    smart_key_file: Path | None = None  # JWKS of this server's ES256 signing keys; None: generated into a 0600 file
+    smart_token_minutes: int = Field(default=5, ge=1, le=60)  # lifetime of access tokens from /auth/token
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_bundle_entries: int = 10_000

@@ -8,3 +8,4 @@ import ecrf.eligibility.models  # noqa: F401
 import ecrf.queries.models  # noqa: F401
 import ecrf.randomisation.models  # noqa: F401
 import ecrf.web.models  # noqa: F401
+import ecrf.smart.models  # noqa: F401

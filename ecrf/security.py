@@ -73,8 +73,10 @@ class RequestGuard:
     no handler answered ends here: logged without its message, answered 500 with an incident id.
     """
 
-    def __init__(self, app, settings: Settings, bundle_paths: frozenset[str] = frozenset()):
+    def __init__(self, app, settings: Settings, bundle_paths: frozenset[str] = frozenset(),
+                 form_paths: frozenset[str] = frozenset()):
         self.app = app
+        self.form_paths = form_paths  # routes that read their own (form-encoded) body: the OAuth token endpoint
         self.settings = settings
         self.bundle_paths = bundle_paths  # where POSTed bodies are Bundles: large ones are read entry by entry
         self.max_body = settings.max_body_bytes
@@ -199,6 +201,8 @@ class RequestGuard:
     async def _check_body(self, scope, body: bytes) -> bytes:
         """Check the body and leave it parsed in the request state; returns what the route may still read
         (nothing, for a streamed Bundle: its bytes belong to the stream, which lets them go once read)."""
+        if scope["path"] in self.form_paths:
+            return body  # read and checked by its route (size limit and rate limit applied above)
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         media_type, _, parameters = content_type.partition(";")
         charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", parameters, re.IGNORECASE)

@@ -106,6 +106,17 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/healthz"): EVERYONE,
     ("GET", "/fhir/metadata"): EVERYONE,
     ("GET", "/openapi.json"): EVERYONE,
+    # SMART Backend Services: discovery and keys for everyone; the token endpoint authenticates by its body
+    # (a client assertion), never by a bearer token, so every caller's empty request is a 400 OAuth error
+    ("GET", "/fhir/.well-known/smart-configuration"): EVERYONE,
+    ("GET", "/auth/jwks"): EVERYONE,
+    ("POST", "/auth/token"): Expect(EVERY_ROLE, PUBLIC, ok=frozenset({400})),
+    # the registry of machine clients: the admin's
+    ("GET", "/api/v1/admin/clients"): Expect(frozenset({ADMIN}), STUDY_WIDE),
+    ("POST", "/api/v1/admin/clients"): Expect(frozenset({ADMIN}), STUDY_WIDE),
+    ("GET", "/api/v1/admin/clients/{client_id}"): Expect(frozenset({ADMIN}), STUDY_WIDE),
+    ("POST", "/api/v1/admin/clients/{client_id}/disable"): Expect(frozenset({ADMIN}), STUDY_WIDE),
+    ("POST", "/api/v1/admin/clients/{client_id}/enable"): Expect(frozenset({ADMIN}), STUDY_WIDE),
     ("GET", "/docs"): EVERYONE,
     ("GET", "/docs/oauth2-redirect"): EVERYONE,
     ("GET", "/redoc"): EVERYONE,
@@ -186,6 +197,10 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/api/v1/exports/sdtm"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/$export"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export"): Expect(EXPORT, STUDY_WIDE),
+    ("POST", "/fhir/$export"): Expect(EXPORT, STUDY_WIDE),
+    ("GET", "/fhir/Patient/$export"): Expect(EXPORT, STUDY_WIDE),
+    ("POST", "/fhir/Patient/$export"): Expect(EXPORT, STUDY_WIDE),
+    ("POST", "/fhir/Group/{group_id}/$export"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/$export-status/{job_id}"): Expect(EXPORT, OWNER, other=404),
     ("DELETE", "/fhir/$export-status/{job_id}"): Expect(EXPORT, OWNER, other=404),
     ("GET", "/fhir/$export-file/{job_id}/{file_name}"): Expect(EXPORT, OWNER, other=404),
@@ -656,6 +671,42 @@ def _kick_off(url: str, **params) -> Builder:
     return _static("GET", url, params={"_type": "Patient", **params}, headers=ASYNC)
 
 
+def _post_kick_off(url: str) -> Builder:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Patient"}]}
+    return _static("POST", url, json=body, headers={**ASYNC, **FHIR_JSON})
+
+
+CLIENT_JWKS = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "matrix", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                         "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}
+
+
+def _client_body() -> dict:
+    return {"name": f"matrix-{uuid.uuid4().hex[:8]}", "role": "ehr", "site": OWN, "scopes": "system/Observation.cs",
+            "jwks": CLIENT_JWKS}
+
+
+def _client_id(w: World) -> str:
+    if getattr(w, "smart_client", None) is None:
+        from ecrf.auth.actor import SYSTEM
+        from ecrf.smart import service
+
+        w.smart_client = service.add_client(w.server.runtime.engine, SYSTEM, w.server.runtime.study,
+                                            **_client_body()).id
+        w.writes += 1
+    return w.smart_client
+
+
+def _client_route(method: str, tail: str = "") -> Builder:
+    def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+        return Req(method, f"/api/v1/admin/clients/{_client_id(w)}{tail}")
+    return mutating(build) if method != "GET" else build
+
+
+@mutating
+def _client_add(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    return Req("POST", "/api/v1/admin/clients", json=_client_body())
+
+
 def _fhir_bundle(url: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         patient_id = w.fhir(site)["patient"]
@@ -854,6 +905,18 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/api/v1/exports/odm"): _kick_off("/api/v1/exports/odm"),
     ("GET", "/api/v1/exports/sdtm"): _kick_off("/api/v1/exports/sdtm"),
     ("GET", "/fhir/Group/{group_id}/$export"): _kick_off(f"/fhir/Group/{STUDY}/$export"),
+    ("POST", "/fhir/$export"): _post_kick_off("/fhir/$export"),
+    ("GET", "/fhir/Patient/$export"): _kick_off("/fhir/Patient/$export"),
+    ("POST", "/fhir/Patient/$export"): _post_kick_off("/fhir/Patient/$export"),
+    ("POST", "/fhir/Group/{group_id}/$export"): _post_kick_off(f"/fhir/Group/{STUDY}/$export"),
+    ("GET", "/fhir/.well-known/smart-configuration"): _static("GET", "/fhir/.well-known/smart-configuration"),
+    ("GET", "/auth/jwks"): _static("GET", "/auth/jwks"),
+    ("POST", "/auth/token"): _static("POST", "/auth/token", json={"grant_type": "client_credentials"}),
+    ("GET", "/api/v1/admin/clients"): _static("GET", "/api/v1/admin/clients"),
+    ("POST", "/api/v1/admin/clients"): _client_add,
+    ("GET", "/api/v1/admin/clients/{client_id}"): _client_route("GET"),
+    ("POST", "/api/v1/admin/clients/{client_id}/disable"): _client_route("POST", "/disable"),
+    ("POST", "/api/v1/admin/clients/{client_id}/enable"): _client_route("POST", "/enable"),
     ("GET", "/fhir/$export-status/{job_id}"): _job("GET"),
     ("DELETE", "/fhir/$export-status/{job_id}"): _job("DELETE"),
     ("GET", "/fhir/$export-file/{job_id}/{file_name}"): _job("GET", "$export-file"),

@@ -142,7 +142,8 @@ def test_kick_off_refuses_what_it_cannot_do(loaded):
     with loaded.client("sponsor") as http:
         assert http.get(f"/fhir/Group/{STUDY}/$export").status_code == 400  # no Prefer: respond-async
         for params in ({"_type": "Practitioner"}, {"_type": "not a type"}, {"_since": "yesterday"},
-                       {"_outputFormat": "text/csv"}, {"_typeFilter": "Observation?code=1"}):
+                       {"_outputFormat": "text/csv"}, {"includeAssociatedData": "_customSet"},
+                       {"_typeFilter": "Observation?nonsense=1"}):
             response = http.get(f"/fhir/Group/{STUDY}/$export", params=params, headers=ASYNC)
             assert response.status_code == 400, params
             assert response.json()["resourceType"] == "OperationOutcome"

@@ -38,6 +38,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "randomisation.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # own allocation
     "randomisation.lists": frozenset({"randomisation_manager"}),
     "randomisation.note": frozenset({"data_manager"}),  # a mis-randomisation is a note; the allocation stays
+    "client.manage": frozenset({"admin"}),
 }
 PUBLIC = "public"
 

@@ -139,6 +139,7 @@ class TokenVerifier:
         self.uses_hmac = families == {"hmac"}
         self.hmac_secret = dev_secret(settings) if self.uses_hmac else None
         self.jwks = self._load_jwks(settings.jwks_file) if not self.uses_hmac else {}
+        self.smart = None  # this server's own access tokens (ecrf/smart), set by the app: checked by their kid
 
     @staticmethod
     def _load_jwks(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -155,6 +156,8 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except JWTError as error:
             raise TokenError("token is malformed") from error
+        if self.smart is not None and self.smart.owns(header):
+            return self.smart.verify(token, header, TokenError)
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             raise TokenError(f"token algorithm {algorithm!r} is not accepted")

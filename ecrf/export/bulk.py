@@ -16,7 +16,8 @@ from ecrf.db import reading
 from ecrf.export import jobs
 from ecrf.export.deidentify import Deidentifier, Undeidentifiable, load_profile, parse_date, study_secret
 from ecrf.export.models import ExportJob
-from ecrf.export.source import Row, Scope, batches
+from ecrf.export import options as export_options
+from ecrf.export.source import Row, Scope, batches, deletions
 from ecrf.export.vocabulary import Vocabulary, of_study
 from ecrf.runtime import Runtime
 from ecrf.store.models import ItemFact
@@ -64,6 +65,9 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
     exported = sum(entry["count"] for entry in done)
     # resources that could not be exported: one OperationOutcome each, in the manifest's `error` file
     problems = Problems(directory / ERROR_FILE, **(cursor.get("errors") or {}))
+    options = json.loads(job.options) if job.options else {}
+    patients = frozenset(options["patients"]) if options.get("patients") is not None else None
+    elements = options.get("elements") or []
 
     def save(current: dict[str, Any] | None) -> None:
         if stopping.is_set():
@@ -76,8 +80,11 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
     for resource_type in json.loads(job.types):
         if any(entry["type"] == resource_type for entry in done):
             continue
+        type_filters = export_options.filters(resource_type, (options.get("type_filters") or {}).get(resource_type, []),
+                                              settings)
         scope = Scope(resource_type, until=job.transaction_time, since=job.since,
-                      sites=None if sites is None else tuple(sorted(sites)), study_id=job.group_id)
+                      sites=None if sites is None else tuple(sorted(sites)), study_id=job.group_id,
+                      filters=tuple(type_filters), patients=patients)
         path = directory / file_name(resource_type)
         after, count, handle = None, 0, None
         current = cursor.get("current")
@@ -88,7 +95,7 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
             handle.seek(current["bytes"])
         with handle or path.open("wb") as out:
             for after, rows in batches(runtime.engine, scope, after, settings.export_batch_size):
-                lines = _lines(runtime, resource_type, rows, deid, job.transaction_time.date(), problems)
+                lines = _lines(runtime, resource_type, rows, deid, job.transaction_time.date(), problems, elements)
                 out.write(b"".join(lines))
                 out.flush()
                 count += len(lines)
@@ -109,6 +116,10 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
     problems.close()
     if problems.count:
         output.append({"type": "OperationOutcome", "file": ERROR_FILE, "count": problems.count, "error": True})
+    if job.since is not None:
+        output += _write_deletions(runtime, job, directory, sites, patients, deid)
+    if options.get("warnings"):
+        output.append(_write_warnings(directory, options["warnings"]))
     if not jobs.complete(runtime.engine, job, worker_id, output, exported):
         raise Stopped
 
@@ -152,10 +163,46 @@ class Problems:
             self._handle = None
 
 
+DELETED_FILE = "deleted.ndjson"
+WARNINGS_FILE = "OperationOutcome.warnings.ndjson"  # beside ERROR_FILE, in the same `error` array
+DELETED_PER_BUNDLE = 1000
+
+
+def _write_deletions(runtime: Runtime, job: ExportJob, directory: Path, sites, patients,
+                     deid: Deidentifier | None) -> list[dict[str, Any]]:
+    """Per the Bulk Data IG: NDJSON of transaction Bundles, one DELETE entry per resource deleted since `_since`."""
+    bundles = []
+    for resource_type in json.loads(job.types):
+        scope = Scope(resource_type, until=job.transaction_time, since=job.since,
+                      sites=None if sites is None else tuple(sorted(sites)), study_id=job.group_id, patients=patients)
+        ids = [resource_id if deid is None or resource_type in deid.keep_ids else deid.pseudonym(resource_id)
+               for resource_id, _ in deletions(runtime.engine, scope)]
+        for start in range(0, len(ids), DELETED_PER_BUNDLE):
+            bundles.append({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}}
+                for resource_id in ids[start:start + DELETED_PER_BUNDLE]]})
+    if not bundles:
+        return []
+    (directory / DELETED_FILE).write_bytes(b"".join(orjson.dumps(bundle) + b"\n" for bundle in bundles))
+    return [{"type": "Bundle", "file": DELETED_FILE, "count": len(bundles), "section": "deleted"}]
+
+
+def _write_warnings(directory: Path, warnings: list[str]) -> dict[str, Any]:
+    """What lenient handling left out, as one OperationOutcome for the manifest's `error` array."""
+    outcome = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "not-supported", "diagnostics": message} for message in warnings]}
+    (directory / WARNINGS_FILE).write_bytes(orjson.dumps(outcome) + b"\n")
+    return {"type": "OperationOutcome", "file": WARNINGS_FILE, "count": 1, "section": "error"}
+
+
 def _lines(runtime: Runtime, resource_type: str, rows: list[Row], deid: Deidentifier | None,
-           snapshot: date, problems: Problems) -> list[bytes]:
-    """One NDJSON line per row. A row that cannot be exported is reported in `problems` (named by its
-    pseudonym in a de-identified export) and left out: one record never stops an export for everyone."""
+           snapshot: date, problems: Problems, elements: list[str] | None = None) -> list[bytes]:
+    """One NDJSON line per row (only the `_elements` asked for, when asked). A row that cannot be exported is
+    reported in `problems` (named by its pseudonym in a de-identified export) and left out: one record never
+    stops an export for everyone."""
+    if elements:
+        return [orjson.dumps(export_options.apply_elements(orjson.loads(line), elements)) + b"\n"
+                for line in _lines(runtime, resource_type, rows, deid, snapshot, problems)]
     if deid is None:
         return [row.content.encode() + b"\n" for row in rows]
     anchors = _age_anchors(runtime, deid, rows, snapshot) if resource_type == "Patient" else {}

@@ -18,6 +18,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.db import reading, transaction
 from ecrf.errors import issue, operation_outcome
 from ecrf.export import jobs
+from ecrf.export import options as export_options
 from ecrf.export.access import deidentify_for, may_read_job
 from ecrf.export.bulk import deidentifier, discard
 from ecrf.export.models import ExportJob
@@ -33,7 +34,6 @@ EXPORT = Depends(requires("export.deidentified"))
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData")
 MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
                ".xpt": "application/octet-stream", ".zip": "application/zip"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
@@ -49,30 +49,61 @@ def _outcome(status: int, message: str, *, severity: str = "error", code: str = 
                     media_type=FHIR_JSON, headers=headers)
 
 
-@router.get("/$export", summary="Bulk Data export (Prefer: respond-async); de-identified: the study's subjects only")
-def export_system(request: Request, _type: str | None = None, _since: str | None = None,
-                  _outputFormat: str | None = None, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
-    return _kick_off(request, actor, None, _type, _since, _outputFormat, deidentify)
+KICK_OFF_SUMMARY = "Bulk Data export (Prefer: respond-async); POST takes the parameters as a Parameters body"
+PARAMETERS_BODY = {"requestBody": {"required": False, "content": {"application/fhir+json": {
+    "schema": {"type": "object", "description": "a FHIR Parameters resource"}}}}}
 
 
-@router.get("/Group/{group_id}/$export", summary="Bulk Data export of the study's subjects (the Group is the study id)")
-def export_group(request: Request, group_id: str, _type: str | None = None, _since: str | None = None,
-                 _outputFormat: str | None = None, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+def _kick_off_route(path: str):
+    """GET and POST kick-off at one path (separate OpenAPI operations)."""
+    def register(function):
+        name = function.__name__
+        router.get(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_get")(function)
+        router.post(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_post", openapi_extra=PARAMETERS_BODY)(function)
+        return function
+    return register
+
+
+@_kick_off_route("/$export")
+def export_system(request: Request, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+    """System level; de-identified: the study's subjects only."""
+    return _kick_off(request, actor, "system", None, deidentify)
+
+
+@_kick_off_route("/Patient/$export")
+def export_patients(request: Request, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+    """Patient level: every Patient of the study and their compartments (`patient` narrows it)."""
+    return _kick_off(request, actor, "patient", request.app.state.runtime.study.id, deidentify)
+
+
+@_kick_off_route("/Group/{group_id}/$export")
+def export_group(request: Request, group_id: str, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
+    """The study's subjects (the Group is the study id)."""
     if group_id != request.app.state.runtime.study.id:
         raise HTTPException(404, f"Group/{group_id} is not known; the study's subjects are Group/{request.app.state.runtime.study.id}")
-    return _kick_off(request, actor, group_id, _type, _since, _outputFormat, deidentify)
+    return _kick_off(request, actor, "group", group_id, deidentify)
 
 
-def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: str | None, since_param: str | None,
-              output_format: str | None, deidentify: bool) -> Response:
+def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, deidentify: bool) -> Response:
     runtime = request.app.state.runtime
-    if "respond-async" not in request.headers.get("prefer", ""):
+    prefer = request.headers.get("prefer", "")
+    if "respond-async" not in prefer:
         raise HTTPException(400, "a Bulk Data export needs the header Prefer: respond-async")
+    accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
+    if not accepted & {FHIR_JSON, "*/*", "application/*"}:
+        raise HTTPException(400, "a Bulk Data kick-off needs the header Accept: application/fhir+json "
+                                 "(the format of its OperationOutcome; the only one supported)")
+    lenient = "handling=lenient" in prefer.replace(" ", "")
+    body = getattr(request.state, "json_body", None) if request.method == "POST" else None
+    try:
+        params = export_options.parameters(request.url.query, body)
+        type_param = export_options.single(params, "_type")
+        since_param = export_options.single(params, "_since")
+        output_format = export_options.single(params, "_outputFormat")
+    except export_options.KickOffError as error:
+        raise HTTPException(400, str(error)) from error
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(400, f"_outputFormat {output_format} is not supported; use {NDJSON}")
-    unsupported = [name for name in UNSUPPORTED if name in request.query_params]
-    if unsupported:
-        raise HTTPException(400, f"not supported: {', '.join(unsupported)}")
     deidentified = deidentify_for(actor, deidentify)
     profile = deidentifier(runtime).profile if deidentified else None
     if deidentified:
@@ -82,6 +113,8 @@ def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: 
         since = parse_moment(since_param)
         if since is None or len(since_param) < 10:
             raise HTTPException(400, f"_since {since_param!r} is not a FHIR instant")
+        if since > jobs.now():
+            raise HTTPException(400, f"_since {since_param} is in the future")
     allowed = profile.resource_types if profile else None
     if type_param:
         types = sorted({name.strip() for name in type_param.split(",") if name.strip()})
@@ -93,15 +126,34 @@ def _kick_off(request: Request, actor: Actor, group_id: str | None, type_param: 
     else:
         types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
     types = _within_scopes(actor, types, explicit=bool(type_param))
+    patient_ids = _study_patient_ids(runtime, deidentified) if params.get("patient") else {}
+    try:
+        options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
+                                      patient_ids=patient_ids, settings=runtime.settings)
+    except export_options.KickOffError as error:
+        raise HTTPException(400, f"{error} (Prefer: handling=lenient leaves out what cannot be honoured)") from error
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
-                      types=types, since=since)
+                      types=types, since=since, options=options.as_json())
     worker = getattr(request.app.state, "export_worker", None)
     if worker is not None:
         worker.wake()
     location = f"{_base(request)}/$export-status/{job.id}"
     return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
                     headers={"Content-Location": location})
+
+
+def _study_patient_ids(runtime, deidentified: bool) -> dict[str, str]:
+    """The study's Patients by the id the caller sees (a pseudonym when de-identified) -> stored id."""
+    from ecrf.db import reading
+    from ecrf.export.source import study_patients
+
+    with reading(runtime.engine) as session:
+        stored = [pid for pid in session.connection().execute(study_patients(runtime.study.id)).scalars() if pid]
+    if not deidentified:
+        return {pid: pid for pid in stored}
+    deid = deidentifier(runtime)
+    return {deid.pseudonym(pid): pid for pid in stored}
 
 
 def _within_scopes(actor: Actor, types: list[str], *, explicit: bool) -> list[str]:
@@ -138,10 +190,9 @@ def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     base = _base(request)
-    files = json.loads(job.output or "[]")
-    output, errors = [], []  # errors: resources that could not be exported, one OperationOutcome each
-    for entry in files:
-        (errors if entry.get("error") else output).append(
+    sections: dict[str, list[dict[str, Any]]] = {"output": [], "deleted": [], "error": []}
+    for entry in json.loads(job.output or "[]"):  # error: resources not exported, lenient kick-off notes
+        sections[jobs.section_of(entry)].append(
             {"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
              "url": f"{base}/$export-file/{job.id}/{entry['file']}",
              **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}})
@@ -156,8 +207,9 @@ def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
         "transactionTime": instant(job.transaction_time),
         "request": job.request_url,
         "requiresAccessToken": True,
-        "output": output,
-        "error": errors,
+        "output": sections["output"],
+        "deleted": sections["deleted"],
+        "error": sections["error"],
         "extension": {"deidentification": profile, "deidentified": job.deidentified},
     }
 
@@ -185,6 +237,9 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     path = Path(job.directory) / file_name
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
+    if entry.get("section", "output") == "output" and not scopes.allows(actor.scopes, entry["type"], "rs"):
+        raise HTTPException(403, f"downloading {entry['type']} needs the SMART scope system/{entry['type']}.rs "
+                                 "(or system/*.rs), which this token's scopes do not grant")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
         await run_in_threadpool(_record_identifiers, request, actor, path)

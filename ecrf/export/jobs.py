@@ -26,9 +26,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def section_of(entry: dict[str, Any]) -> str:
+    """Where a file of a job's output goes in the manifest: output, deleted or error (resources that could not
+    be exported, and the notes of a lenient kick-off, as OperationOutcome files)."""
+    return "error" if entry.get("error") else entry.get("section", "output")
+
+
 def create(engine: Engine, actor: Actor, *, directory: Path, deidentified: bool, profile: str | None,
            request_url: str, group_id: str | None, types: list[str], since: datetime | None, kind: str = "bulk",
-           params: dict[str, Any] | None = None) -> ExportJob:
+           params: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> ExportJob:
     job_id = uuid.uuid4().hex
     moment = now()
     job = ExportJob(
@@ -37,6 +43,7 @@ def create(engine: Engine, actor: Actor, *, directory: Path, deidentified: bool,
         deidentified=deidentified, profile=profile, request_url=request_url, group_id=group_id,
         types=json.dumps(types), since=since, transaction_time=moment, directory=str(directory / job_id),
         created_at=moment, kind=kind, params=None if params is None else json.dumps(params, sort_keys=True),
+        options=json.dumps(options) if options else None,
     )
     with transaction(engine) as session:
         session.add(job)
@@ -107,9 +114,10 @@ def complete(engine: Engine, job: ExportJob, worker_id: str, output: list[dict[s
             return False
         summary = {"kind": job.kind or "bulk", **(json.loads(job.params) if job.params else {}), "request": job.request_url, "deidentified": job.deidentified,
                    "profile": job.profile, "since": job.since.isoformat() if job.since else None,
-                   "counts": {entry["type"]: entry.get("count", 0) for entry in output if not entry.get("error")},
-                   "total": exported,
-                   "not_exported": sum(entry.get("count", 0) for entry in output if entry.get("error"))}
+                   "counts": {entry["type"]: entry.get("count", 0) for entry in output if section_of(entry) == "output"},
+                   "deleted": sum(entry.get("count", 0) for entry in output if section_of(entry) == "deleted"),
+                   "not_exported": sum(entry.get("count", 0) for entry in output if section_of(entry) == "error"),
+                   "options": json.loads(job.options) if job.options else None, "total": exported}
         audit.append(session, owner(job), "export", source="export",
                      resource=f"Group/{job.group_id}" if job.group_id else "system", reason=job.profile,
                      new_value=json.dumps(summary, sort_keys=True))

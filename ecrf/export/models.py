@@ -36,3 +36,4 @@ class ExportJob(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     kind: str = Field(default="bulk", max_length=16)  # bulk (FHIR NDJSON), odm, sdtm: which runner runs it
     params: str | None = Field(default=None, sa_column=Column(Text))  # JSON: the runner's own parameters
+    options: str | None = Field(default=None, sa_column=Column(Text))  # JSON: _typeFilter, _elements, patient, warnings

@@ -2,6 +2,7 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
@@ -27,6 +28,8 @@ class Scope:
     since: datetime | None = None
     sites: tuple[str, ...] | None = None
     study_id: str | None = None
+    filters: tuple[Any, ...] = ()  # _typeFilter: SQL conditions on resource_head
+    patients: frozenset[str] | None = None  # the `patient` parameter: only these patients' resources
 
 
 def study_patients(study_id: str) -> Select:
@@ -53,6 +56,8 @@ def _heads(scope: Scope, after: str | None, limit: int) -> Select:
         statement = statement.where(head.last_updated > scope.since)
     if scope.sites is not None:
         statement = statement.where(head.site.in_(scope.sites))
+    if scope.filters:
+        statement = statement.where(*scope.filters)
     return statement
 
 
@@ -91,6 +96,8 @@ def batches(engine: Engine, scope: Scope, after: str | None = None, size: int = 
         for resource_id, patient_id, last_updated, content in heads:
             if members is not None and patient_id not in members:
                 continue
+            if scope.patients is not None and patient_id not in scope.patients:
+                continue
             if resource_id in earlier:
                 version = earlier[resource_id]
                 if version is None or (scope.since is not None and _aware(version[1]) <= scope.since):
@@ -110,3 +117,22 @@ def _aware(moment: datetime) -> datetime:
 def resource_types(engine: Engine) -> list[str]:
     with reading(engine) as session:
         return sorted(session.connection().execute(select(ResourceHead.__table__.c.resource_type).distinct()).scalars())
+
+
+def deletions(engine: Engine, scope: Scope) -> list[tuple[str, str | None]]:
+    """(resource id, patient id) of the resources of `scope` deleted after `since` and by `until`: what a
+    `_since` export lists in the manifest's `deleted` array."""
+    head = ResourceHead.__table__.c
+    statement = (select(head.resource_id, head.patient_id)
+                 .where(head.resource_type == scope.resource_type, head.deleted == True,  # noqa: E712
+                        head.last_updated > scope.since, head.last_updated <= scope.until)
+                 .order_by(head.resource_id))
+    if scope.sites is not None:
+        statement = statement.where(head.site.in_(scope.sites))
+    with reading(engine) as session:
+        connection = session.connection()
+        rows = connection.execute(statement).all()
+        members = set(connection.execute(study_patients(scope.study_id)).scalars()) if scope.study_id else None
+    return [(resource_id, patient_id) for resource_id, patient_id in rows
+            if (members is None or patient_id in members or scope.resource_type == "Patient" and resource_id in members)
+            and (scope.patients is None or patient_id in scope.patients)]

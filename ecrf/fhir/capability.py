@@ -29,6 +29,10 @@ BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
                          ("Patient", "export"): BULK_DATA + "patient-export"}
 LOCAL_OPERATIONS = {("ResearchSubject", "randomize")}  # defined here: OperationDefinition/<Type>-<name>
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+TOKEN_PATH = "/auth/token"  # ecrf/smart/router.py: SMART Backend Services, announced in rest.security
+OPERATION_NAMES = {("Group", "export"): "group-export", ("Patient", "export"): "patient-export"}
 READ_ONLY = re.compile(r"^/fhir/(?P<type>[A-Z][A-Za-z]+)/\{[^}]+\}$")
 OPERATION = re.compile(r"^/fhir/(?:(?P<type>[A-Z][A-Za-z]+)/(?:\{[^}]+\}/)?)?\$(?P<name>[a-z][a-z-]*)$")
 
@@ -56,7 +60,9 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
                                                f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}")
         if (kind, name) in LOCAL_OPERATIONS:
             definition = f"{base_url}/OperationDefinition/{kind}-{name}"
-        operations.setdefault(kind, []).append({"name": name, "definition": definition})
+        # the Bulk Data IG's CapabilityStatement names the type-level exports patient-export and group-export
+        shown = OPERATION_NAMES.get((kind, name), name)
+        operations.setdefault(kind, []).append({"name": shown, "definition": definition})
     for resource_type in sorted(kind for kind in operations if kind is not None):
         known = next((r for r in resources if r["type"] == resource_type), None)
         if known is None:
@@ -70,11 +76,14 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         "kind": "instance",
         "software": {"name": "ecrf", "version": "0.1.0"},
         "implementation": {"description": f"eCRF backend FHIR door for {study.id}", "url": base_url},
+        "instantiates": [BULK_DATA_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
             "security": {
+                "extension": [{"url": OAUTH_URIS, "extension": [
+                    {"url": "token", "valueUri": base_url.rsplit("/fhir", 1)[0] + TOKEN_PATH}]}],
                 "cors": False,
                 "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
                             {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],
