@@ -37,7 +37,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "randomisation.allocate": frozenset({"investigator", "coordinator"}),
     "randomisation.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # own allocation
     "randomisation.lists": frozenset({"randomisation_manager"}),
-    "randomisation.note": frozenset({"data_manager"}),  # a mis-randomisation is a note; the allocation stays
+    "randomisation.note": frozenset({"data_manager"}),
+    # serious adverse events (CRF-SPEC 7.2): the investigator reports; the site and the monitors follow the clock
+    "sae.report": frozenset({"investigator"}),
+    "safety.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # a mis-randomisation is a note; the allocation stays
 }
 PUBLIC = "public"
 
