@@ -20,6 +20,7 @@ from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
 from ecrf.crf.router import router as crf_router
 from ecrf.crf.entries_router import router as entries_router
+from ecrf.safety.router import router as safety_router
 from ecrf.eligibility.router import router as eligibility_router
 from ecrf.queries.router import router as queries_router
 from ecrf.randomisation.fhir_router import router as randomisation_fhir_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(subjects_router, prefix=API_PREFIX)
     app.include_router(entries_router, prefix=API_PREFIX)  # before crf_router, whose {visit_id} matches 'entries'
     app.include_router(crf_router, prefix=API_PREFIX)
+    app.include_router(safety_router, prefix=API_PREFIX)
     app.include_router(eligibility_router, prefix=API_PREFIX)
     app.include_router(queries_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)

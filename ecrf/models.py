@@ -7,5 +7,6 @@ import ecrf.export.models  # noqa: F401
 import ecrf.eligibility.models  # noqa: F401
 import ecrf.queries.models  # noqa: F401
 import ecrf.randomisation.models  # noqa: F401
+import ecrf.safety.models  # noqa: F401
 import ecrf.web.models  # noqa: F401
 import ecrf.smart.models  # noqa: F401

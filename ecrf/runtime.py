@@ -1,5 +1,7 @@
 """What a running service holds: settings, database engine, the loaded study and its hooks."""
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -21,12 +23,15 @@ class Runtime:
     derived_hooks: list[Any] = field(default_factory=list)
     write_guards: list[Any] = field(default_factory=list)
     randomisation: Any = None  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
+    safety: Any = None  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the SAE clock's time (tests set it)
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
         from ecrf.crf.guard import lifecycle_guard
         from ecrf.eligibility.service import recompute
         from ecrf.randomisation.scheme import load_scheme
+        from ecrf.safety.scheme import load_safety
         from ecrf.study import load_study
 
         study = load_study(settings.study_dir)
@@ -39,7 +44,11 @@ class Runtime:
             derived_hooks=[recompute],
             write_guards=[lifecycle_guard(study)],
             randomisation=load_scheme(settings.study_dir, study),
+            safety=load_safety(settings.study_dir, study),
         )
+
+    def now(self) -> datetime:
+        return self.clock()
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:
         """The randomisation gate of the eCRF door (a method, so a test may shadow it on the instance)."""

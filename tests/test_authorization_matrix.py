@@ -97,6 +97,8 @@ ENTRIES_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/entries"  # a log form's (and 
 VISIT_ENTRIES_ROUTE = FORM_ROUTE + "/entries"  # a repeating form's entries at one visit
 LOG_FORM = "adverse_event"  # a log form: entries tied to no visit
 REPEATING_FORM = "afp"  # a repeating form: entries at a visit
+SERIOUS_AE = {"ctcae_term": "pneumonitis", "onset_date": VALID["labs"][1], "grade": 3, "serious": True,
+              "seriousness_criteria": ["hospitalisation"], "outcome": "recovering"}
 AE_ENTRY = {"ctcae_term": "rash", "onset_date": VALID["labs"][1], "grade": 2, "serious": False, "outcome": "recovering"}
 FHIR_TYPE = "/fhir/{resource_type:fhir_type}"
 FHIR_OTHER_TYPE = "/fhir/{resource_type:fhir_other_type}"
@@ -156,6 +158,9 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", ENTRIES_ROUTE + "/{entry_id}"): Expect(CLINICAL_READ, SITE, other=404),
     ("PUT", ENTRIES_ROUTE + "/{entry_id}"): Expect(DATA_ENTRY, SITE, other=404),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/withdraw"): Expect(DATA_ENTRY, SITE, other=404),
+    # serious adverse events: the investigator reports; the site and the monitors follow the open SAEs
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/sae-report"): Expect(frozenset({INVESTIGATOR}), SITE, other=404),
+    ("GET", "/api/v1/safety/sae"): Expect(CLINICAL_READ, LIST),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/verify"): Expect(frozenset({MONITOR}), SITE, other=404),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/sign"): Expect(frozenset({INVESTIGATOR}), SITE, other=404),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/lock"): Expect(frozenset({DATA_MANAGER}), SITE, other=404),
@@ -412,6 +417,18 @@ class World:
             return url
         return self.once(("form", state, site), fresh, make)
 
+    def sae(self, site: str, fresh: bool = False) -> tuple[str, str]:
+        """(subject id, entry id) of a serious adverse event of a new subject of the site (its clock running)."""
+        if site == MISSING:
+            return self.missing_id, self.missing_hex[:16]
+
+        def make() -> tuple[str, str]:
+            subject_id = self.subject(site, fresh=True)
+            created = _expect(self.seed[COORDINATOR, site].post(_entries_url(subject_id), json={"items": SERIOUS_AE}),
+                              201).json()
+            return subject_id, created["id"]
+        return self.once(("sae", site), fresh, make)
+
     def entry(self, state: str, site: str, fresh: bool = False, visit: bool = False) -> tuple[str, str]:
         """(subject id, entry id) of an entry of a new subject: of the log form, or (visit) of the repeating
         form at its first visit; complete, verified, signed or locked."""
@@ -580,6 +597,13 @@ def _entry_step(step: str, state: str, body: dict[str, Any] | None = None) -> Bu
         subject_id, entry_id = w.entry(state, site, fresh)
         return Req("POST", f"{_entries_url(subject_id, entry_id)}/{step}", json=body, ids=(subject_id, entry_id))
     return mutating(build)
+
+
+@mutating
+def _sae_report(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    subject_id, entry_id = w.sae(site, fresh)
+    return Req("POST", f"{_entries_url(subject_id, entry_id)}/sae-report", json={"reference": "CIOMS-matrix"},
+               ids=(subject_id, entry_id))
 
 
 def _subject_get(suffix: str) -> Builder:
@@ -869,6 +893,8 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", ENTRIES_ROUTE + "/{entry_id}"): _entry_read(visit=False),
     ("PUT", ENTRIES_ROUTE + "/{entry_id}"): _entry_save(visit=False),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/withdraw"): _entry_step("withdraw", "complete", {"reason": "wrong subject"}),
+    ("POST", ENTRIES_ROUTE + "/{entry_id}/sae-report"): _sae_report,
+    ("GET", "/api/v1/safety/sae"): _listing("/api/v1/safety/sae", lambda w, site: w.sae(site)[1]),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/verify"): _entry_step("verify", "complete"),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/sign"): _entry_step("sign", "verified", {"meaning": "I approve this entry"}),
     ("POST", ENTRIES_ROUTE + "/{entry_id}/lock"): _entry_step("lock", "signed"),

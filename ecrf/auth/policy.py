@@ -38,7 +38,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "randomisation.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),  # own allocation
     "randomisation.lists": frozenset({"randomisation_manager"}),
     "randomisation.note": frozenset({"data_manager"}),  # a mis-randomisation is a note; the allocation stays
-    "client.manage": frozenset({"admin"}),
+    # serious adverse events (CRF-SPEC 7.2): the investigator reports; the site and the monitors follow the clock
+    "sae.report": frozenset({"investigator"}),
+    "safety.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    "client.manage": frozenset({"admin"}),  # machine clients of SMART Backend Services (ecrf/smart)
 }
 PUBLIC = "public"
 

@@ -23,6 +23,7 @@ from ecrf.crf.values import form_values, owned_resources
 from ecrf.queries.counts import unresolved_of_form
 from ecrf.responses import dumps
 from ecrf.runtime import Runtime
+from ecrf.safety import service as safety
 from ecrf.store.errors import Conflict, NotFound, VersionConflict
 from ecrf.store.models import ResourceHead
 from ecrf.store.service import ClinicalStore, WriteContext
@@ -424,6 +425,8 @@ def save_target(runtime: Runtime, store: ClinicalStore, target: Target, instance
         _audit_form(store, target, instance, "form.visit_date", old_date.isoformat(), the_date.isoformat(), reason)
     if deviation and deviation != old_deviation:
         _audit_form(store, target, instance, "form.deviation", old_deviation, deviation, reason)
+    if runtime.safety is not None:  # a serious adverse event starts its reporting clock in this transaction
+        safety.after_entry_save(runtime.safety, store, instance, entry.canonical, runtime.now())
     view = describe(store, study, target, instance)
     view["warnings"] = [finding.as_dict() for finding in entry.warnings + date_warnings]
     return SaveResult(view, created, entry.warnings + date_warnings)

@@ -5,6 +5,7 @@ from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.db import snapshot
 from ecrf.reports import service
+from ecrf.safety import service as safety
 from ecrf.reports.schemas import EnrolmentReport
 
 router = APIRouter(tags=["reports"])
@@ -17,5 +18,8 @@ def enrolment(request: Request, actor: Actor = Depends(requires("report.aggregat
     done. Callers who may not read subjects (sponsors) get counts below ECRF_REPORT_MIN_CELL hidden."""
     runtime = request.app.state.runtime
     with snapshot(runtime.engine) as session:
+        sae = None if runtime.safety is None else (
+            safety.STATUSES, safety.count_rows(session, runtime.safety, actor.sites, runtime.now()))
         return service.enrolment(session, runtime.study, actor, runtime.settings.report_min_cell,
-                                 runtime.randomisation.strata if runtime.randomisation is not None else ())
+                                 runtime.randomisation.strata if runtime.randomisation is not None else (),
+                                 sae)

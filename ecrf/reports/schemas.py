@@ -26,6 +26,8 @@ class ScopeCounts(BaseModel):
     randomised: Randomised
     forms: list[FormCounts] = Field(description="per form and visit of the study (the CTC timepoints are the "
                                                 "`ctc` form's visits)")
+    sae: Counts | None = Field(default=None, description="serious adverse events per reporting status (due, "
+                               "overdue, reported, not_serious, withdrawn): counts, never details; null: no SAE clock")
     suppressed: bool = Field(description="true when a count of this scope is hidden")
 
 

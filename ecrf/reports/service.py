@@ -76,8 +76,9 @@ def queries(study: StudyDef, sites: frozenset[str] | None) -> dict[str, Any]:
 
 
 def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
-              strata: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`strata`: the randomisation scheme's strata (every one a column, allocated or not)."""
+              strata: tuple[str, ...] = (), sae: tuple[tuple[str, ...], list[tuple]] | None = None) -> dict[str, Any]:
+    """`strata`: the randomisation scheme's strata (every one a column, allocated or not); `sae`: (the SAE
+    statuses, rows (site, status, count)) when the study has an SAE clock."""
     protect = min_cell if min_cell > 1 and not can(actor, "subject.read") else None
     rows = {name: session.exec(query).all() if query is not None else []
             for name, query in queries(study, actor.sites).items()}
@@ -96,7 +97,11 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
     for site, form_id, visit_id, status, n in rows["forms"]:
         forms.setdefault((form_id, visit_id), Table(list(FORM_STATUSES))).add([(site, status, n)])
 
-    tables = [statuses, eligibility, arms, by_stratum, *forms.values()]
+    saes = None
+    if sae is not None:
+        saes = Table(list(sae[0]))
+        saes.add(sae[1])
+    tables = [statuses, eligibility, arms, by_stratum, *forms.values(), *([saes] if saes else [])]
     sites = _site_rows(study, actor, {site for table in tables for site, _ in table.counts})
     for table in tables:
         table.complete(sites, protect)
@@ -115,6 +120,7 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
             "randomised": {"total": _sum_or_none(by_arm.values()), "by_arm": by_arm,
                            "by_stratum": _strata_view(by_stratum.row(site))},
             "forms": form_views,
+            "sae": saes.row(site) if saes else None,
         }
         view["suppressed"] = any((site, column) in table.hidden for table in tables for column in table.columns)
         return view

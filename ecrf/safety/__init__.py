@@ -1,0 +1,1 @@
+"""Safety: the serious adverse event reporting clock (CRF-SPEC 7.2)."""
