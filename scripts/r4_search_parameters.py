@@ -19,7 +19,7 @@ OUTPUT = Path(__file__).resolve().parents[1] / "fhir_mappings" / "data" / "r4_se
 # Types a study may keep (issue 12): what the FHIR door searches or may come to
 TYPES = ("Patient", "ResearchSubject", "ResearchStudy", "Observation", "Condition", "Procedure", "Immunization",
          "MedicationStatement", "MedicationAdministration", "MedicationRequest", "AdverseEvent", "Specimen",
-         "DiagnosticReport", "Encounter")
+         "DiagnosticReport", "Encounter", "Medication")
 
 
 def compact(bundle: dict, package: str) -> dict:

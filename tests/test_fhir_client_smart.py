@@ -25,6 +25,12 @@ def test_fhirclient_reads_the_capability_statement_with_strict_models(server):
     kinds = {resource.type: resource for resource in statement.rest[0].resource}
     assert {"patch", "history-type"} <= {i.code for i in kinds["Observation"].interaction}
     assert "subject" in {param.name for param in kinds["Observation"].searchParam}
+    # the CapabilityStatement's oauth-uris extension (SMART, issue 13): fhirclient finds the token endpoint and
+    # is ready once it holds an access token, as after a SMART authorisation
+    auth = smart.server.auth
+    assert auth is not None and auth._token_uri == f"{server.base_url}/auth/token"
+    assert not smart.ready
+    auth.access_token = server.token("ehr", "S01")
     assert smart.ready
 
 

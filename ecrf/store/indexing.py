@@ -93,10 +93,11 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "code": ("token", ("medicationCodeableConcept",)),
         "authoredon": ("date", ("authoredOn",)),
     },
-    "AdverseEvent": {
-        "identifier": ("token", ("identifier",)),
+    "AdverseEvent": {  # R4 AdverseEvent has no `identifier` search parameter
         "subject": ("reference", ("subject",)),
         "event": ("token", ("event",)),
+        "seriousness": ("token", ("seriousness",)),
+        "severity": ("token", ("severity",)),
         "date": ("date", ("date",)),
     },
     "DiagnosticReport": {
