@@ -48,7 +48,14 @@ HEADERS = {
     429: {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
     503: {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
 }
+OAUTH_ERROR = "OAuthError"
+OAUTH_PREFIX = "/auth/"  # the SMART authorization server (ecrf/smart): RFC 6749 errors
 SCHEMAS = {
+    OAUTH_ERROR: {
+        "type": "object", "title": OAUTH_ERROR, "required": ["error"],
+        "description": "An OAuth 2.0 error of the token endpoint (RFC 6749 section 5.2).",
+        "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+    },
     API_ERROR: {
         "type": "object", "title": API_ERROR, "required": ["detail"],
         "description": "An /api/v1 error: what went wrong, and every failing item with its rule.",
@@ -82,6 +89,8 @@ def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[int]:
     statuses = {400, 429, 503}
     if operation.get("security"):
         statuses |= {401, 403}
+    if path.startswith(OAUTH_PREFIX) and method == "post":
+        statuses.add(401)  # invalid_client: the client's assertion is refused (RFC 6749 section 5.2)
     if "{" in path or (fhir and method != "get" and path != FHIR_PREFIX + "/metadata"):
         statuses.add(404)
     if fhir and "{resource_id}" in path:
@@ -117,6 +126,9 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     for path, operations in schema.get("paths", {}).items():
         fhir = path == FHIR_PREFIX or path.startswith(FHIR_PREFIX + "/")
         reference = {"$ref": f"#/components/schemas/{OPERATION_OUTCOME if fhir else API_ERROR}"}
+        if path.startswith(OAUTH_PREFIX):  # OAuth errors, or the request guard's before the endpoint is reached
+            reference = {"anyOf": [{"$ref": f"#/components/schemas/{OAUTH_ERROR}"},
+                                   {"$ref": f"#/components/schemas/{API_ERROR}"}]}
         content = ({"application/fhir+json": {"schema": reference}, "application/json": {"schema": reference}}
                    if fhir else {"application/json": {"schema": reference}})
         for method, operation in operations.items():
