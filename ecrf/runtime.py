@@ -30,11 +30,16 @@ class Runtime:
     def start(cls, settings: Settings) -> "Runtime":
         from ecrf.crf.guard import lifecycle_guard
         from ecrf.eligibility.service import recompute
+        from ecrf.randomisation.guard import allocation_guard
         from ecrf.randomisation.scheme import load_scheme
         from ecrf.safety.scheme import load_safety
         from ecrf.study import load_study
 
         study = load_study(settings.study_dir)
+        randomisation = load_scheme(settings.study_dir, study)
+        guards = [lifecycle_guard(study)]
+        if randomisation is not None:  # no API changes an allocation, whichever door writes
+            guards.append(allocation_guard(study.id, randomisation.identifier_system))
         return cls(
             settings=settings,
             engine=make_engine(settings.database_url),
@@ -42,8 +47,8 @@ class Runtime:
             indexer=Indexer(study),
             verifier=TokenVerifier(settings),
             derived_hooks=[recompute],
-            write_guards=[lifecycle_guard(study)],
-            randomisation=load_scheme(settings.study_dir, study),
+            write_guards=guards,
+            randomisation=randomisation,
             safety=load_safety(settings.study_dir, study),
         )
 

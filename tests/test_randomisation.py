@@ -4,6 +4,7 @@ HMAC_DRBG, concealed until allocation, one slot per subject in the allocating tr
 The offline tests use the generator as the service does; the HTTP tests run on SQLite and PostgreSQL."""
 import math
 import os
+import json
 import shutil
 import subprocess
 import sys
@@ -373,6 +374,34 @@ def test_the_enrolment_report_counts_allocations_per_stratum_and_arm(server):
         sponsor = http.get("/api/v1/reports/enrolment").json()
     cells = [n for stratum in sponsor["overall"]["randomised"]["by_stratum"].values() for n in stratum.values()]
     assert all(n is None or n == 0 or n >= sponsor["min_cell"] for n in cells)
+
+
+def test_no_door_changes_or_deletes_an_allocation(server):
+    with server.client("investigator", "S01") as http:
+        subject_id = eligible(http)
+        allocation = randomise(http, subject_id).json()
+        content = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
+        other = "SORA" if allocation["arm"] == "PD1_SORA" else "PD1_SORA"
+        changed = http.put(f"/fhir/ResearchSubject/{subject_id}", json={**content, "assignedArm": other},
+                           headers=FHIR_JSON)
+        assert changed.status_code == 409, changed.text
+        assert "never change" in changed.json()["issue"][0]["diagnostics"]
+        renumbered = {**content, "identifier": [i for i in content["identifier"]
+                                                if i.get("system") != SCHEME.identifier_system]}
+        assert http.put(f"/fhir/ResearchSubject/{subject_id}", json=renumbered, headers=FHIR_JSON).status_code == 409
+        patched = http.patch(f"/fhir/ResearchSubject/{subject_id}", content=json.dumps(
+            [{"op": "replace", "path": "/assignedArm", "value": other}]),
+            headers={"Content-Type": "application/json-patch+json"})
+        assert patched.status_code == 409, patched.text
+        assert http.delete(f"/fhir/ResearchSubject/{subject_id}").status_code == 409
+        after = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
+        assert after["assignedArm"] == allocation["arm"] and after["meta"]["versionId"] == content["meta"]["versionId"]
+        # other changes of the subject still go through
+        period = http.put(f"/fhir/ResearchSubject/{subject_id}",
+                          json={**content, "period": {**content.get("period", {}), "end": TODAY.isoformat()}},
+                          headers=FHIR_JSON)
+        assert period.status_code == 200, period.text
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == allocation
 
 
 def test_a_mis_randomisation_is_a_note_and_the_allocation_stays(server):

@@ -99,7 +99,11 @@ def deployment(database_url, tmp_path_factory, tools):
     with fresh_database(database_url, tmp_path) as url:
         env = os.environ | {"ECRF_DATABASE_URL": url, "ECRF_RATE_LIMIT_PER_MINUTE": "0",
                             "ECRF_EXPORT_DIR": str(tmp_path / "exports"), "ECRF_JWT_SECRET": "t" * 48,
-                            "ECRF_STUDY_SECRET": "smart-tools-study-secret"}
+                            "ECRF_STUDY_SECRET": "smart-tools-study-secret",
+                            # each batch of an export pauses, as a large export's batches take time: BDT checks
+                            # that the status URL answers 202 while an export runs, which a 3-subject export
+                            # otherwise finishes before it can ask (flaky on a fast, idle machine)
+                            "ECRF_EXPORT_BATCH_PAUSE_SECONDS": "0.4"}
         ecrf = [sys.executable, "-m", "ecrf.cli"]
         added = subprocess.run([*ecrf, "client", "add", "--name", "smart-tools", "--role", "sponsor",
                                 "--scope", "system/*.rs", "--jwks-uri", jwks_url],

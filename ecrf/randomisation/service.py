@@ -24,6 +24,7 @@ from ecrf.crf.errors import Blocked
 from ecrf.db import transaction
 from ecrf.eligibility.patient_data import load
 from ecrf.randomisation import lists
+from ecrf.randomisation.guard import ALLOCATING
 from ecrf.randomisation.models import (RandomisationAllocation, RandomisationCounter, RandomisationList,
                                        RandomisationSlot)
 from ecrf.randomisation.scheme import Scheme, SchemeError
@@ -279,15 +280,20 @@ def randomise(runtime: Any, store: ClinicalStore, subject_id: str, *, source: st
     except IntegrityError as error:
         raise AlreadyAllocated(subject.id) from error
     reason = f"randomisation {number}"
-    save_form(runtime, store, subject.id, scheme.form, scheme.visit,
-              items={scheme.arm_item: arm, scheme.date_item: today.isoformat()}, visit_date=today, reason=None,
-              if_match=None, allocated=True)
-    content = store.read("ResearchSubject", subject.id).content
-    identifiers = [i for i in content.get("identifier") or [] if i.get("system") != scheme.identifier_system]
-    store.update("ResearchSubject", subject.id, {
-        **content, "status": "on-study", "assignedArm": arm,
-        "identifier": identifiers + [{"use": "official", "system": scheme.identifier_system, "value": number}],
-    }, WriteContext(source=source, reason=reason, form_id=scheme.form, visit_id=scheme.visit))
+    allocating = session.info.setdefault(ALLOCATING, set())
+    allocating.add(subject.id)  # the guard that keeps allocations lets these writes make it
+    try:
+        save_form(runtime, store, subject.id, scheme.form, scheme.visit,
+                  items={scheme.arm_item: arm, scheme.date_item: today.isoformat()}, visit_date=today, reason=None,
+                  if_match=None, allocated=True)
+        content = store.read("ResearchSubject", subject.id).content
+        identifiers = [i for i in content.get("identifier") or [] if i.get("system") != scheme.identifier_system]
+        store.update("ResearchSubject", subject.id, {
+            **content, "status": "on-study", "assignedArm": arm,
+            "identifier": identifiers + [{"use": "official", "system": scheme.identifier_system, "value": number}],
+        }, WriteContext(source=source, reason=reason, form_id=scheme.form, visit_id=scheme.visit))
+    finally:
+        allocating.discard(subject.id)
     audit.append(session, actor, "randomisation.allocate", source=source, patient_id=subject.patient_id,
                  form_id=scheme.form, visit_id=scheme.visit, resource=f"ResearchSubject/{subject.id}",
                  new_value=f"{number} {arm}", reason=f"stratum {stratum}, slot {sequence}")
