@@ -169,12 +169,41 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     page.locator("#eligibility").scroll_into_view_if_needed()
     page.evaluate("document.getElementById('eligibility').scrollIntoView()")
     screenshot(page, "subject")
-    # randomisation is the randomisation form, refused by the eligibility gate unless eligible
-    fill_and_save(page, subject_id, "randomisation", {"arm": "SORA", "randomisation_date": R.isoformat()}, R.isoformat())
+    # randomisation by the system (v2): a button for the site when eligible, refused with the blocking criteria
+    # when the data changed meanwhile (another user's save), never typed into the randomisation form
+    expect(page.locator("#randomisation")).to_contain_text("Not randomised yet")
+    labs_date, labs = screened("labs")
+    with server.client("investigator", "S01") as http:
+        low = save(http, subject_id, "labs", {**labs, "platelets": 40}, visit_date=labs_date, reason="re-tested")
+        assert low.status_code == 200, low.text
+    page.click("#randomise")
+    refused = page.locator("#randomise-refused")
+    expect(refused).to_contain_text("eligible")
+    expect(refused.locator('[data-criterion="I08_platelets"]')).to_be_visible()
+    with server.client("monitor", "S01") as http:
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["randomised"] is False
+    with server.client("investigator", "S01") as http:
+        assert save(http, subject_id, "labs", labs, visit_date=labs_date, reason="first value was right").status_code == 200
+    goto(page, f"#/subjects/{subject_id}")
+    page.click("#randomise")
+    expect(page.locator("#randomise-message")).to_contain_text("Randomised:")
+    with server.client("monitor", "S01") as http:
+        allocation = http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()
+    assert allocation["randomised"] is True and allocation["randomisation_number"].startswith("R-S01-")
+    expect(page.locator("#allocation-arm")).to_have_text(allocation["arm"])
+    expect(page.locator("#allocation-number")).to_have_text(allocation["randomisation_number"])
+    expect(page.locator("#allocation-date")).to_have_text(R.isoformat())
+    expect(page.locator("#randomise")).to_have_count(0)
+    expect(page.locator("main > p").first).to_contain_text(allocation["arm"])
+    open_form(page, subject_id, "randomisation", "SCR")  # the form: read-only, written by the allocation
+    expect(page.locator("#item-arm")).to_have_text(allocation["arm"] + " ")
+    expect(page.locator('[data-item="arm"] .source')).to_contain_text("set by the system")
+    expect(page.locator("#save")).to_have_count(0)
+    expect(page.locator("#allocated-note")).to_be_visible()
     goto(page, "#/")
     expect(page.locator("#subjects")).to_contain_text(mrn)
     expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
-    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text("SORA")
+    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text(allocation["arm"])
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "home")
 

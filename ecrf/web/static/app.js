@@ -237,13 +237,55 @@ async function subjectPage(subjectId) {
       h("td", {}, t(`visit.${v.status}`)),
       h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", {},
         h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`))))))))));
-  if (may("eligibility.read")) parts.push(await eligibilityPanel(subject.id));
+  const eligibility = may("eligibility.read")
+    ? (await api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/eligibility`)).data : null;
+  if (state.study.randomisation && may("randomisation.read")) parts.push(await randomisationPanel(subject, eligibility));
+  if (eligibility) parts.push(eligibilityPanel(eligibility));
   if (may("query.read")) parts.push(await queryPanel(subject.id, {}));
   render(...parts);
 }
 
-async function eligibilityPanel(subjectId) {
-  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/eligibility`);
+// Randomisation by the system (CRF-SPEC 6): the site asks, the server allocates; nobody types the arm.
+async function randomisationPanel(subject, eligibility) {
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/randomisation`);
+  const message = h("div", { id: "randomise-message", "aria-live": "polite" });
+  const allocation = (a) => h("dl", { id: "allocation", class: "allocation" },
+    h("dt", {}, t("randomise.arm")), h("dd", { id: "allocation-arm" }, a.arm),
+    h("dt", {}, t("randomise.number")), h("dd", { id: "allocation-number" }, a.randomisation_number || t("randomise.entered")),
+    h("dt", {}, t("randomise.date")), h("dd", { id: "allocation-date" }, a.randomisation_date || ""),
+    a.stratum ? [h("dt", {}, t("randomise.stratum")), h("dd", {}, a.stratum)] : null);
+  const body = [];
+  if (data.randomised) body.push(allocation(data));
+  else {
+    body.push(h("p", {}, t("randomise.not_yet")));
+    if (may("randomisation.allocate") && eligibility?.status === "eligible") {
+      const button = h("button", { type: "button", id: "randomise", onclick: async () => {
+        button.disabled = true;
+        try {
+          const { data: done } = await api("POST", `/api/v1/subjects/${encodeURIComponent(subject.id)}/randomise`, {});
+          await route();
+          const text = t("randomise.done", { arm: done.arm, number: done.randomisation_number || "" });
+          document.getElementById("randomise-message")?.replaceChildren(h("p", { class: "ok" }, text));
+          announce(text);
+        } catch (error) {
+          button.disabled = false;
+          if (error.status === 409) {
+            const blocking = error.body.errors || [];
+            message.replaceChildren(h("div", { class: "error", role: "alert", id: "randomise-refused" },
+              h("p", {}, error.message),
+              h("ul", {}, blocking.map(b => h("li", { "data-criterion": b.item }, `${b.item}: ${b.message}`)))));
+          } else message.replaceChildren(problem(error));
+          announce(error.message);
+        }
+      } }, t("randomise.button"));
+      body.push(h("p", {}, t("randomise.eligible_note")), button);
+    } else if (may("randomisation.allocate")) body.push(h("p", {}, t("randomise.needs_eligible")));
+  }
+  return h("section", { class: "panel", id: "randomisation", "aria-labelledby": "randomisation-title" },
+    h("h2", { id: "randomisation-title" }, t("randomise.title")), ...body, message);
+}
+
+function eligibilityPanel(data) {
   const described = Object.fromEntries(state.study.criteria.map(c => [c.id, c.description]));
   return h("section", { class: "panel", id: "eligibility", "aria-labelledby": "eligibility-title" },
     h("h2", { id: "eligibility-title" }, t("eligibility.title"), ": ",
@@ -308,7 +350,9 @@ async function formPage(subjectId, formId, visitId) {
     api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`),
     api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)]);
   let view = read.data;
-  const editable = may("form.write") && view.status !== "locked";
+  const scheme = state.study.randomisation;
+  const allocated = scheme && scheme.form === formId ? new Set(scheme.derived_items) : new Set();
+  const editable = may("form.write") && view.status !== "locked" && !allocated.size;
   const controls = {};
   const notes = {};
   const rows = {};
@@ -333,9 +377,9 @@ async function formPage(subjectId, formId, visitId) {
     const note = h("div", { class: "notes", id: `${id}-notes` });
     notes[item.id] = note;
     let control;
-    if (item.derived) {
+    if (item.derived || allocated.has(item.id)) {
       control = h("output", { id, "aria-describedby": `${id}-notes` }, stored ? `${stored.value ?? ""} ${stored.unit || ""}` : "—");
-      note.append(h("span", { class: "source" }, t("form.derived")));
+      note.append(h("span", { class: "source" }, t(allocated.has(item.id) ? "form.allocated" : "form.derived")));
     } else {
       let input;
       let unit = null;
@@ -378,7 +422,7 @@ async function formPage(subjectId, formId, visitId) {
     const history = may("audit.read") ? h("button", { type: "button", class: "secondary history", "data-for": item.id,
       "aria-expanded": "false", onclick: (event) => itemHistory(event.currentTarget, note, subjectId, formId, visitId, item, subject.data.site) },
       t("form.history_of", { label: item.label })) : null;
-    const label = item.derived ? h("span", { class: "label", id: `${id}-label` }, item.label)
+    const label = item.derived || allocated.has(item.id) ? h("span", { class: "label", id: `${id}-label` }, item.label)
       : h("label", { for: id }, item.label, item.required ? h("span", { "aria-hidden": "true" }, " *") : null,
           item.required ? h("span", { class: "visually-hidden" }, ` (${t("form.required")})`) : null);
     rows[item.id] = h("div", { class: "item", "data-item": item.id }, label, h("div", { class: "row" }, control, raise, history), note);
@@ -463,7 +507,9 @@ async function formPage(subjectId, formId, visitId) {
     h("form", { id: "crf", novalidate: true, onsubmit: save },
       h("div", { class: "item" }, h("label", { for: "visit-date" }, t("form.visit_date")), h("span", { class: "control" }, visitDate)),
       items, reasonRow, general, summary,
-      editable ? h("button", { type: "submit", id: "save" }, t("form.save")) : h("p", {}, t(view.status === "locked" ? "form.locked" : "form.read_only"))),
+      editable ? h("button", { type: "submit", id: "save" }, t("form.save"))
+        : allocated.size ? h("p", { id: "allocated-note" }, t("form.allocated_form"), " ", h("a", { href: `#/subjects/${subjectId}` }, t("randomise.title")))
+        : h("p", {}, t(view.status === "locked" ? "form.locked" : "form.read_only"))),
     lifecycle(formUrl, view, () => route()),
   ];
   if (may("query.read")) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
