@@ -318,6 +318,122 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
         page.context.close()
 
 
+def entries_url(subject_id: str, form_id: str, visit_id: str | None = None) -> str:
+    return f"/api/v1/subjects/{subject_id}/forms/{form_id}/" + (f"{visit_id}/entries" if visit_id else "entries")
+
+
+def test_adverse_events_and_medication_are_logged_edited_and_withdrawn(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+    page = sign_in(open_page(chromium, server), "coordinator")
+    goto(page, f"#/subjects/{subject['id']}")
+    expect(page.locator("#log-adverse_event")).to_contain_text("No entries.")
+    expect(page.locator("#log-conmed")).to_contain_text("No entries.")
+
+    # an adverse event: the same widgets and edit checks as a visit form; codes are a group of checkboxes
+    page.click("#add-adverse_event")
+    expect(page.locator("#crf")).to_be_visible()
+    expect(page.locator("main h1")).to_contain_text("Adverse event")
+    expect(page.locator("#visit-date")).to_have_count(0)  # dated by its onset date
+    expect(page.locator("#item-term_verbatim")).to_have_attribute("maxlength", "500")
+    assert page.locator("#item-term_verbatim").evaluate("n => n.tagName") == "TEXTAREA"
+    expect(page.locator("#item-seriousness_criteria input[type=checkbox]")).to_have_count(6)
+    for item_id, value in {"ctcae_term": "other", "onset_date": day(40), "grade": 3, "serious": True,
+                           "outcome": "recovering"}.items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Not saved: 2 problem")
+    expect(page.locator('[data-item="term_verbatim"] .error[data-rule="verbatim_required"]')).to_be_visible()
+    expect(page.locator('[data-item="seriousness_criteria"] .error[data-rule="seriousness_criteria_required"]')).to_be_visible()
+    page.locator('[data-item="seriousness_criteria"]').scroll_into_view_if_needed()
+    screenshot(page, "entry-edit-check")
+    with server.client("monitor", "S01") as http:
+        assert http.get(entries_url(subject["id"], "adverse_event")).json() == []  # nothing stored
+    page.fill("#item-term_verbatim", "Injection site abscess")
+    page.check("#item-seriousness_criteria-hospitalisation")
+    page.check("#item-seriousness_criteria-other_important")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    expect(page.locator("#form-status")).to_have_text("complete")
+    entry_id = page.url.rsplit("/", 1)[1]
+    with server.client("monitor", "S01") as http:
+        stored = http.get(f"{entries_url(subject['id'], 'adverse_event')}/{entry_id}").json()
+    assert stored["items"]["term_verbatim"]["value"] == "Injection site abscess"
+    assert sorted(stored["items"]["seriousness_criteria"]["value"]) == ["hospitalisation", "other_important"]
+    assert stored["items"]["severity"]["value"] == "severe"  # derived, shown not typed
+    expect(page.locator("#item-severity")).to_contain_text("severe")
+
+    # an edit of a complete entry needs a reason, as a visit form's
+    page.uncheck("#item-seriousness_criteria-other_important")
+    page.click("#save")
+    expect(page.locator('#reason-row .error[data-rule="reason_required"]')).to_be_visible()
+    page.fill("#reason", "not an important medical event")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    goto(page, f"#/subjects/{subject['id']}")
+    row = page.locator(f'#log-adverse_event tr[data-entry="{entry_id}"]')
+    expect(row).to_contain_text(day(40))
+    expect(row).to_contain_text("other")
+    expect(row).to_contain_text("complete")
+    page.evaluate("document.getElementById('log-adverse_event').scrollIntoView()")
+    screenshot(page, "subject-logs")
+
+    # medication: added, then withdrawn as entered in error with a reason, kept and marked
+    page.click("#add-conmed")
+    page.fill("#item-medication", "Omeprazole 20 mg")
+    fill_item(page, "start_date", day(30))
+    fill_item(page, "ongoing", True)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    conmed_id = page.url.rsplit("/", 1)[1]
+    page.click("#withdraw-entry")
+    expect(page.locator("#withdraw-message .error")).to_contain_text("reason")
+    page.fill("#withdraw-reason", "entered for the wrong subject")
+    page.click("#withdraw-entry")
+    page.wait_for_function("(h) => document.body.dataset.ready === h", arg=f"#/subjects/{subject['id']}")
+    withdrawn = page.locator(f'#log-conmed tr[data-entry="{conmed_id}"]')
+    expect(withdrawn).to_have_attribute("data-status", "entered_in_error")
+    expect(withdrawn).to_contain_text("withdrawn: entered for the wrong subject")
+    withdrawn.locator("a").click()
+    expect(page.locator("#withdrawn-note")).to_contain_text("entered for the wrong subject")
+    expect(page.locator("#save")).to_have_count(0)
+    expect(page.locator("#withdraw-entry")).to_have_count(0)
+    with server.client("monitor", "S01") as http:
+        assert http.get(entries_url(subject["id"], "conmed")).json()[0]["status"] == "entered_in_error"
+    page.context.close()
+
+
+def test_repeating_form_entries_are_listed_and_added_under_their_visit(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        assert save(http, subject["id"], "afp").status_code == 201  # the visit's own AFP form
+    page = sign_in(open_page(chromium, server), "investigator")
+    goto(page, f"#/subjects/{subject['id']}")
+    at_scr = page.locator('[data-entries="afp/SCR"]')
+    expect(at_scr.locator("li")).to_have_count(0)
+    at_scr.locator(".add-entry").click()
+    expect(page.locator("main h1")).to_contain_text("Alpha-fetoprotein — Post-operative screening")
+    page.fill("#visit-date", day(21))
+    fill_item(page, "afp", {"value": -1, "unit": "ng/mL"})
+    page.click("#save")
+    expect(page.locator('[data-item="afp"] .error[data-rule="hard_range"]')).to_be_visible()
+    expect(page.locator("#item-afp")).to_be_focused()
+    fill_item(page, "afp", {"value": 300, "unit": "ng/mL"})
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved")
+    goto(page, f"#/subjects/{subject['id']}")
+    expect(at_scr.locator("li")).to_have_count(1)
+    expect(at_scr.locator("li")).to_contain_text(f"entry of {day(21)}")
+    expect(page.locator('[data-entries="afp/M1"] li')).to_have_count(0)
+    with server.client("monitor", "S01") as http:
+        entries = http.get(entries_url(subject["id"], "afp", "SCR")).json()
+        own = http.get(path(subject["id"], "afp", "SCR")).json()
+    assert [e["items"]["afp"]["value"] for e in entries] == [300] and own["items"]["afp"]["value"] == 250
+    page.context.close()
+
+
 def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chromium):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -390,7 +506,7 @@ def test_keyboard_only_sign_in_enrol_and_form_entry(server, chromium):
     page.context.close()
 
 
-@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form"])
+@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form", "entry"])
 def test_no_serious_accessibility_violations(server, chromium, screen):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -409,6 +525,12 @@ def test_no_serious_accessibility_violations(server, chromium, screen):
             page.fill("#item-platelets", "5000")
             page.click("#save")
             expect(page.locator('[data-item="platelets"] .error')).to_be_visible()
+        elif screen == "entry":  # a new adverse event, refused: text, checkboxes and errors at their items
+            goto(page, f"#/subjects/{subject['id']}/entries/adverse_event/-/new")
+            fill_item(page, "ctcae_term", "rash")
+            fill_item(page, "serious", True)
+            page.click("#save")
+            expect(page.locator('[data-item="seriousness_criteria"] .error')).to_be_visible()
         else:
             expect(page.locator("#subjects")).to_be_visible()
     violations = axe_violations(page)
