@@ -434,6 +434,59 @@ def test_repeating_form_entries_are_listed_and_added_under_their_visit(server, c
     page.context.close()
 
 
+def test_each_log_entry_is_verified_signed_and_locked_by_its_role(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        items = {"ctcae_term": "rash", "onset_date": day(40), "grade": 2, "serious": False, "outcome": "recovering"}
+        first = http.post(entries_url(subject["id"], "adverse_event"), json={"items": items})
+        other = http.post(entries_url(subject["id"], "adverse_event"), json={"items": {**items, "ctcae_term": "fatigue"}})
+        assert first.status_code == 201 and other.status_code == 201, first.text
+    entry, untouched = first.json()["id"], other.json()["id"]
+    hash_path = f"#/subjects/{subject['id']}/entries/adverse_event/-/{entry}"
+
+    site = sign_in(open_page(chromium, server), "coordinator")
+    goto(site, hash_path)
+    expect(site.locator("#verify")).to_have_count(0)  # the site enters, it does not verify
+    monitor = sign_in(open_page(chromium, server), "monitor")
+    goto(monitor, hash_path)
+    expect(monitor.locator("#save")).to_have_count(0)
+    expect(monitor.locator("#withdraw-entry")).to_have_count(0)
+    monitor.click("#verify")
+    expect(monitor.locator("#form-status")).to_have_text("verified (SDV)")
+    expect(monitor.locator("#form-messages")).to_have_text("Verified.")
+
+    investigator = sign_in(open_page(chromium, server), "investigator")
+    goto(investigator, hash_path)
+    investigator.fill("#meaning", "I confirm this adverse event")
+    investigator.click("#sign")
+    expect(investigator.locator("#form-status")).to_have_text("signed")
+    manager = sign_in(open_page(chromium, server), "data_manager", None)
+    goto(manager, hash_path)
+    manager.click("#lock")
+    expect(manager.locator("#form-status")).to_have_text("locked")
+
+    goto(site, hash_path)
+    expect(site.locator("#save")).to_have_count(0)
+    expect(site.locator("#withdraw-entry")).to_have_count(0)
+    expect(site.locator("main")).to_contain_text("This form is locked.")
+    goto(site, f"#/subjects/{subject['id']}")
+    expect(site.locator(f'#log-adverse_event tr[data-entry="{entry}"]')).to_have_attribute("data-status", "locked")
+    expect(site.locator(f'#log-adverse_event tr[data-entry="{untouched}"]')).to_have_attribute("data-status", "complete")
+    with server.client("monitor", "S01") as http:
+        stored = http.get(f"{entries_url(subject['id'], 'adverse_event')}/{entry}").json()
+    assert stored["status"] == "locked" and stored["signature"]["meaning"] == "I confirm this adverse event"
+
+    goto(manager, hash_path)  # unlocked with a reason, the site may correct it again
+    manager.fill("#unlock-reason", "late lab result")
+    manager.click("#unlock")
+    expect(manager.locator("#form-status")).not_to_have_text("locked")
+    goto(site, hash_path)
+    expect(site.locator("#save")).to_be_visible()
+    for page in (site, monitor, investigator, manager):
+        page.context.close()
+
+
 def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chromium):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
