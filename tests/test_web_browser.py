@@ -169,12 +169,41 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     page.locator("#eligibility").scroll_into_view_if_needed()
     page.evaluate("document.getElementById('eligibility').scrollIntoView()")
     screenshot(page, "subject")
-    # randomisation is the randomisation form, refused by the eligibility gate unless eligible
-    fill_and_save(page, subject_id, "randomisation", {"arm": "SORA", "randomisation_date": R.isoformat()}, R.isoformat())
+    # randomisation by the system (v2): a button for the site when eligible, refused with the blocking criteria
+    # when the data changed meanwhile (another user's save), never typed into the randomisation form
+    expect(page.locator("#randomisation")).to_contain_text("Not randomised yet")
+    labs_date, labs = screened("labs")
+    with server.client("investigator", "S01") as http:
+        low = save(http, subject_id, "labs", {**labs, "platelets": 40}, visit_date=labs_date, reason="re-tested")
+        assert low.status_code == 200, low.text
+    page.click("#randomise")
+    refused = page.locator("#randomise-refused")
+    expect(refused).to_contain_text("eligible")
+    expect(refused.locator('[data-criterion="I08_platelets"]')).to_be_visible()
+    with server.client("monitor", "S01") as http:
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["randomised"] is False
+    with server.client("investigator", "S01") as http:
+        assert save(http, subject_id, "labs", labs, visit_date=labs_date, reason="first value was right").status_code == 200
+    goto(page, f"#/subjects/{subject_id}")
+    page.click("#randomise")
+    expect(page.locator("#randomise-message")).to_contain_text("Randomised:")
+    with server.client("monitor", "S01") as http:
+        allocation = http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()
+    assert allocation["randomised"] is True and allocation["randomisation_number"].startswith("R-S01-")
+    expect(page.locator("#allocation-arm")).to_have_text(allocation["arm"])
+    expect(page.locator("#allocation-number")).to_have_text(allocation["randomisation_number"])
+    expect(page.locator("#allocation-date")).to_have_text(R.isoformat())
+    expect(page.locator("#randomise")).to_have_count(0)
+    expect(page.locator("main > p").first).to_contain_text(allocation["arm"])
+    open_form(page, subject_id, "randomisation", "SCR")  # the form: read-only, written by the allocation
+    expect(page.locator("#item-arm")).to_have_text(allocation["arm"] + " ")
+    expect(page.locator('[data-item="arm"] .source')).to_contain_text("set by the system")
+    expect(page.locator("#save")).to_have_count(0)
+    expect(page.locator("#allocated-note")).to_be_visible()
     goto(page, "#/")
     expect(page.locator("#subjects")).to_contain_text(mrn)
     expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
-    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text("SORA")
+    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text(allocation["arm"])
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "home")
 
@@ -289,6 +318,175 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
         page.context.close()
 
 
+def entries_url(subject_id: str, form_id: str, visit_id: str | None = None) -> str:
+    return f"/api/v1/subjects/{subject_id}/forms/{form_id}/" + (f"{visit_id}/entries" if visit_id else "entries")
+
+
+def test_adverse_events_and_medication_are_logged_edited_and_withdrawn(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+    page = sign_in(open_page(chromium, server), "coordinator")
+    goto(page, f"#/subjects/{subject['id']}")
+    expect(page.locator("#log-adverse_event")).to_contain_text("No entries.")
+    expect(page.locator("#log-conmed")).to_contain_text("No entries.")
+
+    # an adverse event: the same widgets and edit checks as a visit form; codes are a group of checkboxes
+    page.click("#add-adverse_event")
+    expect(page.locator("#crf")).to_be_visible()
+    expect(page.locator("main h1")).to_contain_text("Adverse event")
+    expect(page.locator("#visit-date")).to_have_count(0)  # dated by its onset date
+    expect(page.locator("#item-term_verbatim")).to_have_attribute("maxlength", "500")
+    assert page.locator("#item-term_verbatim").evaluate("n => n.tagName") == "TEXTAREA"
+    expect(page.locator("#item-seriousness_criteria input[type=checkbox]")).to_have_count(6)
+    for item_id, value in {"ctcae_term": "other", "onset_date": day(40), "grade": 3, "serious": True,
+                           "outcome": "recovering"}.items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Not saved: 2 problem")
+    expect(page.locator('[data-item="term_verbatim"] .error[data-rule="verbatim_required"]')).to_be_visible()
+    expect(page.locator('[data-item="seriousness_criteria"] .error[data-rule="seriousness_criteria_required"]')).to_be_visible()
+    page.locator('[data-item="seriousness_criteria"]').scroll_into_view_if_needed()
+    screenshot(page, "entry-edit-check")
+    with server.client("monitor", "S01") as http:
+        assert http.get(entries_url(subject["id"], "adverse_event")).json() == []  # nothing stored
+    page.fill("#item-term_verbatim", "Injection site abscess")
+    page.check("#item-seriousness_criteria-hospitalisation")
+    page.check("#item-seriousness_criteria-other_important")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    expect(page.locator("#form-status")).to_have_text("complete")
+    entry_id = page.url.rsplit("/", 1)[1]
+    with server.client("monitor", "S01") as http:
+        stored = http.get(f"{entries_url(subject['id'], 'adverse_event')}/{entry_id}").json()
+    assert stored["items"]["term_verbatim"]["value"] == "Injection site abscess"
+    assert sorted(stored["items"]["seriousness_criteria"]["value"]) == ["hospitalisation", "other_important"]
+    assert stored["items"]["severity"]["value"] == "severe"  # derived, shown not typed
+    expect(page.locator("#item-severity")).to_contain_text("severe")
+
+    # an edit of a complete entry needs a reason, as a visit form's
+    page.uncheck("#item-seriousness_criteria-other_important")
+    page.click("#save")
+    expect(page.locator('#reason-row .error[data-rule="reason_required"]')).to_be_visible()
+    page.fill("#reason", "not an important medical event")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    goto(page, f"#/subjects/{subject['id']}")
+    row = page.locator(f'#log-adverse_event tr[data-entry="{entry_id}"]')
+    expect(row).to_contain_text(day(40))
+    expect(row).to_contain_text("other")
+    expect(row).to_contain_text("complete")
+    page.evaluate("document.getElementById('log-adverse_event').scrollIntoView()")
+    screenshot(page, "subject-logs")
+
+    # medication: added, then withdrawn as entered in error with a reason, kept and marked
+    page.click("#add-conmed")
+    page.fill("#item-medication", "Omeprazole 20 mg")
+    fill_item(page, "start_date", day(30))
+    fill_item(page, "ongoing", True)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_have_text("Saved.")
+    conmed_id = page.url.rsplit("/", 1)[1]
+    page.click("#withdraw-entry")
+    expect(page.locator("#withdraw-message .error")).to_contain_text("reason")
+    page.fill("#withdraw-reason", "entered for the wrong subject")
+    page.click("#withdraw-entry")
+    page.wait_for_function("(h) => document.body.dataset.ready === h", arg=f"#/subjects/{subject['id']}")
+    withdrawn = page.locator(f'#log-conmed tr[data-entry="{conmed_id}"]')
+    expect(withdrawn).to_have_attribute("data-status", "entered_in_error")
+    expect(withdrawn).to_contain_text("withdrawn: entered for the wrong subject")
+    withdrawn.locator("a").click()
+    expect(page.locator("#withdrawn-note")).to_contain_text("entered for the wrong subject")
+    expect(page.locator("#save")).to_have_count(0)
+    expect(page.locator("#withdraw-entry")).to_have_count(0)
+    with server.client("monitor", "S01") as http:
+        assert http.get(entries_url(subject["id"], "conmed")).json()[0]["status"] == "entered_in_error"
+    page.context.close()
+
+
+def test_repeating_form_entries_are_listed_and_added_under_their_visit(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        assert save(http, subject["id"], "afp").status_code == 201  # the visit's own AFP form
+    page = sign_in(open_page(chromium, server), "investigator")
+    goto(page, f"#/subjects/{subject['id']}")
+    at_scr = page.locator('[data-entries="afp/SCR"]')
+    expect(at_scr.locator("li")).to_have_count(0)
+    at_scr.locator(".add-entry").click()
+    expect(page.locator("main h1")).to_contain_text("Alpha-fetoprotein — Post-operative screening")
+    page.fill("#visit-date", day(21))
+    fill_item(page, "afp", {"value": -1, "unit": "ng/mL"})
+    page.click("#save")
+    expect(page.locator('[data-item="afp"] .error[data-rule="hard_range"]')).to_be_visible()
+    expect(page.locator("#item-afp")).to_be_focused()
+    fill_item(page, "afp", {"value": 300, "unit": "ng/mL"})
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved")
+    goto(page, f"#/subjects/{subject['id']}")
+    expect(at_scr.locator("li")).to_have_count(1)
+    expect(at_scr.locator("li")).to_contain_text(f"entry of {day(21)}")
+    expect(page.locator('[data-entries="afp/M1"] li')).to_have_count(0)
+    with server.client("monitor", "S01") as http:
+        entries = http.get(entries_url(subject["id"], "afp", "SCR")).json()
+        own = http.get(path(subject["id"], "afp", "SCR")).json()
+    assert [e["items"]["afp"]["value"] for e in entries] == [300] and own["items"]["afp"]["value"] == 250
+    page.context.close()
+
+
+def test_each_log_entry_is_verified_signed_and_locked_by_its_role(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        items = {"ctcae_term": "rash", "onset_date": day(40), "grade": 2, "serious": False, "outcome": "recovering"}
+        first = http.post(entries_url(subject["id"], "adverse_event"), json={"items": items})
+        other = http.post(entries_url(subject["id"], "adverse_event"), json={"items": {**items, "ctcae_term": "fatigue"}})
+        assert first.status_code == 201 and other.status_code == 201, first.text
+    entry, untouched = first.json()["id"], other.json()["id"]
+    hash_path = f"#/subjects/{subject['id']}/entries/adverse_event/-/{entry}"
+
+    site = sign_in(open_page(chromium, server), "coordinator")
+    goto(site, hash_path)
+    expect(site.locator("#verify")).to_have_count(0)  # the site enters, it does not verify
+    monitor = sign_in(open_page(chromium, server), "monitor")
+    goto(monitor, hash_path)
+    expect(monitor.locator("#save")).to_have_count(0)
+    expect(monitor.locator("#withdraw-entry")).to_have_count(0)
+    monitor.click("#verify")
+    expect(monitor.locator("#form-status")).to_have_text("verified (SDV)")
+    expect(monitor.locator("#form-messages")).to_have_text("Verified.")
+
+    investigator = sign_in(open_page(chromium, server), "investigator")
+    goto(investigator, hash_path)
+    investigator.fill("#meaning", "I confirm this adverse event")
+    investigator.click("#sign")
+    expect(investigator.locator("#form-status")).to_have_text("signed")
+    manager = sign_in(open_page(chromium, server), "data_manager", None)
+    goto(manager, hash_path)
+    manager.click("#lock")
+    expect(manager.locator("#form-status")).to_have_text("locked")
+
+    goto(site, hash_path)
+    expect(site.locator("#save")).to_have_count(0)
+    expect(site.locator("#withdraw-entry")).to_have_count(0)
+    expect(site.locator("main")).to_contain_text("This form is locked.")
+    goto(site, f"#/subjects/{subject['id']}")
+    expect(site.locator(f'#log-adverse_event tr[data-entry="{entry}"]')).to_have_attribute("data-status", "locked")
+    expect(site.locator(f'#log-adverse_event tr[data-entry="{untouched}"]')).to_have_attribute("data-status", "complete")
+    with server.client("monitor", "S01") as http:
+        stored = http.get(f"{entries_url(subject['id'], 'adverse_event')}/{entry}").json()
+    assert stored["status"] == "locked" and stored["signature"]["meaning"] == "I confirm this adverse event"
+
+    goto(manager, hash_path)  # unlocked with a reason, the site may correct it again
+    manager.fill("#unlock-reason", "late lab result")
+    manager.click("#unlock")
+    expect(manager.locator("#form-status")).not_to_have_text("locked")
+    goto(site, hash_path)
+    expect(site.locator("#save")).to_be_visible()
+    for page in (site, monitor, investigator, manager):
+        page.context.close()
+
+
 def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chromium):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -361,7 +559,7 @@ def test_keyboard_only_sign_in_enrol_and_form_entry(server, chromium):
     page.context.close()
 
 
-@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form"])
+@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form", "entry"])
 def test_no_serious_accessibility_violations(server, chromium, screen):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -380,6 +578,12 @@ def test_no_serious_accessibility_violations(server, chromium, screen):
             page.fill("#item-platelets", "5000")
             page.click("#save")
             expect(page.locator('[data-item="platelets"] .error')).to_be_visible()
+        elif screen == "entry":  # a new adverse event, refused: text, checkboxes and errors at their items
+            goto(page, f"#/subjects/{subject['id']}/entries/adverse_event/-/new")
+            fill_item(page, "ctcae_term", "rash")
+            fill_item(page, "serious", True)
+            page.click("#save")
+            expect(page.locator('[data-item="seriousness_criteria"] .error')).to_be_visible()
         else:
             expect(page.locator("#subjects")).to_be_visible()
     violations = axe_violations(page)

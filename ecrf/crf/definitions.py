@@ -13,6 +13,8 @@ def describe_item(item: ItemDef) -> dict[str, Any]:
     view: dict[str, Any] = {"id": item.id, "label": item.label, "type": item.type, "required": item.required}
     if item.values is not None:
         view["values"] = list(item.values)
+    if item.type == "text":
+        view["max_length"] = item.text_limit
     if item.unit is not None:
         view["unit"] = item.unit
         view["accepted_units"] = {unit: str(factor) for unit, factor in item.accepted_units.items()}

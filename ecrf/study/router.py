@@ -12,6 +12,7 @@ router = APIRouter(tags=["study"])
 def read_study(request: Request) -> dict[str, Any]:
     """Sites, arms, visits with their windows, forms and criteria of the loaded study."""
     study = request.app.state.runtime.study
+    scheme = getattr(request.app.state.runtime, "randomisation", None)
     return {
         "id": study.id,
         "title": study.title,
@@ -27,4 +28,7 @@ def read_study(request: Request) -> dict[str, Any]:
             for f in study.forms
         ],
         "criteria": [{"id": c.id, "kind": c.kind, "description": c.description} for c in study.criteria],
+        # randomisation by the system: the form and visit it writes, and its items no one types
+        "randomisation": {"form": scheme.form, "visit": scheme.visit, "derived_items": sorted(scheme.derived_items)}
+        if scheme is not None else None,
     }

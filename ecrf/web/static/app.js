@@ -39,7 +39,7 @@ function announce(text) {
 }
 function render(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter(n => n !== null && n !== undefined && n !== false));
 }
 function may(action) { return !!state.session?.actions?.includes(action); }
 
@@ -154,6 +154,8 @@ async function showRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   try {
     if (parts[0] === "subjects" && parts[2] === "forms") await formPage(parts[1], parts[3], parts[4]);
+    else if (parts[0] === "subjects" && parts[2] === "entries")  // #/subjects/{id}/entries/{form}/{visit or -}/{entry or new}
+      await formPage(parts[1], parts[3], parts[4] === "-" ? null : parts[4], parts[5] || "new");
     else if (parts[0] === "subjects") await subjectPage(parts[1]);
     else if (parts[0] === "queries") await queriesPage();
     else if (parts[0] === "exports") await exportsPage();
@@ -229,21 +231,111 @@ async function subjectPage(subjectId) {
     h("p", {}, `${t("home.site")}: ${subject.site} · ${t("home.status")}: ${t(`subject.status.${subject.status}`)}`,
       subject.arm ? ` · ${t("home.arm")}: ${subject.arm}` : "", subject.day_zero ? ` · ${t("subject.day_zero")}: ${subject.day_zero}` : "")];
   const titles = Object.fromEntries(state.study.forms.map(f => [f.id, f.title]));
+  const repeating = new Set(state.study.forms.filter(f => f.repeating).map(f => f.id));
+  const logs = state.study.forms.filter(f => f.kind === "log");
+  // every entry of the repeating and log forms, one request per form (a repeating form's list spans its visits)
+  const entryLists = may("form.read") ? Object.fromEntries(await Promise.all([...repeating, ...logs.map(f => f.id)].map(async formId =>
+    [formId, (await api("GET", entriesUrl(subject.id, formId, null))).data]))) : {};
+  const atVisit = (formId, visitId) => (entryLists[formId] || []).filter(e => e.visit_id === visitId);
   parts.push(h("h2", {}, t("subject.schedule")), h("table", { id: "visits" },
     h("thead", {}, h("tr", {}, ["subject.visit", "subject.window", "subject.visit_status", "subject.forms"].map(k => h("th", { scope: "col" }, t(k))))),
     h("tbody", {}, subject.visits.map(v => h("tr", {},
       h("th", { scope: "row" }, v.label, " ", h("span", { class: "source" }, `(${v.id})`)),
       h("td", {}, v.window_start ? `${v.window_start} – ${v.window_end} (${t("subject.target")} ${v.target_date})` : t("subject.no_window")),
       h("td", {}, t(`visit.${v.status}`)),
-      h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", {},
-        h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`))))))))));
-  if (may("eligibility.read")) parts.push(await eligibilityPanel(subject.id));
+      h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", { "data-form": formId },
+        h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`),
+        repeating.has(formId) ? visitEntries(subject.id, formId, v.id, atVisit(formId, v.id)) : null)))))))));
+  for (const log of logs) parts.push(await logPanel(subject, log, entryLists[log.id] || []));
+  const eligibility = may("eligibility.read")
+    ? (await api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/eligibility`)).data : null;
+  if (state.study.randomisation && may("randomisation.read")) parts.push(await randomisationPanel(subject, eligibility));
+  if (eligibility) parts.push(eligibilityPanel(eligibility));
   if (may("query.read")) parts.push(await queryPanel(subject.id, {}));
   render(...parts);
 }
 
-async function eligibilityPanel(subjectId) {
-  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/eligibility`);
+// -- entries: log forms (adverse events, medication) and the extra entries of repeating forms at a visit ------
+function shownValue(item, stored) {
+  if (!stored || stored.value === null || stored.value === undefined) return "";
+  const word = (v) => { const key = `value.${item.id}.${v}`; return t(key) === key ? String(v) : t(key); };
+  if (Array.isArray(stored.value)) return stored.value.map(word).join(", ");
+  if (item.type === "boolean") return stored.value ? t("form.yes") : t("form.no");
+  if (item.type === "code") return word(stored.value);
+  return `${stored.value}${stored.unit ? ` ${stored.unit}` : ""}`;
+}
+function entryStatus(entry) {
+  return entry.status === "entered_in_error"
+    ? h("span", { class: "badge withdrawn" }, t("entries.withdrawn_badge"), entry.withdrawn_reason ? `: ${entry.withdrawn_reason}` : "")
+    : t(`form.status.${entry.status}`);
+}
+function visitEntries(subjectId, formId, visitId, entries) {
+  return h("div", { class: "entries", "data-entries": `${formId}/${visitId}` },
+    entries.length ? h("ol", {}, entries.map(e => h("li", { "data-entry": e.id, "data-status": e.status, class: e.status === "entered_in_error" ? "withdrawn" : null },
+      h("a", { href: entryHash(subjectId, formId, visitId, e.id) }, t("entries.entry_of", { date: e.visit_date || "" })), " — ", entryStatus(e)))) : null,
+    may("form.write") ? h("a", { class: "add-entry", href: entryHash(subjectId, formId, visitId, "new") }, t("entries.add"),
+      h("span", { class: "visually-hidden" }, ` (${formId}, ${visitId})`)) : null);
+}
+async function logPanel(subject, log, entries) {
+  const definition = await formDef(log.id);
+  const shown = definition.items.filter(i => !i.derived).slice(0, 3);  // the first items say what the entry is
+  const dateItem = definition.items.find(i => i.id === definition.date_item);
+  const columns = [dateItem ? dateItem.label : t("entries.date"), ...shown.filter(i => i !== dateItem).map(i => i.label), t("home.status")];
+  return h("section", { class: "panel log", id: `log-${log.id}`, "aria-labelledby": `log-${log.id}-title` },
+    h("h2", { id: `log-${log.id}-title` }, log.title),
+    entries.length ? h("table", {},
+      h("thead", {}, h("tr", {}, columns.map(c => h("th", { scope: "col" }, c)), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, t("entries.open"))))),
+      h("tbody", {}, entries.map(e => h("tr", { "data-entry": e.id, "data-status": e.status, class: e.status === "entered_in_error" ? "withdrawn" : null },
+        h("td", {}, dateItem ? shownValue(dateItem, e.items[dateItem.id]) || e.visit_date : e.visit_date || ""),
+        shown.filter(i => i !== dateItem).map(i => h("td", {}, shownValue(i, e.items[i.id]))),
+        h("td", {}, entryStatus(e)),
+        h("td", {}, h("a", { href: entryHash(subject.id, log.id, null, e.id) }, t("entries.open")))))))
+      : h("p", {}, t("entries.none")),
+    may("form.write") ? h("p", {}, h("a", { class: "add-entry", id: `add-${log.id}`, href: entryHash(subject.id, log.id, null, "new") },
+      t("entries.add_to", { title: log.title }))) : null);
+}
+
+// Randomisation by the system (CRF-SPEC 6): the site asks, the server allocates; nobody types the arm.
+async function randomisationPanel(subject, eligibility) {
+  const { data } = await api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/randomisation`);
+  const message = h("div", { id: "randomise-message", "aria-live": "polite" });
+  const allocation = (a) => h("dl", { id: "allocation", class: "allocation" },
+    h("dt", {}, t("randomise.arm")), h("dd", { id: "allocation-arm" }, a.arm),
+    h("dt", {}, t("randomise.number")), h("dd", { id: "allocation-number" }, a.randomisation_number || t("randomise.entered")),
+    h("dt", {}, t("randomise.date")), h("dd", { id: "allocation-date" }, a.randomisation_date || ""),
+    a.stratum ? [h("dt", {}, t("randomise.stratum")), h("dd", {}, a.stratum)] : null);
+  const body = [];
+  if (data.randomised) body.push(allocation(data));
+  else {
+    body.push(h("p", {}, t("randomise.not_yet")));
+    if (may("randomisation.allocate") && eligibility?.status === "eligible") {
+      const button = h("button", { type: "button", id: "randomise", onclick: async () => {
+        button.disabled = true;
+        try {
+          const { data: done } = await api("POST", `/api/v1/subjects/${encodeURIComponent(subject.id)}/randomise`, {});
+          await route();
+          const text = t("randomise.done", { arm: done.arm, number: done.randomisation_number || "" });
+          document.getElementById("randomise-message")?.replaceChildren(h("p", { class: "ok" }, text));
+          announce(text);
+        } catch (error) {
+          button.disabled = false;
+          if (error.status === 409) {
+            const blocking = error.body.errors || [];
+            message.replaceChildren(h("div", { class: "error", role: "alert", id: "randomise-refused" },
+              h("p", {}, error.message),
+              h("ul", {}, blocking.map(b => h("li", { "data-criterion": b.item }, `${b.item}: ${b.message}`)))));
+          } else message.replaceChildren(problem(error));
+          announce(error.message);
+        }
+      } }, t("randomise.button"));
+      body.push(h("p", {}, t("randomise.eligible_note")), button);
+    } else if (may("randomisation.allocate")) body.push(h("p", {}, t("randomise.needs_eligible")));
+  }
+  return h("section", { class: "panel", id: "randomisation", "aria-labelledby": "randomisation-title" },
+    h("h2", { id: "randomisation-title" }, t("randomise.title")), ...body, message);
+}
+
+function eligibilityPanel(data) {
   const described = Object.fromEntries(state.study.criteria.map(c => [c.id, c.description]));
   return h("section", { class: "panel", id: "eligibility", "aria-labelledby": "eligibility-title" },
     h("h2", { id: "eligibility-title" }, t("eligibility.title"), ": ",
@@ -294,6 +386,11 @@ function enabled(item, values) {
 function currentValue(item, input, unit) {
   if (!input) return null;
   if (item.type === "boolean") return input.value === "" ? null : input.value === "true";
+  if (item.type === "codes") {
+    const checked = [...input.querySelectorAll("input[type=checkbox]:checked")].map(box => box.value);
+    return checked.length ? checked : null;
+  }
+  if (item.type === "text") return input.value.trim() === "" ? null : input.value;
   if (input.value === "") return null;
   if (item.type === "quantity") {
     const value = Number(input.value);
@@ -303,12 +400,29 @@ function currentValue(item, input, unit) {
   return input.value;
 }
 
-async function formPage(subjectId, formId, visitId) {
+function entriesUrl(subjectId, formId, visitId) {
+  return `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/` +
+    (visitId ? `${encodeURIComponent(visitId)}/entries` : "entries");
+}
+function entryHash(subjectId, formId, visitId, entryId) {
+  return `#/subjects/${subjectId}/entries/${formId}/${visitId || "-"}/${entryId}`;
+}
+
+// A visit form (entryId undefined), or one entry of a log form (visitId null) or of a repeating form at a visit;
+// entryId "new" is an entry not yet saved. The same widgets, edit checks and lifecycle for all.
+async function formPage(subjectId, formId, visitId, entryId) {
+  const isEntry = entryId !== undefined;
+  const base = `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`;
+  const blank = { status: "not_started", version: 0, items: {}, visit_date: null };
   const [definition, read, subject] = await Promise.all([formDef(formId),
-    api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`),
+    isEntry && entryId === "new" ? Promise.resolve({ data: blank })
+      : api("GET", isEntry ? `${entriesUrl(subjectId, formId, visitId)}/${encodeURIComponent(entryId)}` : base),
     api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)]);
   let view = read.data;
-  const editable = may("form.write") && view.status !== "locked";
+  const withdrawn = view.status === "entered_in_error";
+  const scheme = state.study.randomisation;
+  const allocated = scheme && scheme.form === formId ? new Set(scheme.derived_items) : new Set();
+  const editable = may("form.write") && view.status !== "locked" && !allocated.size && !withdrawn;
   const controls = {};
   const notes = {};
   const rows = {};
@@ -333,9 +447,9 @@ async function formPage(subjectId, formId, visitId) {
     const note = h("div", { class: "notes", id: `${id}-notes` });
     notes[item.id] = note;
     let control;
-    if (item.derived) {
+    if (item.derived || allocated.has(item.id)) {
       control = h("output", { id, "aria-describedby": `${id}-notes` }, stored ? `${stored.value ?? ""} ${stored.unit || ""}` : "—");
-      note.append(h("span", { class: "source" }, t("form.derived")));
+      note.append(h("span", { class: "source" }, t(allocated.has(item.id) ? "form.allocated" : "form.derived")));
     } else {
       let input;
       let unit = null;
@@ -348,6 +462,17 @@ async function formPage(subjectId, formId, visitId) {
       } else if (item.type === "date") {
         input = h("input", { id, type: "date" });
         if (stored) input.value = stored.value;
+      } else if (item.type === "text") {
+        input = h("textarea", { id, rows: 3, maxlength: item.max_length, cols: 50 });
+        if (stored) input.value = stored.value ?? "";
+        if (item.max_length) note.append(h("span", { class: "source" }, t("form.max_length", { n: item.max_length })));
+      } else if (item.type === "codes") {
+        const chosen = new Set(Array.isArray(stored?.value) ? stored.value : []);
+        input = h("fieldset", { id, class: "codes", tabindex: "-1", "aria-labelledby": `${id}-label` },
+          (item.values || []).map(v => {
+            const shown = t(`value.${item.id}.${v}`) === `value.${item.id}.${v}` ? v : t(`value.${item.id}.${v}`);
+            return h("label", { class: "choice" }, h("input", { type: "checkbox", id: `${id}-${v}`, value: v, checked: chosen.has(v) }), " ", shown);
+          }));
       } else {
         input = h("input", { id, type: "number", step: "any", inputmode: "decimal" });
         if (item.type === "quantity") {
@@ -362,7 +487,7 @@ async function formPage(subjectId, formId, visitId) {
         } else if (stored) input.value = stored.value;
       }
       input.setAttribute("aria-describedby", `${id}-notes`);
-      if (!editable) { input.disabled = true; if (unit) unit.disabled = true; }
+      if (!editable) { input.disabled = true; if (unit) unit.disabled = true; }  // a fieldset disables its boxes
       input.addEventListener("change", applyConditions);
       controls[item.id] = { input, unit };
       control = h("span", { class: "control" }, input, unit);
@@ -373,12 +498,14 @@ async function formPage(subjectId, formId, visitId) {
       note.append(h("div", { class: "source alternative" }, t("form.alternative", { value: `${alt.value ?? ""} ${alt.unit || ""}`, source: alt.source, date: alt.effective || "" })));
     const queries = view.open_queries_by_item?.[item.id];
     if (queries) note.append(h("span", { class: "badge warning" }, t("form.open_queries", { n: queries })));
-    const raise = may("query.raise") ? h("button", { type: "button", class: "secondary raise", "data-for": item.id,
+    const raise = may("query.raise") && !isEntry ? h("button", { type: "button", class: "secondary raise", "data-for": item.id,
       onclick: () => raiseQuery(subjectId, formId, visitId, item) }, t("queries.raise_for", { label: item.label })) : null;
-    const history = may("audit.read") ? h("button", { type: "button", class: "secondary history", "data-for": item.id,
+    const history = may("audit.read") && !isEntry ? h("button", { type: "button", class: "secondary history", "data-for": item.id,
       "aria-expanded": "false", onclick: (event) => itemHistory(event.currentTarget, note, subjectId, formId, visitId, item, subject.data.site) },
       t("form.history_of", { label: item.label })) : null;
-    const label = item.derived ? h("span", { class: "label", id: `${id}-label` }, item.label)
+    const label = item.derived || allocated.has(item.id) || item.type === "codes"
+      ? h("span", { class: "label", id: `${id}-label` }, item.label, item.required ? h("span", { "aria-hidden": "true" }, " *") : null,
+          item.required ? h("span", { class: "visually-hidden" }, ` (${t("form.required")})`) : null)
       : h("label", { for: id }, item.label, item.required ? h("span", { "aria-hidden": "true" }, " *") : null,
           item.required ? h("span", { class: "visually-hidden" }, ` (${t("form.required")})`) : null);
     rows[item.id] = h("div", { class: "item", "data-item": item.id }, label, h("div", { class: "row" }, control, raise, history), note);
@@ -420,7 +547,17 @@ async function formPage(subjectId, formId, visitId) {
     const reason = document.getElementById("reason").value.trim();
     if (reason) body.reason = reason;
     try {
-      const { data } = await api("PUT", formUrl, body, { "If-Match": `W/"${view.version}"` });
+      const creating = isEntry && entryId === "new";
+      const { data } = creating ? await api("POST", entriesUrl(subjectId, formId, visitId), body)
+        : await api("PUT", formUrl, body, { "If-Match": `W/"${view.version}"` });
+      if (creating) {  // the entry has its id now: show it at its own address, with its lifecycle
+        history.replaceState(null, "", entryHash(subjectId, formId, visitId, data.id));
+        await route();
+        const text = data.warnings?.length ? t("form.saved_with_warnings", { n: data.warnings.length }) : t("form.saved");
+        document.getElementById("form-messages")?.replaceChildren(h("p", { class: data.warnings?.length ? "warning" : "ok" }, text));
+        announce(text);
+        return;
+      }
       view = data;
       showFindings([], data.warnings);
       const text = data.warnings?.length ? t("form.saved_with_warnings", { n: data.warnings.length }) : t("form.saved");
@@ -452,21 +589,29 @@ async function formPage(subjectId, formId, visitId) {
     }
   }
 
-  const formUrl = `/api/v1/subjects/${encodeURIComponent(subjectId)}/forms/${encodeURIComponent(formId)}/${encodeURIComponent(visitId)}`;
+  const formUrl = isEntry ? `${entriesUrl(subjectId, formId, visitId)}/${encodeURIComponent(entryId)}` : base;
   const status = h("span", { id: "form-status" }, t(`form.status.${view.status}`));
-  const visit = subject.data.visits.find(v => v.id === visitId);
+  const visit = visitId ? subject.data.visits.find(v => v.id === visitId) : null;
+  const where = visitId ? (visit ? visit.label : visitId) : t("entries.log");
+  const title = isEntry ? `${definition.title} — ${where} — ${entryId === "new" ? t("entries.new") : t("entries.entry")}` : `${definition.title} — ${where}`;
+  const dated = !(isEntry && !visitId && definition.date_item);  // a log entry with a date item is dated by it
   const parts = [
     h("p", {}, h("a", { href: `#/subjects/${subjectId}` }, t("form.back", { mrn: subject.data.mrn || subjectId }))),
-    h("h1", {}, `${definition.title} — ${visit ? visit.label : visitId}`),
+    h("h1", {}, title),
+    withdrawn ? h("p", { class: "error", id: "withdrawn-note" }, t("entries.withdrawn_reason", { reason: view.withdrawn_reason || "" })) : null,
     h("p", {}, t("form.status"), ": ", status, view.updated ? ` · ${t("form.updated", { who: view.updated.by || "", at: showMoment(view.updated.at, subject.data.site) })}` : "",
       view.signature ? ` · ${t("form.signed_by", { who: view.signature.by || view.signature.name || "", meaning: view.signature.meaning || "" })}` : ""),
     h("form", { id: "crf", novalidate: true, onsubmit: save },
-      h("div", { class: "item" }, h("label", { for: "visit-date" }, t("form.visit_date")), h("span", { class: "control" }, visitDate)),
+      dated ? h("div", { class: "item" }, h("label", { for: "visit-date" }, t(isEntry && !visitId ? "entries.date" : "form.visit_date")),
+        h("span", { class: "control" }, visitDate)) : null,
       items, reasonRow, general, summary,
-      editable ? h("button", { type: "submit", id: "save" }, t("form.save")) : h("p", {}, t(view.status === "locked" ? "form.locked" : "form.read_only"))),
-    lifecycle(formUrl, view, () => route()),
+      editable ? h("button", { type: "submit", id: "save" }, t("form.save"))
+        : allocated.size ? h("p", { id: "allocated-note" }, t("form.allocated_form"), " ", h("a", { href: `#/subjects/${subjectId}` }, t("randomise.title")))
+        : h("p", {}, t(withdrawn ? "entries.withdrawn" : view.status === "locked" ? "form.locked" : "form.read_only"))),
+    isEntry && entryId === "new" ? null : lifecycle(formUrl, view, () => route()),
+    isEntry && editable && entryId !== "new" ? withdrawPanel(formUrl, view, subjectId) : null,
   ];
-  if (may("query.read")) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
+  if (may("query.read") && !isEntry) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
   render(...parts);
   applyConditions();
 }
@@ -505,6 +650,26 @@ function lifecycle(formUrl, view, refresh) {
   if (!buttons.length) return h("div", {});
   return h("section", { class: "panel", "aria-labelledby": "lifecycle-title" }, h("h2", { id: "lifecycle-title" }, t("lifecycle.title")),
     h("div", { class: "row" }, buttons), message);
+}
+
+// An entry is never deleted: withdrawn as entered in error, with a reason; it stays listed, marked.
+function withdrawPanel(formUrl, view, subjectId) {
+  const reason = h("input", { id: "withdraw-reason", size: 40 });
+  const message = h("div", { id: "withdraw-message", "aria-live": "polite" });
+  return h("section", { class: "panel", id: "withdraw", "aria-labelledby": "withdraw-title" },
+    h("h2", { id: "withdraw-title" }, t("entries.withdraw_title")),
+    h("div", { class: "row" }, h("label", { for: "withdraw-reason" }, t("entries.withdraw_reason"), reason),
+      h("button", { type: "button", class: "secondary", id: "withdraw-entry", onclick: async () => {
+        try {
+          await api("POST", `${formUrl}/withdraw`, { reason: reason.value.trim() || null }, { "If-Match": `W/"${view.version}"` });
+          announce(t("entries.withdrawn_done"));
+          location.hash = `#/subjects/${subjectId}`;
+        } catch (error) {
+          const findings = error.status === 422 ? (error.body.errors || []).map(e => e.message).join("; ") : "";
+          message.replaceChildren(h("div", { class: "error", role: "alert" }, findings || error.message));
+          announce(findings || error.message);
+        }
+      } }, t("entries.withdraw"))), message);
 }
 
 function reauthentication(then) {
