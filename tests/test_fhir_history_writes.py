@@ -107,6 +107,34 @@ def test_prefer_return_on_create_update_and_patch(server):
         assert patched.status_code == 200 and patched.content == b"" and patched.headers["etag"] == 'W/"4"'
 
 
+def test_prefer_return_in_transaction_and_batch_responses(server):
+    def push(kind: str, prefer: str | None) -> list[dict]:
+        subject = f"urn:uuid:{uuid.uuid4()}"
+        body = {"resourceType": "Bundle", "type": kind, "entry": [
+            {"fullUrl": subject, "resource": patient(), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": lab(subject, "718-7", 13.1, "g/dL"), "request": {"method": "POST", "url": "Observation"}}]}
+        headers = {**FHIR_JSON, **({"Prefer": f"return={prefer}"} if prefer else {})}
+        with server.client("ehr", "S01") as http:
+            reply = http.post("/fhir", json=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["entry"]
+
+    for kind in ("transaction", "batch"):
+        full = push(kind, "representation")
+        assert [e["resource"]["resourceType"] for e in full] == ["Patient", "Observation"]
+        assert full[1]["resource"]["subject"]["reference"] == full[0]["response"]["location"].split("/_history")[0]
+        assert all(e["resource"]["meta"]["versionId"] == "1" for e in full)
+        minimal = push(kind, "minimal")
+        assert all("resource" not in e and e["response"]["status"].startswith("201") for e in minimal)
+        outcome = push(kind, "OperationOutcome")
+        assert all("resource" not in e and e["response"]["outcome"]["issue"][0]["severity"] == "information"
+                   for e in outcome)
+        assert all(e["response"]["location"] in e["response"]["outcome"]["issue"][0]["diagnostics"].replace(
+            " version ", "/_history/") for e in outcome)
+        plain = push(kind, None)  # no preference: as before, created entries answer their location only
+        assert all("resource" not in e for e in plain)
+
+
 def test_delete_of_an_unknown_id_is_204_and_recreating_a_deleted_id_is_201(server):
     with server.client("ehr", "S01") as http:
         never = f"never-{uuid.uuid4().hex[:12]}"

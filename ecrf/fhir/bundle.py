@@ -53,8 +53,10 @@ def shell_issues(body: Any, entries: int | None, max_entries: int) -> list[dict[
     return []
 
 
-def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObject, base_url: str) -> dict[str, Any]:
-    """A Bundle parsed whole, or streamed (its entries read one at a time and read again when written)."""
+def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObject, base_url: str,
+            wanted: str | None = None) -> dict[str, Any]:
+    """A Bundle parsed whole, or streamed (its entries read one at a time and read again when written).
+    `wanted`: the Prefer header's `return` (minimal, representation, OperationOutcome) for the written entries."""
     streamed = body if isinstance(body, StreamedObject) else None
     shell = body if streamed is None else streamed.shell
     problems = shell_issues(shell, None if streamed is None else len(streamed), runtime.settings.max_bundle_entries)
@@ -63,10 +65,11 @@ def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObjec
         problems += [problem for _, entry_problems in parsed for problem in entry_problems]
         if problems:
             raise FhirError(status_of(problems), _summarised(problems, unsupported))
-        return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url))
+        return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url),
+                         wanted)
     if problems:
         raise FhirError(status_of(problems), problems)
-    return _response("batch-response", batch(runtime, actor, parsed, base_url, urls))
+    return _response("batch-response", batch(runtime, actor, parsed, base_url, urls), wanted)
 
 
 def _entries(body: dict[str, Any] | StreamedObject,
@@ -219,11 +222,13 @@ def _is_resource(problem: dict[str, Any]) -> bool:
     return location.startswith("Bundle.entry[") and location.endswith("].resource")
 
 
-def _response(kind: str, results: list[Result]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": kind, "entry": [_response_entry(result) for result in results]}
+def _response(kind: str, results: list[Result], wanted: str | None = None) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": [_response_entry(result, wanted) for result in results]}
 
 
-def _response_entry(result: Result) -> dict[str, Any]:
+def _response_entry(result: Result, wanted: str | None = None) -> dict[str, Any]:
+    """One entry of the response; with Prefer: return=…, a written entry carries its resource as stored
+    (representation), nothing more (minimal), or an OperationOutcome naming what was written."""
     response: dict[str, Any] = {"status": result.status_line}
     stored = result.stored
     if result.outcome is not None:
@@ -235,8 +240,14 @@ def _response_entry(result: Result) -> dict[str, Any]:
         response["location"] = f"{stored.reference}/_history/{stored.version_id}"
         response["etag"] = stored.etag
         response["lastModified"] = instant(stored.last_updated)
-    if result.resource is not None:
+    if result.resource is not None:  # a read or search entry: its answer, whatever the preference
         entry["resource"] = result.resource
-    elif stored is not None and result.status == 200 and not stored.deleted:
+    elif stored is not None and not stored.deleted and wanted == "representation":
+        entry["resource"] = stored.content
+    elif stored is not None and not stored.deleted and wanted == "operationoutcome":
+        response.setdefault("outcome", {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": f"{result.status_line}: {stored.reference} version {stored.version_id}"}]})
+    elif stored is not None and result.status == 200 and not stored.deleted and wanted is None:
         entry["resource"] = stored.content
     return entry

@@ -103,7 +103,9 @@ async def post_bundle(request: Request, actor: Actor = WRITE):
     """A transaction (all or nothing) or batch (each entry on its own) Bundle; answers the response Bundle."""
     try:
         body = await read_json(request)
-        result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request))
+        wanted = preferences(request).get("return")
+        result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request),
+                                         wanted if wanted in ("minimal", "representation", "operationoutcome") else None)
     except FhirError as error:
         return outcome_response(error)
     await run_in_threadpool(_shown, request, actor, result["type"].removesuffix("-response"), result)
