@@ -1,5 +1,6 @@
 """Service settings, read from ECRF_* environment variables (see the README's configuration table)."""
 import os
+import secrets
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -7,6 +8,20 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_FORMS_DIR = Path(__file__).resolve().parent.parent / "forms"
 REPO_DEIDENTIFICATION_PROFILE = Path(__file__).resolve().parent / "export" / "profiles" / "safe_harbor.yaml"
+
+
+def secret_in_file(path: Path) -> bytes:
+    """The secret kept in `path`, generated there once (0600, created exclusively so concurrent instances agree)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another instance wrote it first
+        else:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
 
 
 class Settings(BaseSettings):

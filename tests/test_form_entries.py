@@ -176,7 +176,8 @@ def test_the_log_form_is_described_in_the_study_and_the_questionnaire(log_server
     with log_server.client("coordinator", "S01") as http:
         form = http.get("/api/v1/forms/symptom_log").json()
         assert form["kind"] == "log" and form["visits"] == []
-        items = {i["id"]: i for i in form["items"]}  # the screens read the text limit from the definition
+        adverse = http.get("/api/v1/forms/adverse_event").json()
+        items = {i["id"]: i for i in adverse["items"]}  # the screens read the text limit from the definition
         assert items["term_verbatim"]["max_length"] == 500 and "max_length" not in items["grade"]
         study = http.get("/api/v1/study").json()  # and which items the system's allocation writes
         assert study["randomisation"] == {"form": "randomisation", "visit": "SCR",
@@ -296,7 +297,8 @@ def test_text_and_codes_items_in_the_form_and_the_questionnaire(server):
     with server.client("coordinator", "S01") as http:
         form = http.get("/api/v1/forms/adverse_event").json()
         assert form["kind"] == "log" and form["visits"] == []
-        items = {i["id"]: i for i in form["items"]}  # the screens read the text limit from the definition
+        adverse = http.get("/api/v1/forms/adverse_event").json()
+        items = {i["id"]: i for i in adverse["items"]}  # the screens read the text limit from the definition
         assert items["term_verbatim"]["max_length"] == 500 and "max_length" not in items["grade"]
         study = http.get("/api/v1/study").json()  # and which items the system's allocation writes
         assert study["randomisation"] == {"form": "randomisation", "visit": "SCR",

@@ -65,11 +65,7 @@ def _drop_sign_off(store: ClinicalStore, study: StudyDef, instance: FormInstance
     zero = day_zero(store.session, study, instance.patient_id)
     items, _ = form_values(store.session, study, form, instance.visit_id, instance.patient_id, instance, zero)
     old_status, now, actor = instance.status, datetime.now(UTC), store.actor
-    instance.status = lifecycle.status_after_edit(not missing_items(form, items))
-    instance.version += 1
-    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
-    instance.verified_at = instance.verified_by = None
-    instance.signed_at = instance.signed_by = instance.signature_meaning = instance.signature_hash = None
+    lifecycle.changed(instance, lifecycle.status_after_edit(not missing_items(form, items)), actor, now)
     store.session.add(instance)
     store.session.flush()
     head = store.session.get(ResourceHead, tuple(reference.split("/", 1)))

@@ -31,6 +31,16 @@ TRANSITIONS = {
 }
 
 
+def changed(instance: Any, status: str, actor: Any, now: datetime) -> None:
+    """A change of the form's data (or its withdrawal): the new status and version, who and when; SDV and
+    signature no longer cover it."""
+    instance.status = status
+    instance.version += 1
+    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
+    instance.verified_at = instance.verified_by = None
+    instance.signed_at = instance.signed_by = instance.signature_meaning = instance.signature_hash = None
+
+
 def status_after_edit(complete: bool) -> str:
     """Any edit drops SDV and signature: the form is complete or draft again."""
     return "complete" if complete else "draft"

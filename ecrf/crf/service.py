@@ -515,11 +515,8 @@ def withdraw_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_
         store.delete(resource_type, resource_id, context)
     _index_owned(store, instance.id, previous, {})
     now, actor, old_status = datetime.now(UTC), store.actor, instance.status
-    instance.status, instance.withdrawn_reason, instance.resources = WITHDRAWN, reason, "{}"
-    instance.version += 1
-    instance.updated_at, instance.updated_by, instance.updated_role = now, actor.sub, actor.role
-    instance.verified_at = instance.verified_by = None
-    instance.signed_at = instance.signed_by = instance.signature_meaning = instance.signature_hash = None
+    lifecycle.changed(instance, WITHDRAWN, actor, now)
+    instance.withdrawn_reason, instance.resources = reason, "{}"
     store.session.add(instance)
     store.session.flush()
     _audit_form(store, target, instance, "form.withdraw", old_status, WITHDRAWN, reason)

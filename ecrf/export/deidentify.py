@@ -3,9 +3,7 @@ that may leave; everything else, known or not, is dropped. Ids are re-keyed with
 study secret, dates are shifted by a secret per-subject offset, birth dates become grouped ages."""
 import hashlib
 import hmac
-import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -14,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ecrf.config import Settings
+from ecrf.config import Settings, secret_in_file
 from ecrf.export.vocabulary import Vocabulary
 from fhir_mappings.ucum import is_ucum_like
 
@@ -43,17 +41,7 @@ def study_secret(settings: Settings) -> bytes:
     """ECRF_STUDY_SECRET, else a random secret generated once and kept in a 0600 file."""
     if settings.study_secret:
         return settings.study_secret.encode()
-    path = settings.study_secret_file
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another instance wrote it first
-        else:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+    return secret_in_file(settings.study_secret_file)
 
 
 @dataclass(frozen=True)

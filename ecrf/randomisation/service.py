@@ -6,8 +6,6 @@ message names one, and neither the audit trail nor any log receives a list's con
 """
 import csv
 import io
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +17,7 @@ from sqlmodel import Session, select
 
 from ecrf.audit import service as audit
 from ecrf.auth.actor import SYSTEM, Actor
-from ecrf.config import Settings
+from ecrf.config import Settings, secret_in_file
 from ecrf.crf.errors import Blocked
 from ecrf.db import transaction
 from ecrf.eligibility.patient_data import load
@@ -53,17 +51,7 @@ def randomisation_secret(settings: Settings) -> bytes:
         if settings.randomisation_secret in (settings.study_secret, settings.jwt_secret):
             raise SchemeError("ECRF_RANDOMISATION_SECRET must differ from ECRF_STUDY_SECRET and ECRF_JWT_SECRET")
         return settings.randomisation_secret.encode()
-    path = settings.randomisation_secret_file
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another instance wrote it first
-        else:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+    return secret_in_file(settings.randomisation_secret_file)
 
 
 # -- generation and verification -------------------------------------------------------------------
