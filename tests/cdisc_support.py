@@ -1,10 +1,14 @@
 """Shared helpers of the CDISC export tests: kick off an ODM or SDTM export, wait, download; the schemas."""
 import os
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from lxml import etree
 import odmlib
 
+from tests.crf_support import save, valid_entries
+from tests.eligibility_support import TODAY
 from tests.test_export_protocol import ASYNC, wait_for_manifest
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "cdisc"
@@ -37,3 +41,32 @@ def files(http, manifest: dict) -> dict[str, bytes]:
         assert response.status_code == 200, response.text
         out[entry["url"].rsplit("/", 1)[1]] = response.content
     return out
+
+
+# A subject randomised by the system (issue 14) is randomised today (R = the S01 site's date), so its timeline is
+# VALID's shifted to put day 22 after surgery on the site's date: eligible then, as VALID's subject is at day 22.
+RANDOMISED_SURGERY = TODAY - timedelta(days=22)
+RANDOMISED = valid_entries(RANDOMISED_SURGERY)
+ELIGIBLE_FORMS = ("surgery", "baseline", "demographics", "pathology", "afp", "history", "ctc", "labs")
+
+
+def on_day(offset: int) -> str:
+    """A date of the randomised subject's timeline: `offset` days after its surgery."""
+    return (RANDOMISED_SURGERY + timedelta(days=offset)).isoformat()
+
+
+def randomised_subject(http, *, mrn: str | None = None, changes: dict | None = None, reasons: dict | None = None,
+                       forms: tuple[str, ...] = ELIGIBLE_FORMS) -> tuple[dict, dict]:
+    """Enrol at S01, enter every form eligibility needs (`changes`: form -> items instead), then randomise through
+    the action (POST .../randomise). Answers the subject and its allocation."""
+    response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": mrn or uuid.uuid4().hex[:12],
+                                                   "consent_date": on_day(14)})
+    assert response.status_code == 201, response.text
+    subject = response.json()
+    for form in forms:
+        _, visit_date, items = RANDOMISED[form]
+        saved = save(http, subject["id"], form, (changes or {}).get(form, items), visit_date=visit_date)
+        assert saved.status_code == 201, (form, saved.text)
+    allocation = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
+    assert allocation.status_code == 201, allocation.text
+    return subject, allocation.json()

@@ -15,6 +15,7 @@ from ecrf.crf.values import SUBJECT_LEVEL_KINDS, ShownFact, _facts, _pick, fact_
 from ecrf.eligibility.models import EligibilityState
 from ecrf.export.deidentify import parse_date
 from ecrf.export.form_csv import _subject_heads
+from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.indexing import patient_of
 from ecrf.store.service import ClinicalStore
 from fhir_mappings.definitions import FormDef, StudyDef
@@ -37,6 +38,7 @@ class SubjectRecord:
     zero: date | None
     forms: list[FormRecord] = field(default_factory=list)
     eligibility: EligibilityState | None = None
+    allocation: dict[str, Any] | None = None  # the system's allocation (randomisation_allocation), if any
 
     def value(self, item_id: str) -> dict[str, Any] | None:
         """The subject's value of an item at its first visit holding one (subject-level items)."""
@@ -70,7 +72,8 @@ def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, 
 
 def _subject(session: Session, study: StudyDef, subject_id: str, site: str | None, patient_id: str) -> SubjectRecord:
     zero = day_zero(session, study, patient_id)
-    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id))
+    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id),
+                           allocation=allocation_of(session, study, subject_id))
     instances = {(i.form_id, i.visit_id): i for i in session.execute(
         select(FormInstance).where(FormInstance.patient_id == patient_id)).scalars()}
     for form in study.forms:
@@ -94,6 +97,16 @@ def _subject(session: Session, study: StudyDef, subject_id: str, site: str | Non
             values, _ = _pick(form, unscheduled[day])
             record.forms.append(FormRecord(form, UNSCHEDULED, None, values, day))
     return record
+
+
+def allocation_of(session: Session, study: StudyDef, subject_id: str) -> dict[str, Any] | None:
+    """The subject's allocation by the system (issue 14): arm, number, stratum, date; None if it has none."""
+    row = session.execute(select(RandomisationAllocation).where(
+        RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id == subject_id)).scalars().first()
+    if row is None:
+        return None
+    return {"method": "system", "arm": row.arm, "randomisation_number": row.number, "stratum": row.stratum,
+            "randomisation_date": row.randomisation_date}
 
 
 def _placed_once(session: Session, study: StudyDef, form: FormDef, patient_id: str,

@@ -32,6 +32,16 @@ class Mapping:
         return self.spec.get("dm") or {}
 
     @property
+    def allocation(self) -> dict[str, str]:
+        """The items holding a version-1 allocation entered into the form (arm, date): read when the system
+        has no allocation of the subject."""
+        return self.spec.get("allocation") or {}
+
+    @property
+    def suppdm(self) -> dict[str, dict[str, Any]]:
+        return self.spec.get("suppdm") or {}
+
+    @property
     def ie(self) -> dict[str, Any] | None:
         return self.spec.get("ie")
 
@@ -56,6 +66,12 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
     items = {item.id for form in study.forms for item in form.items}
     named = [rule.get("item") for rule in (spec.get("dm") or {}).values()]
     named += [rule.get(key) for rule in (spec.get("dm") or {}).values() for key in ("born", "at")]
+    named += list((spec.get("allocation") or {}).values())
+    keys = {"arm", "randomisation_date", "randomisation_number", "stratum"}
+    wrong = sorted({rule["allocation"] for section in ("dm", "suppdm") for rule in (spec.get(section) or {}).values()
+                    if "allocation" in rule and rule["allocation"] not in keys})
+    if wrong:
+        raise MappingError(f"{path}: not a field of an allocation: {', '.join(wrong)} (one of {', '.join(sorted(keys))})")
     for section in ("findings", "events"):
         for domain in (spec.get(section) or {}).values():
             for item_id, rule in (domain.get("items") or {}).items():
