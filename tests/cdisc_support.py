@@ -70,3 +70,27 @@ def randomised_subject(http, *, mrn: str | None = None, changes: dict | None = N
     allocation = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
     assert allocation.status_code == 201, allocation.text
     return subject, allocation.json()
+
+
+def log_entry(http, subject_id: str, form_id: str, items: dict, *, withdraw: str | None = None) -> dict:
+    """An entry of a log form (adverse_event, conmed); withdrawn (entered in error) with `withdraw` as reason."""
+    url = f"/api/v1/subjects/{subject_id}/forms/{form_id}/entries"
+    response = http.post(url, json={"items": items})
+    assert response.status_code == 201, response.text
+    entry = response.json()
+    if withdraw is not None:
+        withdrawn = http.post(f"{url}/{entry['id']}/withdraw", json={"reason": withdraw})
+        assert withdrawn.status_code == 200, withdrawn.text
+    return entry
+
+
+def adverse_event(verbatim: str, **changes) -> dict:
+    return {"ctcae_term": "hand_foot_skin_reaction", "term_verbatim": verbatim, "onset_date": on_day(15),
+            "resolution_date": on_day(20), "grade": 3, "serious": True, "seriousness_criteria": ["hospitalisation"],
+            "related_pd1": "not_related", "related_sorafenib": "related", "immune_related": False,
+            "action_taken": "dose_reduced", "outcome": "recovered", **changes}
+
+
+def medication(name: str, indication: str, **changes) -> dict:
+    return {"medication": name, "atc": "N", "indication": indication, "start_date": on_day(16), "ongoing": True,
+            **changes}

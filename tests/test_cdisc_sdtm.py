@@ -14,7 +14,7 @@ import pytest
 from lxml import etree
 
 from tests.cdisc_support import (DATASET_JSON, RANDOMISED, RANDOMISED_SURGERY, cdisc_export, define_schema, files,
-                                  on_day, randomised_subject)
+                                  adverse_event, log_entry, medication, on_day, randomised_subject)
 from tests.conftest import running_server
 from tests.crf_support import VALID, enrol, save
 from tests.test_export_protocol import export_settings, fresh_database
@@ -28,6 +28,14 @@ def _load(server) -> dict:
         labs = {**RANDOMISED["labs"][2], "bilirubin": {"value": 1.2, "unit": "mg/dL"}}
         labs.pop("ast_uln")  # AST's ULN is then the study's default (40 U/L)
         subject, allocation = randomised_subject(http, changes={"labs": labs})  # v2: the system allocates
+        log_entry(http, subject["id"], "adverse_event", adverse_event("sore red palms"))
+        log_entry(http, subject["id"], "adverse_event", adverse_event("typed into the wrong subject", grade=1,
+                  serious=False, seriousness_criteria=None), withdraw="another subject's event")
+        log_entry(http, subject["id"], "adverse_event", adverse_event(None, ctcae_term="diarrhea", grade=2, serious=False,
+                  seriousness_criteria=None, resolution_date=None, outcome="recovering", action_taken="none"))
+        log_entry(http, subject["id"], "conmed", medication("Paracetamol 1 g", "fever"))
+        log_entry(http, subject["id"], "conmed", medication("Loperamide", "diarrhoea", atc="A", ongoing=False,
+                                                            end_date=on_day(19)))
         ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": on_day(-50),
                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
                "subject": {"reference": f"Patient/{subject['patient_id']}"},
@@ -73,7 +81,7 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
     _, _, manifest, content = study
     schema = json.loads((DATASET_JSON / "dataset.schema.json").read_text())
     names = {entry["type"] for entry in manifest["output"] if entry.get("format") == "json"}
-    assert {"DM", "SUPPDM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
+    assert {"DM", "SUPPDM", "AE", "SUPPAE", "CM", "SUPPCM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
     for name in names:
         dataset = _json(content, name)
         jsonschema.validate(dataset, schema)
@@ -193,3 +201,27 @@ def test_ie_for_an_ineligible_subject_and_sv(study):
     sv = {row["VISIT"]: row for row in _records(_json(content, "SV")) if row["USUBJID"].endswith(subject["id"])}
     pod7 = next(visit.label for visit in server_visits() if visit.id == "POD7")
     assert sv[pod7]["SVSTDTC"] == on_day(7) and sv[pod7]["SVSTDY"] == 7 - 22
+
+
+def test_ae_and_cm_from_the_log_entries_withdrawn_left_out(study):
+    """Issue 15's log forms: one AE/CM record per entry (the withdrawn one is not there), coded through
+    forms/sdtm.yaml, relatedness per drug in SUPPAE; identified (data manager), so the free text is there."""
+    _, subject, _, content = study
+    ae = [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["id"])]
+    assert [(row["AESEQ"], row["AETERM"], row["AEDECOD"], row["AETOXGR"]) for row in ae] == [
+        (1, "sore red palms", "Palmar-plantar erythrodysesthesia syndrome", "3"), (2, "Diarrhea", "Diarrhea", "2")]
+    first, second = ae
+    assert (first["AESEV"], first["AESER"], first["AEACN"], first["AEOUT"], first["AESHOSP"], first["AESDTH"]) == (
+        "SEVERE", "Y", "DOSE REDUCED", "RECOVERED/RESOLVED", "Y", "N")
+    assert (first["AESTDTC"], first["AEENDTC"], first["AESTDY"], first["AEENDY"]) == (on_day(15), on_day(20), -7, -2)
+    assert (second["AESER"], second["AESHOSP"], second["AEENDTC"], second["AEOUT"]) == ("N", None, None, "RECOVERING/RESOLVING")
+    supp = {(row["IDVARVAL"], row["QNAM"]): row["QVAL"] for row in _records(_json(content, "SUPPAE"))
+            if row["USUBJID"].endswith(subject["id"])}
+    assert (supp[("1", "AERELPD1")], supp[("1", "AERELSOR")], supp[("1", "AEIMMREL")]) == ("NOT RELATED", "RELATED", "N")
+    assert supp[("1", "FHIRREF")].startswith("AdverseEvent/")
+    cm = [row for row in _records(_json(content, "CM")) if row["USUBJID"].endswith(subject["id"])]
+    assert [(row["CMTRT"], row["CMCLAS"], row["CMCLASCD"], row["CMINDC"], row["CMENRTPT"], row["CMSTDTC"],
+             row["CMENDTC"], row["CMSTDY"]) for row in cm] == [
+        ("Paracetamol 1 g", "NERVOUS SYSTEM", "N", "fever", "ONGOING", on_day(16), None, -6),
+        ("Loperamide", "ALIMENTARY TRACT AND METABOLISM", "A", "diarrhoea", None, on_day(16), on_day(19), -6)]
+    assert not [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["ineligible"]["id"])]

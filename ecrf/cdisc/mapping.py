@@ -42,6 +42,11 @@ class Mapping:
         return self.spec.get("suppdm") or {}
 
     @property
+    def logs(self) -> dict[str, dict[str, Any]]:
+        """Domains from the entries of log forms (AE, CM): one record per entry."""
+        return self.spec.get("logs") or {}
+
+    @property
     def ie(self) -> dict[str, Any] | None:
         return self.spec.get("ie")
 
@@ -76,6 +81,19 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
         for domain in (spec.get(section) or {}).values():
             for item_id, rule in (domain.get("items") or {}).items():
                 named += [item_id, rule.get("uln"), rule.get("METHOD_ITEM")]
+    forms = {form.id: {item.id for item in form.items} for form in study.forms}
+    for domain, log in (spec.get("logs") or {}).items():
+        if log.get("form") not in forms:
+            raise MappingError(f"{path}: logs.{domain}.form {log.get('form')} is not a form of the study")
+        own = [log.get("start"), log.get("end"), *(rule.get("item") for section in ("variables", "supp")
+                                                     for rule in (log.get(section) or {}).values())]
+        missing = sorted({name for name in own if name and name not in forms[log["form"]]})
+        if missing:
+            raise MappingError(f"{path}: logs.{domain}: items not in form {log['form']}: {', '.join(missing)}")
+        variables = log.get("variables") or {}
+        dangling = sorted({rule["otherwise"] for rule in variables.values() if rule.get("otherwise")} - set(variables))
+        if dangling:
+            raise MappingError(f"{path}: logs.{domain}: `otherwise` names no variable of the domain: {', '.join(dangling)}")
     visits = {visit.id for visit in study.visits}
     if (spec.get("ie") or {}).get("visit") not in (None, *visits):
         raise MappingError(f"{path}: ie.visit {spec['ie']['visit']} is not a visit of the study")

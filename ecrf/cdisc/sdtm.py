@@ -12,7 +12,7 @@ from typing import Any
 from ecrf.cdisc.collect import FormRecord, SubjectRecord
 from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.cdisc.mapping import Mapping
-from ecrf.export.deidentify import Deidentifier, completed_years, parse_date
+from ecrf.export.deidentify import Deidentifier, completed_years, parse_date, site_only
 from fhir_mappings.definitions import StudyDef
 
 COLLECTED, DERIVED, ASSIGNED = "Collected", "Derived", "Assigned"
@@ -26,6 +26,17 @@ METHODS = {
     "VISITNUM": "Order of the visit in the study's schedule (forms/study.yaml)",
     "ARMNRS": "Null arm: SCREEN FAILURE when the subject's eligibility is ineligible, else NOT ASSIGNED "
               "(forms/sdtm.yaml dm.ARMNRS)",
+}
+
+
+LOG_LABELS = {  # SDTMIG 3.4 labels of the log domains' variables, by the part after the domain prefix
+    "TERM": "Reported Term for the Adverse Event", "DECOD": "Dictionary-Derived Term", "SEV": "Severity/Intensity",
+    "SER": "Serious Event", "ACN": "Action Taken with Study Treatment", "OUT": "Outcome of Adverse Event",
+    "SCONG": "Congenital Anomaly or Birth Defect", "SDISAB": "Persist or Signif Disability/Incapacity",
+    "SDTH": "Results in Death", "SHOSP": "Requires or Prolongs Hospitalization", "SLIFE": "Is Life Threatening",
+    "SMIE": "Other Medically Important Serious Event", "TOXGR": "Standard Toxicity Grade",
+    "TRT": "Reported Name of Drug, Med, or Therapy", "CLAS": "Medication Class", "CLASCD": "Medication Class Code",
+    "INDC": "Indication", "ENRTPT": "End Relative to Reference Time Point",
 }
 
 
@@ -110,6 +121,19 @@ def datasets(mapping: Mapping) -> list[Dataset]:
         result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}SEQ"),
                               structure="One record per event per subject",
                               klass="INTERVENTIONS" if verb == "TRT" else "EVENTS"))
+    for domain, spec in mapping.logs.items():
+        d = domain
+        interventions = domain in ("CM", "EX", "PR")
+        columns = [*_identity(domain), _c(f"{d}SEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+                   *(_c(name, LOG_LABELS.get(name[2:], name), origin=COLLECTED, source=rule.get("item"))
+                     for name, rule in (spec.get("variables") or {}).items()),
+                   _c(f"{d}STDTC", "Start Date/Time", "date", COLLECTED, source=spec.get("start")),
+                   _c(f"{d}ENDTC", "End Date/Time", "date", COLLECTED, source=spec.get("end")),
+                   _c(f"{d}STDY", "Study Day of Start", "integer", DERIVED, "DY"),
+                   _c(f"{d}ENDY", "Study Day of End", "integer", DERIVED, "DY")]
+        result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}SEQ"),
+                              structure=f"One record per {'medication' if interventions else 'event'} per subject",
+                              klass="INTERVENTIONS" if interventions else "EVENTS"))
     for domain, spec in mapping.findings.items():
         d = domain
         lab = domain == "LB"
@@ -230,6 +254,8 @@ class Builder:
                              self.study_day(day, reference)])
                 supp += self._origin(domain, usubjid, seq, entry) if entry else []
             out[domain], out[f"SUPP{domain}"] = rows, supp
+        for domain, spec in self.mapping.logs.items():
+            out[domain], out[f"SUPP{domain}"] = self._log(domain, spec, subject, usubjid, reference)
         for domain, spec in self.mapping.findings.items():
             rows, supp = [], []
             for record in subject.forms:
@@ -334,6 +360,47 @@ class Builder:
             rows.append([self.study.id, "DM", usubjid, None, None, qnam, rule.get("label", qnam), str(value),
                          rule.get("origin", ASSIGNED)])
         return rows
+
+    def _log(self, domain: str, spec: dict[str, Any], subject: SubjectRecord, usubjid: str,
+             reference: date | None) -> tuple[list[list[Any]], list[list[Any]]]:
+        """One record per entry of the log form (collect leaves withdrawn entries out). For sponsors, items of
+        type text (free text: kept at the site) are never read."""
+        withheld = {item.id for item in self.study.form(spec["form"]).items if site_only(item)}
+        variables, rows, supp = spec.get("variables") or {}, [], []
+
+        def read(record: FormRecord, rule: dict[str, Any]) -> Any:
+            item_id = rule.get("item")
+            if not item_id or (self.deid and item_id in withheld):
+                return None
+            value = (record.values.get(item_id) or {}).get("value")
+            if value is None:
+                return None
+            if "has" in rule:
+                return "Y" if rule["has"] in (value if isinstance(value, list) else [value]) else "N"
+            codes = rule.get("codes")
+            if codes is not None:
+                return codes.get(str(value).lower() if isinstance(value, bool) else value)
+            return _text(value)
+
+        for record in subject.entries:
+            if record.form.id != spec["form"]:
+                continue
+            seq = len(rows) + 1
+            values = {name: read(record, rule) for name, rule in variables.items()}
+            for name, rule in variables.items():
+                if values[name] is None and rule.get("otherwise"):
+                    values[name] = values.get(rule["otherwise"])
+            start, end = (parse_date((record.values.get(spec.get(key) or "") or {}).get("value")) for key in ("start", "end"))
+            rows.append([self.study.id, domain, usubjid, seq, *values.values(), self.dtc(subject, start),
+                         self.dtc(subject, end), self.study_day(start, reference), self.study_day(end, reference)])
+            origin = next((entry for entry in record.values.values() if entry.get("resource")), None)
+            supp += self._origin(domain, usubjid, seq, origin) if origin else []
+            for qnam, rule in (spec.get("supp") or {}).items():
+                value = read(record, rule)
+                if value is not None:
+                    supp.append([self.study.id, domain, usubjid, f"{domain}SEQ", str(seq), qnam, rule.get("label", qnam),
+                                 value, COLLECTED])
+        return rows, supp
 
     def _finding(self, domain: str, rule: dict[str, Any], subject: SubjectRecord, usubjid: str, seq: int,
                  record: FormRecord, item_id: str, entry: dict[str, Any], reference: date | None) -> tuple[list[Any], list[list[Any]]]:
