@@ -4,7 +4,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import text
 
-from tests.cdisc_support import cdisc_export, files, odm_schema, randomised_subject
+from tests.cdisc_support import cdisc_export, files, odm_schema, randomised_subject, shared_odm_schema
 from tests.conftest import running_server
 from tests.crf_support import VALID, day, enrol, path, save
 from tests.test_export_protocol import export_settings, fresh_database
@@ -171,3 +171,14 @@ def test_the_systems_allocation_is_in_the_archive(study):
         assert (found.get("Value"), found.get("TransactionType")) == (value, "Insert")
         assert found.getparent().getparent().getparent().get("StudyEventOID") == "SE.SCR"
         assert users[found.find("odm:AuditRecord/odm:UserRef", NS).get("UserOID")] == "dr-rand"
+
+
+@pytest.mark.parametrize("params", [{"deidentify": "false"}, {"deidentify": "false", "mode": "snapshot"}, {}],
+                         ids=["archive", "snapshot", "sponsor"])
+def test_the_files_are_valid_against_the_shared_odm_xsd_too(study, params):
+    """Besides odmlib's copy (every test above): CDISC's XSD as ../shared/cdisc holds it."""
+    server, _ = study
+    schema = shared_odm_schema()
+    with server.client("sponsor" if not params else "data_manager") as http:
+        document, _ = _odm(http, **params)
+    assert schema.validate(document), schema.error_log
