@@ -169,12 +169,17 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     page.locator("#eligibility").scroll_into_view_if_needed()
     page.evaluate("document.getElementById('eligibility').scrollIntoView()")
     screenshot(page, "subject")
-    # randomisation is the randomisation form, refused by the eligibility gate unless eligible
-    fill_and_save(page, subject_id, "randomisation", {"arm": "SORA", "randomisation_date": R.isoformat()}, R.isoformat())
+    # v2: the system randomises (the button asks POST .../randomise; the arm is never typed), once eligible
+    page.click("#randomise")
+    expect(page.locator("#randomise")).to_have_count(0)
+    with server.client("monitor", "S01") as http:
+        allocation = http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()
+    assert allocation["randomised"] and allocation["randomisation_date"] == R.isoformat()
+    expect(page.locator("main h1 + p")).to_contain_text(allocation["arm"])
     goto(page, "#/")
     expect(page.locator("#subjects")).to_contain_text(mrn)
     expect(page.locator("#subjects tr", has_text=mrn)).to_contain_text("eligible")
-    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text("SORA")
+    expect(page.locator("#subjects tr", has_text=mrn).locator("td").nth(5)).to_have_text(allocation["arm"])
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "home")
 

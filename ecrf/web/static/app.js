@@ -238,8 +238,27 @@ async function subjectPage(subjectId) {
       h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", {},
         h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`))))))))));
   if (may("eligibility.read")) parts.push(await eligibilityPanel(subject.id));
+  if (may("randomisation.allocate") && !subject.arm) parts.push(randomisePanel(subject));
   if (may("query.read")) parts.push(await queryPanel(subject.id, {}));
   render(...parts);
+}
+
+function randomisePanel(subject) {
+  // CRF-SPEC v2 section 6: the system allocates (POST .../randomise); the arm is never typed
+  const message = h("p", { id: "randomise-messages", role: "status" });
+  const button = h("button", { type: "button", id: "randomise", onclick: async () => {
+    button.disabled = true;
+    try {
+      const { data } = await api("POST", `/api/v1/subjects/${encodeURIComponent(subject.id)}/randomise`, {});
+      announce(t("randomise.done", { arm: data.arm, number: data.randomisation_number || "" }));
+      await subjectPage(subject.id);
+    } catch (error) {
+      message.textContent = error.message || String(error);
+      button.disabled = false;
+    }
+  } }, t("randomise.button"));
+  return h("section", { class: "panel", id: "randomisation", "aria-labelledby": "randomise-title" },
+    h("h2", { id: "randomise-title" }, t("randomise.title")), h("p", {}, t("randomise.explain")), button, message);
 }
 
 async function eligibilityPanel(subjectId) {
