@@ -22,33 +22,42 @@ def path(subject_id: str, form_id: str, visit_id: str) -> str:
     return f"/api/v1/subjects/{subject_id}/forms/{form_id}/{visit_id}"
 
 
-VALID: dict[str, tuple[str, str | None, dict[str, Any]]] = {
-    # form -> (visit, visit date, items)
-    "surgery": ("PREOP", None, {"surgery_date": day(0), "resection_type": "anatomical", "visible_tumour_thrombus": False}),
-    "demographics": ("SCR", day(21), {
-        "birth_date": "1970-05-01", "sex": "female", "consent_date": day(14), "weight": {"value": 60, "unit": "kg"},
-        "height": 165, "wocbp": True, "contraception_agreed": True, "tissue_consent": True}),
-    "baseline": ("PREOP", day(-3), {
-        "ecog": 1, "child_pugh_class": "A", "ascites": "none", "encephalopathy": "none", "bclc_stage": "B",
-        "distant_metastasis": False, "regional_lymph_nodes": False, "prior_antitumour_therapy": False,
-        "recurrent_hcc": False}),
-    "labs": ("SCR", day(21), {
-        "anc": 2.5, "platelets": 180, "hemoglobin": {"value": 13.2, "unit": "g/dL"}, "creatinine": 80,
-        "creatinine_uln": 97, "crcl": 95, "ast": 30, "ast_uln": 40, "alt": 35, "alt_uln": 50, "bilirubin": 15,
-        "bilirubin_uln": 21, "albumin": 40, "inr": 1.0, "inr_uln": 1.2, "aptt": 30, "aptt_uln": 36}),
-    "pathology": ("SCR", day(21), {
-        "histology": "8170/3", "margin_status": "R1", "closest_margin": 5, "tumour_size": 4.2, "tumour_count": 1,
-        "microvascular_invasion": "M1", "pvtt_extent": "Vp2", "bile_duct_invasion": False, "capsule_complete": True,
-        "lymph_node_metastasis": False}),
-    "afp": ("SCR", day(21), {"afp": 250}),
-    "ctc": ("POD7", day(7), {"ctc_count": 3, "blood_volume": 5, "method": "neg_enrichment_tpcr"}),
-    "history": ("SCR", day(21), {
-        "autoimmune_disease": False, "chronic_kidney_disease": False, "congestive_heart_failure": False,
-        "uncontrolled_diabetes": False, "uncontrolled_hypertension": False, "uncontrolled_infection": False,
-        "neuropathy_grade2_plus": False, "significant_abnormality": False, "steroid_gt10mg_14d": False,
-        "immunosuppressant_14d": False, "anticoagulant_prophylaxis": False, "antitumour_therapy_1m_postop": False}),
-    "randomisation": ("SCR", day(22), {"arm": "SORA", "randomisation_date": day(22)}),
-}
+def valid_entries(surgery: date) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+    """Valid entries of every form for a subject operated on `surgery` (VALID: SURGERY, 100 days ago; a
+    subject randomised by the system today is operated on 22 days before the site's date)."""
+    def day(offset: int) -> str:
+        return (surgery + timedelta(days=offset)).isoformat()
+
+    return {
+        # form -> (visit, visit date, items)
+        "surgery": ("PREOP", None, {"surgery_date": day(0), "resection_type": "anatomical", "visible_tumour_thrombus": False}),
+        "demographics": ("SCR", day(21), {
+            "birth_date": "1970-05-01", "sex": "female", "consent_date": day(14), "weight": {"value": 60, "unit": "kg"},
+            "height": 165, "wocbp": True, "contraception_agreed": True, "tissue_consent": True}),
+        "baseline": ("PREOP", day(-3), {
+            "ecog": 1, "child_pugh_class": "A", "ascites": "none", "encephalopathy": "none", "bclc_stage": "B",
+            "distant_metastasis": False, "regional_lymph_nodes": False, "prior_antitumour_therapy": False,
+            "recurrent_hcc": False}),
+        "labs": ("SCR", day(21), {
+            "anc": 2.5, "platelets": 180, "hemoglobin": {"value": 13.2, "unit": "g/dL"}, "creatinine": 80,
+            "creatinine_uln": 97, "crcl": 95, "ast": 30, "ast_uln": 40, "alt": 35, "alt_uln": 50, "bilirubin": 15,
+            "bilirubin_uln": 21, "albumin": 40, "inr": 1.0, "inr_uln": 1.2, "aptt": 30, "aptt_uln": 36}),
+        "pathology": ("SCR", day(21), {
+            "histology": "8170/3", "margin_status": "R1", "closest_margin": 5, "tumour_size": 4.2, "tumour_count": 1,
+            "microvascular_invasion": "M1", "pvtt_extent": "Vp2", "bile_duct_invasion": False, "capsule_complete": True,
+            "lymph_node_metastasis": False}),
+        "afp": ("SCR", day(21), {"afp": 250}),
+        "ctc": ("POD7", day(7), {"ctc_count": 3, "blood_volume": 5, "method": "neg_enrichment_tpcr"}),
+        "history": ("SCR", day(21), {
+            "autoimmune_disease": False, "chronic_kidney_disease": False, "congestive_heart_failure": False,
+            "uncontrolled_diabetes": False, "uncontrolled_hypertension": False, "uncontrolled_infection": False,
+            "neuropathy_grade2_plus": False, "significant_abnormality": False, "steroid_gt10mg_14d": False,
+            "immunosuppressant_14d": False, "anticoagulant_prophylaxis": False, "antitumour_therapy_1m_postop": False}),
+        "randomisation": ("SCR", day(22), {"arm": "SORA", "randomisation_date": day(22)}),
+    }
+
+
+VALID = valid_entries(SURGERY)
 
 
 def save(http, subject_id: str, form_id: str, items: dict[str, Any] | None = None, *, visit: str | None = None,

@@ -1,11 +1,12 @@
 """What a sponsor receives as CDISC is de-identified (issue 19): no MRN, birth date, real date, subject or resource
 id, user name, reason, query text or signature meaning in the ODM archive, the SDTM datasets (JSON, NDJSON, XPT)
 or the define.xml; a sponsor asking for identified CDISC data gets 403."""
+import orjson
 import pytest
 
-from tests.cdisc_support import cdisc_export, files
+from tests.cdisc_support import RANDOMISED, adverse_event, cdisc_export, files, log_entry, medication, on_day, randomised_subject
 from tests.conftest import running_server
-from tests.crf_support import VALID, day, path, save
+from tests.crf_support import path, save
 from tests.test_export_protocol import ASYNC, export_settings, fresh_database
 
 MRN = "MRN-QX-558812"
@@ -13,6 +14,11 @@ BORN = "1931-02-17"
 REASON = "Quackenbush said the tube was mislabelled"
 QUERY = "Zebediah's ANC looks odd"
 MEANING = "Signed by Dr Philomena Cartwright"
+# issue 15: the log forms' free text (type text) is kept at the site
+VERBATIM = "Ms Ottoline Vandersteen's palms blistered after the Fairhaven clinic visit"
+MEDICATION = "Grandma Hortensia's herbal tincture"
+INDICATION = "insomnia since the Brimblecombe Street flat fire"
+RANDOMISED_MRN = "MRN-QX-771203"
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +27,23 @@ def study(database_url, tmp_path_factory):
     with fresh_database(database_url, tmp_path) as url:
         with running_server(export_settings(url, tmp_path)) as server:
             with server.client("investigator", "S01", sub="philomena.cartwright") as http:
-                response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": MRN, "consent_date": day(14)})
+                # both subjects on one timeline (its dates span 25 days, every shift is at least 60): no
+                # subject's shifted date can be another's real one
+                response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": MRN, "consent_date": on_day(14)})
                 assert response.status_code == 201, response.text
                 subject = response.json()
                 for form in ("surgery", "labs", "ctc"):
-                    assert save(http, subject["id"], form).status_code == 201
-                demographics = {**VALID["demographics"][2], "birth_date": BORN}
-                assert save(http, subject["id"], "demographics", demographics).status_code == 201
-                labs = {**VALID["labs"][2], "platelets": 191}
-                assert save(http, subject["id"], "labs", labs, reason=REASON).status_code == 200
+                    _, visit_date, items = RANDOMISED[form]
+                    assert save(http, subject["id"], form, items, visit_date=visit_date).status_code == 201
+                demographics = {**RANDOMISED["demographics"][2], "birth_date": BORN}
+                assert save(http, subject["id"], "demographics", demographics,
+                            visit_date=RANDOMISED["demographics"][1]).status_code == 201
+                labs = {**RANDOMISED["labs"][2], "platelets": 191}
+                assert save(http, subject["id"], "labs", labs, reason=REASON,
+                            visit_date=RANDOMISED["labs"][1]).status_code == 200
+                randomised, allocation = randomised_subject(http, mrn=RANDOMISED_MRN)  # v2: by the system
+                log_entry(http, randomised["id"], "adverse_event", adverse_event(VERBATIM, ctcae_term="other"))
+                log_entry(http, randomised["id"], "conmed", medication(MEDICATION, INDICATION))
             with server.client("monitor", "S01", sub="monty.monitor") as http:
                 assert http.post(path(subject["id"], "labs", "SCR") + "/verify").status_code == 200
                 assert http.post(f"/api/v1/subjects/{subject['id']}/queries",
@@ -38,11 +52,11 @@ def study(database_url, tmp_path_factory):
                 assert http.post(path(subject["id"], "labs", "SCR") + "/sign", json={"meaning": MEANING}).status_code == 200
                 resources = [entry["resource"].split("/")[1] for entry in
                              http.get(path(subject["id"], "labs", "SCR")).json()["items"].values()]
-            yield server, subject, resources
+            yield server, subject, resources, (randomised, allocation)
 
 
 def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
-    server, subject, resources = study
+    server, subject, resources, (randomised, allocation) = study
     with server.client("sponsor") as http:
         content = files(http, cdisc_export(http, "odm"))
         content.update(files(http, cdisc_export(http, "odm", mode="snapshot")))
@@ -51,14 +65,25 @@ def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
     assert all(" " not in name for name in content)
     everything = b"\n".join(content.values()).decode("latin-1")
     assert "HGB" in everything and "IT.labs.platelets" in everything  # the data are there ...
+    assert {"ae.json", "ae.xpt", "cm.ndjson", "suppdm.json"} <= set(content)
+    assert "RANDOMIZED" in everything and "NERVOUS SYSTEM" in everything and "STRATUM" in everything
     planted = [MRN, BORN, REASON, QUERY, MEANING, "Quackenbush", "Zebediah", "Cartwright", "philomena", "monty",
-               subject["id"], subject["patient_id"], *resources, *(day(offset) for offset in (-3, 0, 7, 14, 21, 22))]
+               subject["id"], subject["patient_id"], *resources,
+               VERBATIM, MEDICATION, INDICATION, "Ottoline", "Vandersteen", "Fairhaven", "Hortensia", "tincture",
+               "Brimblecombe", RANDOMISED_MRN, randomised["id"], randomised["patient_id"],
+               allocation["randomisation_number"], *(on_day(offset) for offset in (-3, 0, 7, 14, 15, 16, 20, 21))]
     leaked = [value for value in planted if value in everything]
     assert leaked == []  # ... and nothing identifying
+    # the randomisation date is today's, which the files' creation stamps hold: it is shifted in every record
+    dm = orjson.loads(content["dm.json"])
+    starts = [row[[c["name"] for c in dm["columns"]].index("RFSTDTC")] for row in dm["rows"]]
+    assert [start for start in starts if start] and on_day(22) not in starts
+    for name in ("ds.ndjson", "ae.ndjson", "cm.ndjson", "sv.ndjson"):
+        assert on_day(22) not in b"\n".join(content[name].splitlines()[1:]).decode(), name  # the rows
 
 
 def test_a_sponsor_cannot_ask_for_identified_cdisc(study):
-    server, _, _ = study
+    server, _, _, _ = study
     with server.client("sponsor") as http:
         for kind in ("odm", "sdtm"):
             assert http.get(f"/api/v1/exports/{kind}", params={"deidentify": "false"}, headers=ASYNC).status_code == 403

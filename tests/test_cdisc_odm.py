@@ -4,7 +4,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import text
 
-from tests.cdisc_support import cdisc_export, files, odm_schema
+from tests.cdisc_support import cdisc_export, files, odm_schema, randomised_subject, shared_odm_schema
 from tests.conftest import running_server
 from tests.crf_support import VALID, day, enrol, path, save
 from tests.test_export_protocol import export_settings, fresh_database
@@ -36,7 +36,9 @@ def _load(server) -> dict:
     with server.client("investigator", "S02") as http:
         other = enrol(http, "S02")
         assert save(http, other["id"], "surgery").status_code == 201
-    return {"subject": subject, "other": other}
+    with server.client("investigator", "S01", sub="dr-rand") as http:
+        randomised, allocation = randomised_subject(http)  # v2: the system allocates, writing the form
+    return {"subject": subject, "other": other, "randomised": randomised, "allocation": allocation}
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +96,13 @@ def test_archive_holds_every_version_with_who_when_why(study):
     assert (pushed.get("ItemOID"), pushed.get("Value")) == ("IT.labs.hemoglobin", "124.0")
     assert "door:fhir" in pushed.findtext("odm:AuditRecord/odm:SourceID", namespaces=NS)
     entry = manifest["output"][0]
-    assert entry["audit_chain_head"]["seq"] >= chain[-1].seq and entry["count"] == 2
+    assert entry["audit_chain_head"]["seq"] >= chain[-1].seq and entry["count"] == 3  # v2: + the randomised subject
     assert entry["audit_chain_head"]["seq"] <= head.last_seq
     assert len(entry["sha256"]) == 64
 
 
 def test_metadata_from_the_forms(study):
-    server, _ = study
+    server, data = study
     with server.client("data_manager") as http:
         document, _ = _odm(http, deidentify="false", mode="snapshot")
     assert document.get("FileType") == "Snapshot"
@@ -114,7 +116,8 @@ def test_metadata_from_the_forms(study):
     assert document.xpath("//odm:CodeList[@OID='CL.demographics.sex']/odm:CodeListItem/@CodedValue", namespaces=NS) == ["male", "female"]
     assert document.xpath("//odm:ItemRef[@ItemOID='IT.demographics.contraception_agreed']/@CollectionExceptionConditionOID",
                           namespaces=NS) == ["COND.demographics.contraception_agreed"]
-    values = document.xpath("//odm:ItemData[@ItemOID='IT.labs.platelets']/@Value", namespaces=NS)
+    values = document.xpath("//odm:SubjectData[@SubjectKey=$key]//odm:ItemData[@ItemOID='IT.labs.platelets']/@Value",
+                            namespaces=NS, key=data["subject"]["id"])
     assert values == ["190"]  # the snapshot: current values only
 
 
@@ -152,3 +155,30 @@ def test_audit_records_agree_with_the_verified_chain(study):
         assert record.findtext("odm:ReasonForChange", namespaces=NS) == entry.reason
         seen.add(seq)
     assert seen == set(entries)  # every item-level entry of the chain is in the archive, and nothing else
+
+
+def test_the_systems_allocation_is_in_the_archive(study):
+    """v2: the randomise action writes the randomisation form (arm, date): the archive has both values, at the
+    form's visit, by the investigator who randomised, from the form door."""
+    server, data = study
+    with server.client("data_manager") as http:
+        document, _ = _odm(http, deidentify="false")
+    [mine] = document.xpath("//odm:SubjectData[@SubjectKey=$key]", namespaces=NS, key=data["randomised"]["id"])
+    users = {u.get("OID"): u.findtext("odm:LoginName", namespaces=NS) for u in document.iterfind(".//odm:User", NS)}
+    allocation = data["allocation"]
+    for item, value in (("arm", allocation["arm"]), ("randomisation_date", allocation["randomisation_date"])):
+        [found] = mine.xpath(f".//odm:ItemData[@ItemOID='IT.randomisation.{item}']", namespaces=NS)
+        assert (found.get("Value"), found.get("TransactionType")) == (value, "Insert")
+        assert found.getparent().getparent().getparent().get("StudyEventOID") == "SE.SCR"
+        assert users[found.find("odm:AuditRecord/odm:UserRef", NS).get("UserOID")] == "dr-rand"
+
+
+@pytest.mark.parametrize("params", [{"deidentify": "false"}, {"deidentify": "false", "mode": "snapshot"}, {}],
+                         ids=["archive", "snapshot", "sponsor"])
+def test_the_files_are_valid_against_the_shared_odm_xsd_too(study, params):
+    """Besides odmlib's copy (every test above): CDISC's XSD as ../shared/cdisc holds it."""
+    server, _ = study
+    schema = shared_odm_schema()
+    with server.client("sponsor" if not params else "data_manager") as http:
+        document, _ = _odm(http, **params)
+    assert schema.validate(document), schema.error_log

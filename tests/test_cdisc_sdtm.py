@@ -13,9 +13,10 @@ import pyreadstat
 import pytest
 from lxml import etree
 
-from tests.cdisc_support import DATASET_JSON, cdisc_export, define_schema, files
+from tests.cdisc_support import (DATASET_JSON, RANDOMISED, RANDOMISED_SURGERY, cdisc_export, define_schema, files,
+                                  adverse_event, log_entry, medication, on_day, randomised_subject)
 from tests.conftest import running_server
-from tests.crf_support import SURGERY, VALID, day, enrol, save
+from tests.crf_support import VALID, enrol, save
 from tests.test_export_protocol import export_settings, fresh_database
 
 STUDY = "NCT04163237"
@@ -24,16 +25,18 @@ ODM = {"odm": "http://www.cdisc.org/ns/odm/v1.3", "def": "http://www.cdisc.org/n
 
 def _load(server) -> dict:
     with server.client("investigator", "S01") as http:
-        subject = enrol(http)
-        for form in ("surgery", "baseline", "demographics", "pathology", "afp", "history", "ctc"):
-            assert save(http, subject["id"], form).status_code == 201, form
-        labs = {**VALID["labs"][2], "bilirubin": {"value": 1.2, "unit": "mg/dL"}}
+        labs = {**RANDOMISED["labs"][2], "bilirubin": {"value": 1.2, "unit": "mg/dL"}}
         labs.pop("ast_uln")  # AST's ULN is then the study's default (40 U/L)
-        response = save(http, subject["id"], "labs", labs)
-        assert response.status_code == 201, response.text
-        response = save(http, subject["id"], "randomisation")
-        assert response.status_code == 201, response.text
-        ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": day(-50),
+        subject, allocation = randomised_subject(http, changes={"labs": labs})  # v2: the system allocates
+        log_entry(http, subject["id"], "adverse_event", adverse_event("sore red palms"))
+        log_entry(http, subject["id"], "adverse_event", adverse_event("typed into the wrong subject", grade=1,
+                  serious=False, seriousness_criteria=None), withdraw="another subject's event")
+        log_entry(http, subject["id"], "adverse_event", adverse_event(None, ctcae_term="diarrhea", grade=2, serious=False,
+                  seriousness_criteria=None, resolution_date=None, outcome="recovering", action_taken="none"))
+        log_entry(http, subject["id"], "conmed", medication("Paracetamol 1 g", "fever"))
+        log_entry(http, subject["id"], "conmed", medication("Loperamide", "diarrhoea", atc="A", ongoing=False,
+                                                            end_date=on_day(19)))
+        ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": on_day(-50),
                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
                "subject": {"reference": f"Patient/{subject['patient_id']}"},
                "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
@@ -43,7 +46,9 @@ def _load(server) -> dict:
         assert save(http, ineligible["id"], "baseline", {**VALID["baseline"][2], "ecog": 3}).status_code == 201
         eligibility = http.get(f"/api/v1/subjects/{ineligible['id']}/eligibility").json()
         assert eligibility["status"] == "ineligible"
-    return {**subject, "ineligible": ineligible, "ineligible_r": eligibility["reference_date"]}
+        waiting = enrol(http)  # consented, neither randomised nor ineligible
+    return {**subject, "allocation": allocation, "ineligible": ineligible, "ineligible_r": eligibility["reference_date"],
+            "waiting": waiting}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
     _, _, manifest, content = study
     schema = json.loads((DATASET_JSON / "dataset.schema.json").read_text())
     names = {entry["type"] for entry in manifest["output"] if entry.get("format") == "json"}
-    assert {"DM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
+    assert {"DM", "SUPPDM", "AE", "SUPPAE", "CM", "SUPPCM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
     for name in names:
         dataset = _json(content, name)
         jsonschema.validate(dataset, schema)
@@ -118,20 +123,38 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
 
 
 def test_dm_of_a_randomised_subject(study):
-    _, subject, _, content = study
-    [dm] = [row for row in _records(_json(content, "DM")) if row["SUBJID"] == subject["id"]]
-    assert dm == {"STUDYID": STUDY, "DOMAIN": "DM", "USUBJID": f"{STUDY}-{subject['id']}", "SUBJID": subject["id"],
-                  "RFSTDTC": day(22), "RFICDTC": day(14), "SITEID": "S01",
-                  "AGE": (SURGERY + timedelta(days=14)).year - 1970 - ((SURGERY + timedelta(days=14)).timetuple()[1:3] < (5, 1)),
-                  "AGEU": "YEARS", "SEX": "F", "ARMCD": "SORA", "ARM": "Sorafenib"}
+    """v2: ARMCD/ARM/ACTARMCD/ACTARM and RFSTDTC are the system's allocation (arm, date: the site's date), its
+    number and stratum in SUPPDM; a subject without an allocation has ARMNRS instead."""
+    server, subject, _, content = study
+    allocation = subject["allocation"]
+    label = {arm.id: arm.label for arm in server.runtime.study.arms}
+    dm = {row["SUBJID"]: row for row in _records(_json(content, "DM"))}
+    consent = RANDOMISED_SURGERY + timedelta(days=14)
+    assert allocation["randomisation_date"] == on_day(22) and allocation["stratum"] == "S01-BC"
+    assert dm[subject["id"]] == {
+        "STUDYID": STUDY, "DOMAIN": "DM", "USUBJID": f"{STUDY}-{subject['id']}", "SUBJID": subject["id"],
+        "RFSTDTC": on_day(22), "RFICDTC": on_day(14), "SITEID": "S01",
+        "AGE": consent.year - 1970 - (consent.timetuple()[1:3] < (5, 1)), "AGEU": "YEARS", "SEX": "F",
+        "ARMCD": allocation["arm"], "ARM": label[allocation["arm"]], "ACTARMCD": allocation["arm"],
+        "ACTARM": label[allocation["arm"]], "ARMNRS": None}
+    for other, reason in ((subject["ineligible"], "SCREEN FAILURE"), (subject["waiting"], "NOT ASSIGNED")):
+        row = dm[other["id"]]
+        assert (row["ARMCD"], row["ARM"], row["ACTARMCD"], row["ACTARM"], row["RFSTDTC"], row["ARMNRS"]) == (
+            None, None, None, None, None, reason)
+    supp = [row for row in _records(_json(content, "SUPPDM")) if row["USUBJID"].endswith(subject["id"])]
+    assert {row["QNAM"]: (row["QVAL"], row["RDOMAIN"], row["IDVAR"]) for row in supp} == {
+        "RANDNO": (allocation["randomisation_number"], "DM", None), "STRATUM": ("S01-BC", "DM", None)}
+    assert not [row for row in _records(_json(content, "SUPPDM")) if row["USUBJID"].endswith(subject["waiting"]["id"])]
 
 
 def test_ds_for_the_randomisation(study):
     _, subject, _, content = study
     ds = {row["DSDECOD"]: row for row in _records(_json(content, "DS")) if row["USUBJID"].endswith(subject["id"])}
-    assert ds["RANDOMIZED"]["DSSTDTC"] == day(22) and ds["RANDOMIZED"]["DSSTDY"] == 1
+    assert ds["RANDOMIZED"]["DSSTDTC"] == on_day(22) and ds["RANDOMIZED"]["DSSTDY"] == 1
     assert ds["RANDOMIZED"]["DSCAT"] == "PROTOCOL MILESTONE" and ds["RANDOMIZED"]["VISIT"]
-    assert ds["INFORMED CONSENT OBTAINED"]["DSSTDTC"] == day(14) and ds["INFORMED CONSENT OBTAINED"]["DSSTDY"] == -8
+    assert ds["INFORMED CONSENT OBTAINED"]["DSSTDTC"] == on_day(14) and ds["INFORMED CONSENT OBTAINED"]["DSSTDY"] == -8
+    assert not [row for row in _records(_json(content, "DS"))
+                if row["USUBJID"].endswith(subject["ineligible"]["id"]) and row["DSDECOD"] == "RANDOMIZED"]
 
 
 def test_lb_converted_unit_defaulted_uln_and_origin(study):
@@ -142,7 +165,7 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
     assert (bili["LBORRES"], bili["LBORRESU"], bili["LBSTRESC"], bili["LBSTRESN"], bili["LBSTRESU"]) == (
         "1.2", "mg/dL", "20.52", 20.52, "umol/L")
     assert bili["LBSTNRHI"] == 21.0 and bili["LBORNRHI"].startswith("1.22807017")  # 21 umol/L in mg/dL
-    assert bili["LBDTC"] == day(21) and bili["LBDY"] == -1 and bili["VISIT"] and bili["LBSPEC"] == "SERUM"
+    assert bili["LBDTC"] == on_day(21) and bili["LBDY"] == -1 and bili["VISIT"] and bili["LBSPEC"] == "SERUM"
     ast = lb["AST"]
     assert (ast["LBORRES"], ast["LBORNRHI"], ast["LBSTNRHI"]) == ("30", "40", 40.0)
     hgb = lb["HGB"]
@@ -159,7 +182,7 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
     [unscheduled] = [row for row in _records(_json(content, "LB"))
                      if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] == "UNSCHEDULED"]
     assert (unscheduled["LBTESTCD"], unscheduled["LBORRES"], unscheduled["LBSTRESN"], unscheduled["VISITNUM"],
-            unscheduled["LBDTC"], unscheduled["LBDY"]) == ("HGB", "12.4", 124.0, None, day(-50), -72)
+            unscheduled["LBDTC"], unscheduled["LBDY"]) == ("HGB", "12.4", 124.0, None, on_day(-50), -72)
     vs = {row["VSTESTCD"]: row for row in _records(_json(content, "VS")) if row["USUBJID"].endswith(subject["id"])}
     assert (vs["WEIGHT"]["VSSTRESN"], vs["WEIGHT"]["VSSTRESU"], vs["HEIGHT"]["VSSTRESN"]) == (60.0, "kg", 165.0)
     ctc = lb["CTC"]
@@ -177,4 +200,28 @@ def test_ie_for_an_ineligible_subject_and_sv(study):
     assert not [row for row in _records(_json(content, "IE")) if row["USUBJID"].endswith(subject["id"])]  # eligible
     sv = {row["VISIT"]: row for row in _records(_json(content, "SV")) if row["USUBJID"].endswith(subject["id"])}
     pod7 = next(visit.label for visit in server_visits() if visit.id == "POD7")
-    assert sv[pod7]["SVSTDTC"] == day(7) and sv[pod7]["SVSTDY"] == 7 - 22
+    assert sv[pod7]["SVSTDTC"] == on_day(7) and sv[pod7]["SVSTDY"] == 7 - 22
+
+
+def test_ae_and_cm_from_the_log_entries_withdrawn_left_out(study):
+    """Issue 15's log forms: one AE/CM record per entry (the withdrawn one is not there), coded through
+    forms/sdtm.yaml, relatedness per drug in SUPPAE; identified (data manager), so the free text is there."""
+    _, subject, _, content = study
+    ae = [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["id"])]
+    assert [(row["AESEQ"], row["AETERM"], row["AEDECOD"], row["AETOXGR"]) for row in ae] == [
+        (1, "sore red palms", "Palmar-plantar erythrodysesthesia syndrome", "3"), (2, "Diarrhea", "Diarrhea", "2")]
+    first, second = ae
+    assert (first["AESEV"], first["AESER"], first["AEACN"], first["AEOUT"], first["AESHOSP"], first["AESDTH"]) == (
+        "SEVERE", "Y", "DOSE REDUCED", "RECOVERED/RESOLVED", "Y", "N")
+    assert (first["AESTDTC"], first["AEENDTC"], first["AESTDY"], first["AEENDY"]) == (on_day(15), on_day(20), -7, -2)
+    assert (second["AESER"], second["AESHOSP"], second["AEENDTC"], second["AEOUT"]) == ("N", None, None, "RECOVERING/RESOLVING")
+    supp = {(row["IDVARVAL"], row["QNAM"]): row["QVAL"] for row in _records(_json(content, "SUPPAE"))
+            if row["USUBJID"].endswith(subject["id"])}
+    assert (supp[("1", "AERELPD1")], supp[("1", "AERELSOR")], supp[("1", "AEIMMREL")]) == ("NOT RELATED", "RELATED", "N")
+    assert supp[("1", "FHIRREF")].startswith("AdverseEvent/")
+    cm = [row for row in _records(_json(content, "CM")) if row["USUBJID"].endswith(subject["id"])]
+    assert [(row["CMTRT"], row["CMCLAS"], row["CMCLASCD"], row["CMINDC"], row["CMENRTPT"], row["CMSTDTC"],
+             row["CMENDTC"], row["CMSTDY"]) for row in cm] == [
+        ("Paracetamol 1 g", "NERVOUS SYSTEM", "N", "fever", "ONGOING", on_day(16), None, -6),
+        ("Loperamide", "ALIMENTARY TRACT AND METABOLISM", "A", "diarrhoea", None, on_day(16), on_day(19), -6)]
+    assert not [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["ineligible"]["id"])]

@@ -1,7 +1,7 @@
 """Whole EHR Bundles, minimum necessary, over real HTTP: every valid R4 resource is taken, the kept types are
 stored, every other one is validated and held back (an information outcome naming it, nothing stored), and
 references to what is held back are removed from the stored versions, each removal reported and audited.
-The Synthea samples in ../shared are used when present; generated Synthea-shaped Bundles always run."""
+Generated Synthea-shaped Bundles always run; the Synthea samples of ../shared in addition (`needs_shared`)."""
 import json
 import uuid
 from pathlib import Path
@@ -13,6 +13,8 @@ from crf_support import day, enrol, path, save
 from ehr_bundles import expected_retention, synthea_shaped
 from ecrf.fhir.validation import WRITABLE_TYPES
 from fhir_builders import FHIR_JSON, lab, patient, post, urn
+from samples import needs_shared
+from synthea_shaped import patient_bundle, resources_of
 from tests.conftest import running_server
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "fhir-samples" / "synthea"
@@ -182,25 +184,51 @@ def test_a_transaction_with_an_invalid_resource_of_a_type_not_kept_fails_whole(s
     assert searched["total"] == 0
 
 
-@pytest.mark.skipif(not PATIENT_FILES, reason="the Synthea samples (../shared/fhir-samples/synthea) are not here")
+def _cases(files: list[Path], generated: list[tuple[str, dict]]) -> list:
+    """Generated Bundles always; the shared files in addition (`needs_shared`: skipped without ../shared, a
+    failure in CI), one visible needs_shared case standing for them when the directory is not there."""
+    cases = [pytest.param(("generated", body), id=f"generated-{name}") for name, body in generated]
+    cases += [pytest.param(("shared", file), id=f"shared-{file.name}", marks=needs_shared) for file in files]
+    if not files:
+        cases.append(pytest.param(None, id="shared", marks=needs_shared))
+    return cases
+
+
+def _body(case) -> dict:
+    kind, source = case
+    return json.loads(source.read_text()) if kind == "shared" else json.loads(json.dumps(source))
+
+
+def _provider_bundle(seed: int) -> dict:
+    """Shaped like Synthea's hospitalInformation/practitionerInformation files: a batch of conditional
+    creates of the Organization and Practitioner a patient's record refers to."""
+    entries = []
+    for resource in resources_of(patient_bundle(seed), None):
+        if resource["resourceType"] in ("Organization", "Practitioner"):
+            entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource,
+                            "request": {"method": "POST", "url": resource["resourceType"],
+                                        "ifNoneExist": f"_id={resource['id']}"}})
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+@pytest.mark.parametrize("case", _cases(PATIENT_FILES, [(f"seed{seed}", patient_bundle(seed)) for seed in (0, 1)]))
 @pytest.mark.parametrize("kind", ["transaction", "batch"])
-def test_every_synthea_sample_goes_in_in_one_push(server, kind):
+def test_every_synthea_sample_goes_in_in_one_push(server, kind, case):
     if server.settings.stream_bundle_bytes == 0 and kind == "batch":
         pytest.skip("streamed, the transaction run reads the samples entry by entry; the batch adds only time")
-    for number, file in enumerate(PATIENT_FILES):
-        body = json.loads(file.read_text())
-        body["type"] = kind
-        with server.client("ehr", "S01", sub=f"synthea-{kind}-{number}") as http:
-            reply = _push(http, json.loads(json.dumps(body)))
-        _check_exact(body, reply)
+    body = _body(case)
+    body["type"] = kind
+    with server.client("ehr", "S01", sub=f"synthea-{kind}-{uuid.uuid4().hex[:8]}") as http:
+        reply = _push(http, json.loads(json.dumps(body)))
+    _check_exact(body, reply)
 
 
-@pytest.mark.skipif(not PROVIDER_FILES, reason="the Synthea provider samples are not here")
-def test_the_synthea_provider_bundles_go_in_and_nothing_of_them_is_kept(server):
-    for file in PROVIDER_FILES:
-        body = json.loads(file.read_text())
-        for kind in ("batch",) if server.settings.stream_bundle_bytes == 0 else ("batch", "transaction"):
-            with server.client("ehr", "S01") as http:
-                reply = _push(http, {**body, "type": kind})
-            held, removed, _ = _reported(reply)
-            assert held == {i: e["resource"]["resourceType"] for i, e in enumerate(body["entry"])} and not removed
+@pytest.mark.parametrize("case", _cases(PROVIDER_FILES, [("providers", _provider_bundle(2))]))
+def test_the_synthea_provider_bundles_go_in_and_nothing_of_them_is_kept(server, case):
+    body = _body(case)
+    assert body["entry"]
+    for kind in ("batch",) if server.settings.stream_bundle_bytes == 0 else ("batch", "transaction"):
+        with server.client("ehr", "S01") as http:
+            reply = _push(http, {**body, "type": kind})
+        held, removed, _ = _reported(reply)
+        assert held == {i: e["resource"]["resourceType"] for i, e in enumerate(body["entry"])} and not removed

@@ -11,10 +11,12 @@ from sqlmodel import Session
 from ecrf.audit.models import AuditEntry
 from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import EVERY_VISIT, UNSCHEDULED, day_zero, place
-from ecrf.crf.values import SUBJECT_LEVEL_KINDS, ShownFact, _facts, _pick, fact_date, owned_resources
+from ecrf.crf.service import WITHDRAWN
+from ecrf.crf.values import SUBJECT_LEVEL_KINDS, ShownFact, _facts, _pick, fact_date, form_values, owned_resources
 from ecrf.eligibility.models import EligibilityState
 from ecrf.export.deidentify import parse_date
 from ecrf.export.form_csv import _subject_heads
+from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.indexing import patient_of
 from ecrf.store.service import ClinicalStore
 from fhir_mappings.definitions import FormDef, StudyDef
@@ -37,6 +39,8 @@ class SubjectRecord:
     zero: date | None
     forms: list[FormRecord] = field(default_factory=list)
     eligibility: EligibilityState | None = None
+    allocation: dict[str, Any] | None = None  # the system's allocation (randomisation_allocation), if any
+    entries: list[FormRecord] = field(default_factory=list)  # entries of log/repeating forms, withdrawn left out
 
     def value(self, item_id: str) -> dict[str, Any] | None:
         """The subject's value of an item at its first visit holding one (subject-level items)."""
@@ -70,12 +74,20 @@ def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, 
 
 def _subject(session: Session, study: StudyDef, subject_id: str, site: str | None, patient_id: str) -> SubjectRecord:
     zero = day_zero(session, study, patient_id)
-    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id))
-    instances = {(i.form_id, i.visit_id): i for i in session.execute(
-        select(FormInstance).where(FormInstance.patient_id == patient_id)).scalars()}
+    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id),
+                           allocation=allocation_of(session, study, subject_id))
+    every = list(session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id)
+                                 .order_by(FormInstance.created_at, FormInstance.id)).scalars())
+    instances = {(i.form_id, i.visit_id): i for i in every if not i.entry_id}  # the visits' own forms
+    entries = [i for i in every if i.entry_id]
     for form in study.forms:
         mine = {visit_id: instance for (form_id, visit_id), instance in instances.items() if form_id == form.id}
-        placed = _placed_once(session, study, form, patient_id, mine, zero)
+        theirs = [instance for instance in entries if instance.form_id == form.id]
+        placed = _placed_once(session, study, form, patient_id, mine, zero, theirs)
+        for instance in theirs:  # an entry shows only what it holds; a withdrawn one holds nothing any more
+            if instance.status != WITHDRAWN:
+                values, _ = form_values(session, study, form, instance.visit_id, patient_id, instance, zero)
+                record.entries.append(FormRecord(form, instance.visit_id, instance, values, instance.visit_date))
         for visit_id in form.visits:
             instance = mine.get(visit_id)
             here, everywhere = placed.get(visit_id, {}), placed.get(EVERY_VISIT, {})
@@ -96,19 +108,31 @@ def _subject(session: Session, study: StudyDef, subject_id: str, site: str | Non
     return record
 
 
+def allocation_of(session: Session, study: StudyDef, subject_id: str) -> dict[str, Any] | None:
+    """The subject's allocation by the system (issue 14): arm, number, stratum, date; None if it has none."""
+    row = session.execute(select(RandomisationAllocation).where(
+        RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id == subject_id)).scalars().first()
+    if row is None:
+        return None
+    return {"method": "system", "arm": row.arm, "randomisation_number": row.number, "stratum": row.stratum,
+            "randomisation_date": row.randomisation_date}
+
+
 def _placed_once(session: Session, study: StudyDef, form: FormDef, patient_id: str,
-                 instances: dict[str, FormInstance], zero: date | None) -> dict[str | None, dict[str, list[ShownFact]]]:
+                 instances: dict[str, FormInstance], zero: date | None,
+                 entries: list[FormInstance] = ()) -> dict[str | None, dict[str, list[ShownFact]]]:
     """Where each of the form's facts shows (visit, EVERY_VISIT or None: unscheduled), read once for all visits:
     the placement of ecrf.crf.values (an instance's own facts at its visit, subject-level facts at every visit,
     EHR facts by their date), which reads the facts again per visit."""
     owner = {reference: visit_id for visit_id, instance in instances.items()
              for reference in owned_resources(instance).values()}
+    entries_own = {reference for instance in entries for reference in owned_resources(instance).values()}
     items = {item.id: item for item in form.items}
     placed: dict[str | None, dict[str, list[ShownFact]]] = {}
     for shown in _facts(session, patient_id, form.id):
         fact = shown.fact
         item = items.get(fact.item_id)
-        if item is None:
+        if item is None or f"{fact.resource_type}/{fact.resource_id}" in entries_own:  # an entry's: its own
             continue
         visit_id = owner.get(f"{fact.resource_type}/{fact.resource_id}")
         if visit_id is not None:

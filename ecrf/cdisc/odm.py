@@ -19,7 +19,7 @@ from lxml import etree
 from ecrf.audit.models import AuditEntry
 from ecrf.cdisc.collect import SubjectRecord
 from ecrf.crf.schedule import UNSCHEDULED
-from ecrf.export.deidentify import Deidentifier
+from ecrf.export.deidentify import Deidentifier, site_only
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
 
 NS = "http://www.cdisc.org/ns/odm/v1.3"
@@ -48,7 +48,7 @@ def _instant(moment: datetime) -> str:
 
 
 def items_of(form: FormDef, deid: Deidentifier | None) -> list[ItemDef]:
-    return [item for item in form.items if not (deid is not None and item.identifier_bearing)]
+    return [item for item in form.items if not (deid is not None and site_only(item))]
 
 
 def unit_oid(unit: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from ecrf.cdisc.collect import FormRecord, SubjectRecord
 from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.cdisc.mapping import Mapping
-from ecrf.export.deidentify import Deidentifier, completed_years, parse_date
+from ecrf.export.deidentify import Deidentifier, completed_years, parse_date, site_only
 from fhir_mappings.definitions import StudyDef
 
 COLLECTED, DERIVED, ASSIGNED = "Collected", "Derived", "Assigned"
@@ -24,6 +24,19 @@ METHODS = {
     "IE": "From the subject's eligibility evaluation (forms/criteria.yaml; the frozen one once randomised): "
           "inclusion criteria not met (N) and exclusion criteria met (Y), dated by its reference date R",
     "VISITNUM": "Order of the visit in the study's schedule (forms/study.yaml)",
+    "ARMNRS": "Null arm: SCREEN FAILURE when the subject's eligibility is ineligible, else NOT ASSIGNED "
+              "(forms/sdtm.yaml dm.ARMNRS)",
+}
+
+
+LOG_LABELS = {  # SDTMIG 3.4 labels of the log domains' variables, by the part after the domain prefix
+    "TERM": "Reported Term for the Adverse Event", "DECOD": "Dictionary-Derived Term", "SEV": "Severity/Intensity",
+    "SER": "Serious Event", "ACN": "Action Taken with Study Treatment", "OUT": "Outcome of Adverse Event",
+    "SCONG": "Congenital Anomaly or Birth Defect", "SDISAB": "Persist or Signif Disability/Incapacity",
+    "SDTH": "Results in Death", "SHOSP": "Requires or Prolongs Hospitalization", "SLIFE": "Is Life Threatening",
+    "SMIE": "Other Medically Important Serious Event", "TOXGR": "Standard Toxicity Grade",
+    "TRT": "Reported Name of Drug, Med, or Therapy", "CLAS": "Medication Class", "CLASCD": "Medication Class Code",
+    "INDC": "Indication", "ENRTPT": "End Relative to Reference Time Point",
 }
 
 
@@ -76,7 +89,9 @@ def datasets(mapping: Mapping) -> list[Dataset]:
         _c("SITEID", "Study Site Identifier"),
         _c("AGE", "Age", "integer", DERIVED, "AGE"), _c("AGEU", "Age Units"),
         _c("SEX", "Sex", origin=COLLECTED, source="sex"),
-        _c("ARMCD", "Planned Arm Code", origin=COLLECTED, source="arm"), _c("ARM", "Description of Planned Arm"),
+        _c("ARMCD", "Planned Arm Code", origin=ASSIGNED, source="arm"), _c("ARM", "Description of Planned Arm"),
+        _c("ACTARMCD", "Actual Arm Code", origin=ASSIGNED, source="arm"), _c("ACTARM", "Description of Actual Arm"),
+        _c("ARMNRS", "Reason Arm and/or Actual Arm is Null", origin=DERIVED, method="ARMNRS"),
     ], keys=("STUDYID", "USUBJID"))]
     if mapping.ie is not None:
         result.append(Dataset("IE", "Inclusion/Exclusion Criteria Not Met", [
@@ -106,6 +121,19 @@ def datasets(mapping: Mapping) -> list[Dataset]:
         result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}SEQ"),
                               structure="One record per event per subject",
                               klass="INTERVENTIONS" if verb == "TRT" else "EVENTS"))
+    for domain, spec in mapping.logs.items():
+        d = domain
+        interventions = domain in ("CM", "EX", "PR")
+        columns = [*_identity(domain), _c(f"{d}SEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
+                   *(_c(name, LOG_LABELS.get(name[2:], name), origin=COLLECTED, source=rule.get("item"))
+                     for name, rule in (spec.get("variables") or {}).items()),
+                   _c(f"{d}STDTC", "Start Date/Time", "date", COLLECTED, source=spec.get("start")),
+                   _c(f"{d}ENDTC", "End Date/Time", "date", COLLECTED, source=spec.get("end")),
+                   _c(f"{d}STDY", "Study Day of Start", "integer", DERIVED, "DY"),
+                   _c(f"{d}ENDY", "Study Day of End", "integer", DERIVED, "DY")]
+        result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}SEQ"),
+                              structure=f"One record per {'medication' if interventions else 'event'} per subject",
+                              klass="INTERVENTIONS" if interventions else "EVENTS"))
     for domain, spec in mapping.findings.items():
         d = domain
         lab = domain == "LB"
@@ -125,7 +153,8 @@ def datasets(mapping: Mapping) -> list[Dataset]:
                    _c(f"{d}DY", "Study Day of Collection", "integer", DERIVED, "DY")]
         result.append(Dataset(domain, spec.get("label", domain), columns, keys=("STUDYID", "USUBJID", f"{d}TESTCD", "VISITNUM"),
                               structure="One record per test per visit per subject", klass="FINDINGS"))
-    for parent in [dataset.name for dataset in result if dataset.name not in ("DM", "IE", "SV")]:
+    parents = [dataset.name for dataset in result if dataset.name not in ("DM", "IE", "SV")]
+    for parent in (["DM"] if mapping.suppdm else []) + parents:
         result.append(Dataset(f"SUPP{parent}", f"Supplemental Qualifiers for {parent}", [
             *_identity(parent, rdomain=True), _c("IDVAR", "Identifying Variable"),
             _c("IDVARVAL", "Identifying Variable Value"), _c("QNAM", "Qualifier Variable Name"),
@@ -182,10 +211,12 @@ class Builder:
     def rows(self, subject: SubjectRecord) -> dict[str, list[list[Any]]]:
         out: dict[str, list[list[Any]]] = {}
         usubjid = self.usubjid(subject)
-        dm = self.mapping.dm
-        start_entry = subject.value(dm.get("RFSTDTC", {}).get("item", ""))
-        reference = parse_date(start_entry["value"]) if start_entry else None
-        out["DM"] = [self._dm(subject, usubjid, reference)]
+        allocation = self.allocation(subject)
+        reference = self._dm_value(subject, allocation, "RFSTDTC")
+        reference = reference if isinstance(reference, date) else parse_date(reference)
+        out["DM"] = [self._dm(subject, usubjid, reference, allocation)]
+        if self.mapping.suppdm:
+            out["SUPPDM"] = self._suppdm(usubjid, allocation)
         if self.mapping.ie is not None:
             out["IE"] = self._ie(subject, usubjid, reference)
         if self.mapping.sv:
@@ -211,7 +242,20 @@ class Builder:
                                  self.study_day(day, reference)])
                     supp += self._origin(domain, usubjid, seq, entry)
                     break  # a subject-level event: once
+            rule = spec.get("allocation")
+            if rule and allocation and allocation.get("randomisation_date"):
+                day = allocation["randomisation_date"]
+                record, entry = self._allocation_record(subject)
+                seq = len(rows) + 1
+                rows.append([self.study.id, domain, usubjid, seq, rule.get("TERM") or rule.get("TRT"),
+                             rule.get("DECOD"), rule.get("CAT"),
+                             self.visit_number.get(record.visit_id) if record else None,
+                             self.visit_label.get(record.visit_id) if record else None, self.dtc(subject, day),
+                             self.study_day(day, reference)])
+                supp += self._origin(domain, usubjid, seq, entry) if entry else []
             out[domain], out[f"SUPP{domain}"] = rows, supp
+        for domain, spec in self.mapping.logs.items():
+            out[domain], out[f"SUPP{domain}"] = self._log(domain, spec, subject, usubjid, reference)
         for domain, spec in self.mapping.findings.items():
             rows, supp = [], []
             for record in subject.forms:
@@ -246,14 +290,40 @@ class Builder:
                          self.dtc(subject, day), self.study_day(day, reference)])
         return rows
 
-    def _dm(self, subject: SubjectRecord, usubjid: str, reference: date | None) -> list[Any]:
+    def allocation(self, subject: SubjectRecord) -> dict[str, Any] | None:
+        """The system's allocation, else a version-1 one entered into the form (the mapping's `allocation`
+        items: arm and date, no number or stratum), else None."""
+        if subject.allocation is not None:
+            return subject.allocation
+        items = self.mapping.allocation
+        arm = subject.value(items["arm"]) if items.get("arm") else None
+        if arm is None:
+            return None
+        day = subject.value(items["date"]) if items.get("date") else None
+        return {"method": "entered", "arm": arm["value"], "randomisation_number": None, "stratum": None,
+                "randomisation_date": parse_date(day["value"]) if day else None}
+
+    def _allocation_record(self, subject: SubjectRecord) -> tuple[FormRecord | None, dict[str, Any] | None]:
+        """The form record (and value) the allocation was written into: its visit and FHIR origin."""
+        for item_id in (self.mapping.allocation.get("date"), self.mapping.allocation.get("arm")):
+            for record in subject.forms:
+                entry = record.values.get(item_id) if item_id else None
+                if entry is not None and entry.get("value") is not None:
+                    return record, entry
+        return None, None
+
+    def _dm_value(self, subject: SubjectRecord, allocation: dict[str, Any] | None, variable: str) -> Any:
+        rule = self.mapping.dm.get(variable)
+        if not rule:
+            return None
+        if "allocation" in rule:
+            return (allocation or {}).get(rule["allocation"])
+        entry = subject.value(rule["item"]) if rule.get("item") else None
+        return None if entry is None else entry["value"]
+
+    def _dm(self, subject: SubjectRecord, usubjid: str, reference: date | None,
+            allocation: dict[str, Any] | None) -> list[Any]:
         dm = self.mapping.dm
-
-        def value(variable: str) -> Any:
-            rule = dm.get(variable)
-            entry = subject.value(rule["item"]) if rule and rule.get("item") else None
-            return None if entry is None else entry["value"]
-
         age = None
         rule = dm.get("AGE")
         if rule:
@@ -261,13 +331,76 @@ class Builder:
             born_day, at_day = (parse_date(born["value"]) if born else None), (parse_date(at["value"]) if at else None)
             if born_day and at_day:
                 age = self.deid.age(born_day, at_day)[0] if self.deid else completed_years(born_day, at_day)
-        sex = value("SEX")
+        sex = self._dm_value(subject, allocation, "SEX")
         codes = (dm.get("SEX") or {}).get("codes") or {}
-        arm = value("ARMCD")
+
+        def arm(variable: str) -> str | None:
+            value = self._dm_value(subject, allocation, variable)
+            if value is None:
+                return None
+            return self.arm_label.get(value, value) if (dm.get(variable) or {}).get("arm_label") else value
+
+        reason = None
+        if allocation is None and dm.get("ARMNRS"):
+            ineligible = subject.eligibility is not None and subject.eligibility.status == "ineligible"
+            reason = dm["ARMNRS"].get("ineligible" if ineligible else "otherwise")
         return [self.study.id, "DM", usubjid, self.subject_key(subject), self.dtc(subject, reference),
-                self.dtc(subject, value("RFICDTC")), subject.site, age, "YEARS" if age is not None else None,
-                codes.get(sex, sex) if sex is not None else None, arm,
-                self.arm_label.get(arm) if arm is not None else None]
+                self.dtc(subject, self._dm_value(subject, allocation, "RFICDTC")), subject.site, age,
+                "YEARS" if age is not None else None, codes.get(sex, sex) if sex is not None else None,
+                arm("ARMCD"), arm("ARM"), arm("ACTARMCD"), arm("ACTARM"), reason]
+
+    def _suppdm(self, usubjid: str, allocation: dict[str, Any] | None) -> list[list[Any]]:
+        """SUPPDM: the allocation's qualifiers SDTM DM has no variable for (number, stratum). For sponsors,
+        the ones the mapping marks `identifying` (the number, written on the site's records) are left out."""
+        rows = []
+        for qnam, rule in self.mapping.suppdm.items():
+            value = (allocation or {}).get(rule.get("allocation", ""))
+            if value is None or (self.deid and rule.get("identifying")):
+                continue
+            rows.append([self.study.id, "DM", usubjid, None, None, qnam, rule.get("label", qnam), str(value),
+                         rule.get("origin", ASSIGNED)])
+        return rows
+
+    def _log(self, domain: str, spec: dict[str, Any], subject: SubjectRecord, usubjid: str,
+             reference: date | None) -> tuple[list[list[Any]], list[list[Any]]]:
+        """One record per entry of the log form (collect leaves withdrawn entries out). For sponsors, items of
+        type text (free text: kept at the site) are never read."""
+        withheld = {item.id for item in self.study.form(spec["form"]).items if site_only(item)}
+        variables, rows, supp = spec.get("variables") or {}, [], []
+
+        def read(record: FormRecord, rule: dict[str, Any]) -> Any:
+            item_id = rule.get("item")
+            if not item_id or (self.deid and item_id in withheld):
+                return None
+            value = (record.values.get(item_id) or {}).get("value")
+            if value is None:
+                return None
+            if "has" in rule:
+                return "Y" if rule["has"] in (value if isinstance(value, list) else [value]) else "N"
+            codes = rule.get("codes")
+            if codes is not None:
+                return codes.get(str(value).lower() if isinstance(value, bool) else value)
+            return _text(value)
+
+        for record in subject.entries:
+            if record.form.id != spec["form"]:
+                continue
+            seq = len(rows) + 1
+            values = {name: read(record, rule) for name, rule in variables.items()}
+            for name, rule in variables.items():
+                if values[name] is None and rule.get("otherwise"):
+                    values[name] = values.get(rule["otherwise"])
+            start, end = (parse_date((record.values.get(spec.get(key) or "") or {}).get("value")) for key in ("start", "end"))
+            rows.append([self.study.id, domain, usubjid, seq, *values.values(), self.dtc(subject, start),
+                         self.dtc(subject, end), self.study_day(start, reference), self.study_day(end, reference)])
+            origin = next((entry for entry in record.values.values() if entry.get("resource")), None)
+            supp += self._origin(domain, usubjid, seq, origin) if origin else []
+            for qnam, rule in (spec.get("supp") or {}).items():
+                value = read(record, rule)
+                if value is not None:
+                    supp.append([self.study.id, domain, usubjid, f"{domain}SEQ", str(seq), qnam, rule.get("label", qnam),
+                                 value, COLLECTED])
+        return rows, supp
 
     def _finding(self, domain: str, rule: dict[str, Any], subject: SubjectRecord, usubjid: str, seq: int,
                  record: FormRecord, item_id: str, entry: dict[str, Any], reference: date | None) -> tuple[list[Any], list[list[Any]]]:

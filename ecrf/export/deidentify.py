@@ -79,6 +79,12 @@ def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+def site_only(item: Any) -> bool:
+    """An item a de-identified export never carries as it is: identifier-bearing (the birth date) or free text
+    (type `text`: the verbatim AE term, a medication's name, its indication; kept at the site)."""
+    return bool(getattr(item, "identifier_bearing", False)) or getattr(item, "type", None) == "text"
+
+
 def parse_date(text: Any) -> date | None:
     if not isinstance(text, str) or len(text) < 10:
         return None

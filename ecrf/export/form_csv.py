@@ -16,7 +16,7 @@ from ecrf.auth.actor import Actor
 from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import UNSCHEDULED, day_zero
 from ecrf.crf.values import form_values, unscheduled_values
-from ecrf.export.deidentify import Deidentifier, parse_date
+from ecrf.export.deidentify import Deidentifier, parse_date, site_only
 from ecrf.store.indexing import patient_of
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore
@@ -50,8 +50,8 @@ class Column:
 def columns(form: FormDef, deid: Deidentifier | None) -> list[Column]:
     result = []
     for item in form.items:
-        if deid is not None and item.identifier_bearing:
-            if item.type == "date":
+        if deid is not None and site_only(item):
+            if item.identifier_bearing and item.type == "date":
                 result.append(Column("age [a]", item, age=True))
             continue  # never leaves de-identified
         result.append(Column(f"{item.id} [{item.unit}]" if item.unit else item.id, item))
