@@ -9,6 +9,7 @@ from sqlmodel import Session, select
 from ecrf.admin.service import SHOWN, WITHHELD, database_view
 from ecrf.audit.models import AuditEntry
 from ecrf.config import Settings
+from ecrf.smart.keys import key_file
 from tests.conftest import running_server
 from tests.crf_support import enrol
 from tests.tamper_support import tampering
@@ -36,7 +37,11 @@ def test_settings_show_what_is_in_force_and_no_secret(server):
     assert body["database"]["backend"] == server.backend
     assert body["tokens"] == {"algorithms": ["HS256"], "issuer": settings.jwt_issuer, "audience": settings.jwt_audience,
                               "leeway_seconds": settings.jwt_leeway_seconds, "max_bytes": settings.jwt_max_bytes,
-                              "jwks_file": None, "signing_secret": "ECRF_JWT_SECRET"}
+                              "jwks_file": None, "signing_secret": "ECRF_JWT_SECRET",
+                              "smart_key_file": str(key_file(settings)), "smart_token_minutes": settings.smart_token_minutes}
+    if key_file(settings).exists():  # where the SMART signing key is, never the key
+        assert key_file(settings).read_text().strip() not in response.text
+    assert body["limits"]["statement_timeout_ms"] == settings.statement_timeout_ms
     assert body["paging"] == {"page_size_default": settings.page_size_default, "page_size_max": settings.page_size_max}
     assert body["limits"]["max_body_bytes"] == settings.max_body_bytes
     assert body["exports"]["batch_size"] == settings.export_batch_size

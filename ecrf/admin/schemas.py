@@ -24,6 +24,8 @@ class TokensView(BaseModel):
     jwks_file: str | None
     signing_secret: str | None = Field(description="where the HS secret comes from, never its value; "
                                                    "null with a JWKS")
+    smart_key_file: str = Field(description="the file of the key that signs SMART access tokens (never the key)")
+    smart_token_minutes: int = Field(description="lifetime of an access token of POST /auth/token")
 
 
 class LimitsView(BaseModel):
@@ -33,6 +35,9 @@ class LimitsView(BaseModel):
     max_json_depth: int
     max_json_elements: int
     rate_limit_per_minute: int
+    max_query_parameters: int = Field(description="query parameters per request; more: 400")
+    max_repeated_parameter: int = Field(description="copies of one query parameter; more: 400")
+    statement_timeout_ms: int = Field(description="a FHIR search's statements stop after this long (503)")
 
 
 class PagingView(BaseModel):

@@ -9,6 +9,7 @@ from sqlmodel import Session, select
 from ecrf.audit.models import AuditEntry
 from ecrf.audit.service import verify
 from ecrf.runtime import Runtime
+from ecrf.smart import keys as smart_keys
 
 # Every setting is either shown (allow-list) or withheld; tests/test_admin.py fails on one that is neither,
 # so a new setting is classified deliberately instead of leaking by default.
@@ -20,6 +21,7 @@ SHOWN = frozenset({
     "export_retention_hours", "export_batch_pause_seconds", "report_min_cell",
     "web_idle_minutes", "web_absolute_hours", "web_reauth_seconds", "web_dev_login", "oidc_issuer", "oidc_client_id",
     "oidc_roles_claim", "oidc_sites_claim",
+    "max_query_parameters", "max_repeated_parameter", "statement_timeout_ms", "smart_key_file", "smart_token_minutes",
 })
 WITHHELD = frozenset({
     "jwt_secret",     # only where it comes from
@@ -44,6 +46,8 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
             "jwks_file": str(settings.jwks_file) if settings.jwks_file else None,
             "signing_secret": _secret_source(runtime.verifier.uses_hmac, settings.jwt_secret, "ECRF_JWT_SECRET",
                                              settings.secret_file),
+            "smart_key_file": str(smart_keys.key_file(settings)),
+            "smart_token_minutes": settings.smart_token_minutes,
         },
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
@@ -52,6 +56,9 @@ def effective_settings(runtime: Runtime) -> dict[str, Any]:
             "max_json_depth": settings.max_json_depth,
             "max_json_elements": settings.max_json_elements,
             "rate_limit_per_minute": settings.rate_limit_per_minute,
+            "max_query_parameters": settings.max_query_parameters,
+            "max_repeated_parameter": settings.max_repeated_parameter,
+            "statement_timeout_ms": settings.statement_timeout_ms,
         },
         "paging": {"page_size_default": settings.page_size_default, "page_size_max": settings.page_size_max},
         "exports": {
