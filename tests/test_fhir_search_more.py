@@ -107,6 +107,33 @@ def test_elements_chained_missing_and_not(server):
             assert http.get("/fhir/Observation", params=bad, headers=strict).status_code == 400, bad
 
 
+def test_text_modifier_searches_the_text_of_codes(server):
+    """`:text` on a token parameter: the coding's display or the CodeableConcept's text, as a string search
+    (starts with, case- and accent-insensitive)."""
+    person, patient_url = patient(), urn()
+    shown = {**lab(patient_url, "718-7", 13.2, "g/dL"),
+             "code": {"coding": [{"system": "http://loinc.org", "code": "718-7",
+                                  "display": "Hémoglobine [Mass/volume] in Blood"}]}}
+    typed = {**lab(patient_url, "zz-local", 1, "1"), "code": {"text": "Serum ferritin (local test)"}}
+    with server.client("ehr", "S01") as http:
+        response = http.post("/fhir", json=bundle([post(person, patient_url), post(shown), post(typed)]),
+                             headers=FHIR_JSON)
+        assert response.status_code == 200, response.text
+        ids = [entry["response"]["location"].split("/")[1] for entry in response.json()["entry"]]
+        pid = ids[0]
+
+        def found(text: str) -> set[str]:
+            reply = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "code:text": text},
+                             headers={"Prefer": "handling=strict"})
+            assert reply.status_code == 200, reply.text
+            return {entry["resource"]["id"] for entry in reply.json().get("entry", [])}
+
+        assert found("hemoglobine") == {ids[1]} and found("HÉMO") == {ids[1]}
+        assert found("serum ferr") == {ids[2]} and found("hemo,serum") == {ids[1], ids[2]}
+        assert found("blood") == set()  # starts with, as string search
+        assert found("nothing") == set()
+
+
 def test_quantity_search_with_prefixes_in_the_canonical_unit_and_converted_exactly(server):
     data = _subject_with_labs(server)  # hemoglobin 12.0 and 12.1 g/dL (120, 121 g/L); platelets 210 10*3/uL
     pid = data["patient"]

@@ -349,6 +349,8 @@ def _modified(resource_type: str, known, base: str, modifier: str, value: str, p
         return not_(ResourceHead.resource_id.in_(tokens)) if value == "true" else ResourceHead.resource_id.in_(tokens)
     if modifier in ("exact", "contains") and kind == "string" and value:
         return _token_filter(resource_type, base, kind, value, modifier=modifier)
+    if modifier == "text" and kind == "token" and value:  # the text of the code: string search rules
+        return _token_filter(resource_type, base, "text", value)
     if modifier == "not" and kind == "token" and value:
         return not_(_token_filter(resource_type, base, kind, value))
     if modifier in REFERENCE_TARGETS.get(base, ()) and kind == "reference" and value:  # subject:Patient=123
@@ -406,6 +408,8 @@ def _token_filter(resource_type: str, param: str, kind: str, value: str, *, sele
             conditions.append(_reference_condition(alternative))
         elif kind == "string":
             conditions.append(_string_condition(alternative, modifier))
+        elif kind == "text":  # `:text` of a token: starts with, case- and accent-insensitive
+            conditions.append(SearchToken.text.startswith(folded(alternative), autoescape=True))
         else:
             conditions.append(_code_condition(alternative))
     tokens = select(SearchToken.resource_id).where(

@@ -162,6 +162,7 @@ class Token(NamedTuple):  # a tuple: several per resource written, so cheap to m
     code: str | None = None
     value: str | None = None
     moment: datetime | None = None
+    text: str | None = None  # a coding's display or its CodeableConcept's text, folded: the `:text` modifier
 
 
 class Fact(NamedTuple):  # a tuple, like Token: one or more per resource written
@@ -229,13 +230,23 @@ def _token_values(param: str, values: Iterable[Any]) -> Iterator[Token]:
     for value in values:
         if isinstance(value, str):
             yield Token(param, None, value)
-        elif isinstance(value, dict) and "coding" in value:
-            for coding in value.get("coding") or []:
-                yield Token(param, coding.get("system"), coding.get("code"))
+        elif isinstance(value, dict) and ("coding" in value or "text" in value):  # CodeableConcept
+            concept_text = value.get("text") if isinstance(value.get("text"), str) else None
+            codings = [c for c in value.get("coding") or [] if isinstance(c, dict)]
+            for coding in codings:
+                shown = coding.get("display") if isinstance(coding.get("display"), str) else concept_text
+                yield Token(param, coding.get("system"), coding.get("code"), text=_text_of(shown))
+            if not codings and concept_text:
+                yield Token(param, text=_text_of(concept_text))
         elif isinstance(value, dict) and "value" in value:  # Identifier
             yield Token(param, value.get("system"), str(value.get("value")))
         elif isinstance(value, dict) and "code" in value:  # Coding
-            yield Token(param, value.get("system"), value.get("code"))
+            display = value.get("display") if isinstance(value.get("display"), str) else None
+            yield Token(param, value.get("system"), value.get("code"), text=_text_of(display))
+
+
+def _text_of(text: str | None) -> str | None:
+    return folded(text)[:255] if text else None
 
 
 def _values_at(node: dict[str, Any], path: tuple[str, ...]) -> list[Any]:

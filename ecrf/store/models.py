@@ -72,6 +72,7 @@ class SearchToken(SQLModel, table=True):
     value: str | None = Field(default=None, max_length=255)
     number: float | None = None
     moment: datetime | None = None
+    text: str | None = Field(default=None, max_length=255)  # a coding's display, folded (`:text` searches)
 
 
 class ItemFact(SQLModel, table=True):

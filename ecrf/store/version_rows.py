@@ -18,7 +18,8 @@ FactKey = tuple[str, str]  # (form id, item id)
 def token_rows(stored: Stored) -> list[dict[str, Any]]:
     resource_type, resource_id = stored.resource_type, stored.resource_id
     return [{"resource_type": resource_type, "resource_id": resource_id, "param": token.param,
-             "system": cut(token.system), "code": cut(token.code), "value": cut(token.value), "moment": token.moment}
+             "system": cut(token.system), "code": cut(token.code), "value": cut(token.value), "moment": token.moment,
+             "text": cut(token.text)}
             for token in search_tokens(stored.content)]
 
 
