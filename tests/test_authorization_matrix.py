@@ -64,6 +64,7 @@ FHIR_READ = CLINICAL_READ | {EHR}                            # the FHIR door; th
 FHIR_WRITE = DATA_ENTRY | {EHR}                              # data entry, and the ehr's pushes
 AUDIT_READ = CLINICAL_READ | {ADMIN}                         # the data's history; the admin's audit review
 EXPORT = frozenset({SPONSOR, DATA_MANAGER})                  # de-identified exports
+JOB_READERS = EXPORT | {INVESTIGATOR}                        # export jobs: exporters', and an investigator's archive
 QUERY_READ = CLINICAL_READ                                   # the site answers them, monitor and data manager run them
 QUERY_RAISE_CLOSE = frozenset({MONITOR, DATA_MANAGER})       # monitor: raise and close; data_manager: queries
 QUERY_ANSWER = DATA_ENTRY                                    # investigator and coordinator: answer queries
@@ -206,9 +207,10 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/fhir/Patient/$export"): Expect(EXPORT, STUDY_WIDE),
     ("POST", "/fhir/Patient/$export"): Expect(EXPORT, STUDY_WIDE),
     ("POST", "/fhir/Group/{group_id}/$export"): Expect(EXPORT, STUDY_WIDE),
-    ("GET", "/fhir/$export-status/{job_id}"): Expect(EXPORT, OWNER, other=404),
-    ("DELETE", "/fhir/$export-status/{job_id}"): Expect(EXPORT, OWNER, other=404),
-    ("GET", "/fhir/$export-file/{job_id}/{file_name}"): Expect(EXPORT, OWNER, other=404),
+    # ... an investigator's job is its own site's identified ODM archive (21 CFR 11.10(b))
+    ("GET", "/fhir/$export-status/{job_id}"): Expect(JOB_READERS, OWNER, other=404),
+    ("DELETE", "/fhir/$export-status/{job_id}"): Expect(JOB_READERS, OWNER, other=404),
+    ("GET", "/fhir/$export-file/{job_id}/{file_name}"): Expect(JOB_READERS, OWNER, other=404),
     # the FHIR door. A write about another site's Patient: 422, as a reference to nothing is
     ("POST", "/fhir"): Expect(FHIR_WRITE, SITE, other=422),
     ("POST", "/fhir/"): Expect(FHIR_WRITE, SITE, other=422),
@@ -238,11 +240,15 @@ MATRIX: dict[tuple[str, str], Expect] = {
 
 # Variants of a row where a parameter or the data's origin changes who may call it.
 IDENTIFIED = "identified (deidentify=false)"
+SITE_ARCHIVE = "a site's archive (site=, deidentify=false)"
 ECRF_ENTERED = "data entered in the eCRF, not pushed by an ehr"
 VARIANT_EXPECTATIONS: dict[tuple[str, str, str], Expect] = {
     # sponsors never get identifiers; a data manager may ask for them
     ("GET", "/fhir/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/odm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
+    # a site's identified archive: the investigator of the site, the data manager of any
+    ("GET", "/api/v1/exports/odm", SITE_ARCHIVE): Expect(frozenset({INVESTIGATOR, DATA_MANAGER}), SITE, other=404,
+                                                         leak_check=False),
     ("GET", "/api/v1/exports/sdtm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/forms/{form_id}.csv", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
@@ -498,8 +504,12 @@ class World:
         def make() -> dict[str, str]:
             self.subject(OWN), self.subject(OTHER)  # something to export: de-identified exports hold subjects only
             http = self.callers[owner]
-            status_url = _expect(http.get("/fhir/$export", params={"_type": "Patient"}, headers=ASYNC),
-                                 202).headers["content-location"]
+            if owner.role == INVESTIGATOR:  # its own site's identified ODM archive
+                kick = http.get("/api/v1/exports/odm", params={"site": owner.sites[0], "deidentify": "false",
+                                                                "mode": "archive"}, headers=ASYNC)
+            else:
+                kick = http.get("/fhir/$export", params={"_type": "Patient"}, headers=ASYNC)
+            status_url = _expect(kick, 202).headers["content-location"]
             settle(self.server)
             manifest = _expect(http.get(status_url), 200).json()
             assert manifest["output"], f"the export of {owner.name} wrote no file: {manifest}"
@@ -678,8 +688,8 @@ def _job_owner(caller: Caller, site: str) -> Caller | None:
     """OWN: the caller's own job (a sponsor's for callers who may not export); OTHER: another owner's."""
     if site == MISSING:
         return None
-    exporters = [c for c in CALLERS if c.role in EXPORT]
-    mine = caller if caller in exporters else exporters[0]
+    exporters = [c for c in CALLERS if c.role in JOB_READERS]
+    mine = caller if caller in exporters else next(c for c in exporters if c.role == SPONSOR)
     return mine if site == OWN else next(c for c in exporters if c != mine)
 
 
@@ -689,6 +699,11 @@ def _job(method: str, operation: str = "$export-status") -> Builder:
         tail = f"/{job['file']}" if operation == "$export-file" else ""
         return Req(method, f"/fhir/{operation}/{job['id']}{tail}", ids=(job["id"],))
     return mutating(build) if method != "GET" else build
+
+
+def _site_archive(w: World, site: str, fresh: bool, caller: Caller) -> Req:
+    return Req("GET", "/api/v1/exports/odm", params={"site": site if site != MISSING else "S99",
+                                                      "deidentify": "false", "mode": "archive"}, headers=ASYNC)
 
 
 def _kick_off(url: str, **params) -> Builder:
@@ -974,6 +989,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
 VARIANT_REQUESTS: dict[tuple[str, str, str], Builder] = {
     ("GET", "/fhir/$export", IDENTIFIED): _kick_off("/fhir/$export", deidentify="false"),
     ("GET", "/api/v1/exports/odm", IDENTIFIED): _kick_off("/api/v1/exports/odm", deidentify="false"),
+    ("GET", "/api/v1/exports/odm", SITE_ARCHIVE): _site_archive,
     ("GET", "/api/v1/exports/sdtm", IDENTIFIED): _kick_off("/api/v1/exports/sdtm", deidentify="false"),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): _kick_off(
         f"/fhir/Group/{STUDY}/$export", deidentify="false"),

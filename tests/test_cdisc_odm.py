@@ -132,6 +132,31 @@ def test_a_site_archive_holds_that_site_only_and_its_download_is_in_the_access_l
     assert [tuple(row) for row in logged] == [(data["other"]["patient_id"], "identified_export", "export.odm_file")]
 
 
+def test_an_investigator_takes_its_own_sites_identified_archive_and_nothing_else(study):
+    """21 CFR 11.10(b): a site's investigator gets an accurate and complete copy of its own site's records."""
+    server, data = study
+    with server.client("investigator", "S01", sub="dr-archive") as http:
+        document, manifest = _odm(http, deidentify="false", site="S01", mode="archive")
+        keys = set(document.xpath("//odm:SubjectData/@SubjectKey", namespaces=NS))
+        assert data["subject"]["id"] in keys and data["randomised"]["id"] in keys
+        assert data["other"]["id"] not in keys  # S02's subject is not in S01's archive
+        assert http.get("/api/v1/exports/odm", params={"site": "S02", "deidentify": "false"},
+                        headers={"Prefer": "respond-async"}).status_code == 404
+        for params in ({"deidentify": "false"}, {"site": "S01"}, {"site": "S01", "deidentify": "false",
+                                                                  "mode": "snapshot"}):
+            refused = http.get("/api/v1/exports/odm", params=params, headers={"Prefer": "respond-async"})
+            assert refused.status_code == 403, (params, refused.text)
+        assert http.get("/api/v1/exports/sdtm", headers={"Prefer": "respond-async"}).status_code == 403
+        assert http.get("/fhir/$export", headers={"Prefer": "respond-async"}).status_code == 403
+    job = manifest["output"][0]["url"].split("/$export-file/")[1].split("/")[0]
+    with server.client("investigator", "S01", sub="dr-other") as http:  # another investigator: not its job
+        assert http.get(f"/fhir/$export-status/{job}").status_code == 404
+    with server.runtime.engine.connect() as connection:
+        logged = connection.execute(text(
+            "SELECT DISTINCT kind FROM access_event WHERE actor_sub = 'dr-archive'")).all()
+    assert [row[0] for row in logged] == ["identified_export"]
+
+
 def test_audit_records_agree_with_the_verified_chain(study):
     server, _ = study
     with server.client("data_manager") as http:

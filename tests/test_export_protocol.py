@@ -134,8 +134,10 @@ def test_downloads_need_the_owner(loaded):
         assert other.delete(status_url).status_code == 404
     with loaded.client() as anonymous:
         assert anonymous.get(url).status_code == 401
-    with loaded.client("investigator", "S01", sub="owner") as investigator:
-        assert investigator.get(url).status_code == 403
+    with loaded.client("investigator", "S01", sub="owner") as investigator:  # v2: polls its own site archives
+        assert investigator.get(url).status_code == 404  # ... but a sponsor's de-identified job is not its own
+    with loaded.client("coordinator", "S01", sub="owner") as coordinator:
+        assert coordinator.get(url).status_code == 403
 
 
 def test_kick_off_refuses_what_it_cannot_do(loaded):

@@ -29,6 +29,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "fhir.write": frozenset({"investigator", "coordinator", "ehr"}),
     "export.deidentified": frozenset({"sponsor", "data_manager"}),
     "export.identified": frozenset({"data_manager"}),
+    # an investigator's copy of its own site's records (21 CFR 11.10(b)): the identified ODM archive of its site
+    "export.site_archive": frozenset({"investigator"}),
+    "export.job": frozenset({"sponsor", "data_manager", "investigator"}),  # poll, download, cancel one's own jobs
     "report.aggregate": frozenset({"sponsor", "data_manager", "monitor"}),
     "access_log.read": frozenset({"admin"}),
     "settings.read": frozenset({"admin"}),

@@ -6,6 +6,7 @@ from fastapi.responses import Response
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.auth.policy import can
 from ecrf.cdisc.mapping import MappingError, load_mapping
 from ecrf.export import jobs
 from ecrf.export.access import deidentify_for
@@ -14,17 +15,24 @@ from ecrf.responses import JSONBody
 
 router = APIRouter(tags=["export"])
 EXPORT = Depends(requires("export.deidentified"))
+ODM = Depends(requires("export.job"))  # exporters, and an investigator for its own site's archive
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
-SITE = Query(None, description="one site's subjects only (a site's archive)")
+SITE = Query(None, description="one site's subjects only (a site's archive; an investigator: its own site, "
+                               "with deidentify=false and mode=archive)")
 MODES = ("archive", "snapshot")
 
 
 @router.get("/exports/odm", summary="CDISC ODM 1.3.2 (Prefer: respond-async): the archive with audit trail, or a snapshot")
 def export_odm(request: Request, mode: str = Query("archive", description="archive (Transactional, every version "
                                                                            "with its AuditRecord) or snapshot"),
-               site: str | None = SITE, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT) -> Response:
+               site: str | None = SITE, deidentify: bool = DEIDENTIFY, actor: Actor = ODM) -> Response:
     if mode not in MODES:
         raise HTTPException(400, f"mode {mode!r}: use archive or snapshot")
+    if not can(actor, "export.deidentified"):  # an investigator: the identified archive of its own site only
+        if site is None or deidentify or mode != "archive":
+            raise HTTPException(403, f"role {actor.role} may export only its own site's archive: "
+                                     "site=<its site>, deidentify=false, mode=archive")
+        return _kick_off(request, actor, "odm", {"mode": mode, "site": site}, deidentify, site_archive=True)
     return _kick_off(request, actor, "odm", {"mode": mode, "site": site}, deidentify)
 
 
@@ -38,7 +46,8 @@ def export_sdtm(request: Request, site: str | None = SITE, deidentify: bool = DE
     return _kick_off(request, actor, "sdtm", {"site": site}, deidentify)
 
 
-def _kick_off(request: Request, actor: Actor, kind: str, params: dict, deidentify: bool) -> Response:
+def _kick_off(request: Request, actor: Actor, kind: str, params: dict, deidentify: bool,
+              site_archive: bool = False) -> Response:
     runtime = request.app.state.runtime
     if "respond-async" not in request.headers.get("prefer", ""):
         raise HTTPException(400, "a CDISC export needs the header Prefer: respond-async")
@@ -47,7 +56,7 @@ def _kick_off(request: Request, actor: Actor, kind: str, params: dict, deidentif
         raise HTTPException(422, f"site {site} is not a site of study {runtime.study.id}")
     if site is not None and not actor.may_see_site(site):
         raise HTTPException(404, f"site {site} is not known")
-    deidentified = deidentify_for(actor, deidentify)
+    deidentified = False if site_archive else deidentify_for(actor, deidentify)
     profile = deidentifier(runtime).profile.name if deidentified else None
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile, request_url=str(request.url), group_id=runtime.study.id, types=[kind],

@@ -12,5 +12,11 @@ def deidentify_for(actor: Actor, deidentify: bool) -> bool:
     return deidentify or not can(actor, "export.identified")
 
 
-def may_read_job(actor: Actor, owner_sub: str, deidentified: bool) -> bool:
-    return actor.sub == owner_sub and (deidentified or can(actor, "export.identified"))
+def may_read_job(actor: Actor, owner_sub: str, deidentified: bool, kind: str = "bulk") -> bool:
+    """A job is its owner's, and identified data stay with who may have them (an investigator's own-site ODM
+    archive with the investigator)."""
+    if actor.sub != owner_sub:
+        return False
+    if deidentified:
+        return can(actor, "export.deidentified")
+    return can(actor, "export.identified") or (kind == "odm" and can(actor, "export.site_archive"))

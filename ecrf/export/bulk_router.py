@@ -31,6 +31,7 @@ from ecrf.store.service import instant
 
 router = APIRouter(tags=["export"], lifespan=worker_lifespan)
 EXPORT = Depends(requires("export.deidentified"))
+JOB = Depends(requires("export.job"))  # status, files and cancel: the job's owner (ecrf/export/access.py)
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -168,13 +169,14 @@ def _within_scopes(actor: Actor, types: list[str], *, explicit: bool) -> list[st
 
 def _job_of(request: Request, actor: Actor, job_id: str) -> ExportJob:
     job = jobs.get(request.app.state.runtime.engine, job_id)
-    if job is None or job.status in (jobs.CANCELLED, jobs.EXPIRED) or not may_read_job(actor, job.owner_sub, job.deidentified):
+    if job is None or job.status in (jobs.CANCELLED, jobs.EXPIRED) or not may_read_job(
+            actor, job.owner_sub, job.deidentified, job.kind):
         raise HTTPException(404, f"export {job_id} is not known (or was cancelled or has expired)")
     return job
 
 
 @router.get("/$export-status/{job_id}", summary="Poll an export: 202 with X-Progress while running, then the manifest")
-def export_status(request: Request, job_id: str, actor: Actor = EXPORT):
+def export_status(request: Request, job_id: str, actor: Actor = JOB):
     job = _job_of(request, actor, job_id)
     if job.status in jobs.ACTIVE:
         cursor = json.loads(job.cursor) if job.cursor else {}
@@ -221,7 +223,7 @@ def _expires(request: Request, job: ExportJob) -> str:
 
 
 @router.delete("/$export-status/{job_id}", summary="Cancel an export (or delete its files)", status_code=202)
-def export_cancel(request: Request, job_id: str, actor: Actor = EXPORT):
+def export_cancel(request: Request, job_id: str, actor: Actor = JOB):
     job = _job_of(request, actor, job_id)
     if not jobs.cancel(request.app.state.runtime.engine, job.id):
         raise HTTPException(404, f"export {job_id} is already finished with")
@@ -230,7 +232,7 @@ def export_cancel(request: Request, job_id: str, actor: Actor = EXPORT):
 
 
 @router.get("/$export-file/{job_id}/{file_name}", summary="Download one NDJSON file of a finished export (its owner only)")
-async def export_file(request: Request, job_id: str, file_name: str, actor: Actor = EXPORT):
+async def export_file(request: Request, job_id: str, file_name: str, actor: Actor = JOB):
     job = await run_in_threadpool(_job_of, request, actor, job_id)
     entries = {entry["file"]: entry for entry in json.loads(job.output or "[]")} if job.status == jobs.COMPLETED else {}
     entry = entries.get(file_name)
