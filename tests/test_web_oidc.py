@@ -102,7 +102,7 @@ def test_sign_in_with_the_hospital_provider_maps_roles_and_sites(oidc, chromium)
 
     # re-authentication (to sign): the provider asks again, and the session is new and fresh
     token = cookie["value"]
-    with Session(server.runtime.engine) as session:
+    with Session(server.runtime.engine.execution_options(writes=True)) as session:  # BEGIN IMMEDIATE on SQLite
         row = session.get(WebSession, _hash(token))
         row.authenticated_at = datetime.now(UTC) - timedelta(hours=1)
         session.add(row)
@@ -115,7 +115,7 @@ def test_sign_in_with_the_hospital_provider_maps_roles_and_sites(oidc, chromium)
     expect(page.locator("#who")).to_contain_text("dr-wang")
     fresh = page.evaluate("async () => (await fetch('/web-auth/session')).json()")
     assert datetime.fromisoformat(fresh["authenticated_at"]).replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(minutes=1)
-    with Session(server.runtime.engine) as session:
+    with Session(server.runtime.engine.execution_options(writes=True)) as session:  # BEGIN IMMEDIATE on SQLite
         assert session.get(WebSession, _hash(token)) is None  # the old session gave way
     page.context.close()
 

@@ -87,7 +87,7 @@ def test_logout_ends_the_session_on_the_server_and_needs_csrf(server):
         response = http.post("/web-auth/logout", json={}, headers={"X-CSRF-Token": info["csrf"]})
         assert response.status_code == 200 and f'{COOKIE}=""' in response.headers["set-cookie"]
         assert http.get("/web-auth/session").json()["signed_in"] is False
-        with Session(server.runtime.engine) as session:
+        with Session(server.runtime.engine.execution_options(writes=True)) as session:
             assert session.get(WebSession, _hash(token)) is None
     with httpx.Client(base_url=server.base_url, cookies={COOKIE: token}) as stolen:  # a copy of the old cookie
         ended = stolen.get("/api/v1/subjects")
@@ -95,7 +95,7 @@ def test_logout_ends_the_session_on_the_server_and_needs_csrf(server):
 
 
 def _age(server, token: str, **fields) -> None:
-    with Session(server.runtime.engine) as session:
+    with Session(server.runtime.engine.execution_options(writes=True)) as session:
         row = session.get(WebSession, _hash(token))
         for name, value in fields.items():
             setattr(row, name, value)
@@ -118,7 +118,7 @@ def test_idle_and_absolute_expiry(server):
         sign_in(http, "investigator")
         _age(server, http.cookies[COOKIE], last_seen_at=now - timedelta(minutes=server.settings.web_idle_minutes - 1))
         assert http.get("/api/v1/subjects").status_code == 200
-        with Session(server.runtime.engine) as session:
+        with Session(server.runtime.engine.execution_options(writes=True)) as session:
             seen = session.get(WebSession, _hash(http.cookies[COOKIE])).last_seen_at
         assert (seen if seen.tzinfo else seen.replace(tzinfo=UTC)) > now - timedelta(seconds=5)
 

@@ -14,7 +14,7 @@ from ecrf.config import Settings
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES
 from ecrf.pagination import MAX_OFFSET
-from ecrf.store.indexing import SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
+from ecrf.store.indexing import PATIENT_REFERENCE, SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
 from fhir_mappings.units import UnitError, resolve_unit
@@ -98,7 +98,7 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
     query = SearchQuery(resource_type, count=default_count)
     problems = []
     sort_spec = None
-    for name, value in pairs:
+    for name, value in dict.fromkeys(pairs):  # a repeated identical pair is one condition (they are AND-ed)
         base, _, modifier = name.partition(":")
         if CONTROL_CHARACTER.search(name) or CONTROL_CHARACTER.search(value):
             raise FhirError.one(400, f"search parameter {CONTROL_CHARACTER.sub('?', base)!r} contains a control character")
@@ -374,6 +374,10 @@ def _chained(resource_type: str, known, name: str, value: str, problems: list[st
         return None
     matched = _token_ids(target, chained, target_kind, value).subquery()
     through = SEARCHED_THROUGH.get(resource_type, {}).get(param) or param
+    if target == "Patient" and PATIENT_REFERENCE.get(resource_type) in (param, through):
+        # the element that names the Patient: the store's patient_id (indexed) says the same, and PostgreSQL
+        # plans it as a lookup instead of matching every reference token against "Patient/" || id
+        return ResourceHead.patient_id.in_(select(matched.c.resource_id))
     references = select(SearchToken.resource_id).where(
         SearchToken.resource_type == resource_type, SearchToken.param == through,
         SearchToken.value.in_(select(literal(f"{target}/") + matched.c.resource_id)))

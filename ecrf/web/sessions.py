@@ -45,7 +45,7 @@ def start(request: Request, response: Response, actor: Actor, method: str) -> We
         sites=",".join(sorted(actor.sites)) if actor.sites is not None else None, method=method,
         csrf=secrets.token_urlsafe(32), created_at=now, last_seen_at=now, authenticated_at=now,
         expires_at=now + timedelta(hours=settings.web_absolute_hours))
-    with Session(runtime.engine) as session:
+    with _session(runtime.engine) as session:
         session.add(row)
         session.execute(delete(WebSession).where(WebSession.expires_at < now))  # sweep the long expired
         session.commit()
@@ -55,8 +55,14 @@ def start(request: Request, response: Response, actor: Actor, method: str) -> We
     return row
 
 
+def _session(engine) -> Session:
+    """Session rows are written as well as read: on SQLite the transaction takes the write lock at BEGIN, so a
+    concurrent writer makes it wait (busy_timeout) instead of failing to upgrade a read lock ('database is locked')."""
+    return Session(engine.execution_options(writes=True))
+
+
 def forget(request: Request, token_hash: str) -> None:
-    with Session(request.app.state.runtime.engine) as session:
+    with _session(request.app.state.runtime.engine) as session:
         session.execute(delete(WebSession).where(WebSession.token_hash == token_hash))
         session.commit()
 
@@ -64,7 +70,7 @@ def forget(request: Request, token_hash: str) -> None:
 def end(request: Request, response: Response) -> None:
     token = request.cookies.get(COOKIE)
     if token:
-        with Session(request.app.state.runtime.engine) as session:
+        with _session(request.app.state.runtime.engine) as session:
             session.execute(delete(WebSession).where(WebSession.token_hash == _hash(token)))
             session.commit()
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
@@ -79,7 +85,7 @@ def current(request: Request) -> WebSession | None:
     runtime = request.app.state.runtime
     now = _now()
     idle = timedelta(minutes=runtime.settings.web_idle_minutes)
-    with Session(runtime.engine) as session:
+    with _session(runtime.engine) as session:
         row = session.get(WebSession, _hash(token))
         if row is None:
             return None
