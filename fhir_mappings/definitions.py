@@ -533,8 +533,16 @@ class StudyDef(BaseModel):
         return self._items_by_kind.get(kind, ())
 
     def resource_owners(self, resource_type: str) -> tuple[tuple[FormDef, ItemDef], ...]:
-        """(form, item) of the items that own a resource of `resource_type` (kind resource)."""
-        return tuple(pair for pair in self.items_of_kind("resource") if pair[1].fhir.resource_type == resource_type)
+        """(form, item) of the items that own a resource of `resource_type` (kind resource): asked for every
+        resource written, so indexed once per loaded study."""
+        return self._resource_owners.get(resource_type, ())
+
+    @cached_property
+    def _resource_owners(self) -> dict[str, tuple[tuple[FormDef, ItemDef], ...]]:
+        index: dict[str, list[tuple[FormDef, ItemDef]]] = {}
+        for form, item in self.items_of_kind("resource"):
+            index.setdefault(item.fhir.resource_type, []).append((form, item))
+        return {resource_type: tuple(pairs) for resource_type, pairs in index.items()}
 
     def extension_url(self, name: str) -> str:
         """The URL of the study's own extension `name` (paths write it `extension:name`)."""

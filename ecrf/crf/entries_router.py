@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.crf import service
-from ecrf.crf.router import _respond, _shown, _version
+from ecrf.crf.router import if_match_of, respond_view, shown_view
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
 from ecrf.store.unit import read_only, writing
@@ -23,7 +23,7 @@ def _list(request: Request, actor: Actor, subject_id: str, form_id: str, visit_i
     runtime = request.app.state.runtime
     with read_only(runtime, actor) as store:
         views = service.entries(store, runtime.study, subject_id, form_id, visit_id)
-    return [_shown(request, actor, "form.read", view) for view in views]
+    return [shown_view(request, actor, "form.read", view) for view in views]
 
 
 def _read(request: Request, actor: Actor, subject_id: str, form_id: str, entry_id: str,
@@ -32,7 +32,7 @@ def _read(request: Request, actor: Actor, subject_id: str, form_id: str, entry_i
     with read_only(runtime, actor) as store:
         target, instance = service.locate_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id)
         view = service.describe(store, runtime.study, target, instance)
-    return _respond(_shown(request, actor, "form.read", view))
+    return respond_view(shown_view(request, actor, "form.read", view))
 
 
 def _save(request: Request, actor: Actor, subject_id: str, form_id: str, entry_id: str | None, visit_id: str | None,
@@ -40,9 +40,9 @@ def _save(request: Request, actor: Actor, subject_id: str, form_id: str, entry_i
     runtime = request.app.state.runtime
     with writing(runtime, actor) as store:
         result = service.save_entry(runtime, store, subject_id, form_id, entry_id, visit_id, items=body.items,
-                                    visit_date=body.visit_date, reason=body.reason, if_match=_version(if_match))
-    view = _shown(request, actor, "form.write", result.view)
-    response = _respond(view, 201 if result.created else 200)
+                                    visit_date=body.visit_date, reason=body.reason, if_match=if_match_of(if_match))
+    view = shown_view(request, actor, "form.write", result.view)
+    response = respond_view(view, 201 if result.created else 200)
     if result.created:
         base = f"{request.scope.get('root_path', '')}/api/v1/subjects/{view['subject_id']}/forms/{form_id}"
         response.headers["Location"] = f"{base}/entries/{view['id']}"
@@ -55,11 +55,11 @@ def _step(request: Request, actor: Actor, subject_id: str, form_id: str, entry_i
     with writing(runtime, actor) as store:
         if name == "withdraw":
             view = service.withdraw_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id, reason=reason,
-                                          if_match=_version(if_match))
+                                          if_match=if_match_of(if_match))
         else:
             view = service.transition_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id, name,
-                                            meaning=meaning, reason=reason, if_match=_version(if_match))
-    return _respond(_shown(request, actor, f"form.{name}", view))
+                                            meaning=meaning, reason=reason, if_match=if_match_of(if_match))
+    return respond_view(shown_view(request, actor, f"form.{name}", view))
 
 
 # -- a log form's entries (and every entry of a repeating form, whatever its visit) -----------------

@@ -19,7 +19,7 @@ router = APIRouter(tags=["forms"])
 INSTANCE = "/subjects/{subject_id}/forms/{form_id}/{visit_id}"
 
 
-def _version(if_match: str | None) -> int | None:
+def if_match_of(if_match: str | None) -> int | None:
     """If-Match: W/"3", "3" or 3; anything else can never match."""
     if if_match is None or if_match.strip() == "*":
         return None
@@ -29,7 +29,7 @@ def _version(if_match: str | None) -> int | None:
     return int(found.group(1))
 
 
-def _respond(view: dict[str, Any], status: int = 200) -> JSONBody:
+def respond_view(view: dict[str, Any], status: int = 200) -> JSONBody:
     return JSONBody(view, status_code=status, headers={"ETag": f'W/"{view["version"]}"'})
 
 
@@ -63,8 +63,8 @@ def read_form(subject_id: str, form_id: str, visit_id: str, request: Request,
             view = unscheduled.read(store, runtime.study, subject_id, form_id)
         else:
             view = service.read_form(store, runtime.study, subject_id, form_id, visit_id)
-    view = _shown(request, actor, "form.read", view)
-    return JSONBody(view) if pseudo else _respond(view)
+    view = shown_view(request, actor, "form.read", view)
+    return JSONBody(view) if pseudo else respond_view(view)
 
 
 @router.put(INSTANCE)
@@ -78,8 +78,8 @@ def save_form(subject_id: str, form_id: str, visit_id: str, body: FormEntry, req
             resolve(store, runtime.study, subject_id)  # another site's subject stays a 404
             raise unscheduled.refuse_entry(form_id)
         result = service.save_form(runtime, store, subject_id, form_id, visit_id, items=body.items,
-                                   visit_date=body.visit_date, reason=body.reason, if_match=_version(if_match))
-    return _respond(_shown(request, actor, "form.write", result.view), 201 if result.created else 200)
+                                   visit_date=body.visit_date, reason=body.reason, if_match=if_match_of(if_match))
+    return respond_view(shown_view(request, actor, "form.write", result.view), 201 if result.created else 200)
 
 
 def _transition(request: Request, actor: Actor, subject_id: str, form_id: str, visit_id: str, name: str,
@@ -87,11 +87,11 @@ def _transition(request: Request, actor: Actor, subject_id: str, form_id: str, v
     runtime = request.app.state.runtime
     with writing(runtime, actor) as store:
         view = service.transition(store, runtime.study, subject_id, form_id, visit_id, name, meaning=meaning,
-                                  reason=reason, if_match=_version(if_match))
-    return _respond(_shown(request, actor, f"form.{name}", view))
+                                  reason=reason, if_match=if_match_of(if_match))
+    return respond_view(shown_view(request, actor, f"form.{name}", view))
 
 
-def _shown(request: Request, actor: Actor, interaction: str, view: dict[str, Any]) -> dict[str, Any]:
+def shown_view(request: Request, actor: Actor, interaction: str, view: dict[str, Any]) -> dict[str, Any]:
     """A form view showing an identifier-bearing item (the birth date) is recorded in the access log."""
     runtime = request.app.state.runtime
     if access.shows_identifiers(runtime.study, view):
