@@ -2,7 +2,7 @@
 from fhir.resources.R4B.questionnaire import Questionnaire
 
 FORMS = ["demographics", "baseline", "labs", "surgery", "pathology", "afp", "ctc", "history", "randomisation",
-         "adverse_event", "conmed", "disease_assessment"]
+         "adverse_event", "conmed", "disease_assessment", "end_of_study"]
 
 
 def test_forms_list_every_form_with_items_types_units_values_ranges_and_visits(server):

@@ -90,6 +90,7 @@ FORM_VISITS = {
     "adverse_event": [],
     "conmed": [],
     "disease_assessment": ["M3", "M6", "M9", "M12"],
+    "end_of_study": [],
 }
 
 FORM_ITEMS = {
@@ -118,6 +119,7 @@ FORM_ITEMS = {
                       "outcome"],
     "conmed": ["medication", "atc", "indication", "start_date", "end_date", "ongoing"],
     "disease_assessment": ["status", "assessment_date", "method", "recurrence_site", "recurrence_date"],
+    "end_of_study": ["status", "end_date", "death_date", "cause_of_death", "last_known_alive_date"],
 }
 
 
@@ -128,7 +130,7 @@ def test_forms_visits_and_items(study: StudyDef) -> None:
         assert [i.id for i in form.items] == FORM_ITEMS[form.id], form.id
     assert study.form("afp").repeating and study.form("disease_assessment").repeating
     assert not study.form("labs").repeating
-    assert [f.id for f in study.forms if f.kind == "log"] == ["adverse_event", "conmed"]
+    assert [f.id for f in study.forms if f.kind == "log"] == ["adverse_event", "conmed", "end_of_study"]
 
 
 @pytest.mark.parametrize("item_id, item_type, values", [
