@@ -176,6 +176,8 @@ ENTRIES: dict[str, dict[str, Any]] = {
                "start_date": date(2024, 2, 20), "end_date": date(2024, 3, 20), "ongoing": False},
     "disease_assessment": {"status": "recurrence", "assessment_date": date(2024, 5, 2), "method": "mri",
                            "recurrence_site": "both", "recurrence_date": date(2024, 4, 28)},
+    "end_of_study": {"status": "died", "end_date": date(2024, 9, 1), "death_date": date(2024, 8, 30),
+                     "cause_of_death": "disease_recurrence", "last_known_alive_date": date(2024, 8, 29)},
 }
 
 VISIT_DATE = date(2024, 2, 5)
