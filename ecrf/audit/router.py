@@ -10,7 +10,7 @@ from ecrf.audit.access import service as access
 from ecrf.audit.models import AuditEntry
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
+from ecrf.common.pagination import Limit, Offset, page
 from ecrf.store.unit import read_only
 from ecrf.subjects.service import resolve
 

@@ -11,7 +11,7 @@ from ecrf.crf import service, unscheduled
 from ecrf.crf.definitions import describe_form
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
-from ecrf.store.errors import VersionConflict
+from ecrf.common.errors import VersionConflict
 from ecrf.store.unit import read_only, writing
 from ecrf.subjects.service import resolve
 

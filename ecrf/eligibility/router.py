@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
-from ecrf.crf.errors import EditCheckFailed
+from ecrf.common.pagination import Limit, Offset, page
+from ecrf.common.errors import EditCheckFailed
 from ecrf.eligibility import service
 from ecrf.randomisation.service import strata_counts
 from ecrf.store.unit import read_only

@@ -16,7 +16,7 @@ from ecrf.fhir.validation import model_of, prepare
 from ecrf.json_rules import Refusal
 from ecrf.json_stream import StreamedObject
 from ecrf.runtime import Runtime
-from ecrf.store.errors import Conflict
+from ecrf.common.errors import Conflict
 from ecrf.store.service import WriteContext, instant
 from ecrf.store.unit import writing
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
+from ecrf.common.pagination import Limit, Offset, page
 from ecrf.crf.schedule import day_zero, visit_schedule
 from ecrf.crf.service import subject_instances
 from ecrf.queries.counts import unresolved_of_subject
