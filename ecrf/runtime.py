@@ -1,4 +1,7 @@
-"""What a running service holds: settings, database engine, the loaded study and its hooks."""
+"""What a running service holds: settings, database engine, the loaded study and its hooks.
+
+The app layer: it wires the domains' derived hooks and write guards into the store (ecrf/store/wiring.py);
+below the app, code depends on the protocol ecrf.services.Services, never on this module."""
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -8,8 +11,14 @@ from sqlalchemy.engine import Engine
 
 from ecrf.auth.tokens import TokenVerifier
 from ecrf.config import Settings
+from ecrf.crf.guard import lifecycle_guard
 from ecrf.db import make_engine
+from ecrf.eligibility.service import randomisation_basis, recompute
+from ecrf.randomisation.guard import allocation_guard
+from ecrf.randomisation.scheme import load_scheme
+from ecrf.safety.scheme import load_safety
 from ecrf.store.indexing import Indexer
+from ecrf.study import load_study
 from fhir_mappings.definitions import StudyDef
 
 
@@ -28,13 +37,6 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
-        from ecrf.crf.guard import lifecycle_guard
-        from ecrf.eligibility.service import recompute
-        from ecrf.randomisation.guard import allocation_guard
-        from ecrf.randomisation.scheme import load_scheme
-        from ecrf.safety.scheme import load_safety
-        from ecrf.study import load_study
-
         study = load_study(settings.study_dir)
         randomisation = load_scheme(settings.study_dir, study)
         guards = [lifecycle_guard(study)]
@@ -57,6 +59,4 @@ class Runtime:
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:
         """The randomisation gate of the eCRF door (a method, so a test may shadow it on the instance)."""
-        from ecrf.eligibility.service import randomisation_basis
-
         return randomisation_basis(self.study, store, patient_id)

@@ -22,7 +22,7 @@ from ecrf.crf.schedule import check_visit_date, day_zero
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.queries.counts import unresolved_of_form
 from ecrf.responses import dumps
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.safety import service as safety
 from ecrf.common.errors import Conflict, NotFound, VersionConflict
 from ecrf.store.models import ResourceHead

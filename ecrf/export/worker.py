@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ecrf.cdisc.runner import RUNNERS as CDISC_RUNNERS
 from ecrf.export import bulk, jobs
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.common.failures import types_and_frames
 
 log = logging.getLogger(__name__)
