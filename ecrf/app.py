@@ -17,6 +17,7 @@ from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
 from ecrf.study.router import router as study_router
 from ecrf.admin.router import router as admin_router
+from ecrf.audit.access.hook import RecordAccess
 from ecrf.audit.access.router import router as access_log_router
 from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime.verifier.smart = SmartTokens(runtime.settings, runtime.engine)  # access tokens of /auth/token
     errors.install(app)  # domain and store errors, validation, outages: one mapping to status and body
     app.add_exception_handler(FhirError, _fhir_error)  # a FHIR refusal: its OperationOutcome and status
+    app.add_middleware(RecordAccess)  # identified data a response shows, in the access log before it leaves
     app.add_middleware(RequestGuard, settings=runtime.settings,
                        bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}), form_paths=frozenset({TOKEN_PATH}))
 

@@ -67,5 +67,5 @@ def subject_audit(subject_id: str, request: Request, form: str | None = None, vi
         entries = store.session.exec(query.order_by(AuditEntry.seq).offset(offset).limit(limit)).all()
         items = [_entry(entry, subject.id) for entry in entries]
     if access.shows_identifiers(runtime.study, items):  # old or new values of the birth date
-        access.record_request(request, actor, "audit.read", access.BIRTH_DATE, [subject.patient_id])
+        access.shown(request, actor, "audit.read", access.BIRTH_DATE, [subject.patient_id])
     return {"items": items, "total": total, "offset": offset, "limit": limit}

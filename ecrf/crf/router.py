@@ -97,7 +97,7 @@ def shown_view(request: Request, actor: Actor, interaction: str, view: dict[str,
     if access.shows_identifiers(runtime.study, view):
         with read_only(runtime, actor) as store:
             patient_id = resolve(store, runtime.study, view["subject_id"]).patient_id
-        access.record_request(request, actor, interaction, access.BIRTH_DATE, [patient_id])
+        access.shown(request, actor, interaction, access.BIRTH_DATE, [patient_id])
     return view
 
 

@@ -30,7 +30,7 @@ def subject_eligibility(subject_id: str, request: Request,
             patient_id = resolve(store, runtime.study, subject_id).patient_id
         else:
             patient_id = None
-    access.record_request(request, actor, "eligibility.read", access.BIRTH_DATE, [patient_id])
+    access.shown(request, actor, "eligibility.read", access.BIRTH_DATE, [patient_id])
     return view
 
 

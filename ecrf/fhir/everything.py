@@ -123,7 +123,7 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
             f"left out: this token's scopes do not grant reading {', '.join(left_out)}", code="suppressed",
             severity="information")]}, "search": {"mode": "outcome"}})
     body = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
-    access.record_request(request, actor, "everything", access.PATIENT, access.patients_shown(body))
+    access.shown(request, actor, "everything", access.PATIENT, access.patients_shown(body))
     return respond(body)
 
 

@@ -86,7 +86,7 @@ def _runtime(request: Request):
 
 def _shown(request: Request, actor: Actor, interaction: str, body: Any) -> Any:
     """Record the Patients (identifiers) a response is about to show, then let it go."""
-    access.record_request(request, actor, interaction, access.PATIENT, access.patients_shown(body))
+    access.shown(request, actor, interaction, access.PATIENT, access.patients_shown(body))
     return body
 
 

@@ -62,5 +62,5 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
 
 def _record_mrns(request: Request, actor: Actor, interaction: str, views: list[dict[str, Any]]) -> None:
     """Subject views show the MRN to roles that may see identifiers: the access log says who saw whose."""
-    access.record_request(request, actor, interaction, access.MRN,
-                          [view["patient_id"] for view in views if view.get("mrn") is not None])
+    access.shown(request, actor, interaction, access.MRN,
+                 [view["patient_id"] for view in views if view.get("mrn") is not None])
