@@ -4,12 +4,13 @@ The app layer: it wires the domains' derived hooks and write guards into the sto
 below the app, code depends on the protocol ecrf.services.Services, never on this module."""
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from ecrf.auth.tokens import TokenVerifier
+from ecrf.common.clock import utc_now
 from ecrf.config import Settings
 from ecrf.crf.guard import lifecycle_guard
 from ecrf.db import make_engine
@@ -33,7 +34,7 @@ class Runtime:
     write_guards: list[Any] = field(default_factory=list)
     randomisation: Any = None  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
     safety: Any = None  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the SAE clock's time (tests set it)
+    clock: Callable[[], datetime] = field(default=utc_now)  # the SAE clock's time (tests set it)
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
