@@ -10,11 +10,14 @@ from ecrf.config import Settings
 from ecrf.export.bulk_router import router as export_fhir_router
 from ecrf.export.forms_router import router as export_forms_router
 from ecrf.fhir.everything import router as everything_router
+from ecrf.fhir.media import outcome_response
+from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard
 from ecrf.study.router import router as study_router
 from ecrf.admin.router import router as admin_router
+from ecrf.audit.access.hook import RecordAccess
 from ecrf.audit.access.router import router as access_log_router
 from ecrf.audit.router import router as audit_router
 from ecrf.crf.questionnaire_router import router as questionnaire_router
@@ -49,7 +52,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.verifier = runtime.verifier
     app.state.cookie_actor = web_sessions.cookie_actor  # browser sessions of the web door (ecrf/web)
     runtime.verifier.smart = SmartTokens(runtime.settings, runtime.engine)  # access tokens of /auth/token
-    errors.install(app)
+    errors.install(app)  # domain and store errors, validation, outages: one mapping to status and body
+    app.add_exception_handler(FhirError, _fhir_error)  # a FHIR refusal: its OperationOutcome and status
+    app.add_middleware(RecordAccess)  # identified data a response shows, in the access log before it leaves
     app.add_middleware(RequestGuard, settings=runtime.settings,
                        bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}), form_paths=frozenset({TOKEN_PATH}))
 
@@ -92,6 +97,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(fhir_router, prefix=FHIR_PREFIX)
     app.include_router(web_router)  # the clinicians' screens at /, over /api/v1
     return app
+
+
+async def _fhir_error(request: Request, error: FhirError):
+    return outcome_response(error)
 
 
 def _document_error_shape(app: FastAPI) -> None:

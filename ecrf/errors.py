@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
                      is_statement_timeout)
-from ecrf.store.errors import StoreError
+from ecrf.common.errors import StoreError
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",

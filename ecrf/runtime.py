@@ -1,15 +1,25 @@
-"""What a running service holds: settings, database engine, the loaded study and its hooks."""
+"""What a running service holds: settings, database engine, the loaded study and its hooks.
+
+The app layer: it wires the domains' derived hooks and write guards into the store (ecrf/store/wiring.py);
+below the app, code depends on the protocol ecrf.services.Services, never on this module."""
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from ecrf.auth.tokens import TokenVerifier
+from ecrf.common.clock import utc_now
 from ecrf.config import Settings
+from ecrf.crf.guard import lifecycle_guard
 from ecrf.db import make_engine
+from ecrf.eligibility.service import randomisation_basis, recompute
+from ecrf.randomisation.guard import allocation_guard
+from ecrf.randomisation.scheme import load_scheme
+from ecrf.safety.scheme import load_safety
 from ecrf.store.indexing import Indexer
+from ecrf.study import load_study
 from fhir_mappings.definitions import StudyDef
 
 
@@ -24,17 +34,10 @@ class Runtime:
     write_guards: list[Any] = field(default_factory=list)
     randomisation: Any = None  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
     safety: Any = None  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # the SAE clock's time (tests set it)
+    clock: Callable[[], datetime] = field(default=utc_now)  # the SAE clock's time (tests set it)
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
-        from ecrf.crf.guard import lifecycle_guard
-        from ecrf.eligibility.service import recompute
-        from ecrf.randomisation.guard import allocation_guard
-        from ecrf.randomisation.scheme import load_scheme
-        from ecrf.safety.scheme import load_safety
-        from ecrf.study import load_study
-
         study = load_study(settings.study_dir)
         randomisation = load_scheme(settings.study_dir, study)
         guards = [lifecycle_guard(study)]
@@ -57,6 +60,4 @@ class Runtime:
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]:
         """The randomisation gate of the eCRF door (a method, so a test may shadow it on the instance)."""
-        from ecrf.eligibility.service import randomisation_basis
-
         return randomisation_basis(self.study, store, patient_id)

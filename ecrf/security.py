@@ -5,12 +5,12 @@ import re
 import secrets
 import threading
 import time
-import traceback
 from urllib.parse import unquote_to_bytes
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from ecrf.common.failures import types_and_frames
 from ecrf.config import Settings
 from ecrf.errors import error_response, is_fhir
 from ecrf.json_rules import Refusal, parse_json_body
@@ -254,19 +254,6 @@ def _report_failure(scope, error: BaseException) -> str:
     failures.error("incident %s: unhandled %s in %s %s (message withheld: it may hold patient data)\n%s", incident,
                    type(error).__qualname__, scope["method"], _logged_path(scope), types_and_frames(error))
     return incident
-
-
-def types_and_frames(error: BaseException) -> str:
-    """What a log may say of an exception: the types of it and of its causes, and where each was raised; never
-    a message, which may quote stored values (SQL parameters, a database's DETAIL line)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain and len(chain) < 5:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return "".join(f"{type(link).__module__}.{type(link).__qualname__}, raised at:\n"
-                   + "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
-                   for link in chain)
 
 
 def _client_key(scope, headers) -> str:

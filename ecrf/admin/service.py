@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 
 from ecrf.audit.models import AuditEntry
 from ecrf.audit.service import verify
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.smart import keys as smart_keys
 
 # Every setting is either shown (allow-list) or withheld; tests/test_admin.py fails on one that is neither,

@@ -10,7 +10,7 @@ from ecrf.audit.access import service as access
 from ecrf.audit.models import AuditEntry
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
+from ecrf.common.pagination import Limit, Offset, page
 from ecrf.store.unit import read_only
 from ecrf.subjects.service import resolve
 
@@ -67,5 +67,5 @@ def subject_audit(subject_id: str, request: Request, form: str | None = None, vi
         entries = store.session.exec(query.order_by(AuditEntry.seq).offset(offset).limit(limit)).all()
         items = [_entry(entry, subject.id) for entry in entries]
     if access.shows_identifiers(runtime.study, items):  # old or new values of the birth date
-        access.record_request(request, actor, "audit.read", access.BIRTH_DATE, [subject.patient_id])
+        access.shown(request, actor, "audit.read", access.BIRTH_DATE, [subject.patient_id])
     return {"items": items, "total": total, "offset": offset, "limit": limit}

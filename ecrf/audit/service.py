@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 
 from ecrf.auth.actor import Actor
 from ecrf.audit.models import AuditEntry, AuditHead
-from ecrf.store.bulk import insert_rows
+from ecrf.common.bulk import insert_rows
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (

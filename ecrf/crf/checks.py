@@ -4,21 +4,14 @@ Pure functions over the study definition; the schedule checks (visit date agains
 live in ecrf/crf/schedule.py because they need the subject's data.
 """
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from ecrf.common.clock import latest_allowed_date
 from fhir_mappings.definitions import DEPENDENT_KINDS, FormDef, ItemDef, condition_items, to_decimal
 from fhir_mappings.derivation import violated
 from fhir_mappings.units import UnitError, to_canonical
-
-# A date is "in the future" only once it has begun nowhere on Earth yet (UTC+14), so a site east
-# of UTC can enter today's date early in its morning.
-EARLIEST_OFFSET = timedelta(hours=14)
-
-
-def latest_allowed_date(now: datetime | None = None) -> date:
-    return ((now or datetime.now(UTC)) + EARLIEST_OFFSET).date()
 
 
 @dataclass(frozen=True)

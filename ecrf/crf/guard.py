@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from ecrf.audit import service as audit
 from ecrf.crf import lifecycle
-from ecrf.crf.errors import FormLocked
+from ecrf.common.errors import FormLocked
 from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
 from ecrf.crf.service import INSTANCE_RESOURCE, missing_items

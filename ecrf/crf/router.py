@@ -11,7 +11,7 @@ from ecrf.crf import service, unscheduled
 from ecrf.crf.definitions import describe_form
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
-from ecrf.store.errors import VersionConflict
+from ecrf.common.errors import VersionConflict
 from ecrf.store.unit import read_only, writing
 from ecrf.subjects.service import resolve
 
@@ -97,7 +97,7 @@ def shown_view(request: Request, actor: Actor, interaction: str, view: dict[str,
     if access.shows_identifiers(runtime.study, view):
         with read_only(runtime, actor) as store:
             patient_id = resolve(store, runtime.study, view["subject_id"]).patient_id
-        access.record_request(request, actor, interaction, access.BIRTH_DATE, [patient_id])
+        access.shown(request, actor, interaction, access.BIRTH_DATE, [patient_id])
     return view
 
 

@@ -16,15 +16,14 @@ from sqlmodel import select
 from ecrf.audit import service as audit
 from ecrf.crf import lifecycle
 from ecrf.crf.checks import Finding, check_items, is_enabled, latest_allowed_date
-from ecrf.crf.errors import Blocked, EditCheckFailed
+from ecrf.common.errors import Blocked, Conflict, EditCheckFailed, NotFound, VersionConflict
 from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.schedule import check_visit_date, day_zero
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.queries.counts import unresolved_of_form
 from ecrf.responses import dumps
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.safety import service as safety
-from ecrf.store.errors import Conflict, NotFound, VersionConflict
 from ecrf.store.models import ResourceHead
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import Subject, resolve

@@ -2,10 +2,9 @@
 unscheduled result of that form): read only, since EHR results belong to no form instance."""
 from typing import Any
 
-from ecrf.crf.errors import EditCheckFailed
+from ecrf.common.errors import EditCheckFailed, NotFound
 from ecrf.crf.schedule import UNSCHEDULED, day_zero
 from ecrf.crf.values import unscheduled_values
-from ecrf.store.errors import NotFound
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import resolve
 from fhir_mappings.definitions import StudyDef

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from ecrf.crf.checks import latest_allowed_date
+from ecrf.common.clock import latest_allowed_date
 from ecrf.eligibility import expressions
 from ecrf.eligibility.expressions import Derived, compare, named
 from ecrf.eligibility.findings import MET, NOT_MET, UNKNOWN, Finding, all_of, any_of, negate, number_text

@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
 from typing import TYPE_CHECKING, Any
 
+from ecrf.common.dates import age_in_years
 from ecrf.eligibility.findings import MET, NOT_MET, number_text, unit_text
 from ecrf.eligibility.sources import describe, evidence, missing, select_values
 from fhir_mappings.definitions import to_decimal
@@ -98,8 +99,7 @@ def _age(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
     born, at = evaluate(evaluation, arguments["born"]), evaluate(evaluation, arguments["at"])
     merged = _merge([born, at])
     if born.known and at.known and isinstance(born.value, date) and isinstance(at.value, date):
-        merged.value = at.value.year - born.value.year - (
-            (at.value.month, at.value.day) < (born.value.month, born.value.day))
+        merged.value = age_in_years(born.value, at.value)
     return merged
 
 

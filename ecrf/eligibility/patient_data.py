@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlmodel import Session, select
 
+from ecrf.common.dates import date_of as _date
 from ecrf.store.indexing import sent_date
 from ecrf.store.models import ItemFact, ResourceHead, ResourceVersion
 from fhir_mappings.definitions import StudyDef
@@ -196,10 +197,3 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _date(text: Any) -> date | None:
-    if not isinstance(text, str) or len(text) < 10:
-        return None
-    try:
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        return None

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Request
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
-from ecrf.crf.errors import EditCheckFailed
+from ecrf.common.pagination import Limit, Offset, page
+from ecrf.common.errors import EditCheckFailed
 from ecrf.eligibility import service
 from ecrf.randomisation.service import strata_counts
 from ecrf.store.unit import read_only
@@ -30,7 +30,7 @@ def subject_eligibility(subject_id: str, request: Request,
             patient_id = resolve(store, runtime.study, subject_id).patient_id
         else:
             patient_id = None
-    access.record_request(request, actor, "eligibility.read", access.BIRTH_DATE, [patient_id])
+    access.shown(request, actor, "eligibility.read", access.BIRTH_DATE, [patient_id])
     return view
 
 

@@ -19,7 +19,7 @@ from ecrf.export.models import ExportJob
 from ecrf.export import options as export_options
 from ecrf.export.source import Row, Scope, batches, deletions
 from ecrf.export.vocabulary import Vocabulary, of_study
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.store.models import ItemFact
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ecrf.common.dates import age_in_years as completed_years, date_of as parse_date  # noqa: F401 (export's names)
 from ecrf.config import Settings, secret_in_file
 from ecrf.export.vocabulary import Vocabulary
 from fhir_mappings.ucum import is_ucum_like
@@ -75,23 +76,10 @@ def load_profile(path: Path) -> Profile:
     return profile
 
 
-def completed_years(born: date, on: date) -> int:
-    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
-
-
 def site_only(item: Any) -> bool:
     """An item a de-identified export never carries as it is: identifier-bearing (the birth date) or free text
     (type `text`: the verbatim AE term, a medication's name, its indication; kept at the site)."""
     return bool(getattr(item, "identifier_bearing", False)) or getattr(item, "type", None) == "text"
-
-
-def parse_date(text: Any) -> date | None:
-    if not isinstance(text, str) or len(text) < 10:
-        return None
-    try:
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        return None
 
 
 class Deidentifier:

@@ -17,7 +17,7 @@ from ecrf.export.access import deidentify_for
 from ecrf.export.bulk import deidentifier
 from ecrf.export.deidentify import Deidentifier
 from ecrf.export.jobs import now
-from ecrf.runtime import Runtime
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.store.service import ClinicalStore, instant
 from fhir_mappings.definitions import FormDef
 

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ecrf.cdisc.runner import RUNNERS as CDISC_RUNNERS
 from ecrf.export import bulk, jobs
-from ecrf.runtime import Runtime
-from ecrf.security import types_and_frames
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
+from ecrf.common.failures import types_and_frames
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0

@@ -19,7 +19,7 @@ from ecrf.auth.policy import can
 from ecrf.errors import issue
 from ecrf.fhir.references import reference_holders
 from ecrf.fhir.validation import WRITABLE_TYPES
-from ecrf.store.errors import Forbidden
+from ecrf.common.errors import Forbidden
 
 PERMISSION_OF = {"create": "c", "read": "r", "vread": "r", "history": "r", "update": "u", "delete": "d", "search": "s"}
 

@@ -15,8 +15,8 @@ from ecrf.fhir.requests import bundle_entry
 from ecrf.fhir.validation import model_of, prepare
 from ecrf.json_rules import Refusal
 from ecrf.json_stream import StreamedObject
-from ecrf.runtime import Runtime
-from ecrf.store.errors import Conflict
+from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
+from ecrf.common.errors import Conflict
 from ecrf.store.service import WriteContext, instant
 from ecrf.store.unit import writing
 
@@ -182,7 +182,7 @@ _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 
 def _batch_entry(engine: Engine, entry: Entry) -> Result:
     for attempt in range(ATTEMPTS):
-        mapping, written, claimed = dict(engine.mapping), set(engine.written), dict(engine._claimed)
+        saved = engine.checkpoint()
         savepoint = engine.store.session.begin_nested()
         try:
             result = engine.run([entry])[entry.index]
@@ -192,8 +192,7 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
             if is_outage(error):
                 raise  # every entry would fail the same way: the whole batch is 503 with Retry-After
             savepoint.rollback()
-            engine.undo_rewrites()
-            engine.mapping, engine.written, engine._claimed = mapping, written, claimed
+            engine.restore(saved)
             entry.target_id, entry.matched = None, False
             entry.release()
             if isinstance(error, FhirError):
@@ -203,7 +202,7 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
                                         code="transient", location=entry.location)
                 return Result(409, outcome=failure.outcome)
         finally:
-            engine._undo.clear()
+            engine.forget_rewrites()
     raise AssertionError("unreachable")
 
 

@@ -25,7 +25,7 @@ from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
 from ecrf.errors import issue
 from ecrf.fhir.authorise import refusal, require
-from ecrf.fhir.media import outcome_response, respond
+from ecrf.fhir.media import respond
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES, is_resource_type
 from ecrf.store.indexing import PATIENT_REFERENCE
@@ -85,29 +85,26 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
     settings = runtime.settings
     base = str(request.base_url).rstrip("/") + "/fhir"
     params = request.query_params
-    try:
-        require(actor, "fhir.read", "Patient", "read")
-        since = _since(params.get("_since"))
-        types, left_out = _types(params.get("_type"), actor)
-        count = _count(params.get("_count"), "_count", settings.page_size_default, settings.page_size_max)
-        offset = _count(params.get("_offset"), "_offset", 0, 10**9)
-        with read_only(runtime, actor) as store:
-            store.read("Patient", patient_id)  # 404 when this client may not see it, 410 when deleted
-            members = [ResourceHead.resource_type == "Patient", ResourceHead.resource_id == patient_id]
-            condition = or_(and_(*members), and_(ResourceHead.patient_id == patient_id,
-                                                 ResourceHead.resource_type.in_([t for t in types if t != "Patient"])))
-            if "Patient" not in types:
-                condition = and_(ResourceHead.patient_id == patient_id, ResourceHead.resource_type.in_(types))
-            statement = store.visible(select(ResourceHead).where(condition, ResourceHead.deleted == False))  # noqa: E712
-            if since is not None:
-                statement = statement.where(ResourceHead.last_updated >= since)
-            total = store.session.exec(select(func.count()).select_from(statement.subquery())).one()
-            heads = [] if count == 0 else store.session.exec(statement.order_by(
-                case((ResourceHead.resource_type == "Patient", 0), else_=1), ResourceHead.resource_type,
-                ResourceHead.resource_id).offset(offset).limit(count)).all()
-            found = store.current(heads)
-    except FhirError as error:
-        return outcome_response(error)
+    require(actor, "fhir.read", "Patient", "read")
+    since = _since(params.get("_since"))
+    types, left_out = _types(params.get("_type"), actor)
+    count = _count(params.get("_count"), "_count", settings.page_size_default, settings.page_size_max)
+    offset = _count(params.get("_offset"), "_offset", 0, 10**9)
+    with read_only(runtime, actor) as store:
+        store.read("Patient", patient_id)  # 404 when this client may not see it, 410 when deleted
+        members = [ResourceHead.resource_type == "Patient", ResourceHead.resource_id == patient_id]
+        condition = or_(and_(*members), and_(ResourceHead.patient_id == patient_id,
+                                             ResourceHead.resource_type.in_([t for t in types if t != "Patient"])))
+        if "Patient" not in types:
+            condition = and_(ResourceHead.patient_id == patient_id, ResourceHead.resource_type.in_(types))
+        statement = store.visible(select(ResourceHead).where(condition, ResourceHead.deleted == False))  # noqa: E712
+        if since is not None:
+            statement = statement.where(ResourceHead.last_updated >= since)
+        total = store.session.exec(select(func.count()).select_from(statement.subquery())).one()
+        heads = [] if count == 0 else store.session.exec(statement.order_by(
+            case((ResourceHead.resource_type == "Patient", 0), else_=1), ResourceHead.resource_type,
+            ResourceHead.resource_id).offset(offset).limit(count)).all()
+        found = store.current(heads)
     kept = [(name, value) for name, value in params.multi_items() if name in ("_since", "_type")]
 
     def link(at: int) -> str:
@@ -126,7 +123,7 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
             f"left out: this token's scopes do not grant reading {', '.join(left_out)}", code="suppressed",
             severity="information")]}, "search": {"mode": "outcome"}})
     body = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
-    access.record_request(request, actor, "everything", access.PATIENT, access.patients_shown(body))
+    access.shown(request, actor, "everything", access.PATIENT, access.patients_shown(body))
     return respond(body)
 
 

@@ -16,7 +16,7 @@ from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.references import local_target, path_to, reference_holders
 from ecrf.fhir.research_study import research_study
 from ecrf.fhir.validation import WRITABLE_TYPES
-from ecrf.store.errors import NotFound, StoreError
+from ecrf.common.errors import NotFound, StoreError
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
 from ecrf.subjects.service import claim_subject, study_reference, subject_key
 
@@ -161,6 +161,20 @@ class Engine:
         """Put rewritten references back, so a retried unit of work starts from the request as sent."""
         for holder, original in reversed(self._undo):
             holder["reference"] = original
+        self._undo.clear()
+
+    def checkpoint(self) -> tuple[dict[str, str], set[str], dict[tuple[str, str], int]]:
+        """What running one entry may change of this unit of work (references resolved, resources written,
+        conditional keys claimed), to put back with `restore` when the entry fails (a batch's entries)."""
+        return dict(self.mapping), set(self.written), dict(self._claimed)
+
+    def restore(self, checkpoint: tuple[dict[str, str], set[str], dict[tuple[str, str], int]]) -> None:
+        """Back to `checkpoint`: rewritten references put back, the entry's mappings, writes and claims gone."""
+        self.undo_rewrites()
+        self.mapping, self.written, self._claimed = checkpoint
+
+    def forget_rewrites(self) -> None:
+        """Keep the references rewritten so far as they are (the entry is done, whichever way it ended)."""
         self._undo.clear()
 
     # -- steps -----------------------------------------------------------------------------------

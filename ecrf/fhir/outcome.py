@@ -2,7 +2,7 @@
 from typing import Any
 
 from ecrf.errors import issue, operation_outcome
-from ecrf.store.errors import StoreError
+from ecrf.common.errors import StoreError
 
 MAX_ISSUES_PER_RESOURCE = 100  # a resource with a million bad values gets a short answer, not a huge one
 

@@ -27,7 +27,7 @@ from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import request_entry
 from ecrf.fhir.research_study import research_study
 from ecrf.fhir.validation import WRITABLE_TYPES, model_of
-from ecrf.store.errors import NotFound
+from ecrf.common.errors import NotFound
 from ecrf.store.service import instant
 from ecrf.store.unit import read_only
 
@@ -86,7 +86,7 @@ def _runtime(request: Request):
 
 def _shown(request: Request, actor: Actor, interaction: str, body: Any) -> Any:
     """Record the Patients (identifiers) a response is about to show, then let it go."""
-    access.record_request(request, actor, interaction, access.PATIENT, access.patients_shown(body))
+    access.shown(request, actor, interaction, access.PATIENT, access.patients_shown(body))
     return body
 
 
@@ -101,13 +101,10 @@ def metadata(request: Request):
 @router.post("/", include_in_schema=False)
 async def post_bundle(request: Request, actor: Actor = WRITE):
     """A transaction (all or nothing) or batch (each entry on its own) Bundle; answers the response Bundle."""
-    try:
-        body = await read_json(request)
-        wanted = preferences(request).get("return")
-        result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request),
-                                         wanted if wanted in ("minimal", "representation", "operationoutcome") else None)
-    except FhirError as error:
-        return outcome_response(error)
+    body = await read_json(request)
+    wanted = preferences(request).get("return")
+    result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request),
+                                     wanted if wanted in ("minimal", "representation", "operationoutcome") else None)
     await run_in_threadpool(_shown, request, actor, result["type"].removesuffix("-response"), result)
     return respond(result)
 
@@ -178,16 +175,13 @@ async def _search_answer(request: Request, resource_type: str, actor: Actor, pai
     runtime = _runtime(request)
     settings = runtime.settings
     work = Cancellable(settings.statement_timeout_ms)
-    try:
-        query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
-                             max_count=settings.page_size_max, strict=strict_handling(request), study=runtime.study)
-        if query.demographic and not can(actor, "identifiers.read"):
-            raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
-                                     f"that may read identifiers, not {actor.role}", code="forbidden")
-        found = await unless_disconnected(request, work, run_in_threadpool(
-            _search, runtime, actor, query, _base(request), work))
-    except FhirError as error:
-        return outcome_response(error)
+    query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
+                         max_count=settings.page_size_max, strict=strict_handling(request), study=runtime.study)
+    if query.demographic and not can(actor, "identifiers.read"):
+        raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
+                                 f"that may read identifiers, not {actor.role}", code="forbidden")
+    found = await unless_disconnected(request, work, run_in_threadpool(
+        _search, runtime, actor, query, _base(request), work))
     return respond(await run_in_threadpool(_shown, request, actor, "search", found))
 
 
@@ -230,17 +224,14 @@ def _history(request: Request, actor: Actor, resource_types: list[str], resource
     runtime = _runtime(request)
     settings = runtime.settings
     base = _base(request)
-    try:
-        query = history_query(list(request.query_params.multi_items()), default_count=settings.page_size_default,
-                              max_count=settings.page_size_max, strict=strict_handling(request),
-                              types=tuple(resource_types) if path == "_history" else ())
-        if query.types is not None:
-            resource_types = query.types
-        with read_only(runtime, actor) as store:
-            versions, total = store.history_page(resource_types, resource_id, since=query.since, at=query.at,
-                                                 count=query.count, offset=query.offset)
-    except FhirError as error:
-        return outcome_response(error)
+    query = history_query(list(request.query_params.multi_items()), default_count=settings.page_size_default,
+                          max_count=settings.page_size_max, strict=strict_handling(request),
+                          types=tuple(resource_types) if path == "_history" else ())
+    if query.types is not None:
+        resource_types = query.types
+    with read_only(runtime, actor) as store:
+        versions, total = store.history_page(resource_types, resource_id, since=query.since, at=query.at,
+                                             count=query.count, offset=query.offset)
     entries = []
     for stored in versions:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{stored.reference}"}
@@ -291,19 +282,16 @@ async def _write(request: Request, actor: Actor, method: str, url: str, *, has_b
                  patching: bool = False):
     """A REST write is a transaction of one entry, answered as REST (status, resource, headers)."""
     base = _base(request)
-    try:
-        if body is None:
-            body = await read_json(request) if has_body else None
-            if_match = if_match_version(request)
-        resource_type = url.split("?", 1)[0].split("/", 1)[0]
-        entry, problems = request_entry(0, method, url, body, base, location=resource_type,
-                                        resource_location=resource_type, if_none_exist=if_none_exist,
-                                        if_match=if_match)
-        if problems:
-            raise FhirError(bundle.status_of(problems), problems)
-        [result] = await run_in_threadpool(bundle.transaction, _runtime(request), actor, [entry], base)
-    except FhirError as error:
-        return outcome_response(error)
+    if body is None:
+        body = await read_json(request) if has_body else None
+        if_match = if_match_version(request)
+    resource_type = url.split("?", 1)[0].split("/", 1)[0]
+    entry, problems = request_entry(0, method, url, body, base, location=resource_type,
+                                    resource_location=resource_type, if_none_exist=if_none_exist,
+                                    if_match=if_match)
+    if problems:
+        raise FhirError(bundle.status_of(problems), problems)
+    [result] = await run_in_threadpool(bundle.transaction, _runtime(request), actor, [entry], base)
     wanted = preferences(request).get("return", "representation")
     if result.stored is not None and not result.stored.deleted and wanted == "representation":
         interaction = {"POST": "create", "PUT": "update"}[method]
@@ -355,22 +343,19 @@ async def _patch(request: Request, actor: Actor, resource_type: str, resource_id
         operations = request.state.json_body
     except AttributeError:
         operations = None
-    try:
-        if_match = if_match_version(request)
-        if not isinstance(operations, list):
-            raise FhirError.one(400, "a JSON Patch is an array of operations")
-        for attempt in range(3):
-            current = await run_in_threadpool(_patch_target, request, actor, resource_type, resource_id, criteria)
-            if if_match is not None and current.version_id != if_match:
-                raise FhirError.one(412, f"{current.reference} is at version {current.version_id}, not {if_match}: "
-                                         "read it again", code="conflict")
-            patched = json_patch.patched(current.content, operations, resource_type)
-            response = await _write(request, actor, "PUT", current.reference, body=patched,
-                                    if_match=current.version_id, patching=True)
-            if response.status_code != 412 or if_match is not None or attempt == 2:
-                return response
-    except FhirError as error:
-        return outcome_response(error)
+    if_match = if_match_version(request)
+    if not isinstance(operations, list):
+        raise FhirError.one(400, "a JSON Patch is an array of operations")
+    for attempt in range(3):
+        current = await run_in_threadpool(_patch_target, request, actor, resource_type, resource_id, criteria)
+        if if_match is not None and current.version_id != if_match:
+            raise FhirError.one(412, f"{current.reference} is at version {current.version_id}, not {if_match}: "
+                                     "read it again", code="conflict")
+        patched = json_patch.patched(current.content, operations, resource_type)
+        response = await _write(request, actor, "PUT", current.reference, body=patched,
+                                if_match=current.version_id, patching=True)
+        if response.status_code != 412 or if_match is not None or attempt == 2:
+            return response
     raise AssertionError("unreachable")
 
 

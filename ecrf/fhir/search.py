@@ -2,7 +2,7 @@
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -10,10 +10,11 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy import and_, false, func, literal, not_, or_
 from sqlmodel import select
 
+from ecrf.common.dates import moment_span
 from ecrf.config import Settings
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES
-from ecrf.pagination import MAX_OFFSET
+from ecrf.common.pagination import MAX_OFFSET
 from ecrf.store.indexing import PATIENT_REFERENCE, SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
@@ -478,21 +479,9 @@ def _date_range(text: str, param: str) -> tuple[datetime, datetime]:
     if off_calendar:
         raise FhirError.one(400, f"{param}: {off_calendar}")
     try:
-        if len(text) == 4:
-            start = datetime(int(text), 1, 1, tzinfo=UTC)
-            return start, start.replace(year=start.year + 1)
-        if len(text) == 7:
-            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-            return start, (start + timedelta(days=32)).replace(day=1)
-        if len(text) == 10:
-            start = datetime.fromisoformat(text).replace(tzinfo=UTC)
-            return start, start + timedelta(days=1)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment_span(text)
     except (ValueError, OverflowError):
         raise FhirError.one(400, f"{param}: {text!r} is not a FHIR date or dateTime") from None
-    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    step = timedelta(seconds=1) if moment.microsecond == 0 else timedelta(microseconds=1)
-    return moment, moment + step
 
 
 def _order(resource_type: str, spec: str | None, known: dict[str, tuple[str, tuple[str, ...]]]) -> list[Any]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.db import transaction
-from ecrf.pagination import Limit, Offset, page
+from ecrf.common.pagination import Limit, Offset, page
 from ecrf.queries import service
 from ecrf.queries.schemas import Message, Note, RaiseQuery
 from ecrf.responses import JSONBody

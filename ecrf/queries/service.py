@@ -16,10 +16,9 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from ecrf.audit import service as audit
 from ecrf.auth.actor import Actor
-from ecrf.crf.errors import EditCheckFailed
+from ecrf.common.errors import Conflict, EditCheckFailed, NotFound
 from ecrf.crf.models import FormInstance
 from ecrf.queries.models import UNRESOLVED, DataQuery, QueryMessage
-from ecrf.store.errors import Conflict, NotFound
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import resolve
 from fhir_mappings.definitions import StudyDef

@@ -10,7 +10,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.fhir.authorise import require
 from ecrf.fhir.media import respond
 from ecrf.randomisation import service
-from ecrf.store.errors import NotFound
+from ecrf.common.errors import NotFound
 
 router = APIRouter(tags=["randomisation"])
 OPERATION_ID = "ResearchSubject-randomize"

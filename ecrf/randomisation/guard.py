@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlmodel import select
 
 from ecrf.randomisation.models import RandomisationAllocation
-from ecrf.store.errors import Conflict
+from ecrf.common.errors import Conflict
 from ecrf.store.models import ResourceHead
 from ecrf.store.service import ClinicalStore, WriteContext, WriteGuard
 

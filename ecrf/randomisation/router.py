@@ -10,7 +10,7 @@ from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.randomisation import service
 from ecrf.responses import JSONBody
-from ecrf.store.errors import NotFound
+from ecrf.common.errors import NotFound
 from ecrf.store.unit import read_only, writing
 
 router = APIRouter(tags=["randomisation"])

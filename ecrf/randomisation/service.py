@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from ecrf.audit import service as audit
 from ecrf.auth.actor import SYSTEM, Actor
 from ecrf.config import Settings, secret_in_file
-from ecrf.crf.errors import Blocked
+from ecrf.common.errors import Blocked, Conflict, NotFound
 from ecrf.db import transaction
 from ecrf.eligibility.patient_data import load
 from ecrf.randomisation import lists
@@ -26,7 +26,6 @@ from ecrf.randomisation.guard import ALLOCATING
 from ecrf.randomisation.models import (RandomisationAllocation, RandomisationCounter, RandomisationList,
                                        RandomisationSlot)
 from ecrf.randomisation.scheme import Scheme, SchemeError
-from ecrf.store.errors import Conflict, NotFound
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import Subject, resolve
 from fhir_mappings.definitions import StudyDef

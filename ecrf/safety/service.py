@@ -12,7 +12,7 @@ from ecrf.audit import service as audit
 from ecrf.crf.models import FormInstance
 from ecrf.safety.models import SaeReport
 from ecrf.safety.scheme import SaeClock
-from ecrf.store.errors import Conflict, NotFound
+from ecrf.common.errors import Conflict, NotFound
 from ecrf.store.service import ClinicalStore
 
 STATUSES = ("due", "overdue", "reported", "not_serious", "withdrawn")

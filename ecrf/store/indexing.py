@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from ecrf.common.dates import date_of as local_date, moment_start as parse_moment  # one reading of FHIR dates
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.mapping import resource_to_items
 
@@ -275,21 +276,6 @@ def _stored_params() -> dict[str, tuple[tuple[str, str, tuple[tuple[str, ...], .
 STORED_PARAMS = _stored_params()
 
 
-def parse_moment(text: str) -> datetime | None:
-    """A FHIR date, dateTime or instant as a UTC datetime (partial dates take their start, in UTC)."""
-    try:
-        if len(text) == 4:
-            return datetime(int(text), 1, 1, tzinfo=UTC)
-        if len(text) == 7:
-            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 class Indexer:
     """Derives tokens and item facts of a resource for one loaded study."""
 
@@ -330,21 +316,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, list):  # a codes item: its set of values, as a sorted JSON list
         return orjson.dumps(sorted(str(v) for v in value)).decode()
     return str(value)
-
-
-def local_date(value: Any) -> date | None:
-    """The calendar date a FHIR date or dateTime was sent with: the date of its own offset, never of UTC
-    (2026-11-12T07:00+08:00 is 2026-11-12). Partial dates (year, year-month) have none."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str) and len(value) >= 10:
-        try:
-            return date.fromisoformat(value[:10])
-        except ValueError:
-            return None
-    return None
 
 
 def sent_date(effective_date: date | None, effective: datetime | None) -> date | None:

@@ -1,11 +1,10 @@
 """Tables of the versioned clinical store. Versions are append-only; heads and indexes are derived."""
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY.
-BIG_ID = BigInteger().with_variant(Integer, "sqlite")
+from ecrf.common.columns import BIG_ID
 
 
 class ResourceVersion(SQLModel, table=True):

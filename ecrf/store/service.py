@@ -22,8 +22,8 @@ from sqlmodel.sql.expression import Select
 from ecrf.audit import service as audit
 from ecrf.auth.actor import Actor
 from ecrf.responses import dumps
-from ecrf.store import bulk
-from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound, OffCalendar, VersionConflict
+from ecrf.common import bulk
+from ecrf.common.errors import Conflict, Forbidden, Gone, NotFound, OffCalendar, VersionConflict
 from ecrf.store.indexing import Indexer, out_of_range, patient_of
 from ecrf.store.models import ConditionalKey, ItemFact, PushedBy, ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.version_rows import FactKey, audit_entries, fact_rows, token_rows

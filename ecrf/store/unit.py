@@ -4,12 +4,12 @@ from contextlib import contextmanager
 
 from ecrf.auth.actor import Actor
 from ecrf.db import reading, transaction
-from ecrf.runtime import Runtime
 from ecrf.store.service import ClinicalStore
+from ecrf.store.wiring import StoreWiring
 
 
 @contextmanager
-def writing(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
+def writing(runtime: StoreWiring, actor: Actor) -> Iterator[ClinicalStore]:
     with transaction(runtime.engine) as session:
         store = ClinicalStore(session, actor, runtime.indexer, list(runtime.derived_hooks), list(runtime.write_guards))
         yield store
@@ -17,6 +17,6 @@ def writing(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
 
 
 @contextmanager
-def read_only(runtime: Runtime, actor: Actor) -> Iterator[ClinicalStore]:
+def read_only(runtime: StoreWiring, actor: Actor) -> Iterator[ClinicalStore]:
     with reading(runtime.engine) as session:
         yield ClinicalStore(session, actor, runtime.indexer)

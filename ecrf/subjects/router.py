@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
+from ecrf.common.pagination import Limit, Offset, page
 from ecrf.crf.schedule import day_zero, visit_schedule
 from ecrf.crf.service import subject_instances
 from ecrf.queries.counts import unresolved_of_subject
@@ -62,5 +62,5 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
 
 def _record_mrns(request: Request, actor: Actor, interaction: str, views: list[dict[str, Any]]) -> None:
     """Subject views show the MRN to roles that may see identifiers: the access log says who saw whose."""
-    access.record_request(request, actor, interaction, access.MRN,
-                          [view["patient_id"] for view in views if view.get("mrn") is not None])
+    access.shown(request, actor, interaction, access.MRN,
+                 [view["patient_id"] for view in views if view.get("mrn") is not None])

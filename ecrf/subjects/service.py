@@ -13,9 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from ecrf.auth.policy import can
-from ecrf.crf.checks import latest_allowed_date
-from ecrf.crf.errors import EditCheckFailed
-from ecrf.store.errors import Conflict, Forbidden, Gone, NotFound
+from ecrf.common.clock import latest_allowed_date
+from ecrf.common.errors import Conflict, EditCheckFailed, Forbidden, Gone, NotFound
 from ecrf.store.indexing import patient_of
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id

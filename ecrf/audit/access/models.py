@@ -4,7 +4,7 @@ from datetime import datetime
 from sqlalchemy import Column, Index
 from sqlmodel import Field, SQLModel
 
-from ecrf.store.models import BIG_ID
+from ecrf.common.columns import BIG_ID
 
 
 class AccessEvent(SQLModel, table=True):

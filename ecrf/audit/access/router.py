@@ -9,8 +9,8 @@ from sqlmodel import select
 from ecrf.audit.access.models import AccessEvent
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.pagination import Limit, Offset, page
-from ecrf.store.errors import NotFound
+from ecrf.common.pagination import Limit, Offset, page
+from ecrf.common.errors import NotFound
 from ecrf.store.unit import read_only
 from ecrf.subjects.service import resolve
 

@@ -1,5 +1,8 @@
 """Recording access to identified data: after a read succeeds, before its response leaves.
 
+Doors say what a response shows with `shown`; one response hook (ecrf/audit/access/hook.py) records it.
+A streamed export, whose rows are known only once sent, records with `record_request` when it ends.
+
 One batched insert per response, in its own short transaction, with no lock shared by readers (unlike the
 hash-chained audit trail, whose head row serialises writers). If the insert fails the response fails:
 identifiers never leave unrecorded. Only ids, the route without its query string, and what kind of
@@ -40,6 +43,25 @@ def record_request(request: Request, actor: Actor, interaction: str, kind: str,
     """`record` for the current request: its method and path (no query string) are the route."""
     return record(request.app.state.runtime.engine, actor, route=f"{request.method} {request.url.path}",
                   interaction=interaction, kind=kind, patient_ids=patient_ids)
+
+
+NOTES = "access_shown"  # the request state's list of what the response shows (ecrf/audit/access/hook.py)
+
+
+def shown(request: Request, actor: Actor, interaction: str, kind: str, patient_ids: Iterable[str | None]) -> None:
+    """Say that this response shows identifiers of these patients; the response hook (RecordAccess, installed
+    in ecrf/app.py) records them before the response leaves. Without the hook they are recorded now."""
+    notes = request.scope.get("state", {}).get(NOTES)
+    if notes is None:
+        record_request(request, actor, interaction, kind, patient_ids)
+        return
+    notes.append((actor, interaction, kind, list(patient_ids)))
+
+
+def record_notes(engine: Engine, route: str, notes: list[tuple[Actor, str, str, list[str | None]]]) -> int:
+    """Record what a response said it shows (`shown`); returns how many rows."""
+    return sum(record(engine, actor, route=route, interaction=interaction, kind=kind, patient_ids=ids)
+               for actor, interaction, kind, ids in notes)
 
 
 def patients_shown(body: Any) -> list[str]:

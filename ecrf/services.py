@@ -1,0 +1,21 @@
+"""The running service as the domains and doors see it: a protocol, so no module below the app imports
+ecrf.runtime (ecrf.runtime.Runtime is the one implementation; tests may pass their own)."""
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from ecrf.config import Settings
+from ecrf.store.wiring import StoreWiring
+from fhir_mappings.definitions import StudyDef
+
+
+class Services(StoreWiring, Protocol):
+    settings: Settings
+    study: StudyDef
+    randomisation: Any  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
+    safety: Any  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
+    clock: Callable[[], datetime]
+
+    def now(self) -> datetime: ...
+
+    def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]: ...
