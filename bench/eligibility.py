@@ -10,7 +10,6 @@
 import argparse
 import os
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -40,16 +39,11 @@ from ecrf.store.migrate import upgrade  # noqa: E402
 from ecrf.store.service import WriteContext  # noqa: E402
 from ecrf.store.unit import writing  # noqa: E402
 from fhir_mappings.mapping import form_to_resources  # noqa: E402
-from tests.eligibility_support import compose, push, save_form  # noqa: E402
+from testkit.net import free_port  # noqa: E402
+from testkit.patients import compose, push, save_form  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 ACTOR = Actor(sub="bench", roles=frozenset({"coordinator"}), sites=frozenset({"S01"}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -72,7 +66,7 @@ def database(backend: str):
 
 @contextmanager
 def serving(runtime: Runtime):
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), host="127.0.0.1", port=_free_port(),
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), host="127.0.0.1", port=free_port(),
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

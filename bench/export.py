@@ -13,7 +13,6 @@ next to its resident memory before it.
 import argparse
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from ecrf.export.models import ExportJob  # noqa: E402
 from ecrf.export.source import Scope, batches  # noqa: E402
 from ecrf.store.migrate import upgrade  # noqa: E402
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken  # noqa: E402
+from testkit.net import free_port  # noqa: E402
 
 STUDY = "ResearchStudy/NCT04163237"
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -127,16 +127,10 @@ def floor(database_url: str, directory: Path) -> tuple[int, float]:
     return written, elapsed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerProcess:
     def __init__(self, database_url: str, directory: Path):
         self.secret = secrets.token_urlsafe(32)
-        self.port = _free_port()
+        self.port = free_port()
         self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
         self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
                     "ECRF_STUDY_SECRET": "bench-study-secret", "ECRF_EXPORT_DIR": str(directory / "exports"),

@@ -10,7 +10,6 @@ concurrency; ratios against it show what the save itself costs.
 import argparse
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,10 @@ sys.path.insert(0, str(ROOT))
 from bench.server_log import ServerLog  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
 from ecrf.config import Settings  # noqa: E402
+from testkit.net import free_port  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SURGERY = datetime.now(UTC).date() - timedelta(days=40)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -50,7 +44,7 @@ class Server:
     """`ecrf serve` in a subprocess on a fresh database."""
 
     def __init__(self, database_url: str, secret: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": secret, "PYTHONWARNINGS": "ignore"}
         self.log = ServerLog()

@@ -5,7 +5,6 @@ runs skip, with a visible reason, when no server answers; with CI=true they fail
 """
 import os
 import secrets
-import socket
 import ssl
 import threading
 import time
@@ -23,6 +22,7 @@ from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
 from ecrf.runtime import Runtime
 from ecrf.store.migrate import upgrade
+from testkit.net import free_port
 
 # One TLS context for every test HTTP client: httpx builds (and loads the CA bundle into) a new one per
 # client otherwise, about 24 ms of CPU each, and the suite makes thousands of clients. The servers are http://.
@@ -143,19 +143,13 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(settings: Settings) -> Iterator[Server]:
     """Migrate, start uvicorn on a free port in a thread, and stop it afterwards."""
     runtime = Runtime.start(settings)
     upgrade(runtime.engine)
     app = create_app(runtime=runtime)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)

@@ -3,7 +3,6 @@
 Real commands in subprocesses (the console entry point through `python -m ecrf.cli`), a real server.
 """
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from ecrf.auth.actor import ROLES
 from ecrf.auth.tokens import needs_site
+from testkit.net import free_port
 
 
 def _env(config_home: Path, **extra: str) -> dict[str, str]:
@@ -28,12 +28,6 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def serve(tmp_path):
     """Start `ecrf serve` in its own directory on a SQLite database there; yield its base URL."""
@@ -42,7 +36,7 @@ def serve(tmp_path):
     def start(env: dict[str, str]) -> str:
         where = tmp_path / f"server{len(started)}"
         where.mkdir()
-        port = _free_port()
+        port = free_port()
         env = {**env, "ECRF_DATABASE_URL": f"sqlite:///{where / 'ecrf.db'}", "ECRF_EXPORT_WORKER": "false"}
         log = open(where / "serve.log", "w")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],

@@ -10,7 +10,6 @@ import re
 import logging
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from ecrf.fhir.validation import WRITABLE_TYPES
 from tests.conftest import TEST_SSL_CONTEXT, Server, running_server
 from tests.samples import have_shared, shared_json
 from tests.synthea_shaped import kept_part, patient_bundle, resources_of
+from testkit.net import free_port
 
 
 def _synthea_bundles() -> list[dict]:
@@ -280,14 +280,8 @@ def test_no_log_record_of_a_full_run_carries_patient_data(database_url, tmp_path
     assert_nothing_leaked(phi, captured.lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
-    port = _free_port()
+    port = free_port()
     database_url = f"sqlite:///{tmp_path / 'serve.db'}"
     env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": secrets.token_urlsafe(32),
            "ECRF_MAX_BODY_BYTES": str(1024 * 1024), "ECRF_RATE_LIMIT_PER_MINUTE": "100",

@@ -21,7 +21,8 @@ import pytest
 
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
-from tests.conftest import PG_ADMIN_URL, _free_port, _postgres_reachable, running_server
+from tests.conftest import PG_ADMIN_URL, _postgres_reachable, running_server
+from testkit.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,7 +132,7 @@ def test_a_long_search_does_not_hold_the_shutdown(pg_url, tmp_path):
     """`ecrf serve` stopped with SIGTERM while a search runs: it exits in seconds, not when the search ends."""
     url, name = pg_url
     settings = _settings(url, 600_000)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ECRF_DATABASE_URL": url, "ECRF_JWT_SECRET": settings.jwt_secret,
            "ECRF_MAX_QUERY_PARAMETERS": "1000", "ECRF_MAX_REPEATED_PARAMETER": "1000",
            "ECRF_STATEMENT_TIMEOUT_MS": "600000", "ECRF_EXPORT_WORKER": "false"}

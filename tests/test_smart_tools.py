@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from smart_support import KeyPair
 
 from tests.test_export_protocol import fresh_database
+from testkit.net import free_port
 
 TOOLS = Path(__file__).resolve().parent.parent.parent / "shared" / "tools"
 STUDY = "NCT04163237"
@@ -77,12 +77,6 @@ def tools(request) -> dict[str, Path]:
             "bdc": _install(cache, "bulk-data-client", TOOLS / "bulk-data-client-node20.patch")}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -114,7 +108,7 @@ def deployment(database_url, tmp_path_factory, tools):
                                 "--scope", "system/*.rs", "--jwks-uri", jwks_url],
                                env=env, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=120)
         client_id = added.stdout.strip().splitlines()[-1]
-        port = _free_port()
+        port = free_port()
         log = (tmp_path / "serve.log").open("wb")
         serve = subprocess.Popen([*ecrf, "serve", "--port", str(port)], env=env, cwd=tmp_path, stdout=log,
                                  stderr=subprocess.STDOUT)

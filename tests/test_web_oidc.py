@@ -13,10 +13,11 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from conftest import _free_port, running_server
+from conftest import running_server
 from ecrf.config import Settings
 from ecrf.web.models import WebSession
 from ecrf.web.sessions import COOKIE, _hash
+from testkit.net import free_port
 from web_support import NODE_TOOLS, chromium, missing, node_modules  # noqa: F401 - chromium is a fixture
 
 from playwright.sync_api import Page, expect  # noqa: E402
@@ -32,7 +33,7 @@ def oidc(database_url, tmp_path_factory) -> Iterator[tuple]:
     if node is None:
         missing("node is not installed (apt-get install -y nodejs)")
     node_modules()
-    provider_port = _free_port()
+    provider_port = free_port()
     issuer = f"http://127.0.0.1:{provider_port}"
     settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), web_dev_login=False,
                         oidc_issuer=issuer, oidc_client_id=CLIENT_ID, oidc_client_secret=CLIENT_SECRET,

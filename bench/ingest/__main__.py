@@ -12,7 +12,6 @@ import argparse
 import gc
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from bench.ingest.bundles import lab_bundle
 from bench.server_log import ServerLog
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
+from testkit.net import free_port
 
 PG_ADMIN = os.environ.get("ECRF_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -37,7 +37,7 @@ class ServerProcess:
 
     def __init__(self, database_url: str, **settings: str):
         self.secret = secrets.token_urlsafe(32)
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
                     "ECRF_RATE_LIMIT_PER_MINUTE": "0", **{f"ECRF_{k.upper()}": v for k, v in settings.items()}}
         self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
@@ -77,12 +77,6 @@ class ServerProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _push(http: httpx.Client, payload: bytes) -> None:
