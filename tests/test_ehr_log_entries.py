@@ -257,3 +257,53 @@ def test_the_log_form_is_chosen_from_the_form_definitions_the_coded_anchor_first
     cause = {**end, "code": {"coding": [{"system": LOCAL, "code": "cause-of-death"}]}}  # not the entry's own record
     assert anchor_for(anchors, lab) is None and anchor_for(anchors, cause) is None
     assert anchor_for(anchors, {"resourceType": "Condition"}) is None
+
+
+def _csv(http, form_id: str, **params) -> list[dict]:
+    import csv
+    import io
+
+    response = http.get(f"/api/v1/exports/forms/{form_id}.csv", params=params)
+    assert response.status_code == 200, response.text
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def test_the_form_csv_has_a_row_per_entry_with_its_id(server, subject):
+    serious = {"ctcae_term": "other", "term_verbatim": "abscess at the port site", "onset_date": day(38), "grade": 3,
+               "serious": True, "seriousness_criteria": ["other_important", "hospitalisation"], "outcome": "recovering"}
+    with server.client("ehr", "S01") as ehr:
+        pushed_ae = pushed(ehr, adverse_event(subject, day(39), term="diarrhea", grade=2))
+        pushed(ehr, medication_statement(subject, day(20)))
+    with server.client("coordinator", "S01") as http:
+        typed = http.post(entries_url(subject, "adverse_event"), json={"items": serious})
+        assert typed.status_code == 201, typed.text
+        dropped = http.post(entries_url(subject, "adverse_event"), json={"items": {**serious, "grade": 4}})
+        assert http.post(f"{entries_url(subject, 'adverse_event')}/{dropped.json()['id']}/withdraw",
+                         json={"reason": "duplicate"}).status_code == 200
+        url = f"/api/v1/subjects/{subject}/forms/disease_assessment/M3/entries"
+        for status, when in (("ned", day(88)), ("not_evaluable", day(91))):
+            assert http.post(url, json={"items": {"status": status, "assessment_date": when,
+                                                   "method": "mri"}}).status_code == 201
+        entries = {e["id"]: e for e in http.get(entries_url(subject, "adverse_event")).json()}
+    ehr_id = _of(list(entries.values()), f"AdverseEvent/{pushed_ae['id']}")["id"]
+    with server.client("data_manager") as http:
+        rows = [r for r in _csv(http, "adverse_event", deidentify="false") if r["subject"] == subject]
+        # one row per entry that is data (the withdrawn one is not), in date order, each with its entry id
+        assert [(r["entry"], r["visit"], r["visit_date"]) for r in rows] == [
+            (typed.json()["id"], "LOG", day(38)), (ehr_id, "LOG", day(39))]
+        assert rows[0]["seriousness_criteria"] == "hospitalisation;other_important"  # codes: sorted, joined
+        assert rows[0]["term_verbatim"] == "abscess at the port site"  # identified, for the data manager
+        assert rows[1]["ctcae_term"] == "diarrhea" and rows[1]["grade"] == "2"
+        conmed = [r for r in _csv(http, "conmed", deidentify="false") if r["subject"] == subject]
+        assert [(r["visit_date"], r["medication"], r["ongoing"]) for r in conmed] == [(day(20), "Metformin 500 mg", "true")]
+        assessments = [r for r in _csv(http, "disease_assessment", deidentify="false") if r["subject"] == subject]
+        assert [(r["visit"], r["status"], bool(r["entry"])) for r in assessments] == [
+            ("M3", "ned", True), ("M3", "not_evaluable", True)]
+    with server.client("sponsor") as http:
+        deidentified = _csv(http, "adverse_event")
+        assert deidentified and "entry" in deidentified[0] and "term_verbatim" not in deidentified[0]
+        assert all(row["subject"] != subject for row in deidentified)
+        assert "abscess at the port site" not in str(deidentified)
+        assert {"hospitalisation;other_important"} <= {row["seriousness_criteria"] for row in deidentified}
+        conmed = _csv(http, "conmed")
+        assert conmed and not {"medication", "indication"} & set(conmed[0])
