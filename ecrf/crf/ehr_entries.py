@@ -223,7 +223,7 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         reason = f"{reference} deleted through /fhir" + (f": {version.reason}" if version.reason else "")
         old_status = instance.status
         lifecycle.changed(instance, "entered_in_error", store.actor, datetime.now(UTC))
-        instance.withdrawn_reason, instance.resources = reason, "{}"
+        instance.withdrawn_reason = reason  # its resources stay named (deleted, so they show nothing): the archive
         for row in store.session.exec(select(FormResource).where(FormResource.instance_id == instance.id)).all():
             store.session.delete(row)
         store.session.add(instance)
