@@ -196,6 +196,18 @@ def test_a_delete_through_fhir_withdraws_the_entry_and_keeps_its_history(server,
         assert http.put(url, json={"items": {}, "reason": "x"}).status_code == 409  # withdrawn: add a new entry
 
 
+def test_a_delete_through_fhir_of_an_ecrf_entrys_resource_withdraws_it_too(server, subject):
+    with server.client("coordinator", "S01") as http:
+        typed = http.post(entries_url(subject, "conmed"), json={"items": {
+            "medication": "Omeprazole 20 mg", "start_date": day(30), "ongoing": True}})
+        assert typed.status_code == 201, typed.text
+        reference = typed.json()["items"]["medication"]["resource"]
+        assert http.delete(f"/fhir/{reference}").status_code in (200, 204)
+        entry = http.get(f"{entries_url(subject, 'conmed')}/{typed.json()['id']}").json()
+        assert entry["status"] == "entered_in_error" and entry["source"] == "form"
+        assert entry["withdrawn_reason"].startswith(f"{reference} deleted through /fhir")
+
+
 def test_nothing_lands_for_a_patient_who_is_no_subject(server):
     with server.client("ehr", "S01") as ehr:
         person = pushed(ehr, patient())
