@@ -12,8 +12,8 @@ Which log form: from the form definitions only. A form's anchors are its `resour
 form's date item (the entry's own record; e.g. adverse_event.ctcae_term -> AdverseEvent); an anchor whose
 `fixed` has a coded element (`code`, `medicationCodeableConcept`: a CodeableConcept with `coding`) takes only
 resources with one of those codes, and is preferred to an anchor of the same type without codes (a
-MedicationStatement LOCAL#sorafenib goes to a form fixing that medication, any other to conmed). A form with
-several possible anchor resource types has several anchors (`anchors_of`).
+MedicationStatement LOCAL#sorafenib goes to a form fixing that medication, any other to conmed). An anchor item
+whose resource type depends on its value has one anchor per variant (`_variants`).
 """
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,9 +66,22 @@ def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
              if form.date_item and (item.id == form.date_item
                                     or form.date_item in {d.id for d in study.dependents_of(form, item.id)})]
     chosen = dated or owners[:1]
-    return tuple(Anchor(form, item, item.fhir.resource_type, tuple(
-        (element, _coding_keys(value)) for element, value in sorted(item.fhir.fixed.items())
-        if _coding_keys(value))) for item in chosen)
+    return tuple(Anchor(form, item, resource_type, tuple(
+        (element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)))
+        for item in chosen for resource_type, fixed in _variants(item))
+
+
+def _variants(item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
+    """(resource type, fixed elements) of the resources an anchor item writes: one, unless its target chooses
+    them by the item's value (`resource_type_by_value`, `fixed_by_value`: the plug point for a form such as
+    exposure, whose drug decides between MedicationAdministration and MedicationStatement)."""
+    target = item.fhir
+    by_value = getattr(target, "resource_type_by_value", None) or {}
+    fixed_by_value = getattr(target, "fixed_by_value", None) or {}
+    if not by_value:
+        return [(target.resource_type, target.fixed)]
+    return [(resource_type, {**target.fixed, **(fixed_by_value.get(value) or {})})
+            for value, resource_type in by_value.items()]
 
 
 def study_anchors(study: StudyDef) -> dict[str, tuple[Anchor, ...]]:
