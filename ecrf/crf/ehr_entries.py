@@ -103,6 +103,14 @@ def anchor_for(anchors: dict[str, tuple[Anchor, ...]], resource: dict[str, Any])
 SafetyHook = Callable[[ClinicalStore, FormInstance, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Written:
+    """Of a resource's current version: through which door, why, which version."""
+    source: str
+    reason: str | None
+    version_id: int
+
+
 def ehr_entries_hook(study: StudyDef, after_landing: SafetyHook | None = None):
     """The derived hook (ClinicalStore.derived_hooks) that lands EHR pushes in the log forms."""
     anchors = study_anchors(study)
@@ -119,25 +127,31 @@ def ehr_entries_hook(study: StudyDef, after_landing: SafetyHook | None = None):
         for resource_type in sorted({key[0] for key in touched}):
             ids = sorted(resource_id for kind, resource_id in touched if kind == resource_type)
             for start in range(0, len(ids), CHUNK):
-                rows += store.session.exec(
-                    select(ResourceHead, ResourceVersion, FormResource.instance_id)
+                rows += store.session.exec(  # the version's content is read only for what may land
+                    select(ResourceHead, ResourceVersion.source, ResourceVersion.reason, ResourceVersion.version_id,
+                           FormResource.instance_id)
                     .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
                     .outerjoin(FormResource, (FormResource.resource_type == ResourceHead.resource_type)
                                & (FormResource.resource_id == ResourceHead.resource_id))
                     .where(ResourceHead.resource_type == resource_type,
                            ResourceHead.resource_id.in_(ids[start:start + CHUNK]))).all()
+        rows = [row for row in rows if row[0].patient_id in subjects]
         rows.sort(key=lambda row: (row[0].last_updated, row[0].resource_type, row[0].resource_id))
-        for head, version, instance_id in rows:
-            if head.patient_id not in subjects:
-                continue
+        candidates = [row[0].version_pk for row in rows if row[4] is None and not row[0].deleted and row[1] == FHIR]
+        contents: dict[int, str] = {}
+        for start in range(0, len(candidates), CHUNK):
+            contents.update(store.session.exec(select(ResourceVersion.pk, ResourceVersion.content).where(
+                ResourceVersion.pk.in_(candidates[start:start + CHUNK]))).all())
+        for head, source, reason, version_id, instance_id in rows:
+            written = Written(source, reason, version_id)
             if instance_id is None:
-                if head.deleted or version.source != FHIR:
-                    continue
-                anchor = anchor_for(anchors, orjson.loads(version.content))
+                if head.version_pk not in contents:
+                    continue  # deleted, or not written through /fhir
+                anchor = anchor_for(anchors, orjson.loads(contents[head.version_pk]))
                 if anchor is not None:
-                    _land(store, study, subjects[head.patient_id], anchor, head, version, after_landing)
+                    _land(store, study, subjects[head.patient_id], anchor, head, written, after_landing)
             else:
-                _follow(store, study, instance_id, head, version)
+                _follow(store, study, instance_id, head, written)
         store.session.flush()
 
     return hook
@@ -185,7 +199,7 @@ def _audit(store: ClinicalStore, instance: FormInstance, action: str, old: str |
 
 
 def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None], anchor: Anchor,
-          head: ResourceHead, version: ResourceVersion, after_landing: SafetyHook | None) -> None:
+          head: ResourceHead, version: Written, after_landing: SafetyHook | None) -> None:
     import secrets
 
     from ecrf.crf.service import LOG_VISIT, derived_id, missing_items
@@ -212,8 +226,7 @@ def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None]
         after_landing(store, instance, {item_id: entry.get("value") for item_id, entry in items.items()})
 
 
-def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: ResourceHead,
-            version: ResourceVersion) -> None:
+def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: ResourceHead, version: Written) -> None:
     """An entry's resource written again outside the entry's own saves: deleted -> the entry is withdrawn;
     an EHR entry whose resource changed date is re-dated."""
     if version.source == "form" and not head.deleted:
