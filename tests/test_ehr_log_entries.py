@@ -208,6 +208,25 @@ def test_a_delete_through_fhir_of_an_ecrf_entrys_resource_withdraws_it_too(serve
         assert entry["withdrawn_reason"].startswith(f"{reference} deleted through /fhir")
 
 
+def test_an_update_that_creates_lands_and_a_failed_transaction_lands_nothing(server, subject):
+    own_id = f"ehr-ae-{uuid.uuid4().hex[:12]}"
+    with server.client("ehr", "S01") as ehr:
+        created = ehr.put(f"/fhir/AdverseEvent/{own_id}", content=json.dumps(
+            {**adverse_event(subject, day(47), term="hypothyroidism"), "id": own_id}), headers=FHIR_JSON)
+        assert created.status_code == 201, created.text
+        # the AE is created (POSTs run before PUTs), then a stale If-Match fails the transaction as a whole
+        stale = {"resource": {**adverse_event(subject, day(47), term="hypothyroidism", grade=3), "id": own_id},
+                 "request": {"method": "PUT", "url": f"AdverseEvent/{own_id}", "ifMatch": 'W/"9"'}}
+        broken = bundle([post(adverse_event(subject, day(48), term="fatigue")), stale])
+        refused = ehr.post("/fhir", content=json.dumps(broken), headers=FHIR_JSON)
+        assert refused.status_code == 412, refused.text
+    with server.client("coordinator", "S01") as http:
+        listed = http.get(entries_url(subject, "adverse_event")).json()
+        assert _of(listed, f"AdverseEvent/{own_id}")["items"]["ctcae_term"]["value"] == "hypothyroidism"
+        assert [e["items"]["ctcae_term"]["value"] for e in listed] == ["hypothyroidism"]  # nothing half-written
+        assert _of(listed, f"AdverseEvent/{own_id}")["items"]["grade"]["value"] == 2
+
+
 def test_nothing_lands_for_a_patient_who_is_no_subject(server):
     with server.client("ehr", "S01") as ehr:
         person = pushed(ehr, patient())
