@@ -9,6 +9,7 @@ MedicationAdministration) reaches no sponsor: not the Bulk export, not the form 
 import csv
 import io
 
+import orjson
 import pytest
 
 from ecrf.config import REPO_FORMS_DIR
@@ -212,6 +213,8 @@ def test_no_planted_free_text_reaches_the_sponsor(planted):
         assert texts and not texts & set(rows[0])
     assert {row["ctcae_term"] for row in tables["adverse_event"]} >= {"other", "diarrhea"}
     assert {"ae.json", "cm.json"} <= set(sdtm_files)  # the domains of the two log forms are there
+    for name in ("ae.json", "cm.json"):  # a record per entry: the eCRF's and the one that landed from the EHR
+        assert len(orjson.loads(sdtm_files[name])["rows"]) == 2, name
 
 
 def test_bulk_adverse_events_and_medication_leave_coded_and_shifted_without_free_text(planted):
