@@ -114,8 +114,9 @@ def test_a_pushed_adverse_event_lands_in_the_log_dated_by_its_onset(server, subj
 
 
 def test_an_ehr_entry_has_the_lifecycle_and_a_form_edit_is_a_new_version_of_the_same_resource(server, subject):
+    identifier = {"system": "urn:oid:2.16.840.1.113883.3.9999.7", "value": uuid.uuid4().hex}  # R4: one, not a list
     with server.client("ehr", "S01") as ehr:
-        stored = pushed(ehr, adverse_event(subject, day(41), term="fatigue", grade=1))
+        stored = pushed(ehr, {**adverse_event(subject, day(41), term="fatigue", grade=1), "identifier": identifier})
     reference = f"AdverseEvent/{stored['id']}"
     with server.client("coordinator", "S01") as http:
         entry = _of(http.get(entries_url(subject, "adverse_event")).json(), reference)
@@ -130,6 +131,7 @@ def test_an_ehr_entry_has_the_lifecycle_and_a_form_edit_is_a_new_version_of_the_
         resource = http.get(f"/fhir/{reference}")
         assert resource.status_code == 200 and resource.json()["meta"]["versionId"] == "2"
         assert {"url": f"{EXT}/ctcae-grade", "valueInteger": 2} in resource.json()["extension"]
+        assert resource.json()["identifier"] == identifier  # the EHR's business identifier stays
     with server.client("monitor", "S01") as monitor:
         verified = monitor.post(url + "/verify", json={}, headers={"If-Match": f'W/"{view["version"]}"'})
         assert verified.status_code == 200, verified.text

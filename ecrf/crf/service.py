@@ -296,6 +296,9 @@ def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous
     for resource_id, (slot, resource) in wanted.items():
         resource_type = resource["resourceType"]
         owned[slot] = f"{resource_type}/{resource_id}"
+        if "identifier" in current.get(resource_id, {}) and "identifier" not in resource:
+            # the form maps no identifiers: the EHR's (of an entry that landed from it) stay on its new version
+            resource = {**resource, "identifier": current[resource_id]["identifier"]}
         if resource_id in current and _same(current[resource_id], resource):
             continue  # unchanged: no new version, no audit noise
         store.update(resource_type, resource_id, resource, context)
