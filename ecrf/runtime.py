@@ -12,11 +12,13 @@ from sqlalchemy.engine import Engine
 from ecrf.auth.tokens import TokenVerifier
 from ecrf.common.clock import utc_now
 from ecrf.config import Settings
+from ecrf.crf.ehr_entries import ehr_entries_hook
 from ecrf.crf.guard import lifecycle_guard
 from ecrf.db import make_engine
 from ecrf.eligibility.service import randomisation_basis, recompute
 from ecrf.randomisation.guard import allocation_guard
 from ecrf.randomisation.scheme import load_scheme
+from ecrf.safety import service as safety
 from ecrf.safety.scheme import load_safety
 from ecrf.store.indexing import Indexer
 from ecrf.study import load_study
@@ -43,7 +45,7 @@ class Runtime:
         guards = [lifecycle_guard(study)]
         if randomisation is not None:  # no API changes an allocation, whichever door writes
             guards.append(allocation_guard(study.id, randomisation.identifier_system))
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=make_engine(settings.database_url),
             study=study,
@@ -54,6 +56,14 @@ class Runtime:
             randomisation=randomisation,
             safety=load_safety(settings.study_dir, study),
         )
+        # first: the entries EHR pushes land as are data the other derived state (eligibility) may read
+        runtime.derived_hooks.insert(0, ehr_entries_hook(study, runtime.after_ehr_entry))
+        return runtime
+
+    def after_ehr_entry(self, store: Any, instance: Any, values: dict[str, Any]) -> None:
+        """An EHR push landed as a log entry: a serious adverse event starts its reporting clock, as a save does."""
+        if self.safety is not None:
+            safety.after_entry_save(self.safety, store, instance, values, self.now())
 
     def now(self) -> datetime:
         return self.clock()

@@ -33,12 +33,32 @@ def _load(server) -> dict:
         assert http.post(f"/api/v1/queries/{query.json()['id']}/answer", json={"text": "confirmed"}).status_code == 200
         signed = http.post(path(subject["id"], "labs", "SCR") + "/sign", json={"meaning": "I approve these results"})
         assert signed.status_code == 200, signed.text
+    with server.client("investigator", "S01", sub="dr-who") as http:  # log-form entries: typed, edited, withdrawn, pushed
+        entries = f"/api/v1/subjects/{subject['id']}/forms"
+        ae = {"ctcae_term": "rash", "onset_date": day(40), "grade": 1, "serious": False, "outcome": "recovering"}
+        typed = http.post(f"{entries}/adverse_event/entries", json={"items": ae})
+        assert typed.status_code == 201, typed.text
+        assert http.put(f"{entries}/adverse_event/entries/{typed.json()['id']}", json={
+            "items": {**ae, "grade": 2}, "reason": "grade per the source"}).status_code == 200
+        conmed = http.post(f"{entries}/conmed/entries", json={"items": {
+            "medication": "Omeprazole 20 mg", "atc": "A", "start_date": day(30), "ongoing": True}})
+        assert conmed.status_code == 201, conmed.text
+        assert http.post(f"{entries}/conmed/entries/{conmed.json()['id']}/withdraw",
+                         json={"reason": "wrong subject"}).status_code == 200
+        pushed = {"resourceType": "AdverseEvent", "actuality": "actual", "date": day(45),
+                  "subject": {"reference": f"Patient/{subject['patient_id']}"},
+                  "event": {"coding": [{"system": "http://example.org/fhir/CodeSystem/nct04163237", "code": "ae-fatigue"}]},
+                  "seriousness": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
+                                              "code": "non-serious"}]}}
+        assert http.post("/fhir/AdverseEvent", json=pushed).status_code == 201
+        listed = http.get(f"{entries}/adverse_event/entries").json()
+        log = {"adverse_event": {e["source"]: e["id"] for e in listed}, "conmed": conmed.json()["id"]}
     with server.client("investigator", "S02") as http:
         other = enrol(http, "S02")
         assert save(http, other["id"], "surgery").status_code == 201
     with server.client("investigator", "S01", sub="dr-rand") as http:
         randomised, allocation = randomised_subject(http)  # v2: the system allocates, writing the form
-    return {"subject": subject, "other": other, "randomised": randomised, "allocation": allocation}
+    return {"subject": subject, "other": other, "randomised": randomised, "allocation": allocation, "log": log}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +127,12 @@ def test_metadata_from_the_forms(study):
         document, _ = _odm(http, deidentify="false", mode="snapshot")
     assert document.get("FileType") == "Snapshot"
     study_def = server.runtime.study
-    assert {e.get("OID") for e in document.iterfind(".//odm:StudyEventDef", NS)} == {f"SE.{v.id}" for v in study_def.visits} | {"SE.UNS"}
+    assert {e.get("OID") for e in document.iterfind(".//odm:StudyEventDef", NS)} == \
+        {f"SE.{v.id}" for v in study_def.visits} | {"SE.UNS", "SE.LOG"}  # LOG: the log forms' entries
+    [log] = document.xpath("//odm:StudyEventDef[@OID='SE.LOG']", namespaces=NS)
+    assert {r.get("FormOID") for r in log.iterfind("odm:FormRef", NS)} == {
+        f"F.{f.id}" for f in study_def.forms if f.kind == "log"}
+    assert document.xpath("//odm:FormDef[@OID='F.adverse_event']/@Repeating", namespaces=NS) == ["Yes"]
     [anc] = document.xpath("//odm:ItemDef[@OID='IT.labs.anc']", namespaces=NS)
     assert anc.get("DataType") == "float"
     checks = {(r.get("Comparator"), r.get("SoftHard"), r.findtext("odm:CheckValue", namespaces=NS))
@@ -207,3 +232,40 @@ def test_the_files_are_valid_against_the_shared_odm_xsd_too(study, params):
     with server.client("sponsor" if not params else "data_manager") as http:
         document, _ = _odm(http, **params)
     assert schema.validate(document), schema.error_log
+
+
+def test_log_form_entries_are_repeating_forms_of_the_log_event(study):
+    """Each entry of a log form is a FormData of SE.LOG with its entry id as FormRepeatKey: in the archive every
+    version of its values (the eCRF's edit, the EHR's push, a withdrawn entry's removal) and its status changes;
+    in the snapshot the current values of the entries that are data."""
+    server, data = study
+    log = data["log"]
+    with server.client("data_manager") as http:
+        archive, _ = _odm(http, deidentify="false")
+        snapshot, _ = _odm(http, deidentify="false", mode="snapshot")
+    key = data["subject"]["id"]
+
+    def forms(document, form_id):
+        return {f.get("FormRepeatKey"): f for f in document.xpath(
+            "//odm:SubjectData[@SubjectKey=$key]/odm:StudyEventData[@StudyEventOID='SE.LOG']"
+            "/odm:FormData[@FormOID=$form]", namespaces=NS, key=key, form=f"F.{form_id}")}
+
+    def values(form, item_id):
+        return [(d.get("TransactionType"), d.get("Value"))
+                for d in form.xpath(f".//odm:ItemData[@ItemOID='IT.{form.get('FormOID')[2:]}.{item_id}']", namespaces=NS)]
+
+    events = forms(archive, "adverse_event")
+    assert set(events) == {log["adverse_event"]["form"], log["adverse_event"]["fhir"]}
+    typed, pushed = events[log["adverse_event"]["form"]], events[log["adverse_event"]["fhir"]]
+    assert values(typed, "grade") == [("Insert", "1"), ("Update", "2")]
+    assert typed.xpath(".//odm:ItemData[@ItemOID='IT.adverse_event.grade'][2]/odm:AuditRecord/odm:ReasonForChange/text()",
+                       namespaces=NS) == ["grade per the source"]
+    assert values(pushed, "ctcae_term") == [("Insert", "fatigue")]
+    assert "door:fhir" in pushed.xpath("string(.//odm:ItemData[1]/odm:AuditRecord/odm:SourceID)", namespaces=NS)
+    [withdrawn] = forms(archive, "conmed").values()
+    assert withdrawn.get("FormRepeatKey") == log["conmed"]
+    assert ("Remove", None) in values(withdrawn, "start_date")
+    assert any("form.withdraw" in c for c in withdrawn.xpath(".//odm:Annotation/odm:Comment/text()", namespaces=NS))
+    current = forms(snapshot, "adverse_event")
+    assert set(current) == set(events) and values(current[log["adverse_event"]["form"]], "grade") == [("Insert", "2")]
+    assert forms(snapshot, "conmed") == {}  # withdrawn: no data any more

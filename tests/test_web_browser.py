@@ -404,6 +404,35 @@ def test_adverse_events_and_medication_are_logged_edited_and_withdrawn(server, c
     page.context.close()
 
 
+def test_an_adverse_event_from_the_ehr_is_shown_beside_ecrf_entries_marked(server, chromium):
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        typed = http.post(entries_url(subject["id"], "adverse_event"), json={"items": {
+            "ctcae_term": "rash", "onset_date": day(30), "grade": 1, "serious": False, "outcome": "recovering"}})
+        assert typed.status_code == 201, typed.text
+        event = {"resourceType": "AdverseEvent", "actuality": "actual", "subject": {"reference": f"Patient/{subject['id']}"},
+                 "event": {"coding": [{"system": server.runtime.study.local_system, "code": "ae-diarrhea"}]},
+                 "date": day(41), "seriousness": {"coding": [{
+                     "system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "code": "non-serious"}]}}
+        assert http.post("/fhir/AdverseEvent", json=event, headers=FHIR_JSON).status_code == 201
+        [pushed] = [e for e in http.get(entries_url(subject["id"], "adverse_event")).json() if e["source"] == "fhir"]
+    page = sign_in(open_page(chromium, server), "coordinator")
+    goto(page, f"#/subjects/{subject['id']}")
+    row = page.locator(f'#log-adverse_event tr[data-entry="{pushed["id"]}"]')
+    expect(row).to_have_attribute("data-source", "fhir")
+    expect(row).to_contain_text(day(41))
+    expect(row).to_contain_text("diarrhea")
+    expect(row.locator(".badge.ehr")).to_have_text("from the EHR")
+    ecrf = page.locator(f'#log-adverse_event tr[data-entry="{typed.json()["id"]}"]')
+    expect(ecrf).to_have_attribute("data-source", "form")
+    expect(ecrf.locator(".badge.ehr")).to_have_count(0)
+    row.locator("a").click()
+    expect(page.locator("#ehr-note")).to_contain_text("from the EHR")
+    expect(page.locator("#save")).to_be_visible()  # a coordinator completes it like any entry
+    page.context.close()
+
+
 def test_repeating_form_entries_are_listed_and_added_under_their_visit(server, chromium):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)

@@ -41,6 +41,9 @@ class SubjectRecord:
     eligibility: EligibilityState | None = None
     allocation: dict[str, Any] | None = None  # the system's allocation (randomisation_allocation), if any
     entries: list[FormRecord] = field(default_factory=list)  # entries of log/repeating forms, withdrawn left out
+    # resource id (of a resource an entry wrote or landed from, or FormInstance id) -> (visit key, entry id), for
+    # every entry, withdrawn ones included: where the audit trail's entries go in the ODM archive
+    entry_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def value(self, item_id: str) -> dict[str, Any] | None:
         """The subject's value of an item at its first visit holding one (subject-level items)."""
@@ -68,7 +71,8 @@ def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, 
             if values:
                 yield _subject(session, study, subject.resource_id, subject.site, patient_id)
             else:
-                yield SubjectRecord(subject.resource_id, patient_id, subject.site, None)
+                yield SubjectRecord(subject.resource_id, patient_id, subject.site, None,
+                                    entry_keys=entry_keys(session, study, patient_id))
         session.expunge_all()
 
 
@@ -106,6 +110,31 @@ def _subject(session: Session, study: StudyDef, subject_id: str, site: str | Non
             values, _ = _pick(form, unscheduled[day])
             record.forms.append(FormRecord(form, UNSCHEDULED, None, values, day))
     return record
+
+
+RESOURCE_KINDS = frozenset({"observation", "procedure", "condition", "resource"})  # items that own a resource
+
+
+def entry_keys(session: Session, study: StudyDef, patient_id: str) -> dict[str, tuple[str, str]]:
+    """Resource id -> (visit key, entry id) of every entry of the patient's subject: the resources each entry
+    holds, the ids an eCRF entry's slots are written under (so a withdrawn entry's deleted resources still
+    map), and the entry's own FormInstance id (its status changes)."""
+    from ecrf.crf.service import derived_id
+
+    keys: dict[str, tuple[str, str]] = {}
+    for instance in session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id,
+                                                               FormInstance.entry_id != "")).scalars():
+        key = (instance.visit_id, instance.entry_id)
+        keys[instance.id] = key
+        forms = {form.id: form for form in study.forms}
+        if instance.form_id in forms:
+            for item in forms[instance.form_id].items:
+                if item.fhir.kind in RESOURCE_KINDS:
+                    keys[derived_id(instance.subject_id, instance.form_id, instance.visit_id, "entry",
+                                    instance.entry_id, item.id)] = key
+        for reference in owned_resources(instance).values():
+            keys[reference.split("/", 1)[1]] = key
+    return keys
 
 
 def allocation_of(session: Session, study: StudyDef, subject_id: str) -> dict[str, Any] | None:

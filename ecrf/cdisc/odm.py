@@ -27,6 +27,7 @@ XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 DATA_TYPES = {"boolean": "boolean", "code": "text", "date": "date", "integer": "integer", "quantity": "float",
               "decimal": "float", "text": "text", "string": "text"}
 ITEM_ACTIONS = ("create", "update", "delete")
+LOG_EVENT = "LOG"  # the visit key of log-form entries (ecrf.crf.service.LOG_VISIT): StudyEventOID SE.LOG
 STUDY_LOCATION = "LOC.STUDY"
 
 
@@ -71,6 +72,9 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
     for number, visit in enumerate(study.visits, start=1):
         _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{visit.id}", OrderNumber=number, Mandatory="No")
     _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{UNSCHEDULED}", OrderNumber=len(study.visits) + 1, Mandatory="No")
+    logs = [form for form in study.forms if form.kind == "log"]
+    if logs:
+        _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{LOG_EVENT}", OrderNumber=len(study.visits) + 2, Mandatory="No")
     for visit in study.visits:
         event = _e(version, "StudyEventDef", OID=f"SE.{visit.id}", Name=visit.label, Repeating="No", Type="Scheduled")
         for number, form in enumerate(f for f in study.forms if visit.id in f.visits):
@@ -79,8 +83,14 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
                Repeating="Yes", Type="Unscheduled")
     for number, form in enumerate(study.forms, start=1):
         _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number, Mandatory="No")
+    if logs:  # the log forms' entries belong to no visit: one event, each entry a FormData with its FormRepeatKey
+        event = _e(version, "StudyEventDef", OID=f"SE.{LOG_EVENT}", Name="Log forms (entries tied to no visit)",
+                   Repeating="No", Type="Common")
+        for number, form in enumerate(logs, start=1):
+            _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number, Mandatory="No")
     for form in study.forms:
-        node = _e(version, "FormDef", OID=f"F.{form.id}", Name=form.title, Repeating="Yes" if form.repeating else "No")
+        node = _e(version, "FormDef", OID=f"F.{form.id}", Name=form.title,
+                  Repeating="Yes" if form.has_entries else "No")
         _e(node, "ItemGroupRef", ItemGroupOID=f"IG.{form.id}", Mandatory="Yes")
     conditions = []
     for form in study.forms:
@@ -179,19 +189,23 @@ class Writer:
         self.spool.write(etree.tostring(node) + b"\n")
         self.subjects += 1
 
-    def _form_node(self, events: dict, node: etree._Element, visit_id: str, form_id: str) -> etree._Element:
-        key = (visit_id, form_id)
+    def _form_node(self, events: dict, node: etree._Element, visit_id: str, form_id: str,
+                   repeat: str | None = None) -> etree._Element:
+        """The FormData of a visit's form, or of one entry (`repeat`: its entry id, the FormRepeatKey)."""
+        key = (visit_id, form_id, repeat)
         if key not in events:
             event = events.get(visit_id)
             if event is None:
                 event = events[visit_id] = _e(node, "StudyEventData", StudyEventOID=f"SE.{visit_id}")
-            events[key] = {"form": _e(event, "FormData", FormOID=f"F.{form_id}"), "group": None, "notes": 0}
+            events[key] = {"form": _e(event, "FormData", FormOID=f"F.{form_id}", FormRepeatKey=repeat),
+                           "group": None, "notes": 0}
         return events[key]
 
     def _snapshot(self, node: etree._Element, subject: SubjectRecord) -> None:
         events: dict = {}
-        for record in subject.forms:
-            slot = self._form_node(events, node, record.visit_id, record.form.id)
+        for record in [*subject.forms, *subject.entries]:
+            repeat = record.instance.entry_id if record.instance is not None and record.instance.entry_id else None
+            slot = self._form_node(events, node, record.visit_id, record.form.id, repeat)
             group = _e(slot["form"], "ItemGroupData", ItemGroupOID=f"IG.{record.form.id}", TransactionType="Insert")
             for item in items_of(record.form, self.deid):
                 entry = record.values.get(item.id)
@@ -207,23 +221,27 @@ class Writer:
     def _archive(self, node: etree._Element, subject: SubjectRecord, trail: list[AuditEntry]) -> None:
         events: dict = {}
         seen: set[tuple] = set()
-        signatures: dict[tuple[str, str], AuditEntry] = {}
+        signatures: dict[tuple[str, str, str | None], AuditEntry] = {}
         for entry in trail:
             if entry.form_id is None or entry.form_id not in self.forms:
                 continue
             form = self.forms[entry.form_id]
-            if form.kind == "log":  # the entries of log forms are not in the ODM archive yet (README: limits)
+            # an entry's values and status changes go to its own FormData (FormRepeatKey: the entry id), under its
+            # visit, or SE.LOG for a log form; a log form's values that belong to no entry are not carried
+            owner = subject.entry_keys.get((entry.resource or "").partition("/")[2]) if form.has_entries else None
+            if form.kind == "log" and owner is None:
                 continue
+            repeat = owner[1] if owner else None
             # a value pushed through /fhir has no visit of its own (it is placed on read): the unscheduled event
-            visit_id = entry.visit_id or (form.visits[0] if entry.source == "form" else UNSCHEDULED)
+            visit_id = owner[0] if owner else entry.visit_id or (form.visits[0] if entry.source == "form" else UNSCHEDULED)
             if entry.item_id is not None and entry.action in ITEM_ACTIONS:
                 item = next((i for i in items_of(form, self.deid) if i.id == entry.item_id), None)
                 if item is None:
                     continue
-                slot = self._form_node(events, node, visit_id, form.id)
+                slot = self._form_node(events, node, visit_id, form.id, repeat)
                 if slot["group"] is None:
                     slot["group"] = _e(slot["form"], "ItemGroupData", ItemGroupOID=f"IG.{form.id}", TransactionType="Upsert")
-                key = (visit_id, form.id, item.id, entry.resource if visit_id == UNSCHEDULED else None)
+                key = (visit_id, form.id, item.id, repeat or (entry.resource if visit_id == UNSCHEDULED else None))
                 value = self.value(subject, item, entry.new_value)
                 kind = "Remove" if value is None and key in seen else "Update" if key in seen else "Insert"
                 seen.add(key)
@@ -234,12 +252,12 @@ class Writer:
                     _e(data, "MeasurementUnitRef", MeasurementUnitOID=unit_oid(item.unit))
                 self.values += 1
             elif entry.action == "form.sign":
-                signatures[(visit_id, form.id)] = entry
-                self._note(events, node, subject, visit_id, form.id, entry)
+                signatures[(visit_id, form.id, repeat)] = entry
+                self._note(events, node, subject, visit_id, form.id, entry, repeat)
             elif entry.action.startswith("form.") or entry.action.startswith("query."):
-                self._note(events, node, subject, visit_id, form.id, entry)
-        for (visit_id, form_id), entry in signatures.items():
-            slot = self._form_node(events, node, visit_id, form_id)
+                self._note(events, node, subject, visit_id, form.id, entry, repeat)
+        for (visit_id, form_id, repeat), entry in signatures.items():
+            slot = self._form_node(events, node, visit_id, form_id, repeat)
             meaning = "" if self.deid else (entry.new_value or "").partition(": ")[2]
             oid = "SD." + hashlib.sha256(meaning.encode()).hexdigest()[:12]
             self.meanings[oid] = meaning or "Electronic signature of the investigator"
@@ -264,8 +282,8 @@ class Writer:
         _e(record, "SourceID").text = f"audit:{entry.seq} door:{entry.source} {resource}/_history/{entry.resource_version}"
 
     def _note(self, events: dict, node: etree._Element, subject: SubjectRecord, visit_id: str, form_id: str,
-              entry: AuditEntry) -> None:
-        slot = self._form_node(events, node, visit_id, form_id)
+              entry: AuditEntry, repeat: str | None = None) -> None:
+        slot = self._form_node(events, node, visit_id, form_id, repeat)
         slot["notes"] += 1
         annotation = _e(None, "Annotation", SeqNum=slot["notes"])
         who = self.user(entry.actor_sub)

@@ -22,6 +22,7 @@ class FormInstance(SQLModel, table=True):
     form_id: str = Field(max_length=64)
     visit_id: str = Field(max_length=64)  # LOG for an entry of a log form
     entry_id: str = Field(default="", max_length=32, sa_column_kwargs={"server_default": ""})  # '' = the visit's own form
+    source: str = Field(default="form", max_length=16, sa_column_kwargs={"server_default": "form"})  # or fhir: an EHR's push
     status: str = Field(max_length=16)
     version: int
     visit_date: date

@@ -236,7 +236,8 @@ def describe(store: ClinicalStore, study: StudyDef, target: Target, instance: Fo
     if instance and instance.eligibility_basis:
         view["eligibility_basis"] = orjson.loads(instance.eligibility_basis)
     if target.entry_id:
-        view = {"id": target.entry_id, **view, "withdrawn_reason": instance.withdrawn_reason if instance else None}
+        view = {"id": target.entry_id, **view, "withdrawn_reason": instance.withdrawn_reason if instance else None,
+                "source": instance.source if instance else "form"}  # fhir: landed from an EHR's push
     return view
 
 
@@ -274,16 +275,29 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _slot_resource_id(target: Target, previous: dict[str, str], slot: str, resource_type: str) -> str:
+    """The id a slot's resource is written under: the one it already has (an entry that landed from an EHR
+    keeps the EHR's resource, so an edit through the form is a new version of it), else derived."""
+    reference = previous.get(slot)
+    if reference and reference.split("/", 1)[0] == resource_type:
+        return reference.split("/", 1)[1]
+    return target.resource_id(slot)
+
+
 def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous: dict[str, str],
                      context: WriteContext) -> dict[str, str]:
     owned: dict[str, str] = {}
-    wanted = {target.resource_id(slot): (slot, resource) for slot, resource in mapped.resources}
+    wanted = {_slot_resource_id(target, previous, slot, resource["resourceType"]): (slot, resource)
+              for slot, resource in mapped.resources}
     heads = store.session.exec(select(ResourceHead).where(ResourceHead.resource_id.in_(list(wanted)))).all()
     current = {stored.resource_id: stored.content
                for stored in store.current(h for h in heads if not h.deleted and store.actor.may_see_site(h.site))}
     for resource_id, (slot, resource) in wanted.items():
         resource_type = resource["resourceType"]
         owned[slot] = f"{resource_type}/{resource_id}"
+        if "identifier" in current.get(resource_id, {}) and "identifier" not in resource:
+            # the form maps no identifiers: the EHR's (of an entry that landed from it) stay on its new version
+            resource = {**resource, "identifier": current[resource_id]["identifier"]}
         if resource_id in current and _same(current[resource_id], resource):
             continue  # unchanged: no new version, no audit noise
         store.update(resource_type, resource_id, resource, context)
@@ -477,7 +491,7 @@ def transition_target(store: ClinicalStore, study: StudyDef, target: Target, ins
     elif name == "sign":
         values = describe(store, study, target, instance)["items"]
         signed = {item_id: {"value": entry.get("exact", entry.get("value")), "unit": entry.get("unit")}
-                  for item_id, entry in values.items() if entry["source"] == "form"}
+                  for item_id, entry in values.items() if entry["source"] == "form" or target.entry_id}
         instance.signed_at, instance.signed_by, instance.signature_meaning = now, actor.sub, meaning
         instance.signature_hash = lifecycle.signed_content_hash(
             subject_id=target.subject.id, form_id=target.form.id, visit_id=target.visit_key, version=instance.version,

@@ -144,7 +144,9 @@ def _placed(session: Session, study: StudyDef, form: FormDef, patient_id: str, i
             continue
         reference = f"{fact.resource_type}/{fact.resource_id}"
         if reference in mine:
-            yield item, ShownFact(fact, "form", shown.author, own=True), instance.visit_id
+            # an entry that landed from an EHR shows where each value came from (fhir until edited in the form)
+            source = shown.source if instance.source == "fhir" and shown.source == "fhir" else "form"
+            yield item, ShownFact(fact, source, shown.author, own=True), instance.visit_id
         elif reference in others:
             continue
         elif item.fhir.kind in SUBJECT_LEVEL_KINDS:

@@ -1,6 +1,8 @@
 """One form as CSV: a row per subject and visit, a column per item (canonical units, unit in the header),
 columns in the form definition's order; unscheduled EHR results follow, a row per date with visit UNS.
-Rows are built subject batch by subject batch and streamed."""
+A form with entries (a log form, a repeating form) has an `entry` column and a row per entry (a log entry's
+visit is LOG; withdrawn entries, entered in error, are left out). A `codes` item is one cell, its codes sorted
+and joined with ';'. Rows are built subject batch by subject batch and streamed."""
 import csv
 import hashlib
 import io
@@ -23,6 +25,9 @@ from ecrf.store.service import ClinicalStore
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
 
 FIXED_COLUMNS = ("subject", "site", "visit", "visit_date", "study_day")
+ENTRY_COLUMN = "entry"  # forms with entries: the entry's id ('' on a repeating form's visit row)
+CODES_SEPARATOR = ";"
+WITHDRAWN = "entered_in_error"
 SUBJECT_BATCH = 200
 CHUNK_BYTES = 64 * 1024
 
@@ -56,6 +61,10 @@ def columns(form: FormDef, deid: Deidentifier | None) -> list[Column]:
             continue  # never leaves de-identified
         result.append(Column(f"{item.id} [{item.unit}]" if item.unit else item.id, item))
     return result
+
+
+def fixed_columns(form: FormDef) -> tuple[str, ...]:
+    return (*FIXED_COLUMNS, ENTRY_COLUMN) if form.has_entries else FIXED_COLUMNS
 
 
 def data_version(session: Session) -> int:
@@ -103,10 +112,13 @@ def rows(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifie
 def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[Column], deid: Deidentifier | None,
                   subject_id: str, site: str | None, patient_id: str) -> Iterator[list[str]]:
     zero = day_zero(session, study, patient_id)
-    instances = {instance.visit_id: instance for instance in session.execute(
-        select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.form_id == form.id,
-                                   FormInstance.entry_id == "")).scalars()}
+    found = list(session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id,
+                                                            FormInstance.form_id == form.id)).scalars())
+    instances = {instance.visit_id: instance for instance in found if not instance.entry_id}
+    entries = sorted((i for i in found if i.entry_id and i.status != WITHDRAWN),
+                     key=lambda i: (i.visit_date, i.created_at, i.entry_id))
     days = deid.shift_days(patient_id) if deid else None
+    extra = [""] if form.has_entries else []
     for visit_id in form.visits:
         instance = instances.get(visit_id)
         values, _ = form_values(session, study, form, visit_id, patient_id, instance, zero)
@@ -114,16 +126,21 @@ def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[C
             continue
         when = instance.visit_date if instance else min(
             (d for d in (parse_date(entry.get("effective")) for entry in values.values()) if d), default=None)
-        yield _row(cols, values, deid, days, subject_id, site, patient_id, visit_id, when, zero)
+        yield _row(cols, values, deid, days, subject_id, site, patient_id, visit_id, when, zero, extra)
+    for instance in entries:  # a row per entry, with its id
+        values, _ = form_values(session, study, form, instance.visit_id, patient_id, instance, zero)
+        yield _row(cols, values, deid, days, subject_id, site, patient_id, instance.visit_id, instance.visit_date,
+                   zero, [instance.entry_id])
     for result in unscheduled_values(session, study, form, patient_id, zero):  # a row per date, visit UNS
         yield _row(cols, result["items"], deid, days, subject_id, site, patient_id, UNSCHEDULED,
-                   parse_date(result["date"]), zero)
+                   parse_date(result["date"]), zero, extra)
 
 
 def _row(cols: list[Column], values: dict[str, Any], deid: Deidentifier | None, days: int | None, subject_id: str,
-         site: str | None, patient_id: str, visit_id: str, when: date | None, zero: date | None) -> list[str]:
+         site: str | None, patient_id: str, visit_id: str, when: date | None, zero: date | None,
+         extra: list[str]) -> list[str]:
     row = [deid.pseudonym(patient_id) if deid else subject_id, site or "", visit_id,
-           _date(when, days, deid), "" if when is None or zero is None else str((when - zero).days)]
+           _date(when, days, deid), "" if when is None or zero is None else str((when - zero).days), *extra]
     for column in cols:
         row.append(_cell(column, values.get(column.item.id), when, days, deid))
     return row
@@ -152,6 +169,8 @@ def _cell(column: Column, entry: dict[str, Any] | None, when: date | None, days:
         return entry["exact"]
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):  # a `codes` item: its set of codes, one stable string
+        return CODES_SEPARATOR.join(sorted(str(code) for code in value))
     return str(value)
 
 
@@ -159,7 +178,7 @@ def chunks(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentif
     """The CSV as byte chunks of about 64 KiB, hashed and counted into `tally` as they go."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow([*FIXED_COLUMNS, *(column.header for column in columns(form, deid))])
+    writer.writerow([*fixed_columns(form), *(column.header for column in columns(form, deid))])
     for row in rows(store, study, form, deid, tally):
         writer.writerow(row)
         tally.rows += 1

@@ -99,7 +99,7 @@ def export_form_manifest(request: Request, form_id: str, deidentify: bool = DEID
         return {
             "form": form.id, "study": runtime.study.id, "generated_at": instant(now()), "data_version": version,
             "deidentified": deid is not None, "profile": deid.profile.name if deid else None,
-            "columns": [*form_csv.FIXED_COLUMNS, *(c.header for c in form_csv.columns(form, deid))],
+            "columns": [*form_csv.fixed_columns(form), *(c.header for c in form_csv.columns(form, deid))],
             "rows": tally.rows, "subjects": tally.subjects, "sha256": tally.sha256,
         }
 

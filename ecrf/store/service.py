@@ -106,6 +106,7 @@ class ClinicalStore:
     derived_hooks: list[DerivedHook] = field(default_factory=list)
     write_guards: list[WriteGuard] = field(default_factory=list)
     touched_patients: set[str] = field(default_factory=set)
+    touched_resources: set[tuple[str, str]] = field(default_factory=set)  # (type, id) written: for derived hooks
     # An ehr-only client sees only what it pushed (pushed_by), and its writes are recorded there;
     # None: decided by the actor's roles.
     own_pushes_only: bool | None = None
@@ -482,6 +483,7 @@ class ClinicalStore:
             entries += audit_entries(stored, context, before, after)
             if stored.patient_id:
                 self.touched_patients.add(stored.patient_id)
+                self.touched_resources.add((stored.resource_type, stored.resource_id))
         bulk.insert_rows(self.session, SearchToken.__table__, tokens)
         bulk.insert_rows(self.session, ItemFact.__table__, facts)
         audit.append_many(self.session, self.actor, entries)

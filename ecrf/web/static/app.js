@@ -265,13 +265,17 @@ function shownValue(item, stored) {
   return `${stored.value}${stored.unit ? ` ${stored.unit}` : ""}`;
 }
 function entryStatus(entry) {
-  return entry.status === "entered_in_error"
+  const status = entry.status === "entered_in_error"
     ? h("span", { class: "badge withdrawn" }, t("entries.withdrawn_badge"), entry.withdrawn_reason ? `: ${entry.withdrawn_reason}` : "")
     : t(`form.status.${entry.status}`);
+  return entry.source === "fhir" ? h("span", {}, status, " ", ehrBadge()) : status;  // beside eCRF entries, marked
+}
+function ehrBadge() {
+  return h("span", { class: "badge ehr", "data-source": "fhir" }, t("entries.from_ehr"));
 }
 function visitEntries(subjectId, formId, visitId, entries) {
   return h("div", { class: "entries", "data-entries": `${formId}/${visitId}` },
-    entries.length ? h("ol", {}, entries.map(e => h("li", { "data-entry": e.id, "data-status": e.status, class: e.status === "entered_in_error" ? "withdrawn" : null },
+    entries.length ? h("ol", {}, entries.map(e => h("li", { "data-entry": e.id, "data-status": e.status, "data-source": e.source, class: e.status === "entered_in_error" ? "withdrawn" : null },
       h("a", { href: entryHash(subjectId, formId, visitId, e.id) }, t("entries.entry_of", { date: e.visit_date || "" })), " — ", entryStatus(e)))) : null,
     may("form.write") ? h("a", { class: "add-entry", href: entryHash(subjectId, formId, visitId, "new") }, t("entries.add"),
       h("span", { class: "visually-hidden" }, ` (${formId}, ${visitId})`)) : null);
@@ -285,7 +289,7 @@ async function logPanel(subject, log, entries) {
     h("h2", { id: `log-${log.id}-title` }, log.title),
     entries.length ? h("table", {},
       h("thead", {}, h("tr", {}, columns.map(c => h("th", { scope: "col" }, c)), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, t("entries.open"))))),
-      h("tbody", {}, entries.map(e => h("tr", { "data-entry": e.id, "data-status": e.status, class: e.status === "entered_in_error" ? "withdrawn" : null },
+      h("tbody", {}, entries.map(e => h("tr", { "data-entry": e.id, "data-status": e.status, "data-source": e.source, class: e.status === "entered_in_error" ? "withdrawn" : null },
         h("td", {}, dateItem ? shownValue(dateItem, e.items[dateItem.id]) || e.visit_date : e.visit_date || ""),
         shown.filter(i => i !== dateItem).map(i => h("td", {}, shownValue(i, e.items[i.id]))),
         h("td", {}, entryStatus(e)),
@@ -599,6 +603,7 @@ async function formPage(subjectId, formId, visitId, entryId) {
     h("p", {}, h("a", { href: `#/subjects/${subjectId}` }, t("form.back", { mrn: subject.data.mrn || subjectId }))),
     h("h1", {}, title),
     withdrawn ? h("p", { class: "error", id: "withdrawn-note" }, t("entries.withdrawn_reason", { reason: view.withdrawn_reason || "" })) : null,
+    view.source === "fhir" ? h("p", { id: "ehr-note" }, ehrBadge(), " ", t("entries.from_ehr_note")) : null,
     h("p", {}, t("form.status"), ": ", status, view.updated ? ` · ${t("form.updated", { who: view.updated.by || "", at: showMoment(view.updated.at, subject.data.site) })}` : "",
       view.signature ? ` · ${t("form.signed_by", { who: view.signature.by || view.signature.name || "", meaning: view.signature.meaning || "" })}` : ""),
     h("form", { id: "crf", novalidate: true, onsubmit: save },
