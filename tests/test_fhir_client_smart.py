@@ -67,7 +67,7 @@ def test_fhirclient_crud_search_paging_and_history(server):
     assert history.type == "history" and history.total == 2
     assert [entry.request.method for entry in history.entry] == ["PUT", "POST"]
     typed = Bundle(smart.server.request_json("Observation/_history?_count=2"), strict=True)
-    assert typed.type == "history" and len(typed.entry) == 2 and {l.relation for l in typed.link} >= {"self", "next"}
+    assert typed.type == "history" and len(typed.entry) == 2 and {link.relation for link in typed.link} >= {"self", "next"}
 
     read.delete()
     with pytest.raises(HTTPError) as gone:

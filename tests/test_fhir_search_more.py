@@ -56,7 +56,7 @@ def test_include_revinclude_and_iterate(server):
                                                              ("_revinclude:iterate", "Observation:subject")]).json()
         included = _by_mode(iterated)["include"]
         assert f"Patient/{pid}" in included and len([r for r in included if r.startswith("Observation/")]) == 3
-        assert "_include=ResearchSubject%3Aindividual" in {l["relation"]: l["url"] for l in iterated["link"]}["self"]
+        assert "_include=ResearchSubject%3Aindividual" in {link["relation"]: link["url"] for link in iterated["link"]}["self"]
 
         strict = {"Prefer": "handling=strict"}
         for bad in ({"_include": "Observation:code"}, {"_include": "Patient:subject"},

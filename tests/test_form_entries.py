@@ -3,7 +3,6 @@ through real HTTP on SQLite and PostgreSQL. The log form is study data: a copy o
 more form file (no Python change), served by a server of its own on the same database."""
 import secrets
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
