@@ -317,6 +317,7 @@ class FormDef(BaseModel):
     visits: tuple[str, ...] = ()
     kind: Literal["visit", "log"] = "visit"  # log: entries not tied to a visit (adverse events, medication)
     repeating: bool = False  # visit forms: any number of entries per visit besides the visit's own form
+    max_entries: int | None = Field(default=None, ge=1)  # log forms: live entries a subject may have (end_of_study: 1)
     observation_category: str | None = None
     date_item: str | None = None
     items: tuple[ItemDef, ...]
@@ -346,6 +347,8 @@ class FormDef(BaseModel):
             raise ValueError("a log form is not collected at visits: leave `visits` out")
         if self.kind == "log" and self.repeating:
             raise ValueError("a log form has entries already; `repeating` is for visit forms")
+        if self.max_entries is not None and self.kind != "log":
+            raise ValueError("`max_entries` is for log forms (a subject's entries of the form, withdrawn ones not counted)")
         if self.kind == "visit" and not self.visits:
             raise ValueError("a visit form needs `visits` (or `kind: log`)")
         known = {item.id for item in self.items}

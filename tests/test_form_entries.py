@@ -359,3 +359,27 @@ def test_disease_assessments_repeat_at_their_visits_as_cancer_disease_status_obs
             refused = http.post(url, json={"items": items})
             assert refused.status_code == 422, refused.text
             assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == expected
+
+
+def test_end_of_study_is_once_per_subject_unless_the_entry_is_withdrawn(server, ae_subject):
+    url = entries_url(ae_subject, "end_of_study")
+    items = {"status": "completed", "end_date": day(60)}
+    with server.client("coordinator", "S01") as http:
+        forms = {f["id"]: f for f in http.get("/api/v1/study").json()["forms"]}
+        assert forms["end_of_study"]["max_entries"] == 1 and forms["adverse_event"]["max_entries"] is None
+        assert http.get("/api/v1/forms/end_of_study").json()["max_entries"] == 1
+        first = http.post(url, json={"items": items})
+        assert first.status_code == 201, first.text
+        second = http.post(url, json={"items": {**items, "status": "other"}})
+        assert second.status_code == 409 and first.json()["id"] in second.text, second.text
+        assert [e["id"] for e in http.get(url).json()] == [first.json()["id"]]  # nothing half-written
+        refused = http.post(url, json={"items": {"status": "died", "end_date": day(60)}})
+        assert refused.status_code == 409  # the count comes first: no second entry whatever its data
+        withdrawn = http.post(f"{url}/{first.json()['id']}/withdraw", json={"reason": "wrong subject"})
+        assert withdrawn.status_code == 200, withdrawn.text
+        again = http.post(url, json={"items": {**items, "status": "lost_to_follow_up", "last_known_alive_date": day(55)}})
+        assert again.status_code == 201, again.text
+        listed = http.get(url).json()
+        assert [e["status"] for e in listed] == ["entered_in_error", "complete"]
+        missing = http.post(url, json={"items": {"status": "died", "end_date": day(60)}})
+        assert missing.status_code == 409

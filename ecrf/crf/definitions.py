@@ -42,6 +42,7 @@ def describe_form(study: StudyDef, form: FormDef) -> dict[str, Any]:
         "title": form.title,
         "kind": form.kind,
         "repeating": form.repeating,
+        "max_entries": form.max_entries,
         "date_item": form.date_item,
         "visits": [study.visit(visit_id).model_dump(mode="json") for visit_id in form.visits],
         "items": [describe_item(item) for item in form.items],

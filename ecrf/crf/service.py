@@ -100,12 +100,28 @@ def new_entry(store: ClinicalStore, study: StudyDef, subject_id: str, form_id: s
     if form.kind == "log":
         if visit_id is not None:
             raise NotFound(f"form {form_id} is a log form: its entries belong to no visit (.../forms/{form_id}/entries)")
-        return Target(resolve(store, study, subject_id), form, None, secrets.token_hex(8))
+        subject = resolve(store, study, subject_id)
+        if form.max_entries is not None:
+            _refuse_beyond_max_entries(store, subject, form)
+        return Target(subject, form, None, secrets.token_hex(8))
     if visit_id is None:
         raise NotFound(f"form {form_id} repeats at a visit: add entries at .../forms/{form_id}/<visit>/entries "
                        f"({', '.join(form.visits)})")
     target = locate(store, study, subject_id, form_id, visit_id, writing=True)
     return Target(target.subject, form, target.visit, secrets.token_hex(8))
+
+
+def _refuse_beyond_max_entries(store: ClinicalStore, subject: Subject, form: FormDef) -> None:
+    """A log form with `max_entries` (end_of_study: once per subject) takes no more live entries; a withdrawn
+    (entered_in_error) one does not count. The subject's rows are locked so two adds at once take turns."""
+    live = [instance.entry_id for instance in store.session.exec(
+        select(FormInstance).where(FormInstance.subject_id == subject.id, FormInstance.form_id == form.id,
+                                   FormInstance.entry_id != "").with_for_update()).all()
+            if instance.status != WITHDRAWN]
+    if len(live) >= form.max_entries:
+        raise Conflict(f"form {form.id} takes at most {form.max_entries} entr{'y' if form.max_entries == 1 else 'ies'} "
+                       f"per subject and subject {subject.id} has {', '.join(sorted(live))}: edit it, or withdraw "
+                       f"it as entered in error first")
 
 
 def _entry_instance(store: ClinicalStore, subject: Subject, form: FormDef, entry_id: str, *,

@@ -24,6 +24,7 @@ def read_study(request: Request) -> dict[str, Any]:
         "visits": [v.model_dump(mode="json") for v in study.visits],
         "forms": [
             {"id": f.id, "title": f.title, "visits": list(f.visits), "kind": f.kind, "repeating": f.repeating,
+             "max_entries": f.max_entries,
              "items": [i.id for i in f.items]}
             for f in study.forms
         ],
