@@ -14,6 +14,7 @@ from ecrf.common.clock import utc_now
 from ecrf.config import Settings
 from ecrf.crf.ehr_entries import ehr_entries_hook
 from ecrf.crf.guard import lifecycle_guard
+from ecrf.crf.participation import participation_hook
 from ecrf.db import make_engine
 from ecrf.eligibility.service import randomisation_basis, recompute
 from ecrf.randomisation.guard import allocation_guard
@@ -51,7 +52,7 @@ class Runtime:
             study=study,
             indexer=Indexer(study),
             verifier=TokenVerifier(settings),
-            derived_hooks=[recompute],
+            derived_hooks=[recompute] + [hook for hook in [participation_hook(study)] if hook is not None],
             write_guards=guards,
             randomisation=randomisation,
             safety=load_safety(settings.study_dir, study),

@@ -310,6 +310,16 @@ def condition_items(node: Any) -> Iterator[str]:
             yield from condition_items(node["not"])
 
 
+class EndsParticipation(BaseModel):
+    """A log form whose live entry ends the subject's participation (end_of_study): ResearchSubject.status
+    and period.end, and Patient.deceasedDateTime, follow its items as derived state."""
+    model_config = _FROZEN
+    status_item: str
+    end_date_item: str
+    death_date_item: str | None = None
+    screen_failure_values: tuple[str, ...] = ()  # never randomised: ineligible (eligibility says so) or withdrawn
+
+
 class FormDef(BaseModel):
     model_config = _FROZEN
     id: str
@@ -318,6 +328,7 @@ class FormDef(BaseModel):
     kind: Literal["visit", "log"] = "visit"  # log: entries not tied to a visit (adverse events, medication)
     repeating: bool = False  # visit forms: any number of entries per visit besides the visit's own form
     max_entries: int | None = Field(default=None, ge=1)  # log forms: live entries a subject may have (end_of_study: 1)
+    ends_participation: EndsParticipation | None = None
     observation_category: str | None = None
     date_item: str | None = None
     items: tuple[ItemDef, ...]
@@ -347,6 +358,13 @@ class FormDef(BaseModel):
             raise ValueError("a log form is not collected at visits: leave `visits` out")
         if self.kind == "log" and self.repeating:
             raise ValueError("a log form has entries already; `repeating` is for visit forms")
+        if self.ends_participation is not None:
+            ends = self.ends_participation
+            named = {ends.status_item, ends.end_date_item} | ({ends.death_date_item} - {None})
+            if self.kind != "log" or self.max_entries != 1:
+                raise ValueError("`ends_participation` needs a log form with `max_entries: 1`")
+            if named - {item.id for item in self.items}:
+                raise ValueError(f"`ends_participation` names items the form lacks: {sorted(named - {i.id for i in self.items})}")
         if self.max_entries is not None and self.kind != "log":
             raise ValueError("`max_entries` is for log forms (a subject's entries of the form, withdrawn ones not counted)")
         if self.kind == "visit" and not self.visits:

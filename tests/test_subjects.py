@@ -84,7 +84,7 @@ def test_list_is_paginated_and_filtered_by_site_and_status(server):
         assert len({s["id"] for s in seen}) == len(seen) == page["total"]
         candidates = http.get("/api/v1/subjects", params={"site": "S02", "status": "candidate", "limit": 500}).json()
         assert enrolled <= {s["id"] for s in candidates["items"]}
-        assert http.get("/api/v1/subjects", params={"status": "off-study"}).json()["total"] == 0
+        assert http.get("/api/v1/subjects", params={"status": "follow-up"}).json()["total"] == 0
     with server.client("sponsor") as http:
         assert http.get("/api/v1/subjects").status_code == 403
 
