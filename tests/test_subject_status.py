@@ -61,7 +61,7 @@ def test_a_screen_failure_never_randomised_is_withdrawn_or_ineligible(server):
         assert subject_and_patient(http, ineligible)[0]["period"]["end"] == TODAY.isoformat()
 
 
-def test_an_ehr_death_date_is_not_overwritten_and_a_pushed_end_of_study_counts(server):
+def test_an_ehr_death_date_is_not_overwritten(server):
     with server.client("investigator", "S01") as http:
         subject_id = eligible(http)
         assert randomise(http, subject_id).status_code == 201
@@ -76,3 +76,21 @@ def test_an_ehr_death_date_is_not_overwritten_and_a_pushed_end_of_study_counts(s
         research_subject, patient = subject_and_patient(http, subject_id)
         assert research_subject["status"] == "off-study"
         assert patient["deceasedDateTime"] == ehr_death  # the EHR's date stays: a conflict, not an overwrite
+
+
+def test_an_end_of_study_pushed_through_fhir_ends_participation_the_same_way(server):
+    local = "http://example.org/fhir/CodeSystem/nct04163237"
+    with server.client("investigator", "S01") as http:
+        subject_id = eligible(http)
+        assert randomise(http, subject_id).status_code == 201
+        _, patient = subject_and_patient(http, subject_id)
+        pushed = http.post("/fhir/Observation", headers=FHIR_JSON, json={
+            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient['id']}"},
+            "code": {"coding": [{"system": local, "code": "end-of-study"}]},
+            "valueCodeableConcept": {"coding": [{"system": local, "code": "end_of_study_status-completed"}]},
+            "effectiveDateTime": TODAY.isoformat()})
+        assert pushed.status_code == 201, pushed.text
+        entries = http.get(end_url(subject_id)).json()
+        assert [e["source"] for e in entries] == ["fhir"]
+        research_subject, _ = subject_and_patient(http, subject_id)
+        assert research_subject["status"] == "off-study" and research_subject["period"]["end"] == TODAY.isoformat()
