@@ -75,13 +75,10 @@ def _apply(store: ClinicalStore, study: StudyDef, form: FormDef, subject_id: str
     if live is not None:
         items, _ = form_values(store.session, study, form, live.visit_id, live.patient_id, live, None)
         reason = (items.get(ends.status_item) or {}).get("value")
-        if randomised:
-            status = "off-study"
-        elif reason in ends.screen_failure_values:
+        status = "off-study"
+        if not randomised and reason in ends.screen_failure_values:
             eligibility = store.session.get(EligibilityState, subject_id)
             status = "ineligible" if eligibility is not None and eligibility.status == "ineligible" else "withdrawn"
-        else:
-            status = "off-study"
         wanted["status"] = status
         end = _day(items.get(ends.end_date_item))
         period = {k: v for k, v in (subject.get("period") or {}).items() if k != "end"}
@@ -105,11 +102,8 @@ def _apply(store: ClinicalStore, study: StudyDef, form: FormDef, subject_id: str
 
 def _record_death(store: ClinicalStore, patient_id: str, death: str, form: FormDef) -> None:
     patient = _content(store, "Patient", patient_id)
-    if patient is None or "deceasedBoolean" in patient and patient["deceasedBoolean"] is not True:
-        return
-    sent = patient.get("deceasedDateTime")
-    if sent is not None:
+    if patient is None or patient.get("deceasedDateTime") is not None:
         return  # the same date, or the EHR's other one (a conflict for the endpoints): never overwritten
-    updated = {k: v for k, v in patient.items() if k != "deceasedBoolean"}
+    updated = {k: v for k, v in patient.items() if k != "deceasedBoolean"}  # deceased[x]: the date replaces a boolean
     updated["deceasedDateTime"] = death
     store.update("Patient", patient_id, updated, WriteContext(source="system", reason=f"{form.id}: death date"))
