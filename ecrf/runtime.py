@@ -58,11 +58,12 @@ class Runtime:
             safety=load_safety(settings.study_dir, study),
         )
         # first: the entries EHR pushes land as are data the other derived state (eligibility) may read
-        runtime.derived_hooks.insert(0, ehr_entries_hook(study, runtime.after_ehr_entry))
+        runtime.derived_hooks.insert(0, ehr_entries_hook(study, runtime.after_entry_save))
         return runtime
 
-    def after_ehr_entry(self, store: Any, instance: Any, values: dict[str, Any]) -> None:
-        """An EHR push landed as a log entry: a serious adverse event starts its reporting clock, as a save does."""
+    def after_entry_save(self, store: Any, instance: Any, values: dict[str, Any]) -> None:
+        """A form or entry saved, or an EHR push landed as a log entry: a serious adverse event starts its
+        reporting clock in the same transaction."""
         if self.safety is not None:
             safety.after_entry_save(self.safety, store, instance, values, self.now())
 

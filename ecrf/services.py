@@ -19,3 +19,7 @@ class Services(StoreWiring, Protocol):
     def now(self) -> datetime: ...
 
     def eligibility(self, store: Any, patient_id: str) -> dict[str, Any]: ...
+
+    def after_entry_save(self, store: Any, instance: Any, values: dict[str, Any]) -> None:
+        """A form or entry was saved (through the eCRF door) or landed (an EHR's push), in the write's
+        transaction: what other domains do then (the SAE reporting clock), so crf depends on none of them."""

@@ -150,7 +150,7 @@ def test_an_entry_is_withdrawn_as_entered_in_error_never_deleted(log_server, sub
 
 
 def _instance_id(subject_id: str, entry: dict) -> str:
-    from ecrf.crf.service import derived_id
+    from ecrf.crf.locate import derived_id
     return derived_id(subject_id, "symptom_log", "LOG", "entry", entry["id"])
 
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from ecrf.audit.models import AuditEntry
-from ecrf.crf.models import FormInstance
+from ecrf.crf.locate import derived_id
+from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.crf.schedule import EVERY_VISIT, UNSCHEDULED, day_zero, place
-from ecrf.crf.service import WITHDRAWN
 from ecrf.crf.values import SUBJECT_LEVEL_KINDS, ShownFact, _facts, _pick, fact_date, form_values, owned_resources
 from ecrf.eligibility.models import EligibilityState
 from ecrf.export.deidentify import parse_date
@@ -119,8 +119,6 @@ def entry_keys(session: Session, study: StudyDef, patient_id: str) -> dict[str, 
     """Resource id -> (visit key, entry id) of every entry of the patient's subject: the resources each entry
     holds, the ids an eCRF entry's slots are written under (so a withdrawn entry's deleted resources still
     map), and the entry's own FormInstance id (its status changes)."""
-    from ecrf.crf.service import derived_id
-
     keys: dict[str, tuple[str, str]] = {}
     for instance in session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id,
                                                                FormInstance.entry_id != "")).scalars():

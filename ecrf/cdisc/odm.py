@@ -27,7 +27,7 @@ XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 DATA_TYPES = {"boolean": "boolean", "code": "text", "date": "date", "integer": "integer", "quantity": "float",
               "decimal": "float", "text": "text", "string": "text"}
 ITEM_ACTIONS = ("create", "update", "delete")
-LOG_EVENT = "LOG"  # the visit key of log-form entries (ecrf.crf.service.LOG_VISIT): StudyEventOID SE.LOG
+LOG_EVENT = "LOG"  # the visit key of log-form entries (ecrf.crf.locate.LOG_VISIT): StudyEventOID SE.LOG
 STUDY_LOCATION = "LOC.STUDY"
 
 

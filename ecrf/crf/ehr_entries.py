@@ -15,6 +15,7 @@ resources with one of those codes, and is preferred to an anchor of the same typ
 MedicationStatement LOCAL#sorafenib goes to a form fixing that medication, any other to conmed). An anchor item
 whose resource type depends on its value has one anchor per variant (`_variants`).
 """
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -23,9 +24,10 @@ from typing import Any
 import orjson
 from sqlmodel import select
 
-from ecrf.audit import service as audit
 from ecrf.crf import lifecycle
-from ecrf.crf.models import FormInstance, FormResource
+from ecrf.crf.describe import missing_items
+from ecrf.crf.locate import LOG_VISIT, derived_id
+from ecrf.crf.models import WITHDRAWN, FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.store.models import ResourceHead, ResourceVersion
@@ -191,19 +193,11 @@ def _view(store: ClinicalStore, study: StudyDef, form: FormDef, instance: FormIn
 
 def _audit(store: ClinicalStore, instance: FormInstance, action: str, old: str | None, new: str | None,
            reason: str | None) -> None:
-    from ecrf.crf.service import INSTANCE_RESOURCE
-
-    audit.append(store.session, store.actor, action, source=FHIR, patient_id=instance.patient_id,
-                 form_id=instance.form_id, visit_id=instance.visit_id, old_value=old, new_value=new, reason=reason,
-                 resource=f"{INSTANCE_RESOURCE}/{instance.id}", resource_version=instance.version)
+    lifecycle.record(store, instance, action, old, new, reason, source=FHIR)
 
 
 def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None], anchor: Anchor,
           head: ResourceHead, version: Written, after_landing: SafetyHook | None) -> None:
-    import secrets
-
-    from ecrf.crf.service import LOG_VISIT, derived_id, missing_items
-
     subject_id, site = subject
     entry_id = secrets.token_hex(8)
     reference = f"{head.resource_type}/{head.resource_id}"
@@ -232,7 +226,7 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
     if version.source == "form" and not head.deleted:
         return  # the form's own save (or another form's) keeps its instance in step itself
     instance = store.session.exec(select(FormInstance).where(FormInstance.id == instance_id)).one_or_none()
-    if instance is None or not instance.entry_id or instance.status == "entered_in_error":
+    if instance is None or not instance.entry_id or instance.status == WITHDRAWN:
         return
     try:
         form = study.form(instance.form_id)
@@ -248,13 +242,13 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
             return
         reason = f"{reference} deleted through /fhir" + (f": {version.reason}" if version.reason else "")
         old_status = instance.status
-        lifecycle.changed(instance, "entered_in_error", store.actor, datetime.now(UTC))
+        lifecycle.changed(instance, WITHDRAWN, store.actor, datetime.now(UTC))
         instance.withdrawn_reason = reason  # its resources stay named (deleted, so they show nothing): the archive
         for row in store.session.exec(select(FormResource).where(FormResource.instance_id == instance.id)).all():
             store.session.delete(row)
         store.session.add(instance)
         store.session.flush()
-        _audit(store, instance, "form.withdraw", old_status, "entered_in_error", reason)
+        _audit(store, instance, "form.withdraw", old_status, WITHDRAWN, reason)
         return
     if instance.source != FHIR:
         return

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.crf import service
+from ecrf.crf import describe, locate, service
 from ecrf.crf.router import if_match_of, respond_view, shown_view
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
@@ -22,7 +22,7 @@ VISIT = "/subjects/{subject_id}/forms/{form_id}/{visit_id}/entries"
 def _list(request: Request, actor: Actor, subject_id: str, form_id: str, visit_id: str | None) -> list[dict[str, Any]]:
     runtime = request.app.state.runtime
     with read_only(runtime, actor) as store:
-        views = service.entries(store, runtime.study, subject_id, form_id, visit_id)
+        views = describe.entries(store, runtime.study, subject_id, form_id, visit_id)
     return [shown_view(request, actor, "form.read", view) for view in views]
 
 
@@ -30,8 +30,8 @@ def _read(request: Request, actor: Actor, subject_id: str, form_id: str, entry_i
           visit_id: str | None) -> JSONBody:
     runtime = request.app.state.runtime
     with read_only(runtime, actor) as store:
-        target, instance = service.locate_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id)
-        view = service.describe(store, runtime.study, target, instance)
+        target, instance = locate.locate_entry(store, runtime.study, subject_id, form_id, entry_id, visit_id)
+        view = describe.describe(store, runtime.study, target, instance)
     return respond_view(shown_view(request, actor, "form.read", view))
 
 

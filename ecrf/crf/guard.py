@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from ecrf.audit import service as audit
-from ecrf.crf import lifecycle
 from ecrf.common.errors import FormLocked
+from ecrf.crf import lifecycle
+from ecrf.crf.describe import missing_items
 from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
-from ecrf.crf.service import INSTANCE_RESOURCE, missing_items
 from ecrf.crf.values import form_values
 from ecrf.store.models import ResourceHead
 from ecrf.store.service import ClinicalStore, WriteContext, WriteGuard
@@ -71,6 +70,4 @@ def _drop_sign_off(store: ClinicalStore, study: StudyDef, instance: FormInstance
     head = store.session.get(ResourceHead, tuple(reference.split("/", 1)))
     change = "deleted" if head is not None and head.deleted else "changed"
     reason = f"{reference} {change} through {context.source}" + (f": {context.reason}" if context.reason else "")
-    audit.append(store.session, actor, "form.status", source=context.source, patient_id=instance.patient_id,
-                 form_id=instance.form_id, visit_id=instance.visit_id, old_value=old_status, new_value=instance.status,
-                 reason=reason, resource=f"{INSTANCE_RESOURCE}/{instance.id}", resource_version=instance.version)
+    lifecycle.record(store, instance, "form.status", old_status, instance.status, reason, source=context.source)

@@ -4,6 +4,8 @@ from datetime import date, datetime
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+WITHDRAWN = "entered_in_error"  # the status of an entry withdrawn as entered in error (its data deleted)
+
 
 class FormInstance(SQLModel, table=True):
     """One form of one subject at one visit: its status, version (the ETag) and signatures."""

@@ -12,8 +12,7 @@ from typing import Any
 import orjson
 from sqlmodel import select
 
-from ecrf.crf.models import FormInstance
-from ecrf.crf.service import WITHDRAWN
+from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.crf.values import form_values
 from ecrf.eligibility.models import EligibilityState
 from ecrf.eligibility.service import SUBJECT_STATUS

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
-from ecrf.crf import service, unscheduled
+from ecrf.crf import describe, service, unscheduled
 from ecrf.crf.definitions import describe_form
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
@@ -62,7 +62,7 @@ def read_form(subject_id: str, form_id: str, visit_id: str, request: Request,
         if pseudo:
             view = unscheduled.read(store, runtime.study, subject_id, form_id)
         else:
-            view = service.read_form(store, runtime.study, subject_id, form_id, visit_id)
+            view = describe.read_form(store, runtime.study, subject_id, form_id, visit_id)
     view = shown_view(request, actor, "form.read", view)
     return JSONBody(view) if pseudo else respond_view(view)
 

@@ -4,8 +4,8 @@ A query's thread is append-only: a message row is inserted once and never update
 """
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, event
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, ForeignKey, Index, Text, UniqueConstraint, event, func
+from sqlmodel import Field, Session, SQLModel, select
 from sqlmodel.sql.sqltypes import AutoString
 
 from ecrf.store.models import BIG_ID
@@ -59,3 +59,20 @@ class QueryMessage(SQLModel, table=True):
 @event.listens_for(QueryMessage, "before_delete")
 def _append_only(_mapper, _connection, message: QueryMessage) -> None:
     raise RuntimeError(f"message {message.seq} of query {message.query_id} is part of an append-only thread")
+
+
+# -- unresolved (open or answered) query counts, shown where a site sees its data: a read of this table that
+# other domains (crf's form view and lock, the subjects list) make without depending on the queries domain
+
+def unresolved_of_subject(session: Session, subject_id: str) -> int:
+    return session.exec(select(func.count()).where(
+        DataQuery.subject_id == subject_id, DataQuery.status.in_(UNRESOLVED))).one()
+
+
+def unresolved_of_form(session: Session, subject_id: str, form_id: str, visit_id: str) -> tuple[int, dict[str, int]]:
+    """(total, {item_id: count}) of the queries on one form instance; item-less queries count in the total only."""
+    rows = session.exec(select(DataQuery.item_id, func.count()).where(
+        DataQuery.subject_id == subject_id, DataQuery.form_id == form_id, DataQuery.visit_id == visit_id,
+        DataQuery.status.in_(UNRESOLVED)).group_by(DataQuery.item_id)).all()
+    by_item = {item_id: count for item_id, count in rows if item_id is not None}
+    return sum(count for _, count in rows), by_item

@@ -227,7 +227,8 @@ def read_allocation(runtime: Any, store: ClinicalStore, subject_id: str) -> dict
 def randomise(runtime: Any, store: ClinicalStore, subject_id: str, *, source: str) -> tuple[dict[str, Any], bool]:
     """Allocate the subject the next slot of its stratum, in this transaction; (view, created). A subject
     already randomised gets its allocation again (created False) and nothing is written."""
-    from ecrf.crf.service import eligibility_gate, save_form
+    from ecrf.crf.gate import eligibility_gate
+    from ecrf.crf.service import save_form
 
     study, scheme, session = runtime.study, scheme_of(runtime), store.session
     subject = resolve(store, study, subject_id)

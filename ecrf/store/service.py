@@ -331,6 +331,49 @@ class ClinicalStore:
             follow_up()
         return stored
 
+    def write_owned(self, resources: Iterable[tuple[str, dict[str, Any]]], previous: dict[str, str],
+                    new_id: Callable[[str], str], patches: Iterable[tuple[str, str, dict[str, Any]]],
+                    context: WriteContext) -> dict[str, str]:
+        """Write what one owner (a form instance) holds, a resource a slot, in one call; returns {slot: "Type/id"}.
+
+        A slot's resource keeps the id it already has (`previous`: an entry that landed from an EHR keeps the
+        EHR's resource, so an edit through the form is a new version of it), else takes `new_id(slot)`. A
+        resource that reads back unchanged gets no new version (no audit noise); identifiers the mapping does
+        not set (an EHR's) stay on the new version. A slot no longer filled has its resource deleted. Each
+        patch (type, id, partial content) is merged into that existing resource, written only if it changes it.
+        """
+        def slot_id(slot: str, resource_type: str) -> str:
+            reference = previous.get(slot)
+            if reference and reference.split("/", 1)[0] == resource_type:
+                return reference.split("/", 1)[1]
+            return new_id(slot)
+
+        wanted = {slot_id(slot, resource["resourceType"]): (slot, resource) for slot, resource in resources}
+        heads = self.session.exec(select(ResourceHead).where(ResourceHead.resource_id.in_(list(wanted)))).all()
+        current = {stored.resource_id: stored.content
+                   for stored in self.current(h for h in heads if not h.deleted and self.actor.may_see_site(h.site))}
+        owned: dict[str, str] = {}
+        for resource_id, (slot, resource) in wanted.items():
+            resource_type = resource["resourceType"]
+            owned[slot] = f"{resource_type}/{resource_id}"
+            if "identifier" in current.get(resource_id, {}) and "identifier" not in resource:
+                resource = {**resource, "identifier": current[resource_id]["identifier"]}
+            if resource_id in current and _same(current[resource_id], resource):
+                continue
+            self.update(resource_type, resource_id, resource, context)
+        for slot, reference in previous.items():
+            if slot not in owned:
+                resource_type, resource_id = reference.split("/", 1)
+                self.delete(resource_type, resource_id, context)
+        for resource_type, resource_id, patch in patches:
+            if not patch:
+                continue
+            existing = self.read(resource_type, resource_id).content
+            merged = _merge(existing, patch)
+            if not _same(existing, merged):
+                self.update(resource_type, resource_id, merged, context)
+        return owned
+
     def serialise(self, text: str) -> None:
         """Wait for, then hold to the end of this transaction, a lock named by `text` (PostgreSQL advisory lock;
         SQLite writers already take turns). Statements after it see what a holder before it committed."""
@@ -487,3 +530,17 @@ class ClinicalStore:
         bulk.insert_rows(self.session, SearchToken.__table__, tokens)
         bulk.insert_rows(self.session, ItemFact.__table__, facts)
         audit.append_many(self.session, self.actor, entries)
+
+
+def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new` (which may hold a mapping's exact Decimals and dates) is stored as `existing` reads back."""
+    strip = {"meta", "id", "resourceType"}
+    new = orjson.loads(dumps(new))
+    return {k: v for k, v in existing.items() if k not in strip} == {k: v for k, v in new.items() if k not in strip}
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in patch.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged

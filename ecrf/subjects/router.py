@@ -8,8 +8,8 @@ from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
 from ecrf.common.pagination import Limit, Offset, page
 from ecrf.crf.schedule import day_zero, visit_schedule
-from ecrf.crf.service import subject_instances
-from ecrf.queries.counts import unresolved_of_subject
+from ecrf.crf.locate import subject_instances
+from ecrf.queries.models import unresolved_of_subject
 from ecrf.responses import JSONBody
 from ecrf.store.unit import read_only, writing
 from ecrf.subjects import service

@@ -1,0 +1,56 @@
+"""A save's checks gathered behind one call: the items (checks.py), the reason a signed-off form's change
+needs, the visit window (schedule.py) and the items only the randomisation's allocation sets. Nothing is
+written when one of its errors stands."""
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from ecrf.common.clock import latest_allowed_date
+from ecrf.crf import lifecycle
+from ecrf.crf.checks import CheckedEntry, Finding, check_items
+from ecrf.crf.locate import Target
+from ecrf.crf.models import FormInstance
+from ecrf.crf.schedule import check_visit_date, day_zero
+from ecrf.services import Services
+from ecrf.store.service import ClinicalStore
+
+
+@dataclass
+class CheckedSave:
+    entry: CheckedEntry  # the values the mapping receives, their canonical form, completeness
+    the_date: date  # what the form is dated by: its date item, else the visit date sent, else today
+    deviation: str | None  # a visit out of its window, kept with the form
+    reason: str | None
+    errors: list[Finding]
+    warnings: list[Finding]
+
+
+def check_save(runtime: Services, store: ClinicalStore, target: Target, instance: FormInstance | None,
+               items: dict[str, Any], visit_date: date | None, reason: str | None, allocated: bool) -> CheckedSave:
+    study = runtime.study
+    reason = (reason or "").strip() or None
+    entry = check_items(target.form, items)
+    errors = list(entry.errors) + _typed_allocation(runtime, target, items, allocated)
+    if instance is not None and instance.status in lifecycle.REASON_NEEDED and not reason:
+        errors.append(Finding("reason", "reason_required",
+                              f"the form is {instance.status}: a reason for the change is required"))
+    if target.form.date_item and target.form.date_item in entry.canonical:
+        the_date = entry.canonical[target.form.date_item]
+    else:
+        the_date = visit_date or min(study.today_at(target.subject.site), latest_allowed_date())
+    zero = entry.canonical.get(study.day_zero_item) if study.day_zero_item else None
+    zero = zero or day_zero(store.session, study, target.subject.patient_id)
+    if target.visit is not None:
+        date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
+    else:  # a log entry is dated by its own items, not by a visit window
+        date_errors, date_warnings, deviation = [], [], None
+    return CheckedSave(entry, the_date, deviation, reason, errors + date_errors, entry.warnings + date_warnings)
+
+
+def _typed_allocation(runtime: Services, target: Target, items: dict[str, Any], allocated: bool) -> list[Finding]:
+    scheme = runtime.randomisation
+    if allocated or scheme is None or target.form.id != scheme.form:
+        return []
+    return [Finding(item_id, "derived", f"{item_id} is set by the system's allocation "
+                                       f"(POST /api/v1/subjects/{target.subject.id}/randomise), never entered")
+            for item_id in sorted(scheme.derived_items) if items.get(item_id) not in (None, "")]
