@@ -72,12 +72,43 @@ def loops(imports: list[tuple[str, str]]) -> list[list[str]]:
     return [[f"{a} -> {b}: {why[(a, b)]}" for a in loop for b in sorted(edges[a]) if b in loop] for loop in found]
 
 
+def mutual(imports: list[tuple[str, str]]) -> list[list[str]]:
+    """Packages importing each other when a package's tables count with its logic: a domain may read another's
+    table, and two domains may read each other's, but none may call into a package that reads (or calls) it.
+    Routers and the other doors stay units apart, as in `loops`."""
+    def unit(module: str) -> tuple[str, str] | None:
+        layer = layer_of(module)
+        if layer is None:
+            return None
+        return package_of(module), "domains" if layer[1] == "tables" and module != "ecrf.models" else layer[1]
+
+    edges: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    calls: dict[tuple, tuple[str, str]] = {}  # an edge that is more than a read of tables, and one import behind it
+    for m, i in imports:
+        a, b = unit(m), unit(i)
+        if a is None or b is None or a == b:
+            continue
+        edges[a].add(b)
+        if layer_of(i)[1] != "tables":
+            calls.setdefault((a, b), (m, i))
+    found = []
+    for component in _components(edges):
+        inside = [(a, b) for a in component for b in sorted(edges[a]) if b in component and a[0] != b[0]]
+        if any(edge in calls for edge in inside):
+            found.append([f"{a} -> {b}: {calls.get((a, b), 'reads its tables')}" for a, b in inside])
+    return found
+
+
 def test_no_import_points_up(imports):
     assert upward(imports) == []
 
 
 def test_no_two_packages_import_each_other(imports):
     assert loops(imports) == []
+
+
+def test_no_package_calls_one_that_reads_it(imports):
+    assert mutual(imports) == []
 
 
 def test_the_rules_catch_an_upward_import_and_a_loop():
@@ -89,6 +120,17 @@ def test_the_rules_catch_an_upward_import_and_a_loop():
     assert loops([("ecrf.crf.service", "ecrf.queries.service"), ("ecrf.queries.service", "ecrf.crf.checks")]) != []
     assert loops([("ecrf.crf.service", "ecrf.queries.counts"), ("ecrf.queries.service", "ecrf.crf.models")]) == []
     assert layer_of("ecrf.audit.access.router")[1] == "doors" and layer_of("ecrf.crf.models")[1] == "tables"
+
+
+def test_the_rules_catch_a_package_calling_one_that_reads_its_tables():
+    """crf counting open queries with queries' logic while queries reads crf's table is a mutual import;
+    reading each other's tables is not, nor is a router calling a domain that reads the router's tables."""
+    assert mutual([("ecrf.crf.service", "ecrf.queries.counts"), ("ecrf.queries.service", "ecrf.crf.models")]) != []
+    assert mutual([("ecrf.crf.service", "ecrf.safety.service"), ("ecrf.safety.service", "ecrf.crf.models")]) != []
+    assert mutual([("ecrf.crf.describe", "ecrf.queries.models"), ("ecrf.queries.service", "ecrf.crf.models")]) == []
+    assert mutual([("ecrf.subjects.router", "ecrf.crf.service"), ("ecrf.crf.service", "ecrf.subjects.service")]) == []
+    assert mutual([("ecrf.crf.a", "ecrf.queries.b"), ("ecrf.queries.b", "ecrf.safety.c"),
+                   ("ecrf.safety.c", "ecrf.crf.models")]) != []  # round a loop too
 
 
 def _components(edges: dict) -> list[list]:
