@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ecrf.auth.actor import Actor
 from ecrf.db import is_outage
 from ecrf.errors import issue
-from ecrf.fhir.interactions import Engine, Entry, Result
+from ecrf.fhir.interactions import Engine, Entry, Result, in_fhir_order
 from ecrf.fhir.outcome import FhirError, validation_issues
 from ecrf.fhir.requests import bundle_entry
 from ecrf.fhir.validation import model_of, prepare
@@ -153,7 +153,7 @@ def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]
             results[index] = Result(status_of(problems), outcome={"resourceType": "OperationOutcome", "issue": problems})
             if index in by_index:
                 refused[by_index[index]] = (index, _why(results[index]))
-    runnable = sorted((e for e, _ in parsed if e is not None), key=lambda e: (_ORDER[e.method], e.index))
+    runnable = in_fhir_order(e for e, _ in parsed if e is not None)
     held_back = [entry for entry in runnable if not entry.retained]
     with writing(runtime, actor) as store:
         engine = engine_for(runtime, store, base_url)
@@ -175,9 +175,6 @@ def _why(result: Result) -> str:
     issues = (result.outcome or {}).get("issue") or [{}]
     text = issues[0].get("diagnostics", "")
     return f"{result.status}: {text[:200]}"
-
-
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 
 
 def _batch_entry(engine: Engine, entry: Entry) -> Result:

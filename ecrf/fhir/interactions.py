@@ -3,7 +3,7 @@
 A transaction runs every entry through one Engine in one store unit of work; a batch runs each entry
 through the same Engine in its own savepoint; a REST call is a transaction of one entry.
 """
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -20,7 +20,7 @@ from ecrf.common.errors import NotFound, StoreError
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
 from ecrf.subjects.service import claim_subject, study_reference, subject_key
 
-METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}  # FHIR's order of processing a Bundle's entries
 # New resources of a streamed Bundle written at a time: bounds the resources and rows held in memory. A Bundle
 # parsed whole is written in one go (the store still inserts 1,000 at a time): on PostgreSQL every round of
 # COPYs costs several milliseconds whatever its size.
@@ -68,6 +68,11 @@ class Entry:
         """Let the resource go, if it can be read again (rewritten references are lost with it)."""
         if self.reload is not None:
             self.resource, self.holders = None, None
+
+
+def in_fhir_order(entries: Iterable[Entry]) -> list[Entry]:
+    """Entries in the order FHIR processes a Bundle: DELETE, POST, PUT, GET, each method in Bundle order."""
+    return sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
 
 
 @dataclass(slots=True)
@@ -127,7 +132,7 @@ class Engine:
             entry.release()
         if refused:
             raise FhirError(403, refused)
-        ordered = sorted(entries, key=lambda e: (METHOD_ORDER[e.method], e.index))
+        ordered = in_fhir_order(entries)
         results: dict[int, Result] = {}
         for entry in (e for e in ordered if e.method == "DELETE"):
             results[entry.index] = self._guard(entry, self._delete)
