@@ -5,15 +5,13 @@ Three-valued: a case whose inputs are missing makes the derived value unknown (N
 
 from __future__ import annotations
 
-import operator
 from decimal import Decimal, DivisionByZero, InvalidOperation
 from typing import Any
 
 from fhir_mappings.definitions import FormDef, ItemDef, to_decimal
+from fhir_mappings.rules import COMPARE
 from fhir_mappings.units import UnitError, to_canonical
 
-COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-           "==": operator.eq, "!=": operator.ne}
 
 
 def violated(form: FormDef, when: dict[str, Any], values: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ evaluate rules (the eligibility engine does, with three-valued logic).
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,15 +17,20 @@ from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
 
 Path = tuple[str | int, ...]
 
-COMBINATORS = ("all_of", "any_of", "not", "if", "all_available", "condition")
+# The kinds of node of the language, declared once: the validation below and the evaluators
+# (ecrf/eligibility/engine.py and expressions.py, fhir_mappings/derivation.py) dispatch on these.
+COMBINATORS = ("all_of", "any_of", "not", "if", "all_available", "condition")  # rule nodes; else a leaf
 ITEM_SOURCES = ("item", "latest", "any")
 LEAF_SOURCES = ITEM_SOURCES + ("derived",)
 TESTS = ("op", "equals", "in", "is", "between", "exists", "in_window")
-COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+COMPARISONS = tuple(COMPARE)
 BLANK_OUTCOMES = ("met", "not_met", "unknown")
 NUMERIC_TYPES = ("integer", "decimal", "quantity")
-EXPRESSION_KEYS = ("item", "latest", "derived", "anchor", "const", "sum", "difference", "product",
-                   "quotient", "age_in_years", "first_available", "bands", "map", "choose")
+ARITHMETIC = ("sum", "difference", "product", "quotient")
+EXPRESSION_KEYS = ("item", "latest", "derived", "anchor", "const") + ARITHMETIC + (
+    "age_in_years", "first_available", "bands", "map", "choose")  # value expression nodes (`derived:`)
 
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(\d+)\s*d)?\s*$")
 
@@ -39,6 +45,11 @@ class Problem:
 class AnchorBound:
     anchor: str      # the reference-date name or a date item id
     days: int        # offset in days
+
+
+def kind_of(node: dict[str, Any], kinds: Iterable[str]) -> str | None:
+    """The first of `kinds` that `node` names (a validated node names exactly one), or None."""
+    return next((kind for kind in kinds if kind in node), None)
 
 
 def parse_bound(text: str) -> AnchorBound | None:
@@ -302,7 +313,7 @@ def _expr_const(context: RuleContext, node: dict[str, Any], path: Path) -> None:
 
 
 def _expr_arithmetic(context: RuleContext, node: dict[str, Any], path: Path) -> None:
-    key = next(k for k in ("sum", "difference", "product", "quotient") if k in node)
+    key = kind_of(node, ARITHMETIC)
     _expect_only(context, node, path, {key})
     operands = node[key]
     two_only = key in ("difference", "quotient")

@@ -17,6 +17,7 @@ from ecrf.eligibility.patient_data import PatientData, Value
 from ecrf.eligibility.sources import describe, evidence, missing, select_values
 from ecrf.eligibility.windows import Anchors
 from fhir_mappings.definitions import StudyDef, to_decimal
+from fhir_mappings.rules import COMBINATORS, kind_of
 
 ELIGIBLE, INELIGIBLE, INCOMPLETE = "eligible", "ineligible", "incomplete"
 NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
@@ -117,18 +118,21 @@ class Evaluation:
     # -- rules ---------------------------------------------------------------------------------
 
     def rule(self, node: dict[str, Any]) -> Finding:
-        if "all_of" in node:
+        kind = kind_of(node, COMBINATORS)
+        if kind == "all_of":
             return all_of([self.rule(child) for child in node["all_of"]])
-        if "any_of" in node:
+        if kind == "any_of":
             return any_of([self.rule(child) for child in node["any_of"]])
-        if "not" in node:
+        if kind == "not":
             return negate(self.rule(node["not"]))
-        if "if" in node:
+        if kind == "if":
             return self._if(node)
-        if "all_available" in node:
+        if kind == "all_available":
             return self._all_available(node)
-        if "condition" in node:
+        if kind == "condition":
             return self._condition(node["condition"])
+        if kind is not None:  # a kind added to the language (fhir_mappings/rules.py) must be evaluated here
+            raise ValueError(f"no evaluation for rule kind {kind!r}")
         return self._leaf(node)
 
     def _if(self, node: dict[str, Any]) -> Finding:

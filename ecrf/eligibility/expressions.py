@@ -10,6 +10,7 @@ from ecrf.common.dates import age_in_years
 from ecrf.eligibility.findings import MET, NOT_MET, number_text, unit_text
 from ecrf.eligibility.sources import describe, evidence, missing, select_values
 from fhir_mappings.definitions import to_decimal
+from fhir_mappings.rules import ARITHMETIC, COMPARE, EXPRESSION_KEYS, kind_of
 
 if TYPE_CHECKING:
     from ecrf.eligibility.engine import Evaluation
@@ -36,10 +37,10 @@ def named(name: str, derived: Derived) -> str:
 
 
 def evaluate(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
-    for key, handler in _HANDLERS.items():
-        if key in node:
-            return handler(evaluation, node)
-    raise ValueError(f"not a value expression: {node!r}")
+    kind = kind_of(node, EXPRESSION_KEYS)
+    if kind is None:
+        raise ValueError(f"not a value expression: {node!r}")
+    return _HANDLERS[kind](evaluation, node)
 
 
 def _item(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
@@ -68,7 +69,7 @@ def _const(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
 
 
 def _arithmetic(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
-    key = next(k for k in ("sum", "difference", "product", "quotient") if k in node)
+    key = kind_of(node, ARITHMETIC)
     operands = [evaluate(evaluation, operand) for operand in node[key]]
     merged = _merge(operands)
     if not all(operand.known for operand in operands):
@@ -189,19 +190,16 @@ def _number(value: Any) -> Decimal:
     return to_decimal(value)
 
 
-COMPARE = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-}
-
-
 def compare(number: Decimal, op: str, threshold: Decimal) -> bool:
     return COMPARE[op](number, threshold)
 
 
+# One evaluator for each kind of value expression the rule language declares (EXPRESSION_KEYS).
 _HANDLERS = {
     "item": _item, "latest": _item, "derived": _derived, "anchor": _anchor, "const": _const,
-    "sum": _arithmetic, "difference": _arithmetic, "product": _arithmetic, "quotient": _arithmetic,
+    **dict.fromkeys(ARITHMETIC, _arithmetic),
     "age_in_years": _age, "first_available": _first_available, "bands": _bands, "map": _map,
     "choose": _choose,
 }
+if set(_HANDLERS) != set(EXPRESSION_KEYS):  # a kind added to the language must be given its evaluator here
+    raise ImportError(f"value expression kinds without an evaluator: {set(EXPRESSION_KEYS) ^ set(_HANDLERS)}")
