@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from ecrf.responses import dumps  # the one Decimal-exact encoder, the one the store writes resources with
 from ecrf.study import default_study_dir, load_study
 from fhir_mappings.definitions import StudyDef
-from fhir_mappings.jsonutil import dumps
 from fhir_mappings.mapping import (
     ItemValue, form_to_questionnaire, form_to_resources, resource_to_items,
 )
