@@ -1,6 +1,6 @@
 """The FastAPI application: two doors (eCRF API under /api/v1, FHIR R4 under /fhir) onto one store."""
 from fastapi import Depends, FastAPI, Request
-from ecrf.responses import JSONBody
+from ecrf.responses import FHIR_PREFIX, JSONBody
 from sqlalchemy import text
 
 from ecrf import docs, errors, openapi_errors
@@ -36,7 +36,6 @@ from ecrf.smart.router import TOKEN_PATH, admin_router as smart_clients_router, 
 from ecrf.smart.service import SmartTokens
 
 API_PREFIX = "/api/v1"
-FHIR_PREFIX = "/fhir"
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:

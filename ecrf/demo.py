@@ -15,6 +15,7 @@ import httpx
 
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
+from ecrf.responses import FHIR_PREFIX
 
 SITE = "S01"
 
@@ -170,7 +171,7 @@ def run_demo(settings: Settings, url: str | None) -> int:
                       f"{'  warnings: ' + notes if notes else ''}", flush=True)
             if intent == "ineligible":
                 when = (surgery + timedelta(days=25)).replace(microsecond=0).isoformat()
-                pushed = ehr.post("/fhir", json=_ehr_bundle(mrn_system, mrn, when),
+                pushed = ehr.post(FHIR_PREFIX, json=_ehr_bundle(mrn_system, mrn, when),
                                   headers={"Content-Type": "application/fhir+json"})
                 if pushed.status_code != 200:
                     failures += 1

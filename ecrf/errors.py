@@ -4,7 +4,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
-from ecrf.responses import FHIR_JSON, JSONBody
+from ecrf.responses import FHIR_JSON, JSONBody, is_fhir_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
@@ -29,7 +29,7 @@ def issue(message: str, *, code: str = "invalid", severity: str = "error", locat
 
 
 def is_fhir(request: Request) -> bool:
-    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+    return is_fhir_path(request.url.path)
 
 
 def error_response(request: Request, status: int, message: str, *, code: str | None = None,

@@ -21,9 +21,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from ecrf.responses import FHIR_PREFIX, is_fhir_path
+
 API_ERROR = "ApiError"
 OPERATION_OUTCOME = "OperationOutcome"
-FHIR_PREFIX = "/fhir"
 WRITES = {"post", "put", "patch", "delete"}
 WITH_BODY = {"post", "put", "patch"}
 
@@ -85,7 +86,7 @@ SCHEMAS = {
 
 def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[int]:
     """The error statuses an operation can answer (see the module's docstring)."""
-    fhir = path == FHIR_PREFIX or path.startswith(FHIR_PREFIX + "/")
+    fhir = is_fhir_path(path)
     statuses = {400, 429, 503}
     if operation.get("security"):
         statuses |= {401, 403}
@@ -124,7 +125,7 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     """Add every operation's error responses (and their body schemas) to an OpenAPI document, in place."""
     schema.setdefault("components", {}).setdefault("schemas", {}).update(SCHEMAS)
     for path, operations in schema.get("paths", {}).items():
-        fhir = path == FHIR_PREFIX or path.startswith(FHIR_PREFIX + "/")
+        fhir = is_fhir_path(path)
         reference = {"$ref": f"#/components/schemas/{OPERATION_OUTCOME if fhir else API_ERROR}"}
         if path.startswith(OAUTH_PREFIX):  # OAuth errors, or the request guard's before the endpoint is reached
             reference = {"anyOf": [{"$ref": f"#/components/schemas/{OAUTH_ERROR}"},

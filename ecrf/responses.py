@@ -3,9 +3,26 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 FHIR_JSON = "application/fhir+json"
+FHIR_PREFIX = "/fhir"  # where the FHIR door is mounted (ecrf/app.py); everything that names it takes it from here
+
+
+def server_root(request: Request) -> str:
+    """This server's root URL as the request reached it (scheme://host[:port], no trailing slash)."""
+    return str(request.base_url).rstrip("/")
+
+
+def fhir_base(request: Request) -> str:
+    """This server's FHIR base URL as the request reached it: fullUrls, links and Locations start with it."""
+    return server_root(request) + FHIR_PREFIX
+
+
+def is_fhir_path(path: str) -> bool:
+    """Whether a URL path is under the FHIR door."""
+    return path == FHIR_PREFIX or path.startswith(FHIR_PREFIX + "/")
 
 
 def _default(value: Any) -> Any:

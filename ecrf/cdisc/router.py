@@ -11,7 +11,7 @@ from ecrf.cdisc.mapping import MappingError, load_mapping
 from ecrf.export import jobs
 from ecrf.export.access import deidentify_for
 from ecrf.export.bulk import deidentifier
-from ecrf.responses import JSONBody
+from ecrf.responses import JSONBody, fhir_base
 
 router = APIRouter(tags=["export"])
 EXPORT = Depends(requires("export.deidentified"))
@@ -64,6 +64,6 @@ def _kick_off(request: Request, actor: Actor, kind: str, params: dict, deidentif
     worker = getattr(request.app.state, "export_worker", None)
     if worker is not None:
         worker.wake()
-    location = str(request.base_url).rstrip("/") + f"/fhir/$export-status/{job.id}"
+    location = f"{fhir_base(request)}/$export-status/{job.id}"
     return JSONBody({"detail": f"export accepted; poll {location}", "status": location}, status_code=202,
                     headers={"Content-Location": location})

@@ -25,7 +25,7 @@ from ecrf.export.models import ExportJob
 from ecrf.export.source import resource_types, study_patients
 from ecrf.store.models import ResourceHead
 from ecrf.export.worker import worker_lifespan
-from ecrf.responses import FHIR_JSON, JSONBody
+from ecrf.responses import FHIR_JSON, JSONBody, fhir_base
 from ecrf.store.indexing import parse_moment
 from ecrf.store.service import instant
 
@@ -38,10 +38,6 @@ TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
                ".xpt": "application/octet-stream", ".zip": "application/zip"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
-
-
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
 
 
 def _outcome(status: int, message: str, *, severity: str = "error", code: str = "processing",
@@ -139,7 +135,7 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
     worker = getattr(request.app.state, "export_worker", None)
     if worker is not None:
         worker.wake()
-    location = f"{_base(request)}/$export-status/{job.id}"
+    location = f"{fhir_base(request)}/$export-status/{job.id}"
     return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
                     headers={"Content-Location": location})
 
@@ -191,7 +187,7 @@ def export_status(request: Request, job_id: str, actor: Actor = JOB):
 
 
 def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
-    base = _base(request)
+    base = fhir_base(request)
     sections: dict[str, list[dict[str, Any]]] = {"output": [], "deleted": [], "error": []}
     for entry in json.loads(job.output or "[]"):  # error: resources not exported, lenient kick-off notes
         sections[jobs.section_of(entry)].append(

@@ -5,6 +5,7 @@ from typing import Any
 from ecrf.fhir.validation import WRITABLE_TYPES
 from fhir_mappings.search_parameters import definition
 from ecrf.fhir.search import QUANTITY_PARAMS, REFERENCE_TARGETS
+from ecrf.responses import FHIR_PREFIX
 from ecrf.store.indexing import SEARCH_PARAMS
 
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
@@ -83,7 +84,7 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
             "mode": "server",
             "security": {
                 "extension": [{"url": OAUTH_URIS, "extension": [
-                    {"url": "token", "valueUri": base_url.rsplit("/fhir", 1)[0] + TOKEN_PATH}]}],
+                    {"url": "token", "valueUri": base_url.removesuffix(FHIR_PREFIX) + TOKEN_PATH}]}],
                 "cors": False,
                 "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
                             {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],

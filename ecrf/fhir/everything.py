@@ -28,6 +28,7 @@ from ecrf.fhir.authorise import refusal, require
 from ecrf.fhir.media import respond
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES, is_resource_type
+from ecrf.responses import fhir_base
 from ecrf.store.indexing import PATIENT_REFERENCE
 from ecrf.store.models import ResourceHead
 from ecrf.store.unit import read_only
@@ -83,7 +84,7 @@ def _count(value: str | None, name: str, default: int, most: int) -> int:
 def everything(request: Request, patient_id: str, actor: Actor = Depends(requires("fhir.read"))):
     runtime = request.app.state.runtime
     settings = runtime.settings
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = fhir_base(request)
     params = request.query_params
     require(actor, "fhir.read", "Patient", "read")
     since = _since(params.get("_since"))
@@ -130,7 +131,7 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
 @router.get("/OperationDefinition/Patient-everything", dependencies=[Depends(public)],
             summary="The $everything operation as this server implements it")
 def operation_definition(request: Request):
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = fhir_base(request)
     parameter = [
         {"name": "_since", "use": "in", "min": 0, "max": "1", "type": "instant",
          "documentation": "Only resources last updated at or after this instant."},

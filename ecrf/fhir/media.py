@@ -10,6 +10,7 @@ from ecrf.errors import FHIR_JSON
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import version_of_etag
 from ecrf.json_rules import Refusal, parse_json_body
+from ecrf.responses import FHIR_PREFIX
 from ecrf.store.service import Stored
 
 ACCEPTED_CONTENT_TYPES = frozenset({"application/fhir+json", "application/json"})
@@ -35,7 +36,7 @@ def outcome_response(error: FhirError) -> FhirResponse:
 def version_headers(stored: Stored, *, location: bool = False) -> dict[str, str]:
     headers = {"ETag": stored.etag, "Last-Modified": format_datetime(stored.last_updated, usegmt=True)}
     if location:
-        headers["Location"] = f"/fhir/{stored.reference}/_history/{stored.version_id}"
+        headers["Location"] = f"{FHIR_PREFIX}/{stored.reference}/_history/{stored.version_id}"
     return headers
 
 

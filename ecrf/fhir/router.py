@@ -28,6 +28,7 @@ from ecrf.fhir.requests import request_entry
 from ecrf.fhir.research_study import research_study
 from ecrf.fhir.validation import WRITABLE_TYPES, model_of
 from ecrf.common.errors import NotFound
+from ecrf.responses import fhir_base
 from ecrf.store.service import instant
 from ecrf.store.unit import read_only
 
@@ -76,10 +77,6 @@ READ = Depends(requires("fhir.read"))
 WRITE = Depends(requires("fhir.write"))
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/fhir"
-
-
 def _runtime(request: Request):
     return request.app.state.runtime
 
@@ -94,7 +91,7 @@ def _shown(request: Request, actor: Actor, interaction: str, body: Any) -> Any:
 def metadata(request: Request):
     """The CapabilityStatement: types, interactions and search parameters this server supports."""
     runtime = _runtime(request)
-    return respond(capability_statement(_base(request), runtime.study, runtime.settings, request.app))
+    return respond(capability_statement(fhir_base(request), runtime.study, runtime.settings, request.app))
 
 
 @router.post("", summary="Transaction or batch Bundle")
@@ -103,7 +100,7 @@ async def post_bundle(request: Request, actor: Actor = WRITE):
     """A transaction (all or nothing) or batch (each entry on its own) Bundle; answers the response Bundle."""
     body = await read_json(request)
     wanted = preferences(request).get("return")
-    result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, _base(request),
+    result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, fhir_base(request),
                                      wanted if wanted in ("minimal", "representation", "operationoutcome") else None)
     await run_in_threadpool(_shown, request, actor, result["type"].removesuffix("-response"), result)
     return respond(result)
@@ -181,7 +178,7 @@ async def _search_answer(request: Request, resource_type: str, actor: Actor, pai
         raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
                                  f"that may read identifiers, not {actor.role}", code="forbidden")
     found = await unless_disconnected(request, work, run_in_threadpool(
-        _search, runtime, actor, query, _base(request), work))
+        _search, runtime, actor, query, fhir_base(request), work))
     return respond(await run_in_threadpool(_shown, request, actor, "search", found))
 
 
@@ -223,7 +220,7 @@ def _history(request: Request, actor: Actor, resource_types: list[str], resource
     """A history Bundle, newest first, paged like a search: _count, _offset, _since (an instant), _at."""
     runtime = _runtime(request)
     settings = runtime.settings
-    base = _base(request)
+    base = fhir_base(request)
     query = history_query(list(request.query_params.multi_items()), default_count=settings.page_size_default,
                           max_count=settings.page_size_max, strict=strict_handling(request),
                           types=tuple(resource_types) if path == "_history" else ())
@@ -281,7 +278,7 @@ async def _write(request: Request, actor: Actor, method: str, url: str, *, has_b
                  if_none_exist: str | None = None, body: Any = None, if_match: int | None = None,
                  patching: bool = False):
     """A REST write is a transaction of one entry, answered as REST (status, resource, headers)."""
-    base = _base(request)
+    base = fhir_base(request)
     if body is None:
         body = await read_json(request) if has_body else None
         if_match = if_match_version(request)

@@ -11,6 +11,7 @@ from ecrf.fhir.authorise import require
 from ecrf.fhir.media import respond
 from ecrf.randomisation import service
 from ecrf.common.errors import NotFound
+from ecrf.responses import fhir_base
 
 router = APIRouter(tags=["randomisation"])
 OPERATION_ID = "ResearchSubject-randomize"
@@ -56,7 +57,7 @@ async def randomize(request: Request, resource_id: str, actor: Actor = Depends(r
     require(actor, "randomisation.allocate", "ResearchSubject", "update")
     runtime = request.app.state.runtime
     view, created = await run_in_threadpool(service.randomise_with_retry, runtime, actor, resource_id, source="fhir")
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = fhir_base(request)
     return respond(_parameters(view, base), 201 if created else 200)
 
 
@@ -64,7 +65,7 @@ async def randomize(request: Request, resource_id: str, actor: Actor = Depends(r
 def read_operation_definition(request: Request, resource_id: str, actor: Actor = Depends(requires("fhir.read"))):
     if resource_id != OPERATION_ID:
         raise NotFound(f"OperationDefinition/{resource_id} is not known; this server defines {OPERATION_ID}")
-    return respond(operation_definition(str(request.base_url).rstrip("/") + "/fhir"))
+    return respond(operation_definition(fhir_base(request)))
 
 
 

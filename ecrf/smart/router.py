@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
 from ecrf.errors import error_response
-from ecrf.responses import JSONBody
+from ecrf.responses import FHIR_PREFIX, JSONBody, server_root
 from ecrf.smart import keys, service
 
 TOKEN_PATH = "/auth/token"
@@ -23,18 +23,14 @@ admin_router = APIRouter(prefix="/admin/clients", tags=["admin"])
 MANAGE = Depends(requires("client.manage"))
 
 
-def root(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 def token_url(request: Request) -> str:
-    return root(request) + TOKEN_PATH
+    return server_root(request) + TOKEN_PATH
 
 
 def smart_configuration(request: Request) -> dict[str, Any]:
     return {
-        "issuer": root(request) + service.ISSUER_SUFFIX,
-        "jwks_uri": root(request) + JWKS_PATH,
+        "issuer": server_root(request) + service.ISSUER_SUFFIX,
+        "jwks_uri": server_root(request) + JWKS_PATH,
         "token_endpoint": token_url(request),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
@@ -44,7 +40,7 @@ def smart_configuration(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/fhir/.well-known/smart-configuration", dependencies=[Depends(public)],
+@router.get(FHIR_PREFIX + "/.well-known/smart-configuration", dependencies=[Depends(public)],
             summary="SMART discovery: the token endpoint and what it supports (Backend Services)")
 def well_known(request: Request):
     return JSONBody(smart_configuration(request))
