@@ -1,5 +1,4 @@
 """/api/v1 form definitions, form entry per subject and visit, and the form lifecycle."""
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -12,6 +11,7 @@ from ecrf.crf.definitions import describe_form
 from ecrf.crf.schemas import FormEntry, Reason, Signature
 from ecrf.responses import JSONBody
 from ecrf.common.errors import VersionConflict
+from ecrf.common.etags import version_of_etag
 from ecrf.store.unit import read_only, writing
 from ecrf.subjects.service import resolve
 
@@ -23,10 +23,10 @@ def if_match_of(if_match: str | None) -> int | None:
     """If-Match: W/"3", "3" or 3; anything else can never match."""
     if if_match is None or if_match.strip() == "*":
         return None
-    found = re.fullmatch(r'\s*(?:W/)?"?(\d+)"?\s*', if_match)
-    if found is None:
+    version = version_of_etag(if_match)
+    if version is None:
         raise VersionConflict(f"If-Match {if_match!r} is not a version of this form")
-    return int(found.group(1))
+    return version
 
 
 def respond_view(view: dict[str, Any], status: int = 200) -> JSONBody:

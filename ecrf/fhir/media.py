@@ -6,9 +6,9 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from ecrf.common.etags import version_of_etag
 from ecrf.errors import FHIR_JSON
 from ecrf.fhir.outcome import FhirError
-from ecrf.fhir.requests import version_of_etag
 from ecrf.json_rules import Refusal, parse_json_body
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.service import Stored

@@ -1,7 +1,7 @@
 """Turning a Bundle entry's request (or a REST call) into an Entry, with every problem located."""
-import re
 from typing import Any
 
+from ecrf.common.etags import VERSION_ID, version_of_etag
 from ecrf.errors import issue
 from ecrf.fhir.interactions import Entry
 from ecrf.fhir.validation import (READ_ONLY_TYPES, WRITABLE_TYPES, ID_PATTERN, is_resource_type, structure_issues,
@@ -12,14 +12,6 @@ ENTRY_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "link", "ful
 REQUEST_ELEMENTS = frozenset({"id", "extension", "modifierExtension", "method", "url", "ifNoneMatch",
                               "ifModifiedSince", "ifMatch", "ifNoneExist"})
 METHODS = ("GET", "POST", "PUT", "DELETE")
-VERSION_ID = re.compile("[0-9]{1,9}")  # ASCII digits only ("²".isdigit() is true), within every database's integer
-
-
-def version_of_etag(value: str) -> int | None:
-    text = value.strip()
-    text = text[2:] if text.startswith("W/") else text
-    text = text.strip('"')
-    return int(text) if VERSION_ID.fullmatch(text) else None
 
 
 def bundle_entry(raw: Any, index: int, base_url: str) -> tuple[Entry | None, list[dict[str, Any]]]:
