@@ -28,7 +28,7 @@ from ecrf.db import transaction  # noqa: E402
 from ecrf.eligibility.models import EligibilityState  # noqa: E402
 from ecrf.reports import service  # noqa: E402
 from ecrf.runtime import Runtime  # noqa: E402
-from ecrf.store.bulk import insert_rows  # noqa: E402
+from ecrf.common.bulk import insert_rows  # noqa: E402
 from ecrf.store.migrate import upgrade  # noqa: E402
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken  # noqa: E402
 

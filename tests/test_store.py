@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from ecrf.audit.models import AuditEntry
 from ecrf.auth.actor import Actor
-from ecrf.store.errors import Gone, NotFound, VersionConflict
+from ecrf.common.errors import Gone, NotFound, VersionConflict
 from ecrf.store.models import ItemFact, ResourceVersion, SearchToken
 from ecrf.store.service import WriteContext
 from ecrf.store.unit import read_only, writing
