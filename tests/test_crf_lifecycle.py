@@ -108,6 +108,28 @@ def test_stale_if_match_is_412_and_nothing_is_overwritten(server, labs):
         assert http.post(url + "/verify", headers={"If-Match": first.headers["etag"]}).status_code == 200
 
 
+@pytest.mark.parametrize("form", ['W/"{v}"', '"{v}"', "{v}"])
+def test_if_match_takes_the_forms_the_fhir_door_takes(server, labs, form):
+    subject_id, url = labs
+    with server.client("coordinator", "S01") as http:
+        version = http.get(url).json()["version"]
+        saved = save(http, subject_id, "labs", {"hemoglobin": 141}, reason="re-run",
+                     headers={"If-Match": form.format(v=version)})
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["version"] == version + 1
+
+
+@pytest.mark.parametrize("etag", ['W/"1234567890"', 'W/"\u0663"', 'W/"-1"', 'W/""', 'W/"1e3"'])
+def test_if_match_that_names_no_version_is_412_as_such(server, labs, etag):
+    """Read by the one parser both doors use: ten digits or a non-ASCII digit name no version of anything."""
+    subject_id, url = labs
+    with server.client("coordinator", "S01") as http:
+        refused = save(http, subject_id, "labs", {"hemoglobin": 99}, reason="x", headers={"If-Match": etag.encode()})
+        assert refused.status_code == 412, refused.text
+        assert "is not a version of this form" in refused.json()["detail"], refused.text
+        assert http.get(url).json()["items"]["hemoglobin"]["value"] == 130
+
+
 def test_audit_shows_who_what_old_new_reason_source_and_version(server, labs):
     subject_id, url = labs
     with server.client("investigator", "S01", sub="dr-wei") as http:
