@@ -1,7 +1,6 @@
 """The randomisation gate: a form that assigns the arm is saved only for an eligible subject."""
-import orjson
-
 from ecrf.common.errors import Blocked
+from ecrf.responses import dumps
 from ecrf.services import Services
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import Subject
@@ -29,4 +28,4 @@ def eligibility_gate(runtime: Services, store: ClinicalStore, subject: Subject) 
             or (c.get("kind") == "exclusion" and c.get("outcome") != "not_met")
         ]
         raise Blocked(f"randomisation needs eligibility 'eligible', the subject is {result.get('overall')}", blocking)
-    return orjson.dumps(result, default=str).decode()
+    return dumps(result).decode()  # the one JSON encoder: a Decimal stays an exact number, not a string
