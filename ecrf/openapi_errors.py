@@ -112,12 +112,12 @@ def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[int]:
 
 # success statuses the FHIR door answers beside the documented one
 EXTRA_SUCCESS = {
-    ("post", "/fhir/{resource_type}"): {"201": "Created"},
-    ("put", "/fhir/{resource_type}"): {"201": "Created (no match: the conditional update created it)"},
-    ("put", "/fhir/{resource_type}/{resource_id}"): {"201": "Created (update as create, with the client's id)"},
-    ("get", "/fhir/$export"): {"202": "Accepted: the status URL is in Content-Location"},
-    ("get", "/fhir/Group/{group_id}/$export"): {"202": "Accepted: the status URL is in Content-Location"},
-    ("get", "/fhir/$export-status/{job_id}"): {"202": "Still running: X-Progress, Retry-After"},
+    ("post", FHIR_PREFIX + "/{resource_type}"): {"201": "Created"},
+    ("put", FHIR_PREFIX + "/{resource_type}"): {"201": "Created (no match: the conditional update created it)"},
+    ("put", FHIR_PREFIX + "/{resource_type}/{resource_id}"): {"201": "Created (update as create, with the client's id)"},
+    ("get", FHIR_PREFIX + "/$export"): {"202": "Accepted: the status URL is in Content-Location"},
+    ("get", FHIR_PREFIX + "/Group/{group_id}/$export"): {"202": "Accepted: the status URL is in Content-Location"},
+    ("get", FHIR_PREFIX + "/$export-status/{job_id}"): {"202": "Still running: X-Progress, Retry-After"},
 }
 
 

@@ -30,6 +30,7 @@ from ecrf.crf.locate import LOG_VISIT, derived_id
 from ecrf.crf.models import WITHDRAWN, FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
 from ecrf.crf.values import form_values, owned_resources
+from ecrf.responses import FHIR_PREFIX
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore
 from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
@@ -240,7 +241,7 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
     if head.deleted:
         if version.source != FHIR:
             return
-        reason = f"{reference} deleted through /fhir" + (f": {version.reason}" if version.reason else "")
+        reason = f"{reference} deleted through {FHIR_PREFIX}" + (f": {version.reason}" if version.reason else "")
         old_status = instance.status
         lifecycle.changed(instance, WITHDRAWN, store.actor, datetime.now(UTC))
         instance.withdrawn_reason = reason  # its resources stay named (deleted, so they show nothing): the archive
@@ -259,4 +260,4 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         store.session.add(instance)
         store.session.flush()
         _audit(store, instance, "form.visit_date", old.isoformat(), the_date.isoformat(),
-               f"{reference} changed through /fhir")
+               f"{reference} changed through {FHIR_PREFIX}")
