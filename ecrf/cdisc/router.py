@@ -11,7 +11,8 @@ from ecrf.cdisc.mapping import MappingError, load_mapping
 from ecrf.export import jobs
 from ecrf.export.access import deidentify_for
 from ecrf.export.bulk import deidentifier
-from ecrf.responses import JSONBody, fhir_base
+from ecrf.export.worker import kicked_off
+from ecrf.responses import JSONBody
 
 router = APIRouter(tags=["export"])
 EXPORT = Depends(requires("export.deidentified"))
@@ -61,9 +62,6 @@ def _kick_off(request: Request, actor: Actor, kind: str, params: dict, deidentif
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile, request_url=str(request.url), group_id=runtime.study.id, types=[kind],
                       since=None, kind=kind, params={key: value for key, value in params.items() if value is not None})
-    worker = getattr(request.app.state, "export_worker", None)
-    if worker is not None:
-        worker.wake()
-    location = f"{fhir_base(request)}/$export-status/{job.id}"
+    location = kicked_off(request, job.id)
     return JSONBody({"detail": f"export accepted; poll {location}", "status": location}, status_code=202,
                     headers={"Content-Location": location})

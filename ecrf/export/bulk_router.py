@@ -24,7 +24,7 @@ from ecrf.export.bulk import deidentifier, discard
 from ecrf.export.models import ExportJob
 from ecrf.export.source import resource_types, study_patients
 from ecrf.store.models import ResourceHead
-from ecrf.export.worker import worker_lifespan
+from ecrf.export.worker import kicked_off, worker_lifespan
 from ecrf.responses import FHIR_JSON, JSONBody, fhir_base
 from ecrf.store.indexing import parse_moment
 from ecrf.store.service import instant
@@ -132,10 +132,7 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
                       types=types, since=since, options=options.as_json())
-    worker = getattr(request.app.state, "export_worker", None)
-    if worker is not None:
-        worker.wake()
-    location = f"{fhir_base(request)}/$export-status/{job.id}"
+    location = kicked_off(request, job.id)
     return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
                     headers={"Content-Location": location})
 

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from ecrf.cdisc.runner import RUNNERS as CDISC_RUNNERS
 from ecrf.export import bulk, jobs
 from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.common.failures import types_and_frames
+from ecrf.responses import fhir_base
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
@@ -88,6 +89,14 @@ def _withheld(error: Exception, what: str) -> None:
     """An export reads and writes patient data: its failures are logged without their messages."""
     log.error("%s: %s (message withheld: it may hold patient data)\n%s", what, type(error).__qualname__,
               types_and_frames(error))
+
+
+def kicked_off(request: Request, job_id: str) -> str:
+    """Wake this instance's export worker (if it runs one) for a job just queued; the job's status URL."""
+    worker = getattr(request.app.state, "export_worker", None)
+    if worker is not None:
+        worker.wake()
+    return f"{fhir_base(request)}/$export-status/{job_id}"
 
 
 @asynccontextmanager
