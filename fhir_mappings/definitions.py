@@ -138,6 +138,31 @@ class FhirTarget(BaseModel):
     also: tuple[str, ...] = ()  # more paths written with the same value (read back from `path` only)
     code_pattern: str | None = None  # a coded value's code in the local system, e.g. "ae-{value}"
     as_code: bool = False  # write a coded value as its bare code (a `code` element such as status)
+    # kind resource whose type depends on the item's value (exposure.drug: pd1 -> MedicationAdministration,
+    # sorafenib -> MedicationStatement), with the fixed elements of each variant on top of `fixed`
+    resource_type_by_value: dict[str, str] = Field(default_factory=dict)
+    fixed_by_value: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the path in a resource of that type, where it differs from `path` (MedicationAdministration.dosage.dose,
+    # MedicationStatement.dosage[].doseAndRate[].doseQuantity)
+    path_by_type: dict[str, str] = Field(default_factory=dict)
+
+    def path_in(self, resource_type: str | None) -> str | None:
+        """The path of the value in a resource of `resource_type`."""
+        return self.path_by_type.get(resource_type or "", self.path)
+
+    def resource_type_of(self, value: Any) -> str | None:
+        """The type of the resource a `resource` item writes for `value`."""
+        if self.resource_type_by_value:
+            key = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            return self.resource_type_by_value.get(key)
+        return self.resource_type
+
+    @property
+    def resource_types(self) -> tuple[str, ...]:
+        """Every type a `resource` item may write."""
+        if self.resource_type_by_value:
+            return tuple(dict.fromkeys(self.resource_type_by_value.values()))
+        return (self.resource_type,) if self.resource_type else ()
 
     @field_validator("value_system", mode="before")
     @classmethod
@@ -168,12 +193,19 @@ class FhirTarget(BaseModel):
             raise ValueError("a research_subject target needs path period.start or assignedArm")
         if self.kind == "condition" and not self.value_system:
             raise ValueError("a condition target needs `value_system` (the morphology code system)")
-        if self.kind == "resource" and not (self.resource_type and self.path):
-            raise ValueError("a resource target needs `resource_type` and the `path` of its value")
+        if self.kind == "resource" and not ((self.resource_type or self.resource_type_by_value) and self.path):
+            raise ValueError("a resource target needs `resource_type` (or `resource_type_by_value`) and the "
+                             "`path` of its value")
+        if self.resource_type and self.resource_type_by_value:
+            raise ValueError("give `resource_type` or `resource_type_by_value`, not both")
+        if set(self.fixed_by_value) - set(self.resource_type_by_value):
+            raise ValueError("`fixed_by_value` names values that `resource_type_by_value` does not")
         if self.kind == "element" and not self.path:
             raise ValueError("an element target needs the `path` of its value")
-        if (self.fixed or self.resource_type) and self.kind != "resource":
+        if (self.fixed or self.resource_type or self.resource_type_by_value) and self.kind != "resource":
             raise ValueError("only a resource target has `resource_type` and `fixed`")
+        if self.path_by_type and self.kind not in ("resource", "element"):
+            raise ValueError("only resource and element targets have `path_by_type`")
         return self
 
 
@@ -562,7 +594,8 @@ class StudyDef(BaseModel):
     def _resource_owners(self) -> dict[str, tuple[tuple[FormDef, ItemDef], ...]]:
         index: dict[str, list[tuple[FormDef, ItemDef]]] = {}
         for form, item in self.items_of_kind("resource"):
-            index.setdefault(item.fhir.resource_type, []).append((form, item))
+            for resource_type in item.fhir.resource_types:
+                index.setdefault(resource_type, []).append((form, item))
         return {resource_type: tuple(pairs) for resource_type, pairs in index.items()}
 
     def extension_url(self, name: str) -> str:

@@ -44,23 +44,29 @@ def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemVal
 # --- resources of `resource` targets, items at paths ----------------------------------------
 
 def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
-    for form, owner in study.resource_owners(resource["resourceType"]):
+    resource_type = resource["resourceType"]
+    for form, owner in study.resource_owners(resource_type):
         if not _has_fixed_code(study, owner, resource):
             continue
-        found = elements.read(study, resource, owner.fhir.path)
+        found = elements.read(study, resource, owner.fhir.path_in(resource_type))
         values = [elements.decode(study, owner, raw) for raw in found]
-        if not any(error is None for _, error in values):
-            continue  # not a resource of this form (another code)
+        if not any(error is None and _of_type(owner, value, resource_type) for value, error in values):
+            continue  # not a resource of this form (another code, or a value that writes another type)
         items = [owner, *(d for d in study.dependents_of(form, owner.id) if d.fhir.kind == "element")]
         effective = None
         if form.date_item in {item.id for item in items}:
             dated = form.item(form.date_item)
-            raws = elements.read(study, resource, dated.fhir.path)
+            raws = elements.read(study, resource, dated.fhir.path_in(resource_type))
             effective = elements.decode(study, dated, raws[0])[0] if raws else None
         for item in items:
             value = _path_value(study, form, item, resource, effective)
             if value is not None:
                 yield value
+
+
+def _of_type(owner: ItemDef, value: Any, resource_type: str) -> bool:
+    """Whether the owner's value writes a resource of this type (exposure: pd1 is a MedicationAdministration)."""
+    return not owner.fhir.resource_type_by_value or owner.fhir.resource_type_of(value) == resource_type
 
 
 def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -> bool:
@@ -73,7 +79,7 @@ def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -
 
 def _path_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
                 effective: date | datetime | None) -> ItemValue | None:
-    found = elements.read(study, resource, item.fhir.path)
+    found = elements.read(study, resource, item.fhir.path_in(resource.get("resourceType")))
     if not found:
         return None
     if item.unit is not None:

@@ -146,15 +146,18 @@ def _condition(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, st
 
 
 def _resource(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str]) -> dict[str, Any]:
-    """A resource of the item's `resource_type`: its fixed elements, the subject, the value at `path`."""
-    resource: dict[str, Any] = {"resourceType": item.fhir.resource_type, **copy.deepcopy(item.fhir.fixed),
-                                "subject": subject}
+    """A resource of the item's `resource_type` (or the one its value chooses): its fixed elements, the
+    subject, the value at `path`."""
+    resource_type = item.fhir.resource_type_of(value)
+    key = elements.value_key(value)
+    resource: dict[str, Any] = {"resourceType": resource_type, **copy.deepcopy(item.fhir.fixed),
+                                **copy.deepcopy(item.fhir.fixed_by_value.get(key) or {}), "subject": subject}
     _write_paths(study, resource, item, value)
     return resource
 
 
 def _write_paths(study: StudyDef, resource: dict[str, Any], item: ItemDef, value: Any) -> None:
-    for path in (item.fhir.path, *item.fhir.also):
+    for path in (item.fhir.path_in(resource["resourceType"]), *item.fhir.also):
         elements.write(study, resource, item, path, value)
 
 

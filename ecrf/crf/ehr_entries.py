@@ -68,20 +68,25 @@ def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
     chosen = dated or owners[:1]
     return tuple(Anchor(form, item, resource_type, tuple(
         (element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)))
-        for item in chosen for resource_type, fixed in _variants(item))
+        for item in chosen for resource_type, fixed in _variants(study, item))
 
 
-def _variants(item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
+def _variants(study: StudyDef, item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
     """(resource type, fixed elements) of the resources an anchor item writes: one, unless its target chooses
-    them by the item's value (`resource_type_by_value`, `fixed_by_value`: the plug point for a form such as
-    exposure, whose drug decides between MedicationAdministration and MedicationStatement)."""
+    them by the item's value (`resource_type_by_value`, `fixed_by_value`: exposure, whose drug decides between
+    MedicationAdministration and MedicationStatement). A variant's value coded at a top-level element (exposure:
+    medicationCodeableConcept LOCAL#sorafenib) is one of its fixed codes: only resources of that code land."""
     target = item.fhir
-    by_value = getattr(target, "resource_type_by_value", None) or {}
-    fixed_by_value = getattr(target, "fixed_by_value", None) or {}
-    if not by_value:
+    if not target.resource_type_by_value:
         return [(target.resource_type, target.fixed)]
-    return [(resource_type, {**target.fixed, **(fixed_by_value.get(value) or {})})
-            for value, resource_type in by_value.items()]
+    variants = []
+    for value, resource_type in target.resource_type_by_value.items():
+        fixed = {**target.fixed, **(target.fixed_by_value.get(value) or {})}
+        path = target.path_in(resource_type) or ""
+        if item.type == "code" and path.isidentifier() and not target.as_code:
+            fixed[path] = {"coding": [study.value_coding(item, value).fhir()]}
+        variants.append((resource_type, fixed))
+    return variants
 
 
 def study_anchors(study: StudyDef) -> dict[str, tuple[Anchor, ...]]:

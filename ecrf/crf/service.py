@@ -318,7 +318,7 @@ def _write_resources(store: ClinicalStore, target: Target, mapped: Any, previous
             continue  # unchanged: no new version, no audit noise
         store.update(resource_type, resource_id, resource, context)
     for slot, reference in previous.items():
-        if slot not in owned:
+        if owned.get(slot) != reference:  # gone, or of another type now (exposure: the drug changed)
             resource_type, resource_id = reference.split("/", 1)
             store.delete(resource_type, resource_id, context)
     patient_id = target.subject.patient_id

@@ -309,6 +309,10 @@ class _StudyLoader:
                     for problem in validate_form_condition(
                             form, case.when, path + ("derived", "cases", case_index, "when")):
                         self.issues.append(doc.issue(problem.path, problem.message))
+            unknown = sorted(set(item.fhir.resource_type_by_value) - set(item.values or ()))
+            if unknown:
+                self.issues.append(doc.issue(path + ("fhir", "resource_type_by_value"),
+                                             f"{', '.join(map(repr, unknown))} not among the item's values"))
             if item.fhir.kind == "research_subject" and item.fhir.path == "assignedArm":
                 arm_ids = {arm.id for arm in study.arms}
                 for value in item.values or ():
