@@ -420,6 +420,34 @@ class FormDef(BaseModel):
         raise KeyError(f"form {self.id!r} has no item {item_id!r}")
 
 
+SUBJECT_PREFIX = "subject."  # a subject fact in a cross-form check: subject.arm
+ENTRY_DATE = "entry.date"  # the date of the form or entry being saved (its date item, else its visit date)
+
+
+class SubjectFact(BaseModel):
+    """A fact of the subject that cross-form checks name as `subject.<name>`: the latest value of a study item
+    (`form.item`), from whichever door wrote it; a withdrawn entry's values are gone with its resources."""
+    model_config = _FROZEN
+    item: str
+
+
+class SubjectCheck(BaseModel):
+    """A check of one entry against the subject's facts (forms/subject_checks.yaml): `when` in the language of
+    form checks, over the entry's items, `subject.<fact>` and `entry.date`; `forms` ["*"]: every form and entry.
+    `deviation`: a finding also flags the entry as a protocol deviation (as a visit date outside its window)."""
+    model_config = _FROZEN
+    rule: str
+    forms: tuple[str, ...]
+    item: str  # the item the finding names (`entry.date`: the form's date item, else visit_date)
+    message: str
+    severity: Literal["hard", "warning"] = "warning"
+    deviation: bool = False
+    when: dict[str, Any]
+
+    def applies_to(self, form_id: str) -> bool:
+        return "*" in self.forms or form_id in self.forms
+
+
 class SiteDef(BaseModel):
     model_config = _FROZEN
     id: str
@@ -514,6 +542,8 @@ class StudyDef(BaseModel):
     derived: dict[str, dict[str, Any]] = Field(default_factory=dict)
     uln_defaults: dict[str, Decimal] = Field(default_factory=dict)
     kept_resource_types: tuple[str, ...] = ()  # FHIR types stored; others are validated and not retained
+    subject_facts: dict[str, SubjectFact] = Field(default_factory=dict)  # forms/subject_checks.yaml
+    subject_checks: tuple[SubjectCheck, ...] = ()
 
     @field_validator("uln_defaults", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from ecrf.audit import service as audit
 from ecrf.crf import lifecycle
 from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
+from ecrf.crf.subject_checks import deviation_of_landed
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore
@@ -221,12 +222,17 @@ def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None]
         updated_at=now, updated_by=actor.sub, updated_role=actor.role)
     items, instance.visit_date = _view(store, study, anchor.form, instance)
     instance.status = lifecycle.status_after_edit(not missing_items(anchor.form, items))
+    # the cross-form checks never refuse a push: a finding of a deviation check flags the landed entry
+    instance.deviation = deviation_of_landed(study, store.session, anchor.form, head.patient_id, items,
+                                             instance.visit_date)
     store.session.add(instance)
     store.session.add(FormResource(resource_type=head.resource_type, resource_id=head.resource_id,
                                    instance_id=instance.id))
     store.session.flush()
     _audit(store, instance, "form.status", None, instance.status,
            f"{reference} (version {version.version_id}) pushed through /fhir landed in log form {anchor.form.id}")
+    if instance.deviation:
+        _audit(store, instance, "form.deviation", None, instance.deviation, f"{reference} pushed through /fhir")
     if after_landing is not None:
         after_landing(store, instance, {item_id: entry.get("value") for item_id, entry in items.items()})
 

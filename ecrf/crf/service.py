@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from ecrf.audit import service as audit
-from ecrf.crf import lifecycle
+from ecrf.crf import lifecycle, subject_checks
 from ecrf.crf.checks import Finding, check_items, is_enabled, latest_allowed_date
 from ecrf.common.errors import Blocked, Conflict, EditCheckFailed, NotFound, VersionConflict
 from ecrf.crf.models import FormInstance, FormResource
@@ -412,7 +412,10 @@ def save_target(runtime: Runtime, store: ClinicalStore, target: Target, instance
         date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
     else:  # a log entry is dated by its own items, not by a visit window
         date_errors, date_warnings, deviation = [], [], None
-    errors += date_errors
+    found = subject_checks.check_entry(study, store.session, target.form, target.subject.patient_id, entry.canonical,
+                                       the_date)  # cross-form checks (forms/subject_checks.yaml)
+    errors, date_warnings = errors + date_errors + found.errors, date_warnings + found.warnings
+    deviation = subject_checks.with_deviations(deviation, found)
     if errors:
         raise EditCheckFailed([finding.as_dict() for finding in errors])
     context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
