@@ -35,10 +35,11 @@ TargetKind = Literal[
     "interpretation",        # Observation.interpretation of the `of` item (derived items)
     "resource",              # its own resource of `resource_type`; the value goes at `path` (AdverseEvent.event)
     "element",               # an element at `path` of the `of` item's resource (`extension:name.valueInteger`)
+    "suspect_entity",        # an AdverseEvent.suspectEntity of the `of` item: the drug `medication`, causality = value
     "none",                  # kept in the eCRF only
 ]
 DEPENDENT_KINDS = frozenset({"procedure_code", "reference_range_high", "component", "method",
-                             "interpretation", "element"})
+                             "interpretation", "element", "suspect_entity"})
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -145,6 +146,10 @@ class FhirTarget(BaseModel):
     # the path in a resource of that type, where it differs from `path` (MedicationAdministration.dosage.dose,
     # MedicationStatement.dosage[].doseAndRate[].doseQuantity)
     path_by_type: dict[str, str] = Field(default_factory=dict)
+    # kind suspect_entity: the drug (its coding), and the study extension on the suspectEntity that names it
+    medication: Coding | None = None
+    extension: str | None = None
+    legacy_paths: tuple[str, ...] = ()  # read on input when the target itself finds nothing (never written)
 
     def path_in(self, resource_type: str | None) -> str | None:
         """The path of the value in a resource of `resource_type`."""
@@ -200,6 +205,8 @@ class FhirTarget(BaseModel):
             raise ValueError("give `resource_type` or `resource_type_by_value`, not both")
         if set(self.fixed_by_value) - set(self.resource_type_by_value):
             raise ValueError("`fixed_by_value` names values that `resource_type_by_value` does not")
+        if self.kind == "suspect_entity" and not (self.medication and self.extension):
+            raise ValueError("a suspect_entity target needs the `medication` coding and the `extension` naming it")
         if self.kind == "element" and not self.path:
             raise ValueError("an element target needs the `path` of its value")
         if (self.fixed or self.resource_type or self.resource_type_by_value) and self.kind != "resource":

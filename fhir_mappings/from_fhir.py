@@ -62,6 +62,40 @@ def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemVa
             value = _path_value(study, form, item, resource, effective)
             if value is not None:
                 yield value
+        for item in study.dependents_of(form, owner.id):
+            if item.fhir.kind == "suspect_entity":
+                value = _suspect_value(study, form, item, resource, effective)
+                if value is not None:
+                    yield value
+
+
+def _suspect_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
+                   effective: date | datetime | None) -> ItemValue | None:
+    """The causality of the suspectEntity of the item's drug: the entry named by the study extension, or whose
+    instance is a contained resource (Medication) of the drug's code, as an EHR may send it."""
+    wanted = item.fhir.medication.key
+    url = study.extension_url(item.fhir.extension)
+    contained = {c.get("id"): c for c in resource.get("contained") or [] if isinstance(c, dict)}
+    for entry in resource.get("suspectEntity") or []:
+        if not isinstance(entry, dict):
+            continue
+        drugs = set()
+        for extension in entry.get("extension") or []:
+            if isinstance(extension, dict) and extension.get("url") == url:
+                drugs |= _coding_keys(extension.get("valueCodeableConcept"))
+        reference = (entry.get("instance") or {}).get("reference") or ""
+        if reference.startswith("#"):
+            drugs |= _coding_keys((contained.get(reference[1:]) or {}).get("code"))
+        if wanted not in drugs:
+            continue
+        for causality in entry.get("causality") or []:
+            if isinstance(causality, dict) and causality.get("assessment"):
+                return _coded_value(study, form, item, causality["assessment"], effective)
+    for path in item.fhir.legacy_paths:  # as relatedness was written before (a local extension)
+        found = elements.read(study, resource, path)
+        if found:
+            return _coded_value(study, form, item, found[0], effective)
+    return None
 
 
 def _of_type(owner: ItemDef, value: Any, resource_type: str) -> bool:

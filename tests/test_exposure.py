@@ -149,3 +149,44 @@ def test_ehr_pushes_of_study_treatment_land_in_exposure_other_medication_in_conm
         assert len(exposure) == 2
         conmed = http.get(entries_url(subject, "conmed")).json()
         assert [e["items"]["medication"]["resource"] for e in conmed] == [references[2]]
+
+
+def test_an_adverse_event_suspects_the_subjects_exposure_resource_of_each_drug(server, enrolled):
+    """related_pd1 / related_sorafenib: suspectEntity.instance is the subject's exposure resource of that drug when
+    there is one (the latest on or before the onset), else a contained Medication; R4B-valid either way."""
+    from fhir.resources.R4B.adverseevent import AdverseEvent
+
+    subject, _ = enrolled
+    event = {"ctcae_term": "rash", "onset_date": day(40), "grade": 1, "serious": False, "outcome": "recovering",
+             "related_pd1": "related", "related_sorafenib": "not_related"}
+    with server.client("coordinator", "S01") as http:
+        alone = http.post(entries_url(subject, "adverse_event"), json={"items": event})
+        assert alone.status_code == 201, alone.text
+        first = _resource_of(http, alone.json(), "ctcae_term")
+        AdverseEvent.model_validate(first)
+        assert {e["instance"]["reference"] for e in first["suspectEntity"]} == {"#pd1-antibody", "#sorafenib"}
+        assert {c["id"] for c in first["contained"]} == {"pd1-antibody", "sorafenib"}
+        pd1 = http.post(entries_url(subject), json={"items": infusion()}).json()
+        http.post(entries_url(subject), json={"items": infusion(start_date=day(45))})  # after the onset
+        sorafenib = http.post(entries_url(subject), json={"items": tablets()}).json()
+        linked = http.post(entries_url(subject, "adverse_event"), json={"items": event})
+        assert linked.status_code == 201, linked.text
+        second = _resource_of(http, linked.json(), "ctcae_term")
+        AdverseEvent.model_validate(second)
+        instances = {e["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: e["instance"]["reference"]
+                     for e in second["suspectEntity"]}
+        assert instances == {"pd1-antibody": pd1["items"]["drug"]["resource"],
+                             "sorafenib": sorafenib["items"]["drug"]["resource"]}
+        assert "contained" not in second
+        causality = {e["instance"]["reference"]: e["causality"][0]["assessment"]["coding"][0]["code"]
+                     for e in second["suspectEntity"]}
+        assert causality[pd1["items"]["drug"]["resource"]] == "related"
+        read = http.get(f"{entries_url(subject, 'adverse_event')}/{linked.json()['id']}").json()
+        assert read["items"]["related_pd1"]["value"] == "related"
+        assert read["items"]["related_sorafenib"]["value"] == "not_related"
+
+
+def _resource_of(http, entry: dict, item_id: str) -> dict:
+    response = http.get(f"/fhir/{entry['items'][item_id]['resource']}")
+    assert response.status_code == 200, response.text
+    return response.json()

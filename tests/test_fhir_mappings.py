@@ -396,6 +396,44 @@ def test_exposure_drug_chooses_the_resource_and_the_paths(study: StudyDef) -> No
     assert resource_to_items(study, wrong) == []
 
 
+def test_relatedness_is_a_suspect_entity_with_its_causality(study: StudyDef) -> None:
+    """CRF-SPEC 7.2: related_pd1 / related_sorafenib are AdverseEvent.suspectEntity entries, each naming its drug
+    (extension suspect-medication), its instance a contained Medication of the drug until the eCRF door points it
+    at the subject's exposure resource, causality.assessment LOCAL#related / not-related; no local extensions."""
+    [(_, event)] = _written(study, "adverse_event").resources
+    validate_r4b(event)
+    assert not [e for e in event["extension"] if "related-" in e["url"]]
+    by_drug = {entity["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: entity
+               for entity in event["suspectEntity"]}
+    assert set(by_drug) == {"pd1-antibody", "sorafenib"}
+    assert by_drug["pd1-antibody"]["extension"][0]["url"] == study.extension_url("suspect-medication")
+    assert by_drug["pd1-antibody"]["instance"] == {"reference": "#pd1-antibody"}
+    assert by_drug["pd1-antibody"]["causality"][0]["assessment"]["coding"][0]["code"] == "related"
+    assert by_drug["sorafenib"]["causality"][0]["assessment"]["coding"][0]["code"] == "not-related"
+    assert {(c["resourceType"], c["id"], c["code"]["coding"][0]["code"]) for c in event["contained"]} == {
+        ("Medication", "pd1-antibody", "pd1-antibody"), ("Medication", "sorafenib", "sorafenib")}
+    # pointed at exposure resources (as the eCRF door does), the drugs are still told apart by the extension
+    linked = json.loads(dumps(event))
+    for entity, reference in zip(linked["suspectEntity"], ("MedicationAdministration/a", "MedicationStatement/b")):
+        entity["instance"] = {"reference": reference}
+    del linked["contained"]
+    validate_r4b(linked)
+    values = {v.item_id: v.value for v in resource_to_items(study, linked)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("related", "not_related")
+    # an EHR's suspect entity naming only a contained Medication of the drug reads too
+    ehr = json.loads(dumps(event))
+    for entity in ehr["suspectEntity"]:
+        del entity["extension"]
+    values = {v.item_id: v.value for v in resource_to_items(study, ehr)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("related", "not_related")
+    # a version written before suspectEntity (local extensions related-pd1 / related-sorafenib) still reads
+    old = {key: value for key, value in json.loads(dumps(event)).items() if key not in ("suspectEntity", "contained")}
+    old["extension"] = [*old["extension"], *({"url": study.extension_url(f"related-{drug}"), "valueCodeableConcept": {
+        "coding": [{"system": LOCAL, "code": code}]}} for drug, code in (("pd1", "not-related"), ("sorafenib", "related")))]
+    values = {v.item_id: v.value for v in resource_to_items(study, old)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("not_related", "related")
+
+
 # --- EHR-shaped resources -----------------------------------------------------------------
 
 # Each Synthea case runs on a generated Synthea-shaped Bundle, and on the shared Synthea export it stands in

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from ecrf.audit import service as audit
-from ecrf.crf import lifecycle, subject_checks
+from ecrf.crf import lifecycle, subject_checks, suspects
 from ecrf.crf.checks import Finding, check_items, is_enabled, latest_allowed_date
 from ecrf.common.errors import Blocked, Conflict, EditCheckFailed, NotFound, VersionConflict
 from ecrf.crf.models import FormInstance, FormResource
@@ -421,6 +421,7 @@ def save_target(runtime: Runtime, store: ClinicalStore, target: Target, instance
     context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
     mapped = form_to_resources(study, target.form.id, entry.values,
                                patient_ref=f"Patient/{target.subject.patient_id}", visit_date=the_date)
+    suspects.link_suspects(study, store.session, target.form, target.subject.patient_id, mapped.resources, the_date)
     previous = owned_resources(instance)
     owned = _write_resources(store, target, mapped, previous, context)
     # after the write, so eligibility sees the entered randomisation date as R; a refusal rolls it all back

@@ -327,7 +327,8 @@ class _StudyLoader:
                      owner: ItemDef | None) -> None:
         expected = {"procedure_code": ("procedure",), "reference_range_high": ("observation",),
                     "component": ("observation",), "method": ("observation",),
-                    "interpretation": ("observation",), "element": ("resource",)}[item.fhir.kind]
+                    "interpretation": ("observation",), "element": ("resource",),
+                    "suspect_entity": ("resource",)}[item.fhir.kind]
         if owner is None:
             self.issues.append(doc.issue(path + ("fhir", "of"), f"unknown item {item.fhir.of!r} "
                                                                 f"(must be an item of this form)"))
