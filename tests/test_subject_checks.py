@@ -199,6 +199,16 @@ def test_the_fhir_door_is_not_refused_by_the_warnings_and_flags_the_deviation(se
         assert "SORA" in entry["deviation"] and "randomisation" in entry["deviation"]
         [audited] = deviations(http, sora["id"], "exposure")
         assert audited["new_value"] == entry["deviation"]
+    with server.client("ehr", "S01") as ehr:  # the EHR corrects the date: the entry is checked again
+        moved = {**administration, "id": reference.split("/")[1], "effectiveDateTime": day(30)}
+        response = ehr.put(f"/fhir/{reference}", content=json.dumps(moved), headers=FHIR_JSON)
+        assert response.status_code == 200, response.text
+    with server.client("coordinator", "S01") as http:
+        again = http.get(f"{entries_url(sora['id'], 'exposure')}/{entry['id']}").json()
+        assert again["visit_date"] == day(30)
+        assert "SORA" in again["deviation"] and "randomisation" not in again["deviation"]
+        assert [e["new_value"] for e in deviations(http, sora["id"], "exposure")] == [entry["deviation"],
+                                                                                    again["deviation"]]
 
 
 def test_the_rules_are_study_data(server):

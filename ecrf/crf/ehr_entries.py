@@ -269,7 +269,7 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         return
     if instance.source != FHIR:
         return
-    _, the_date = _view(store, study, form, instance)
+    items, the_date = _view(store, study, form, instance)
     if the_date != instance.visit_date:
         old = instance.visit_date
         instance.visit_date = the_date
@@ -277,3 +277,9 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         store.session.flush()
         _audit(store, instance, "form.visit_date", old.isoformat(), the_date.isoformat(),
                f"{reference} changed through /fhir")
+    deviation = deviation_of_landed(study, store.session, form, instance.patient_id, items, the_date)
+    if deviation != instance.deviation:  # the cross-form checks again, on the EHR's new version
+        old_deviation, instance.deviation = instance.deviation, deviation
+        store.session.add(instance)
+        store.session.flush()
+        _audit(store, instance, "form.deviation", old_deviation, deviation, f"{reference} changed through /fhir")
