@@ -35,10 +35,11 @@ TargetKind = Literal[
     "interpretation",        # Observation.interpretation of the `of` item (derived items)
     "resource",              # its own resource of `resource_type`; the value goes at `path` (AdverseEvent.event)
     "element",               # an element at `path` of the `of` item's resource (`extension:name.valueInteger`)
+    "suspect_entity",        # an AdverseEvent.suspectEntity of the `of` item: the drug `medication`, causality = value
     "none",                  # kept in the eCRF only
 ]
 DEPENDENT_KINDS = frozenset({"procedure_code", "reference_range_high", "component", "method",
-                             "interpretation", "element"})
+                             "interpretation", "element", "suspect_entity"})
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -138,6 +139,35 @@ class FhirTarget(BaseModel):
     also: tuple[str, ...] = ()  # more paths written with the same value (read back from `path` only)
     code_pattern: str | None = None  # a coded value's code in the local system, e.g. "ae-{value}"
     as_code: bool = False  # write a coded value as its bare code (a `code` element such as status)
+    # kind resource whose type depends on the item's value (exposure.drug: pd1 -> MedicationAdministration,
+    # sorafenib -> MedicationStatement), with the fixed elements of each variant on top of `fixed`
+    resource_type_by_value: dict[str, str] = Field(default_factory=dict)
+    fixed_by_value: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the path in a resource of that type, where it differs from `path` (MedicationAdministration.dosage.dose,
+    # MedicationStatement.dosage[].doseAndRate[].doseQuantity)
+    path_by_type: dict[str, str] = Field(default_factory=dict)
+    # kind suspect_entity: the drug (its coding), and the study extension on the suspectEntity that names it
+    medication: Coding | None = None
+    extension: str | None = None
+    legacy_paths: tuple[str, ...] = ()  # read on input when the target itself finds nothing (never written)
+
+    def path_in(self, resource_type: str | None) -> str | None:
+        """The path of the value in a resource of `resource_type`."""
+        return self.path_by_type.get(resource_type or "", self.path)
+
+    def resource_type_of(self, value: Any) -> str | None:
+        """The type of the resource a `resource` item writes for `value`."""
+        if self.resource_type_by_value:
+            key = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            return self.resource_type_by_value.get(key)
+        return self.resource_type
+
+    @property
+    def resource_types(self) -> tuple[str, ...]:
+        """Every type a `resource` item may write."""
+        if self.resource_type_by_value:
+            return tuple(dict.fromkeys(self.resource_type_by_value.values()))
+        return (self.resource_type,) if self.resource_type else ()
 
     @field_validator("value_system", mode="before")
     @classmethod
@@ -168,12 +198,21 @@ class FhirTarget(BaseModel):
             raise ValueError("a research_subject target needs path period.start or assignedArm")
         if self.kind == "condition" and not self.value_system:
             raise ValueError("a condition target needs `value_system` (the morphology code system)")
-        if self.kind == "resource" and not (self.resource_type and self.path):
-            raise ValueError("a resource target needs `resource_type` and the `path` of its value")
+        if self.kind == "resource" and not ((self.resource_type or self.resource_type_by_value) and self.path):
+            raise ValueError("a resource target needs `resource_type` (or `resource_type_by_value`) and the "
+                             "`path` of its value")
+        if self.resource_type and self.resource_type_by_value:
+            raise ValueError("give `resource_type` or `resource_type_by_value`, not both")
+        if set(self.fixed_by_value) - set(self.resource_type_by_value):
+            raise ValueError("`fixed_by_value` names values that `resource_type_by_value` does not")
+        if self.kind == "suspect_entity" and not (self.medication and self.extension):
+            raise ValueError("a suspect_entity target needs the `medication` coding and the `extension` naming it")
         if self.kind == "element" and not self.path:
             raise ValueError("an element target needs the `path` of its value")
-        if (self.fixed or self.resource_type) and self.kind != "resource":
+        if (self.fixed or self.resource_type or self.resource_type_by_value) and self.kind != "resource":
             raise ValueError("only a resource target has `resource_type` and `fixed`")
+        if self.path_by_type and self.kind not in ("resource", "element"):
+            raise ValueError("only resource and element targets have `path_by_type`")
         return self
 
 
@@ -388,6 +427,34 @@ class FormDef(BaseModel):
         raise KeyError(f"form {self.id!r} has no item {item_id!r}")
 
 
+SUBJECT_PREFIX = "subject."  # a subject fact in a cross-form check: subject.arm
+ENTRY_DATE = "entry.date"  # the date of the form or entry being saved (its date item, else its visit date)
+
+
+class SubjectFact(BaseModel):
+    """A fact of the subject that cross-form checks name as `subject.<name>`: the latest value of a study item
+    (`form.item`), from whichever door wrote it; a withdrawn entry's values are gone with its resources."""
+    model_config = _FROZEN
+    item: str
+
+
+class SubjectCheck(BaseModel):
+    """A check of one entry against the subject's facts (forms/subject_checks.yaml): `when` in the language of
+    form checks, over the entry's items, `subject.<fact>` and `entry.date`; `forms` ["*"]: every form and entry.
+    `deviation`: a finding also flags the entry as a protocol deviation (as a visit date outside its window)."""
+    model_config = _FROZEN
+    rule: str
+    forms: tuple[str, ...]
+    item: str  # the item the finding names (`entry.date`: the form's date item, else visit_date)
+    message: str
+    severity: Literal["hard", "warning"] = "warning"
+    deviation: bool = False
+    when: dict[str, Any]
+
+    def applies_to(self, form_id: str) -> bool:
+        return "*" in self.forms or form_id in self.forms
+
+
 class SiteDef(BaseModel):
     model_config = _FROZEN
     id: str
@@ -482,6 +549,8 @@ class StudyDef(BaseModel):
     derived: dict[str, dict[str, Any]] = Field(default_factory=dict)
     uln_defaults: dict[str, Decimal] = Field(default_factory=dict)
     kept_resource_types: tuple[str, ...] = ()  # FHIR types stored; others are validated and not retained
+    subject_facts: dict[str, SubjectFact] = Field(default_factory=dict)  # forms/subject_checks.yaml
+    subject_checks: tuple[SubjectCheck, ...] = ()
 
     @field_validator("uln_defaults", mode="before")
     @classmethod
@@ -562,7 +631,8 @@ class StudyDef(BaseModel):
     def _resource_owners(self) -> dict[str, tuple[tuple[FormDef, ItemDef], ...]]:
         index: dict[str, list[tuple[FormDef, ItemDef]]] = {}
         for form, item in self.items_of_kind("resource"):
-            index.setdefault(item.fhir.resource_type, []).append((form, item))
+            for resource_type in item.fhir.resource_types:
+                index.setdefault(resource_type, []).append((form, item))
         return {resource_type: tuple(pairs) for resource_type, pairs in index.items()}
 
     def extension_url(self, name: str) -> str:

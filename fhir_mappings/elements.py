@@ -120,10 +120,15 @@ def _ordered(values: Any) -> list[str]:
     return sorted({str(v) for v in values})
 
 
-def _value_key(item: ItemDef, value: Any) -> str:
+def value_key(value: Any) -> str:
+    """A value as the key of a by-value mapping (code_by_value, resource_type_by_value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _value_key(item: ItemDef, value: Any) -> str:
+    return value_key(value)
 
 
 def _coded(item: ItemDef) -> bool:

@@ -44,23 +44,63 @@ def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemVal
 # --- resources of `resource` targets, items at paths ----------------------------------------
 
 def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
-    for form, owner in study.resource_owners(resource["resourceType"]):
+    resource_type = resource["resourceType"]
+    for form, owner in study.resource_owners(resource_type):
         if not _has_fixed_code(study, owner, resource):
             continue
-        found = elements.read(study, resource, owner.fhir.path)
+        found = elements.read(study, resource, owner.fhir.path_in(resource_type))
         values = [elements.decode(study, owner, raw) for raw in found]
-        if not any(error is None for _, error in values):
-            continue  # not a resource of this form (another code)
+        if not any(error is None and _of_type(owner, value, resource_type) for value, error in values):
+            continue  # not a resource of this form (another code, or a value that writes another type)
         items = [owner, *(d for d in study.dependents_of(form, owner.id) if d.fhir.kind == "element")]
         effective = None
         if form.date_item in {item.id for item in items}:
             dated = form.item(form.date_item)
-            raws = elements.read(study, resource, dated.fhir.path)
+            raws = elements.read(study, resource, dated.fhir.path_in(resource_type))
             effective = elements.decode(study, dated, raws[0])[0] if raws else None
         for item in items:
             value = _path_value(study, form, item, resource, effective)
             if value is not None:
                 yield value
+        for item in study.dependents_of(form, owner.id):
+            if item.fhir.kind == "suspect_entity":
+                value = _suspect_value(study, form, item, resource, effective)
+                if value is not None:
+                    yield value
+
+
+def _suspect_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
+                   effective: date | datetime | None) -> ItemValue | None:
+    """The causality of the suspectEntity of the item's drug: the entry named by the study extension, or whose
+    instance is a contained resource (Medication) of the drug's code, as an EHR may send it."""
+    wanted = item.fhir.medication.key
+    url = study.extension_url(item.fhir.extension)
+    contained = {c.get("id"): c for c in resource.get("contained") or [] if isinstance(c, dict)}
+    for entry in resource.get("suspectEntity") or []:
+        if not isinstance(entry, dict):
+            continue
+        drugs = set()
+        for extension in entry.get("extension") or []:
+            if isinstance(extension, dict) and extension.get("url") == url:
+                drugs |= _coding_keys(extension.get("valueCodeableConcept"))
+        reference = (entry.get("instance") or {}).get("reference") or ""
+        if reference.startswith("#"):
+            drugs |= _coding_keys((contained.get(reference[1:]) or {}).get("code"))
+        if wanted not in drugs:
+            continue
+        for causality in entry.get("causality") or []:
+            if isinstance(causality, dict) and causality.get("assessment"):
+                return _coded_value(study, form, item, causality["assessment"], effective)
+    for path in item.fhir.legacy_paths:  # as relatedness was written before (a local extension)
+        found = elements.read(study, resource, path)
+        if found:
+            return _coded_value(study, form, item, found[0], effective)
+    return None
+
+
+def _of_type(owner: ItemDef, value: Any, resource_type: str) -> bool:
+    """Whether the owner's value writes a resource of this type (exposure: pd1 is a MedicationAdministration)."""
+    return not owner.fhir.resource_type_by_value or owner.fhir.resource_type_of(value) == resource_type
 
 
 def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -> bool:
@@ -73,7 +113,7 @@ def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -
 
 def _path_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
                 effective: date | datetime | None) -> ItemValue | None:
-    found = elements.read(study, resource, item.fhir.path)
+    found = elements.read(study, resource, item.fhir.path_in(resource.get("resourceType")))
     if not found:
         return None
     if item.unit is not None:

@@ -7,6 +7,7 @@ from datetime import date, datetime
 from typing import Any
 
 import copy
+import re
 
 from fhir_mappings import elements
 from fhir_mappings import fhir_constants as fhir
@@ -146,15 +147,18 @@ def _condition(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, st
 
 
 def _resource(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str]) -> dict[str, Any]:
-    """A resource of the item's `resource_type`: its fixed elements, the subject, the value at `path`."""
-    resource: dict[str, Any] = {"resourceType": item.fhir.resource_type, **copy.deepcopy(item.fhir.fixed),
-                                "subject": subject}
+    """A resource of the item's `resource_type` (or the one its value chooses): its fixed elements, the
+    subject, the value at `path`."""
+    resource_type = item.fhir.resource_type_of(value)
+    key = elements.value_key(value)
+    resource: dict[str, Any] = {"resourceType": resource_type, **copy.deepcopy(item.fhir.fixed),
+                                **copy.deepcopy(item.fhir.fixed_by_value.get(key) or {}), "subject": subject}
     _write_paths(study, resource, item, value)
     return resource
 
 
 def _write_paths(study: StudyDef, resource: dict[str, Any], item: ItemDef, value: Any) -> None:
-    for path in (item.fhir.path, *item.fhir.also):
+    for path in (item.fhir.path_in(resource["resourceType"]), *item.fhir.also):
         elements.write(study, resource, item, path, value)
 
 
@@ -174,6 +178,30 @@ def _attach(study: StudyDef, item: ItemDef, value: Any, owner: dict[str, Any]) -
         owner["interpretation"] = [{"coding": [study.value_coding(item, str(value)).fhir()]}]
     elif kind == "procedure_code":
         owner["code"]["coding"].append(study.value_coding(item, str(value)).fhir())
+    elif kind == "suspect_entity":
+        _suspect_entity(study, item, value, owner)
+
+
+def contained_id(coding: Any) -> str:
+    """The id of the contained Medication of a drug coding (FHIR ids: letters, digits, '-', '.')."""
+    return (re.sub(r"[^A-Za-z0-9.-]", "-", coding.code) or "medication")[:64]
+
+
+def _suspect_entity(study: StudyDef, item: ItemDef, value: Any, owner: dict[str, Any]) -> None:
+    """AdverseEvent.suspectEntity (CRF-SPEC 7.2): the drug named by the study extension, the causality assessment
+    the item's value. The instance is a contained Medication of the drug; the eCRF door points it at the subject's
+    exposure resource of that drug when there is one (ecrf/crf/suspects.py)."""
+    target = item.fhir
+    drug = {"coding": [target.medication.fhir()]}
+    local_id = contained_id(target.medication)
+    owner.setdefault("suspectEntity", []).append({
+        "extension": [{"url": study.extension_url(target.extension), "valueCodeableConcept": drug}],
+        "instance": {"reference": f"#{local_id}"},
+        "causality": [{"assessment": {"coding": [study.value_coding(item, str(value)).fhir()]}}],
+    })
+    contained = owner.setdefault("contained", [])
+    if not any(entry.get("id") == local_id for entry in contained):
+        contained.append({"resourceType": "Medication", "id": local_id, "code": copy.deepcopy(drug)})
 
 
 def _element_text(item: ItemDef, value: Any) -> str:

@@ -2,7 +2,7 @@
 from fhir.resources.R4B.questionnaire import Questionnaire
 
 FORMS = ["demographics", "baseline", "labs", "surgery", "pathology", "afp", "ctc", "history", "randomisation",
-         "adverse_event", "conmed", "disease_assessment", "end_of_study"]
+         "exposure", "adverse_event", "conmed", "disease_assessment", "end_of_study"]
 
 
 def test_forms_list_every_form_with_items_types_units_values_ranges_and_visits(server):
@@ -23,6 +23,23 @@ def test_forms_list_every_form_with_items_types_units_values_ranges_and_visits(s
     assert contraception["enable_when"] == {"item": "wocbp", "equals": True}
     sex = next(item for item in demographics["items"] if item["id"] == "sex")
     assert sex["values"] == ["male", "female"] and sex["required"] is True
+
+
+def test_exposure_is_a_log_form_whose_drug_chooses_the_resource(server):
+    with server.client("sponsor") as http:
+        exposure = http.get("/api/v1/forms/exposure").json()
+        questionnaire = http.get("/fhir/Questionnaire/exposure")
+    assert exposure["kind"] == "log" and exposure["date_item"] == "start_date" and exposure["visits"] == []
+    items = {item["id"]: item for item in exposure["items"]}
+    assert items["drug"]["values"] == ["pd1", "sorafenib"]
+    assert items["drug"]["fhir"]["resource_type_by_value"] == {"pd1": "MedicationAdministration",
+                                                               "sorafenib": "MedicationStatement"}
+    assert items["dose"]["unit"] == "mg" and (items["dose"]["hard_min"], items["dose"]["hard_max"]) == ("0", "2000")
+    assert items["start_date"]["fhir"]["path_by_type"] == {"MedicationAdministration": "effectiveDateTime"}
+    assert items["modification"]["values"] == ["none", "reduced", "interrupted", "discontinued"]
+    assert questionnaire.status_code == 200, questionnaire.text
+    Questionnaire.model_validate(questionnaire.json())
+    assert [q["linkId"] for q in questionnaire.json()["item"]] == list(items)
 
 
 def test_questionnaire_is_the_same_form_as_fhir_r4(server):

@@ -254,8 +254,9 @@ def test_a_serious_pushed_adverse_event_starts_the_sae_clock(server, subject):
 
 
 def test_the_log_form_is_chosen_from_the_form_definitions_the_coded_anchor_first(tmp_path):
-    """A second study form that fixes a medication code (as exposure does for LOCAL#sorafenib) takes the
-    MedicationStatements of that code; every other MedicationStatement still goes to conmed. Study data only."""
+    """A form that fixes a medication code takes the MedicationStatements of that code (exposure: LOCAL#sorafenib,
+    whose drug value codes it; a second study form fixing LOCAL#lenvatinib the lenvatinib ones); every other
+    MedicationStatement still goes to conmed. Study data only."""
     import shutil
 
     import yaml
@@ -271,7 +272,7 @@ def test_the_log_form_is_chosen_from_the_form_definitions_the_coded_anchor_first
         "items": [
             {"id": "dose", "label": "Dose", "type": "integer", "fhir": {
                 "kind": "resource", "resource_type": "MedicationStatement", "path": "dosage[].doseAndRate[].doseQuantity.value",
-                "fixed": {"status": "active", "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "sorafenib"}]}}}},
+                "fixed": {"status": "active", "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "lenvatinib"}]}}}},
             {"id": "start", "label": "Start", "type": "date", "fhir": {"kind": "element", "of": "dose",
                                                                       "path": "effectivePeriod.start"}},
         ]}))
@@ -281,7 +282,13 @@ def test_the_log_form_is_chosen_from_the_form_definitions_the_coded_anchor_first
     anchors = study_anchors(load_study(forms))
     sorafenib = {**medication_statement("p", "2026-01-01"),
                  "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "sorafenib"}]}}
-    assert anchor_for(anchors, sorafenib).form.id == "oral_drug"
+    assert anchor_for(anchors, sorafenib).form.id == "exposure"
+    lenvatinib = {**sorafenib, "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "lenvatinib"}]}}
+    assert anchor_for(anchors, lenvatinib).form.id == "oral_drug"
+    infusion = {"resourceType": "MedicationAdministration", "medicationCodeableConcept": {
+        "coding": [{"system": LOCAL, "code": "pd1-antibody"}]}}
+    assert anchor_for(anchors, infusion).form.id == "exposure"
+    assert anchor_for(anchors, {**infusion, "medicationCodeableConcept": sorafenib["medicationCodeableConcept"]}) is None
     assert anchor_for(anchors, medication_statement("p", "2026-01-01")).form.id == "conmed"
     assert anchor_for(anchors, adverse_event("p", "2026-01-01")).form.id == "adverse_event"
     end = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": LOCAL, "code": "end-of-study"}]}}

@@ -137,7 +137,7 @@ def planted(database_url, tmp_path_factory):
             entries = {
                 "adverse_event": {"ctcae_term": "other", "term_verbatim": FREE_TEXT_ITEMS[("adverse_event", "term_verbatim")],
                                   "onset_date": day(41), "grade": 2, "serious": False, "outcome": "recovering",
-                                  "seriousness_criteria": []},
+                                  "seriousness_criteria": [], "related_pd1": "related"},
                 "conmed": {"medication": FREE_TEXT_ITEMS[("conmed", "medication")], "atc": "N",
                            "indication": FREE_TEXT_ITEMS[("conmed", "indication")], "start_date": day(30),
                            "ongoing": True},
@@ -235,6 +235,14 @@ def test_bulk_adverse_events_and_medication_leave_coded_and_shifted_without_free
     assert "note" not in administration and administration["dosage"] == {
         "dose": {"value": 200, "unit": "mg", "system": UCUM, "code": "mg"}}
     assert administration["effectiveDateTime"] != day(36)
+    # the eCRF's adverse event suspects the subject's infusion (which landed in exposure): pseudonymised reference,
+    # the drug and the causality coded
+    [suspect] = [e for e in out["AdverseEvent"] if e["event"]["coding"][0]["code"] == "ae-other"][0]["suspectEntity"]
+    assert suspect == {
+        "extension": [{"url": "http://example.org/fhir/StructureDefinition/suspect-medication",
+                       "valueCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "pd1-antibody"}]}}],
+        "instance": {"reference": f"MedicationAdministration/{administration['id']}"},
+        "causality": [{"assessment": {"coding": [{"system": STUDY_LOCAL, "code": "related"}]}}]}
     # the eCRF's entries leave coded too: the conmed's ATC group, never its name
     atc = [m for m in out["MedicationStatement"] if {"system": STUDY_LOCAL, "code": "atc-N"} in
            m["medicationCodeableConcept"].get("coding", [])]

@@ -165,6 +165,9 @@ ENTRIES: dict[str, dict[str, Any]] = {
         "anticoagulant_prophylaxis": True, "antitumour_therapy_1m_postop": False,
     },
     "randomisation": {"arm": "SORA", "randomisation_date": date(2024, 2, 10)},
+    "exposure": {"drug": "pd1", "start_date": date(2024, 3, 1), "end_date": date(2024, 3, 1),
+                 "dose": {"value": "200", "unit": "mg"}, "route": "iv", "frequency": "q3w",
+                 "modification": "reduced", "modification_reason": "adverse_event"},
     "adverse_event": {
         "ctcae_term": "other", "term_verbatim": "itchy scalp", "onset_date": date(2024, 3, 1),
         "resolution_date": date(2024, 3, 9), "grade": 3, "serious": True,
@@ -362,6 +365,73 @@ def test_ctc_status_is_one_cell_per_5_ml(study: StudyDef, count: int, volume: st
     assert component["code"]["coding"][0]["code"] == "analysed-volume"
     assert component["valueQuantity"]["value"] == (Decimal(volume) if volume else 5)
     assert observation["method"]["coding"][0]["code"] == "ctc-method-neg_enrichment_tpcr"
+
+
+def test_exposure_drug_chooses_the_resource_and_the_paths(study: StudyDef) -> None:
+    """pd1: one MedicationAdministration per infusion (effectiveDateTime = start date); sorafenib: a
+    MedicationStatement with effectivePeriod and dosage timing; both read back to the same items."""
+    [(slot, infusion)] = _written(study, "exposure").resources
+    assert slot == "drug" and infusion["resourceType"] == "MedicationAdministration"
+    assert infusion["medicationCodeableConcept"]["coding"][0]["code"] == "pd1-antibody"
+    assert infusion["effectiveDateTime"] == "2024-03-01" and "effectivePeriod" not in infusion
+    assert infusion["dosage"]["route"]["coding"][0]["code"] == "route-iv"
+    assert infusion["dosage"]["dose"]["code"] == "mg"
+    sorafenib = {"drug": "sorafenib", "start_date": date(2024, 3, 1), "end_date": date(2024, 6, 1), "dose": 400,
+                 "route": "oral", "frequency": "bid", "modification": "none"}
+    [(_, statement)] = _written(study, "exposure", sorafenib).resources
+    validate_r4b(statement)
+    assert statement["resourceType"] == "MedicationStatement"
+    assert statement["medicationCodeableConcept"]["coding"][0] == {"system": LOCAL, "code": "sorafenib",
+                                                                   "display": "Sorafenib"}
+    assert statement["effectivePeriod"] == {"start": "2024-03-01", "end": "2024-06-01"}
+    dosage = statement["dosage"][0]
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 400
+    assert dosage["route"]["coding"][0]["code"] == "route-oral"
+    assert dosage["timing"]["code"]["coding"][0]["code"] == "frequency-bid"
+    found = read_back(study, [json.loads(dumps(statement), parse_float=Decimal)])
+    assert {item_id: v.value for item_id, v in found.items()} == {**sorafenib, "dose": Decimal(400)}
+    assert {v.form_id for v in found.values()} == {"exposure"}  # not conmed: no verbatim name
+    # a pd1 value in a MedicationStatement is no exposure entry (pd1 writes a MedicationAdministration)
+    wrong = {**statement, "medicationCodeableConcept": infusion["medicationCodeableConcept"]}
+    assert resource_to_items(study, wrong) == []
+
+
+def test_relatedness_is_a_suspect_entity_with_its_causality(study: StudyDef) -> None:
+    """CRF-SPEC 7.2: related_pd1 / related_sorafenib are AdverseEvent.suspectEntity entries, each naming its drug
+    (extension suspect-medication), its instance a contained Medication of the drug until the eCRF door points it
+    at the subject's exposure resource, causality.assessment LOCAL#related / not-related; no local extensions."""
+    [(_, event)] = _written(study, "adverse_event").resources
+    validate_r4b(event)
+    assert not [e for e in event["extension"] if "related-" in e["url"]]
+    by_drug = {entity["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: entity
+               for entity in event["suspectEntity"]}
+    assert set(by_drug) == {"pd1-antibody", "sorafenib"}
+    assert by_drug["pd1-antibody"]["extension"][0]["url"] == study.extension_url("suspect-medication")
+    assert by_drug["pd1-antibody"]["instance"] == {"reference": "#pd1-antibody"}
+    assert by_drug["pd1-antibody"]["causality"][0]["assessment"]["coding"][0]["code"] == "related"
+    assert by_drug["sorafenib"]["causality"][0]["assessment"]["coding"][0]["code"] == "not-related"
+    assert {(c["resourceType"], c["id"], c["code"]["coding"][0]["code"]) for c in event["contained"]} == {
+        ("Medication", "pd1-antibody", "pd1-antibody"), ("Medication", "sorafenib", "sorafenib")}
+    # pointed at exposure resources (as the eCRF door does), the drugs are still told apart by the extension
+    linked = json.loads(dumps(event))
+    for entity, reference in zip(linked["suspectEntity"], ("MedicationAdministration/a", "MedicationStatement/b")):
+        entity["instance"] = {"reference": reference}
+    del linked["contained"]
+    validate_r4b(linked)
+    values = {v.item_id: v.value for v in resource_to_items(study, linked)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("related", "not_related")
+    # an EHR's suspect entity naming only a contained Medication of the drug reads too
+    ehr = json.loads(dumps(event))
+    for entity in ehr["suspectEntity"]:
+        del entity["extension"]
+    values = {v.item_id: v.value for v in resource_to_items(study, ehr)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("related", "not_related")
+    # a version written before suspectEntity (local extensions related-pd1 / related-sorafenib) still reads
+    old = {key: value for key, value in json.loads(dumps(event)).items() if key not in ("suspectEntity", "contained")}
+    old["extension"] = [*old["extension"], *({"url": study.extension_url(f"related-{drug}"), "valueCodeableConcept": {
+        "coding": [{"system": LOCAL, "code": code}]}} for drug, code in (("pd1", "not-related"), ("sorafenib", "related")))]
+    values = {v.item_id: v.value for v in resource_to_items(study, old)}
+    assert (values["related_pd1"], values["related_sorafenib"]) == ("not_related", "related")
 
 
 # --- EHR-shaped resources -----------------------------------------------------------------

@@ -87,6 +87,7 @@ FORM_VISITS = {
     "history": ["SCR"],
     "randomisation": ["SCR"],
     # CRF-SPEC 7 (version 2): log forms have no visits
+    "exposure": [],
     "adverse_event": [],
     "conmed": [],
     "disease_assessment": ["M3", "M6", "M9", "M12"],
@@ -114,6 +115,7 @@ FORM_ITEMS = {
                 "vaccine_date", "steroid_gt10mg_14d", "immunosuppressant_14d",
                 "anticoagulant_prophylaxis", "antitumour_therapy_1m_postop"],
     "randomisation": ["arm", "randomisation_date"],
+    "exposure": ["drug", "start_date", "end_date", "dose", "route", "frequency", "modification", "modification_reason"],
     "adverse_event": ["ctcae_term", "term_verbatim", "onset_date", "resolution_date", "grade", "severity", "serious",
                       "seriousness_criteria", "related_pd1", "related_sorafenib", "immune_related", "action_taken",
                       "outcome"],
@@ -130,7 +132,7 @@ def test_forms_visits_and_items(study: StudyDef) -> None:
         assert [i.id for i in form.items] == FORM_ITEMS[form.id], form.id
     assert study.form("afp").repeating and study.form("disease_assessment").repeating
     assert not study.form("labs").repeating
-    assert [f.id for f in study.forms if f.kind == "log"] == ["adverse_event", "conmed", "end_of_study"]
+    assert [f.id for f in study.forms if f.kind == "log"] == ["exposure", "adverse_event", "conmed", "end_of_study"]
 
 
 @pytest.mark.parametrize("item_id, item_type, values", [
@@ -178,6 +180,7 @@ SPEC_UNITS = {
     "afp": ("ug/L", {"ng/mL": "1", "[IU]/mL": "1.21"}),
     "blood_volume": ("mL", {}),
     "ctc_count": ("{cells}", {}),
+    "dose": ("mg", {}),  # CRF-SPEC 7.1 exposure
 }
 
 

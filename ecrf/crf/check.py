@@ -1,12 +1,12 @@
 """A save's checks gathered behind one call: the items (checks.py), the reason a signed-off form's change
-needs, the visit window (schedule.py) and the items only the randomisation's allocation sets. Nothing is
-written when one of its errors stands."""
+needs, the visit window (schedule.py), the cross-form checks against the subject's facts (subject_checks.py)
+and the items only the randomisation's allocation sets. Nothing is written when one of its errors stands."""
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from ecrf.common.clock import latest_allowed_date
-from ecrf.crf import lifecycle
+from ecrf.crf import lifecycle, subject_checks
 from ecrf.crf.checks import CheckedEntry, Finding, check_items
 from ecrf.crf.locate import Target
 from ecrf.crf.models import FormInstance
@@ -44,7 +44,11 @@ def check_save(runtime: Services, store: ClinicalStore, target: Target, instance
         date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
     else:  # a log entry is dated by its own items, not by a visit window
         date_errors, date_warnings, deviation = [], [], None
-    return CheckedSave(entry, the_date, deviation, reason, errors + date_errors, entry.warnings + date_warnings)
+    found = subject_checks.check_entry(study, store.session, target.form, target.subject.patient_id, entry.canonical,
+                                       the_date)  # cross-form checks (forms/subject_checks.yaml)
+    deviation = subject_checks.with_deviations(deviation, found)
+    return CheckedSave(entry, the_date, deviation, reason, errors + date_errors + found.errors,
+                       entry.warnings + date_warnings + found.warnings)
 
 
 def _typed_allocation(runtime: Services, target: Target, items: dict[str, Any], allocated: bool) -> list[Finding]:

@@ -31,8 +31,15 @@ def describe_item(item: ItemDef) -> dict[str, Any]:
     view["fhir"] = {"kind": item.fhir.kind, "codes": [coding.fhir() for coding in item.fhir.codes]}
     if item.fhir.path:
         view["fhir"]["path"] = item.fhir.path
+    if item.fhir.path_by_type:
+        view["fhir"]["path_by_type"] = dict(item.fhir.path_by_type)
     if item.fhir.of:
         view["fhir"]["of"] = item.fhir.of
+    if item.fhir.kind == "resource":
+        if item.fhir.resource_type_by_value:  # the value chooses the resource (exposure.drug)
+            view["fhir"]["resource_type_by_value"] = dict(item.fhir.resource_type_by_value)
+        else:
+            view["fhir"]["resource_type"] = item.fhir.resource_type
     return view
 
 

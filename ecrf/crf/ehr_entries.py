@@ -29,6 +29,7 @@ from ecrf.crf.describe import missing_items
 from ecrf.crf.locate import LOG_VISIT, derived_id
 from ecrf.crf.models import WITHDRAWN, FormInstance, FormResource
 from ecrf.crf.schedule import day_zero
+from ecrf.crf.subject_checks import deviation_of_landed
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.models import ResourceHead, ResourceVersion
@@ -71,20 +72,25 @@ def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
     chosen = dated or owners[:1]
     return tuple(Anchor(form, item, resource_type, tuple(
         (element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)))
-        for item in chosen for resource_type, fixed in _variants(item))
+        for item in chosen for resource_type, fixed in _variants(study, item))
 
 
-def _variants(item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
+def _variants(study: StudyDef, item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
     """(resource type, fixed elements) of the resources an anchor item writes: one, unless its target chooses
-    them by the item's value (`resource_type_by_value`, `fixed_by_value`: the plug point for a form such as
-    exposure, whose drug decides between MedicationAdministration and MedicationStatement)."""
+    them by the item's value (`resource_type_by_value`, `fixed_by_value`: exposure, whose drug decides between
+    MedicationAdministration and MedicationStatement). A variant's value coded at a top-level element (exposure:
+    medicationCodeableConcept LOCAL#sorafenib) is one of its fixed codes: only resources of that code land."""
     target = item.fhir
-    by_value = getattr(target, "resource_type_by_value", None) or {}
-    fixed_by_value = getattr(target, "fixed_by_value", None) or {}
-    if not by_value:
+    if not target.resource_type_by_value:
         return [(target.resource_type, target.fixed)]
-    return [(resource_type, {**target.fixed, **(fixed_by_value.get(value) or {})})
-            for value, resource_type in by_value.items()]
+    variants = []
+    for value, resource_type in target.resource_type_by_value.items():
+        fixed = {**target.fixed, **(target.fixed_by_value.get(value) or {})}
+        path = target.path_in(resource_type) or ""
+        if item.type == "code" and path.isidentifier() and not target.as_code:
+            fixed[path] = {"coding": [study.value_coding(item, value).fhir()]}
+        variants.append((resource_type, fixed))
+    return variants
 
 
 def study_anchors(study: StudyDef) -> dict[str, tuple[Anchor, ...]]:
@@ -211,12 +217,17 @@ def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None]
         updated_at=now, updated_by=actor.sub, updated_role=actor.role)
     items, instance.visit_date = _view(store, study, anchor.form, instance)
     instance.status = lifecycle.status_after_edit(not missing_items(anchor.form, items))
+    # the cross-form checks never refuse a push: a finding of a deviation check flags the landed entry
+    instance.deviation = deviation_of_landed(study, store.session, anchor.form, head.patient_id, items,
+                                             instance.visit_date)
     store.session.add(instance)
     store.session.add(FormResource(resource_type=head.resource_type, resource_id=head.resource_id,
                                    instance_id=instance.id))
     store.session.flush()
     _audit(store, instance, "form.status", None, instance.status,
            f"{reference} (version {version.version_id}) pushed through /fhir landed in log form {anchor.form.id}")
+    if instance.deviation:
+        _audit(store, instance, "form.deviation", None, instance.deviation, f"{reference} pushed through /fhir")
     if after_landing is not None:
         after_landing(store, instance, {item_id: entry.get("value") for item_id, entry in items.items()})
 
@@ -253,7 +264,7 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         return
     if instance.source != FHIR:
         return
-    _, the_date = _view(store, study, form, instance)
+    items, the_date = _view(store, study, form, instance)
     if the_date != instance.visit_date:
         old = instance.visit_date
         instance.visit_date = the_date
@@ -261,3 +272,9 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         store.session.flush()
         _audit(store, instance, "form.visit_date", old.isoformat(), the_date.isoformat(),
                f"{reference} changed through {FHIR_PREFIX}")
+    deviation = deviation_of_landed(study, store.session, form, instance.patient_id, items, the_date)
+    if deviation != instance.deviation:  # the cross-form checks again, on the EHR's new version
+        old_deviation, instance.deviation = instance.deviation, deviation
+        store.session.add(instance)
+        store.session.flush()
+        _audit(store, instance, "form.deviation", old_deviation, deviation, f"{reference} changed through {FHIR_PREFIX}")

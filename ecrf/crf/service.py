@@ -10,7 +10,7 @@ from datetime import date
 from typing import Any
 
 from ecrf.common.errors import Conflict, EditCheckFailed
-from ecrf.crf import lifecycle
+from ecrf.crf import lifecycle, suspects
 from ecrf.crf.check import check_save
 from ecrf.crf.checks import Finding
 from ecrf.crf.describe import describe
@@ -66,6 +66,8 @@ def save_target(runtime: Services, store: ClinicalStore, target: Target, instanc
         raise EditCheckFailed([finding.as_dict() for finding in checked.errors])
     mapped = form_to_resources(study, target.form.id, checked.entry.values,
                                patient_ref=f"Patient/{target.subject.patient_id}", visit_date=checked.the_date)
+    suspects.link_suspects(study, store.session, target.form, target.subject.patient_id, mapped.resources,
+                           checked.the_date)  # an adverse event's suspect drugs: the subject's exposure resources
     owned = write(store, target, instance, mapped, checked.reason)
     # after the write, so eligibility sees the entered randomisation date as R; a refusal rolls it all back
     basis = eligibility_gate(runtime, store, target.subject) if assigns_arm(target.form) else None

@@ -339,7 +339,7 @@ class ClinicalStore:
         A slot's resource keeps the id it already has (`previous`: an entry that landed from an EHR keeps the
         EHR's resource, so an edit through the form is a new version of it), else takes `new_id(slot)`. A
         resource that reads back unchanged gets no new version (no audit noise); identifiers the mapping does
-        not set (an EHR's) stay on the new version. A slot no longer filled has its resource deleted. Each
+        not set (an EHR's) stay on the new version. A slot no longer filled, or filled by a resource of another type, has its old resource deleted. Each
         patch (type, id, partial content) is merged into that existing resource, written only if it changes it.
         """
         def slot_id(slot: str, resource_type: str) -> str:
@@ -362,7 +362,7 @@ class ClinicalStore:
                 continue
             self.update(resource_type, resource_id, resource, context)
         for slot, reference in previous.items():
-            if slot not in owned:
+            if owned.get(slot) != reference:  # gone, or of another type now (exposure: the drug changed)
                 resource_type, resource_id = reference.split("/", 1)
                 self.delete(resource_type, resource_id, context)
         for resource_type, resource_id, patch in patches:

@@ -14,13 +14,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.definitions import (
-    ITEM_TYPES, CriterionDef, FormDef, ItemDef, ReferenceDateDef, StudyDef, WindowDef,
+    ENTRY_DATE, ITEM_TYPES, SUBJECT_PREFIX, CriterionDef, FormDef, ItemDef, ReferenceDateDef, StudyDef, SubjectCheck,
+    SubjectFact, WindowDef, condition_items,
 )
 from fhir_mappings.rules import validate_criteria_file, validate_form_condition
 from fhir_mappings.ucum import is_ucum_like
 
 STUDY_FILE = "study.yaml"
 CRITERIA_FILE = "criteria.yaml"
+SUBJECT_CHECKS_FILE = "subject_checks.yaml"  # cross-form checks: an entry against the subject's facts
 FORMS_FOLDER = "forms"
 RESERVED_ITEM_IDS = frozenset({"visit_date"})
 
@@ -155,6 +157,8 @@ class _StudyLoader:
         self._raise_if_any()
 
         study = self._with_criteria(study, context)
+        self._raise_if_any()
+        study = self._with_subject_checks(study, context)
         self._raise_if_any()
         return study
 
@@ -309,6 +313,10 @@ class _StudyLoader:
                     for problem in validate_form_condition(
                             form, case.when, path + ("derived", "cases", case_index, "when")):
                         self.issues.append(doc.issue(problem.path, problem.message))
+            unknown = sorted(set(item.fhir.resource_type_by_value) - set(item.values or ()))
+            if unknown:
+                self.issues.append(doc.issue(path + ("fhir", "resource_type_by_value"),
+                                             f"{', '.join(map(repr, unknown))} not among the item's values"))
             if item.fhir.kind == "research_subject" and item.fhir.path == "assignedArm":
                 arm_ids = {arm.id for arm in study.arms}
                 for value in item.values or ():
@@ -319,7 +327,8 @@ class _StudyLoader:
                      owner: ItemDef | None) -> None:
         expected = {"procedure_code": ("procedure",), "reference_range_high": ("observation",),
                     "component": ("observation",), "method": ("observation",),
-                    "interpretation": ("observation",), "element": ("resource",)}[item.fhir.kind]
+                    "interpretation": ("observation",), "element": ("resource",),
+                    "suspect_entity": ("resource",)}[item.fhir.kind]
         if owner is None:
             self.issues.append(doc.issue(path + ("fhir", "of"), f"unknown item {item.fhir.of!r} "
                                                                 f"(must be an item of this form)"))
@@ -348,6 +357,40 @@ class _StudyLoader:
                                         "derived": dict(doc.data.get("derived") or {}),
                                         "reference_date": reference,
                                         "default_window": doc.data.get("default_window")})
+
+    def _with_subject_checks(self, study: StudyDef, context: dict[str, Any]) -> StudyDef:
+        """subject_checks.yaml: the subject's facts (`facts`, each the latest value of a study item) and the
+        checks of an entry against them (`checks`), every name resolved against the study."""
+        file = self.directory / SUBJECT_CHECKS_FILE
+        if not file.is_file():
+            return study
+        doc = read_yaml(file)
+        if not isinstance(doc.data, dict):
+            self._fail([doc.issue((), "expected a mapping with `facts` and `checks`")])
+        facts = {name: self._validate(doc, SubjectFact, raw, context, ("facts", name))
+                 for name, raw in (doc.data.get("facts") or {}).items()}
+        checks = [self._validate(doc, SubjectCheck, raw, context, ("checks", index))
+                  for index, raw in enumerate(doc.data.get("checks") or [])]
+        self._raise_if_any()
+        for name, fact in facts.items():
+            if not study.has_item(fact.item):
+                self.issues.append(doc.issue(("facts", name, "item"), f"unknown item {fact.item!r} (form.item)"))
+        self._duplicates(doc, "checks", [check.rule for check in checks])
+        known_facts = {f"{SUBJECT_PREFIX}{name}" for name in facts}
+        for index, check in enumerate(checks):
+            forms = [form for form in study.forms if check.applies_to(form.id)]
+            for position, form_id in enumerate(check.forms):
+                if form_id != "*" and form_id not in {form.id for form in study.forms}:
+                    self.issues.append(doc.issue(("checks", index, "forms", position), f"unknown form {form_id!r}"))
+            names = {check.item, *condition_items(check.when)}
+            for name in sorted(names):
+                if name in known_facts or name == ENTRY_DATE:
+                    continue
+                if "*" in check.forms or not all(name in {item.id for item in form.items} for form in forms):
+                    self.issues.append(doc.issue(("checks", index), f"check {check.rule!r} names {name!r}: neither "
+                                                                   f"a fact (subject.<name> of `facts`), entry.date, "
+                                                                   f"nor an item of every form it checks"))
+        return study.model_copy(update={"subject_facts": facts, "subject_checks": tuple(checks)})
 
     def _duplicates(self, doc: _YamlDocument, key: str, ids: list[str]) -> None:
         seen: dict[str, int] = {}
