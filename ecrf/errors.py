@@ -4,12 +4,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
-from ecrf.responses import FHIR_JSON, JSONBody
+from ecrf.responses import FHIR_JSON, NO_STORE, JSONBody
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
                      is_statement_timeout)
 from ecrf.common.errors import Kind, StoreError
+from ecrf.smart.service import OAuthError
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
@@ -107,3 +108,13 @@ def install(app: FastAPI) -> None:
         return error_response(request, status, error.message, code=code, location=error.location,
                               errors=getattr(error, "errors", None))
 
+    @app.exception_handler(OAuthError)
+    async def oauth_error(request: Request, error: OAuthError):
+        """RFC 6749 5.2: {"error", "error_description"}, never cached; a client that failed to authenticate
+        (invalid_client) gets 401 with WWW-Authenticate, any other refusal 400."""
+        headers = dict(NO_STORE)
+        status = 400
+        if error.error == "invalid_client":
+            status, headers["WWW-Authenticate"] = 401, 'Bearer error="invalid_client"'
+        return JSONBody({"error": error.error, "error_description": error.description}, status_code=status,
+                        headers=headers)

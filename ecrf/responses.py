@@ -6,6 +6,7 @@ import orjson
 from starlette.responses import JSONResponse
 
 FHIR_JSON = "application/fhir+json"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # token answers, success or error (RFC 6749 5.1)
 
 
 def _default(value: Any) -> Any:

@@ -96,13 +96,10 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
                                  "(the format of its OperationOutcome; the only one supported)")
     lenient = "handling=lenient" in prefer.replace(" ", "")
     body = getattr(request.state, "json_body", None) if request.method == "POST" else None
-    try:
-        params = export_options.parameters(request.url.query, body)
-        type_param = export_options.single(params, "_type")
-        since_param = export_options.single(params, "_since")
-        output_format = export_options.single(params, "_outputFormat")
-    except export_options.KickOffError as error:
-        raise HTTPException(400, str(error)) from error
+    params = export_options.parameters(request.url.query, body)
+    type_param = export_options.single(params, "_type")
+    since_param = export_options.single(params, "_since")
+    output_format = export_options.single(params, "_outputFormat")
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(400, f"_outputFormat {output_format} is not supported; use {NDJSON}")
     deidentified = deidentify_for(actor, deidentify)
@@ -128,11 +125,8 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
         types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
     types = _within_scopes(actor, types, explicit=bool(type_param))
     patient_ids = _study_patient_ids(runtime, deidentified) if params.get("patient") else {}
-    try:
-        options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
-                                      patient_ids=patient_ids, settings=runtime.settings)
-    except export_options.KickOffError as error:
-        raise HTTPException(400, f"{error} (Prefer: handling=lenient leaves out what cannot be honoured)") from error
+    options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
+                                  patient_ids=patient_ids, settings=runtime.settings)
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
                       types=types, since=since, options=options.as_json())
