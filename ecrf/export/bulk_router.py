@@ -238,20 +238,20 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
                                  "(or system/*.rs), which this token's scopes do not grant")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
-        await run_in_threadpool(_record_identifiers, request, actor, path)
+        await run_in_threadpool(_identifiers_shown, request, actor, path)
     elif not job.deidentified and job.kind != "bulk":  # an identified CDISC file: every subject of the job
-        await run_in_threadpool(_record_job_subjects, request, actor, job)
+        await run_in_threadpool(_job_subjects_shown, request, actor, job)
     return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, NDJSON) if job.kind != "bulk" else NDJSON)
 
 
-def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
+def _identifiers_shown(request: Request, actor: Actor, path: Path) -> None:
     """An identified Patient file carries every identifier: the access log names each Patient in it."""
     with path.open("rb") as lines:
         patient_ids = [orjson.loads(line).get("id") for line in lines if line.strip()]
-    access.record_request(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
+    access.shown(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
-def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None:
+def _job_subjects_shown(request: Request, actor: Actor, job: ExportJob) -> None:
     site = json.loads(job.params or "{}").get("site")
     sites = jobs.owner(job).sites
     head = ResourceHead.__table__.c
@@ -262,7 +262,7 @@ def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None
         query = query.where(head.site.in_(sorted(sites)))
     with reading(request.app.state.runtime.engine) as session:
         patient_ids = list(session.execute(query).scalars())
-    access.record_request(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
+    access.shown(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:

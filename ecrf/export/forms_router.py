@@ -71,16 +71,17 @@ def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIF
         store = ClinicalStore(session, actor, runtime.indexer)
 
         def body() -> Iterator[bytes]:
-            tally, finished = form_csv.Tally(), False
+            tally, finished, told = form_csv.Tally(), False, 0
             try:
-                yield from form_csv.chunks(store, runtime.study, form, deid, tally)
+                for chunk in form_csv.chunks(store, runtime.study, form, deid, tally):
+                    if deid is None:  # identified rows (real subject ids, birth dates): recorded before they leave
+                        access.shown(request, actor, "export.form_csv", access.IDENTIFIED_EXPORT, tally.patients[told:])
+                        told = len(tally.patients)
+                    yield chunk
                 finished = True
             finally:
                 session.close()
                 _audit(runtime, actor, form, deid, version, tally, finished)
-                if deid is None:  # identified rows (real subject ids, birth dates) left for these subjects
-                    access.record_request(request, actor, "export.form_csv", access.IDENTIFIED_EXPORT,
-                                          tally.patients)
 
         headers = {**_headers(deid, version),
                    "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"'}
