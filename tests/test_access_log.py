@@ -204,6 +204,11 @@ def test_identified_exports_whose_access_rows_cannot_be_written_are_not_sent(ser
             file = http.get(patients["url"])
         assert csv.status_code == 500 and subject["id"] not in csv.text
         assert file.status_code == 500 and subject["patient_id"] not in file.text
+        with server.runtime.engine.connect() as connection:  # the CSV's export is audited as it ended, at once
+            audited = connection.execute(text(
+                "SELECT new_value FROM audit_entry WHERE actor_sub = :sub AND action = 'export' "
+                "AND form_id = 'demographics'"), {"sub": manager}).scalars().all()
+        assert [orjson.loads(value)["complete"] for value in audited] == [False]
         assert http.get(patients["url"]).status_code == 200  # the log writes again: the file leaves, recorded
     seen = events(server, sub=manager)  # the CSV and the refused download left nothing; the last one its rows
     assert {e["interaction"] for e in seen} == {"export.bulk_file"}

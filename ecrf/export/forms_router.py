@@ -1,10 +1,13 @@
 """Form exports as CSV under /api/v1/exports, with a manifest (row counts, SHA-256) computed the same way."""
 import json
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 from sqlmodel import Session
 
 from ecrf.audit import service as audit
@@ -85,7 +88,23 @@ def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIF
 
         headers = {**_headers(deid, version),
                    "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"'}
-        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers=headers)
+        return ClosingStream(body(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+class ClosingStream(StreamingResponse):
+    """Closes its generator when the response ends, however it ends (a stream broken off because its access
+    rows could not be written, a client gone): the snapshot is released and the export audited then, in a
+    worker thread, not whenever the garbage collector gets to the generator (inside another transaction)."""
+
+    def __init__(self, chunks: Iterator[bytes], **options: Any):
+        super().__init__(chunks, **options)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self.chunks.close)
 
 
 @router.get("/exports/forms/{form_id}.csv.manifest", summary="Row count and SHA-256 of the form's CSV")
