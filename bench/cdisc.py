@@ -23,8 +23,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.export import ServerProcess, _database, _drop  # noqa: E402
+from bench.export import serve  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
+from testkit.databases import fresh_database  # noqa: E402
+from testkit.servers import ServeProcess  # noqa: E402
 
 ASYNC = {"Prefer": "respond-async"}
 MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
@@ -32,7 +34,7 @@ LABS = [("718-7", "g/dL", 13.2), ("777-3", "10*3/uL", 180), ("1920-8", "U/L", 31
 FIRST_DAY = date(2025, 1, 1)
 
 
-def _client(server: ServerProcess, role: str, *sites: str) -> httpx.Client:
+def _client(server: ServeProcess, role: str, *sites: str) -> httpx.Client:
     token = issue_dev_token(server.settings, role=role, sites=list(sites) or None, ttl_minutes=120)
     return httpx.Client(base_url=server.url, timeout=900, headers={"Authorization": f"Bearer {token}"})
 
@@ -41,7 +43,7 @@ def _transaction(entries: list[dict]) -> dict:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def load(server: ServerProcess, subjects: int, results: int) -> float:
+def load(server: ServeProcess, subjects: int, results: int) -> float:
     began = time.perf_counter()
     with _client(server, "investigator", "S01") as http:
         entries = []
@@ -98,9 +100,8 @@ def run(backend: str, subjects: int, results: int) -> list[tuple]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ecrf-bench-cdisc-") as tmp:
         directory = Path(tmp)
-        url, name = _database(backend, directory)
-        try:
-            with ServerProcess(url, directory) as server:
+        with fresh_database(backend, directory, "ecrf_bench_cdisc") as url:
+            with serve(url, directory) as server:
                 loaded = load(server, subjects, results)
                 print(f"{backend}: loaded {subjects} subjects and {results} results over HTTP in {loaded:.0f} s", flush=True)
                 rss, peak = server.memory()
@@ -118,8 +119,6 @@ def run(backend: str, subjects: int, results: int) -> list[tuple]:
                         rows.append((backend, f"ODM archive ({who})", manifest["output"][0]["values"], seconds, size,
                                      *server.memory()))
                 rows = [(*row, floor) for row in rows]
-        finally:
-            _drop(name)
     return rows
 
 

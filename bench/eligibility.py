@@ -8,12 +8,10 @@
     .venv/bin/python bench/eligibility.py [--saves 60] [--subjects 1000] [--backend sqlite|postgresql|both]
 """
 import argparse
-import os
 import secrets
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,7 +19,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,44 +36,23 @@ from ecrf.store.migrate import upgrade  # noqa: E402
 from ecrf.store.service import WriteContext  # noqa: E402
 from ecrf.store.unit import writing  # noqa: E402
 from fhir_mappings.mapping import form_to_resources  # noqa: E402
-from testkit.net import free_port  # noqa: E402
+from testkit.databases import fresh_database  # noqa: E402
 from testkit.patients import compose, push, save_form  # noqa: E402
+from testkit.servers import serving_in_thread  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 ACTOR = Actor(sub="bench", roles=frozenset({"coordinator"}), sites=frozenset({"S01"}))
 
 
 @contextmanager
 def database(backend: str):
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            yield f"sqlite:///{directory}/bench.db"
-        return
-    import psycopg
-
-    name = f"ecrf_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with tempfile.TemporaryDirectory() as directory, fresh_database(backend, Path(directory), "ecrf_bench") as url:
+        yield url
 
 
 @contextmanager
 def serving(runtime: Runtime):
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime=runtime), host="127.0.0.1", port=free_port(),
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_in_thread(create_app(runtime=runtime)) as url:
+        yield url
 
 
 def save_latency(runtime: Runtime, url: str, saves: int) -> dict[str, list[float]]:

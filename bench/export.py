@@ -11,9 +11,6 @@ process. "export" is kick-off to manifest over HTTP (polling included); "job" is
 next to its resident memory before it.
 """
 import argparse
-import os
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,18 +25,16 @@ from sqlalchemy import select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.server_log import ServerLog  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
-from ecrf.config import Settings  # noqa: E402
 from ecrf.db import make_engine  # noqa: E402
 from ecrf.export.models import ExportJob  # noqa: E402
 from ecrf.export.source import Scope, batches  # noqa: E402
 from ecrf.store.migrate import upgrade  # noqa: E402
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken  # noqa: E402
-from testkit.net import free_port  # noqa: E402
+from testkit.databases import fresh_database  # noqa: E402
+from testkit.servers import ServeProcess  # noqa: E402
 
 STUDY = "ResearchStudy/NCT04163237"
-PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 LOINC = "http://loinc.org"
 LABS = [("718-7", "Hemoglobin", "g/dL", "g/L", 10, 13.2), ("777-3", "Platelets", "10*3/uL", "10*9/L", 1, 180),
         ("1920-8", "AST", "U/L", "U/L", 1, 31), ("1975-2", "Bilirubin", "mg/dL", "umol/L", 17.1, 0.9)]
@@ -127,46 +122,12 @@ def floor(database_url: str, directory: Path) -> tuple[int, float]:
     return written, elapsed
 
 
-class ServerProcess:
-    def __init__(self, database_url: str, directory: Path):
-        self.secret = secrets.token_urlsafe(32)
-        self.port = free_port()
-        self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
-        self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
-                    "ECRF_STUDY_SECRET": "bench-study-secret", "ECRF_EXPORT_DIR": str(directory / "exports"),
-                    "ECRF_RATE_LIMIT_PER_MINUTE": "0", "PYTHONWARNINGS": "ignore"}
-
-    def __enter__(self) -> "ServerProcess":
-        code = "from ecrf.cli import main; raise SystemExit(main())"
-        self.log = ServerLog()
-        self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(self.port)], cwd=ROOT,
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.file)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.tail()}")
-        raise RuntimeError("server did not start in 60 s")
-
-    def __exit__(self, *_exc) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def memory(self) -> tuple[int, int]:
-        """(current, peak) resident bytes."""
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
-        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+def serve(database_url: str, directory: Path) -> ServeProcess:
+    return ServeProcess(database_url, study_secret="bench-study-secret", export_dir=str(directory / "exports"),
+                        rate_limit_per_minute="0")
 
 
-def export(server: ServerProcess) -> tuple[int, float]:
+def export(server: ServeProcess) -> tuple[int, float]:
     token = issue_dev_token(server.settings, role="sponsor", ttl_minutes=30)
     with httpx.Client(base_url=server.url, timeout=600, headers={"Authorization": f"Bearer {token}"}) as http:
         began = time.perf_counter()
@@ -183,41 +144,19 @@ def export(server: ServerProcess) -> tuple[int, float]:
     return entry["count"], elapsed
 
 
-def _database(backend: str, directory: Path) -> tuple[str, str | None]:
-    if backend == "sqlite":
-        return f"sqlite:///{directory / 'bench.db'}", None
-    import psycopg
-
-    name = f"ecrf_bench_export_{secrets.token_hex(3)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}", name
-
-
-def _drop(name: str | None) -> None:
-    if name:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def run(backend: str, size: int, subjects: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="ecrf-bench-export-") as tmp:
         directory = Path(tmp)
-        url, name = _database(backend, directory)
-        try:
+        with fresh_database(backend, directory, "ecrf_bench_export") as url:
             began = time.perf_counter()
             load(url, size, subjects)
             loaded = time.perf_counter() - began
             floor_count, floor_seconds = min(floor(url, directory) for _ in range(3))  # best of 3: the floor
-            with ServerProcess(url, directory) as server:
+            with serve(url, directory) as server:
                 rss_before, _ = server.memory()
                 count, seconds = export(server)
                 _, peak = server.memory()
             job_seconds = _job_seconds(url)
-        finally:
-            _drop(name)
     assert count == floor_count == size
     return {"backend": backend, "size": size, "load_s": loaded, "floor_rate": floor_count / floor_seconds,
             "export_rate": count / seconds, "job_rate": count / job_seconds, "rss_before": rss_before, "peak": peak}

@@ -8,10 +8,7 @@ concurrency; ratios against it show what the save itself costs.
     .venv/bin/python bench/form_save.py [--saves 40] [--clients 8] [--backend sqlite|postgresql|both]
 """
 import argparse
-import os
-import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,47 +23,16 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.server_log import ServerLog  # noqa: E402
 from ecrf.auth.tokens import issue_dev_token  # noqa: E402
-from ecrf.config import Settings  # noqa: E402
-from testkit.net import free_port  # noqa: E402
+from testkit.databases import create_postgres, drop_postgres  # noqa: E402
+from testkit.servers import ServeProcess  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SURGERY = datetime.now(UTC).date() - timedelta(days=40)
 
 
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
-class Server:
-    """`ecrf serve` in a subprocess on a fresh database."""
-
-    def __init__(self, database_url: str, secret: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": secret, "PYTHONWARNINGS": "ignore"}
-        self.log = ServerLog()
-        self.process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(self.port)],
-                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log.file)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start within 60 s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def concurrently(clients: list[httpx.Client], count: int, call: Callable[[httpx.Client, int, int], None]) -> list[float]:
@@ -94,11 +60,8 @@ def concurrently(clients: list[httpx.Client], count: int, call: Callable[[httpx.
 
 
 def run_backend(name: str, database_url: str, clients_n: int, saves: int) -> dict[str, list[float]]:
-    secret = secrets.token_urlsafe(32)
-    settings = Settings(database_url=database_url, jwt_secret=secret, _env_file=None)
-    token = issue_dev_token(settings, role="investigator", sites=["S01"], sub="bench", ttl_minutes=30)
-    server = Server(database_url, secret)
-    try:
+    with ServeProcess(database_url, stop_seconds=10) as server:
+        token = issue_dev_token(server.settings, role="investigator", sites=["S01"], sub="bench", ttl_minutes=30)
         clients = [httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
                    for _ in range(clients_n)]
         subjects = []
@@ -134,27 +97,15 @@ def run_backend(name: str, database_url: str, clients_n: int, saves: int) -> dic
         for client in clients:
             client.close()
         return results
-    finally:
-        server.stop()
 
 
 def postgres_database() -> tuple[str, Callable[[], None]] | None:
     try:
-        import psycopg
-
-        name = f"ecrf_bench_{secrets.token_hex(3)}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
+        name, url = create_postgres("ecrf_bench")
     except Exception as error:  # noqa: BLE001 - report why and go on with SQLite
         print(f"postgresql: skipped ({str(error).strip().splitlines()[0]})")
         return None
-
-    def drop() -> None:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return f"{base}/{name}", drop
+    return url, lambda: drop_postgres(name)
 
 
 def report(name: str, results: dict[str, list[float]], clients: int) -> None:

@@ -4,16 +4,24 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
-from ecrf.responses import FHIR_JSON, JSONBody, is_fhir_path
+from ecrf.responses import FHIR_JSON, NO_STORE, JSONBody, is_fhir_path
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecrf.db import (OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage,
                      is_statement_timeout)
-from ecrf.common.errors import StoreError
+from ecrf.common.errors import Kind, StoreError
+from ecrf.smart.service import OAuthError
 
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
                422: "processing", 429: "throttled", 503: "transient"}
+# The one mapping of a domain error's kind to the HTTP status and the OperationOutcome issue code both doors answer.
+KINDS: dict[Kind, tuple[int, str]] = {
+    Kind.INVALID: (400, "invalid"), Kind.BAD_VALUE: (400, "value"), Kind.NOT_FOUND: (404, "not-found"),
+    Kind.GONE: (410, "deleted"), Kind.PRECONDITION_FAILED: (412, "conflict"), Kind.CONFLICT: (409, "conflict"),
+    Kind.LOCKED: (409, "business-rule"), Kind.FORBIDDEN: (403, "forbidden"), Kind.UNPROCESSABLE: (422, "invalid"),
+    Kind.EDIT_CHECK_FAILED: (422, "invalid"),
+}
 MAX_LISTED_ERRORS = 100  # a body with a million unknown fields must not get a million errors back
 
 
@@ -26,6 +34,11 @@ def issue(message: str, *, code: str = "invalid", severity: str = "error", locat
     if location:
         entry["expression"] = [location]
     return entry
+
+
+def status_of(error: StoreError) -> tuple[int, str]:
+    """A domain error's HTTP status and issue code."""
+    return KINDS[error.kind]
 
 
 def is_fhir(request: Request) -> bool:
@@ -91,5 +104,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, error: StoreError):
-        return error_response(request, error.status, error.message, code=error.code, location=error.location,
+        status, code = status_of(error)
+        return error_response(request, status, error.message, code=code, location=error.location,
                               errors=getattr(error, "errors", None))
+
+    @app.exception_handler(OAuthError)
+    async def oauth_error(request: Request, error: OAuthError):
+        """RFC 6749 5.2: {"error", "error_description"}, never cached; a client that failed to authenticate
+        (invalid_client) gets 401 with WWW-Authenticate, any other refusal 400."""
+        headers = dict(NO_STORE)
+        status = 400
+        if error.error == "invalid_client":
+            status, headers["WWW-Authenticate"] = 401, 'Bearer error="invalid_client"'
+        return JSONBody({"error": error.error, "error_description": error.description}, status_code=status,
+                        headers=headers)

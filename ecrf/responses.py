@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 FHIR_JSON = "application/fhir+json"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # token answers, success or error (RFC 6749 5.1)
 FHIR_PREFIX = "/fhir"  # where the FHIR door is mounted (ecrf/app.py); everything that names it takes it from here
 
 

@@ -6,7 +6,6 @@ runs skip, with a visible reason, when no server answers; with CI=true they fail
 import os
 import secrets
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,19 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from ecrf.app import create_app
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
 from ecrf.runtime import Runtime
 from ecrf.store.migrate import upgrade
-from testkit.net import free_port
+from testkit.databases import postgres_database, require_postgres
+from testkit.servers import serving_in_thread
 
 # One TLS context for every test HTTP client: httpx builds (and loads the CA bundle into) a new one per
 # client otherwise, about 24 ms of CPU each, and the suite makes thousands of clients. The servers are http://.
 TEST_SSL_CONTEXT = ssl.create_default_context()
-PG_ADMIN_URL = os.environ.get("ECRF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"  # optional: tests/samples.py
 
 
@@ -89,16 +87,6 @@ def pytest_runtest_setup(item):
         check_shared()
 
 
-def _postgres_reachable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
-            return None
-    except Exception as error:  # noqa: BLE001 - report why
-        return str(error).strip().splitlines()[0]
-
-
 @dataclass
 class Server:
     backend: str
@@ -120,22 +108,9 @@ def database_url(request, tmp_path_factory) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'ecrf.db'}"
         return
-    problem = _postgres_reachable()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL must run in CI but is unreachable: {problem}")
-        pytest.skip(f"PostgreSQL not reachable ({problem}); these tests run in CI")
-    import psycopg
-
-    name = f"ecrf_test_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    require_postgres()
+    with postgres_database(f"ecrf_test_{os.getpid()}") as (url, _):
+        yield url
 
 
 def pytest_generate_tests(metafunc):
@@ -148,23 +123,11 @@ def running_server(settings: Settings) -> Iterator[Server]:
     """Migrate, start uvicorn on a free port in a thread, and stop it afterwards."""
     runtime = Runtime.start(settings)
     upgrade(runtime.engine)
-    app = create_app(runtime=runtime)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.02)
     backend = "sqlite" if settings.database_url.startswith("sqlite") else "postgresql"
     try:
-        yield Server(backend, f"http://127.0.0.1:{port}", settings, runtime)
+        with serving_in_thread(create_app(runtime=runtime)) as url:
+            yield Server(backend, url, settings, runtime)
     finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
         runtime.engine.dispose()
 
 

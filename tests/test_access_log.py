@@ -1,9 +1,11 @@
 """Access to identified data is itself audited: who saw which subject's identifiers, ids only, for admins."""
 import time
+from contextlib import contextmanager
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from sqlalchemy import text
 
 from tests.crf_support import enrol, save
 from tests.fhir_builders import FHIR_JSON, MRN, patient
@@ -163,6 +165,54 @@ def test_deidentified_exports_leave_no_event_and_identified_ones_name_every_subj
     assert sorted(e["patient_id"] for e in from_file) == sorted(exported) and subject["patient_id"] in exported
     assert {e["kind"] for e in seen} == {"identified_export"}
 
+
+@contextmanager
+def access_log_refusing(server):
+    """The database itself refuses every insert into the access log (a trigger), until the block ends."""
+    if server.backend == "postgresql":
+        create = ["CREATE FUNCTION refuse_access_test() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$ BEGIN RAISE EXCEPTION 'the access log refuses this row'; END $$",
+                  "CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
+                  "FOR EACH ROW EXECUTE FUNCTION refuse_access_test()"]
+        drop = ["DROP TRIGGER refuse_access_test ON access_event", "DROP FUNCTION refuse_access_test()"]
+    else:
+        create = ["CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
+                  "BEGIN SELECT RAISE(ABORT, 'the access log refuses this row'); END"]
+        drop = ["DROP TRIGGER refuse_access_test"]
+    with server.runtime.engine.begin() as connection:
+        for statement in create:
+            connection.execute(text(statement))
+    try:
+        yield
+    finally:
+        with server.runtime.engine.begin() as connection:
+            for statement in drop:
+                connection.execute(text(statement))
+
+
+def test_identified_exports_whose_access_rows_cannot_be_written_are_not_sent(server):
+    """The streamed CSV and an export file say what they show; the response hook records it before the
+    first byte leaves, and when it cannot, nothing of the identified data leaves."""
+    with server.client("investigator", "S01") as http:
+        subject = enrol(http, "S01")
+        assert save(http, subject["id"], "demographics").status_code == 201
+    manager = _sub("data_manager")
+    with server.client("data_manager", sub=manager) as http:
+        [patients] = _export(http, deidentify="false")["output"]
+        with access_log_refusing(server):
+            csv = http.get("/api/v1/exports/forms/demographics.csv", params={"deidentify": "false"})
+            file = http.get(patients["url"])
+        assert csv.status_code == 500 and subject["id"] not in csv.text
+        assert file.status_code == 500 and subject["patient_id"] not in file.text
+        with server.runtime.engine.connect() as connection:  # the CSV's export is audited as it ended, at once
+            audited = connection.execute(text(
+                "SELECT new_value FROM audit_entry WHERE actor_sub = :sub AND action = 'export' "
+                "AND form_id = 'demographics'"), {"sub": manager}).scalars().all()
+        assert [orjson.loads(value)["complete"] for value in audited] == [False]
+        assert http.get(patients["url"]).status_code == 200  # the log writes again: the file leaves, recorded
+    seen = events(server, sub=manager)  # the CSV and the refused download left nothing; the last one its rows
+    assert {e["interaction"] for e in seen} == {"export.bulk_file"}
+    assert subject["patient_id"] in {e["patient_id"] for e in seen}
 
 def test_no_event_holds_an_mrn_or_a_name(server):
     person = _named_patient()

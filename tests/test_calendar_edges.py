@@ -14,7 +14,8 @@ from ecrf.export.bulk import deidentifier
 from tests.conftest import running_server
 from tests.fhir_builders import FHIR_JSON, bundle, lab, patient, post, urn
 from tests.tamper_support import tampering
-from tests.test_export_protocol import download, export, export_settings, fresh_database, load_subjects
+from tests.test_export_protocol import download, export, export_settings, load_subjects
+from testkit.databases import fresh_database
 
 EDGES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01", "9999-12-31", "0001",
          "9999-12", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z"]

@@ -7,7 +7,8 @@ import pytest
 from tests.cdisc_support import RANDOMISED, adverse_event, cdisc_export, files, log_entry, medication, on_day, randomised_subject
 from tests.conftest import running_server
 from tests.crf_support import path, save
-from tests.test_export_protocol import ASYNC, export_settings, fresh_database
+from tests.test_export_protocol import ASYNC, export_settings
+from testkit.databases import fresh_database
 
 MRN = "MRN-QX-558812"
 BORN = "1931-02-17"

@@ -7,7 +7,8 @@ from sqlalchemy import text
 from tests.cdisc_support import cdisc_export, files, odm_schema, randomised_subject, shared_odm_schema
 from tests.conftest import running_server
 from tests.crf_support import VALID, day, enrol, path, save
-from tests.test_export_protocol import export_settings, fresh_database
+from tests.test_export_protocol import export_settings
+from testkit.databases import fresh_database
 
 NS = {"odm": "http://www.cdisc.org/ns/odm/v1.3"}
 

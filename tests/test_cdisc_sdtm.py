@@ -17,7 +17,8 @@ from tests.cdisc_support import (DATASET_JSON, RANDOMISED, RANDOMISED_SURGERY, c
                                   adverse_event, log_entry, medication, on_day, randomised_subject)
 from tests.conftest import running_server
 from tests.crf_support import VALID, enrol, save
-from tests.test_export_protocol import export_settings, fresh_database
+from tests.test_export_protocol import export_settings
+from testkit.databases import fresh_database
 
 STUDY = "NCT04163237"
 ODM = {"odm": "http://www.cdisc.org/ns/odm/v1.3", "def": "http://www.cdisc.org/ns/def/v2.1"}

@@ -1,7 +1,6 @@
 """A database outage is 503 with Retry-After, not 409 (issue 17, finding 8). PostgreSQL: the outage is made
 for real, by refusing new connections to the server's database and terminating the ones it holds (as a
 restart does), then lifted: the same server answers again without a restart of its own."""
-import os
 import secrets
 import time
 
@@ -9,32 +8,20 @@ import psycopg
 import pytest
 
 from ecrf.config import Settings
-from tests.conftest import PG_ADMIN_URL, _postgres_reachable, running_server
+from testkit.databases import PG_ADMIN_URL, postgres_database, require_postgres
+from tests.conftest import running_server
 from tests.crf_support import enrol
 from tests.fhir_builders import FHIR_JSON, bundle, lab, patient, post, urn
 
 
 @pytest.fixture
 def pg_server():
-    problem = _postgres_reachable()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL must run in CI but is unreachable: {problem}")
-        pytest.skip(f"PostgreSQL not reachable ({problem})")
-    name = f"ecrf_outage_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    try:
+    require_postgres()
+    with postgres_database("ecrf_outage") as (url, name):
         settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), export_worker=False,
                             _env_file=None)
         with running_server(settings) as server:
             yield server, name
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _outage(name: str, down: bool) -> None:

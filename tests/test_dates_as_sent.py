@@ -14,7 +14,7 @@ from ecrf.store.unit import read_only
 from tests.crf_support import day, enrol, path, save
 from tests.eligibility_support import COORDINATOR, compose, criterion, quantity, store_patient
 from tests.fhir_builders import FHIR_JSON, lab
-from tests.test_export_protocol import fresh_database
+from testkit.databases import fresh_database
 
 
 def _push(server, resource):

@@ -7,8 +7,9 @@ import orjson
 import pytest
 
 from tests.fhir_builders import FHIR_JSON, lab
-from tests.test_export_protocol import (ASYNC, STUDY, download, export, export_settings, fresh_database,
-                                        load_subjects, wait_for_manifest)
+from tests.test_export_protocol import (ASYNC, STUDY, download, export, export_settings, load_subjects,
+                                        wait_for_manifest)
+from testkit.databases import fresh_database
 from tests.conftest import running_server
 
 LEVELS = ["/fhir/$export", "/fhir/Patient/$export", f"/fhir/Group/{STUDY}/$export"]

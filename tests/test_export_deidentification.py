@@ -12,7 +12,8 @@ from ecrf.export.deidentify import Deidentifier, completed_years, load_profile
 from tests.conftest import running_server
 from tests.crf_support import SURGERY, day, save
 from tests.fhir_builders import MRN
-from tests.test_export_protocol import STUDY, ASYNC, download, export, export_settings, fresh_database
+from tests.test_export_protocol import STUDY, ASYNC, download, export, export_settings
+from testkit.databases import fresh_database
 
 PEOPLE = [
     {"site": "S01", "mrn": "MRN-ZQ-730215", "family": "Quackenbush", "given": "Zebediah", "born": "1931-02-17",

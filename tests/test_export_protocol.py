@@ -1,39 +1,20 @@
 """FHIR Bulk Data export, async pattern: kick-off, progress, manifest, download, cancel, restart mid-job."""
-import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import orjson
-import psycopg
 import pytest
 from sqlalchemy import update
 
 from ecrf.config import Settings
 from ecrf.export.models import ExportJob
 from ecrf.export.source import Scope, batches
-from tests.conftest import PG_ADMIN_URL, running_server
+from tests.conftest import running_server
+from testkit.databases import fresh_database
 from tests.crf_support import enrol, save
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 STUDY = "NCT04163237"
-
-
-@contextmanager
-def fresh_database(database_url: str, tmp_path) -> Iterator[str]:
-    """A database of its own on the backend under test, so an export holds exactly what a test loaded."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / f'export-{secrets.token_hex(3)}.db'}"
-        return
-    name = f"ecrf_export_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{database_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def export_settings(url: str, tmp_path, **overrides) -> Settings:
@@ -90,7 +71,7 @@ def load_subjects(server, count: int, site: str = "S01") -> list[dict]:
 @pytest.fixture(scope="module")
 def loaded(database_url, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("export-protocol")
-    with fresh_database(database_url, tmp_path) as url, running_server(export_settings(url, tmp_path)) as server:
+    with fresh_database(database_url, tmp_path, "ecrf_export") as url, running_server(export_settings(url, tmp_path)) as server:
         load_subjects(server, 3, "S01")
         load_subjects(server, 1, "S02")
         yield server
@@ -166,7 +147,7 @@ def test_identified_export_is_for_data_managers_only(loaded):
 @pytest.fixture
 def slow_settings(database_url, tmp_path):
     """Tiny batches with a pause between them, so a test can act while a job runs."""
-    with fresh_database(database_url, tmp_path) as url:
+    with fresh_database(database_url, tmp_path, "ecrf_export") as url:
         yield export_settings(url, tmp_path, export_batch_size=2, export_batch_pause_seconds=0.15,
                               export_lease_seconds=2)
 

@@ -18,7 +18,8 @@ from tests.cdisc_support import cdisc_export, files
 
 from tests.crf_support import day, enrol, save
 from tests.conftest import running_server
-from tests.test_export_protocol import download, export, export_settings, fresh_database
+from tests.test_export_protocol import download, export, export_settings
+from testkit.databases import fresh_database
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"

@@ -440,7 +440,7 @@ def test_the_form_resource_migration_indexes_existing_forms(database_url, tmp_pa
 
     from ecrf.db import make_engine
     from ecrf.store.migrate import upgrade
-    from tests.test_export_protocol import fresh_database
+    from testkit.databases import fresh_database
 
     with fresh_database(database_url, tmp_path) as url:
         engine = make_engine(url)

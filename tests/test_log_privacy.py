@@ -30,6 +30,7 @@ from tests.conftest import TEST_SSL_CONTEXT, Server, running_server
 from tests.samples import have_shared, shared_json
 from tests.synthea_shaped import kept_part, patient_bundle, resources_of
 from testkit.net import free_port
+from testkit.servers import wait_until_healthy
 
 
 def _synthea_bundles() -> list[dict]:
@@ -294,15 +295,7 @@ def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
                                    stdout=stdout, stderr=stderr, cwd=tmp_path)
         try:
             base_url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, Path(err).read_text()[-2000:]
-                time.sleep(0.2)
+            wait_until_healthy(base_url, process, log=lambda: Path(err).read_text()[-2000:], pause=0.2)
             phi = Secrets()
             with fault_injected(database_url):
                 full_run(Server("sqlite", base_url, settings, None), phi, fault=True)

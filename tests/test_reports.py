@@ -1,8 +1,6 @@
 """GET /api/v1/reports/enrolment over HTTP on a database of its own: exact counts for data managers and
 monitors (their sites only), small cells hidden for sponsors, nothing that identifies a subject."""
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -11,29 +9,12 @@ from ecrf.config import Settings
 from ecrf.db import snapshot
 from ecrf.reports import service
 from ecrf.reports.suppression import hidden_cells
-from tests.conftest import PG_ADMIN_URL, running_server
+from tests.conftest import running_server
+from testkit.databases import fresh_database
 from tests.crf_support import VALID, day, enrol, entered_randomisation, path, save
 
 REPORT = "/api/v1/reports/enrolment"
 SCREENING_FORMS = ("surgery", "demographics", "baseline", "labs", "pathology", "afp", "history")
-
-
-@contextmanager
-def fresh_database(database_url: str, tmp_path) -> Iterator[str]:
-    """A database of its own on the backend under test, so the counts are exactly what this module enrolled."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'reports.db'}"
-        return
-    import psycopg
-
-    name = f"ecrf_reports_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{database_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _screened(http, site: str, **overrides) -> dict:
@@ -57,7 +38,7 @@ def study(database_url, tmp_path_factory):
     """S01: 6 enrolled only, 3 randomised (SORA, SORA, PD1_SORA; one randomisation form verified), 1 ineligible
     (ECOG 3). S02: 1 enrolled only, 1 randomised (PD1_SORA)."""
     tmp_path = tmp_path_factory.mktemp("reports")
-    with fresh_database(database_url, tmp_path) as url:
+    with fresh_database(database_url, tmp_path, "ecrf_reports") as url:
         settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), export_worker=False, _env_file=None)
         with running_server(settings) as server:
             subjects = []

@@ -7,7 +7,6 @@ copies are one condition), so those servers
 raise the limits on purpose, as an operator could, and show what then still bounds the work.
 """
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,8 +20,10 @@ import pytest
 
 from ecrf.auth.tokens import issue_dev_token
 from ecrf.config import Settings
-from tests.conftest import PG_ADMIN_URL, _postgres_reachable, running_server
+from tests.conftest import running_server
+from testkit.databases import PG_ADMIN_URL, postgres_database, require_postgres
 from testkit.net import free_port
+from testkit.servers import wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,19 +77,9 @@ def test_conditional_criteria_in_a_body_have_the_same_limits(server):
 
 @pytest.fixture
 def pg_url():
-    problem = _postgres_reachable()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL must run in CI but is unreachable: {problem}")
-        pytest.skip(f"PostgreSQL not reachable ({problem})")
-    name = f"ecrf_limits_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}", name
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    require_postgres()
+    with postgres_database("ecrf_limits") as found:
+        yield found
 
 
 def _settings(url: str, timeout_ms: int) -> Settings:
@@ -141,15 +132,7 @@ def test_a_long_search_does_not_hold_the_shutdown(pg_url, tmp_path):
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "ecrf serve did not start"
-            time.sleep(0.2)
+        wait_until_healthy(base, process, pause=0.2)
         token = issue_dev_token(settings, role="ehr", sites=["S01"])
         answers: list = []
 

@@ -13,16 +13,15 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 from smart_support import KeyPair
 
-from tests.test_export_protocol import fresh_database
+from testkit.databases import fresh_database
 from testkit.net import free_port
+from testkit.servers import wait_until_healthy
 
 TOOLS = Path(__file__).resolve().parent.parent.parent / "shared" / "tools"
 STUDY = "NCT04163237"
@@ -114,15 +113,7 @@ def deployment(database_url, tmp_path_factory, tools):
                                  stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline and serve.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.3)
+            wait_until_healthy(base, serve, seconds=90, log=(tmp_path / "serve.log").read_text, pause=0.3)
             subprocess.run([*ecrf, "demo", "--url", base], env=env, cwd=tmp_path, check=True, capture_output=True,
                            timeout=300)
             yield {"base": base, "client_id": client_id, "jwks_url": jwks_url, "dir": tmp_path, "key": key}

@@ -5,7 +5,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from ecrf.config import Settings
 from ecrf.web.models import WebSession
 from ecrf.web.sessions import COOKIE, _hash
 from testkit.net import free_port
+from testkit.servers import wait_until_answering
 from web_support import NODE_TOOLS, chromium, missing, node_modules  # noqa: F401 - chromium is a fixture
 
 from playwright.sync_api import Page, expect  # noqa: E402
@@ -45,17 +45,12 @@ def oidc(database_url, tmp_path_factory) -> Iterator[tuple]:
         process = subprocess.Popen([node, str(NODE_TOOLS / "oidc_provider.mjs"), str(provider_port), json.dumps(config)],
                                    cwd=NODE_TOOLS, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"oidc-provider did not start: {log.read()[-2000:]}")
-                time.sleep(0.2)
+            def log_tail() -> str:
+                log.seek(0)
+                return log.read()[-2000:]
+
+            wait_until_answering(f"{issuer}/.well-known/openid-configuration", process, seconds=30, log=log_tail,
+                                 pause=0.2)
             yield server, issuer
         finally:
             process.terminate()

@@ -11,12 +11,8 @@ Bundle to a fresh server and reads the server's peak resident memory (VmHWM) fro
 import argparse
 import gc
 import os
-import secrets
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from statistics import median
 
 import httpx
@@ -24,48 +20,18 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
 from bench.ingest.bundles import lab_bundle
-from bench.server_log import ServerLog
 from ecrf.auth.tokens import issue_dev_token
-from ecrf.config import Settings
-from testkit.net import free_port
+from testkit.databases import create_postgres, drop_postgres
+from testkit.servers import ServeProcess
 
 PG_ADMIN = os.environ.get("ECRF_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-class ServerProcess:
+class ServerProcess(ServeProcess):
     """`ecrf serve` in a subprocess, with a token for an ehr client of site S01."""
 
     def __init__(self, database_url: str, **settings: str):
-        self.secret = secrets.token_urlsafe(32)
-        self.port = free_port()
-        self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
-                    "ECRF_RATE_LIMIT_PER_MINUTE": "0", **{f"ECRF_{k.upper()}": v for k, v in settings.items()}}
-        self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "ServerProcess":
-        code = "from ecrf.cli import main; raise SystemExit(main())"
-        self.log = ServerLog()
-        self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.file)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.tail()}")
-        raise RuntimeError("server did not start in 60 s")
-
-    def __exit__(self, *_exc) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(database_url, stop_seconds=20, rate_limit_per_minute="0", **settings)
 
     def client(self) -> httpx.Client:
         token = issue_dev_token(self.settings, role="ehr", sites=["S01"], ttl_minutes=30)
@@ -73,10 +39,7 @@ class ServerProcess:
             "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
 
     def peak_memory_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmHWM in /proc")
+        return self.memory()[1]
 
 
 def _push(http: httpx.Client, payload: bytes) -> None:
@@ -120,23 +83,10 @@ def memory_for_big_bundle(database_url: str, megabytes: float) -> tuple[int, int
 
 def _postgres_database() -> tuple[str, str] | None:
     try:
-        import psycopg
-
-        name = f"ecrf_bench_{os.getpid()}"
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-        return name, f"{base}/{name}"
+        return create_postgres(f"ecrf_bench_{os.getpid()}", PG_ADMIN)
     except Exception as error:  # noqa: BLE001 - reported, then skipped
         print(f"PostgreSQL skipped: {str(error).strip().splitlines()[0]}")
         return None
-
-
-def _drop_postgres(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(+{(after - before) / 1e6:.0f} MB = {(after - before) / size:.1f}x the Bundle size)")
         finally:
             if postgres:
-                _drop_postgres(postgres[0])
+                drop_postgres(postgres[0], PG_ADMIN)
     return 0
 
 

@@ -6,12 +6,14 @@ from typing import Any
 import yaml
 
 from fhir_mappings.definitions import StudyDef
+from ecrf.common.errors import Conflict
 
 FILE_NAME = "sdtm.yaml"
 
 
-class MappingError(ValueError):
-    pass
+class MappingError(Conflict, ValueError):
+    """The study's SDTM mapping is missing or does not fit the study: no SDTM export can start (a conflict
+    with the study as configured, answered by ecrf/errors.py)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,26 @@
 """Domain failures: the store's and the refusals that list every failing item (rendered as
-{"detail", "errors": [{"item", "rule", "message"}]}). Each class names the status and FHIR issue code both
-doors report; the doors' one mapping to a response is ecrf/errors.py."""
+{"detail", "errors": [{"item", "rule", "message"}]}). Each class names its kind of failure, nothing of HTTP;
+the doors' one mapping of a kind to a status, an issue code and a body is ecrf/errors.py."""
+from enum import Enum
+
+
+class Kind(str, Enum):
+    """What went wrong, as both doors tell it (ecrf.errors.KINDS says with which status)."""
+
+    INVALID = "invalid"  # the request cannot be read as sent
+    BAD_VALUE = "bad-value"  # a value outside what the store keeps (a date off its calendar)
+    NOT_FOUND = "not-found"
+    GONE = "gone"  # it existed and was deleted
+    PRECONDITION_FAILED = "precondition-failed"  # the version the caller named is not the current one
+    CONFLICT = "conflict"  # the current state refuses it (a duplicate, a rule naming the existing one)
+    LOCKED = "locked"  # a locked form would change
+    FORBIDDEN = "forbidden"
+    UNPROCESSABLE = "unprocessable"  # read, but its content breaks a rule
+    EDIT_CHECK_FAILED = "edit-check-failed"  # hard edit checks failed; nothing was stored
 
 
 class StoreError(Exception):
-    status = 400
-    code = "invalid"
+    kind = Kind.INVALID
 
     def __init__(self, message: str, *, location: str | None = None):
         super().__init__(message)
@@ -14,32 +29,32 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    status, code = 404, "not-found"
+    kind = Kind.NOT_FOUND
 
 
 class Gone(StoreError):
-    status, code = 410, "deleted"
+    kind = Kind.GONE
 
 
 class VersionConflict(StoreError):
-    status, code = 412, "conflict"
+    kind = Kind.PRECONDITION_FAILED
 
 
 class Conflict(StoreError):
-    status, code = 409, "conflict"
+    kind = Kind.CONFLICT
 
 
 class Forbidden(StoreError):
-    status, code = 403, "forbidden"
+    kind = Kind.FORBIDDEN
 
 
 class Invalid(StoreError):
-    status, code = 422, "invalid"
+    kind = Kind.UNPROCESSABLE
 
 
 class OffCalendar(StoreError):
     """A date, dateTime or instant outside the calendar the store keeps (ecrf.store.indexing.CALENDAR)."""
-    status, code = 400, "value"
+    kind = Kind.BAD_VALUE
 
     def __init__(self, message: str, *, location: str):
         super().__init__(message, location=location)
@@ -47,7 +62,8 @@ class OffCalendar(StoreError):
 
 
 class EditCheckFailed(Invalid):
-    """422: hard edit checks failed; nothing was stored."""
+    """Hard edit checks failed; nothing was stored."""
+    kind = Kind.EDIT_CHECK_FAILED
 
     def __init__(self, errors: list[dict[str, str]], message: str | None = None):
         super().__init__(message or f"{len(errors)} edit check(s) failed; nothing was stored")
@@ -55,7 +71,7 @@ class EditCheckFailed(Invalid):
 
 
 class Blocked(Conflict):
-    """409 with the reasons, e.g. the eligibility criteria that block a randomisation."""
+    """A conflict with the reasons, e.g. the eligibility criteria that block a randomisation."""
 
     def __init__(self, message: str, errors: list[dict[str, str]]):
         super().__init__(message)
@@ -63,6 +79,6 @@ class Blocked(Conflict):
 
 
 class FormLocked(StoreError):
-    """409: a write through another door would change a locked form; nothing was written."""
+    """A write through another door would change a locked form; nothing was written."""
 
-    status, code = 409, "business-rule"
+    kind = Kind.LOCKED

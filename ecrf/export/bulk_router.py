@@ -92,13 +92,10 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
                                  "(the format of its OperationOutcome; the only one supported)")
     lenient = "handling=lenient" in prefer.replace(" ", "")
     body = getattr(request.state, "json_body", None) if request.method == "POST" else None
-    try:
-        params = export_options.parameters(request.url.query, body)
-        type_param = export_options.single(params, "_type")
-        since_param = export_options.single(params, "_since")
-        output_format = export_options.single(params, "_outputFormat")
-    except export_options.KickOffError as error:
-        raise HTTPException(400, str(error)) from error
+    params = export_options.parameters(request.url.query, body)
+    type_param = export_options.single(params, "_type")
+    since_param = export_options.single(params, "_since")
+    output_format = export_options.single(params, "_outputFormat")
     if output_format not in OUTPUT_FORMATS:
         raise HTTPException(400, f"_outputFormat {output_format} is not supported; use {NDJSON}")
     deidentified = deidentify_for(actor, deidentify)
@@ -124,11 +121,8 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
         types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
     types = _within_scopes(actor, types, explicit=bool(type_param))
     patient_ids = _study_patient_ids(runtime, deidentified) if params.get("patient") else {}
-    try:
-        options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
-                                      patient_ids=patient_ids, settings=runtime.settings)
-    except export_options.KickOffError as error:
-        raise HTTPException(400, f"{error} (Prefer: handling=lenient leaves out what cannot be honoured)") from error
+    options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
+                                  patient_ids=patient_ids, settings=runtime.settings)
     job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
                       profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
                       types=types, since=since, options=options.as_json())
@@ -237,20 +231,20 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
                                  "(or system/*.rs), which this token's scopes do not grant")
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
-        await run_in_threadpool(_record_identifiers, request, actor, path)
+        await run_in_threadpool(_identifiers_shown, request, actor, path)
     elif not job.deidentified and job.kind != "bulk":  # an identified CDISC file: every subject of the job
-        await run_in_threadpool(_record_job_subjects, request, actor, job)
+        await run_in_threadpool(_job_subjects_shown, request, actor, job)
     return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, NDJSON) if job.kind != "bulk" else NDJSON)
 
 
-def _record_identifiers(request: Request, actor: Actor, path: Path) -> None:
+def _identifiers_shown(request: Request, actor: Actor, path: Path) -> None:
     """An identified Patient file carries every identifier: the access log names each Patient in it."""
     with path.open("rb") as lines:
         patient_ids = [orjson.loads(line).get("id") for line in lines if line.strip()]
-    access.record_request(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
+    access.shown(request, actor, "export.bulk_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
-def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None:
+def _job_subjects_shown(request: Request, actor: Actor, job: ExportJob) -> None:
     site = json.loads(job.params or "{}").get("site")
     sites = jobs.owner(job).sites
     head = ResourceHead.__table__.c
@@ -261,7 +255,7 @@ def _record_job_subjects(request: Request, actor: Actor, job: ExportJob) -> None
         query = query.where(head.site.in_(sorted(sites)))
     with reading(request.app.state.runtime.engine) as session:
         patient_ids = list(session.execute(query).scalars())
-    access.record_request(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
+    access.shown(request, actor, f"export.{job.kind}_file", access.IDENTIFIED_EXPORT, patient_ids)
 
 
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ class Tally:
     rows: int = 0
     subjects: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
-    patients: list[str] = field(default_factory=list)  # whose rows were written (for the access log)
+    patients: list[str] = field(default_factory=list)  # whose rows were written, in order (for the access log)
 
     @property
     def sha256(self) -> str:
@@ -101,11 +101,11 @@ def rows(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifie
                 continue
             emitted = False
             for row in _subject_rows(session, study, form, cols, deid, subject.resource_id, subject.site, patient_id):
-                emitted = True
+                if not emitted:  # counted with its first row, so a chunk's patients are known when it is taken
+                    emitted = True
+                    tally.patients.append(patient_id)
                 yield row
             tally.subjects += emitted
-            if emitted:
-                tally.patients.append(patient_id)
         session.expunge_all()
 
 

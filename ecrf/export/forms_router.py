@@ -1,10 +1,13 @@
 """Form exports as CSV under /api/v1/exports, with a manifest (row counts, SHA-256) computed the same way."""
 import json
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 from sqlmodel import Session
 
 from ecrf.audit import service as audit
@@ -71,20 +74,37 @@ def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIF
         store = ClinicalStore(session, actor, runtime.indexer)
 
         def body() -> Iterator[bytes]:
-            tally, finished = form_csv.Tally(), False
+            tally, finished, told = form_csv.Tally(), False, 0
             try:
-                yield from form_csv.chunks(store, runtime.study, form, deid, tally)
+                for chunk in form_csv.chunks(store, runtime.study, form, deid, tally):
+                    if deid is None:  # identified rows (real subject ids, birth dates): recorded before they leave
+                        access.shown(request, actor, "export.form_csv", access.IDENTIFIED_EXPORT, tally.patients[told:])
+                        told = len(tally.patients)
+                    yield chunk
                 finished = True
             finally:
                 session.close()
                 _audit(runtime, actor, form, deid, version, tally, finished)
-                if deid is None:  # identified rows (real subject ids, birth dates) left for these subjects
-                    access.record_request(request, actor, "export.form_csv", access.IDENTIFIED_EXPORT,
-                                          tally.patients)
 
         headers = {**_headers(deid, version),
                    "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"'}
-        return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers=headers)
+        return ClosingStream(body(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+class ClosingStream(StreamingResponse):
+    """Closes its generator when the response ends, however it ends (a stream broken off because its access
+    rows could not be written, a client gone): the snapshot is released and the export audited then, in a
+    worker thread, not whenever the garbage collector gets to the generator (inside another transaction)."""
+
+    def __init__(self, chunks: Iterator[bytes], **options: Any):
+        super().__init__(chunks, **options)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self.chunks.close)
 
 
 @router.get("/exports/forms/{form_id}.csv.manifest", summary="Row count and SHA-256 of the form's CSV")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ecrf.common.errors import StoreError
 from ecrf.fhir import search
 from ecrf.fhir.outcome import FhirError
 from ecrf.store.indexing import SEARCH_PARAMS
@@ -35,8 +36,9 @@ PROVENANCE = ("LatestProvenanceResources", "RelevantProvenanceResources")
 MAX_VALUES = 1000
 
 
-class KickOffError(Exception):
-    """A parameter that cannot be honoured (400 unless lenient)."""
+class KickOffError(StoreError):
+    """A parameter that cannot be honoured (unless lenient): the kick-off is refused as invalid, with an
+    OperationOutcome (ecrf/errors.py)."""
 
 
 @dataclass
@@ -90,7 +92,7 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
 
     def problem(message: str) -> None:
         if not lenient:
-            raise KickOffError(message)
+            raise KickOffError(f"{message} (Prefer: handling=lenient leaves out what cannot be honoured)")
         options.warnings.append(f"{message}; ignored (Prefer: handling=lenient)")
 
     for name in params:

@@ -1,7 +1,7 @@
 """FHIR errors carrying OperationOutcome issues, and pydantic errors as FHIRPath-located issues."""
 from typing import Any
 
-from ecrf.errors import issue, operation_outcome
+from ecrf.errors import issue, operation_outcome, status_of
 from ecrf.common.errors import StoreError
 
 MAX_ISSUES_PER_RESOURCE = 100  # a resource with a million bad values gets a short answer, not a huge one
@@ -21,7 +21,8 @@ class FhirError(Exception):
 
     @classmethod
     def of_store(cls, error: StoreError, location: str | None = None) -> "FhirError":
-        return cls.one(error.status, error.message, code=error.code, location=location or error.location)
+        status, code = status_of(error)
+        return cls.one(status, error.message, code=code, location=location or error.location)
 
     @property
     def outcome(self) -> dict[str, Any]:

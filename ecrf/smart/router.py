@@ -9,13 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
-from ecrf.errors import error_response
-from ecrf.responses import FHIR_PREFIX, JSONBody, server_root
+from ecrf.common.errors import NotFound
+from ecrf.responses import FHIR_PREFIX, NO_STORE, JSONBody, server_root
 from ecrf.smart import keys, service
 
 TOKEN_PATH = "/auth/token"
 JWKS_PATH = "/auth/jwks"
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 SCOPES_SUPPORTED = ["system/*.rs", "system/*.read", "system/*.cruds", "system/<Type>.<cruds>"]
 
 router = APIRouter(tags=["smart"])
@@ -51,14 +50,6 @@ def jwks(request: Request):
     return JSONBody(keys.load(request.app.state.runtime.settings).public_jwks())
 
 
-def _oauth_error(error: service.OAuthError) -> JSONBody:
-    headers = dict(NO_STORE)
-    if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
-    return JSONBody({"error": error.error, "error_description": error.description}, status_code=error.status,
-                    headers=headers)
-
-
 @router.post(TOKEN_PATH, dependencies=[Depends(public)],
              summary="OAuth 2.0 client credentials with a signed JWT assertion (SMART Backend Services)",
              openapi_extra={"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
@@ -69,17 +60,14 @@ def _oauth_error(error: service.OAuthError) -> JSONBody:
 async def token(request: Request):
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        return _oauth_error(service.OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded"))
+        raise service.OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
     body = await request.body()
     try:
         form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=20))
-    except (UnicodeDecodeError, ValueError):
-        return _oauth_error(service.OAuthError("invalid_request", "the form body cannot be read"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise service.OAuthError("invalid_request", "the form body cannot be read") from error
     runtime = request.app.state.runtime
-    try:
-        issued = await run_in_threadpool(service.token, runtime.engine, runtime.settings, form, token_url(request))
-    except service.OAuthError as error:
-        return _oauth_error(error)
+    issued = await run_in_threadpool(service.token, runtime.engine, runtime.settings, form, token_url(request))
     return JSONBody(issued.body(), headers=NO_STORE)
 
 
@@ -96,10 +84,6 @@ class EnableIn(BaseModel):
     reason: str | None = None
 
 
-def _registration_error(request: Request, error: service.RegistrationError) -> JSONBody:
-    return error_response(request, 422, str(error), errors=[{"item": error.item, "rule": "client", "message": str(error)}])
-
-
 @admin_router.get("", summary="Registered machine clients (no key material)")
 def list_clients(request: Request, actor: Actor = MANAGE) -> list[dict[str, Any]]:
     return [service.describe(client) for client in service.list_clients(request.app.state.runtime.engine)]
@@ -108,11 +92,8 @@ def list_clients(request: Request, actor: Actor = MANAGE) -> list[dict[str, Any]
 @admin_router.post("", status_code=201, summary="Register a machine client (SMART Backend Services)")
 def add_client(request: Request, body: ClientIn, actor: Actor = MANAGE):
     runtime = request.app.state.runtime
-    try:
-        client = service.add_client(runtime.engine, actor, runtime.study, name=body.name, role=body.role,
-                                    site=body.site, scopes=body.scopes, jwks=body.jwks, jwks_uri=body.jwks_uri)
-    except service.RegistrationError as error:
-        return _registration_error(request, error)
+    client = service.add_client(runtime.engine, actor, runtime.study, name=body.name, role=body.role,
+                                site=body.site, scopes=body.scopes, jwks=body.jwks, jwks_uri=body.jwks_uri)
     return JSONBody(service.describe(client), status_code=201,
                     headers={"Location": f"/api/v1/admin/clients/{client.id}"})
 
@@ -121,7 +102,7 @@ def add_client(request: Request, body: ClientIn, actor: Actor = MANAGE):
 def get_client(request: Request, client_id: str, actor: Actor = MANAGE):
     client = service.get_client(request.app.state.runtime.engine, client_id)
     if client is None:
-        return error_response(request, 404, f"client {client_id} is not registered")
+        raise NotFound(f"client {client_id} is not registered")
     return service.describe(client)
 
 
@@ -129,7 +110,7 @@ def _set(request: Request, client_id: str, enabled: bool, actor: Actor, body: En
     client = service.set_enabled(request.app.state.runtime.engine, actor, client_id, enabled,
                                  body.reason if body else None)
     if client is None:
-        return error_response(request, 404, f"client {client_id} is not registered")
+        raise NotFound(f"client {client_id} is not registered")
     return service.describe(client)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ecrf.audit import service as audit
+from ecrf.common.errors import Invalid
 from ecrf.auth.actor import ROLES, STUDY_WIDE_ROLES, Actor
 from ecrf.db import reading, transaction
 from ecrf.smart import grants, keys
@@ -42,19 +43,21 @@ JWKS_MAX_BYTES = 65536
 
 
 class OAuthError(Exception):
-    """An RFC 6749 error answer: `error` code, a description safe to return, HTTP status."""
+    """An RFC 6749 error answer: `error` code and a description safe to return (ecrf/errors.py answers it,
+    invalid_client as the failed client authentication it is)."""
 
-    def __init__(self, error: str, description: str, status: int = 400):
+    def __init__(self, error: str, description: str):
         super().__init__(description)
-        self.error, self.description, self.status = error, description, status
+        self.error, self.description = error, description
 
 
-class RegistrationError(ValueError):
+class RegistrationError(Invalid, ValueError):
     """A client registration that cannot be accepted; names the field."""
 
     def __init__(self, item: str, message: str):
         super().__init__(message)
         self.item = item
+        self.errors = [{"item": item, "rule": "client", "message": message}]
 
 
 def now() -> datetime:
@@ -184,12 +187,12 @@ class JwksCache:
             with httpx.Client(timeout=JWKS_TIMEOUT_SECONDS, follow_redirects=False) as client:
                 response = client.get(uri, headers={"Accept": "application/json"})
             if response.status_code != 200 or len(response.content) > JWKS_MAX_BYTES:
-                raise OAuthError("invalid_client", "the client's JWKS URL did not answer a JWK Set", 401)
+                raise OAuthError("invalid_client", "the client's JWKS URL did not answer a JWK Set")
             found = response.json().get("keys")
         except (httpx.HTTPError, ValueError, AttributeError) as error:
-            raise OAuthError("invalid_client", "the client's JWKS URL could not be read", 401) from error
+            raise OAuthError("invalid_client", "the client's JWKS URL could not be read") from error
         if not isinstance(found, list):
-            raise OAuthError("invalid_client", "the client's JWKS URL did not answer a JWK Set", 401)
+            raise OAuthError("invalid_client", "the client's JWKS URL did not answer a JWK Set")
         return [key for key in found if isinstance(key, dict) and "d" not in key]
 
 
@@ -199,7 +202,7 @@ JWKS_CACHE = JwksCache()
 def _client_keys(client: SmartClient, header: dict[str, Any]) -> list[dict[str, Any]]:
     jku = header.get("jku")
     if jku is not None and jku != client.jwks_uri:
-        raise OAuthError("invalid_client", "the assertion's jku header is not the client's registered JWKS URL", 401)
+        raise OAuthError("invalid_client", "the assertion's jku header is not the client's registered JWKS URL")
     if client.jwks_uri:
         return JWKS_CACHE.keys(client.jwks_uri, header.get("kid"))
     return json.loads(client.jwks)["keys"] if client.jwks else []
@@ -228,15 +231,14 @@ def token(engine: Engine, settings: Any, form: dict[str, str], token_url: str) -
         raise OAuthError("unsupported_grant_type", "only grant_type=client_credentials is supported")
     if form.get("client_assertion_type") != ASSERTION_TYPE:
         raise OAuthError("invalid_request" if not form.get("client_assertion_type") else "invalid_client",
-                         f"client_assertion_type must be {ASSERTION_TYPE}",
-                         400 if not form.get("client_assertion_type") else 401)
+                         f"client_assertion_type must be {ASSERTION_TYPE}")
     assertion = form.get("client_assertion")
     if not assertion:
         raise OAuthError("invalid_request", "client_assertion is required")
     if "scope" not in form:
         raise OAuthError("invalid_request", "scope is required")
     if len(assertion) > MAX_ASSERTION_BYTES:
-        raise OAuthError("invalid_client", "client_assertion is too large", 401)
+        raise OAuthError("invalid_client", "client_assertion is too large")
     client, claims = _verify_assertion(engine, settings, assertion, token_url)
     granted = grants.grant(form.get("scope", ""), client.scopes)
     if not granted:
@@ -247,33 +249,33 @@ def token(engine: Engine, settings: Any, form: dict[str, str], token_url: str) -
 
 
 def _verify_assertion(engine: Engine, settings: Any, assertion: str, token_url: str) -> tuple[SmartClient, dict[str, Any]]:
-    refused = OAuthError("invalid_client", "the client assertion is not valid", 401)
+    refused = OAuthError("invalid_client", "the client assertion is not valid")
     try:
         header = jwt.get_unverified_header(assertion)
         unverified = jwt.get_unverified_claims(assertion)
     except JWTError as error:
-        raise OAuthError("invalid_client", "client_assertion is not a JWT", 401) from error
+        raise OAuthError("invalid_client", "client_assertion is not a JWT") from error
     algorithm = header.get("alg")
     if algorithm not in ASSERTION_ALGORITHMS:
-        raise OAuthError("invalid_client", f"the assertion must be signed RS384 or ES384, not {algorithm!r}", 401)
+        raise OAuthError("invalid_client", f"the assertion must be signed RS384 or ES384, not {algorithm!r}")
     issuer, subject = unverified.get("iss"), unverified.get("sub")
     if not isinstance(issuer, str) or not issuer or issuer != subject:
-        raise OAuthError("invalid_client", "the assertion's iss and sub must both be the client id", 401)
+        raise OAuthError("invalid_client", "the assertion's iss and sub must both be the client id")
     client = get_client(engine, issuer)
     if client is None or not client.enabled:
-        raise OAuthError("invalid_client", "the client is not registered, or is disabled", 401)
+        raise OAuthError("invalid_client", "the client is not registered, or is disabled")
     if unverified.get("aud") != token_url and not (isinstance(unverified.get("aud"), list) and unverified["aud"] == [token_url]):
-        raise OAuthError("invalid_client", f"the assertion's aud must be the token URL {token_url}", 401)
+        raise OAuthError("invalid_client", f"the assertion's aud must be the token URL {token_url}")
     expires = unverified.get("exp")
     moment = now().timestamp()
     leeway = settings.jwt_leeway_seconds
     if not isinstance(expires, (int, float)) or expires <= moment - leeway:
-        raise OAuthError("invalid_client", "the assertion has no exp, or has expired", 401)
+        raise OAuthError("invalid_client", "the assertion has no exp, or has expired")
     if expires > moment + MAX_ASSERTION_SECONDS + leeway:
-        raise OAuthError("invalid_client", "the assertion's exp must be at most 5 minutes ahead", 401)
+        raise OAuthError("invalid_client", "the assertion's exp must be at most 5 minutes ahead")
     jti = unverified.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 255:
-        raise OAuthError("invalid_client", "the assertion needs a jti (at most 255 characters)", 401)
+        raise OAuthError("invalid_client", "the assertion needs a jti (at most 255 characters)")
     expected_kty = "EC" if algorithm.startswith("ES") else "RSA"
     candidates = [key for key in _client_keys(client, header)
                   if key.get("kty") == expected_kty and ("kid" not in header or key.get("kid") == header["kid"])
@@ -299,7 +301,7 @@ def _use_jti(engine: Engine, client_id: str, jti: str, expires: float) -> None:
             session.execute(insert(UsedAssertion).values(
                 client_id=client_id, jti=jti, expires_at=datetime.fromtimestamp(expires, UTC) + timedelta(minutes=1)))
     except IntegrityError as error:
-        raise OAuthError("invalid_client", "this client assertion (jti) was already used", 401) from error
+        raise OAuthError("invalid_client", "this client assertion (jti) was already used") from error
 
 
 def issuer(settings: Any) -> str:

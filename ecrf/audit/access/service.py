@@ -1,7 +1,8 @@
 """Recording access to identified data: after a read succeeds, before its response leaves.
 
 Doors say what a response shows with `shown`; one response hook (ecrf/audit/access/hook.py) records it.
-A streamed export, whose rows are known only once sent, records with `record_request` when it ends.
+A streamed export, whose rows are known only as they are read, says so chunk by chunk: each is recorded
+before the chunk that shows it leaves.
 
 One batched insert per response, in its own short transaction, with no lock shared by readers (unlike the
 hash-chained audit trail, whose head row serialises writers). If the insert fails the response fails:
