@@ -255,6 +255,37 @@ def test_an_ehr_recurrence_condition_counts_unless_refuted_or_entered_in_error(s
         assert (rfs["event"], rfs["days"]) == (False, days(60))
 
 
+def disease_status(patient_id: str, status: str, assessed: int, recurrence: int) -> dict:
+    """A disease status Observation (mCODE CancerDiseaseStatus) as an EHR sends it: a recurrence."""
+    return {"resourceType": "Observation", "status": status, "subject": {"reference": f"Patient/{patient_id}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "97509-4"}]},
+            "effectiveDateTime": day(assessed),
+            "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": "disease_status-recurrence"}]},
+            "component": [{"code": {"coding": [{"system": LOCAL, "code": "recurrence-date"}]},
+                           "valueDateTime": day(recurrence)}]}
+
+
+def test_an_ehr_disease_status_counts_once_final_and_a_preliminary_one_is_no_evidence(server):
+    with server.client("investigator", "S01") as http:
+        subject_id, patient_id = randomised(server, http)
+        assess(http, subject_id, "ned", 60)
+        pushed = http.post("/fhir/Observation", json=disease_status(patient_id, "preliminary", 75, 74), headers=FHIR_JSON)
+        assert pushed.status_code == 201, pushed.text
+        view = endpoints(http, subject_id)
+        assert (view["rfs"]["event"], view["rfs"]["days"]) == (False, days(60))  # CRF-SPEC 9.3
+        assert view["os"]["days"] == days(60)  # nor is its date evidence the subject was alive
+        observation_id = pushed.json()["id"]
+        final = http.put(f"/fhir/Observation/{observation_id}", headers=FHIR_JSON,
+                         json={**disease_status(patient_id, "final", 75, 74), "id": observation_id})
+        assert final.status_code == 200, final.text
+        view = endpoints(http, subject_id)
+    rfs = view["rfs"]
+    assert (rfs["event"], rfs["days"], rfs["date"]) == (True, days(74), day(74))
+    assert (rfs["evidence"]["resourceType"], rfs["evidence"]["id"], rfs["evidence"]["version"]) == (
+        "Observation", observation_id, int(final.json()["meta"]["versionId"]))
+    assert view["os"]["days"] == days(75)
+
+
 def test_a_recurrence_after_death_is_a_conflict_and_death_decides(server):
     with server.client("investigator", "S01") as http:
         subject_id, patient_id = randomised(server, http)

@@ -35,6 +35,7 @@ class EndpointRules:
     fatal_grades: frozenset[int]
     ae_onset: str
     not_alive: frozenset[tuple[str, str]]
+    observation_statuses: frozenset[str]
 
 
 def _section(path: Path, data: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
@@ -88,6 +89,9 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
     _item(path, study, ae["form"], ae["grade_item"], "integer")
     _item(path, study, ae["form"], ae["onset_item"], "date")
     alive = data.get("alive") or {}
+    statuses = data.get("observation_statuses")
+    if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
+        raise EndpointRulesError(f"{path}: observation_statuses is a list of Observation statuses")
     return EndpointRules(
         assessment_form=form, assessment_status=str(da["status_item"]), assessment_date=str(da["date_item"]),
         recurrence_date=str(da["recurrence_item"]),
@@ -101,5 +105,6 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
         ae_form=str(ae["form"]), ae_grade=str(ae["grade_item"]),
         fatal_grades=frozenset(int(g) for g in ae["fatal_grades"]), ae_onset=str(ae["onset_item"]),
         not_alive=frozenset(_item(path, study, d.get("form"), d.get("item"))
-                            for d in alive.get("not_alive_evidence") or []))
+                            for d in alive.get("not_alive_evidence") or []),
+        observation_statuses=frozenset(statuses))
 

@@ -135,6 +135,7 @@ def compute_all(session: Session, study: StudyDef, rules: EndpointRules,
     """subject id -> its endpoints view, from the store as this session sees it."""
     patients = sorted({a.patient_id for a in allocations})
     data = load(session, study, patients, items=needed_items(study, rules), conditions=False)
+    _drop_unfinished(session, rules, data.values())
     recurrences = _recurrence_conditions(session, rules, patients) if rules.recurrence_codings else {}
     deceased = _deceased(session, patients) if rules.patient_deceased else {}
     views = {}
@@ -148,14 +149,36 @@ def compute_all(session: Session, study: StudyDef, rules: EndpointRules,
     return views
 
 
+def _drop_unfinished(session: Session, rules: EndpointRules, patients: Any) -> None:
+    """Leave out the values of Observations whose status is not evidence (CRF-SPEC 9.3: preliminary...)."""
+    observations = sorted({v.resource_id for p in patients for values in p.values.values() for v in values
+                           if v.resource_type == "Observation"})
+    unfinished = set()
+    for start in range(0, len(observations), CHUNK):
+        unfinished |= set(session.exec(select(SearchToken.resource_id).where(
+            SearchToken.resource_type == "Observation", SearchToken.param == "status",
+            SearchToken.resource_id.in_(observations[start:start + CHUNK]),
+            SearchToken.code.not_in(sorted(rules.observation_statuses)))).all())
+    if not unfinished:
+        return
+    for patient in patients:
+        for item, values in patient.values.items():
+            patient.values[item] = [v for v in values
+                                    if not (v.resource_type == "Observation" and v.resource_id in unfinished)]
+
+
 def _dated_elsewhere(session: Session, rules: EndpointRules, patient_id: str, end: date | None) -> list[Dated]:
     """Alive evidence beyond the date items: the latest date of any fact (a lab's, a visit form's own date) and
     the latest visit date of a live form instance (not the end of study's, whose date closes the record); and
     when the subject has an end-of-study date, every one after it (the open item lists them)."""
     excluded = [and_(ItemFact.form_id == form, ItemFact.item_id == item) for form, item in sorted(rules.not_alive)]
+    unfinished = select(SearchToken.resource_id).where(  # CRF-SPEC 9.3: a preliminary result is no evidence
+        SearchToken.resource_type == "Observation", SearchToken.param == "status",
+        SearchToken.code.not_in(sorted(rules.observation_statuses)))
     facts = select(ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id, ItemFact.item_id,
-                   ItemFact.effective_date).where(ItemFact.patient_id == patient_id,
-                                                  ItemFact.effective_date.is_not(None), *[not_(e) for e in excluded])
+                   ItemFact.effective_date).where(
+        ItemFact.patient_id == patient_id, ItemFact.effective_date.is_not(None), *[not_(e) for e in excluded],
+        not_(and_(ItemFact.resource_type == "Observation", ItemFact.resource_id.in_(unfinished))))
     visits = select(FormInstance.id, FormInstance.visit_date).where(
         FormInstance.patient_id == patient_id, FormInstance.status != WITHDRAWN,
         FormInstance.form_id != rules.end_form)
