@@ -158,6 +158,12 @@ def test_recurrence_then_death_rfs_at_the_recurrence_os_at_death_and_withdrawals
         view = endpoints(http, subject_id)
         assert (view["rfs"]["event"], view["rfs"]["days"], view["rfs"]["date"]) == (False, days(60), day(60))
         assert view["os"]["event"] is False and view["os"]["days"] == days(60)
+    with server.client("data_manager") as http:
+        trail = http.get(f"/api/v1/subjects/{subject_id}/audit", params={"limit": 500}).json()["items"]
+    changes = [e["new_value"] for e in trail if e["action"] == "endpoints.recomputed"]
+    assert f"rfs event day {days(90)}; os event day {days(97)}" in changes  # audited as the system's derivation
+    assert changes[-1] == f"rfs censored day {days(60)}; os censored day {days(60)}"
+    assert {e["source"] for e in trail if e["action"] == "endpoints.recomputed"} == {"system"}
 
 
 def test_death_without_recurrence_is_the_rfs_event_too(server):
