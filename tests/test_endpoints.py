@@ -353,6 +353,40 @@ def test_randomising_through_the_api_computes_day_0_in_the_allocation_transactio
     assert view["computed_at"] is not None
 
 
+def test_a_version_1_allocation_counts_from_its_entered_randomisation_date(server):
+    """Allocations entered under version 1 (the arm typed in) stay as they are (README, Randomisation): day 0
+    is the subject's randomisation_date item."""
+    with server.client("investigator", "S01") as http:
+        subject_id = enrol(http)["id"]
+        assert save(http, subject_id, "surgery").status_code == 201
+        patient_id = patient_of(http, subject_id)
+        research_subject = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
+        typed = http.put(f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON,
+                         json={**research_subject, "assignedArm": "SORA"})
+        assert typed.status_code == 200, typed.text
+        assert endpoints(http, subject_id)["randomised"] is False  # no randomisation date yet
+        dated = http.post("/fhir/Observation", headers=FHIR_JSON, json={
+            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient_id}"},
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "survey"}]}],
+            "code": {"coding": [{"system": LOCAL, "code": "randomisation-date"}]},
+            "effectiveDateTime": day(R0), "valueDateTime": day(R0)})
+        assert dated.status_code == 201, dated.text
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["method"] == "entered"
+        assess(http, subject_id, "ned", 60)
+        view = endpoints(http, subject_id)
+        assert (view["randomised"], view["randomisation_method"], view["arm"], view["stratum"]) == (
+            True, "entered", "SORA", None)
+        assert view["randomisation_date"] == day(R0)
+        assert (view["rfs"]["event"], view["rfs"]["days"]) == (False, days(60))
+        taken_back = http.put(f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON,
+                              json={k: v for k, v in typed.json().items() if k not in ("assignedArm", "meta")})
+        assert taken_back.status_code == 200, taken_back.text
+        assert endpoints(http, subject_id)["randomised"] is False
+    with Session(server.runtime.engine) as session:
+        assert session.get(EndpointState, subject_id) is None
+
+
 def test_the_route_is_for_identified_roles_at_their_sites_and_is_access_logged(server):
     with server.client("coordinator", "S01") as http:
         subject_id, patient_id = randomised(server, http)

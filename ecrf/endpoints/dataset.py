@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from ecrf.endpoints.models import EndpointState
-from ecrf.endpoints.service import compute_all
+from ecrf.endpoints.service import Origin, compute_all
 from ecrf.export import jobs
 from ecrf.export.bulk import Stopped, deidentifier
 from ecrf.export.models import ExportJob
@@ -41,26 +41,24 @@ def rows(runtime, session: Session, sites: frozenset[str] | None, site: str | No
     if site is not None:
         query = query.where(RandomisationAllocation.site == site)
     allocations = session.exec(query).all()
-    states = {s.subject_id: s for s in session.exec(select(EndpointState).where(
-        EndpointState.subject_id.in_([a.subject_id for a in allocations]))).all()} if allocations else {}
-    missing = [a for a in allocations if a.subject_id not in states]
+    kept = select(EndpointState)  # every subject the hook computed: allocated, or allocated under version 1
+    if sites is not None:
+        kept = kept.where(EndpointState.site.in_(sorted(sites)))
+    if site is not None:
+        kept = kept.where(EndpointState.site == site)
+    states = {s.subject_id: s for s in session.exec(kept).all()}
+    missing = [Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
+               for a in allocations if a.subject_id not in states]
     live = compute_all(session, runtime.study, runtime.endpoints, missing) if missing and runtime.endpoints else {}
     deid = deidentifier(runtime)
-    found = []
-    for allocation in allocations:
-        state = states.get(allocation.subject_id)
-        if state is not None:
-            rfs = (state.rfs_days, state.rfs_event)
-            os = (state.os_days, state.os_event)
-        elif allocation.subject_id in live:
-            view = live[allocation.subject_id]
-            rfs = (view["rfs"]["days"], view["rfs"]["event"])
-            os = (view["os"]["days"], view["os"]["event"])
-        else:
-            continue
-        found.append({"subject": deid.pseudonym(allocation.patient_id), "arm": allocation.arm,
-                      "stratum": allocation.stratum, "rfs_days": rfs[0], "rfs_event": int(rfs[1]),
-                      "os_days": os[0], "os_event": int(os[1])})
+    found = [{"subject": deid.pseudonym(state.patient_id), "arm": state.arm, "stratum": state.stratum,
+              "rfs_days": state.rfs_days, "rfs_event": int(state.rfs_event), "os_days": state.os_days,
+              "os_event": int(state.os_event)} for state in states.values()]
+    for origin in missing:
+        view = live[origin.subject_id]
+        found.append({"subject": deid.pseudonym(origin.patient_id), "arm": origin.arm, "stratum": origin.stratum,
+                      "rfs_days": view["rfs"]["days"], "rfs_event": int(view["rfs"]["event"]),
+                      "os_days": view["os"]["days"], "os_event": int(view["os"]["event"])})
     return sorted(found, key=lambda row: row["subject"])
 
 

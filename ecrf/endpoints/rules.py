@@ -36,6 +36,7 @@ class EndpointRules:
     ae_onset: str
     not_alive: frozenset[tuple[str, str]]
     observation_statuses: frozenset[str]
+    entered_date: tuple[str, str] | None  # (form, item): day 0 of a version-1 allocation (the arm typed in)
 
 
 def _section(path: Path, data: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
@@ -90,6 +91,9 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
     _item(path, study, ae["form"], ae["onset_item"], "date")
     alive = data.get("alive") or {}
     statuses = data.get("observation_statuses")
+    entered = data.get("entered_randomisation_date")
+    if entered is not None and not isinstance(entered, dict):
+        raise EndpointRulesError(f"{path}: entered_randomisation_date is {{form, item}}")
     if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
         raise EndpointRulesError(f"{path}: observation_statuses is a list of Observation statuses")
     return EndpointRules(
@@ -106,5 +110,6 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
         fatal_grades=frozenset(int(g) for g in ae["fatal_grades"]), ae_onset=str(ae["onset_item"]),
         not_alive=frozenset(_item(path, study, d.get("form"), d.get("item"))
                             for d in alive.get("not_alive_evidence") or []),
-        observation_statuses=frozenset(statuses))
+        observation_statuses=frozenset(statuses),
+        entered_date=_item(path, study, entered.get("form"), entered.get("item"), "date") if entered else None)
 

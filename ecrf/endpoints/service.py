@@ -29,7 +29,7 @@ from ecrf.endpoints.rules import EndpointRules
 from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ItemFact, ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore
-from ecrf.subjects.service import resolve
+from ecrf.subjects.service import resolve, study_reference
 from fhir_mappings.definitions import StudyDef
 from fhir_mappings.fhir_constants import VOID_STATUSES
 
@@ -65,12 +65,57 @@ def endpoints_hook(study: StudyDef, rules: EndpointRules | None) -> Callable[[Cl
     return recompute
 
 
-def _allocations(session: Session, study: StudyDef, patient_ids: list[str]) -> list[RandomisationAllocation]:
-    found = []
+@dataclass(frozen=True)
+class Origin:
+    """A randomised subject and its day 0: the system's allocation, or a version-1 one (the arm typed in)."""
+    subject_id: str
+    patient_id: str
+    site: str | None
+    arm: str
+    stratum: str
+    randomisation_date: date
+    method: str  # system, entered
+
+
+def origins(session: Session, study: StudyDef, rules: EndpointRules, patient_ids: list[str],
+            subject_id: str | None = None) -> list[Origin]:
+    """The randomised subjects of these patients (or that one subject): the system's allocations, and for the
+    others a ResearchSubject of the study with an `assignedArm` (version 1) dated by the rules' date item."""
+    found: list[Origin] = []
     for start in range(0, len(patient_ids), CHUNK):
-        found += session.exec(select(RandomisationAllocation).where(
+        query = select(RandomisationAllocation).where(
             RandomisationAllocation.study_id == study.id,
-            RandomisationAllocation.patient_id.in_(patient_ids[start:start + CHUNK]))).all()
+            RandomisationAllocation.patient_id.in_(patient_ids[start:start + CHUNK]))
+        if subject_id is not None:
+            query = query.where(RandomisationAllocation.subject_id == subject_id)
+        found += [Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
+                  for a in session.exec(query).all()]
+    if rules.entered_date is None:
+        return found
+    form, item = rules.entered_date
+    allocated = {o.patient_id for o in found}
+    dated: dict[str, date] = {}
+    rest = sorted(set(patient_ids) - allocated)
+    for start in range(0, len(rest), CHUNK):
+        for patient_id, text in session.exec(select(ItemFact.patient_id, ItemFact.value_text).where(
+                ItemFact.patient_id.in_(rest[start:start + CHUNK]), ItemFact.form_id == form,
+                ItemFact.item_id == item, ItemFact.error.is_(None))):
+            day = date_of(text)
+            if day is not None and (patient_id not in dated or day > dated[patient_id]):
+                dated[patient_id] = day  # the latest value, as the randomisation's own view reads it
+    if not dated:
+        return found
+    reference = study_reference(study)
+    rows = session.exec(select(ResourceHead.resource_id, ResourceHead.patient_id, ResourceHead.site,
+                               ResourceVersion.content)
+                        .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
+                        .where(ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
+                               ResourceHead.patient_id.in_(sorted(dated)))).all()
+    for resource_id, patient_id, site, content in rows:
+        subject = orjson.loads(content)
+        if (subject.get("study") or {}).get("reference") == reference and subject.get("assignedArm") \
+                and (subject_id is None or resource_id == subject_id):
+            found.append(Origin(resource_id, patient_id, site, subject["assignedArm"], "", dated[patient_id], "entered"))
     return found
 
 
@@ -78,12 +123,19 @@ def _recompute(store: ClinicalStore, study: StudyDef, rules: EndpointRules, pati
     if not patient_ids:
         return
     session = store.session
-    allocations = _allocations(session, study, sorted(patient_ids))
+    touched = sorted(patient_ids)
+    allocations = origins(session, study, rules, touched)
+    states: dict[str, EndpointState] = {}
+    for start in range(0, len(touched), CHUNK):  # locked, so writers of one subject take turns (PostgreSQL)
+        states |= {s.subject_id: s for s in session.exec(select(EndpointState).where(
+            EndpointState.patient_id.in_(touched[start:start + CHUNK]))
+            .order_by(EndpointState.subject_id).with_for_update()).all()}
+    randomised = {a.subject_id for a in allocations}
+    for subject_id in sorted(set(states) - randomised):  # a version-1 arm taken back: no endpoints any more
+        session.delete(states.pop(subject_id))
     if not allocations:
+        session.flush()
         return
-    subject_ids = sorted(a.subject_id for a in allocations)
-    states = {s.subject_id: s for s in session.exec(select(EndpointState).where(
-        EndpointState.subject_id.in_(subject_ids)).order_by(EndpointState.subject_id).with_for_update()).all()}
     facts = compute_all(session, study, rules, allocations)
     now = datetime.now(UTC)
     entries: list[dict[str, Any]] = []
@@ -99,6 +151,8 @@ def _recompute(store: ClinicalStore, study: StudyDef, rules: EndpointRules, pati
                                   site=allocation.site, arm=allocation.arm, stratum=allocation.stratum,
                                   randomisation_date=allocation.randomisation_date, rfs_event=False, rfs_days=0,
                                   os_event=False, os_days=0, result="{}", computed_at=now)
+        state.site, state.arm, state.stratum = allocation.site, allocation.arm, allocation.stratum
+        state.randomisation_date = allocation.randomisation_date
         state.rfs_event, state.rfs_days = result["rfs"]["event"], result["rfs"]["days"]
         state.os_event, state.os_days = result["os"]["event"], result["os"]["days"]
         state.result, state.computed_at = text, now
@@ -131,7 +185,7 @@ def needed_items(study: StudyDef, rules: EndpointRules) -> frozenset[str]:
 
 
 def compute_all(session: Session, study: StudyDef, rules: EndpointRules,
-                allocations: list[RandomisationAllocation]) -> dict[str, dict[str, Any]]:
+                allocations: list[Origin]) -> dict[str, dict[str, Any]]:
     """subject id -> its endpoints view, from the store as this session sees it."""
     patients = sorted({a.patient_id for a in allocations})
     data = load(session, study, patients, items=needed_items(study, rules), conditions=False)
@@ -275,7 +329,7 @@ def _dated(value: Value, day: Any = None) -> Dated:
                  value.version_id, value.item)
 
 
-def compute(rules: EndpointRules, allocation: RandomisationAllocation, values: dict[str, list[Value]],
+def compute(rules: EndpointRules, allocation: Origin, values: dict[str, list[Value]],
             conditions: list[Dated], deceased: Dated | None, alive: list[Dated], end: Value | None) -> dict[str, Any]:
     origin = allocation.randomisation_date
     assessments = _entries(values, rules.assessment_form)
@@ -327,7 +381,8 @@ def compute(rules: EndpointRules, allocation: RandomisationAllocation, values: d
         last_alive = None
     os = endpoint(death, None if death is not None else last_alive, list(death_conflicts))
     return {"subject": allocation.subject_id, "randomised": True, "arm": allocation.arm,
-            "stratum": allocation.stratum, "randomisation_date": origin.isoformat(), "rfs": rfs, "os": os,
+            "stratum": allocation.stratum or None, "randomisation_date": origin.isoformat(),
+            "randomisation_method": allocation.method, "rfs": rfs, "os": os,
             "open_items": _open_items(rules, values, alive, end)}
 
 
@@ -394,12 +449,11 @@ def subject_view(store: ClinicalStore, study: StudyDef, rules: EndpointRules | N
     if state is not None:
         view = orjson.loads(state.result)
         return {**view, "computed_at": _iso(state.computed_at)}, subject.patient_id
-    allocation = store.session.exec(select(RandomisationAllocation).where(
-        RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id == subject.id)).first()
-    if allocation is None:
+    found = origins(store.session, study, rules, [subject.patient_id], subject.id)
+    if not found:
         return {"subject": subject.id, "randomised": False, "rfs": None, "os": None, "open_items": [],
                 "reason": "the subject is not randomised: endpoints count from the randomisation date"}, subject.patient_id
-    view = compute_all(store.session, study, rules, [allocation])[subject.id]  # randomised before the endpoints
+    view = compute_all(store.session, study, rules, found)[subject.id]  # randomised before the endpoints
     return {**view, "computed_at": None}, subject.patient_id
 
 
