@@ -11,11 +11,12 @@ reported on the endpoint, the earliest date is used, and a data query is suggest
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, not_, or_
+from sqlalchemy import Date, and_, bindparam, exists, not_, or_
 from sqlmodel import Session, select
 
 from ecrf.audit import service as audit
@@ -221,26 +222,35 @@ def _drop_unfinished(session: Session, rules: EndpointRules, patients: Any) -> N
                                     if not (v.resource_type == "Observation" and v.resource_id in unfinished)]
 
 
+@cache
+def _elsewhere_statements(rules: EndpointRules) -> tuple[Any, Any, Any, Any]:
+    """The four statements of `_dated_elsewhere`, built once per rules (binding `patient` and `end`)."""
+    patient, end = bindparam("patient"), bindparam("end", type_=Date)
+    excluded = [and_(ItemFact.form_id == form, ItemFact.item_id == item) for form, item in sorted(rules.not_alive)]
+    unfinished = exists().where(  # CRF-SPEC 9.3: a preliminary result is no evidence (probed per fact, by id)
+        SearchToken.resource_type == ItemFact.resource_type, SearchToken.resource_id == ItemFact.resource_id,
+        ItemFact.resource_type == "Observation", SearchToken.param == "status",
+        SearchToken.code.not_in(sorted(rules.observation_statuses)))
+    facts = select(ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id, ItemFact.item_id,
+                   ItemFact.effective_date).where(
+        ItemFact.patient_id == patient, ItemFact.effective_date.is_not(None), *[not_(e) for e in excluded],
+        not_(unfinished))
+    visits = select(FormInstance.id, FormInstance.visit_date).where(
+        FormInstance.patient_id == patient, FormInstance.status != WITHDRAWN, FormInstance.form_id != rules.end_form)
+    return (facts.order_by(ItemFact.effective_date.desc()).limit(1), facts.where(ItemFact.effective_date > end),
+            visits.order_by(FormInstance.visit_date.desc()).limit(1), visits.where(FormInstance.visit_date > end))
+
+
 def _dated_elsewhere(session: Session, rules: EndpointRules, patient_id: str, end: date | None) -> list[Dated]:
     """Alive evidence beyond the date items: the latest date of any fact (a lab's, a visit form's own date) and
     the latest visit date of a live form instance (not the end of study's, whose date closes the record); and
     when the subject has an end-of-study date, every one after it (the open item lists them)."""
-    excluded = [and_(ItemFact.form_id == form, ItemFact.item_id == item) for form, item in sorted(rules.not_alive)]
-    unfinished = select(SearchToken.resource_id).where(  # CRF-SPEC 9.3: a preliminary result is no evidence
-        SearchToken.resource_type == "Observation", SearchToken.param == "status",
-        SearchToken.code.not_in(sorted(rules.observation_statuses)))
-    facts = select(ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id, ItemFact.item_id,
-                   ItemFact.effective_date).where(
-        ItemFact.patient_id == patient_id, ItemFact.effective_date.is_not(None), *[not_(e) for e in excluded],
-        not_(and_(ItemFact.resource_type == "Observation", ItemFact.resource_id.in_(unfinished))))
-    visits = select(FormInstance.id, FormInstance.visit_date).where(
-        FormInstance.patient_id == patient_id, FormInstance.status != WITHDRAWN,
-        FormInstance.form_id != rules.end_form)
-    rows = session.exec(facts.order_by(ItemFact.effective_date.desc()).limit(1)).all()
-    instances = session.exec(visits.order_by(FormInstance.visit_date.desc()).limit(1)).all()
+    latest_fact, later_facts, latest_visit, later_visits = _elsewhere_statements(rules)
+    rows = list(session.execute(latest_fact, {"patient": patient_id}).all())
+    instances = list(session.execute(latest_visit, {"patient": patient_id}).all())
     if end is not None:
-        rows += session.exec(facts.where(ItemFact.effective_date > end)).all()
-        instances += session.exec(visits.where(FormInstance.visit_date > end)).all()
+        rows += session.execute(later_facts, {"patient": patient_id, "end": end}).all()
+        instances += session.execute(later_visits, {"patient": patient_id, "end": end}).all()
     found = {Dated(day, resource_type, resource_id, version, item)
              for resource_type, resource_id, version, item, day in rows}
     found |= {Dated(day, "FormInstance", instance_id, 0, "visit_date") for instance_id, day in instances}
