@@ -12,6 +12,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.endpoints import service
 from ecrf.export import jobs
 from ecrf.export.bulk import deidentifier
+from ecrf.export.worker import kicked_off
 from ecrf.responses import JSONBody
 from ecrf.store.unit import read_only
 
@@ -57,9 +58,6 @@ def export_endpoints(request: Request, site: str | None = Query(None, descriptio
                       profile=deidentifier(runtime).profile.name, request_url=str(request.url),
                       group_id=runtime.study.id, types=["endpoints"], since=None, kind="endpoints",
                       params={"site": site} if site is not None else {})
-    worker = getattr(request.app.state, "export_worker", None)
-    if worker is not None:
-        worker.wake()
-    location = str(request.base_url).rstrip("/") + f"/fhir/$export-status/{job.id}"
+    location = kicked_off(request, job.id)
     return JSONBody({"detail": f"export accepted; poll {location}", "status": location}, status_code=202,
                     headers={"Content-Location": location})
