@@ -25,6 +25,7 @@ from ecrf.crf.router import router as crf_router
 from ecrf.crf.entries_router import router as entries_router
 from ecrf.safety.router import router as safety_router
 from ecrf.eligibility.router import router as eligibility_router
+from ecrf.endpoints.router import router as endpoints_router
 from ecrf.queries.router import router as queries_router
 from ecrf.randomisation.fhir_router import router as randomisation_fhir_router
 from ecrf.randomisation.router import router as randomisation_router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(crf_router, prefix=API_PREFIX)
     app.include_router(safety_router, prefix=API_PREFIX)
     app.include_router(eligibility_router, prefix=API_PREFIX)
+    app.include_router(endpoints_router, prefix=API_PREFIX)
     app.include_router(queries_router, prefix=API_PREFIX)
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(access_log_router, prefix=API_PREFIX)

@@ -5,6 +5,7 @@ import ecrf.store.models  # noqa: F401
 import ecrf.crf.models  # noqa: F401
 import ecrf.export.models  # noqa: F401
 import ecrf.eligibility.models  # noqa: F401
+import ecrf.endpoints.models  # noqa: F401
 import ecrf.queries.models  # noqa: F401
 import ecrf.randomisation.models  # noqa: F401
 import ecrf.safety.models  # noqa: F401

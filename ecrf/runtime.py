@@ -17,6 +17,8 @@ from ecrf.crf.guard import lifecycle_guard
 from ecrf.crf.participation import participation_hook
 from ecrf.db import make_engine
 from ecrf.eligibility.service import randomisation_basis, recompute
+from ecrf.endpoints.rules import load_rules
+from ecrf.endpoints.service import endpoints_hook
 from ecrf.randomisation.guard import allocation_guard
 from ecrf.randomisation.scheme import load_scheme
 from ecrf.safety import service as safety
@@ -37,12 +39,14 @@ class Runtime:
     write_guards: list[Any] = field(default_factory=list)
     randomisation: Any = None  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
     safety: Any = None  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
+    endpoints: Any = None  # the evidence of the derived endpoints (ecrf/endpoints/rules.py), None: none
     clock: Callable[[], datetime] = field(default=utc_now)  # the SAE clock's time (tests set it)
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
         study = load_study(settings.study_dir)
         randomisation = load_scheme(settings.study_dir, study)
+        endpoints = load_rules(settings.study_dir, study)
         guards = [lifecycle_guard(study)]
         if randomisation is not None:  # no API changes an allocation, whichever door writes
             guards.append(allocation_guard(study.id, randomisation.identifier_system))
@@ -56,7 +60,10 @@ class Runtime:
             write_guards=guards,
             randomisation=randomisation,
             safety=load_safety(settings.study_dir, study),
+            endpoints=endpoints,
         )
+        # last: the endpoints read the death date the subject status hook gives the Patient, and every fact
+        runtime.derived_hooks += [hook for hook in [endpoints_hook(study, endpoints)] if hook is not None]
         # first: the entries EHR pushes land as are data the other derived state (eligibility) may read
         runtime.derived_hooks.insert(0, ehr_entries_hook(study, runtime.after_entry_save))
         return runtime

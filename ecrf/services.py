@@ -14,6 +14,7 @@ class Services(StoreWiring, Protocol):
     study: StudyDef
     randomisation: Any  # the study's randomisation scheme (ecrf/randomisation/scheme.py), None: off
     safety: Any  # the study's SAE reporting clock (ecrf/safety/scheme.py), None: off
+    endpoints: Any  # the evidence of the derived endpoints (ecrf/endpoints/rules.py), None: no endpoints
     clock: Callable[[], datetime]
 
     def now(self) -> datetime: ...

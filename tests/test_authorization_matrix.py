@@ -144,6 +144,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/api/v1/subjects"): Expect(CLINICAL_READ, LIST),
     ("GET", SUBJECT_ROUTE): Expect(CLINICAL_READ, SITE, other=404),
     ("GET", SUBJECT_ROUTE + "/eligibility"): Expect(CLINICAL_READ, SITE, other=404),
+    ("GET", SUBJECT_ROUTE + "/endpoints"): Expect(CLINICAL_READ, SITE, other=404),  # dates: identified roles
     ("GET", "/api/v1/eligibility"): Expect(CLINICAL_READ, LIST),
     ("GET", SUBJECT_ROUTE + "/audit"): Expect(AUDIT_READ, SITE, other=404),
     # forms: entry by the site, SDV by the monitor, signature by the investigator, lock by the data manager
@@ -201,6 +202,7 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/api/v1/exports/odm"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/api/v1/exports/sdtm"): Expect(EXPORT, STUDY_WIDE),
+    ("GET", "/api/v1/exports/endpoints"): Expect(EXPORT, STUDY_WIDE),  # days only, always de-identified
     ("GET", "/fhir/$export"): Expect(EXPORT, STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export"): Expect(EXPORT, STUDY_WIDE),
     ("POST", "/fhir/$export"): Expect(EXPORT, STUDY_WIDE),
@@ -895,6 +897,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/api/v1/subjects"): _listing("/api/v1/subjects", World.subject),
     ("GET", SUBJECT_ROUTE): _subject_get(""),
     ("GET", SUBJECT_ROUTE + "/eligibility"): _subject_get("/eligibility"),
+    ("GET", SUBJECT_ROUTE + "/endpoints"): _subject_get("/endpoints"),
     ("GET", "/api/v1/eligibility"): _listing("/api/v1/eligibility", World.subject),
     ("GET", SUBJECT_ROUTE + "/audit"): _subject_get("/audit"),
     ("GET", FORM_ROUTE): _form_read,
@@ -945,6 +948,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/fhir/$export"): _kick_off("/fhir/$export"),
     ("GET", "/api/v1/exports/odm"): _kick_off("/api/v1/exports/odm"),
     ("GET", "/api/v1/exports/sdtm"): _kick_off("/api/v1/exports/sdtm"),
+    ("GET", "/api/v1/exports/endpoints"): _kick_off("/api/v1/exports/endpoints"),
     ("GET", "/fhir/Group/{group_id}/$export"): _kick_off(f"/fhir/Group/{STUDY}/$export"),
     ("POST", "/fhir/$export"): _post_kick_off("/fhir/$export"),
     ("GET", "/fhir/Patient/$export"): _kick_off("/fhir/Patient/$export"),

@@ -21,6 +21,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "form.lock": frozenset({"data_manager"}),
     "audit.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "admin"}),
     "eligibility.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
+    # derived endpoints with their dates (CRF-SPEC 8): identified roles; sponsors get the de-identified dataset
+    "endpoints.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
     "query.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
     "query.raise": frozenset({"monitor", "data_manager"}),
     "query.answer": frozenset({"investigator", "coordinator"}),

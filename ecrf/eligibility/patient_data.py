@@ -85,13 +85,19 @@ class PatientData:
         return bool(self.answered.get(form_id, set()) - {item_id}) and not self.of(item_id)
 
 
-def load(session: Session, study: StudyDef, patient_ids: Iterable[str]) -> dict[str, PatientData]:
+def load(session: Session, study: StudyDef, patient_ids: Iterable[str], items: Iterable[str] | None = None,
+         conditions: bool = True) -> dict[str, PatientData]:
+    """The patients' facts: every item's, or only those of `items`; their Conditions unless `conditions` is False."""
     ids = sorted(set(patient_ids))
     data = {patient_id: PatientData(patient_id) for patient_id in ids}
+    wanted = sorted(set(items)) if items is not None else None
     for chunk in _chunks(ids):
-        facts = session.exec(select(*FACT_COLUMNS).where(ItemFact.patient_id.in_(chunk))).all()
-        _add_facts(study, data, facts)
-        _add_conditions(session, data, chunk)
+        query = select(*FACT_COLUMNS).where(ItemFact.patient_id.in_(chunk))
+        if wanted is not None:
+            query = query.where(ItemFact.item_id.in_(wanted))
+        _add_facts(study, data, session.exec(query).all())
+        if conditions:
+            _add_conditions(session, data, chunk)
     for patient in data.values():
         for values in patient.values.values():
             values.sort(key=lambda value: value.sort_key)

@@ -36,7 +36,8 @@ NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
-               ".xpt": "application/octet-stream", ".zip": "application/zip"}  # CDISC export jobs' files (ecrf/cdisc)
+               ".xpt": "application/octet-stream", ".zip": "application/zip",
+               ".csv": "text/csv"}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from ecrf.cdisc.runner import RUNNERS as CDISC_RUNNERS
+from ecrf.endpoints.dataset import RUNNERS as ENDPOINTS_RUNNERS
 from ecrf.export import bulk, jobs
 from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.common.failures import types_and_frames
@@ -20,7 +21,7 @@ from ecrf.responses import fhir_base
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
-RUNNERS = {"bulk": bulk.run, **CDISC_RUNNERS}  # export job kind -> runner(runtime, job, worker_id, stopping)
+RUNNERS = {"bulk": bulk.run, **CDISC_RUNNERS, **ENDPOINTS_RUNNERS}  # export job kind -> runner(runtime, job, worker_id, stopping)
 SWEEP_SECONDS = 60.0
 
 
