@@ -144,7 +144,7 @@ def _randomisation(settings: Settings, args: argparse.Namespace) -> int:
     from ecrf.randomisation import service
     from ecrf.randomisation.scheme import load_scheme
     from ecrf.store.migrate import upgrade
-    from ecrf.study import load_study
+    from study_model.loader import load_study
     from ecrf.db import make_engine
 
     study = load_study(settings.study_dir)

@@ -24,8 +24,8 @@ from ecrf.randomisation.scheme import load_scheme
 from ecrf.safety import service as safety
 from ecrf.safety.scheme import load_safety
 from ecrf.store.indexing import Indexer
-from ecrf.study import load_study
-from fhir_mappings.definitions import StudyDef
+from study_model.loader import load_study
+from study_model.definitions import StudyDef
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from ecrf.config import Settings
 from ecrf.store.wiring import StoreWiring
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 
 class Services(StoreWiring, Protocol):

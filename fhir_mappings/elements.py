@@ -17,8 +17,8 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_mappings import fhir_constants as fhir
-from fhir_mappings.definitions import Coding, ItemDef, StudyDef, to_decimal
-from fhir_mappings.units import resolve_unit
+from study_model.definitions import Coding, ItemDef, StudyDef, to_decimal
+from study_model.units import resolve_unit
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 from fhir_mappings import elements
 from fhir_mappings import fhir_constants as fhir
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
-from fhir_mappings.units import ResolvedUnit, UnitError, resolve_unit
+from study_model.definitions import FormDef, ItemDef, StudyDef, to_decimal
+from study_model.units import ResolvedUnit, UnitError, resolve_unit
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_mappings import fhir_constants as fhir
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 VISIT_DATE_LINK_ID = "visit_date"
 

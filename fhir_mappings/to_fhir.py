@@ -11,8 +11,8 @@ import re
 
 from fhir_mappings import elements
 from fhir_mappings import fhir_constants as fhir
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
-from fhir_mappings.derivation import derive_item
+from study_model.definitions import FormDef, ItemDef, StudyDef
+from study_model.derivation import derive_item
 from fhir_mappings.elements import quantity
 
 OWNER_KINDS = ("observation", "procedure", "condition", "resource")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ecrf.config import Settings
-from ecrf.study.loader import load_study
+from study_model.loader import load_study
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "eligibility"
 TODAY = load_study(Settings(_env_file=None).study_dir).today_at("S01")  # R of an S01 subject: its site's date

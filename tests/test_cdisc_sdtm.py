@@ -65,7 +65,7 @@ def study(database_url, tmp_path_factory):
 
 
 def server_visits():
-    from ecrf.study import default_study_dir, load_study
+    from study_model.loader import default_study_dir, load_study
     return {visit.id: visit for visit in load_study(default_study_dir()).visits}.values()
 
 

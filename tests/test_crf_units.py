@@ -5,7 +5,7 @@ import pytest
 from crf_support import VALID, day, enrol, path, save
 
 from ecrf.config import Settings
-from ecrf.study import load_study
+from study_model.loader import load_study
 
 STUDY = load_study(Settings(_env_file=None).study_dir)
 CONVERTIBLE = [form.id for form in STUDY.forms if any(item.unit for item in form.items)]

@@ -263,7 +263,7 @@ def test_the_log_form_is_chosen_from_the_form_definitions_the_coded_anchor_first
 
     from ecrf.config import REPO_FORMS_DIR
     from ecrf.crf.ehr_entries import anchor_for, study_anchors
-    from ecrf.study import load_study
+    from study_model.loader import load_study
 
     forms = tmp_path / "forms"
     shutil.copytree(REPO_FORMS_DIR, forms)

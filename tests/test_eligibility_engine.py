@@ -149,7 +149,7 @@ def test_before_randomisation_r_is_the_date_at_the_subject_s_site():
     from ecrf.config import Settings
     from ecrf.eligibility.engine import evaluate
     from ecrf.eligibility.patient_data import PatientData
-    from ecrf.study.loader import load_study
+    from study_model.loader import load_study
 
     study = load_study(Settings(_env_file=None).study_dir)
     evening_in_utc = datetime(2026, 11, 26, 17, 30, tzinfo=UTC)  # 01:30 on the 27th in Guangxi (S01)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from ecrf.config import REPO_FORMS_DIR
-from ecrf.study import load_study
+from study_model.loader import load_study
 from tests.cdisc_support import cdisc_export, files
 
 from tests.crf_support import day, enrol, save

@@ -11,12 +11,12 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from ecrf.responses import dumps  # the one Decimal-exact encoder, the one the store writes resources with
-from ecrf.study import default_study_dir, load_study
-from fhir_mappings.definitions import StudyDef
+from study_model.loader import default_study_dir, load_study
+from study_model.definitions import StudyDef
 from fhir_mappings.mapping import (
     ItemValue, form_to_questionnaire, form_to_resources, resource_to_items,
 )
-from fhir_mappings.units import UnitError, is_ucum_like, resolve_unit, to_canonical
+from study_model.units import UnitError, is_ucum_like, resolve_unit, to_canonical
 from tests.samples import GENERATED_BUNDLES, hl7_cases, load_case, needs_shared, shared_json
 from tests.synthea_shaped import resources_of
 

@@ -24,7 +24,7 @@ from ecrf.randomisation import lists
 from ecrf.randomisation.drbg import HmacDrbg
 from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.randomisation.scheme import SchemeError, load_scheme
-from ecrf.study import load_study
+from study_model.loader import load_study
 from tests.conftest import running_server
 from tests.crf_support import enrol
 from tests.eligibility_support import TODAY, compose, push, save_form

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ecrf.study import StudyDefinitionError, default_study_dir, load_study
-from fhir_mappings.definitions import StudyDef
-from fhir_mappings.rules import parse_bound
+from study_model.loader import StudyDefinitionError, default_study_dir, load_study
+from study_model.definitions import StudyDef
+from study_model.rules import parse_bound
 
 LOINC = "http://loinc.org"
 LOCAL = "http://example.org/fhir/CodeSystem/nct04163237"

@@ -227,8 +227,8 @@ def test_the_loader_refuses_a_check_naming_an_unknown_fact(tmp_path):
     import yaml
 
     from ecrf.config import REPO_FORMS_DIR
-    from ecrf.study import load_study
-    from ecrf.study.loader import StudyDefinitionError
+    from study_model.loader import load_study
+    from study_model.loader import StudyDefinitionError
 
     forms = tmp_path / "forms"
     shutil.copytree(REPO_FORMS_DIR, forms)

@@ -8,7 +8,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from ecrf.fhir.validation import WRITABLE_TYPES
-from ecrf.study import default_study_dir, load_study
+from study_model.loader import default_study_dir, load_study
 from fhir_mappings.mapping import resource_to_items
 from tests.fhir_builders import FHIR_JSON
 from tests.samples import GENERATED_BUNDLES

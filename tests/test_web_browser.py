@@ -13,7 +13,7 @@ from sqlmodel import Session
 from ecrf.config import Settings
 from ecrf.web.models import WebSession
 from ecrf.web.sessions import COOKIE, _hash
-from ecrf.study.loader import load_study
+from study_model.loader import load_study
 from web_support import axe_violations, chromium, screenshot  # noqa: F401 - chromium is a fixture
 
 from playwright.sync_api import Page, expect  # noqa: E402 - after web_support, which explains a missing playwright

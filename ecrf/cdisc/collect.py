@@ -19,7 +19,7 @@ from ecrf.export.form_csv import _subject_heads
 from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.indexing import patient_of
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import FormDef, StudyDef
+from study_model.definitions import FormDef, StudyDef
 
 
 @dataclass

@@ -9,7 +9,7 @@ from lxml import etree
 
 from ecrf.cdisc.mapping import Mapping
 from ecrf.cdisc.sdtm import METHODS, Dataset
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 ODM_NS = "http://www.cdisc.org/ns/odm/v1.3"
 DEF_NS = "http://www.cdisc.org/ns/def/v2.1"

@@ -5,7 +5,7 @@ from typing import Any
 
 import yaml
 
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 from ecrf.common.errors import Conflict
 
 FILE_NAME = "sdtm.yaml"

@@ -20,7 +20,7 @@ from ecrf.audit.models import AuditEntry
 from ecrf.cdisc.collect import SubjectRecord
 from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.export.deidentify import Deidentifier, site_only
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 NS = "http://www.cdisc.org/ns/odm/v1.3"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"

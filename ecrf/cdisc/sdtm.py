@@ -13,7 +13,7 @@ from ecrf.cdisc.collect import FormRecord, SubjectRecord
 from ecrf.crf.schedule import UNSCHEDULED
 from ecrf.cdisc.mapping import Mapping
 from ecrf.export.deidentify import Deidentifier, completed_years, parse_date, site_only
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 COLLECTED, DERIVED, ASSIGNED = "Collected", "Derived", "Assigned"
 METHODS = {

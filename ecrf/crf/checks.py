@@ -9,9 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from ecrf.common.clock import latest_allowed_date
-from fhir_mappings.definitions import DEPENDENT_KINDS, FormDef, ItemDef, condition_items, to_decimal
-from fhir_mappings.derivation import violated
-from fhir_mappings.units import UnitError, to_canonical
+from study_model.definitions import DEPENDENT_KINDS, FormDef, ItemDef, condition_items, to_decimal
+from study_model.derivation import violated
+from study_model.units import UnitError, to_canonical
 
 
 @dataclass(frozen=True)

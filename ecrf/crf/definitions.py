@@ -2,7 +2,7 @@
 from decimal import Decimal
 from typing import Any
 
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 
 def _number(value: Decimal | None) -> str | None:

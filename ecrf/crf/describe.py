@@ -12,7 +12,7 @@ from ecrf.crf.schedule import day_zero
 from ecrf.crf.values import form_values
 from ecrf.queries.models import unresolved_of_form
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import FormDef, StudyDef
+from study_model.definitions import FormDef, StudyDef
 
 
 def _who(by: str | None, at: datetime | None) -> dict[str, Any] | None:

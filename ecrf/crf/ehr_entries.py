@@ -34,7 +34,7 @@ from ecrf.crf.values import form_values, owned_resources
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 FHIR = "fhir"
 CHUNK = 500

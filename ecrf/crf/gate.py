@@ -4,7 +4,7 @@ from ecrf.responses import dumps
 from ecrf.services import Services
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import Subject
-from fhir_mappings.definitions import FormDef
+from study_model.definitions import FormDef
 
 
 def assigns_arm(form: FormDef) -> bool:

@@ -18,7 +18,7 @@ from ecrf.crf.schedule import day_zero
 from ecrf.crf.values import form_values
 from ecrf.store.models import ResourceHead
 from ecrf.store.service import ClinicalStore, WriteContext, WriteGuard
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 SIGNED_OFF = frozenset({"verified", "signed"})
 

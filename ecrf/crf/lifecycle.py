@@ -21,7 +21,7 @@ from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.crf.write import write
 from ecrf.queries.models import unresolved_of_form
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 STATUSES = ("draft", "complete", "verified", "signed", "locked")
 REASON_NEEDED = frozenset({"complete", "verified", "signed"})

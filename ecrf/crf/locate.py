@@ -11,7 +11,7 @@ from ecrf.common.errors import Conflict, EditCheckFailed, NotFound
 from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import Subject, resolve
-from fhir_mappings.definitions import FormDef, StudyDef, VisitDef
+from study_model.definitions import FormDef, StudyDef, VisitDef
 
 LOG_VISIT = "LOG"  # the visit key of a log form's entries (they belong to no visit)
 

@@ -19,7 +19,7 @@ from ecrf.eligibility.service import SUBJECT_STATUS
 from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore, WriteContext
-from fhir_mappings.definitions import FormDef, StudyDef
+from study_model.definitions import FormDef, StudyDef
 
 ENDED = ("off-study", "withdrawn", "ineligible")
 

@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 
 from ecrf.crf.checks import Finding, latest_allowed_date
 from ecrf.store.models import ItemFact
-from fhir_mappings.definitions import FormDef, StudyDef, VisitDef
+from study_model.definitions import FormDef, StudyDef, VisitDef
 
 DONE_STATUSES = frozenset({"complete", "verified", "signed", "locked"})
 UNSCHEDULED = "UNS"  # the pseudo-visit of results outside every window of their form (read only)

@@ -20,7 +20,7 @@ from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.crf.write import write
 from ecrf.services import Services
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 from fhir_mappings.mapping import form_to_resources
 
 

@@ -16,10 +16,10 @@ from sqlmodel import Session, select
 
 from ecrf.crf.checks import Finding
 from ecrf.store.models import ItemFact
-from fhir_mappings.definitions import (
+from study_model.definitions import (
     ENTRY_DATE, SUBJECT_PREFIX, FormDef, ItemDef, StudyDef, SubjectCheck, condition_items,
 )
-from fhir_mappings.derivation import violated
+from study_model.derivation import violated
 
 
 @dataclass

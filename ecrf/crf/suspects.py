@@ -14,7 +14,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from ecrf.store.models import ItemFact
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 from fhir_mappings.to_fhir import contained_id
 
 

@@ -7,7 +7,7 @@ from ecrf.crf.schedule import UNSCHEDULED, day_zero
 from ecrf.crf.values import unscheduled_values
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import resolve
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 
 def is_unscheduled(study: StudyDef, visit_id: str) -> bool:

@@ -15,7 +15,7 @@ from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import EVERY_VISIT, place
 from ecrf.store.indexing import sent_date
 from ecrf.store.models import ItemFact, ResourceVersion
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 SUBJECT_LEVEL_KINDS = frozenset({"patient", "research_subject"})  # not time-bound: shown at every visit of the form
 

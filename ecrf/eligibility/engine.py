@@ -16,8 +16,8 @@ from ecrf.eligibility.findings import MET, NOT_MET, UNKNOWN, Finding, all_of, an
 from ecrf.eligibility.patient_data import PatientData, Value
 from ecrf.eligibility.sources import describe, evidence, missing, select_values
 from ecrf.eligibility.windows import Anchors
-from fhir_mappings.definitions import StudyDef, to_decimal
-from fhir_mappings.rules import COMBINATORS, kind_of
+from study_model.definitions import StudyDef, to_decimal
+from study_model.rules import COMBINATORS, kind_of
 
 ELIGIBLE, INELIGIBLE, INCOMPLETE = "eligible", "ineligible", "incomplete"
 NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
@@ -131,7 +131,7 @@ class Evaluation:
             return self._all_available(node)
         if kind == "condition":
             return self._condition(node["condition"])
-        if kind is not None:  # a kind added to the language (fhir_mappings/rules.py) must be evaluated here
+        if kind is not None:  # a kind added to the language (study_model/rules.py) must be evaluated here
             raise ValueError(f"no evaluation for rule kind {kind!r}")
         return self._leaf(node)
 

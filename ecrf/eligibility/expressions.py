@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from ecrf.common.dates import age_in_years
 from ecrf.eligibility.findings import MET, NOT_MET, number_text, unit_text
 from ecrf.eligibility.sources import describe, evidence, missing, select_values
-from fhir_mappings.definitions import to_decimal
-from fhir_mappings.rules import ARITHMETIC, COMPARE, EXPRESSION_KEYS, kind_of
+from study_model.definitions import to_decimal
+from study_model.rules import ARITHMETIC, COMPARE, EXPRESSION_KEYS, kind_of
 
 if TYPE_CHECKING:
     from ecrf.eligibility.engine import Evaluation

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from ecrf.common.dates import date_of as _date
 from ecrf.store.indexing import sent_date
 from ecrf.store.models import ItemFact, ResourceHead, ResourceVersion
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 from fhir_mappings.fhir_constants import VOID_STATUSES
 
 CHUNK = 500

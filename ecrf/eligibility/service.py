@@ -15,7 +15,7 @@ from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import resolve, study_reference
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 STATUSES = (ELIGIBLE, INELIGIBLE, INCOMPLETE)
 SUBJECT_STATUS = {ELIGIBLE: "eligible", INELIGIBLE: "ineligible", INCOMPLETE: "candidate"}

@@ -6,7 +6,7 @@ from typing import Any
 from ecrf.eligibility.findings import number_text, unit_text
 from ecrf.eligibility.patient_data import PatientData, Value
 from ecrf.eligibility.windows import Anchors, Span
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 
 @dataclass(frozen=True)

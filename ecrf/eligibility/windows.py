@@ -3,8 +3,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from ecrf.eligibility.patient_data import PatientData, Value
-from fhir_mappings.definitions import StudyDef, WindowDef
-from fhir_mappings.rules import parse_bound
+from study_model.definitions import StudyDef, WindowDef
+from study_model.rules import parse_bound
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 FILE = "endpoints.yaml"
 

@@ -31,7 +31,7 @@ from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ItemFact, ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import resolve, study_reference
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 from fhir_mappings.fhir_constants import VOID_STATUSES
 
 QUERY = "raise a data query to settle which is right"

@@ -15,7 +15,7 @@ import yaml
 from ecrf.common.dates import age_in_years as completed_years, date_of as parse_date  # noqa: F401 (export's names)
 from ecrf.config import Settings, secret_in_file
 from ecrf.export.vocabulary import Vocabulary
-from fhir_mappings.ucum import is_ucum_like
+from study_model.ucum import is_ucum_like
 
 Handler = Callable[[Any, int | None], Any]
 Plan = dict[str, Handler]

@@ -22,7 +22,7 @@ from ecrf.export.deidentify import Deidentifier, parse_date, site_only
 from ecrf.store.indexing import patient_of
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef
+from study_model.definitions import FormDef, ItemDef, StudyDef
 
 FIXED_COLUMNS = ("subject", "site", "visit", "visit_date", "study_day")
 ENTRY_COLUMN = "entry"  # forms with entries: the entry's id ('' on a repeating form's visit row)

@@ -22,7 +22,7 @@ from ecrf.export.deidentify import Deidentifier
 from ecrf.export.jobs import now
 from ecrf.services import Services as Runtime  # the protocol; ecrf.runtime has the one running
 from ecrf.store.service import ClinicalStore, instant
-from fhir_mappings.definitions import FormDef
+from study_model.definitions import FormDef
 
 router = APIRouter(tags=["export"])
 EXPORT = Depends(requires("export.deidentified"))

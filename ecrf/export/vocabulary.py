@@ -1,7 +1,7 @@
 """What values a de-identified export may carry, from the study (forms/) and the profile: the study's own
 codes, its code systems, its units and its arms. Everything else in a coded or unit element is dropped."""
 from dataclasses import dataclass
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 
 @dataclass(frozen=True)

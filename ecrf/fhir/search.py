@@ -18,7 +18,7 @@ from ecrf.common.pagination import MAX_OFFSET
 from ecrf.store.indexing import PATIENT_REFERENCE, SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.store.service import ClinicalStore
-from fhir_mappings.units import UnitError, resolve_unit
+from study_model.units import UnitError, resolve_unit
 
 CONTROL_PARAMS = ("_count", "_offset", "_sort", "_total", "_format", "_summary", "_elements")
 RESULT_PARAMS = ("_include", "_revinclude")

@@ -13,7 +13,7 @@ from ecrf.errors import issue
 from ecrf.fhir.bindings import binding_issues
 from ecrf.fhir.outcome import validation_issues
 from ecrf.store.indexing import out_of_range
-from ecrf.study import default_study_dir
+from study_model.loader import default_study_dir
 
 
 def _kept_types() -> tuple[str, ...]:

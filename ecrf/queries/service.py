@@ -21,7 +21,7 @@ from ecrf.crf.models import FormInstance
 from ecrf.queries.models import UNRESOLVED, DataQuery, QueryMessage
 from ecrf.store.service import ClinicalStore
 from ecrf.subjects.service import resolve
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 RESOURCE = "Query"
 UNRESOLVED_FILTER = "unresolved"

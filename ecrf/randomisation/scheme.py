@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import yaml
 
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 FILE = "randomisation.yaml"
 

@@ -28,7 +28,7 @@ from ecrf.randomisation.models import (RandomisationAllocation, RandomisationCou
 from ecrf.randomisation.scheme import Scheme, SchemeError
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import Subject, resolve
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 METHOD_SYSTEM, METHOD_ENTERED = "system", "entered"
 

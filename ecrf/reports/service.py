@@ -21,7 +21,7 @@ from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.reports.suppression import hidden_cells
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
 from ecrf.subjects.service import study_reference
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 # FHIR R4 ResearchSubject.status (required binding): every code is a column, so a column's presence says nothing.
 SUBJECT_STATUSES = ("candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study", "on-study",

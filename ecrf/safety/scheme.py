@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 FILE = "safety.yaml"
 

@@ -38,7 +38,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     if args.client_action == "add":
-        from ecrf.study import load_study
+        from study_model.loader import load_study
 
         try:
             jwks = json.loads(args.jwks_file.read_text()) if args.jwks_file else None

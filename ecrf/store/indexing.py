@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ecrf.common.dates import date_of as local_date, moment_start as parse_moment  # one reading of FHIR dates
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 from fhir_mappings.mapping import resource_to_items
 
 # param -> (kind, paths). Paths are dotted element names; the first that is present wins for dates.

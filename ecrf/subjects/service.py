@@ -18,7 +18,7 @@ from ecrf.common.errors import Conflict, EditCheckFailed, Forbidden, Gone, NotFo
 from ecrf.store.indexing import patient_of
 from ecrf.store.models import ResourceHead, ResourceVersion, SearchToken
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 
 @dataclass(frozen=True)

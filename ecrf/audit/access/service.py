@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from ecrf.audit.access.models import AccessEvent
 from ecrf.auth.actor import Actor
 from ecrf.db import transaction
-from fhir_mappings.definitions import StudyDef
+from study_model.definitions import StudyDef
 
 PATIENT, MRN, BIRTH_DATE, IDENTIFIED_EXPORT = "patient", "mrn", "birth_date", "identified_export"
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from fhir_mappings.ucum import is_ucum_like
+from study_model.ucum import is_ucum_like
 
 ItemType = Literal["date", "integer", "decimal", "boolean", "code", "quantity", "text", "codes"]
 ITEM_TYPES: tuple[str, ...] = ("date", "integer", "decimal", "boolean", "code", "quantity", "text", "codes")

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_mappings.definitions import FormDef, ItemDef, StudyDef, to_decimal
+from study_model.definitions import FormDef, ItemDef, StudyDef, to_decimal
 
 Path = tuple[str | int, ...]
 
 # The kinds of node of the language, declared once: the validation below and the evaluators
-# (ecrf/eligibility/engine.py and expressions.py, fhir_mappings/derivation.py) dispatch on these.
+# (ecrf/eligibility/engine.py and expressions.py, study_model/derivation.py) dispatch on these.
 COMBINATORS = ("all_of", "any_of", "not", "if", "all_available", "condition")  # rule nodes; else a leaf
 ITEM_SOURCES = ("item", "latest", "any")
 LEAF_SOURCES = ITEM_SOURCES + ("derived",)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from decimal import Decimal, DivisionByZero, InvalidOperation
 from typing import Any
 
-from fhir_mappings.definitions import FormDef, ItemDef, to_decimal
-from fhir_mappings.rules import COMPARE
-from fhir_mappings.units import UnitError, to_canonical
+from study_model.definitions import FormDef, ItemDef, to_decimal
+from study_model.rules import COMPARE
+from study_model.units import UnitError, to_canonical
 
 
 

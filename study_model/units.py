@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from fhir_mappings.definitions import ItemDef, to_decimal
-from fhir_mappings.ucum import is_ucum_like
+from study_model.definitions import ItemDef, to_decimal
+from study_model.ucum import is_ucum_like
 
 __all__ = ["UnitError", "ResolvedUnit", "resolve_unit", "to_canonical", "is_ucum_like"]
 

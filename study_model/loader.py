@@ -13,12 +13,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fhir_mappings.definitions import (
+from study_model.definitions import (
     ENTRY_DATE, ITEM_TYPES, SUBJECT_PREFIX, CriterionDef, FormDef, ItemDef, ReferenceDateDef, StudyDef, SubjectCheck,
     SubjectFact, WindowDef, condition_items,
 )
-from fhir_mappings.rules import validate_criteria_file, validate_form_condition
-from fhir_mappings.ucum import is_ucum_like
+from study_model.rules import validate_criteria_file, validate_form_condition
+from study_model.ucum import is_ucum_like
 
 STUDY_FILE = "study.yaml"
 CRITERIA_FILE = "criteria.yaml"
@@ -52,7 +52,7 @@ class StudyDefinitionError(Exception):
 
 def default_study_dir() -> Path:
     """The repository's forms/ directory (the service may override it with a setting)."""
-    return Path(__file__).resolve().parents[2] / "forms"
+    return Path(__file__).resolve().parents[1] / "forms"
 
 
 def load_study(directory: Path) -> StudyDef:
