@@ -59,6 +59,12 @@ def valid_entries(surgery: date) -> dict[str, tuple[str, str | None, dict[str, A
 
 VALID = valid_entries(SURGERY)
 
+# Valid entries of the log forms with quantities (entries belong to no visit): form -> items
+LOG_VALID: dict[str, dict[str, Any]] = {
+    "exposure": {"drug": "sorafenib", "start_date": VALID["randomisation"][1], "dose": 400, "route": "oral",
+                 "frequency": "bid", "modification": "none"},
+}
+
 
 def save(http, subject_id: str, form_id: str, items: dict[str, Any] | None = None, *, visit: str | None = None,
          visit_date: str | None = None, reason: str | None = None, headers: dict[str, str] | None = None):

@@ -2,7 +2,7 @@
 from decimal import Decimal
 
 import pytest
-from crf_support import VALID, day, enrol, path, save
+from crf_support import LOG_VALID, VALID, day, enrol, path, save
 
 from ecrf.config import Settings
 from study_model.loader import load_study
@@ -25,7 +25,8 @@ def _entered(item, factor: Decimal) -> Decimal:
 @pytest.mark.parametrize("form_id", CONVERTIBLE)
 def test_each_accepted_unit_is_converted_with_its_factor(server, form_id):
     form = STUDY.form(form_id)
-    visit, visit_date, _ = VALID[form_id]
+    log = form.kind == "log"  # a log form's entries: each round adds one (items of LOG_VALID besides the units)
+    visit = None if log else VALID[form_id][0]
     quantities = [item for item in form.items if item.unit and item.derived is None]
     rounds = max(len(item.accepted_units) for item in quantities)
     with server.client("investigator", "S01") as http:
@@ -38,9 +39,15 @@ def test_each_accepted_unit_is_converted_with_its_factor(server, form_id):
                 value = _entered(item, factor)
                 sent[item.id] = {"value": int(value) if item.type == "integer" else float(value), "unit": unit}
                 expected[item.id] = (value * factor, value, unit)
-            response = save(http, subject["id"], form_id, sent, reason=f"unit round {index}")
-            assert response.status_code in (200, 201), response.text
-            shown = http.get(path(subject["id"], form_id, visit)).json()["items"]
+            if log:
+                entries = f"/api/v1/subjects/{subject['id']}/forms/{form_id}/entries"
+                response = http.post(entries, json={"items": {**LOG_VALID[form_id], **sent}})
+                assert response.status_code == 201, response.text
+                shown = http.get(f"{entries}/{response.json()['id']}").json()["items"]
+            else:
+                response = save(http, subject["id"], form_id, sent, reason=f"unit round {index}")
+                assert response.status_code in (200, 201), response.text
+                shown = http.get(path(subject["id"], form_id, visit)).json()["items"]
             for item_id, (canonical, value, unit) in expected.items():
                 item = form.item(item_id)
                 got = shown[item_id]
