@@ -10,6 +10,7 @@ to manifest: the sponsor's de-identified `$export` of Observations (NDJSON: the 
 (Dataset-JSON, NDJSON, XPT, define.xml, zip) and ODM archive, and the data manager's identified ODM archive.
 Peak memory is the server's VmHWM after each step (it only grows, so each step's growth is its own).
 """
+
 import argparse
 import sys
 import tempfile
@@ -49,31 +50,64 @@ def load(server: ServeProcess, subjects: int, results: int) -> float:
         entries = []
         for n in range(subjects):
             ref = f"urn:uuid:{uuid.uuid4()}"
-            entries.append({"fullUrl": ref, "request": {"method": "POST", "url": "Patient"}, "resource": {
-                "resourceType": "Patient", "identifier": [{"system": MRN, "value": f"BENCH-{n:05d}"}],
-                "gender": "female", "birthDate": "1960-01-01"}})
-            entries.append({"request": {"method": "POST", "url": "ResearchSubject"}, "resource": {
-                "resourceType": "ResearchSubject", "status": "candidate",
-                "study": {"reference": "ResearchStudy/NCT04163237"}, "individual": {"reference": ref}}})
+            entries.append(
+                {
+                    "fullUrl": ref,
+                    "request": {"method": "POST", "url": "Patient"},
+                    "resource": {
+                        "resourceType": "Patient",
+                        "identifier": [{"system": MRN, "value": f"BENCH-{n:05d}"}],
+                        "gender": "female",
+                        "birthDate": "1960-01-01",
+                    },
+                }
+            )
+            entries.append(
+                {
+                    "request": {"method": "POST", "url": "ResearchSubject"},
+                    "resource": {
+                        "resourceType": "ResearchSubject",
+                        "status": "candidate",
+                        "study": {"reference": "ResearchStudy/NCT04163237"},
+                        "individual": {"reference": ref},
+                    },
+                }
+            )
         response = http.post("/fhir", json=_transaction(entries), headers={"Content-Type": "application/fhir+json"})
         assert response.status_code == 200, response.text[:500]
-        patients = [e["response"]["location"].split("/")[1] for e in response.json()["entry"]
-                    if e["response"]["location"].startswith("Patient/")]
+        patients = [
+            e["response"]["location"].split("/")[1]
+            for e in response.json()["entry"]
+            if e["response"]["location"].startswith("Patient/")
+        ]
         per_subject = results // subjects
         batch = []
         for n in range(results):
             patient = patients[n // per_subject]  # subject by subject: a Bundle touches few subjects (their derived
             k = n % per_subject  # state is recomputed per write); the subject's k-th result: item k % 4 on day k // 4
             code, unit, base = LABS[k % len(LABS)]
-            batch.append({"request": {"method": "POST", "url": "Observation"}, "resource": {
-                "resourceType": "Observation", "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "subject": {"reference": f"Patient/{patient}"},
-                "effectiveDateTime": (FIRST_DAY + timedelta(days=k // len(LABS))).isoformat(),
-                "valueQuantity": {"value": round(base * (1 + (n % 13) / 50), 2), "unit": unit,
-                                  "system": "http://unitsofmeasure.org", "code": unit}}})
+            batch.append(
+                {
+                    "request": {"method": "POST", "url": "Observation"},
+                    "resource": {
+                        "resourceType": "Observation",
+                        "status": "final",
+                        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                        "subject": {"reference": f"Patient/{patient}"},
+                        "effectiveDateTime": (FIRST_DAY + timedelta(days=k // len(LABS))).isoformat(),
+                        "valueQuantity": {
+                            "value": round(base * (1 + (n % 13) / 50), 2),
+                            "unit": unit,
+                            "system": "http://unitsofmeasure.org",
+                            "code": unit,
+                        },
+                    },
+                }
+            )
             if len(batch) == 1000 or n == results - 1:
-                response = http.post("/fhir", json=_transaction(batch), headers={"Content-Type": "application/fhir+json"})
+                response = http.post(
+                    "/fhir", json=_transaction(batch), headers={"Content-Type": "application/fhir+json"}
+                )
                 assert response.status_code == 200, response.text[:500]
                 batch = []
         assert per_subject * subjects == results
@@ -103,7 +137,10 @@ def run(backend: str, subjects: int, results: int) -> list[tuple]:
         with fresh_database(backend, directory, "ecrf_bench_cdisc") as url:
             with serve(url, directory) as server:
                 loaded = load(server, subjects, results)
-                print(f"{backend}: loaded {subjects} subjects and {results} results over HTTP in {loaded:.0f} s", flush=True)
+                print(
+                    f"{backend}: loaded {subjects} subjects and {results} results over HTTP in {loaded:.0f} s",
+                    flush=True,
+                )
                 rss, peak = server.memory()
                 rows.append((backend, "before", None, None, None, rss, peak))
                 with _client(server, "sponsor") as sponsor, _client(server, "data_manager") as manager:
@@ -114,10 +151,21 @@ def run(backend: str, subjects: int, results: int) -> list[tuple]:
                     seconds, manifest, size = timed(sponsor, "/api/v1/exports/sdtm")
                     lb = next(e["count"] for e in manifest["output"] if e["type"] == "LB" and e["format"] == "json")
                     rows.append((backend, "SDTM package (sponsor)", lb, seconds, size, *server.memory()))
-                    for who, http, params in (("sponsor", sponsor, {}), ("data manager", manager, {"deidentify": "false"})):
+                    for who, http, params in (
+                        ("sponsor", sponsor, {}),
+                        ("data manager", manager, {"deidentify": "false"}),
+                    ):
                         seconds, manifest, size = timed(http, "/api/v1/exports/odm", **params)
-                        rows.append((backend, f"ODM archive ({who})", manifest["output"][0]["values"], seconds, size,
-                                     *server.memory()))
+                        rows.append(
+                            (
+                                backend,
+                                f"ODM archive ({who})",
+                                manifest["output"][0]["values"],
+                                seconds,
+                                size,
+                                *server.memory(),
+                            )
+                        )
                 rows = [(*row, floor) for row in rows]
     return rows
 
@@ -130,16 +178,21 @@ def main() -> int:
     args = parser.parse_args()
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     mib = 1024 * 1024
-    print(f"{'backend':<11}{'export':<26}{'records':>9}{'seconds':>9}{'records/s':>11}{'x floor':>9}{'MiB':>7}"
-          f"{'RSS':>7}{'peak':>7}")
+    print(
+        f"{'backend':<11}{'export':<26}{'records':>9}{'seconds':>9}{'records/s':>11}{'x floor':>9}{'MiB':>7}"
+        f"{'RSS':>7}{'peak':>7}"
+    )
     for backend in backends:
         for row in run(backend, args.subjects, args.results):
             _, what, count, seconds, size, rss, peak, floor = row
             if seconds is None:
                 print(f"{backend:<11}{what:<26}{'':>9}{'':>9}{'':>11}{'':>9}{'':>7}{rss / mib:>7.0f}{peak / mib:>7.0f}")
                 continue
-            print(f"{backend:<11}{what:<26}{count:>9,}{seconds:>9.1f}{count / seconds:>11,.0f}{seconds / floor:>9.1f}"
-                  f"{size / mib:>7.1f}{rss / mib:>7.0f}{peak / mib:>7.0f}", flush=True)
+            print(
+                f"{backend:<11}{what:<26}{count:>9,}{seconds:>9.1f}{count / seconds:>11,.0f}{seconds / floor:>9.1f}"
+                f"{size / mib:>7.1f}{rss / mib:>7.0f}{peak / mib:>7.0f}",
+                flush=True,
+            )
     return 0
 
 

@@ -7,6 +7,7 @@
 
     .venv/bin/python bench/eligibility.py [--saves 60] [--subjects 1000] [--backend sqlite|postgresql|both]
 """
+
 import argparse
 import secrets
 import statistics
@@ -61,10 +62,28 @@ def save_latency(runtime: Runtime, url: str, saves: int) -> dict[str, list[float
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
         patient = compose()
         subject_id = push(http, patient)
-        labs = {"visit": "SCR", "visit_date": patient["forms"]["demographics"]["visit_date"], "items": {
-            "anc": 2.5, "platelets": 180, "hemoglobin": 132, "creatinine": 80, "creatinine_uln": 97, "ast": 30,
-            "ast_uln": 40, "alt": 35, "alt_uln": 50, "bilirubin": 15, "bilirubin_uln": 21, "albumin": 40,
-            "inr": 1.0, "inr_uln": 1.2, "aptt": 30, "aptt_uln": 36}}
+        labs = {
+            "visit": "SCR",
+            "visit_date": patient["forms"]["demographics"]["visit_date"],
+            "items": {
+                "anc": 2.5,
+                "platelets": 180,
+                "hemoglobin": 132,
+                "creatinine": 80,
+                "creatinine_uln": 97,
+                "ast": 30,
+                "ast_uln": 40,
+                "alt": 35,
+                "alt_uln": 50,
+                "bilirubin": 15,
+                "bilirubin_uln": 21,
+                "albumin": 40,
+                "inr": 1.0,
+                "inr_uln": 1.2,
+                "aptt": 30,
+                "aptt_uln": 36,
+            },
+        }
         save_form(http, subject_id, "labs", labs)
         hooks = list(runtime.derived_hooks)
         for block in range(saves // 10):
@@ -97,8 +116,13 @@ def seed_subjects(runtime: Runtime, count: int) -> list[str]:
                         batch.append((_resolve(resource, references), ids[key]))
                     for form_id, entry in patient["forms"].items():
                         values = check_items(runtime.study.form(form_id), entry["items"]).values
-                        mapped = form_to_resources(runtime.study, form_id, values, patient_ref=references["patient"],
-                                                   visit_date=date.fromisoformat(entry["visit_date"]))
+                        mapped = form_to_resources(
+                            runtime.study,
+                            form_id,
+                            values,
+                            patient_ref=references["patient"],
+                            visit_date=date.fromisoformat(entry["visit_date"]),
+                        )
                         batch.extend((resource, str(uuid.uuid4())) for _, resource in mapped.resources)
                     patient_ids.append(ids["patient"])
                 store.create_many(batch, WriteContext(source="fhir"), site="S01")
@@ -150,7 +174,9 @@ def run(backend: str, saves: int, subjects: int) -> None:
             medians[mode] = statistics.median(values)
             p95 = sorted(values)[int(0.95 * (len(values) - 1))]
             print(f"labs form save {mode:13s}: median {medians[mode]:6.1f} ms  p95 {p95:6.1f} ms  (n={len(values)})")
-        print(f"added by eligibility recomputation: {medians['with hook'] - medians['without hook']:+.1f} ms per save (median)")
+        print(
+            f"added by eligibility recomputation: {medians['with hook'] - medians['without hook']:+.1f} ms per save (median)"
+        )
         patient_ids = seed_subjects(runtime, subjects)
         for label, seconds in recompute_times(runtime, patient_ids).items():
             print(f"{subjects} subjects, {label:55s}: {seconds:6.2f} s  ({seconds / subjects * 1000:.2f} ms/subject)")
@@ -163,7 +189,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     arguments = parser.parse_args()
-    for backend in (["sqlite", "postgresql"] if arguments.backend == "both" else [arguments.backend]):
+    for backend in ["sqlite", "postgresql"] if arguments.backend == "both" else [arguments.backend]:
         run(backend, arguments.saves, arguments.subjects)
 
 

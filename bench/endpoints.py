@@ -8,6 +8,7 @@ alone, called in process on the same subject (load, compute, compare with the ke
 
     .venv/bin/python bench/endpoints.py [--saves 60] [--assessments 4] [--events 20] [--backend sqlite|postgresql|both]
 """
+
 import argparse
 import secrets
 import statistics
@@ -47,13 +48,29 @@ def subject_with_follow_up(http: httpx.Client, assessments: int, events: int) ->
     base = f"/api/v1/subjects/{subject_id}/forms"
     for i in range(assessments):
         when = (today - timedelta(days=10 * (assessments - i))).isoformat()
-        _ok(http.post(f"{base}/disease_assessment/M{[3, 6, 9, 12][i % 4]}/entries",
-                      json={"items": {"status": "ned", "assessment_date": when, "method": "ct"}}))
+        _ok(
+            http.post(
+                f"{base}/disease_assessment/M{[3, 6, 9, 12][i % 4]}/entries",
+                json={"items": {"status": "ned", "assessment_date": when, "method": "ct"}},
+            )
+        )
     entry = None
     for i in range(events):
         onset = (today - timedelta(days=1 + i % 20)).isoformat()
-        entry = _ok(http.post(f"{base}/adverse_event/entries", json={"items": {
-            "ctcae_term": "rash", "onset_date": onset, "grade": 1, "serious": False, "outcome": "recovering"}}))
+        entry = _ok(
+            http.post(
+                f"{base}/adverse_event/entries",
+                json={
+                    "items": {
+                        "ctcae_term": "rash",
+                        "onset_date": onset,
+                        "grade": 1,
+                        "serious": False,
+                        "outcome": "recovering",
+                    }
+                },
+            )
+        )
     research_subject = _ok(http.get(f"/fhir/ResearchSubject/{subject_id}"), 200)
     patient_id = research_subject["individual"]["reference"].split("/")[1]
     return subject_id, patient_id, f"{base}/adverse_event/entries/{entry['id']}"
@@ -110,10 +127,14 @@ def run(backend: str, saves: int, assessments: int, events: int) -> None:
         for mode, values in samples.items():
             medians[mode] = statistics.median(values)
             p95 = sorted(values)[int(0.95 * (len(values) - 1))]
-            print(f"adverse event save {mode:18s}: median {medians[mode]:6.1f} ms  p95 {p95:6.1f} ms  (n={len(values)})")
+            print(
+                f"adverse event save {mode:18s}: median {medians[mode]:6.1f} ms  p95 {p95:6.1f} ms  (n={len(values)})"
+            )
         added = medians[ON] - medians[OFF]
-        print(f"added by endpoint recomputation: {added:+.1f} ms per save (median); "
-              f"ratio with/without {medians[ON] / medians[OFF]:.2f}")
+        print(
+            f"added by endpoint recomputation: {added:+.1f} ms per save (median); "
+            f"ratio with/without {medians[ON] / medians[OFF]:.2f}"
+        )
         print(f"the endpoints hook alone, in process: median {hook_alone(runtime, patient_id, 50):.2f} ms per write")
         runtime.engine.dispose()
 
@@ -125,7 +146,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     arguments = parser.parse_args()
-    for backend in (["sqlite", "postgresql"] if arguments.backend == "both" else [arguments.backend]):
+    for backend in ["sqlite", "postgresql"] if arguments.backend == "both" else [arguments.backend]:
         run(backend, arguments.saves, arguments.assessments, arguments.events)
 
 

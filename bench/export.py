@@ -10,6 +10,7 @@ process. "export" is kick-off to manifest over HTTP (polling included); "job" is
 (claimed to completed, from the job row). Peak memory is the server's VmHWM from /proc after the export,
 next to its resident memory before it.
 """
+
 import argparse
 import sys
 import tempfile
@@ -36,29 +37,52 @@ from testkit.servers import ServeProcess  # noqa: E402
 
 STUDY = "ResearchStudy/NCT04163237"
 LOINC = "http://loinc.org"
-LABS = [("718-7", "Hemoglobin", "g/dL", "g/L", 10, 13.2), ("777-3", "Platelets", "10*3/uL", "10*9/L", 1, 180),
-        ("1920-8", "AST", "U/L", "U/L", 1, 31), ("1975-2", "Bilirubin", "mg/dL", "umol/L", 17.1, 0.9)]
+LABS = [
+    ("718-7", "Hemoglobin", "g/dL", "g/L", 10, 13.2),
+    ("777-3", "Platelets", "10*3/uL", "10*9/L", 1, 180),
+    ("1920-8", "AST", "U/L", "U/L", 1, 31),
+    ("1975-2", "Bilirubin", "mg/dL", "umol/L", 17.1, 0.9),
+]
 
 
 def observation(patient_id: str, n: int, moment: str) -> dict:
     code, display, unit, canonical, factor, base = LABS[n % len(LABS)]
     value = round(base * (1 + (n % 13) / 50), 2)
     return {
-        "resourceType": "Observation", "id": uuid.uuid4().hex,
+        "resourceType": "Observation",
+        "id": uuid.uuid4().hex,
         "meta": {"versionId": "1", "lastUpdated": moment},
         "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1.77", "value": f"LAB-{n:08d}"}],
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory"}]}],
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
+        ],
         "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
         "subject": {"reference": f"Patient/{patient_id}", "display": "Jane Doe"},
         "effectiveDateTime": f"2025-{1 + n % 12:02d}-{1 + n % 28:02d}T08:30:00Z",
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit,
-                          "extension": [{"url": "http://example.org/fhir/StructureDefinition/canonical-quantity",
-                                         "valueQuantity": {"value": round(value * factor, 4), "unit": canonical,
-                                                           "system": "http://unitsofmeasure.org", "code": canonical}}]},
-        "referenceRange": [{"high": {"value": base * 1.3, "unit": unit, "system": "http://unitsofmeasure.org",
-                                     "code": unit}, "text": "site range"}],
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+            "extension": [
+                {
+                    "url": "http://example.org/fhir/StructureDefinition/canonical-quantity",
+                    "valueQuantity": {
+                        "value": round(value * factor, 4),
+                        "unit": canonical,
+                        "system": "http://unitsofmeasure.org",
+                        "code": canonical,
+                    },
+                }
+            ],
+        },
+        "referenceRange": [
+            {
+                "high": {"value": base * 1.3, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+                "text": "site range",
+            }
+        ],
         "note": [{"text": "drawn after breakfast, patient anxious"}],
     }
 
@@ -76,13 +100,35 @@ def load(database_url: str, count: int, subjects: int) -> None:
             for n in range(start, min(count, start + chunk)):
                 patient_id = patients[n % subjects]
                 content = observation(patient_id, n, moment)
-                versions.append({"pk": n + 1, "resource_type": "Observation", "resource_id": content["id"],
-                                 "version_id": 1, "last_updated": now, "deleted": False, "patient_id": patient_id,
-                                 "site": "S01", "content": orjson.dumps(content).decode(), "author_sub": "bench",
-                                 "author_role": "ehr", "reason": None, "source": "fhir"})
-                heads.append({"resource_type": "Observation", "resource_id": content["id"], "version_id": 1,
-                              "version_pk": n + 1, "last_updated": now, "deleted": False, "patient_id": patient_id,
-                              "site": "S01"})
+                versions.append(
+                    {
+                        "pk": n + 1,
+                        "resource_type": "Observation",
+                        "resource_id": content["id"],
+                        "version_id": 1,
+                        "last_updated": now,
+                        "deleted": False,
+                        "patient_id": patient_id,
+                        "site": "S01",
+                        "content": orjson.dumps(content).decode(),
+                        "author_sub": "bench",
+                        "author_role": "ehr",
+                        "reason": None,
+                        "source": "fhir",
+                    }
+                )
+                heads.append(
+                    {
+                        "resource_type": "Observation",
+                        "resource_id": content["id"],
+                        "version_id": 1,
+                        "version_pk": n + 1,
+                        "last_updated": now,
+                        "deleted": False,
+                        "patient_id": patient_id,
+                        "site": "S01",
+                    }
+                )
             connection.execute(ResourceVersion.__table__.insert(), versions)
             connection.execute(ResourceHead.__table__.insert(), heads)
         _enrol(connection, patients, count, now)
@@ -94,15 +140,35 @@ def _enrol(connection, patients: list[str], first_pk: int, now: datetime) -> Non
     versions, heads, tokens = [], [], []
     for n, patient_id in enumerate(patients, start=first_pk + 1):
         subject_id = uuid.uuid4().hex
-        content = {"resourceType": "ResearchSubject", "id": subject_id, "status": "candidate",
-                   "study": {"reference": STUDY}, "individual": {"reference": f"Patient/{patient_id}"}}
-        row = {"resource_type": "ResearchSubject", "resource_id": subject_id, "version_id": 1, "last_updated": now,
-               "deleted": False, "patient_id": patient_id, "site": "S01"}
-        versions.append({**row, "pk": n, "content": orjson.dumps(content).decode(), "author_sub": "bench",
-                         "author_role": "coordinator", "reason": None, "source": "form"})
+        content = {
+            "resourceType": "ResearchSubject",
+            "id": subject_id,
+            "status": "candidate",
+            "study": {"reference": STUDY},
+            "individual": {"reference": f"Patient/{patient_id}"},
+        }
+        row = {
+            "resource_type": "ResearchSubject",
+            "resource_id": subject_id,
+            "version_id": 1,
+            "last_updated": now,
+            "deleted": False,
+            "patient_id": patient_id,
+            "site": "S01",
+        }
+        versions.append(
+            {
+                **row,
+                "pk": n,
+                "content": orjson.dumps(content).decode(),
+                "author_sub": "bench",
+                "author_role": "coordinator",
+                "reason": None,
+                "source": "form",
+            }
+        )
         heads.append({**row, "version_pk": n})
-        tokens.append({"resource_type": "ResearchSubject", "resource_id": subject_id, "param": "study",
-                       "value": STUDY})
+        tokens.append({"resource_type": "ResearchSubject", "resource_id": subject_id, "param": "study", "value": STUDY})
     connection.execute(ResourceVersion.__table__.insert(), versions)
     connection.execute(ResourceHead.__table__.insert(), heads)
     connection.execute(SearchToken.__table__.insert(), tokens)
@@ -123,8 +189,12 @@ def floor(database_url: str, directory: Path) -> tuple[int, float]:
 
 
 def serve(database_url: str, directory: Path) -> ServeProcess:
-    return ServeProcess(database_url, study_secret="bench-study-secret", export_dir=str(directory / "exports"),
-                        rate_limit_per_minute="0")
+    return ServeProcess(
+        database_url,
+        study_secret="bench-study-secret",
+        export_dir=str(directory / "exports"),
+        rate_limit_per_minute="0",
+    )
 
 
 def export(server: ServeProcess) -> tuple[int, float]:
@@ -158,8 +228,16 @@ def run(backend: str, size: int, subjects: int) -> dict:
                 _, peak = server.memory()
             job_seconds = _job_seconds(url)
     assert count == floor_count == size
-    return {"backend": backend, "size": size, "load_s": loaded, "floor_rate": floor_count / floor_seconds,
-            "export_rate": count / seconds, "job_rate": count / job_seconds, "rss_before": rss_before, "peak": peak}
+    return {
+        "backend": backend,
+        "size": size,
+        "load_s": loaded,
+        "floor_rate": floor_count / floor_seconds,
+        "export_rate": count / seconds,
+        "job_rate": count / job_seconds,
+        "rss_before": rss_before,
+        "peak": peak,
+    }
 
 
 def _job_seconds(database_url: str) -> float:
@@ -179,15 +257,20 @@ def main() -> int:
     args = parser.parse_args()
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     mib = 1024 * 1024
-    print(f"{'backend':<11}{'resources':>10}{'floor res/s':>13}{'export res/s':>14}{'ratio':>7}"
-          f"{'job res/s':>11}{'ratio':>7}{'RSS before':>12}{'peak RSS':>10}{'load s':>8}")
+    print(
+        f"{'backend':<11}{'resources':>10}{'floor res/s':>13}{'export res/s':>14}{'ratio':>7}"
+        f"{'job res/s':>11}{'ratio':>7}{'RSS before':>12}{'peak RSS':>10}{'load s':>8}"
+    )
     for backend in backends:
         for size in (int(part) for part in args.sizes.split(",")):
             r = run(backend, size, args.subjects)
-            print(f"{backend:<11}{size:>10}{r['floor_rate']:>13,.0f}{r['export_rate']:>14,.0f}"
-                  f"{r['export_rate'] / r['floor_rate']:>7.0%}{r['job_rate']:>11,.0f}"
-                  f"{r['job_rate'] / r['floor_rate']:>7.0%}{r['rss_before'] / mib:>10.0f}Mi"
-                  f"{r['peak'] / mib:>8.0f}Mi{r['load_s']:>8.1f}", flush=True)
+            print(
+                f"{backend:<11}{size:>10}{r['floor_rate']:>13,.0f}{r['export_rate']:>14,.0f}"
+                f"{r['export_rate'] / r['floor_rate']:>7.0%}{r['job_rate']:>11,.0f}"
+                f"{r['job_rate'] / r['floor_rate']:>7.0%}{r['rss_before'] / mib:>10.0f}Mi"
+                f"{r['peak'] / mib:>8.0f}Mi{r['load_s']:>8.1f}",
+                flush=True,
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ concurrency; ratios against it show what the save itself costs.
 
     .venv/bin/python bench/form_save.py [--saves 40] [--clients 8] [--backend sqlite|postgresql|both]
 """
+
 import argparse
 import statistics
 import sys
@@ -35,7 +36,9 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def concurrently(clients: list[httpx.Client], count: int, call: Callable[[httpx.Client, int, int], None]) -> list[float]:
+def concurrently(
+    clients: list[httpx.Client], count: int, call: Callable[[httpx.Client, int, int], None]
+) -> list[float]:
     """Run `count` calls per client, all clients at once; latencies in milliseconds."""
     samples: list[float] = []
     lock = threading.Lock()
@@ -62,16 +65,31 @@ def concurrently(clients: list[httpx.Client], count: int, call: Callable[[httpx.
 def run_backend(name: str, database_url: str, clients_n: int, saves: int) -> dict[str, list[float]]:
     with ServeProcess(database_url, stop_seconds=10) as server:
         token = issue_dev_token(server.settings, role="investigator", sites=["S01"], sub="bench", ttl_minutes=30)
-        clients = [httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-                   for _ in range(clients_n)]
+        clients = [
+            httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            for _ in range(clients_n)
+        ]
         subjects = []
         for client in clients:
-            enrolled = client.post("/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:12],
-                                                            "consent_date": (SURGERY + timedelta(days=14)).isoformat()})
+            enrolled = client.post(
+                "/api/v1/subjects",
+                json={
+                    "site": "S01",
+                    "mrn": uuid.uuid4().hex[:12],
+                    "consent_date": (SURGERY + timedelta(days=14)).isoformat(),
+                },
+            )
             enrolled.raise_for_status()
             subjects.append(enrolled.json()["id"])
-            client.put(f"/api/v1/subjects/{subjects[-1]}/forms/surgery/PREOP", json={"items": {
-                "surgery_date": SURGERY.isoformat(), "resection_type": "anatomical", "visible_tumour_thrombus": False}}
+            client.put(
+                f"/api/v1/subjects/{subjects[-1]}/forms/surgery/PREOP",
+                json={
+                    "items": {
+                        "surgery_date": SURGERY.isoformat(),
+                        "resection_type": "anatomical",
+                        "visible_tumour_thrombus": False,
+                    }
+                },
             ).raise_for_status()
         visit_date = (SURGERY + timedelta(days=21)).isoformat()
 
@@ -79,11 +97,25 @@ def run_backend(name: str, database_url: str, clients_n: int, saves: int) -> dic
             client.get("/healthz").raise_for_status()
 
         def save(client: httpx.Client, index: int, n: int) -> None:
-            response = client.put(f"/api/v1/subjects/{subjects[index]}/forms/labs/SCR", json={
-                "visit_date": visit_date, "reason": "bench",
-                "items": {"hemoglobin": {"value": 12 + (n % 30) / 10, "unit": "g/dL"}, "platelets": 150 + n,
-                          "creatinine": 70 + n % 20, "creatinine_uln": 97, "alt": 30, "alt_uln": 50,
-                          "ast": 25 + n % 7, "ast_uln": 40, "albumin": 40, "inr": 1.1}})
+            response = client.put(
+                f"/api/v1/subjects/{subjects[index]}/forms/labs/SCR",
+                json={
+                    "visit_date": visit_date,
+                    "reason": "bench",
+                    "items": {
+                        "hemoglobin": {"value": 12 + (n % 30) / 10, "unit": "g/dL"},
+                        "platelets": 150 + n,
+                        "creatinine": 70 + n % 20,
+                        "creatinine_uln": 97,
+                        "alt": 30,
+                        "alt_uln": 50,
+                        "ast": 25 + n % 7,
+                        "ast_uln": 40,
+                        "albumin": 40,
+                        "inr": 1.1,
+                    },
+                },
+            )
             if response.status_code not in (200, 201):
                 raise RuntimeError(f"save failed {response.status_code}: {response.text}")
 
@@ -91,9 +123,11 @@ def run_backend(name: str, database_url: str, clients_n: int, saves: int) -> dic
             client.get(f"/api/v1/subjects/{subjects[index]}/forms/labs/SCR").raise_for_status()
 
         concurrently(clients, 5, healthz)  # warm-up
-        results = {"floor GET /healthz": concurrently(clients, saves, healthz),
-                   "PUT labs (save)": concurrently(clients, saves, save),
-                   "GET labs (read)": concurrently(clients, saves, read)}
+        results = {
+            "floor GET /healthz": concurrently(clients, saves, healthz),
+            "PUT labs (save)": concurrently(clients, saves, save),
+            "GET labs (read)": concurrently(clients, saves, read),
+        }
         for client in clients:
             client.close()
         return results
@@ -115,8 +149,10 @@ def report(name: str, results: dict[str, list[float]], clients: int) -> None:
     print(f"  {'operation':<22}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'p50/floor':>11}{'p99/floor':>11}")
     for operation, samples in results.items():
         p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-        print(f"  {operation:<22}{len(samples):>6}{p50:>10.1f}{p99:>10.1f}{statistics.fmean(samples):>10.1f}"
-              f"{p50 / floor_p50:>11.1f}{p99 / floor_p99:>11.1f}")
+        print(
+            f"  {operation:<22}{len(samples):>6}{p50:>10.1f}{p99:>10.1f}{statistics.fmean(samples):>10.1f}"
+            f"{p50 / floor_p50:>11.1f}{p99 / floor_p99:>11.1f}"
+        )
 
 
 def main() -> int:
@@ -128,7 +164,9 @@ def main() -> int:
     began = time.monotonic()
     if args.backend in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as folder:
-            report("sqlite", run_backend("sqlite", f"sqlite:///{folder}/bench.db", args.clients, args.saves), args.clients)
+            report(
+                "sqlite", run_backend("sqlite", f"sqlite:///{folder}/bench.db", args.clients, args.saves), args.clients
+            )
     if args.backend in ("postgresql", "both"):
         database = postgres_database()
         if database is not None:

@@ -7,6 +7,7 @@ manager and a sponsor, and prints each query's plan.
 
     .venv/bin/python bench/reports.py [--subjects 20000] [--backend sqlite|postgresql|both] [--plans]
 """
+
 import argparse
 import statistics
 import sys
@@ -47,43 +48,114 @@ def seed(runtime: Runtime, count: int) -> None:
             subject = uuid.uuid4().hex
             site = study.sites[(n // 2) % len(study.sites)].id
             status = STATUSES[n % 3]
-            heads.append({"resource_type": "ResearchSubject", "resource_id": subject, "version_id": 1,
-                          "version_pk": n, "last_updated": NOW, "deleted": False, "patient_id": subject, "site": site})
-            tokens += [{"resource_type": "ResearchSubject", "resource_id": subject, "param": "study",
-                        "value": study_ref},
-                       {"resource_type": "ResearchSubject", "resource_id": subject, "param": "status",
-                        "code": status}]
+            heads.append(
+                {
+                    "resource_type": "ResearchSubject",
+                    "resource_id": subject,
+                    "version_id": 1,
+                    "version_pk": n,
+                    "last_updated": NOW,
+                    "deleted": False,
+                    "patient_id": subject,
+                    "site": site,
+                }
+            )
+            tokens += [
+                {"resource_type": "ResearchSubject", "resource_id": subject, "param": "study", "value": study_ref},
+                {"resource_type": "ResearchSubject", "resource_id": subject, "param": "status", "code": status},
+            ]
             for k in range(20):
                 observation = f"{subject}-{k}"
-                heads.append({"resource_type": "Observation", "resource_id": observation, "version_id": 1,
-                              "version_pk": n, "last_updated": NOW, "deleted": False, "patient_id": subject,
-                              "site": site})
-                tokens += [{"resource_type": "Observation", "resource_id": observation, "param": "status",
-                            "code": "final"},
-                           {"resource_type": "Observation", "resource_id": observation, "param": "subject",
-                            "value": f"Patient/{subject}"}]
-                facts.append({"resource_type": "Observation", "resource_id": observation, "version_id": 1,
-                              "patient_id": subject, "form_id": "labs", "item_id": "platelets", "value_number": 180.0,
-                              "source": "form"})
+                heads.append(
+                    {
+                        "resource_type": "Observation",
+                        "resource_id": observation,
+                        "version_id": 1,
+                        "version_pk": n,
+                        "last_updated": NOW,
+                        "deleted": False,
+                        "patient_id": subject,
+                        "site": site,
+                    }
+                )
+                tokens += [
+                    {"resource_type": "Observation", "resource_id": observation, "param": "status", "code": "final"},
+                    {
+                        "resource_type": "Observation",
+                        "resource_id": observation,
+                        "param": "subject",
+                        "value": f"Patient/{subject}",
+                    },
+                ]
+                facts.append(
+                    {
+                        "resource_type": "Observation",
+                        "resource_id": observation,
+                        "version_id": 1,
+                        "patient_id": subject,
+                        "form_id": "labs",
+                        "item_id": "platelets",
+                        "value_number": 180.0,
+                        "source": "form",
+                    }
+                )
             randomised = status == "eligible" and (n // 3) % 2 == 0
-            states.append({"subject_id": subject, "patient_id": subject, "site": site,
-                           "status": {"candidate": "incomplete"}.get(status, status), "live_status": status,
-                           "blocking": "[]", "result": "{}", "frozen_result": "{}" if randomised else None,
-                           "frozen_at": NOW if randomised else None, "changed_since_randomisation": False,
-                           "evaluated_at": NOW})
+            states.append(
+                {
+                    "subject_id": subject,
+                    "patient_id": subject,
+                    "site": site,
+                    "status": {"candidate": "incomplete"}.get(status, status),
+                    "live_status": status,
+                    "blocking": "[]",
+                    "result": "{}",
+                    "frozen_result": "{}" if randomised else None,
+                    "frozen_at": NOW if randomised else None,
+                    "changed_since_randomisation": False,
+                    "evaluated_at": NOW,
+                }
+            )
             if randomised:
-                facts.append({"resource_type": "ResearchSubject", "resource_id": subject, "version_id": 1,
-                              "patient_id": subject, "form_id": "randomisation", "item_id": "arm",
-                              "value_text": study.arms[(n // 6) % len(study.arms)].id, "source": "form"})
+                facts.append(
+                    {
+                        "resource_type": "ResearchSubject",
+                        "resource_id": subject,
+                        "version_id": 1,
+                        "patient_id": subject,
+                        "form_id": "randomisation",
+                        "item_id": "arm",
+                        "value_text": study.arms[(n // 6) % len(study.arms)].id,
+                        "source": "form",
+                    }
+                )
             for i, (form_id, visit_id) in enumerate(pairs[: n % len(pairs) + 1]):
-                instances.append({"id": uuid.uuid4().hex, "subject_id": subject, "patient_id": subject, "site": site,
-                                  "form_id": form_id, "visit_id": visit_id, "status": FORM_STATUSES[(n + i) % 5],
-                                  "version": 1, "visit_date": date.today(), "resources": "{}", "created_at": NOW,
-                                  "created_by": "bench", "updated_at": NOW, "updated_by": "bench",
-                                  "updated_role": "coordinator"})
+                instances.append(
+                    {
+                        "id": uuid.uuid4().hex,
+                        "subject_id": subject,
+                        "patient_id": subject,
+                        "site": site,
+                        "form_id": form_id,
+                        "visit_id": visit_id,
+                        "status": FORM_STATUSES[(n + i) % 5],
+                        "version": 1,
+                        "visit_date": date.today(),
+                        "resources": "{}",
+                        "created_at": NOW,
+                        "created_by": "bench",
+                        "updated_at": NOW,
+                        "updated_by": "bench",
+                        "updated_role": "coordinator",
+                    }
+                )
         with transaction(runtime.engine) as session:
-            for table, rows in ((ResourceHead, heads), (SearchToken, tokens), (EligibilityState, states),
-                                (FormInstance, instances), (ItemFact, facts)):
+            for table, rows in (
+                (ResourceHead, heads),
+                (SearchToken, tokens),
+                (EligibilityState, states),
+                (FormInstance, instances),
+                (ItemFact, facts),
+            ):
                 columns = sorted({name for row in rows for name in row})
                 insert_rows(session, table.__table__, [{name: row.get(name) for name in columns} for row in rows])
     with runtime.engine.begin() as connection:
@@ -116,8 +188,9 @@ def main() -> None:
     args = parser.parse_args()
     for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
         with database(backend) as url:
-            runtime = Runtime.start(Settings(database_url=url, jwt_secret="bench-" + "x" * 32, export_worker=False,
-                                             _env_file=None))
+            runtime = Runtime.start(
+                Settings(database_url=url, jwt_secret="bench-" + "x" * 32, export_worker=False, _env_file=None)
+            )
             upgrade(runtime.engine)
             start = time.perf_counter()
             seed(runtime, args.subjects)
@@ -135,8 +208,10 @@ def main() -> None:
                             samples.append((time.perf_counter() - begin) * 1000)
                             assert response.status_code == 200, response.text
                         body = response.json()
-                    print(f"  {role}: median {statistics.median(samples):.0f} ms, max {max(samples):.0f} ms "
-                          f"(subjects {body['overall']['subjects']}, hidden cells {body['hidden_cells']})")
+                    print(
+                        f"  {role}: median {statistics.median(samples):.0f} ms, max {max(samples):.0f} ms "
+                        f"(subjects {body['overall']['subjects']}, hidden cells {body['hidden_cells']})"
+                    )
             runtime.engine.dispose()
 
 

@@ -1,4 +1,5 @@
 """The FastAPI application: two doors (eCRF API under /api/v1, FHIR R4 under /fhir) onto one store."""
+
 from fastapi import Depends, FastAPI, Request
 from ecrf.responses import FHIR_PREFIX, JSONBody
 from sqlalchemy import text
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         version="0.1.0",
         description=f"Electronic case report forms with a FHIR R4 door. Study: {runtime.study.id}.",
         default_response_class=JSONBody,
-        docs_url=None, redoc_url=None,  # served offline by ecrf/docs.py
+        docs_url=None,
+        redoc_url=None,  # served offline by ecrf/docs.py
     )
     app.state.runtime = runtime
     app.state.verifier = runtime.verifier
@@ -55,8 +57,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     errors.install(app)  # domain and store errors, validation, outages: one mapping to status and body
     app.add_exception_handler(FhirError, _fhir_error)  # a FHIR refusal: its OperationOutcome and status
     app.add_middleware(RecordAccess)  # identified data a response shows, in the access log before it leaves
-    app.add_middleware(RequestGuard, settings=runtime.settings,
-                       bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}), form_paths=frozenset({TOKEN_PATH}))
+    app.add_middleware(
+        RequestGuard,
+        settings=runtime.settings,
+        bundle_paths=frozenset({FHIR_PREFIX, FHIR_PREFIX + "/"}),
+        form_paths=frozenset({TOKEN_PATH}),
+    )
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(public)])
     def healthz(request: Request) -> dict:
@@ -114,11 +120,14 @@ def _document_error_shape(app: FastAPI) -> None:
         schema = build()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas["ValidationError"] = {
-            "type": "object", "title": "ValidationError", "required": ["item", "rule", "message"],
+            "type": "object",
+            "title": "ValidationError",
+            "required": ["item", "rule", "message"],
             "properties": {"item": {"type": "string"}, "rule": {"type": "string"}, "message": {"type": "string"}},
         }
         schemas["HTTPValidationError"] = {
-            "type": "object", "title": "HTTPValidationError",
+            "type": "object",
+            "title": "HTTPValidationError",
             "description": "Under /api/v1: detail and every failing item. Under /fhir: an OperationOutcome.",
             "properties": {
                 "detail": {"type": "string"},

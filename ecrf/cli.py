@@ -1,4 +1,5 @@
 """The `ecrf` command: serve, token, demo, db upgrade, audit verify, randomisation generate|verify, client."""
+
 import argparse
 import sys
 
@@ -30,18 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("action", choices=["verify"])
 
     randomisation = commands.add_parser("randomisation", help="allocation lists (randomisation manager)")
-    randomisation.add_argument("action", choices=["generate", "verify"],
-                               help="generate: the lists of strata that have none (never regenerates); "
-                                    "verify: regenerate from the secret and compare, exit 1 on any difference")
+    randomisation.add_argument(
+        "action",
+        choices=["generate", "verify"],
+        help="generate: the lists of strata that have none (never regenerates); "
+        "verify: regenerate from the secret and compare, exit 1 on any difference",
+    )
     from ecrf.smart import cli as client_cli
 
     client_cli.add_parser(commands)
 
     args = parser.parse_args(argv)
     settings = Settings()
-    handler = {"serve": _serve, "token": _token, "demo": _demo, "db": _db, "audit": _audit,
-               "randomisation": _randomisation,
-               "client": client_cli.run}[args.command]
+    handler = {
+        "serve": _serve,
+        "token": _token,
+        "demo": _demo,
+        "db": _db,
+        "audit": _audit,
+        "randomisation": _randomisation,
+        "client": client_cli.run,
+    }[args.command]
     return handler(settings, args) or 0
 
 
@@ -64,8 +74,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"API docs: {url}/docs   FHIR base: {url}/fhir   health: {url}/healthz", flush=True)
     print("Get a token: ecrf token --role investigator --site S01", flush=True)
     print(f"Clinicians' screens: open {url}/ in a browser", flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", access_log=False,
-                            log_config=_log_config())
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", access_log=False, log_config=_log_config()
+    )
     StoppingServer(config).run()
     return 0
 
@@ -101,8 +112,11 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     from ecrf.auth.tokens import TokenError, issue_dev_token
 
     try:
-        print(issue_dev_token(settings, role=args.role, sites=args.site, sub=args.sub,
-                              ttl_minutes=args.ttl, scopes=args.scope))
+        print(
+            issue_dev_token(
+                settings, role=args.role, sites=args.site, sub=args.sub, ttl_minutes=args.ttl, scopes=args.scope
+            )
+        )
     except TokenError as error:
         print(f"ecrf token: {error}", file=sys.stderr)
         return 2
@@ -156,8 +170,10 @@ def _randomisation(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(engine)
     if args.action == "generate":
         made = service.generate(engine, settings, study, scheme)
-        print(f"randomisation generate: {len(made)} list(s) generated" + (f" ({', '.join(made)})" if made else
-                                                                          "; every stratum already has its list"))
+        print(
+            f"randomisation generate: {len(made)} list(s) generated"
+            + (f" ({', '.join(made)})" if made else "; every stratum already has its list")
+        )
         return 0
     problems = service.verify(engine, settings, study, scheme)
     for problem in problems:

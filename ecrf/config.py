@@ -1,4 +1,5 @@
 """Service settings, read from ECRF_* environment variables (see the README's configuration table)."""
+
 import os
 import secrets
 from pathlib import Path

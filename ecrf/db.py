@@ -1,4 +1,5 @@
 """Database engine and sessions; SQLite (WAL) by default, PostgreSQL through psycopg."""
+
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -126,7 +127,11 @@ def snapshot(engine: Engine) -> Iterator[Session]:
 # -- database outages -------------------------------------------------------------------------------------
 
 OUTAGE_RETRY_AFTER_SECONDS = 5
-OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")  # connection exceptions; admin/crash shutdown, cannot connect now; out of resources
+OUTAGE_SQLSTATE_PREFIXES = (
+    "08",
+    "57P",
+    "53",
+)  # connection exceptions; admin/crash shutdown, cannot connect now; out of resources
 
 
 class DatabaseUnavailable(Exception):
@@ -167,6 +172,7 @@ def is_statement_timeout(error: BaseException) -> bool:
 
 
 # -- statement timeouts, and cancelling a statement whose client went away -----------------------------
+
 
 class StatementCancelled(Exception):
     """A statement stopped by its timeout or because its client disconnected: answered 503."""

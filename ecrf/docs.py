@@ -1,6 +1,7 @@
 """`/docs` (Swagger UI) and `/redoc` served offline: their scripts and styles come from an installed package
 (`fastapi-offline`, which ships Swagger UI and ReDoc builds), never from a CDN, so the pages work on a
 machine without internet access (a hospital network, a laptop on a train)."""
+
 from importlib import resources
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -33,13 +34,15 @@ def install(app: FastAPI) -> None:
     def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{openapi_url}", title=f"{app.title} - Swagger UI",
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
             swagger_js_url=f"{root}{ASSETS_PATH}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{ASSETS_PATH}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
             # validatorUrl: Swagger UI would otherwise load a badge from validator.swagger.io
-            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})})
+            swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
+        )
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False, dependencies=open_to_all)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -49,9 +52,12 @@ def install(app: FastAPI) -> None:
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
-            openapi_url=f"{root}{openapi_url}", title=f"{app.title} - ReDoc",
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_PATH}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png", with_google_fonts=False)
+            redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.get(ASSETS_PATH + "/{name}", include_in_schema=False, dependencies=open_to_all)
     def asset(name: str) -> Response:

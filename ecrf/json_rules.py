@@ -3,6 +3,7 @@
 RequestGuard (ecrf/security.py) applies them to every body; ecrf/json_stream.py to a large Bundle, entry by
 entry.
 """
+
 import json
 import re
 from dataclasses import dataclass
@@ -74,14 +75,19 @@ def parse_json(raw: bytes | memoryview, max_depth: int) -> Any:
 def refuse_long_numbers(raw: bytes) -> None:
     hinted = any(_number_may_start_before(raw, position) for position in _long_digit_runs(raw))
     if hinted and any(found.lastgroup for found in STRING_OR_LONG_NUMBER.finditer(raw)):
-        raise Refusal(422, "a number has more digits than a FHIR decimal allows (18 before the decimal point, "
-                           "17 after): it could not be stored exactly", "number_digits", "value")
+        raise Refusal(
+            422,
+            "a number has more digits than a FHIR decimal allows (18 before the decimal point, "
+            "17 after): it could not be stored exactly",
+            "number_digits",
+            "value",
+        )
 
 
 def _long_digit_runs(raw: bytes):
     """Where 19 digits, or a point and 18 digits, start; a slice of the body translated at a time."""
     for start in range(0, len(raw), SCAN_SLICE):
-        piece = raw[start:start + SCAN_SLICE + 19].translate(DIGITS_TO_ZERO)
+        piece = raw[start : start + SCAN_SLICE + 19].translate(DIGITS_TO_ZERO)
         for needle in TOO_MANY_DIGITS:
             position = piece.find(needle)
             while 0 <= position < SCAN_SLICE:  # one starting in the overlap is found in the next slice
@@ -98,8 +104,14 @@ def _number_may_start_before(raw: bytes, position: int) -> bool:
 def refuse_repeated_key(raw: bytes | memoryview, path: tuple = (), resource_type: str | None = None) -> None:
     repeated = _repeated_key(raw)
     if repeated is not None:
-        raise Refusal(400, f"the key {repeated!r} appears twice in one object", "duplicate_key", "structure",
-                      path=path, resource_type=resource_type)
+        raise Refusal(
+            400,
+            f"the key {repeated!r} appears twice in one object",
+            "duplicate_key",
+            "structure",
+            path=path,
+            resource_type=resource_type,
+        )
 
 
 def measure(document: Any, max_depth: int, max_elements: int, *, depth: int = 1, elements: int = 0) -> tuple[int, int]:
@@ -116,12 +128,17 @@ def measure(document: Any, max_depth: int, max_elements: int, *, depth: int = 1,
             raise too_deep(max_depth)
         elements += len(container)
         if elements > max_elements:
-            raise Refusal(413, f"the body has more than {max_elements} JSON values (ECRF_MAX_JSON_ELEMENTS)",
-                          "max_json_elements", "too-costly")
+            raise Refusal(
+                413,
+                f"the body has more than {max_elements} JSON values (ECRF_MAX_JSON_ELEMENTS)",
+                "max_json_elements",
+                "too-costly",
+            )
         if type(container) is dict:
             if len(container) > MAX_OBJECT_KEYS:
-                raise Refusal(413, f"an object in the body has more than {MAX_OBJECT_KEYS} keys", "max_object_keys",
-                              "too-costly")
+                raise Refusal(
+                    413, f"an object in the body has more than {MAX_OBJECT_KEYS} keys", "max_object_keys", "too-costly"
+                )
             keys += len(container)
             members = container.values()
         else:
@@ -143,9 +160,15 @@ def refuse_control_characters(document: Any, path: tuple = (), resource_type: st
         if isinstance(value, str):
             found = CONTROL_CHARACTER.search(value)
             if found:
-                raise Refusal(422, f"control character U+{ord(found.group()):04X} is not allowed in text "
-                                   "(only tab, line feed and carriage return are)", "control_character", "value",
-                              path=path, resource_type=resource_type if isinstance(resource_type, str) else None)
+                raise Refusal(
+                    422,
+                    f"control character U+{ord(found.group()):04X} is not allowed in text "
+                    "(only tab, line feed and carriage return are)",
+                    "control_character",
+                    "value",
+                    path=path,
+                    resource_type=resource_type if isinstance(resource_type, str) else None,
+                )
         elif isinstance(value, dict):
             stack.extend((key, path) for key in value)
             stack.extend((member, (*path, key)) for key, member in value.items())
@@ -154,8 +177,9 @@ def refuse_control_characters(document: Any, path: tuple = (), resource_type: st
 
 
 def too_deep(max_depth: int) -> Refusal:
-    return Refusal(413, f"the body nests deeper than {max_depth} levels (ECRF_MAX_JSON_DEPTH)", "max_json_depth",
-                   "too-costly")
+    return Refusal(
+        413, f"the body nests deeper than {max_depth} levels (ECRF_MAX_JSON_DEPTH)", "max_json_depth", "too-costly"
+    )
 
 
 def keys_written(raw: bytes | memoryview) -> int:

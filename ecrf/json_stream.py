@@ -7,13 +7,22 @@ around the array, each element, the commas between them) are each strict JSON, w
 strict JSON; depth, number of values, control characters, long numbers and repeated keys are checked as
 the elements are read. A body of any other shape is not streamed (`read` answers None).
 """
+
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from ecrf.config import Settings
-from ecrf.json_rules import (POSSIBLE_CONTROL_ESCAPE, keys_written, measure, parse_json, refuse_control_characters,
-                           refuse_long_numbers, refuse_repeated_key, too_deep)
+from ecrf.json_rules import (
+    POSSIBLE_CONTROL_ESCAPE,
+    keys_written,
+    measure,
+    parse_json,
+    refuse_control_characters,
+    refuse_long_numbers,
+    refuse_repeated_key,
+    too_deep,
+)
 
 # Everything up to the next bracket outside a string, and that bracket: strings are skipped whole.
 UP_TO_BRACKET = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+[\[\]{}]')
@@ -25,8 +34,15 @@ BLANK = re.compile(rb"[ \t\r\n]*")
 class StreamedObject:
     """`shell` is the object with the array left empty; `elements()` yields the array's objects in order."""
 
-    def __init__(self, raw: bytes, key: str, array: tuple[int, int], spans: list[tuple[int, int]],
-                 shell: dict[str, Any], settings: Settings):
+    def __init__(
+        self,
+        raw: bytes,
+        key: str,
+        array: tuple[int, int],
+        spans: list[tuple[int, int]],
+        shell: dict[str, Any],
+        settings: Settings,
+    ):
         self.raw, self.key, self.array, self.spans, self.shell = raw, key, array, spans, shell
         self.settings = settings
 
@@ -64,8 +80,9 @@ class StreamedObject:
             refuse_control_characters(self.shell)
         for index in range(len(self.spans)):
             element = self.element(index)
-            found, values = measure(element, settings.max_json_depth, settings.max_json_elements, depth=3,
-                                    elements=values)
+            found, values = measure(
+                element, settings.max_json_depth, settings.max_json_elements, depth=3, elements=values
+            )
             keys += found
             if controls:
                 refuse_control_characters(element, (self.key, index), resource_type)
@@ -80,7 +97,9 @@ class StreamedObject:
             refuse_repeated_key(self.raw[start:end], (self.key, index), resource_type)
 
 
-def _array_of_objects(raw: bytes, quoted_key: bytes, max_depth: int) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
+def _array_of_objects(
+    raw: bytes, quoted_key: bytes, max_depth: int
+) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
     """Where the top-level array under the key starts and ends, and its elements' spans; None unless the
     body is an object holding, under that key, an array of objects only."""
     depth, array, element, spans = 0, None, 0, []
@@ -110,16 +129,16 @@ def _array_of_objects(raw: bytes, quoted_key: bytes, max_depth: int) -> tuple[tu
 
 
 def _emptied(raw: bytes, array: tuple[int, int]) -> bytes:
-    return raw[:array[0]] + b"[]" + raw[array[1]:]
+    return raw[: array[0]] + b"[]" + raw[array[1] :]
 
 
 def _key_before(raw: bytes, position: int, quoted_key: bytes) -> bool:
     """The bracket at `position` opens the value of the key: `{` or `,`, the quoted key, `:`, blanks between."""
-    before = raw[max(0, position - len(quoted_key) - 256):position].rstrip(b" \t\r\n")
+    before = raw[max(0, position - len(quoted_key) - 256) : position].rstrip(b" \t\r\n")
     if not before.endswith(b":"):
         return False
     before = before[:-1].rstrip(b" \t\r\n")
-    return before.endswith(quoted_key) and before[:-len(quoted_key)].rstrip(b" \t\r\n")[-1:] in (b"{", b",")
+    return before.endswith(quoted_key) and before[: -len(quoted_key)].rstrip(b" \t\r\n")[-1:] in (b"{", b",")
 
 
 def _only_commas_between(raw: bytes, array: list[int], spans: list[tuple[int, int]]) -> bool:

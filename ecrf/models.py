@@ -1,4 +1,5 @@
 """Every table of the service, imported in one place so migrations and schema checks see them all."""
+
 import ecrf.audit.models  # noqa: F401
 import ecrf.audit.access.models  # noqa: F401
 import ecrf.store.models  # noqa: F401

@@ -1,4 +1,5 @@
 """Write the app's OpenAPI document to openapi.yaml (`python -m ecrf.openapi`); a test keeps it in step."""
+
 import sys
 from pathlib import Path
 

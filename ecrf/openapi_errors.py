@@ -17,6 +17,7 @@ resource in its path, whether it takes a body, whether it writes), which of 400,
 Bodies: under /api/v1 `{"detail", "errors": [{"item", "rule", "message"}]}`, under /fhir an OperationOutcome
 (ecrf/errors.py makes both). Hooked once, by `install(app)` in ecrf/app.py.
 """
+
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,7 +31,7 @@ WITH_BODY = {"post", "put", "patch"}
 
 DESCRIPTIONS = {
     400: "Malformed request: a control character in the path or query, a body that is not strict JSON "
-         "(or repeats a key), an unknown FHIR search parameter or modifier, an invalid FHIR resource",
+    "(or repeats a key), an unknown FHIR search parameter or modifier, an invalid FHIR resource",
     401: "No bearer token, or one that is malformed, expired, of another issuer or audience, or badly signed",
     403: "The token's role (or SMART scopes) may not do this",
     404: "Nothing with this id exists for the caller (another site's data answer the same)",
@@ -44,8 +45,12 @@ DESCRIPTIONS = {
     503: "The database cannot be reached right now; try again after Retry-After seconds",
 }
 HEADERS = {
-    401: {"WWW-Authenticate": {"description": "Bearer, with error=\"invalid_token\" for a refused token",
-                               "schema": {"type": "string"}}},
+    401: {
+        "WWW-Authenticate": {
+            "description": 'Bearer, with error="invalid_token" for a refused token',
+            "schema": {"type": "string"},
+        }
+    },
     429: {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
     503: {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
 }
@@ -53,12 +58,16 @@ OAUTH_ERROR = "OAuthError"
 OAUTH_PREFIX = "/auth/"  # the SMART authorization server (ecrf/smart): RFC 6749 errors
 SCHEMAS = {
     OAUTH_ERROR: {
-        "type": "object", "title": OAUTH_ERROR, "required": ["error"],
+        "type": "object",
+        "title": OAUTH_ERROR,
+        "required": ["error"],
         "description": "An OAuth 2.0 error of the token endpoint (RFC 6749 section 5.2).",
         "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
     },
     API_ERROR: {
-        "type": "object", "title": API_ERROR, "required": ["detail"],
+        "type": "object",
+        "title": API_ERROR,
+        "required": ["detail"],
         "description": "An /api/v1 error: what went wrong, and every failing item with its rule.",
         "properties": {
             "detail": {"type": "string"},
@@ -66,19 +75,26 @@ SCHEMAS = {
         },
     },
     OPERATION_OUTCOME: {
-        "type": "object", "title": OPERATION_OUTCOME, "required": ["resourceType", "issue"],
+        "type": "object",
+        "title": OPERATION_OUTCOME,
+        "required": ["resourceType", "issue"],
         "description": "A FHIR R4 OperationOutcome: one issue per problem, located as FHIRPath where known.",
         "properties": {
             "resourceType": {"type": "string", "enum": [OPERATION_OUTCOME]},
-            "issue": {"type": "array", "items": {
-                "type": "object", "required": ["severity", "code"],
-                "properties": {
-                    "severity": {"type": "string"}, "code": {"type": "string"},
-                    "diagnostics": {"type": "string"},
-                    "expression": {"type": "array", "items": {"type": "string"}},
-                    "location": {"type": "array", "items": {"type": "string"}},
+            "issue": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["severity", "code"],
+                    "properties": {
+                        "severity": {"type": "string"},
+                        "code": {"type": "string"},
+                        "diagnostics": {"type": "string"},
+                        "expression": {"type": "array", "items": {"type": "string"}},
+                        "location": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
-            }},
+            },
         },
     },
 }
@@ -100,8 +116,9 @@ def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[int]:
         statuses |= {413, 415, 422}
     if method in WRITES:
         statuses |= {409, 412} if method in {"put", "delete"} or fhir else {409}
-    if any(p.get("in") == "header" and p.get("name", "").lower() == "if-match"
-           for p in operation.get("parameters", [])):
+    if any(
+        p.get("in") == "header" and p.get("name", "").lower() == "if-match" for p in operation.get("parameters", [])
+    ):
         statuses.add(412)
     if any(p.get("in") in ("query", "path") for p in operation.get("parameters", [])):
         statuses.add(422)
@@ -114,7 +131,9 @@ def errors_of(path: str, method: str, operation: dict[str, Any]) -> list[int]:
 EXTRA_SUCCESS = {
     ("post", FHIR_PREFIX + "/{resource_type}"): {"201": "Created"},
     ("put", FHIR_PREFIX + "/{resource_type}"): {"201": "Created (no match: the conditional update created it)"},
-    ("put", FHIR_PREFIX + "/{resource_type}/{resource_id}"): {"201": "Created (update as create, with the client's id)"},
+    ("put", FHIR_PREFIX + "/{resource_type}/{resource_id}"): {
+        "201": "Created (update as create, with the client's id)"
+    },
     ("get", FHIR_PREFIX + "/$export"): {"202": "Accepted: the status URL is in Content-Location"},
     ("get", FHIR_PREFIX + "/Group/{group_id}/$export"): {"202": "Accepted: the status URL is in Content-Location"},
     ("get", FHIR_PREFIX + "/$export-status/{job_id}"): {"202": "Still running: X-Progress, Retry-After"},
@@ -128,10 +147,17 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
         fhir = is_fhir_path(path)
         reference = {"$ref": f"#/components/schemas/{OPERATION_OUTCOME if fhir else API_ERROR}"}
         if path.startswith(OAUTH_PREFIX):  # OAuth errors, or the request guard's before the endpoint is reached
-            reference = {"anyOf": [{"$ref": f"#/components/schemas/{OAUTH_ERROR}"},
-                                   {"$ref": f"#/components/schemas/{API_ERROR}"}]}
-        content = ({"application/fhir+json": {"schema": reference}, "application/json": {"schema": reference}}
-                   if fhir else {"application/json": {"schema": reference}})
+            reference = {
+                "anyOf": [
+                    {"$ref": f"#/components/schemas/{OAUTH_ERROR}"},
+                    {"$ref": f"#/components/schemas/{API_ERROR}"},
+                ]
+            }
+        content = (
+            {"application/fhir+json": {"schema": reference}, "application/json": {"schema": reference}}
+            if fhir
+            else {"application/json": {"schema": reference}}
+        )
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             for status, description in EXTRA_SUCCESS.get((method, path), {}).items():

@@ -1,4 +1,5 @@
 """JSON bodies with orjson; Decimals are written with all their digits (clinical values are exact)."""
+
 from decimal import Decimal
 from typing import Any
 

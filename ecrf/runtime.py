@@ -2,6 +2,7 @@
 
 The app layer: it wires the domains' derived hooks and write guards into the store (ecrf/store/wiring.py);
 below the app, code depends on the protocol ecrf.services.Services, never on this module."""
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime

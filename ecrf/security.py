@@ -1,4 +1,5 @@
 """Guards in front of every route: body size and shape, per-client rate, and a request log free of PHI."""
+
 import hashlib
 import logging
 import re
@@ -73,8 +74,13 @@ class RequestGuard:
     no handler answered ends here: logged without its message, answered 500 with an incident id.
     """
 
-    def __init__(self, app, settings: Settings, bundle_paths: frozenset[str] = frozenset(),
-                 form_paths: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        app,
+        settings: Settings,
+        bundle_paths: frozenset[str] = frozenset(),
+        form_paths: frozenset[str] = frozenset(),
+    ):
         self.app = app
         self.form_paths = form_paths  # routes that read their own (form-encoded) body: the OAuth token endpoint
         self.settings = settings
@@ -96,8 +102,13 @@ class RequestGuard:
             nonlocal logged
             if not logged:
                 logged = True
-                log.info("%s %s %s %.1fms", scope["method"], _logged_path(scope), status_holder["status"] or 500,
-                         (time.perf_counter() - started) * 1000)
+                log.info(
+                    "%s %s %s %.1fms",
+                    scope["method"],
+                    _logged_path(scope),
+                    status_holder["status"] or 500,
+                    (time.perf_counter() - started) * 1000,
+                )
 
         async def send_logged(message):
             if message["type"] == "http.response.start":
@@ -120,8 +131,12 @@ class RequestGuard:
             except Exception as error:  # noqa: BLE001 - reported without its message, which may quote PHI
                 incident = _report_failure(scope, error)
                 if status_holder["status"] is None:
-                    await _refuse(scope, receive, send_logged, Refusal(
-                        500, f"internal error (incident {incident})", "internal", "exception", item="request"))
+                    await _refuse(
+                        scope,
+                        receive,
+                        send_logged,
+                        Refusal(500, f"internal error (incident {incident})", "internal", "exception", item="request"),
+                    )
         finally:
             log_once()
 
@@ -136,14 +151,21 @@ class RequestGuard:
         if self.rate > 0 and scope["path"] != "/healthz":
             wait = self._take_token(_client_key(scope, headers))
             if wait > 0:
-                raise Refusal(429, "too many requests: slow down", "rate_limit", "throttled", item="request",
-                              headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+                raise Refusal(
+                    429,
+                    "too many requests: slow down",
+                    "rate_limit",
+                    "throttled",
+                    item="request",
+                    headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                )
         if URL_CONTROL_BYTE.search(scope["path"].encode("utf-8", "surrogateescape")):
             raise Refusal(400, "the path contains a control character", "control_character", "invalid", item="path")
         query = scope.get("query_string", b"")
         if query and URL_CONTROL_BYTE.search(unquote_to_bytes(query.replace(b"+", b" "))):
-            raise Refusal(400, "the query string contains a control character", "control_character", "invalid",
-                          item="query")
+            raise Refusal(
+                400, "the query string contains a control character", "control_character", "invalid", item="query"
+            )
         if query:
             self._check_parameter_counts(query)
 
@@ -152,17 +174,26 @@ class RequestGuard:
         given hundreds of them takes minutes (ECRF_MAX_QUERY_PARAMETERS, ECRF_MAX_REPEATED_PARAMETER)."""
         names = [unquote_to_bytes(part.split(b"=", 1)[0].replace(b"+", b" ")) for part in query.split(b"&") if part]
         if len(names) > self.settings.max_query_parameters:
-            raise Refusal(400, f"the query string has {len(names)} parameters; the limit is "
-                               f"{self.settings.max_query_parameters}", "max_query_parameters", "too-costly", item="query")
+            raise Refusal(
+                400,
+                f"the query string has {len(names)} parameters; the limit is {self.settings.max_query_parameters}",
+                "max_query_parameters",
+                "too-costly",
+                item="query",
+            )
         counts: dict[bytes, int] = {}
         for name in names:
             counts[name] = counts.get(name, 0) + 1
         name, most = max(counts.items(), key=lambda pair: pair[1])
         if most > self.settings.max_repeated_parameter:
             shown = name.decode("utf-8", "replace")[:64]
-            raise Refusal(400, f"parameter {shown!r} is repeated {most} times; the limit is "
-                               f"{self.settings.max_repeated_parameter}", "max_repeated_parameter", "too-costly",
-                          item=shown)
+            raise Refusal(
+                400,
+                f"parameter {shown!r} is repeated {most} times; the limit is {self.settings.max_repeated_parameter}",
+                "max_repeated_parameter",
+                "too-costly",
+                item=shown,
+            )
 
     def _too_large(self) -> Refusal:
         return Refusal(413, f"request body exceeds {self.max_body} bytes", "max_body_bytes", "too-costly")
@@ -206,19 +237,35 @@ class RequestGuard:
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         media_type, _, parameters = content_type.partition(";")
         charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", parameters, re.IGNORECASE)
-        if media_type.strip().lower() == FORM_MEDIA_TYPE and scope["method"] == "POST" \
-                and scope["path"].endswith("/_search"):
+        if (
+            media_type.strip().lower() == FORM_MEDIA_TYPE
+            and scope["method"] == "POST"
+            and scope["path"].endswith("/_search")
+        ):
             if URL_CONTROL_BYTE.search(unquote_to_bytes(body.replace(b"+", b" "))):
-                raise Refusal(400, "the search parameters contain a control character", "control_character",
-                              "invalid", item="body")
+                raise Refusal(
+                    400,
+                    "the search parameters contain a control character",
+                    "control_character",
+                    "invalid",
+                    item="body",
+                )
             return body
         if media_type.strip().lower() not in JSON_MEDIA_TYPES or (charset and charset.group(1).lower() != "utf-8"):
             shown = media_type.strip() or "none"
-            raise Refusal(415, f"content type {shown!r} is not supported: send application/json "
-                               "(or application/fhir+json), UTF-8", "content_type", "not-supported", item="Content-Type")
+            raise Refusal(
+                415,
+                f"content type {shown!r} is not supported: send application/json (or application/fhir+json), UTF-8",
+                "content_type",
+                "not-supported",
+                item="Content-Type",
+            )
         state = scope.setdefault("state", {})
-        if len(body) > self.settings.stream_bundle_bytes and scope["method"] == "POST" \
-                and scope["path"] in self.bundle_paths:
+        if (
+            len(body) > self.settings.stream_bundle_bytes
+            and scope["method"] == "POST"
+            and scope["path"] in self.bundle_paths
+        ):
             streamed = await run_in_threadpool(StreamedObject.read, body, "entry", self.settings)
             if streamed is not None:
                 state["json_body"] = streamed
@@ -251,8 +298,14 @@ def _report_failure(scope, error: BaseException) -> str:
     """Log an exception no handler answered by its types and frames only: its message may quote stored
     values (SQL parameters, a database's DETAIL line), so it never reaches the log. Returns the incident id."""
     incident = secrets.token_hex(6)
-    failures.error("incident %s: unhandled %s in %s %s (message withheld: it may hold patient data)\n%s", incident,
-                   type(error).__qualname__, scope["method"], _logged_path(scope), types_and_frames(error))
+    failures.error(
+        "incident %s: unhandled %s in %s %s (message withheld: it may hold patient data)\n%s",
+        incident,
+        type(error).__qualname__,
+        scope["method"],
+        _logged_path(scope),
+        types_and_frames(error),
+    )
     return incident
 
 
@@ -272,8 +325,14 @@ def _client_key(scope, headers) -> str:
 async def _refuse(scope, receive, send, refusal: Refusal) -> None:
     request = Request(scope, receive)
     if is_fhir(request):
-        response = error_response(request, refusal.status, refusal.message, code=refusal.code,
-                                  location=refusal.location(fhir=True), headers=refusal.headers)
+        response = error_response(
+            request,
+            refusal.status,
+            refusal.message,
+            code=refusal.code,
+            location=refusal.location(fhir=True),
+            headers=refusal.headers,
+        )
     else:
         errors = [{"item": refusal.location(fhir=False), "rule": refusal.rule, "message": refusal.message}]
         response = error_response(request, refusal.status, refusal.message, errors=errors, headers=refusal.headers)

@@ -1,5 +1,6 @@
 """The running service as the domains and doors see it: a protocol, so no module below the app imports
 ecrf.runtime (ecrf.runtime.Runtime is the one implementation; tests may pass their own)."""
+
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol

@@ -30,8 +30,9 @@ class Segment:
 
 
 def _coding_of(study: StudyDef, compact: str) -> tuple[str, str, str | None]:
-    coding = Coding.model_validate(compact, context={"code_systems": {**study.code_systems,
-                                                                      "LOCAL": study.local_system}})
+    coding = Coding.model_validate(
+        compact, context={"code_systems": {**study.code_systems, "LOCAL": study.local_system}}
+    )
     return coding.system, coding.code, coding.display
 
 
@@ -53,6 +54,7 @@ def parse_path(path: str) -> tuple[Segment, ...]:
 
 
 # -- writing ---------------------------------------------------------------------------------------
+
 
 def _descend(study: StudyDef, node: dict[str, Any], segment: Segment, *, new: bool = False) -> dict[str, Any]:
     if segment.extension:
@@ -100,7 +102,7 @@ def write(study: StudyDef, resource: dict[str, Any], item: ItemDef, path: str, v
             parent = _descend(study, parent, segment)
         for single in _ordered(value):  # one extension per value
             node = _descend(study, parent, segments[last_extension], new=True)
-            for segment in segments[last_extension + 1:-1]:
+            for segment in segments[last_extension + 1 : -1]:
                 node = _descend(study, node, segment)
             _put(node, segments[-1], encode(study, item, segments[-1], single))
         return
@@ -163,17 +165,20 @@ def quantity(study: StudyDef, item: ItemDef, value: Any) -> dict[str, Any]:
         amount, unit = value, None
     resolved = resolve_unit(item, unit)
     entered = _number(amount)
-    result: dict[str, Any] = {"value": entered, "unit": unit or item.unit, "system": fhir.UCUM,
-                              "code": resolved.ucum}
+    result: dict[str, Any] = {"value": entered, "unit": unit or item.unit, "system": fhir.UCUM, "code": resolved.ucum}
     if item.type == "quantity":
         canonical = to_decimal(entered) * resolved.factor
-        result["extension"] = [{"url": study.canonical_quantity_extension, "valueQuantity": {
-            "value": canonical, "unit": item.unit, "system": fhir.UCUM, "code": item.unit}}]
+        result["extension"] = [
+            {
+                "url": study.canonical_quantity_extension,
+                "valueQuantity": {"value": canonical, "unit": item.unit, "system": fhir.UCUM, "code": item.unit},
+            }
+        ]
     return result
 
 
-
 # -- reading ---------------------------------------------------------------------------------------
+
 
 def read(study: StudyDef, resource: dict[str, Any], path: str) -> list[Any]:
     """Every value found at `path` (several where a list or a repeated extension holds them)."""
@@ -189,8 +194,11 @@ def read(study: StudyDef, resource: dict[str, Any], path: str) -> list[Any]:
                 continue
             if segment.code is not None:
                 key = _coding_of(study, segment.code)[:2]
-                found += [e for e in node.get(segment.name) or [] if isinstance(e, dict)
-                          and key in _coding_keys(e.get("code"))]
+                found += [
+                    e
+                    for e in node.get(segment.name) or []
+                    if isinstance(e, dict) and key in _coding_keys(e.get("code"))
+                ]
                 continue
             value = node.get(segment.name)
             if value is None:

@@ -19,6 +19,7 @@ class ItemValue:
     """One item value found in a resource. `value` is canonical (Decimal in the canonical unit for
     unit-bearing items, int, bool, str code, date); when `error` is set the value could not be
     read or converted: `value` then holds the original and must never be used as evidence."""
+
     form_id: str
     item_id: str
     value: Any
@@ -42,6 +43,7 @@ def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemVal
 
 
 # --- resources of `resource` targets, items at paths ----------------------------------------
+
 
 def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
     resource_type = resource["resourceType"]
@@ -69,8 +71,9 @@ def _element_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemVa
                     yield value
 
 
-def _suspect_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
-                   effective: date | datetime | None) -> ItemValue | None:
+def _suspect_value(
+    study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any], effective: date | datetime | None
+) -> ItemValue | None:
     """The causality of the suspectEntity of the item's drug: the entry named by the study extension, or whose
     instance is a contained resource (Medication) of the drug's code, as an EHR may send it."""
     wanted = item.fhir.medication.key
@@ -111,8 +114,9 @@ def _has_fixed_code(study: StudyDef, owner: ItemDef, resource: dict[str, Any]) -
     return bool(_coding_keys(fixed) & _coding_keys(resource.get("code")))
 
 
-def _path_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
-                effective: date | datetime | None) -> ItemValue | None:
+def _path_value(
+    study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any], effective: date | datetime | None
+) -> ItemValue | None:
     found = elements.read(study, resource, item.fhir.path_in(resource.get("resourceType")))
     if not found:
         return None
@@ -137,13 +141,16 @@ def _path_value(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[st
 
 # --- Observation --------------------------------------------------------------------------
 
+
 def _observation_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
     matching = study.observation_items_with_code(_coding_keys(resource.get("code")))
     if not matching:
         return
-    effective = _parse_moment(resource.get("effectiveDateTime")
-                              or (resource.get("effectivePeriod") or {}).get("start")
-                              or resource.get("effectiveInstant"))
+    effective = _parse_moment(
+        resource.get("effectiveDateTime")
+        or (resource.get("effectivePeriod") or {}).get("start")
+        or resource.get("effectiveInstant")
+    )
     high = _reference_high(resource)
     for form, item in matching:
         uln = _uln(item, high)
@@ -155,8 +162,9 @@ def _observation_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[It
                 yield found
 
 
-def _read_value(study: StudyDef, form: FormDef, item: ItemDef, element: dict[str, Any],
-                effective: date | datetime | None) -> ItemValue:
+def _read_value(
+    study: StudyDef, form: FormDef, item: ItemDef, element: dict[str, Any], effective: date | datetime | None
+) -> ItemValue:
     if item.unit is not None and "valueQuantity" in element:
         return _quantity_value(form, item, element["valueQuantity"], effective)
     if item.type == "integer" and "valueInteger" in element:
@@ -175,12 +183,19 @@ def _read_value(study: StudyDef, form: FormDef, item: ItemDef, element: dict[str
     if item.type == "code" and "valueCodeableConcept" in element:
         return _coded_value(study, form, item, element["valueCodeableConcept"], effective)
     present = sorted(key for key in element if key.startswith("value"))
-    return _failed(form, item, None, None, effective,
-                   f"no value of the expected type for a {item.type} item (found {present or 'none'})")
+    return _failed(
+        form,
+        item,
+        None,
+        None,
+        effective,
+        f"no value of the expected type for a {item.type} item (found {present or 'none'})",
+    )
 
 
-def _quantity_value(form: FormDef, item: ItemDef, quantity: dict[str, Any],
-                    effective: date | datetime | None) -> ItemValue:
+def _quantity_value(
+    form: FormDef, item: ItemDef, quantity: dict[str, Any], effective: date | datetime | None
+) -> ItemValue:
     raw, unit = quantity.get("value"), _unit_of(quantity)
     if raw is None:
         return _failed(form, item, None, unit, effective, "quantity without a value")
@@ -218,13 +233,13 @@ def _resolve(item: ItemDef, quantity: dict[str, Any]) -> ResolvedUnit:
     raise first_error  # type: ignore[misc]
 
 
-def _coded_value(study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any],
-                 effective: date | datetime | None) -> ItemValue:
+def _coded_value(
+    study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any], effective: date | datetime | None
+) -> ItemValue:
     value = _value_from_concept(study, item, concept)
     codes = [f"{c.get('system')}|{c.get('code')}" for c in concept.get("coding") or []]
     if value is None:
-        return _failed(form, item, codes, None, effective, f"no coding maps to a value of "
-                                                            f"{item.id!r}: {codes}")
+        return _failed(form, item, codes, None, effective, f"no coding maps to a value of {item.id!r}: {codes}")
     return _ok(form, item, value, codes[0] if codes else value, None, effective)
 
 
@@ -242,8 +257,14 @@ def _value_from_concept(study: StudyDef, item: ItemDef, concept: dict[str, Any] 
     return None
 
 
-def _read_dependent(study: StudyDef, form: FormDef, item: ItemDef, resource: dict[str, Any],
-                    high: dict[str, Any] | None, effective: date | datetime | None) -> ItemValue | None:
+def _read_dependent(
+    study: StudyDef,
+    form: FormDef,
+    item: ItemDef,
+    resource: dict[str, Any],
+    high: dict[str, Any] | None,
+    effective: date | datetime | None,
+) -> ItemValue | None:
     kind = item.fhir.kind
     if kind == "reference_range_high":
         return None if high is None else _quantity_value(form, item, high, effective)
@@ -263,8 +284,9 @@ def _read_dependent(study: StudyDef, form: FormDef, item: ItemDef, resource: dic
     return None
 
 
-def _optional_code(study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any] | None,
-                   effective: date | datetime | None) -> ItemValue | None:
+def _optional_code(
+    study: StudyDef, form: FormDef, item: ItemDef, concept: dict[str, Any] | None, effective: date | datetime | None
+) -> ItemValue | None:
     if not concept:
         return None
     return _coded_value(study, form, item, concept, effective)
@@ -297,6 +319,7 @@ def _uln(item: ItemDef, high: dict[str, Any] | None) -> Decimal | None:
 
 # --- Patient, ResearchSubject -------------------------------------------------------------
 
+
 def _patient_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
     for form, item in study.items_of_kind("patient"):
         raw = resource.get(item.fhir.path)
@@ -315,8 +338,7 @@ def _research_subject_items(study: StudyDef, resource: dict[str, Any]) -> Iterat
             yield _element_value(form, item, raw, None)
 
 
-def _element_value(form: FormDef, item: ItemDef, raw: Any,
-                   effective: date | datetime | None) -> ItemValue:
+def _element_value(form: FormDef, item: ItemDef, raw: Any, effective: date | datetime | None) -> ItemValue:
     """A value read from a plain element (a date, or a code mapped back through code_by_value)."""
     if item.type == "date":
         parsed = _parse_date(raw)
@@ -327,17 +349,18 @@ def _element_value(form: FormDef, item: ItemDef, raw: Any,
     if item.fhir.kind in ("patient", "research_subject") and str(raw) in by_code:
         return _ok(form, item, by_code[str(raw)], raw, None, effective)
     if item.values is not None and str(raw) not in item.values:
-        return _failed(form, item, raw, None, effective,
-                       f"{raw!r} is not a value of {item.id!r} ({', '.join(item.values)})")
+        return _failed(
+            form, item, raw, None, effective, f"{raw!r} is not a value of {item.id!r} ({', '.join(item.values)})"
+        )
     return _ok(form, item, str(raw), raw, None, effective)
 
 
 # --- Procedure ----------------------------------------------------------------------------
 
+
 def _procedure_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
     keys = _coding_keys(resource.get("code"))
-    performed = (resource.get("performedDateTime")
-                 or (resource.get("performedPeriod") or {}).get("start"))
+    performed = resource.get("performedDateTime") or (resource.get("performedPeriod") or {}).get("start")
     effective = _parse_moment(performed)
     for form, item in study.items_of_kind("procedure"):
         dependents = study.dependents_of(form, item.id)
@@ -356,29 +379,27 @@ def _procedure_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[Item
 
 # --- Condition, Immunization --------------------------------------------------------------
 
+
 def _condition_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
     codings = (resource.get("code") or {}).get("coding") or []
     keys = _coding_keys(resource.get("code"))
     onset = resource.get("onsetDateTime") or (resource.get("onsetPeriod") or {}).get("start")
     effective = _parse_moment(onset or resource.get("recordedDate"))
     for form, item in study.items_of_kind("condition"):
-        condition_keys = {c.key for c in item.fhir.codes} | {
-            c.key for c in item.fhir.code_by_value.values()}
+        condition_keys = {c.key for c in item.fhir.codes} | {c.key for c in item.fhir.code_by_value.values()}
         if keys & condition_keys:
             yield _morphology(form, item, resource, effective)
     yield from _ehr_derived(study, "Condition", codings, onset, effective)
 
 
-def _morphology(form: FormDef, item: ItemDef, resource: dict[str, Any],
-                effective: date | datetime | None) -> ItemValue:
+def _morphology(form: FormDef, item: ItemDef, resource: dict[str, Any], effective: date | datetime | None) -> ItemValue:
     for extension in resource.get("extension") or []:
         if extension.get("url") != fhir.MCODE_HISTOLOGY_EXTENSION:
             continue
         for coding in (extension.get("valueCodeableConcept") or {}).get("coding") or []:
             if coding.get("system") == item.fhir.value_system:
                 return _element_value(form, item, coding.get("code"), effective)
-    return _failed(form, item, None, None, effective, "condition without an ICD-O-3 morphology "
-                                                      "(histology unknown)")
+    return _failed(form, item, None, None, effective, "condition without an ICD-O-3 morphology (histology unknown)")
 
 
 def _immunization_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
@@ -387,8 +408,13 @@ def _immunization_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[I
     yield from _ehr_derived(study, "Immunization", codings, occurrence, _parse_moment(occurrence))
 
 
-def _ehr_derived(study: StudyDef, resource_type: str, codings: list[dict[str, Any]],
-                 moment: str | None, effective: date | datetime | None) -> Iterator[ItemValue]:
+def _ehr_derived(
+    study: StudyDef,
+    resource_type: str,
+    codings: list[dict[str, Any]],
+    moment: str | None,
+    effective: date | datetime | None,
+) -> Iterator[ItemValue]:
     for form in study.forms:
         for item in form.items:
             sources = [s for s in item.fhir.derived_from if s.resource == resource_type]
@@ -409,6 +435,7 @@ def _source_matches(source: Any, codings: list[dict[str, Any]]) -> bool:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
 
 def _coding_keys(concept: dict[str, Any] | None) -> set[tuple[str, str]]:
     return {(c.get("system"), c.get("code")) for c in (concept or {}).get("coding") or []}
@@ -432,19 +459,38 @@ def _is_void(resource: dict[str, Any]) -> bool:
 def _with_uln(value: ItemValue, uln: Decimal | None) -> ItemValue:
     if uln is None or value.error:
         return value
-    return ItemValue(value.form_id, value.item_id, value.value, value.unit, value.original_value,
-                     value.original_unit, value.effective, uln)
+    return ItemValue(
+        value.form_id,
+        value.item_id,
+        value.value,
+        value.unit,
+        value.original_value,
+        value.original_unit,
+        value.effective,
+        uln,
+    )
 
 
-def _ok(form: FormDef, item: ItemDef, value: Any, original: Any, original_unit: str | None,
-        effective: date | datetime | None) -> ItemValue:
+def _ok(
+    form: FormDef,
+    item: ItemDef,
+    value: Any,
+    original: Any,
+    original_unit: str | None,
+    effective: date | datetime | None,
+) -> ItemValue:
     return ItemValue(form.id, item.id, value, item.unit, original, original_unit, effective)
 
 
-def _failed(form: FormDef, item: ItemDef, original: Any, original_unit: str | None,
-            effective: date | datetime | None, error: str) -> ItemValue:
-    return ItemValue(form.id, item.id, original, None, original, original_unit, effective,
-                     error=error)
+def _failed(
+    form: FormDef,
+    item: ItemDef,
+    original: Any,
+    original_unit: str | None,
+    effective: date | datetime | None,
+    error: str,
+) -> ItemValue:
+    return ItemValue(form.id, item.id, original, None, original, original_unit, effective, error=error)
 
 
 def _parse_date(text: Any) -> date | None:

@@ -10,5 +10,4 @@ from fhir_mappings.from_fhir import ItemValue, resource_to_items
 from fhir_mappings.questionnaire import form_to_questionnaire
 from fhir_mappings.to_fhir import FormResources, form_to_resources
 
-__all__ = ["FormResources", "ItemValue", "form_to_questionnaire", "form_to_resources",
-           "resource_to_items"]
+__all__ = ["FormResources", "ItemValue", "form_to_questionnaire", "form_to_resources", "resource_to_items"]

@@ -9,9 +9,16 @@ from study_model.definitions import FormDef, ItemDef, StudyDef
 
 VISIT_DATE_LINK_ID = "visit_date"
 
-_QUESTION_TYPES = {"date": "date", "integer": "integer", "decimal": "decimal",
-                   "boolean": "boolean", "code": "choice", "quantity": "quantity", "codes": "choice",
-                   "text": "text"}
+_QUESTION_TYPES = {
+    "date": "date",
+    "integer": "integer",
+    "decimal": "decimal",
+    "boolean": "boolean",
+    "code": "choice",
+    "quantity": "quantity",
+    "codes": "choice",
+    "text": "text",
+}
 
 
 def questionnaire_id(form_id: str) -> str:
@@ -21,9 +28,18 @@ def questionnaire_id(form_id: str) -> str:
 
 def form_to_questionnaire(study: StudyDef, form_id: str) -> dict[str, Any]:
     form = study.form(form_id)
-    items: list[dict[str, Any]] = [] if form.date_item else [{
-        "linkId": VISIT_DATE_LINK_ID, "text": "Visit date (defaults to the day of entry)",
-        "type": "date", "required": False}]
+    items: list[dict[str, Any]] = (
+        []
+        if form.date_item
+        else [
+            {
+                "linkId": VISIT_DATE_LINK_ID,
+                "text": "Visit date (defaults to the day of entry)",
+                "type": "date",
+                "required": False,
+            }
+        ]
+    )
     items.extend(_question(study, form, item) for item in form.items)
     return {
         "resourceType": "Questionnaire",
@@ -38,8 +54,7 @@ def form_to_questionnaire(study: StudyDef, form_id: str) -> dict[str, Any]:
 
 
 def _question(study: StudyDef, form: FormDef, item: ItemDef) -> dict[str, Any]:
-    question: dict[str, Any] = {"linkId": item.id, "text": item.label,
-                                "type": _QUESTION_TYPES[item.type]}
+    question: dict[str, Any] = {"linkId": item.id, "text": item.label, "type": _QUESTION_TYPES[item.type]}
     codes = [coding.fhir() for coding in item.fhir.codes]
     if codes and item.fhir.kind in ("observation", "component", "procedure"):
         question["code"] = codes
@@ -55,8 +70,9 @@ def _question(study: StudyDef, form: FormDef, item: ItemDef) -> dict[str, Any]:
     if item.type == "text":
         question["maxLength"] = item.text_limit
     if item.type in ("code", "codes"):
-        question["answerOption"] = [{"valueCoding": study.value_coding(item, value).fhir()}
-                                    for value in item.values or ()]
+        question["answerOption"] = [
+            {"valueCoding": study.value_coding(item, value).fhir()} for value in item.values or ()
+        ]
     if item.enable_when is not None:
         question["enableWhen"] = [_enable_when(study, form, item)]
     initial = _initial(study, item)
@@ -70,8 +86,7 @@ def _unit_extensions(item: ItemDef) -> list[dict[str, Any]]:
         return []
     ucum_units = [unit for unit in item.accepted_units if unit not in item.legacy_units]
     extensions = [{"url": fhir.QUESTIONNAIRE_UNIT, "valueCoding": _unit_coding(item.unit)}]
-    extensions += [{"url": fhir.QUESTIONNAIRE_UNIT_OPTION, "valueCoding": _unit_coding(unit)}
-                   for unit in ucum_units]
+    extensions += [{"url": fhir.QUESTIONNAIRE_UNIT_OPTION, "valueCoding": _unit_coding(unit)} for unit in ucum_units]
     return extensions
 
 
@@ -106,8 +121,7 @@ def _initial(study: StudyDef, item: ItemDef) -> dict[str, Any] | None:
     if item.type == "code":
         return {"valueCoding": study.value_coding(item, str(item.default)).fhir()}
     if item.type == "quantity":
-        return {"valueQuantity": {"value": item.default, "unit": item.unit,
-                                  "system": fhir.UCUM, "code": item.unit}}
+        return {"valueQuantity": {"value": item.default, "unit": item.unit, "system": fhir.UCUM, "code": item.unit}}
     if item.type == "integer":
         return {"valueInteger": int(item.default)}
     if item.type == "boolean":

@@ -1,5 +1,6 @@
 """The published R4 search parameters of the types a study may keep (data/r4_search_parameters.json, made by
 scripts/r4_search_parameters.py from the R4 search-parameters.json, never typed by hand)."""
+
 import json
 from functools import cache
 from pathlib import Path

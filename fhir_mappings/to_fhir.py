@@ -22,6 +22,7 @@ OWNER_KINDS = ("observation", "procedure", "condition", "resource")
 class FormResources:
     """What one form entry writes. `resources` are (slot, resource) pairs; the slot (the id of the
     item that owns the resource) is unique within the entry and stable across re-saves."""
+
     resources: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     patient_patch: dict[str, Any] = field(default_factory=dict)
     research_subject_patch: dict[str, Any] = field(default_factory=dict)
@@ -43,8 +44,9 @@ class FormResources:
         return self.of_type("Condition")
 
 
-def form_to_resources(study: StudyDef, form_id: str, items: dict[str, Any], *, patient_ref: str,
-                      visit_date: date | datetime) -> FormResources:
+def form_to_resources(
+    study: StudyDef, form_id: str, items: dict[str, Any], *, patient_ref: str, visit_date: date | datetime
+) -> FormResources:
     form = study.form(form_id)
     values = _values_with_defaults(form, items)
     subject = {"reference": patient_ref}
@@ -95,8 +97,9 @@ def _values_with_defaults(form: FormDef, items: dict[str, Any]) -> dict[str, Any
     return values
 
 
-def _observation(study: StudyDef, form: FormDef, item: ItemDef, value: Any,
-                 subject: dict[str, str], effective: str) -> dict[str, Any]:
+def _observation(
+    study: StudyDef, form: FormDef, item: ItemDef, value: Any, subject: dict[str, str], effective: str
+) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Observation", "status": "final"}
     category = item.fhir.category or form.observation_category
     if category:
@@ -126,20 +129,27 @@ def observation_value(study: StudyDef, item: ItemDef, value: Any) -> dict[str, A
 
 
 def _procedure(item: ItemDef, value: Any, subject: dict[str, str]) -> dict[str, Any]:
-    return {"resourceType": "Procedure", "status": "completed", "code": _concept(item),
-            "subject": subject, "performedDateTime": _fhir_date(value)}
+    return {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": _concept(item),
+        "subject": subject,
+        "performedDateTime": _fhir_date(value),
+    }
 
 
-def _condition(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str],
-               recorded: str) -> dict[str, Any]:
+def _condition(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str], recorded: str) -> dict[str, Any]:
     code = item.fhir.code_by_value.get(str(value))
     concept = {"coding": [code.fhir()]} if code else _concept(item)
     return {
         "resourceType": "Condition",
-        "extension": [{"url": fhir.MCODE_HISTOLOGY_EXTENSION, "valueCodeableConcept": {
-            "coding": [{"system": item.fhir.value_system, "code": str(value)}]}}],
-        "verificationStatus": {"coding": [{"system": fhir.CONDITION_VERIFICATION,
-                                           "code": "confirmed"}]},
+        "extension": [
+            {
+                "url": fhir.MCODE_HISTOLOGY_EXTENSION,
+                "valueCodeableConcept": {"coding": [{"system": item.fhir.value_system, "code": str(value)}]},
+            }
+        ],
+        "verificationStatus": {"coding": [{"system": fhir.CONDITION_VERIFICATION, "code": "confirmed"}]},
         "code": concept,
         "subject": subject,
         "recordedDate": recorded,
@@ -151,8 +161,12 @@ def _resource(study: StudyDef, item: ItemDef, value: Any, subject: dict[str, str
     subject, the value at `path`."""
     resource_type = item.fhir.resource_type_of(value)
     key = elements.value_key(value)
-    resource: dict[str, Any] = {"resourceType": resource_type, **copy.deepcopy(item.fhir.fixed),
-                                **copy.deepcopy(item.fhir.fixed_by_value.get(key) or {}), "subject": subject}
+    resource: dict[str, Any] = {
+        "resourceType": resource_type,
+        **copy.deepcopy(item.fhir.fixed),
+        **copy.deepcopy(item.fhir.fixed_by_value.get(key) or {}),
+        "subject": subject,
+    }
     _write_paths(study, resource, item, value)
     return resource
 
@@ -194,11 +208,13 @@ def _suspect_entity(study: StudyDef, item: ItemDef, value: Any, owner: dict[str,
     target = item.fhir
     drug = {"coding": [target.medication.fhir()]}
     local_id = contained_id(target.medication)
-    owner.setdefault("suspectEntity", []).append({
-        "extension": [{"url": study.extension_url(target.extension), "valueCodeableConcept": drug}],
-        "instance": {"reference": f"#{local_id}"},
-        "causality": [{"assessment": {"coding": [study.value_coding(item, str(value)).fhir()]}}],
-    })
+    owner.setdefault("suspectEntity", []).append(
+        {
+            "extension": [{"url": study.extension_url(target.extension), "valueCodeableConcept": drug}],
+            "instance": {"reference": f"#{local_id}"},
+            "causality": [{"assessment": {"coding": [study.value_coding(item, str(value)).fhir()]}}],
+        }
+    )
     contained = owner.setdefault("contained", [])
     if not any(entry.get("id") == local_id for entry in contained):
         contained.append({"resourceType": "Medication", "id": local_id, "code": copy.deepcopy(drug)})

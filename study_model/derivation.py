@@ -13,7 +13,6 @@ from study_model.rules import COMPARE
 from study_model.units import UnitError, to_canonical
 
 
-
 def violated(form: FormDef, when: dict[str, Any], values: dict[str, Any]) -> bool:
     """Whether a form check's condition holds (a violation) for the entry's canonical values; unknown is no."""
     return _holds(form, when, values) is True

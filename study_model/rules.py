@@ -24,13 +24,22 @@ ITEM_SOURCES = ("item", "latest", "any")
 LEAF_SOURCES = ITEM_SOURCES + ("derived",)
 TESTS = ("op", "equals", "in", "is", "between", "exists", "in_window")
 COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 COMPARISONS = tuple(COMPARE)
 BLANK_OUTCOMES = ("met", "not_met", "unknown")
 NUMERIC_TYPES = ("integer", "decimal", "quantity")
 ARITHMETIC = ("sum", "difference", "product", "quotient")
-EXPRESSION_KEYS = ("item", "latest", "derived", "anchor", "const") + ARITHMETIC + (
-    "age_in_years", "first_available", "bands", "map", "choose")  # value expression nodes (`derived:`)
+EXPRESSION_KEYS = (
+    ("item", "latest", "derived", "anchor", "const")
+    + ARITHMETIC
+    + ("age_in_years", "first_available", "bands", "map", "choose")
+)  # value expression nodes (`derived:`)
 
 _BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(\d+)\s*d)?\s*$")
 
@@ -43,8 +52,8 @@ class Problem:
 
 @dataclass(frozen=True)
 class AnchorBound:
-    anchor: str      # the reference-date name or a date item id
-    days: int        # offset in days
+    anchor: str  # the reference-date name or a date item id
+    days: int  # offset in days
 
 
 def kind_of(node: dict[str, Any], kinds: Iterable[str]) -> str | None:
@@ -65,6 +74,7 @@ def parse_bound(text: str) -> AnchorBound | None:
 @dataclass
 class RuleContext:
     """What a criteria file may refer to."""
+
     study: StudyDef
     reference_name: str
     windows: dict[str, Any]
@@ -90,8 +100,9 @@ def validate_criteria_file(study: StudyDef, data: dict[str, Any]) -> list[Proble
     """All problems of a parsed criteria file (paths are relative to the file's root)."""
     reference = data.get("reference_date") or {}
     reference_name = reference.get("name", "R") if isinstance(reference, dict) else "R"
-    context = RuleContext(study=study, reference_name=reference_name,
-                          windows=data.get("windows") or {}, derived=data.get("derived") or {})
+    context = RuleContext(
+        study=study, reference_name=reference_name, windows=data.get("windows") or {}, derived=data.get("derived") or {}
+    )
     if isinstance(reference, dict) and "item" in reference:
         _expect_date_item(context, reference["item"], ("reference_date", "item"))
     for name, window in context.windows.items():
@@ -110,8 +121,9 @@ def validate_criteria_file(study: StudyDef, data: dict[str, Any]) -> list[Proble
             continue
         criterion_id = criterion.get("id")
         if criterion_id in seen:
-            context.add(path + ("id",), f"duplicate criterion id {criterion_id!r} "
-                                        f"(first at criteria[{seen[criterion_id]}])")
+            context.add(
+                path + ("id",), f"duplicate criterion id {criterion_id!r} (first at criteria[{seen[criterion_id]}])"
+            )
         elif isinstance(criterion_id, str):
             seen[criterion_id] = index
         if "rule" not in criterion:
@@ -136,8 +148,7 @@ def validate_form_condition(form: FormDef, condition: Any, path: Path) -> list[P
                     check(child, where + (key, index))
                 return
         if node.get("item") not in item_ids:
-            problems.append(Problem(where + ("item",), f"unknown item {node.get('item')!r} in form "
-                                                         f"{form.id!r}"))
+            problems.append(Problem(where + ("item",), f"unknown item {node.get('item')!r} in form {form.id!r}"))
         per = node.get("per")
         if per is not None and (not isinstance(per, dict) or per.get("item") not in item_ids):
             problems.append(Problem(where + ("per",), "per needs {item: <item of this form>, amount}"))
@@ -202,12 +213,14 @@ def _check_code_match(context: RuleContext, node: Any, path: Path) -> None:
 def _check_leaf(context: RuleContext, node: dict[str, Any], path: Path) -> None:
     sources = [key for key in LEAF_SOURCES if key in node]
     tests = [key for key in TESTS if key in node]
-    allowed = set(LEAF_SOURCES) | set(TESTS) | {"value", "uln_multiple", "window", "when_blank",
-                                                "note"}
+    allowed = set(LEAF_SOURCES) | set(TESTS) | {"value", "uln_multiple", "window", "when_blank", "note"}
     for key in node:
         if key not in allowed:
-            context.add(path + (key,), f"unknown rule key {key!r} (rules are all_of, any_of, not, "
-                                       f"if, all_available, condition or a comparison leaf)")
+            context.add(
+                path + (key,),
+                f"unknown rule key {key!r} (rules are all_of, any_of, not, "
+                f"if, all_available, condition or a comparison leaf)",
+            )
     if len(sources) != 1:
         context.add(path, f"a comparison names exactly one of {', '.join(LEAF_SOURCES)}")
         return
@@ -229,8 +242,7 @@ def _check_leaf(context: RuleContext, node: dict[str, Any], path: Path) -> None:
     _check_test(context, node, path, test, item)
 
 
-def _check_test(context: RuleContext, node: dict[str, Any], path: Path, test: str,
-                item: ItemDef | None) -> None:
+def _check_test(context: RuleContext, node: dict[str, Any], path: Path, test: str, item: ItemDef | None) -> None:
     if test == "op":
         if node["op"] not in COMPARISONS:
             context.add(path + ("op",), f"unknown operator {node['op']!r}")
@@ -239,8 +251,9 @@ def _check_test(context: RuleContext, node: dict[str, Any], path: Path, test: st
         if item is not None and item.type not in NUMERIC_TYPES:
             context.add(path + ("op",), f"item {item.id!r} is {item.type}, not numeric")
         if "uln_multiple" in node and item is not None and not _has_uln(context.study, item):
-            context.add(path + ("uln_multiple",),
-                        f"item {item.id!r} has neither a reference_range_high item nor a ULN default")
+            context.add(
+                path + ("uln_multiple",), f"item {item.id!r} has neither a reference_range_high item nor a ULN default"
+            )
         for key in ("value", "uln_multiple"):
             if key in node:
                 _expect_number(context, node[key], path + (key,))
@@ -259,8 +272,7 @@ def _check_test(context: RuleContext, node: dict[str, Any], path: Path, test: st
             for index, value in enumerate(values):
                 if str(value) not in item.values:
                     where = path + ((test, index) if test == "in" else (test,))
-                    context.add(where, f"{value!r} is not a value of item {item.id!r} "
-                                       f"({', '.join(item.values)})")
+                    context.add(where, f"{value!r} is not a value of item {item.id!r} ({', '.join(item.values)})")
     elif test == "is":
         if not isinstance(node["is"], bool):
             context.add(path + ("is",), "is takes true or false")
@@ -397,10 +409,19 @@ def _expr_choose(context: RuleContext, node: dict[str, Any], path: Path) -> None
 
 
 _EXPRESSION_CHECKS: dict[str, Callable[[RuleContext, dict[str, Any], Path], None]] = {
-    "item": _expr_item, "latest": _expr_item, "derived": _expr_derived, "anchor": _expr_anchor,
-    "const": _expr_const, "sum": _expr_arithmetic, "difference": _expr_arithmetic,
-    "product": _expr_arithmetic, "quotient": _expr_arithmetic, "age_in_years": _expr_age,
-    "first_available": _expr_first_available, "bands": _expr_bands, "map": _expr_map,
+    "item": _expr_item,
+    "latest": _expr_item,
+    "derived": _expr_derived,
+    "anchor": _expr_anchor,
+    "const": _expr_const,
+    "sum": _expr_arithmetic,
+    "difference": _expr_arithmetic,
+    "product": _expr_arithmetic,
+    "quotient": _expr_arithmetic,
+    "age_in_years": _expr_age,
+    "first_available": _expr_first_available,
+    "bands": _expr_bands,
+    "map": _expr_map,
     "choose": _expr_choose,
 }
 
@@ -423,8 +444,7 @@ def _check_window(context: RuleContext, window: Any, path: Path) -> None:
 def _check_bound(context: RuleContext, text: Any, path: Path) -> None:
     bound = parse_bound(text)
     if bound is None:
-        context.add(path, f"a date bound is '<anchor>', '<anchor> + Nd' or '<anchor> - Nd', "
-                          f"got {text!r}")
+        context.add(path, f"a date bound is '<anchor>', '<anchor> + Nd' or '<anchor> - Nd', got {text!r}")
     elif bound.anchor != context.reference_name:
         _expect_date_item(context, bound.anchor, path)
 
@@ -447,8 +467,7 @@ def _expect_number(context: RuleContext, value: Any, path: Path) -> None:
         context.add(path, f"expected a number, got {value!r}")
 
 
-def _expect_only(context: RuleContext, node: dict[str, Any], path: Path,
-                 allowed: Iterable[str]) -> None:
+def _expect_only(context: RuleContext, node: dict[str, Any], path: Path, allowed: Iterable[str]) -> None:
     permitted = set(allowed) | {"note"}
     for key in node:
         if key not in permitted:
@@ -472,15 +491,14 @@ def _derived_references(node: Any) -> Iterable[str]:
 
 
 def _check_derived_cycles(context: RuleContext) -> None:
-    graph = {name: set(_derived_references(expression))
-             for name, expression in context.derived.items()}
+    graph = {name: set(_derived_references(expression)) for name, expression in context.derived.items()}
     state: dict[str, str] = {}
 
     def visit(name: str, trail: list[str]) -> None:
         if state.get(name) == "done" or name not in graph:
             return
         if state.get(name) == "active":
-            cycle = " -> ".join(trail[trail.index(name):] + [name])
+            cycle = " -> ".join(trail[trail.index(name) :] + [name])
             context.add(("derived", name), f"derived values refer to each other in a cycle: {cycle}")
             return
         state[name] = "active"

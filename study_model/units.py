@@ -24,8 +24,8 @@ class UnitError(ValueError):
 
 @dataclass(frozen=True)
 class ResolvedUnit:
-    ucum: str          # the UCUM code the entered unit stands for
-    factor: Decimal    # multiply by this to get the canonical unit
+    ucum: str  # the UCUM code the entered unit stands for
+    factor: Decimal  # multiply by this to get the canonical unit
 
 
 def resolve_unit(item: ItemDef, unit: str | None) -> ResolvedUnit:
@@ -40,8 +40,7 @@ def resolve_unit(item: ItemDef, unit: str | None) -> ResolvedUnit:
     if unit in item.accepted_units:
         return ResolvedUnit(ucum=_ucum_of(item, unit), factor=item.accepted_units[unit])
     wanted = _fold(unit)
-    matches = {known: factor for known, factor in item.accepted_units.items()
-               if _fold(known) == wanted}
+    matches = {known: factor for known, factor in item.accepted_units.items() if _fold(known) == wanted}
     factors = set(matches.values())
     if len(factors) == 1:
         ucum_codes = sorted({_ucum_of(item, known) for known in matches})

@@ -1,5 +1,6 @@
 """Databases of their own for tests and benches: a SQLite file, or a PostgreSQL database created on the
 server ECRF_TEST_PG_ADMIN names and dropped afterwards."""
+
 import os
 import secrets
 from collections.abc import Iterator

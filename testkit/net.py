@@ -1,4 +1,5 @@
 """Sockets for test and bench servers."""
+
 import socket
 
 

@@ -1,6 +1,7 @@
 """Synthetic patients: JSON fixtures (tests/data/eligibility) with dates relative to R, pushed through
 either door (one FHIR transaction + eCRF form entries). The eligibility tests and bench/eligibility.py use
 them; writing them straight into the store is the tests' own (tests/eligibility_support.py)."""
+
 import copy
 import json
 import re
@@ -40,7 +41,9 @@ def materialise(node: Any, reference: date, mrn: str) -> Any:
     if isinstance(node, list):
         return [materialise(value, reference, mrn) for value in node]
     if isinstance(node, str):
-        return _PLACEHOLDER.sub(lambda m: mrn if m.group(1) == "MRN" else shift(reference, m.group(1)).isoformat(), node)
+        return _PLACEHOLDER.sub(
+            lambda m: mrn if m.group(1) == "MRN" else shift(reference, m.group(1)).isoformat(), node
+        )
     return node
 
 
@@ -76,13 +79,15 @@ def compose(variant: dict[str, Any] | None = None, reference: date = TODAY) -> d
 
 # -- the FHIR door + the eCRF door over HTTP ---------------------------------------------------------
 
+
 def transaction(resources: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
     urls = {key: f"urn:uuid:{uuid.uuid4()}" for key in resources}
     entries = []
     for key, resource in resources.items():
         content = resolve_references(resource, urls)
-        entries.append({"fullUrl": urls[key], "resource": content,
-                        "request": {"method": "POST", "url": resource["resourceType"]}})
+        entries.append(
+            {"fullUrl": urls[key], "resource": content, "request": {"method": "POST", "url": resource["resourceType"]}}
+        )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, urls
 
 

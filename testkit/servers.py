@@ -1,5 +1,6 @@
 """Servers for tests and benches: the app in a thread of this process, or `ecrf serve` in a subprocess (and
 waiting for one to answer)."""
+
 import os
 import secrets
 import subprocess
@@ -21,8 +22,9 @@ from testkit.net import free_port
 ROOT = Path(__file__).resolve().parent.parent  # the checkout, whose `ecrf` a served subprocess runs
 
 
-def wait_until_answering(url: str, process: subprocess.Popen, *, seconds: float = 60,
-                         log: Callable[[], str] = lambda: "", pause: float = 0.1) -> None:
+def wait_until_answering(
+    url: str, process: subprocess.Popen, *, seconds: float = 60, log: Callable[[], str] = lambda: "", pause: float = 0.1
+) -> None:
     """Until GET `url` answers 200; RuntimeError with the log's tail if the process serving it exits first
     or `seconds` pass."""
     deadline = time.monotonic() + seconds
@@ -47,8 +49,9 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen, **waiting: Any)
 @contextmanager
 def serving_in_thread(app: Any, *, seconds: float = 30) -> Iterator[str]:
     """`app` served by uvicorn on a free port, in a thread of this process: its base URL, stopped afterwards."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + seconds
@@ -84,15 +87,25 @@ class ServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = Settings(database_url=database_url, jwt_secret=self.secret, _env_file=None)
-        self.env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": self.secret,
-                    "PYTHONWARNINGS": "ignore", **{f"ECRF_{name.upper()}": str(value) for name, value in settings.items()}}
+        self.env = {
+            **os.environ,
+            "ECRF_DATABASE_URL": database_url,
+            "ECRF_JWT_SECRET": self.secret,
+            "PYTHONWARNINGS": "ignore",
+            **{f"ECRF_{name.upper()}": str(value) for name, value in settings.items()},
+        }
         self.cwd, self.stop_seconds = cwd, stop_seconds
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServeProcess":
         self.log = ServerLog()
-        self.process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(self.port)],
-                                        cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=self.log.file)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(self.port)],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.file,
+        )
         try:
             wait_until_healthy(self.url, self.process, log=self.log.tail)
         except BaseException:

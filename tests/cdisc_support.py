@@ -1,4 +1,5 @@
 """Shared helpers of the CDISC export tests: kick off an ODM or SDTM export, wait, download; the schemas."""
+
 import os
 import uuid
 from datetime import timedelta
@@ -64,12 +65,19 @@ def on_day(offset: int) -> str:
     return (RANDOMISED_SURGERY + timedelta(days=offset)).isoformat()
 
 
-def randomised_subject(http, *, mrn: str | None = None, changes: dict | None = None, reasons: dict | None = None,
-                       forms: tuple[str, ...] = ELIGIBLE_FORMS) -> tuple[dict, dict]:
+def randomised_subject(
+    http,
+    *,
+    mrn: str | None = None,
+    changes: dict | None = None,
+    reasons: dict | None = None,
+    forms: tuple[str, ...] = ELIGIBLE_FORMS,
+) -> tuple[dict, dict]:
     """Enrol at S01, enter every form eligibility needs (`changes`: form -> items instead), then randomise through
     the action (POST .../randomise). Answers the subject and its allocation."""
-    response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": mrn or uuid.uuid4().hex[:12],
-                                                   "consent_date": on_day(14)})
+    response = http.post(
+        "/api/v1/subjects", json={"site": "S01", "mrn": mrn or uuid.uuid4().hex[:12], "consent_date": on_day(14)}
+    )
     assert response.status_code == 201, response.text
     subject = response.json()
     for form in forms:
@@ -94,12 +102,29 @@ def log_entry(http, subject_id: str, form_id: str, items: dict, *, withdraw: str
 
 
 def adverse_event(verbatim: str, **changes) -> dict:
-    return {"ctcae_term": "hand_foot_skin_reaction", "term_verbatim": verbatim, "onset_date": on_day(15),
-            "resolution_date": on_day(20), "grade": 3, "serious": True, "seriousness_criteria": ["hospitalisation"],
-            "related_pd1": "not_related", "related_sorafenib": "related", "immune_related": False,
-            "action_taken": "dose_reduced", "outcome": "recovered", **changes}
+    return {
+        "ctcae_term": "hand_foot_skin_reaction",
+        "term_verbatim": verbatim,
+        "onset_date": on_day(15),
+        "resolution_date": on_day(20),
+        "grade": 3,
+        "serious": True,
+        "seriousness_criteria": ["hospitalisation"],
+        "related_pd1": "not_related",
+        "related_sorafenib": "related",
+        "immune_related": False,
+        "action_taken": "dose_reduced",
+        "outcome": "recovered",
+        **changes,
+    }
 
 
 def medication(name: str, indication: str, **changes) -> dict:
-    return {"medication": name, "atc": "N", "indication": indication, "start_date": on_day(16), "ongoing": True,
-            **changes}
+    return {
+        "medication": name,
+        "atc": "N",
+        "indication": indication,
+        "start_date": on_day(16),
+        "ongoing": True,
+        **changes,
+    }

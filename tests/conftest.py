@@ -3,6 +3,7 @@
 Every test that takes `server` runs once on SQLite and once on PostgreSQL. Outside CI the PostgreSQL
 runs skip, with a visible reason, when no server answers; with CI=true they fail instead.
 """
+
 import os
 import secrets
 import ssl
@@ -30,8 +31,11 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared"  # optional: t
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_shared: uses ../shared/fhir-samples; skipped without it, "
-                                       "failed without it under CI=true (tests/samples.py)")
+    config.addinivalue_line(
+        "markers",
+        "needs_shared: uses ../shared/fhir-samples; skipped without it, "
+        "failed without it under CI=true (tests/samples.py)",
+    )
 
 
 class _Progress:
@@ -72,8 +76,11 @@ def pytest_runtest_logstart(nodeid, location):
         return
     if reporter._tw.width_of_current_line:  # end the line of dots of the previous file
         reporter._tw.line()
-    reporter.write_line(f"[{_PROGRESS.done}/{len(_PROGRESS.size)}, {time.monotonic() - _PROGRESS.started:.0f}s] "
-                        f"{unit}: {_PROGRESS.size[unit]} tests", bold=True)
+    reporter.write_line(
+        f"[{_PROGRESS.done}/{len(_PROGRESS.size)}, {time.monotonic() - _PROGRESS.started:.0f}s] "
+        f"{unit}: {_PROGRESS.size[unit]} tests",
+        bold=True,
+    )
 
 
 def pytest_sessionstart(session):
@@ -94,8 +101,12 @@ class Server:
     settings: Settings
     runtime: Runtime
 
-    def token(self, role: str, *sites: str, sub: str | None = None, ttl: int = 30, scopes: list[str] | None = None) -> str:
-        return issue_dev_token(self.settings, role=role, sites=list(sites) or None, sub=sub, ttl_minutes=ttl, scopes=scopes)
+    def token(
+        self, role: str, *sites: str, sub: str | None = None, ttl: int = 30, scopes: list[str] | None = None
+    ) -> str:
+        return issue_dev_token(
+            self.settings, role=role, sites=list(sites) or None, sub=sub, ttl_minutes=ttl, scopes=scopes
+        )
 
     def client(self, role: str | None = None, *sites: str, sub: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(role, *sites, sub=sub)}"} if role else {}

@@ -1,6 +1,7 @@
 """Synthetic patients for the eligibility tests: JSON fixtures with dates relative to R, pushed through
 either door (one FHIR transaction + eCRF form entries: testkit.patients, shared with the bench) or written
 straight into the store."""
+
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,8 +22,10 @@ UCUM = "http://unitsofmeasure.org"
 
 # -- straight into the store ---------------------------------------------------------------------------
 
-def store_patient(server, resources: dict[str, dict[str, Any]], forms: dict[str, Any] | None = None,
-                  reference: date = TODAY) -> tuple[str, Result]:
+
+def store_patient(
+    server, resources: dict[str, dict[str, Any]], forms: dict[str, Any] | None = None, reference: date = TODAY
+) -> tuple[str, Result]:
     """Write the resources (and form entries mapped the way the eCRF door maps them) through the store;
     evaluate with R = `reference` (the evaluation day)."""
     runtime = server.runtime
@@ -34,9 +37,13 @@ def store_patient(server, resources: dict[str, dict[str, Any]], forms: dict[str,
             content = resolve_references(resource, {k: f"{r['resourceType']}/{ids[k]}" for k, r in resources.items()})
             store.create(content, context, resource_id=ids[key], site="S01")
         for form_id, entry in (forms or {}).items():
-            mapped = form_to_resources(runtime.study, form_id, _form_values(runtime.study, form_id, entry["items"]),
-                                       patient_ref=f"Patient/{patient_id}",
-                                       visit_date=date.fromisoformat(entry["visit_date"]))
+            mapped = form_to_resources(
+                runtime.study,
+                form_id,
+                _form_values(runtime.study, form_id, entry["items"]),
+                patient_ref=f"Patient/{patient_id}",
+                visit_date=date.fromisoformat(entry["visit_date"]),
+            )
             for _, resource in mapped.resources:
                 store.create(resource, WriteContext(source="form", form_id=form_id))
     with writing(runtime, COORDINATOR) as store:
@@ -65,30 +72,56 @@ def criterion(result: Result | dict[str, Any], criterion_id: str) -> dict[str, A
 
 # small FHIR builders for the store tests
 
-def quantity(loinc: str, value: Any, unit: str, day: str, uln: Any = None, uln_unit: str | None = None) -> dict[str, Any]:
-    observation = {"resourceType": "Observation", "status": "final", "subject": {"reference": "@patient"},
-                   "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]}, "effectiveDateTime": day,
-                   "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+
+def quantity(
+    loinc: str, value: Any, unit: str, day: str, uln: Any = None, uln_unit: str | None = None
+) -> dict[str, Any]:
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "@patient"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "effectiveDateTime": day,
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
     if uln is not None:
         unit_of_uln = uln_unit or unit
-        observation["referenceRange"] = [{"high": {"value": uln, "unit": unit_of_uln, "system": UCUM, "code": unit_of_uln}}]
+        observation["referenceRange"] = [
+            {"high": {"value": uln, "unit": unit_of_uln, "system": UCUM, "code": unit_of_uln}}
+        ]
     return observation
 
 
 def local_boolean(code: str, value: bool, day: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final", "subject": {"reference": "@patient"},
-            "code": {"coding": [{"system": LOCAL, "code": code}]}, "effectiveDateTime": day, "valueBoolean": value}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "@patient"},
+        "code": {"coding": [{"system": LOCAL, "code": code}]},
+        "effectiveDateTime": day,
+        "valueBoolean": value,
+    }
 
 
 def local_coded(code: str, value_code: str, day: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "status": "final", "subject": {"reference": "@patient"},
-            "code": {"coding": [{"system": LOCAL, "code": code}]}, "effectiveDateTime": day,
-            "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": value_code}]}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": "@patient"},
+        "code": {"coding": [{"system": LOCAL, "code": code}]},
+        "effectiveDateTime": day,
+        "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": value_code}]},
+    }
 
 
 def condition(system: str, code: str, day: str, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Condition", "subject": {"reference": "@patient"},
-            "code": {"coding": [{"system": system, "code": code}]}, "onsetDateTime": day, **extra}
+    return {
+        "resourceType": "Condition",
+        "subject": {"reference": "@patient"},
+        "code": {"coding": [{"system": system, "code": code}]},
+        "onsetDateTime": day,
+        **extra,
+    }
 
 
 def day(expression: str, reference: date = TODAY) -> str:

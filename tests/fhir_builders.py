@@ -1,4 +1,5 @@
 """Small FHIR resource and Bundle builders shared by the FHIR door tests."""
+
 import uuid
 from typing import Any
 
@@ -13,16 +14,28 @@ def mrn() -> str:
 
 
 def patient(value: str | None = None, site: str = "S01") -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [{"system": MRN[site], "value": value or mrn()}],
-            "gender": "female", "birthDate": "1961-03-04"}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": MRN[site], "value": value or mrn()}],
+        "gender": "female",
+        "birthDate": "1961-03-04",
+    }
 
 
-def lab(subject: str, code: str, value: Any, unit: str, date: str = "2026-03-02", *,
-        uln: Any = None, system: str = LOINC) -> dict[str, Any]:
-    observation = {"resourceType": "Observation", "status": "final", "category": [{"coding": [{
-        "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
-        "code": {"coding": [{"system": system, "code": code}]}, "subject": {"reference": subject},
-        "effectiveDateTime": date, "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+def lab(
+    subject: str, code: str, value: Any, unit: str, date: str = "2026-03-02", *, uln: Any = None, system: str = LOINC
+) -> dict[str, Any]:
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
+        ],
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": date,
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
     if uln is not None:
         observation["referenceRange"] = [{"high": {"value": uln, "unit": unit, "system": UCUM, "code": unit}}]
     return observation

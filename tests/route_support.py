@@ -1,4 +1,5 @@
 """Walk every route of the app, including those of included routers (fastapi's lazy `_IncludedRouter`)."""
+
 from starlette.routing import BaseRoute
 
 

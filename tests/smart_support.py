@@ -1,4 +1,5 @@
 """Machine clients for the tests: real RSA/EC key pairs, JWKS, signed client assertions, token requests."""
+
 import base64
 import hashlib
 import hmac
@@ -29,15 +30,23 @@ class KeyPair:
             private = ec.generate_private_key(ec.SECP384R1() if algorithm == "ES384" else ec.SECP256R1())
         else:
             private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption())
-        public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        private_pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         kid = kid or uuid.uuid4().hex
         public = jwk.construct(public_pem, algorithm=algorithm).to_dict()
-        public = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in public.items()} | {"kid": kid, "alg": algorithm}
+        public = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in public.items()} | {
+            "kid": kid,
+            "alg": algorithm,
+        }
         full = jwk.construct(private_pem, algorithm=algorithm).to_dict()
-        full = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in full.items()} | {"kid": kid, "alg": algorithm}
+        full = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in full.items()} | {
+            "kid": kid,
+            "alg": algorithm,
+        }
         return cls(algorithm, private_pem, public, full)
 
     @property
@@ -48,13 +57,31 @@ class KeyPair:
         return {"keys": [self.public_jwk]}
 
 
-def assertion(key: KeyPair, client_id: str, token_url: str, *, exp_in: int = 240, jti: str | None = None,
-              headers: dict[str, Any] | None = None, **claims: Any) -> str:
+def assertion(
+    key: KeyPair,
+    client_id: str,
+    token_url: str,
+    *,
+    exp_in: int = 240,
+    jti: str | None = None,
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     now = int(time.time())
-    body = {"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + exp_in, "jti": uuid.uuid4().hex if jti is None else jti,
-            "iat": now} | claims
-    return jwt.encode(body, key.private_pem.decode(), algorithm=key.algorithm,
-                      headers={"kid": key.public_jwk["kid"], "typ": "JWT"} | (headers or {}))
+    body = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "exp": now + exp_in,
+        "jti": uuid.uuid4().hex if jti is None else jti,
+        "iat": now,
+    } | claims
+    return jwt.encode(
+        body,
+        key.private_pem.decode(),
+        algorithm=key.algorithm,
+        headers={"kid": key.public_jwk["kid"], "typ": "JWT"} | (headers or {}),
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -69,13 +96,25 @@ def unsigned(header: dict[str, Any], claims: dict[str, Any], secret: bytes | Non
 
 
 def token_request(base_url: str, client_assertion: str, scope: str = "system/*.rs", **extra: str) -> httpx.Response:
-    form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": client_assertion, "scope": scope} | extra
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": client_assertion,
+        "scope": scope,
+    } | extra
     return httpx.post(f"{base_url}/auth/token", data=form, timeout=30)
 
 
-def register(server, key: KeyPair | None, *, role: str = "sponsor", site: str | None = None,
-             scopes: str = "system/*.rs", jwks_uri: str | None = None, name: str = "test-client") -> dict[str, Any]:
+def register(
+    server,
+    key: KeyPair | None,
+    *,
+    role: str = "sponsor",
+    site: str | None = None,
+    scopes: str = "system/*.rs",
+    jwks_uri: str | None = None,
+    name: str = "test-client",
+) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "role": role, "site": site, "scopes": scopes}
     if jwks_uri:
         body["jwks_uri"] = jwks_uri

@@ -1,4 +1,5 @@
 """Access to identified data is itself audited: who saw which subject's identifiers, ids only, for admins."""
+
 import time
 from contextlib import contextmanager
 import uuid
@@ -26,8 +27,11 @@ def events(server, **params) -> list[dict]:
 
 
 def _named_patient(site: str = "S01") -> dict:
-    return {**patient(site=site), "name": [{"family": "Quixotewright", "given": ["Rosalind"]}],
-            "telecom": [{"system": "phone", "value": "+44 20 7946 0000"}]}
+    return {
+        **patient(site=site),
+        "name": [{"family": "Quixotewright", "given": ["Rosalind"]}],
+        "telecom": [{"system": "phone", "value": "+44 20 7946 0000"}],
+    }
 
 
 def test_reading_a_patient_through_fhir_names_the_reader_and_the_patient(server):
@@ -40,7 +44,10 @@ def test_reading_a_patient_through_fhir_names_the_reader_and_the_patient(server)
         assert http.get(f"/fhir/Patient/{created['id']}/_history").status_code == 200
     seen = events(server, sub=reader)
     assert [(e["interaction"], e["patient_id"], e["kind"]) for e in seen] == [
-        ("read", created["id"], "patient"), ("vread", created["id"], "patient"), ("history", created["id"], "patient")]
+        ("read", created["id"], "patient"),
+        ("vread", created["id"], "patient"),
+        ("history", created["id"], "patient"),
+    ]
     first = seen[0]
     assert first["who"] == {"sub": reader, "role": "investigator", "site": "S01"}
     assert first["route"] == f"GET /fhir/Patient/{created['id']}"
@@ -69,10 +76,15 @@ def test_patients_in_a_batch_response_are_recorded(server):
     with server.client("ehr", "S01") as http:
         created = http.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()
     reader = _sub("coordinator")
-    body = {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": f"Patient/{created['id']}"}},
-        {"request": {"method": "GET", "url": f"Patient?_id={created['id']}"}},
-        {"request": {"method": "GET", "url": "Patient/does-not-exist"}}]}
+    body = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient/{created['id']}"}},
+            {"request": {"method": "GET", "url": f"Patient?_id={created['id']}"}},
+            {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+        ],
+    }
     with server.client("coordinator", "S01", sub=reader) as http:
         assert http.post("/fhir", json=body, headers=FHIR_JSON).status_code == 200
     seen = events(server, sub=reader)
@@ -90,7 +102,10 @@ def test_reading_a_subject_through_the_ecrf_door_records_the_mrn_being_shown(ser
     assert [(e["interaction"], e["kind"]) for e in events(server, sub=enroller)] == [("subject.enrol", "mrn")]
     seen = events(server, sub=reader)
     assert (seen[0]["patient_id"], seen[0]["interaction"], seen[0]["route"]) == (
-        subject["patient_id"], "subject.read", f"GET /api/v1/subjects/{subject['id']}")
+        subject["patient_id"],
+        "subject.read",
+        f"GET /api/v1/subjects/{subject['id']}",
+    )
     assert sorted(e["patient_id"] for e in seen[1:]) == sorted(item["patient_id"] for item in listed)
     assert {e["interaction"] for e in seen[1:]} == {"subject.list"}
     mine = events(server, subject=subject["id"])
@@ -111,8 +126,10 @@ def test_views_showing_the_birth_date_are_recorded(server):
         assert http.get(f"/api/v1/subjects/{subject['id']}/audit", params={"item": "platelets"}).json()["items"]
     seen = events(server, sub=reader)
     assert [(e["interaction"], e["kind"], e["patient_id"]) for e in seen] == [
-        ("form.read", "birth_date", subject["patient_id"]), ("eligibility.read", "birth_date", subject["patient_id"]),
-        ("audit.read", "birth_date", subject["patient_id"])]
+        ("form.read", "birth_date", subject["patient_id"]),
+        ("eligibility.read", "birth_date", subject["patient_id"]),
+        ("audit.read", "birth_date", subject["patient_id"]),
+    ]
 
 
 def test_a_refused_or_missing_read_records_nothing(server):
@@ -170,14 +187,18 @@ def test_deidentified_exports_leave_no_event_and_identified_ones_name_every_subj
 def access_log_refusing(server):
     """The database itself refuses every insert into the access log (a trigger), until the block ends."""
     if server.backend == "postgresql":
-        create = ["CREATE FUNCTION refuse_access_test() RETURNS trigger LANGUAGE plpgsql AS "
-                  "$$ BEGIN RAISE EXCEPTION 'the access log refuses this row'; END $$",
-                  "CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
-                  "FOR EACH ROW EXECUTE FUNCTION refuse_access_test()"]
+        create = [
+            "CREATE FUNCTION refuse_access_test() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'the access log refuses this row'; END $$",
+            "CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_access_test()",
+        ]
         drop = ["DROP TRIGGER refuse_access_test ON access_event", "DROP FUNCTION refuse_access_test()"]
     else:
-        create = ["CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
-                  "BEGIN SELECT RAISE(ABORT, 'the access log refuses this row'); END"]
+        create = [
+            "CREATE TRIGGER refuse_access_test BEFORE INSERT ON access_event "
+            "BEGIN SELECT RAISE(ABORT, 'the access log refuses this row'); END"
+        ]
         drop = ["DROP TRIGGER refuse_access_test"]
     with server.runtime.engine.begin() as connection:
         for statement in create:
@@ -205,14 +226,23 @@ def test_identified_exports_whose_access_rows_cannot_be_written_are_not_sent(ser
         assert csv.status_code == 500 and subject["id"] not in csv.text
         assert file.status_code == 500 and subject["patient_id"] not in file.text
         with server.runtime.engine.connect() as connection:  # the CSV's export is audited as it ended, at once
-            audited = connection.execute(text(
-                "SELECT new_value FROM audit_entry WHERE actor_sub = :sub AND action = 'export' "
-                "AND form_id = 'demographics'"), {"sub": manager}).scalars().all()
+            audited = (
+                connection.execute(
+                    text(
+                        "SELECT new_value FROM audit_entry WHERE actor_sub = :sub AND action = 'export' "
+                        "AND form_id = 'demographics'"
+                    ),
+                    {"sub": manager},
+                )
+                .scalars()
+                .all()
+            )
         assert [orjson.loads(value)["complete"] for value in audited] == [False]
         assert http.get(patients["url"]).status_code == 200  # the log writes again: the file leaves, recorded
     seen = events(server, sub=manager)  # the CSV and the refused download left nothing; the last one its rows
     assert {e["interaction"] for e in seen} == {"export.bulk_file"}
     assert subject["patient_id"] in {e["patient_id"] for e in seen}
+
 
 def test_no_event_holds_an_mrn_or_a_name(server):
     person = _named_patient()
@@ -220,8 +250,12 @@ def test_no_event_holds_an_mrn_or_a_name(server):
     with server.client("ehr", "S01") as http:
         created = http.post("/fhir/Patient", json=person, headers=FHIR_JSON).json()
         assert http.get("/fhir/Patient", params={"identifier": f"{MRN['S01']}|{mrn}"}).json()["total"] == 1
-        assert http.put(f"/fhir/Patient?identifier={MRN['S01']}|{mrn}", json={**person, "gender": "male"},
-                        headers=FHIR_JSON).status_code == 200
+        assert (
+            http.put(
+                f"/fhir/Patient?identifier={MRN['S01']}|{mrn}", json={**person, "gender": "male"}, headers=FHIR_JSON
+            ).status_code
+            == 200
+        )
         assert http.get(f"/fhir/Patient/{created['id']}").status_code == 200
     with server.client("investigator", "S01") as http:
         enrolled = http.post("/api/v1/subjects", json={"site": "S01", "mrn": mrn, "consent_date": "2026-01-05"})
@@ -242,8 +276,14 @@ def test_only_an_admin_reviews_the_log_with_filters_and_pages(server):
         for _ in range(3):
             assert http.get(f"/fhir/Patient/{created['id']}").status_code == 200
     after = datetime.now(UTC)
-    for role, sites in (("investigator", ("S01",)), ("coordinator", ("S01",)), ("monitor", ()), ("data_manager", ()),
-                        ("sponsor", ()), ("ehr", ("S01",))):
+    for role, sites in (
+        ("investigator", ("S01",)),
+        ("coordinator", ("S01",)),
+        ("monitor", ()),
+        ("data_manager", ()),
+        ("sponsor", ()),
+        ("ehr", ("S01",)),
+    ):
         with server.client(role, *sites) as http:
             assert http.get("/api/v1/access-log").status_code == 403, role
     with server.client("admin") as admin:

@@ -1,4 +1,5 @@
 """/api/v1/admin over HTTP: the settings in force without a secret, and the audit chain check."""
+
 import secrets
 
 import pytest
@@ -35,10 +36,17 @@ def test_settings_show_what_is_in_force_and_no_secret(server):
     if settings.study_secret_file.exists():
         assert settings.study_secret_file.read_text().strip() not in response.text
     assert body["database"]["backend"] == server.backend
-    assert body["tokens"] == {"algorithms": ["HS256"], "issuer": settings.jwt_issuer, "audience": settings.jwt_audience,
-                              "leeway_seconds": settings.jwt_leeway_seconds, "max_bytes": settings.jwt_max_bytes,
-                              "jwks_file": None, "signing_secret": "ECRF_JWT_SECRET",
-                              "smart_key_file": str(key_file(settings)), "smart_token_minutes": settings.smart_token_minutes}
+    assert body["tokens"] == {
+        "algorithms": ["HS256"],
+        "issuer": settings.jwt_issuer,
+        "audience": settings.jwt_audience,
+        "leeway_seconds": settings.jwt_leeway_seconds,
+        "max_bytes": settings.jwt_max_bytes,
+        "jwks_file": None,
+        "signing_secret": "ECRF_JWT_SECRET",
+        "smart_key_file": str(key_file(settings)),
+        "smart_token_minutes": settings.smart_token_minutes,
+    }
     if key_file(settings).exists():  # where the SMART signing key is, never the key
         assert key_file(settings).read_text().strip() not in response.text
     assert body["limits"]["statement_timeout_ms"] == settings.statement_timeout_ms
@@ -60,25 +68,42 @@ def test_a_database_password_never_leaves(server, tmp_path):
         assert body["database"]["database"] == make_url(server.settings.database_url).database
         return
     url = make_url(server.settings.database_url).set(username="postgres", password=password)
-    settings = Settings(database_url=url.render_as_string(hide_password=False), jwt_secret=secrets.token_urlsafe(32),
-                        export_worker=False, export_dir=tmp_path, _env_file=None)
+    settings = Settings(
+        database_url=url.render_as_string(hide_password=False),
+        jwt_secret=secrets.token_urlsafe(32),
+        export_worker=False,
+        export_dir=tmp_path,
+        _env_file=None,
+    )
     with running_server(settings) as other, other.client("admin") as http:
         response = http.get(SETTINGS)
     assert response.status_code == 200, response.text
     assert password not in response.text and settings.jwt_secret not in response.text
-    assert response.json()["database"] == {"backend": "postgresql", "driver": "psycopg", "host": url.host,
-                                           "port": url.port, "database": url.database}
+    assert response.json()["database"] == {
+        "backend": "postgresql",
+        "driver": "psycopg",
+        "host": url.host,
+        "port": url.port,
+        "database": url.database,
+    }
 
 
 def test_database_view_keeps_no_credentials():
     view = database_view("postgresql+psycopg://alice:s3cret@db.example:5433/ecrf?sslpassword=k3y")
-    assert view == {"backend": "postgresql", "driver": "psycopg", "host": "db.example", "port": 5433,
-                    "database": "ecrf"}
+    assert view == {
+        "backend": "postgresql",
+        "driver": "psycopg",
+        "host": "db.example",
+        "port": 5433,
+        "database": "ecrf",
+    }
     assert "alice" not in str(view) and "s3cret" not in str(view) and "k3y" not in str(view)
 
 
-@pytest.mark.parametrize("role,sites", [("data_manager", ()), ("sponsor", ()), ("monitor", ()),
-                                        ("investigator", ("S01",)), ("ehr", ("S01",))])
+@pytest.mark.parametrize(
+    "role,sites",
+    [("data_manager", ()), ("sponsor", ()), ("monitor", ()), ("investigator", ("S01",)), ("ehr", ("S01",))],
+)
 def test_only_admins_read_settings(server, role, sites):
     with server.client(role, *sites) as http:
         assert http.get(SETTINGS).status_code == 403
@@ -101,8 +126,10 @@ def test_audit_verify_walks_the_whole_chain(server, role):
     assert body["entries"] == _entries(server) > 0 and f"{body['entries']} entries" in body["message"]
 
 
-@pytest.mark.parametrize("role,sites", [("monitor", ()), ("sponsor", ()), ("investigator", ("S01",)),
-                                        ("coordinator", ("S01",)), ("ehr", ("S01",))])
+@pytest.mark.parametrize(
+    "role,sites",
+    [("monitor", ()), ("sponsor", ()), ("investigator", ("S01",)), ("coordinator", ("S01",)), ("ehr", ("S01",))],
+)
 def test_audit_verify_is_for_admins_and_data_managers(server, role, sites):
     with server.client(role, *sites) as http:
         assert http.get(VERIFY).status_code == 403
@@ -113,8 +140,9 @@ def test_audit_verify_names_the_first_altered_entry(server):
         enrol(http)
         enrol(http)
     with tampering(server.runtime.engine) as connection:
-        seq, old = connection.execute(text(
-            "SELECT seq, new_value FROM audit_entry ORDER BY seq DESC LIMIT 1 OFFSET 2")).one()
+        seq, old = connection.execute(
+            text("SELECT seq, new_value FROM audit_entry ORDER BY seq DESC LIMIT 1 OFFSET 2")
+        ).one()
         connection.execute(text("UPDATE audit_entry SET new_value = :v WHERE seq = :s"), {"v": "forged", "s": seq})
     try:
         with server.client("admin") as http:

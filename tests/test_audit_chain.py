@@ -1,4 +1,5 @@
 """The audit chain under concurrent writers and rollbacks: one linear chain, entries only of what committed."""
+
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,12 @@ FHIR = WriteContext(source="fhir")
 
 
 def _patient() -> dict:
-    return {"resourceType": "Patient", "gender": "female", "birthDate": "1970-05-01",
-            "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": uuid.uuid4().hex}]}
+    return {
+        "resourceType": "Patient",
+        "gender": "female",
+        "birthDate": "1970-05-01",
+        "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": uuid.uuid4().hex}],
+    }
 
 
 def _chain_problems(server) -> list:
@@ -44,8 +49,9 @@ def test_concurrent_writers_extend_one_chain_each_commit_a_contiguous_run(server
         list(pool.map(write, range(24)))
     assert _chain_problems(server) == []
     with reading(server.runtime.engine) as session:
-        entries = session.exec(select(AuditEntry).where(AuditEntry.reason.like(f"{marker}-%"))
-                               .order_by(AuditEntry.seq)).all()
+        entries = session.exec(
+            select(AuditEntry).where(AuditEntry.reason.like(f"{marker}-%")).order_by(AuditEntry.seq)
+        ).all()
     per_patient = 2  # birth date and gender, as item-level entries
     assert len(entries) == 24 * 3 * per_patient
     for n in range(24):

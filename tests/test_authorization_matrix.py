@@ -21,6 +21,7 @@ Every row is exercised over real HTTP with real tokens, on SQLite and PostgreSQL
 Per row, the refusals run first, against shared targets in the state an allowed call needs (a verified
 form for /sign, ...); then the allowed calls, a write that uses up its target on a fresh one of its own.
 """
+
 import json
 import time
 import uuid
@@ -56,23 +57,31 @@ VISIT = VALID[FORM][0]
 # -- the role model -------------------------------------------------------------------------------------
 
 INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN, RANDOMISATION_MANAGER = (
-    "investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin", "randomisation_manager")
+    "investigator",
+    "coordinator",
+    "monitor",
+    "data_manager",
+    "sponsor",
+    "ehr",
+    "admin",
+    "randomisation_manager",
+)
 EVERY_ROLE = frozenset({INVESTIGATOR, COORDINATOR, MONITOR, DATA_MANAGER, SPONSOR, EHR, ADMIN, RANDOMISATION_MANAGER})
-DATA_ENTRY = frozenset({INVESTIGATOR, COORDINATOR})          # enrol, enter and edit data
-CLINICAL_READ = DATA_ENTRY | {MONITOR, DATA_MANAGER}         # per-subject data, identifiers included
-FHIR_READ = CLINICAL_READ | {EHR}                            # the FHIR door; the ehr reads back its site's data
-FHIR_WRITE = DATA_ENTRY | {EHR}                              # data entry, and the ehr's pushes
-AUDIT_READ = CLINICAL_READ | {ADMIN}                         # the data's history; the admin's audit review
-EXPORT = frozenset({SPONSOR, DATA_MANAGER})                  # de-identified exports
-JOB_READERS = EXPORT | {INVESTIGATOR}                        # export jobs: exporters', and an investigator's archive
-QUERY_READ = CLINICAL_READ                                   # the site answers them, monitor and data manager run them
-QUERY_RAISE_CLOSE = frozenset({MONITOR, DATA_MANAGER})       # monitor: raise and close; data_manager: queries
-QUERY_ANSWER = DATA_ENTRY                                    # investigator and coordinator: answer queries
-AGGREGATE = frozenset({SPONSOR, DATA_MANAGER, MONITOR})      # sponsor: counts; data_manager: reports;
+DATA_ENTRY = frozenset({INVESTIGATOR, COORDINATOR})  # enrol, enter and edit data
+CLINICAL_READ = DATA_ENTRY | {MONITOR, DATA_MANAGER}  # per-subject data, identifiers included
+FHIR_READ = CLINICAL_READ | {EHR}  # the FHIR door; the ehr reads back its site's data
+FHIR_WRITE = DATA_ENTRY | {EHR}  # data entry, and the ehr's pushes
+AUDIT_READ = CLINICAL_READ | {ADMIN}  # the data's history; the admin's audit review
+EXPORT = frozenset({SPONSOR, DATA_MANAGER})  # de-identified exports
+JOB_READERS = EXPORT | {INVESTIGATOR}  # export jobs: exporters', and an investigator's archive
+QUERY_READ = CLINICAL_READ  # the site answers them, monitor and data manager run them
+QUERY_RAISE_CLOSE = frozenset({MONITOR, DATA_MANAGER})  # monitor: raise and close; data_manager: queries
+QUERY_ANSWER = DATA_ENTRY  # investigator and coordinator: answer queries
+AGGREGATE = frozenset({SPONSOR, DATA_MANAGER, MONITOR})  # sponsor: counts; data_manager: reports;
 #                                                              monitor: it reads its sites' data, so their counts
-CHAIN_CHECK = frozenset({ADMIN, DATA_MANAGER})               # admin: audit review; data_manager: a study-level report
-ALLOCATE = DATA_ENTRY                                        # CRF-SPEC 6: the site randomises, by a dedicated action
-LISTS = frozenset({RANDOMISATION_MANAGER})                   # the unblinded statistician only: lists, slots, the log
+CHAIN_CHECK = frozenset({ADMIN, DATA_MANAGER})  # admin: audit review; data_manager: a study-level report
+ALLOCATE = DATA_ENTRY  # CRF-SPEC 6: the site randomises, by a dedicated action
+LISTS = frozenset({RANDOMISATION_MANAGER})  # the unblinded statistician only: lists, slots, the log
 
 PUBLIC = "public"  # no token needed
 STUDY_WIDE = "study"  # about no site's data (the study definition, settings, study-level exports)
@@ -98,8 +107,14 @@ ENTRIES_ROUTE = SUBJECT_ROUTE + "/forms/{form_id}/entries"  # a log form's (and 
 VISIT_ENTRIES_ROUTE = FORM_ROUTE + "/entries"  # a repeating form's entries at one visit
 LOG_FORM = "adverse_event"  # a log form: entries tied to no visit
 REPEATING_FORM = "afp"  # a repeating form: entries at a visit
-SERIOUS_AE = {"ctcae_term": "pneumonitis", "onset_date": VALID["labs"][1], "grade": 3, "serious": True,
-              "seriousness_criteria": ["hospitalisation"], "outcome": "recovering"}
+SERIOUS_AE = {
+    "ctcae_term": "pneumonitis",
+    "onset_date": VALID["labs"][1],
+    "grade": 3,
+    "serious": True,
+    "seriousness_criteria": ["hospitalisation"],
+    "outcome": "recovering",
+}
 AE_ENTRY = {"ctcae_term": "rash", "onset_date": VALID["labs"][1], "grade": 2, "serious": False, "outcome": "recovering"}
 FHIR_TYPE = "/fhir/{resource_type:fhir_type}"
 FHIR_OTHER_TYPE = "/fhir/{resource_type:fhir_other_type}"
@@ -234,9 +249,11 @@ MATRIX: dict[tuple[str, str], Expect] = {
     ("PATCH", FHIR_TYPE + "/{resource_id}"): Expect(FHIR_WRITE, SITE, other=404),
     ("PATCH", FHIR_TYPE): Expect(FHIR_WRITE, SITE, other=404),
     # types the door does not keep: a precise refusal (404 not-supported) to those who have the door
-    **{(method, template): Expect(FHIR_READ, STUDY_WIDE, ok=frozenset({404}))
-       for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
-       for template in (FHIR_OTHER_TYPE, FHIR_OTHER_TYPE + "/{rest:path}")},
+    **{
+        (method, template): Expect(FHIR_READ, STUDY_WIDE, ok=frozenset({404}))
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+        for template in (FHIR_OTHER_TYPE, FHIR_OTHER_TYPE + "/{rest:path}")
+    },
 }
 
 
@@ -249,24 +266,26 @@ VARIANT_EXPECTATIONS: dict[tuple[str, str, str], Expect] = {
     ("GET", "/fhir/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/odm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     # a site's identified archive: the investigator of the site, the data manager of any
-    ("GET", "/api/v1/exports/odm", SITE_ARCHIVE): Expect(frozenset({INVESTIGATOR, DATA_MANAGER}), SITE, other=404,
-                                                         leak_check=False),
+    ("GET", "/api/v1/exports/odm", SITE_ARCHIVE): Expect(
+        frozenset({INVESTIGATOR, DATA_MANAGER}), SITE, other=404, leak_check=False
+    ),
     ("GET", "/api/v1/exports/sdtm", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     ("GET", "/api/v1/exports/forms/{form_id}.csv", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
-    ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest", IDENTIFIED): Expect(
-        frozenset({DATA_MANAGER}), STUDY_WIDE),
+    ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest", IDENTIFIED): Expect(frozenset({DATA_MANAGER}), STUDY_WIDE),
     # the ehr reads back what it pushed, nothing else: data entered in the eCRF at its site do not exist for it
     ("GET", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): Expect(FHIR_READ, SITE, other=404, unseen=frozenset({EHR})),
     ("GET", FHIR_TYPE, ECRF_ENTERED): Expect(FHIR_READ, LIST, unseen=frozenset({EHR})),
     # ... so it cannot change or delete them either (its update names a Patient it does not see: 422)
     ("PUT", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): Expect(FHIR_WRITE, SITE, other=422, unseen=frozenset({EHR})),
     ("DELETE", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): Expect(
-        FHIR_WRITE, SITE, other=204, unseen=frozenset({EHR})),  # v2: as an unknown id (R4), nothing written
+        FHIR_WRITE, SITE, other=204, unseen=frozenset({EHR})
+    ),  # v2: as an unknown id (R4), nothing written
 }
 
 
 # -- callers -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -321,6 +340,7 @@ class As:
 
 # -- the seeded world ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Req:
     method: str
@@ -334,8 +354,9 @@ class Req:
 
 
 def _expect(response: httpx.Response, status: int) -> httpx.Response:
-    assert response.status_code == status, (f"seeding {response.request.method} {response.request.url}: "
-                                            f"{response.status_code} {response.text[:500]}")
+    assert response.status_code == status, (
+        f"seeding {response.request.method} {response.request.url}: {response.status_code} {response.text[:500]}"
+    )
     return response
 
 
@@ -352,14 +373,20 @@ class World:
     def __init__(self, server):
         self.server = server
         self.pool = httpx.Client(base_url=server.base_url, timeout=60)
-        self.seed = {(role, site): As(self.pool, server.token(role, site, sub=self.seed_sub(role, site)))
-                     for role in (COORDINATOR, INVESTIGATOR, EHR) for site in (OWN, OTHER)}
+        self.seed = {
+            (role, site): As(self.pool, server.token(role, site, sub=self.seed_sub(role, site)))
+            for role in (COORDINATOR, INVESTIGATOR, EHR)
+            for site in (OWN, OTHER)
+        }
         self.monitor = As(self.pool, server.token(MONITOR, sub="matrix-seed-monitor"))
         self.data_manager = As(self.pool, server.token(DATA_MANAGER, sub="matrix-seed-data-manager"))
-        self.callers = {caller: As(self.pool, server.token(caller.role, *caller.sites, sub=caller.sub))
-                        for caller in CALLERS}
-        self.expired = {caller: As(self.pool, server.token(caller.role, *caller.sites, sub=caller.sub, ttl=-10))
-                        for caller in CALLERS}
+        self.callers = {
+            caller: As(self.pool, server.token(caller.role, *caller.sites, sub=caller.sub)) for caller in CALLERS
+        }
+        self.expired = {
+            caller: As(self.pool, server.token(caller.role, *caller.sites, sub=caller.sub, ttl=-10))
+            for caller in CALLERS
+        }
         self.anonymous = As(self.pool, None)
         self.shared: dict[tuple, Any] = {}
         self.namespace = ""  # set for rows that change their target (see `mutating`)
@@ -396,9 +423,9 @@ class World:
 
         def make() -> str:
             patient = compose()
-            patient["resources"]["patient"]["identifier"][0]["system"] = \
-                self.server.runtime.study.site(site).mrn_system
+            patient["resources"]["patient"]["identifier"][0]["system"] = self.server.runtime.study.site(site).mrn_system
             return push(self.seed[COORDINATOR, site], patient)
+
         return self.once(("eligible", site), fresh, make)
 
     def lists(self) -> None:
@@ -418,11 +445,15 @@ class World:
             subject_id = self.subject(site, fresh=True)
             _expect(save(self.seed[COORDINATOR, site], subject_id, FORM), 201)
             url = path(subject_id, FORM, VISIT)
-            steps = [(self.monitor, "verify", None), (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
-                     (self.data_manager, "lock", None)]
-            for http, step, body in steps[:["complete", "verified", "signed", "locked"].index(state)]:
+            steps = [
+                (self.monitor, "verify", None),
+                (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
+                (self.data_manager, "lock", None),
+            ]
+            for http, step, body in steps[: ["complete", "verified", "signed", "locked"].index(state)]:
                 _expect(http.post(f"{url}/{step}", json=body), 200)
             return url
+
         return self.once(("form", state, site), fresh, make)
 
     def sae(self, site: str, fresh: bool = False) -> tuple[str, str]:
@@ -432,9 +463,11 @@ class World:
 
         def make() -> tuple[str, str]:
             subject_id = self.subject(site, fresh=True)
-            created = _expect(self.seed[COORDINATOR, site].post(_entries_url(subject_id), json={"items": SERIOUS_AE}),
-                              201).json()
+            created = _expect(
+                self.seed[COORDINATOR, site].post(_entries_url(subject_id), json={"items": SERIOUS_AE}), 201
+            ).json()
             return subject_id, created["id"]
+
         return self.once(("sae", site), fresh, make)
 
     def entry(self, state: str, site: str, fresh: bool = False, visit: bool = False) -> tuple[str, str]:
@@ -445,14 +478,19 @@ class World:
 
         def make() -> tuple[str, str]:
             subject_id = self.subject(site, fresh=True)
-            created = _expect(self.seed[COORDINATOR, site].post(
-                _entries_url(subject_id, visit=visit), json=_entry_body(visit)), 201).json()
+            created = _expect(
+                self.seed[COORDINATOR, site].post(_entries_url(subject_id, visit=visit), json=_entry_body(visit)), 201
+            ).json()
             url = _entries_url(subject_id, created["id"], visit)
-            steps = [(self.monitor, "verify", None), (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
-                     (self.data_manager, "lock", None)]
-            for http, step, body in steps[:["complete", "verified", "signed", "locked"].index(state)]:
+            steps = [
+                (self.monitor, "verify", None),
+                (self.seed[INVESTIGATOR, site], "sign", {"meaning": "approved"}),
+                (self.data_manager, "lock", None),
+            ]
+            for http, step, body in steps[: ["complete", "verified", "signed", "locked"].index(state)]:
                 _expect(http.post(f"{url}/{step}", json=body), 200)
             return subject_id, created["id"]
+
         return self.once(("entry", state, site, visit), fresh, make)
 
     def fhir(self, site: str, fresh: bool = False) -> dict[str, str]:
@@ -466,6 +504,7 @@ class World:
             response = _expect(self.seed[EHR, site].post("/fhir", json=body, headers=FHIR_JSON), 200)
             ids = [entry["response"]["location"].split("/")[1] for entry in response.json()["entry"]]
             return {"patient": ids[0], "observation": ids[1], "identifier": identifier}
+
         return self.once(("fhir", site), fresh, make)
 
     def query(self, state: str, site: str, fresh: bool = False) -> str:
@@ -480,13 +519,17 @@ class World:
             if state == "closed":
                 _expect(self.monitor.post(f"/api/v1/queries/{query_id}/close", json={"text": "resolved"}), 200)
             return query_id
+
         return self.once(("query", state, site), fresh, make)
 
     def entered(self, site: str, fresh: bool = False) -> dict[str, Any]:
         """The Observation a form save at the site wrote (through the eCRF door, by a coordinator)."""
         if site == MISSING:
-            return {"observation": self.missing_id, "patient": self.missing_id,
-                    "content": observation(f"Patient/{self.missing_id}")}
+            return {
+                "observation": self.missing_id,
+                "patient": self.missing_id,
+                "content": observation(f"Patient/{self.missing_id}"),
+            }
 
         def make() -> dict[str, Any]:
             http = self.seed[COORDINATOR, site]
@@ -496,6 +539,7 @@ class World:
             content.pop("meta", None)
             patient_id = content["subject"]["reference"].split("/")[1]
             return {"observation": reference.split("/")[1], "patient": patient_id, "content": content}
+
         return self.once(("entered", site), fresh, make)
 
     def job(self, owner: Caller | None, fresh: bool = False) -> dict[str, str]:
@@ -507,8 +551,11 @@ class World:
             self.subject(OWN), self.subject(OTHER)  # something to export: de-identified exports hold subjects only
             http = self.callers[owner]
             if owner.role == INVESTIGATOR:  # its own site's identified ODM archive
-                kick = http.get("/api/v1/exports/odm", params={"site": owner.sites[0], "deidentify": "false",
-                                                                "mode": "archive"}, headers=ASYNC)
+                kick = http.get(
+                    "/api/v1/exports/odm",
+                    params={"site": owner.sites[0], "deidentify": "false", "mode": "archive"},
+                    headers=ASYNC,
+                )
             else:
                 kick = http.get("/fhir/$export", params={"_type": "Patient"}, headers=ASYNC)
             status_url = _expect(kick, 202).headers["content-location"]
@@ -516,6 +563,7 @@ class World:
             manifest = _expect(http.get(status_url), 200).json()
             assert manifest["output"], f"the export of {owner.name} wrote no file: {manifest}"
             return {"id": status_url.rsplit("/", 1)[1], "file": manifest["output"][0]["url"].rsplit("/", 1)[1]}
+
         return self.once(("job", owner.name), fresh, make)
 
 
@@ -559,12 +607,16 @@ def _form_step(step: str, state: str, body: dict[str, Any] | None = None) -> Bui
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         url = w.form(state, site, fresh)
         return Req("POST", f"{url}/{step}", json=body, ids=(_subject_id(url),))
+
     return mutating(build)
 
 
 def _entries_url(subject_id: str, entry_id: str | None = None, visit: bool = False) -> str:
-    base = path(subject_id, REPEATING_FORM, VALID[REPEATING_FORM][0]) if visit else \
-        f"/api/v1/subjects/{subject_id}/forms/{LOG_FORM}"
+    base = (
+        path(subject_id, REPEATING_FORM, VALID[REPEATING_FORM][0])
+        if visit
+        else f"/api/v1/subjects/{subject_id}/forms/{LOG_FORM}"
+    )
     return f"{base}/entries" + (f"/{entry_id}" if entry_id else "")
 
 
@@ -578,6 +630,7 @@ def _entries_list(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id, _ = w.entry("complete", site, visit=visit)
         return Req("GET", _entries_url(subject_id, visit=visit), ids=(subject_id,))
+
     return build
 
 
@@ -585,6 +638,7 @@ def _entry_add(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id = w.subject(site)
         return Req("POST", _entries_url(subject_id, visit=visit), json=_entry_body(visit), ids=(subject_id,))
+
     return mutating(build)
 
 
@@ -592,15 +646,18 @@ def _entry_read(visit: bool) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id, entry_id = w.entry("complete", site, visit=visit)
         return Req("GET", _entries_url(subject_id, entry_id, visit), ids=(subject_id, entry_id))
+
     return build
 
 
 def _entry_save(visit: bool) -> Builder:
     """Saves with a reason, so saving the same entry again is valid too: no target is used up."""
+
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id, entry_id = w.entry("complete", site, visit=visit)
         body = {**_entry_body(visit), "reason": "authorisation matrix"}
         return Req("PUT", _entries_url(subject_id, entry_id, visit), json=body, ids=(subject_id, entry_id))
+
     return mutating(build)
 
 
@@ -608,20 +665,26 @@ def _entry_step(step: str, state: str, body: dict[str, Any] | None = None) -> Bu
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id, entry_id = w.entry(state, site, fresh)
         return Req("POST", f"{_entries_url(subject_id, entry_id)}/{step}", json=body, ids=(subject_id, entry_id))
+
     return mutating(build)
 
 
 @mutating
 def _sae_report(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     subject_id, entry_id = w.sae(site, fresh)
-    return Req("POST", f"{_entries_url(subject_id, entry_id)}/sae-report", json={"reference": "CIOMS-matrix"},
-               ids=(subject_id, entry_id))
+    return Req(
+        "POST",
+        f"{_entries_url(subject_id, entry_id)}/sae-report",
+        json={"reference": "CIOMS-matrix"},
+        ids=(subject_id, entry_id),
+    )
 
 
 def _subject_get(suffix: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         subject_id = w.subject(site)
         return Req("GET", f"/api/v1/subjects/{subject_id}{suffix}", ids=(subject_id,))
+
     return build
 
 
@@ -632,8 +695,10 @@ def _enrol(w: World, site: str, fresh: bool, caller: Caller) -> Req:
 
 def _listing(url: str, target: Callable[[World, str], str]) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
-        return Req("GET", url, params={"site": site, "limit": 500}, item=target(w, site),
-                   shown=lambda body: body["items"])
+        return Req(
+            "GET", url, params={"site": site, "limit": 500}, item=target(w, site), shown=lambda body: body["items"]
+        )
+
     return build
 
 
@@ -647,6 +712,7 @@ def _query_step(method: str, suffix: str, state: str, body: dict[str, Any] | Non
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         query_id = w.query(state, site, fresh)
         return Req(method, f"/api/v1/queries/{query_id}{suffix}", json=body, ids=(query_id,))
+
     return mutating(build) if method != "GET" else build
 
 
@@ -668,16 +734,24 @@ def _randomisation_note(w: World, site: str, fresh: bool, caller: Caller) -> Req
     """A note on an allocated subject (allocated once, by the site's coordinator); notes add up, nothing is used up."""
     subject_id = w.eligible(site)
     if site != MISSING:
-        w.once(("allocated", site), False, lambda: _expect(
-            w.seed[COORDINATOR, site].post(f"/api/v1/subjects/{subject_id}/randomise"), 201))
-    return Req("POST", f"/api/v1/subjects/{subject_id}/randomisation/notes", json={"text": "randomised in error"},
-               ids=(subject_id,))
+        w.once(
+            ("allocated", site),
+            False,
+            lambda: _expect(w.seed[COORDINATOR, site].post(f"/api/v1/subjects/{subject_id}/randomise"), 201),
+        )
+    return Req(
+        "POST",
+        f"/api/v1/subjects/{subject_id}/randomisation/notes",
+        json={"text": "randomised in error"},
+        ids=(subject_id,),
+    )
 
 
 def _lists(url: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         w.lists()
         return Req("GET", url)
+
     return build
 
 
@@ -700,12 +774,17 @@ def _job(method: str, operation: str = "$export-status") -> Builder:
         job = w.job(_job_owner(caller, site), fresh)
         tail = f"/{job['file']}" if operation == "$export-file" else ""
         return Req(method, f"/fhir/{operation}/{job['id']}{tail}", ids=(job["id"],))
+
     return mutating(build) if method != "GET" else build
 
 
 def _site_archive(w: World, site: str, fresh: bool, caller: Caller) -> Req:
-    return Req("GET", "/api/v1/exports/odm", params={"site": site if site != MISSING else "S99",
-                                                      "deidentify": "false", "mode": "archive"}, headers=ASYNC)
+    return Req(
+        "GET",
+        "/api/v1/exports/odm",
+        params={"site": site if site != MISSING else "S99", "deidentify": "false", "mode": "archive"},
+        headers=ASYNC,
+    )
 
 
 def _kick_off(url: str, **params) -> Builder:
@@ -717,13 +796,27 @@ def _post_kick_off(url: str) -> Builder:
     return _static("POST", url, json=body, headers={**ASYNC, **FHIR_JSON})
 
 
-CLIENT_JWKS = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "matrix", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-                         "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}
+CLIENT_JWKS = {
+    "keys": [
+        {
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": "matrix",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+        }
+    ]
+}
 
 
 def _client_body() -> dict:
-    return {"name": f"matrix-{uuid.uuid4().hex[:8]}", "role": "ehr", "site": OWN, "scopes": "system/Observation.cs",
-            "jwks": CLIENT_JWKS}
+    return {
+        "name": f"matrix-{uuid.uuid4().hex[:8]}",
+        "role": "ehr",
+        "site": OWN,
+        "scopes": "system/Observation.cs",
+        "jwks": CLIENT_JWKS,
+    }
 
 
 def _client_id(w: World) -> str:
@@ -731,8 +824,9 @@ def _client_id(w: World) -> str:
         from ecrf.auth.actor import SYSTEM
         from ecrf.smart import service
 
-        w.smart_client = service.add_client(w.server.runtime.engine, SYSTEM, w.server.runtime.study,
-                                            **_client_body()).id
+        w.smart_client = service.add_client(
+            w.server.runtime.engine, SYSTEM, w.server.runtime.study, **_client_body()
+        ).id
         w.writes += 1
     return w.smart_client
 
@@ -740,6 +834,7 @@ def _client_id(w: World) -> str:
 def _client_route(method: str, tail: str = "") -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         return Req(method, f"/api/v1/admin/clients/{_client_id(w)}{tail}")
+
     return mutating(build) if method != "GET" else build
 
 
@@ -753,19 +848,27 @@ def _fhir_bundle(url: str) -> Builder:
         patient_id = w.fhir(site)["patient"]
         body = bundle([post(observation(f"Patient/{patient_id}"))])
         return Req("POST", url, json=body, headers=FHIR_JSON, ids=(patient_id,))
+
     return build
 
 
 def _fhir_create(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     patient_id = w.fhir(site)["patient"]
-    return Req("POST", "/fhir/Observation", json=observation(f"Patient/{patient_id}"), headers=FHIR_JSON,
-               ids=(patient_id,))
+    return Req(
+        "POST", "/fhir/Observation", json=observation(f"Patient/{patient_id}"), headers=FHIR_JSON, ids=(patient_id,)
+    )
 
 
 def _fhir_conditional_update(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     patient_id, identifier = w.fhir(site)["patient"], uuid.uuid4().hex
-    return Req("PUT", "/fhir/Observation", params={"identifier": f"{IDENTIFIER_SYSTEM}|{identifier}"},
-               json=observation(f"Patient/{patient_id}", identifier), headers=FHIR_JSON, ids=(patient_id,))
+    return Req(
+        "PUT",
+        "/fhir/Observation",
+        params={"identifier": f"{IDENTIFIER_SYSTEM}|{identifier}"},
+        json=observation(f"Patient/{patient_id}", identifier),
+        headers=FHIR_JSON,
+        ids=(patient_id,),
+    )
 
 
 @mutating
@@ -773,8 +876,13 @@ def _fhir_update(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     """A new version of the site's Observation, about its own Patient: no target is used up."""
     data = w.fhir(site)
     body = {**observation(f"Patient/{data['patient']}", data["identifier"]), "id": data["observation"]}
-    return Req("PUT", f"/fhir/Observation/{data['observation']}", json=body, headers=FHIR_JSON,
-               ids=(data["patient"], data["observation"]))
+    return Req(
+        "PUT",
+        f"/fhir/Observation/{data['observation']}",
+        json=body,
+        headers=FHIR_JSON,
+        ids=(data["patient"], data["observation"]),
+    )
 
 
 @mutating
@@ -786,14 +894,19 @@ def _fhir_delete(w: World, site: str, fresh: bool, caller: Caller) -> Req:
 @mutating
 def _fhir_conditional_delete(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     data = w.fhir(site, fresh)
-    return Req("DELETE", "/fhir/Observation", params={"identifier": f"{IDENTIFIER_SYSTEM}|{data['identifier']}"},
-               ids=(data["identifier"],))
+    return Req(
+        "DELETE",
+        "/fhir/Observation",
+        params={"identifier": f"{IDENTIFIER_SYSTEM}|{data['identifier']}"},
+        ids=(data["identifier"],),
+    )
 
 
 def _fhir_read(suffix: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         observation_id = w.fhir(site)["observation"]
         return Req("GET", f"/fhir/Observation/{observation_id}{suffix}", ids=(observation_id,))
+
     return build
 
 
@@ -804,24 +917,40 @@ def _everything(w: World, site: str, fresh: bool, caller: Caller) -> Req:
 
 def _fhir_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     observation_id = w.fhir(site)["observation"]
-    return Req("GET", "/fhir/Observation", params={"_id": observation_id}, item=observation_id,
-               shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+    return Req(
+        "GET",
+        "/fhir/Observation",
+        params={"_id": observation_id},
+        item=observation_id,
+        shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []],
+    )
 
 
 def _fhir_history(url: str) -> Builder:
     def build(w: World, site: str, fresh: bool, caller: Caller) -> Req:
         observation_id = w.fhir(site)["observation"]
         params = {"_count": 500, **({"_type": "Observation"} if url == "/fhir/_history" else {})}
-        return Req("GET", url, params=params, item=observation_id,
-                   shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+        return Req(
+            "GET",
+            url,
+            params=params,
+            item=observation_id,
+            shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []],
+        )
+
     return build
 
 
 def _fhir_post_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     observation_id = w.fhir(site)["observation"]
-    return Req("POST", "/fhir/Observation/_search", params={"_id": observation_id}, item=observation_id,
-               headers={"Content-Type": "application/x-www-form-urlencoded"},
-               shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+    return Req(
+        "POST",
+        "/fhir/Observation/_search",
+        params={"_id": observation_id},
+        item=observation_id,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []],
+    )
 
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
@@ -831,15 +960,26 @@ STATUS_PATCH = [{"op": "replace", "path": "/status", "value": "final"}]
 @mutating
 def _fhir_patch(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     data = w.fhir(site)
-    return Req("PATCH", f"/fhir/Observation/{data['observation']}", json=STATUS_PATCH, headers=JSON_PATCH,
-               ids=(data["observation"],))
+    return Req(
+        "PATCH",
+        f"/fhir/Observation/{data['observation']}",
+        json=STATUS_PATCH,
+        headers=JSON_PATCH,
+        ids=(data["observation"],),
+    )
 
 
 @mutating
 def _fhir_conditional_patch(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     data = w.fhir(site)
-    return Req("PATCH", "/fhir/Observation", params={"identifier": f"{IDENTIFIER_SYSTEM}|{data['identifier']}"},
-               json=STATUS_PATCH, headers=JSON_PATCH, ids=(data["identifier"],))
+    return Req(
+        "PATCH",
+        "/fhir/Observation",
+        params={"identifier": f"{IDENTIFIER_SYSTEM}|{data['identifier']}"},
+        json=STATUS_PATCH,
+        headers=JSON_PATCH,
+        ids=(data["identifier"],),
+    )
 
 
 def _entered_read(w: World, site: str, fresh: bool, caller: Caller) -> Req:
@@ -849,8 +989,13 @@ def _entered_read(w: World, site: str, fresh: bool, caller: Caller) -> Req:
 
 def _entered_search(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     observation_id = w.entered(site)["observation"]
-    return Req("GET", "/fhir/Observation", params={"_id": observation_id}, item=observation_id,
-               shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []])
+    return Req(
+        "GET",
+        "/fhir/Observation",
+        params={"_id": observation_id},
+        item=observation_id,
+        shown=lambda body: [entry.get("resource") for entry in body.get("entry") or []],
+    )
 
 
 @mutating
@@ -858,8 +1003,13 @@ def _entered_update(w: World, site: str, fresh: bool, caller: Caller) -> Req:
     """The form's Observation sent back as it is: a new version, valid while the form is not locked."""
     data = w.entered(site)
     body = {**data["content"], "id": data["observation"]}
-    return Req("PUT", f"/fhir/Observation/{data['observation']}", json=body, headers=FHIR_JSON,
-               ids=(data["observation"], data["patient"]))
+    return Req(
+        "PUT",
+        f"/fhir/Observation/{data['observation']}",
+        json=body,
+        headers=FHIR_JSON,
+        ids=(data["observation"], data["patient"]),
+    )
 
 
 @mutating
@@ -932,7 +1082,9 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", SUBJECT_ROUTE + "/randomisation"): _subject_get("/randomisation"),
     ("POST", "/fhir/ResearchSubject/{resource_id}/$randomize"): _fhir_randomize,
     ("POST", SUBJECT_ROUTE + "/randomisation/notes"): _randomisation_note,
-    ("GET", "/fhir/OperationDefinition/{resource_id}"): _static("GET", "/fhir/OperationDefinition/ResearchSubject-randomize"),
+    ("GET", "/fhir/OperationDefinition/{resource_id}"): _static(
+        "GET", "/fhir/OperationDefinition/ResearchSubject-randomize"
+    ),
     ("GET", "/api/v1/randomisation/lists"): _lists("/api/v1/randomisation/lists"),
     ("GET", "/api/v1/randomisation/lists.csv"): _lists("/api/v1/randomisation/lists.csv"),
     ("GET", "/api/v1/randomisation/lists/{stratum}"): _lists("/api/v1/randomisation/lists/S01-A"),
@@ -944,7 +1096,8 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/api/v1/access-log"): _static("GET", "/api/v1/access-log"),
     ("GET", "/api/v1/exports/forms/{form_id}.csv"): _static("GET", f"/api/v1/exports/forms/{FORM}.csv"),
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest"): _static(
-        "GET", f"/api/v1/exports/forms/{FORM}.csv.manifest"),
+        "GET", f"/api/v1/exports/forms/{FORM}.csv.manifest"
+    ),
     ("GET", "/fhir/$export"): _kick_off("/fhir/$export"),
     ("GET", "/api/v1/exports/odm"): _kick_off("/api/v1/exports/odm"),
     ("GET", "/api/v1/exports/sdtm"): _kick_off("/api/v1/exports/sdtm"),
@@ -975,7 +1128,9 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", FHIR_TYPE): _fhir_search,
     ("GET", FHIR_TYPE + "/{resource_id}"): _fhir_read(""),
     ("GET", "/fhir/Patient/{patient_id}/$everything"): _everything,
-    ("GET", "/fhir/OperationDefinition/Patient-everything"): _static("GET", "/fhir/OperationDefinition/Patient-everything"),
+    ("GET", "/fhir/OperationDefinition/Patient-everything"): _static(
+        "GET", "/fhir/OperationDefinition/Patient-everything"
+    ),
     ("GET", FHIR_TYPE + "/{resource_id}/_history"): _fhir_read("/_history"),
     ("GET", FHIR_TYPE + "/{resource_id}/_history/{version_id}"): _fhir_read("/_history/1"),
     ("GET", FHIR_TYPE + "/_history"): _fhir_history("/fhir/Observation/_history"),
@@ -983,10 +1138,14 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", FHIR_TYPE + "/_search"): _fhir_post_search,
     ("PATCH", FHIR_TYPE + "/{resource_id}"): _fhir_patch,
     ("PATCH", FHIR_TYPE): _fhir_conditional_patch,
-    **{(method, FHIR_OTHER_TYPE): _unkept_type(method, "/fhir/Claim")
-       for method in ("GET", "POST", "PUT", "DELETE", "PATCH")},
-    **{(method, FHIR_OTHER_TYPE + "/{rest:path}"): _unkept_type(method, "/fhir/Claim/e1")
-       for method in ("GET", "POST", "PUT", "DELETE", "PATCH")},
+    **{
+        (method, FHIR_OTHER_TYPE): _unkept_type(method, "/fhir/Claim")
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+    },
+    **{
+        (method, FHIR_OTHER_TYPE + "/{rest:path}"): _unkept_type(method, "/fhir/Claim/e1")
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH")
+    },
 }
 
 
@@ -996,11 +1155,14 @@ VARIANT_REQUESTS: dict[tuple[str, str, str], Builder] = {
     ("GET", "/api/v1/exports/odm", SITE_ARCHIVE): _site_archive,
     ("GET", "/api/v1/exports/sdtm", IDENTIFIED): _kick_off("/api/v1/exports/sdtm", deidentify="false"),
     ("GET", "/fhir/Group/{group_id}/$export", IDENTIFIED): _kick_off(
-        f"/fhir/Group/{STUDY}/$export", deidentify="false"),
+        f"/fhir/Group/{STUDY}/$export", deidentify="false"
+    ),
     ("GET", "/api/v1/exports/forms/{form_id}.csv", IDENTIFIED): _static(
-        "GET", f"/api/v1/exports/forms/{FORM}.csv", params={"deidentify": "false"}),
+        "GET", f"/api/v1/exports/forms/{FORM}.csv", params={"deidentify": "false"}
+    ),
     ("GET", "/api/v1/exports/forms/{form_id}.csv.manifest", IDENTIFIED): _static(
-        "GET", f"/api/v1/exports/forms/{FORM}.csv.manifest", params={"deidentify": "false"}),
+        "GET", f"/api/v1/exports/forms/{FORM}.csv.manifest", params={"deidentify": "false"}
+    ),
     ("GET", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): _entered_read,
     ("GET", FHIR_TYPE, ECRF_ENTERED): _entered_search,
     ("PUT", FHIR_TYPE + "/{resource_id}", ECRF_ENTERED): _entered_update,
@@ -1009,6 +1171,7 @@ VARIANT_REQUESTS: dict[tuple[str, str, str], Builder] = {
 
 
 # -- the database fingerprint --------------------------------------------------------------------------
+
 
 def _as_text(*values) -> Any:
     joined = None
@@ -1027,13 +1190,20 @@ def _fingerprint_query():
         values = [func.count(), *(func.max(column) for column in table.primary_key.columns)]
         if "version" in table.c:
             values.append(func.sum(table.c.version))
-        parts.append(select(literal_column(f"'{table.name}'", String).label("k"), _as_text(*values).label("v"))
-                     .select_from(table))
+        parts.append(
+            select(literal_column(f"'{table.name}'", String).label("k"), _as_text(*values).label("v")).select_from(
+                table
+            )
+        )
         if "status" in table.c:
             label = literal_column(f"'{table.name}.status='", String) + table.c.status
             parts.append(select(label.label("k"), _as_text(func.count()).label("v")).group_by(table.c.status))
-    parts.append(select(literal_column("'audit chain head'", String).label("k"),
-                        _as_text(AuditHead.last_seq, AuditHead.last_hash).label("v")))
+    parts.append(
+        select(
+            literal_column("'audit chain head'", String).label("k"),
+            _as_text(AuditHead.last_seq, AuditHead.last_hash).label("v"),
+        )
+    )
     return union_all(*parts)
 
 
@@ -1046,8 +1216,11 @@ def fingerprint(engine) -> dict[str, str]:
 
 
 def _changes(before: dict[str, str], after: dict[str, str]) -> str:
-    return "; ".join(f"{name}: {before.get(name)} -> {after.get(name)}"
-                     for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name))
+    return "; ".join(
+        f"{name}: {before.get(name)} -> {after.get(name)}"
+        for name in sorted(set(before) | set(after))
+        if before.get(name) != after.get(name)
+    )
 
 
 def settle(server, timeout: float = 60) -> None:
@@ -1055,8 +1228,9 @@ def settle(server, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         with server.runtime.engine.connect() as connection:
-            active = connection.execute(select(func.count()).select_from(ExportJob).where(
-                ExportJob.status.in_(jobs.ACTIVE))).scalar_one()
+            active = connection.execute(
+                select(func.count()).select_from(ExportJob).where(ExportJob.status.in_(jobs.ACTIVE))
+            ).scalar_one()
         if not active:
             return
         assert time.monotonic() < deadline, "export jobs did not finish in time"
@@ -1125,9 +1299,11 @@ class Matrix:
         return self.identity(caller).request(req.method, req.url, json=req.json, params=req.params, headers=req.headers)
 
     def fail(self, call: Call, req: Req, response: httpx.Response, expected: str) -> None:
-        self.mismatches.append(f"{call.caller.name} on {call.site} data: {req.method} {req.url}"
-                               f"{'?' + str(httpx.QueryParams(req.params)) if req.params else ''} -> "
-                               f"{response.status_code} {response.text[:200]!r}; expected {expected}")
+        self.mismatches.append(
+            f"{call.caller.name} on {call.site} data: {req.method} {req.url}"
+            f"{'?' + str(httpx.QueryParams(req.params)) if req.params else ''} -> "
+            f"{response.status_code} {response.text[:200]!r}; expected {expected}"
+        )
 
     def measured(self, caller: Caller, req: Req) -> tuple[httpx.Response, str]:
         """Send, and say what it changed in the database (the fingerprints form a chain)."""
@@ -1176,8 +1352,12 @@ class Matrix:
             self.fail(call, unknown, answer, f"a call on an unknown target to change nothing, but it changed {changed}")
         ids = (*req.ids, *unknown.ids)
         if _masked(response, ids) != _masked(answer, ids):
-            self.fail(call, req, response, f"what an unknown target gets, not to leak existence: "
-                                           f"{answer.status_code} {answer.text[:200]!r}")
+            self.fail(
+                call,
+                req,
+                response,
+                f"what an unknown target gets, not to leak existence: {answer.status_code} {answer.text[:200]!r}",
+            )
 
     def allowed(self, call: Call) -> None:
         req = self.build(self.world, call.site, self.method != "GET", call.caller)
@@ -1226,14 +1406,16 @@ def test_every_route_of_the_app_has_a_row_in_the_matrix():
     assert not missing, "routes without a row in the authorisation matrix: " + ", ".join(map(_route_id, missing))
     assert not stale, "matrix rows for routes the app does not have: " + ", ".join(map(_route_id, stale))
     assert set(REQUESTS) == set(MATRIX), "rows without a request: " + ", ".join(
-        map(_route_id, sorted(set(MATRIX) ^ set(REQUESTS))))
+        map(_route_id, sorted(set(MATRIX) ^ set(REQUESTS)))
+    )
 
 
 @pytest.mark.parametrize("route", sorted(MATRIX), ids=_route_id)
 def test_route_matrix(server, world, route):
     mismatches = Matrix(server, world, _route_id(route), route[0], MATRIX[route], REQUESTS[route]).run()
-    assert not mismatches, (f"{_route_id(route)}: {len(mismatches)} mismatch(es) with the role model:\n"
-                            + "\n".join(mismatches))
+    assert not mismatches, f"{_route_id(route)}: {len(mismatches)} mismatch(es) with the role model:\n" + "\n".join(
+        mismatches
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_EXPECTATIONS), ids=lambda v: f"{v[0]} {v[1]} [{v[2]}]")

@@ -4,6 +4,7 @@ Every date, dateTime and instant written must lie within 0002-01-01..9998-12-31 
 that a per-subject de-identification shift (a year at most) can never leave the calendar: outside it a
 write is 400 naming the element; a search with such a date is 400, never 500.
 """
+
 import uuid
 
 import orjson
@@ -17,8 +18,16 @@ from tests.tamper_support import tampering
 from tests.test_export_protocol import download, export, export_settings, load_subjects
 from testkit.databases import fresh_database
 
-EDGES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01", "9999-12-31", "0001",
-         "9999-12", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z"]
+EDGES = [
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01",
+    "9999-12-31",
+    "0001",
+    "9999-12",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999Z",
+]
 
 
 @pytest.mark.parametrize("when", EDGES)
@@ -26,8 +35,7 @@ def test_a_write_with_a_date_off_the_calendar_is_400_at_its_element(server, when
     patient_url = urn()
     observation = lab(patient_url, "718-7", 13.1, "g/dL", when)
     with server.client("ehr", "S01") as http:
-        response = http.post("/fhir", json=bundle([post(patient(), patient_url), post(observation)]),
-                             headers=FHIR_JSON)
+        response = http.post("/fhir", json=bundle([post(patient(), patient_url), post(observation)]), headers=FHIR_JSON)
         assert response.status_code == 400, response.text
         assert "Bundle.entry[1].resource.effectiveDateTime" in response.text
         assert "0002-01-01" in response.text
@@ -42,18 +50,31 @@ def test_a_write_with_a_date_off_the_calendar_is_400_at_its_element(server, when
 def test_the_calendar_inside_the_bounds_is_accepted(server, when):
     patient_url = urn()
     with server.client("ehr", "S01") as http:
-        response = http.post("/fhir", json=bundle([post(patient(), patient_url),
-                                                   post(lab(patient_url, "718-7", 13.1, "g/dL", when))]),
-                             headers=FHIR_JSON)
+        response = http.post(
+            "/fhir",
+            json=bundle([post(patient(), patient_url), post(lab(patient_url, "718-7", 13.1, "g/dL", when))]),
+            headers=FHIR_JSON,
+        )
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("query", [
-    {"date": "9999-12-31"}, {"date": "ap9999-12-31"}, {"date": "gt9999-12-31"}, {"date": "le0001-01-01"},
-    {"date": "9999"}, {"date": "eq0001"}, {"date": "sa9999-12-31T23:59:59-14:00"},
-    {"_lastUpdated": "gt9999-12-31"}, {"_lastUpdated": "ap9999-12-31"}, {"_lastUpdated": "lt0001-01-01T00:00:00+14:00"},
-    {"date": "ge99999-01-01"}, {"date": "2026-13-01"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"date": "9999-12-31"},
+        {"date": "ap9999-12-31"},
+        {"date": "gt9999-12-31"},
+        {"date": "le0001-01-01"},
+        {"date": "9999"},
+        {"date": "eq0001"},
+        {"date": "sa9999-12-31T23:59:59-14:00"},
+        {"_lastUpdated": "gt9999-12-31"},
+        {"_lastUpdated": "ap9999-12-31"},
+        {"_lastUpdated": "lt0001-01-01T00:00:00+14:00"},
+        {"date": "ge99999-01-01"},
+        {"date": "2026-13-01"},
+    ],
+)
 def test_a_search_with_a_date_off_the_calendar_is_400(server, query):
     with server.client("ehr", "S01") as http:
         response = http.get("/fhir/Observation", params=query)
@@ -63,8 +84,12 @@ def test_a_search_with_a_date_off_the_calendar_is_400(server, query):
 
 def test_searches_at_the_bounds_still_answer(server):
     with server.client("ehr", "S01") as http:
-        for query in ({"date": "ge0002-01-01"}, {"date": "le9998-12-31"}, {"_lastUpdated": "lt9998-12-31"},
-                      {"date": "ap9998-12-31"}):
+        for query in (
+            {"date": "ge0002-01-01"},
+            {"date": "le9998-12-31"},
+            {"_lastUpdated": "lt9998-12-31"},
+            {"date": "ap9998-12-31"},
+        ):
             response = http.get("/fhir/Observation", params=query)
             assert response.status_code == 200, (query, response.text)
 
@@ -72,8 +97,9 @@ def test_searches_at_the_bounds_still_answer(server):
 def test_the_other_door_refuses_a_date_off_the_calendar_too(server):
     """The store itself refuses (every door): a consent date of 0001-01-01 through /api/v1."""
     with server.client("investigator", "S01") as http:
-        response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:10],
-                                                       "consent_date": "0001-01-01"})
+        response = http.post(
+            "/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:10], "consent_date": "0001-01-01"}
+        )
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["rule"] == "calendar"
     assert response.json()["errors"][0]["item"] == "ResearchSubject.period.start"
@@ -87,15 +113,21 @@ def planted(database_url, tmp_path):
     with fresh_database(database_url, tmp_path) as url, running_server(export_settings(url, tmp_path)) as server:
         subjects = load_subjects(server, 2, "S01")
         with tampering(server.runtime.engine) as connection:
-            pk, resource_id, content = connection.execute(text(
-                "SELECT v.pk, v.resource_id, v.content FROM resource_head h JOIN resource_version v "
-                "ON v.pk = h.version_pk WHERE h.resource_type = 'Observation' AND h.patient_id = :patient "
-                "ORDER BY v.resource_id LIMIT 1"), {"patient": subjects[0]["id"]}).one()
+            pk, resource_id, content = connection.execute(
+                text(
+                    "SELECT v.pk, v.resource_id, v.content FROM resource_head h JOIN resource_version v "
+                    "ON v.pk = h.version_pk WHERE h.resource_type = 'Observation' AND h.patient_id = :patient "
+                    "ORDER BY v.resource_id LIMIT 1"
+                ),
+                {"patient": subjects[0]["id"]},
+            ).one()
             observation = orjson.loads(content)
             observation.pop("effectiveDateTime", None)
             observation["effectivePeriod"] = {"start": "0001-01-01", "end": "9999-12-31"}  # one overflows either way
-            connection.execute(text("UPDATE resource_version SET content = :content WHERE pk = :pk"),
-                               {"content": orjson.dumps(observation).decode(), "pk": pk})
+            connection.execute(
+                text("UPDATE resource_version SET content = :content WHERE pk = :pk"),
+                {"content": orjson.dumps(observation).decode(), "pk": pk},
+            )
         yield server, resource_id
 
 

@@ -1,10 +1,20 @@
 """What a sponsor receives as CDISC is de-identified (issue 19): no MRN, birth date, real date, subject or resource
 id, user name, reason, query text or signature meaning in the ODM archive, the SDTM datasets (JSON, NDJSON, XPT)
 or the define.xml; a sponsor asking for identified CDISC data gets 403."""
+
 import orjson
 import pytest
 
-from tests.cdisc_support import RANDOMISED, adverse_event, cdisc_export, files, log_entry, medication, on_day, randomised_subject
+from tests.cdisc_support import (
+    RANDOMISED,
+    adverse_event,
+    cdisc_export,
+    files,
+    log_entry,
+    medication,
+    on_day,
+    randomised_subject,
+)
 from tests.conftest import running_server
 from tests.crf_support import path, save
 from tests.test_export_protocol import ASYNC, export_settings
@@ -37,22 +47,38 @@ def study(database_url, tmp_path_factory):
                     _, visit_date, items = RANDOMISED[form]
                     assert save(http, subject["id"], form, items, visit_date=visit_date).status_code == 201
                 demographics = {**RANDOMISED["demographics"][2], "birth_date": BORN}
-                assert save(http, subject["id"], "demographics", demographics,
-                            visit_date=RANDOMISED["demographics"][1]).status_code == 201
+                assert (
+                    save(
+                        http, subject["id"], "demographics", demographics, visit_date=RANDOMISED["demographics"][1]
+                    ).status_code
+                    == 201
+                )
                 labs = {**RANDOMISED["labs"][2], "platelets": 191}
-                assert save(http, subject["id"], "labs", labs, reason=REASON,
-                            visit_date=RANDOMISED["labs"][1]).status_code == 200
+                assert (
+                    save(http, subject["id"], "labs", labs, reason=REASON, visit_date=RANDOMISED["labs"][1]).status_code
+                    == 200
+                )
                 randomised, allocation = randomised_subject(http, mrn=RANDOMISED_MRN)  # v2: by the system
                 log_entry(http, randomised["id"], "adverse_event", adverse_event(VERBATIM, ctcae_term="other"))
                 log_entry(http, randomised["id"], "conmed", medication(MEDICATION, INDICATION))
             with server.client("monitor", "S01", sub="monty.monitor") as http:
                 assert http.post(path(subject["id"], "labs", "SCR") + "/verify").status_code == 200
-                assert http.post(f"/api/v1/subjects/{subject['id']}/queries",
-                                 json={"form_id": "labs", "visit_id": "SCR", "item_id": "anc", "text": QUERY}).status_code == 201
+                assert (
+                    http.post(
+                        f"/api/v1/subjects/{subject['id']}/queries",
+                        json={"form_id": "labs", "visit_id": "SCR", "item_id": "anc", "text": QUERY},
+                    ).status_code
+                    == 201
+                )
             with server.client("investigator", "S01", sub="philomena.cartwright") as http:
-                assert http.post(path(subject["id"], "labs", "SCR") + "/sign", json={"meaning": MEANING}).status_code == 200
-                resources = [entry["resource"].split("/")[1] for entry in
-                             http.get(path(subject["id"], "labs", "SCR")).json()["items"].values()]
+                assert (
+                    http.post(path(subject["id"], "labs", "SCR") + "/sign", json={"meaning": MEANING}).status_code
+                    == 200
+                )
+                resources = [
+                    entry["resource"].split("/")[1]
+                    for entry in http.get(path(subject["id"], "labs", "SCR")).json()["items"].values()
+                ]
             yield server, subject, resources, (randomised, allocation)
 
 
@@ -62,17 +88,43 @@ def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
         content = files(http, cdisc_export(http, "odm"))
         content.update(files(http, cdisc_export(http, "odm", mode="snapshot")))
         content.update(files(http, cdisc_export(http, "sdtm")))
-    assert {"odm-archive.xml", "odm-snapshot.xml", "define.xml", "dm.json", "dm.ndjson", "dm.xpt", "lb.xpt"} <= set(content)
+    assert {"odm-archive.xml", "odm-snapshot.xml", "define.xml", "dm.json", "dm.ndjson", "dm.xpt", "lb.xpt"} <= set(
+        content
+    )
     assert all(" " not in name for name in content)
     everything = b"\n".join(content.values()).decode("latin-1")
     assert "HGB" in everything and "IT.labs.platelets" in everything  # the data are there ...
     assert {"ae.json", "ae.xpt", "cm.ndjson", "suppdm.json"} <= set(content)
     assert "RANDOMIZED" in everything and "NERVOUS SYSTEM" in everything and "STRATUM" in everything
-    planted = [MRN, BORN, REASON, QUERY, MEANING, "Quackenbush", "Zebediah", "Cartwright", "philomena", "monty",
-               subject["id"], subject["patient_id"], *resources,
-               VERBATIM, MEDICATION, INDICATION, "Ottoline", "Vandersteen", "Fairhaven", "Hortensia", "tincture",
-               "Brimblecombe", RANDOMISED_MRN, randomised["id"], randomised["patient_id"],
-               allocation["randomisation_number"], *(on_day(offset) for offset in (-3, 0, 7, 14, 15, 16, 20, 21))]
+    planted = [
+        MRN,
+        BORN,
+        REASON,
+        QUERY,
+        MEANING,
+        "Quackenbush",
+        "Zebediah",
+        "Cartwright",
+        "philomena",
+        "monty",
+        subject["id"],
+        subject["patient_id"],
+        *resources,
+        VERBATIM,
+        MEDICATION,
+        INDICATION,
+        "Ottoline",
+        "Vandersteen",
+        "Fairhaven",
+        "Hortensia",
+        "tincture",
+        "Brimblecombe",
+        RANDOMISED_MRN,
+        randomised["id"],
+        randomised["patient_id"],
+        allocation["randomisation_number"],
+        *(on_day(offset) for offset in (-3, 0, 7, 14, 15, 16, 20, 21)),
+    ]
     leaked = [value for value in planted if value in everything]
     assert leaked == []  # ... and nothing identifying
     # the randomisation date is today's, which the files' creation stamps hold: it is shifted in every record

@@ -2,6 +2,7 @@
 pyreadstat equal to the Dataset-JSON, define.xml valid against Define-XML 2.1 and describing exactly the datasets,
 and spot checks against hand-derived rows (DM of a randomised subject, LB with a converted unit and a defaulted
 ULN, DS for the randomisation)."""
+
 import io
 import json
 import zipfile
@@ -13,8 +14,19 @@ import pyreadstat
 import pytest
 from lxml import etree
 
-from tests.cdisc_support import (DATASET_JSON, RANDOMISED, RANDOMISED_SURGERY, cdisc_export, define_schema, files,
-                                  adverse_event, log_entry, medication, on_day, randomised_subject)
+from tests.cdisc_support import (
+    DATASET_JSON,
+    RANDOMISED,
+    RANDOMISED_SURGERY,
+    cdisc_export,
+    define_schema,
+    files,
+    adverse_event,
+    log_entry,
+    medication,
+    on_day,
+    randomised_subject,
+)
 from tests.conftest import running_server
 from tests.crf_support import VALID, enrol, save
 from tests.test_export_protocol import export_settings
@@ -30,17 +42,43 @@ def _load(server) -> dict:
         labs.pop("ast_uln")  # AST's ULN is then the study's default (40 U/L)
         subject, allocation = randomised_subject(http, changes={"labs": labs})  # v2: the system allocates
         log_entry(http, subject["id"], "adverse_event", adverse_event("sore red palms"))
-        log_entry(http, subject["id"], "adverse_event", adverse_event("typed into the wrong subject", grade=1,
-                  serious=False, seriousness_criteria=None), withdraw="another subject's event")
-        log_entry(http, subject["id"], "adverse_event", adverse_event(None, ctcae_term="diarrhea", grade=2, serious=False,
-                  seriousness_criteria=None, resolution_date=None, outcome="recovering", action_taken="none"))
+        log_entry(
+            http,
+            subject["id"],
+            "adverse_event",
+            adverse_event("typed into the wrong subject", grade=1, serious=False, seriousness_criteria=None),
+            withdraw="another subject's event",
+        )
+        log_entry(
+            http,
+            subject["id"],
+            "adverse_event",
+            adverse_event(
+                None,
+                ctcae_term="diarrhea",
+                grade=2,
+                serious=False,
+                seriousness_criteria=None,
+                resolution_date=None,
+                outcome="recovering",
+                action_taken="none",
+            ),
+        )
         log_entry(http, subject["id"], "conmed", medication("Paracetamol 1 g", "fever"))
-        log_entry(http, subject["id"], "conmed", medication("Loperamide", "diarrhoea", atc="A", ongoing=False,
-                                                            end_date=on_day(19)))
-        ehr = {"resourceType": "Observation", "status": "final", "effectiveDateTime": on_day(-50),
-               "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
-               "subject": {"reference": f"Patient/{subject['patient_id']}"},
-               "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+        log_entry(
+            http,
+            subject["id"],
+            "conmed",
+            medication("Loperamide", "diarrhoea", atc="A", ongoing=False, end_date=on_day(19)),
+        )
+        ehr = {
+            "resourceType": "Observation",
+            "status": "final",
+            "effectiveDateTime": on_day(-50),
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "subject": {"reference": f"Patient/{subject['patient_id']}"},
+            "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
+        }
         assert http.post("/fhir/Observation", json=ehr).status_code == 201  # outside every window: unscheduled
         ineligible = enrol(http)
         assert save(http, ineligible["id"], "surgery").status_code == 201
@@ -48,8 +86,13 @@ def _load(server) -> dict:
         eligibility = http.get(f"/api/v1/subjects/{ineligible['id']}/eligibility").json()
         assert eligibility["status"] == "ineligible"
         waiting = enrol(http)  # consented, neither randomised nor ineligible
-    return {**subject, "allocation": allocation, "ineligible": ineligible, "ineligible_r": eligibility["reference_date"],
-            "waiting": waiting}
+    return {
+        **subject,
+        "allocation": allocation,
+        "ineligible": ineligible,
+        "ineligible_r": eligibility["reference_date"],
+        "waiting": waiting,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +109,7 @@ def study(database_url, tmp_path_factory):
 
 def server_visits():
     from study_model.loader import default_study_dir, load_study
+
     return {visit.id: visit for visit in load_study(default_study_dir()).visits}.values()
 
 
@@ -82,7 +126,22 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
     _, _, manifest, content = study
     schema = json.loads((DATASET_JSON / "dataset.schema.json").read_text())
     names = {entry["type"] for entry in manifest["output"] if entry.get("format") == "json"}
-    assert {"DM", "SUPPDM", "AE", "SUPPAE", "CM", "SUPPCM", "DS", "IE", "SV", "PR", "VS", "LB", "SUPPLB", "SUPPVS"} <= names
+    assert {
+        "DM",
+        "SUPPDM",
+        "AE",
+        "SUPPAE",
+        "CM",
+        "SUPPCM",
+        "DS",
+        "IE",
+        "SV",
+        "PR",
+        "VS",
+        "LB",
+        "SUPPLB",
+        "SUPPVS",
+    } <= names
     for name in names:
         dataset = _json(content, name)
         jsonschema.validate(dataset, schema)
@@ -107,14 +166,18 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
     with zipfile.ZipFile(io.BytesIO(content["sdtm-package.zip"])) as package:
         packed = {name: package.read(name) for name in package.namelist()}
     assert {name: data for name, data in packed.items() if name != "manifest.json"} == {
-        name: data for name, data in content.items() if name != "sdtm-package.zip"}
+        name: data for name, data in content.items() if name != "sdtm-package.zip"
+    }
     assert [f["file"] for f in orjson.loads(packed["manifest.json"])["files"]] == [
-        e["url"].rsplit("/", 1)[1] for e in manifest["output"] if e["type"] != "package"]
+        e["url"].rsplit("/", 1)[1] for e in manifest["output"] if e["type"] != "package"
+    ]
     define = etree.fromstring(content["define.xml"])
     validator = define_schema()
     assert validator.validate(define), validator.error_log
-    described = {g.get("Name"): [etree.QName(r).localname and r.get("ItemOID")
-                                 for r in g.iterfind("odm:ItemRef", ODM)] for g in define.iterfind(".//odm:ItemGroupDef", ODM)}
+    described = {
+        g.get("Name"): [etree.QName(r).localname and r.get("ItemOID") for r in g.iterfind("odm:ItemRef", ODM)]
+        for g in define.iterfind(".//odm:ItemGroupDef", ODM)
+    }
     assert set(described) == names
     for name in names:
         assert described[name] == [c["itemOID"] for c in _json(content, name)["columns"]]
@@ -133,18 +196,37 @@ def test_dm_of_a_randomised_subject(study):
     consent = RANDOMISED_SURGERY + timedelta(days=14)
     assert allocation["randomisation_date"] == on_day(22) and allocation["stratum"] == "S01-BC"
     assert dm[subject["id"]] == {
-        "STUDYID": STUDY, "DOMAIN": "DM", "USUBJID": f"{STUDY}-{subject['id']}", "SUBJID": subject["id"],
-        "RFSTDTC": on_day(22), "RFICDTC": on_day(14), "SITEID": "S01",
-        "AGE": consent.year - 1970 - (consent.timetuple()[1:3] < (5, 1)), "AGEU": "YEARS", "SEX": "F",
-        "ARMCD": allocation["arm"], "ARM": label[allocation["arm"]], "ACTARMCD": allocation["arm"],
-        "ACTARM": label[allocation["arm"]], "ARMNRS": None}
+        "STUDYID": STUDY,
+        "DOMAIN": "DM",
+        "USUBJID": f"{STUDY}-{subject['id']}",
+        "SUBJID": subject["id"],
+        "RFSTDTC": on_day(22),
+        "RFICDTC": on_day(14),
+        "SITEID": "S01",
+        "AGE": consent.year - 1970 - (consent.timetuple()[1:3] < (5, 1)),
+        "AGEU": "YEARS",
+        "SEX": "F",
+        "ARMCD": allocation["arm"],
+        "ARM": label[allocation["arm"]],
+        "ACTARMCD": allocation["arm"],
+        "ACTARM": label[allocation["arm"]],
+        "ARMNRS": None,
+    }
     for other, reason in ((subject["ineligible"], "SCREEN FAILURE"), (subject["waiting"], "NOT ASSIGNED")):
         row = dm[other["id"]]
         assert (row["ARMCD"], row["ARM"], row["ACTARMCD"], row["ACTARM"], row["RFSTDTC"], row["ARMNRS"]) == (
-            None, None, None, None, None, reason)
+            None,
+            None,
+            None,
+            None,
+            None,
+            reason,
+        )
     supp = [row for row in _records(_json(content, "SUPPDM")) if row["USUBJID"].endswith(subject["id"])]
     assert {row["QNAM"]: (row["QVAL"], row["RDOMAIN"], row["IDVAR"]) for row in supp} == {
-        "RANDNO": (allocation["randomisation_number"], "DM", None), "STRATUM": ("S01-BC", "DM", None)}
+        "RANDNO": (allocation["randomisation_number"], "DM", None),
+        "STRATUM": ("S01-BC", "DM", None),
+    }
     assert not [row for row in _records(_json(content, "SUPPDM")) if row["USUBJID"].endswith(subject["waiting"]["id"])]
 
 
@@ -154,17 +236,28 @@ def test_ds_for_the_randomisation(study):
     assert ds["RANDOMIZED"]["DSSTDTC"] == on_day(22) and ds["RANDOMIZED"]["DSSTDY"] == 1
     assert ds["RANDOMIZED"]["DSCAT"] == "PROTOCOL MILESTONE" and ds["RANDOMIZED"]["VISIT"]
     assert ds["INFORMED CONSENT OBTAINED"]["DSSTDTC"] == on_day(14) and ds["INFORMED CONSENT OBTAINED"]["DSSTDY"] == -8
-    assert not [row for row in _records(_json(content, "DS"))
-                if row["USUBJID"].endswith(subject["ineligible"]["id"]) and row["DSDECOD"] == "RANDOMIZED"]
+    assert not [
+        row
+        for row in _records(_json(content, "DS"))
+        if row["USUBJID"].endswith(subject["ineligible"]["id"]) and row["DSDECOD"] == "RANDOMIZED"
+    ]
 
 
 def test_lb_converted_unit_defaulted_uln_and_origin(study):
     server, subject, _, content = study
-    lb = {row["LBTESTCD"]: row for row in _records(_json(content, "LB"))
-          if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] != "UNSCHEDULED"}
+    lb = {
+        row["LBTESTCD"]: row
+        for row in _records(_json(content, "LB"))
+        if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] != "UNSCHEDULED"
+    }
     bili = lb["BILI"]
     assert (bili["LBORRES"], bili["LBORRESU"], bili["LBSTRESC"], bili["LBSTRESN"], bili["LBSTRESU"]) == (
-        "1.2", "mg/dL", "20.52", 20.52, "umol/L")
+        "1.2",
+        "mg/dL",
+        "20.52",
+        20.52,
+        "umol/L",
+    )
     assert bili["LBSTNRHI"] == 21.0 and bili["LBORNRHI"].startswith("1.22807017")  # 21 umol/L in mg/dL
     assert bili["LBDTC"] == on_day(21) and bili["LBDY"] == -1 and bili["VISIT"] and bili["LBSPEC"] == "SERUM"
     ast = lb["AST"]
@@ -180,10 +273,19 @@ def test_lb_converted_unit_defaulted_uln_and_origin(study):
         kind, resource_id, _, version = reference.split("/")
         observation = http.get(f"/fhir/{kind}/{resource_id}/_history/{version}").json()
     assert observation["valueQuantity"]["value"] == 13.2 and observation["code"]["coding"][0]["code"] == "718-7"
-    [unscheduled] = [row for row in _records(_json(content, "LB"))
-                     if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] == "UNSCHEDULED"]
-    assert (unscheduled["LBTESTCD"], unscheduled["LBORRES"], unscheduled["LBSTRESN"], unscheduled["VISITNUM"],
-            unscheduled["LBDTC"], unscheduled["LBDY"]) == ("HGB", "12.4", 124.0, None, on_day(-50), -72)
+    [unscheduled] = [
+        row
+        for row in _records(_json(content, "LB"))
+        if row["USUBJID"].endswith(subject["id"]) and row["VISIT"] == "UNSCHEDULED"
+    ]
+    assert (
+        unscheduled["LBTESTCD"],
+        unscheduled["LBORRES"],
+        unscheduled["LBSTRESN"],
+        unscheduled["VISITNUM"],
+        unscheduled["LBDTC"],
+        unscheduled["LBDY"],
+    ) == ("HGB", "12.4", 124.0, None, on_day(-50), -72)
     vs = {row["VSTESTCD"]: row for row in _records(_json(content, "VS")) if row["USUBJID"].endswith(subject["id"])}
     assert (vs["WEIGHT"]["VSSTRESN"], vs["WEIGHT"]["VSSTRESU"], vs["HEIGHT"]["VSSTRESN"]) == (60.0, "kg", 165.0)
     ctc = lb["CTC"]
@@ -195,7 +297,9 @@ def test_ie_for_an_ineligible_subject_and_sv(study):
     ineligible = subject["ineligible"]
     ie = [row for row in _records(_json(content, "IE")) if row["USUBJID"] == f"{STUDY}-{ineligible['id']}"]
     assert {row["IETESTCD"]: (row["IECAT"], row["IEORRES"], row["IESTRESC"]) for row in ie} == {
-        "I05": ("INCLUSION", "N", "N"), "E03": ("EXCLUSION", "Y", "Y")}  # ECOG 3: inclusion ECOG 0-1 fails, exclusion ECOG >= 2 applies
+        "I05": ("INCLUSION", "N", "N"),
+        "E03": ("EXCLUSION", "Y", "Y"),
+    }  # ECOG 3: inclusion ECOG 0-1 fails, exclusion ECOG >= 2 applies
     [e03] = [row for row in ie if row["IETESTCD"] == "E03"]
     assert e03["IEDTC"] == subject["ineligible_r"] and e03["VISIT"] and e03["IETEST"] == "Latest ECOG >= 2"
     assert not [row for row in _records(_json(content, "IE")) if row["USUBJID"].endswith(subject["id"])]  # eligible
@@ -210,19 +314,51 @@ def test_ae_and_cm_from_the_log_entries_withdrawn_left_out(study):
     _, subject, _, content = study
     ae = [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["id"])]
     assert [(row["AESEQ"], row["AETERM"], row["AEDECOD"], row["AETOXGR"]) for row in ae] == [
-        (1, "sore red palms", "Palmar-plantar erythrodysesthesia syndrome", "3"), (2, "Diarrhea", "Diarrhea", "2")]
+        (1, "sore red palms", "Palmar-plantar erythrodysesthesia syndrome", "3"),
+        (2, "Diarrhea", "Diarrhea", "2"),
+    ]
     first, second = ae
     assert (first["AESEV"], first["AESER"], first["AEACN"], first["AEOUT"], first["AESHOSP"], first["AESDTH"]) == (
-        "SEVERE", "Y", "DOSE REDUCED", "RECOVERED/RESOLVED", "Y", "N")
+        "SEVERE",
+        "Y",
+        "DOSE REDUCED",
+        "RECOVERED/RESOLVED",
+        "Y",
+        "N",
+    )
     assert (first["AESTDTC"], first["AEENDTC"], first["AESTDY"], first["AEENDY"]) == (on_day(15), on_day(20), -7, -2)
-    assert (second["AESER"], second["AESHOSP"], second["AEENDTC"], second["AEOUT"]) == ("N", None, None, "RECOVERING/RESOLVING")
-    supp = {(row["IDVARVAL"], row["QNAM"]): row["QVAL"] for row in _records(_json(content, "SUPPAE"))
-            if row["USUBJID"].endswith(subject["id"])}
-    assert (supp[("1", "AERELPD1")], supp[("1", "AERELSOR")], supp[("1", "AEIMMREL")]) == ("NOT RELATED", "RELATED", "N")
+    assert (second["AESER"], second["AESHOSP"], second["AEENDTC"], second["AEOUT"]) == (
+        "N",
+        None,
+        None,
+        "RECOVERING/RESOLVING",
+    )
+    supp = {
+        (row["IDVARVAL"], row["QNAM"]): row["QVAL"]
+        for row in _records(_json(content, "SUPPAE"))
+        if row["USUBJID"].endswith(subject["id"])
+    }
+    assert (supp[("1", "AERELPD1")], supp[("1", "AERELSOR")], supp[("1", "AEIMMREL")]) == (
+        "NOT RELATED",
+        "RELATED",
+        "N",
+    )
     assert supp[("1", "FHIRREF")].startswith("AdverseEvent/")
     cm = [row for row in _records(_json(content, "CM")) if row["USUBJID"].endswith(subject["id"])]
-    assert [(row["CMTRT"], row["CMCLAS"], row["CMCLASCD"], row["CMINDC"], row["CMENRTPT"], row["CMSTDTC"],
-             row["CMENDTC"], row["CMSTDY"]) for row in cm] == [
+    assert [
+        (
+            row["CMTRT"],
+            row["CMCLAS"],
+            row["CMCLASCD"],
+            row["CMINDC"],
+            row["CMENRTPT"],
+            row["CMSTDTC"],
+            row["CMENDTC"],
+            row["CMSTDY"],
+        )
+        for row in cm
+    ] == [
         ("Paracetamol 1 g", "NERVOUS SYSTEM", "N", "fever", "ONGOING", on_day(16), None, -6),
-        ("Loperamide", "ALIMENTARY TRACT AND METABOLISM", "A", "diarrhoea", None, on_day(16), on_day(19), -6)]
+        ("Loperamide", "ALIMENTARY TRACT AND METABOLISM", "A", "diarrhoea", None, on_day(16), on_day(19), -6),
+    ]
     assert not [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["ineligible"]["id"])]

@@ -5,6 +5,7 @@ resource that carries `urn:rt|V`) or come from tokens whose other site claims di
 16 requests at once, released together by a barrier, 4 times each; on SQLite writers take turns anyway, on
 PostgreSQL they are serialised by an advisory lock on the criteria normalised without systems or sites.
 """
+
 import threading
 import uuid
 
@@ -26,10 +27,15 @@ def subject(server):
 
 
 def _observation(subject_id: str, value: str) -> dict:
-    return {"resourceType": "Observation", "status": "final", "identifier": [{"system": "urn:rt", "value": value}],
-            "code": {"coding": [{"system": LOINC, "code": "718-7"}]}, "subject": {"reference": f"Patient/{subject_id}"},
-            "effectiveDateTime": "2026-03-02", "valueQuantity": {"value": 13.2, "unit": "g/dL",
-                                                                  "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "identifier": [{"system": "urn:rt", "value": value}],
+        "code": {"coding": [{"system": LOINC, "code": "718-7"}]},
+        "subject": {"reference": f"Patient/{subject_id}"},
+        "effectiveDateTime": "2026-03-02",
+        "valueQuantity": {"value": 13.2, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
+    }
 
 
 def _race(server, subject_id: str, variants) -> tuple[list[int], str]:
@@ -40,11 +46,15 @@ def _race(server, subject_id: str, variants) -> tuple[list[int], str]:
 
     def one(index: int) -> None:
         token, criteria = variants[index % len(variants)]
-        with httpx.Client(base_url=server.base_url, timeout=120,
-                          headers={"Authorization": f"Bearer {token}", **FHIR_JSON}) as http:
+        with httpx.Client(
+            base_url=server.base_url, timeout=120, headers={"Authorization": f"Bearer {token}", **FHIR_JSON}
+        ) as http:
             barrier.wait()
-            response = http.post("/fhir/Observation", json=_observation(subject_id, value),
-                                 headers={"If-None-Exist": criteria.format(value=value)})
+            response = http.post(
+                "/fhir/Observation",
+                json=_observation(subject_id, value),
+                headers={"If-None-Exist": criteria.format(value=value)},
+            )
             statuses[index] = response.status_code
 
     threads = [threading.Thread(target=one, args=(index,)) for index in range(CONCURRENT)]
@@ -73,8 +83,9 @@ def test_criteria_written_two_ways_give_one_resource(server, subject, repetition
 @pytest.mark.parametrize("repetition", range(REPETITIONS))
 def test_tokens_with_different_other_sites_give_one_resource(server, subject, repetition):
     one_site, two_sites = server.token("investigator", "S01"), server.token("investigator", "S01", "S02")
-    statuses, value = _race(server, subject, [(one_site, "identifier=urn:rt|{value}"),
-                                              (two_sites, "identifier=urn:rt|{value}")])
+    statuses, value = _race(
+        server, subject, [(one_site, "identifier=urn:rt|{value}"), (two_sites, "identifier=urn:rt|{value}")]
+    )
     assert statuses.count(201) == 1 and set(statuses) <= {200, 201}, statuses
     assert _stored(server, value) == 1
 
@@ -82,7 +93,15 @@ def test_tokens_with_different_other_sites_give_one_resource(server, subject, re
 @pytest.mark.parametrize("repetition", range(REPETITIONS))
 def test_both_at_once_give_one_resource(server, subject, repetition):
     one_site, two_sites = server.token("investigator", "S01"), server.token("investigator", "S01", "S02")
-    statuses, value = _race(server, subject, [(one_site, "identifier=urn:rt|{value}"), (two_sites, "identifier={value}"),
-                                              (two_sites, "identifier=urn:rt|{value}"), (one_site, "identifier={value}")])
+    statuses, value = _race(
+        server,
+        subject,
+        [
+            (one_site, "identifier=urn:rt|{value}"),
+            (two_sites, "identifier={value}"),
+            (two_sites, "identifier=urn:rt|{value}"),
+            (one_site, "identifier={value}"),
+        ],
+    )
     assert statuses.count(201) == 1 and set(statuses) <= {200, 201}, statuses
     assert _stored(server, value) == 1

@@ -1,5 +1,6 @@
 """`ecrf demo` makes an eligible, an ineligible and an incomplete subject through the public API and one EHR
 Bundle, in process or against a server, and says for each what to open and why it has its status."""
+
 import os
 import re
 import subprocess
@@ -17,8 +18,9 @@ def test_demo_command_on_a_fresh_sqlite_database(tmp_path):
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     env = {**os.environ, "ECRF_DATABASE_URL": url, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     env.pop("ECRF_JWT_SECRET", None)
-    result = subprocess.run([sys.executable, "-m", "ecrf.cli", "demo"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "ecrf.cli", "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("  subject ") == 3 and result.stdout.strip().endswith("demo: done")
     _check_statuses_and_links(result.stdout, "http://127.0.0.1:8000")
@@ -30,8 +32,14 @@ def test_demo_command_on_a_fresh_sqlite_database(tmp_path):
     assert len(subjects) == 3 and {s.site for s in subjects} == {"S01"}
     assert len(forms) == 17 and {f.status for f in forms} == {"complete"}
     assert {f.form_id for f in forms} == {"demographics", "baseline", "labs", "surgery", "pathology", "history"}
-    verify = subprocess.run([sys.executable, "-m", "ecrf.cli", "audit", "verify"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    verify = subprocess.run(
+        [sys.executable, "-m", "ecrf.cli", "audit", "verify"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stderr
 
 

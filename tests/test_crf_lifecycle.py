@@ -1,4 +1,5 @@
 """Form lifecycle (verify, sign, lock, unlock) with its roles, reason for change, If-Match, audit trail."""
+
 import hashlib
 import os
 import subprocess
@@ -51,16 +52,26 @@ def test_full_lifecycle_with_the_right_roles(server, labs):
     assert edited.json()["verified"] is None and edited.json()["signature"] is None
 
 
-@pytest.mark.parametrize("step,body,allowed", [
-    ("verify", None, {"monitor"}),
-    ("sign", {"meaning": "approved"}, {"investigator"}),
-    ("lock", None, {"data_manager"}),
-    ("unlock", {"reason": "r"}, {"data_manager"}),
-])
+@pytest.mark.parametrize(
+    "step,body,allowed",
+    [
+        ("verify", None, {"monitor"}),
+        ("sign", {"meaning": "approved"}, {"investigator"}),
+        ("lock", None, {"data_manager"}),
+        ("unlock", {"reason": "r"}, {"data_manager"}),
+    ],
+)
 def test_each_transition_is_refused_to_every_other_role(server, labs, step, body, allowed):
     _, url = labs
-    for role, sites in (("investigator", ("S01",)), ("coordinator", ("S01",)), ("monitor", ("S01",)),
-                        ("data_manager", ()), ("sponsor", ()), ("ehr", ("S01",)), ("admin", ())):
+    for role, sites in (
+        ("investigator", ("S01",)),
+        ("coordinator", ("S01",)),
+        ("monitor", ("S01",)),
+        ("data_manager", ()),
+        ("sponsor", ()),
+        ("ehr", ("S01",)),
+        ("admin", ()),
+    ):
         if role in allowed:
             continue
         with server.client(role, *sites) as http:
@@ -86,7 +97,9 @@ def test_editing_a_complete_form_needs_a_reason(server, labs):
     subject_id, _ = labs
     with server.client("coordinator", "S01") as http:
         assert errors_of(save(http, subject_id, "labs", {"hemoglobin": 128})) == {("reason", "reason_required")}
-        assert errors_of(save(http, subject_id, "labs", {"hemoglobin": 128}, reason="  ")) == {("reason", "reason_required")}
+        assert errors_of(save(http, subject_id, "labs", {"hemoglobin": 128}, reason="  ")) == {
+            ("reason", "reason_required")
+        }
         assert save(http, subject_id, "labs", {"hemoglobin": 128}, reason="lab re-run").status_code == 200
 
 
@@ -102,7 +115,10 @@ def test_stale_if_match_is_412_and_nothing_is_overwritten(server, labs):
         assert second.status_code == 412 and "read it again" in second.json()["detail"]
         after = bob.get(url).json()
         assert after["items"]["hemoglobin"]["value"] == 140 and after["version"] == first.json()["version"]
-        assert save(bob, subject_id, "labs", {"hemoglobin": 99}, reason="x", headers={"If-Match": "garbage"}).status_code == 412
+        assert (
+            save(bob, subject_id, "labs", {"hemoglobin": 99}, reason="x", headers={"If-Match": "garbage"}).status_code
+            == 412
+        )
     with server.client("monitor", "S01") as http:
         assert http.post(url + "/verify", headers={"If-Match": etag}).status_code == 412
         assert http.post(url + "/verify", headers={"If-Match": first.headers["etag"]}).status_code == 200
@@ -113,8 +129,9 @@ def test_if_match_takes_the_forms_the_fhir_door_takes(server, labs, form):
     subject_id, url = labs
     with server.client("coordinator", "S01") as http:
         version = http.get(url).json()["version"]
-        saved = save(http, subject_id, "labs", {"hemoglobin": 141}, reason="re-run",
-                     headers={"If-Match": form.format(v=version)})
+        saved = save(
+            http, subject_id, "labs", {"hemoglobin": 141}, reason="re-run", headers={"If-Match": form.format(v=version)}
+        )
         assert saved.status_code == 200, saved.text
         assert saved.json()["version"] == version + 1
 
@@ -133,8 +150,13 @@ def test_if_match_that_names_no_version_is_412_as_such(server, labs, etag):
 def test_audit_shows_who_what_old_new_reason_source_and_version(server, labs):
     subject_id, url = labs
     with server.client("investigator", "S01", sub="dr-wei") as http:
-        save(http, subject_id, "labs", {"hemoglobin": {"value": 12.5, "unit": "g/dL"}, "platelets": 200},
-             reason="transcription error")
+        save(
+            http,
+            subject_id,
+            "labs",
+            {"hemoglobin": {"value": 12.5, "unit": "g/dL"}, "platelets": 200},
+            reason="transcription error",
+        )
     with server.client("monitor", "S01") as http:
         http.post(url + "/verify", json={"reason": "SDV done"})
     with server.client("monitor", "S01") as http:
@@ -178,14 +200,38 @@ def test_the_chain_links_each_entry_to_the_previous_one_and_verifies(server, lab
     with server.client("admin") as http:
         entries = http.get(f"/api/v1/subjects/{subject_id}/audit", params={"limit": 500}).json()["items"]
     for entry in entries:
-        payload = {key: entry[key] for key in ("seq", "action", "source", "patient_id", "form_id", "visit_id",
-                                               "item_id", "old_value", "new_value", "reason", "resource",
-                                               "resource_version", "prev_hash")}
-        payload.update(actor_sub=entry["who"]["sub"], actor_role=entry["who"]["role"], actor_site=entry["who"]["site"],
-                       at=datetime.fromisoformat(entry["at"]).astimezone(UTC).isoformat(timespec="microseconds"))
+        payload = {
+            key: entry[key]
+            for key in (
+                "seq",
+                "action",
+                "source",
+                "patient_id",
+                "form_id",
+                "visit_id",
+                "item_id",
+                "old_value",
+                "new_value",
+                "reason",
+                "resource",
+                "resource_version",
+                "prev_hash",
+            )
+        }
+        payload.update(
+            actor_sub=entry["who"]["sub"],
+            actor_role=entry["who"]["role"],
+            actor_site=entry["who"]["site"],
+            at=datetime.fromisoformat(entry["at"]).astimezone(UTC).isoformat(timespec="microseconds"),
+        )
         assert hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest() == entry["hash"]
-    result = subprocess.run([sys.executable, "-m", "ecrf.cli", "audit", "verify"], capture_output=True, text=True,
-                            env={**os.environ, "ECRF_DATABASE_URL": server.settings.database_url}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "ecrf.cli", "audit", "verify"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ECRF_DATABASE_URL": server.settings.database_url},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "chain intact" in result.stdout
 

@@ -1,4 +1,5 @@
 """Every accepted unit of every quantity item, through the API, converted exactly to the canonical unit."""
+
 from decimal import Decimal
 
 import pytest
@@ -60,16 +61,21 @@ def test_each_accepted_unit_is_converted_with_its_factor(server, form_id):
 def test_a_bare_number_is_in_the_canonical_unit(server):
     with server.client("investigator", "S01") as http:
         subject = enrol(http)
-        response = save(http, subject["id"], "demographics", {**VALID["demographics"][2], "weight": 72.5, "height": 170})
+        response = save(
+            http, subject["id"], "demographics", {**VALID["demographics"][2], "weight": 72.5, "height": 170}
+        )
     items = response.json()["items"]
     assert (items["weight"]["value"], items["weight"]["unit"]) == (72.5, "kg")
     assert (items["height"]["value"], items["height"]["unit"]) == (170, "cm")
 
 
-@pytest.mark.parametrize("item_id,entered,unit,canonical", [
-    ("weight", "150", "[lb_av]", "68.0388555"),
-    ("height", "65", "[in_i]", "165.10"),
-])
+@pytest.mark.parametrize(
+    "item_id,entered,unit,canonical",
+    [
+        ("weight", "150", "[lb_av]", "68.0388555"),
+        ("height", "65", "[in_i]", "165.10"),
+    ],
+)
 def test_spec_factors_are_exact(server, item_id, entered, unit, canonical):
     with server.client("investigator", "S01") as http:
         subject = enrol(http)

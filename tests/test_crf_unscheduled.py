@@ -1,5 +1,6 @@
 """EHR results outside every window of their form are kept as its unscheduled results (CRF-SPEC 2): the
 read-only pseudo-visit UNS of the form view and rows with visit UNS in the form's CSV export."""
+
 import csv
 import io
 
@@ -42,12 +43,22 @@ def test_results_outside_every_window_are_listed_by_date_under_uns(server):
     assert response.status_code == 200, response.text
     view = response.json()
     assert (view["subject_id"], view["form_id"], view["visit_id"], view["day_zero"]) == (
-        subject["id"], "labs", "UNS", day(0))
+        subject["id"],
+        "labs",
+        "UNS",
+        day(0),
+    )
     assert [(r["date"], r["study_day"], sorted(r["items"])) for r in view["results"]] == [
-        (day(50), 50, ["alt"]), (day(60), 60, ["hemoglobin", "platelets"])]
+        (day(50), 50, ["alt"]),
+        (day(60), 60, ["hemoglobin", "platelets"]),
+    ]
     hemoglobin = view["results"][1]["items"]["hemoglobin"]
     assert (hemoglobin["value"], hemoglobin["uln"], hemoglobin["source"], hemoglobin["effective"]) == (
-        121.0, 175.0, "fhir", day(60))
+        121.0,
+        175.0,
+        "fhir",
+        day(60),
+    )
     assert hemoglobin["resource"] == f"Observation/{ids['hemoglobin']}"
     assert scr["items"]["hemoglobin"]["resource"] == f"Observation/{ids['scr']}" and "alternatives" not in scr["items"]
     assert set(m1["items"]) == {"albumin"} and m1["items"]["albumin"]["source"] == "form"
@@ -64,15 +75,17 @@ def test_before_the_surgery_date_every_ehr_result_is_unscheduled_until_it_can_be
         scr = http.get(path(subject["id"], "labs", "SCR")).json()
     assert before["day_zero"] is None
     assert [(r["date"], r["study_day"], r["items"]["hemoglobin"]["resource"]) for r in before["results"]] == [
-        (day(21), None, f"Observation/{hemoglobin}")]
+        (day(21), None, f"Observation/{hemoglobin}")
+    ]
     assert after["results"] == [] and scr["items"]["hemoglobin"]["resource"] == f"Observation/{hemoglobin}"
 
 
 def test_uns_is_read_only_and_scoped_to_the_callers_sites(server):
     subject, _ = _subject_with_results(server)
     with server.client("investigator", "S01") as http:
-        refused = http.put(path(subject["id"], "labs", "UNS"), json={"items": {"hemoglobin": 120},
-                                                                      "visit_date": day(60)})
+        refused = http.put(
+            path(subject["id"], "labs", "UNS"), json={"items": {"hemoglobin": 120}, "visit_date": day(60)}
+        )
         unchanged = http.get(path(subject["id"], "labs", "UNS")).json()
         unknown_form = http.get(path(subject["id"], "no_such_form", "UNS"))
     with server.client("investigator", "S02") as http:
@@ -93,10 +106,19 @@ def test_the_form_csv_has_a_row_per_subject_and_unscheduled_date(server):
     assert identified.status_code == 200 and deidentified.status_code == 200
     rows = [row for row in csv.DictReader(io.StringIO(identified.text)) if row["subject"] == subject["id"]]
     assert [(r["visit"], r["visit_date"], r["study_day"]) for r in rows] == [
-        ("SCR", day(21), "21"), ("M1", day(50), "50"), ("UNS", day(50), "50"), ("UNS", day(60), "60")]
+        ("SCR", day(21), "21"),
+        ("M1", day(50), "50"),
+        ("UNS", day(50), "50"),
+        ("UNS", day(60), "60"),
+    ]
     unscheduled = {r["visit_date"]: r for r in rows if r["visit"] == "UNS"}
     assert unscheduled[day(50)]["alt [U/L]"] == "30" and unscheduled[day(50)]["hemoglobin [g/L]"] == ""
-    assert float(unscheduled[day(60)]["hemoglobin [g/L]"]) == 121 and unscheduled[day(60)]["platelets [10*9/L]"] == "150"
-    shared = [r for r in csv.DictReader(io.StringIO(deidentified.text))
-              if r["visit"] == "UNS" and r["study_day"] == "60" and r["platelets [10*9/L]"] == "150"]
+    assert (
+        float(unscheduled[day(60)]["hemoglobin [g/L]"]) == 121 and unscheduled[day(60)]["platelets [10*9/L]"] == "150"
+    )
+    shared = [
+        r
+        for r in csv.DictReader(io.StringIO(deidentified.text))
+        if r["visit"] == "UNS" and r["study_day"] == "60" and r["platelets [10*9/L]"] == "150"
+    ]
     assert shared and all(r["visit_date"] != day(60) and r["subject"] != subject["id"] for r in shared)

@@ -1,6 +1,7 @@
 """A database outage is 503 with Retry-After, not 409 (issue 17, finding 8). PostgreSQL: the outage is made
 for real, by refusing new connections to the server's database and terminating the ones it holds (as a
 restart does), then lifted: the same server answers again without a restart of its own."""
+
 import secrets
 import time
 
@@ -18,8 +19,7 @@ from tests.fhir_builders import FHIR_JSON, bundle, lab, patient, post, urn
 def pg_server():
     require_postgres()
     with postgres_database("ecrf_outage") as (url, name):
-        settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), export_worker=False,
-                            _env_file=None)
+        settings = Settings(database_url=url, jwt_secret=secrets.token_urlsafe(32), export_worker=False, _env_file=None)
         with running_server(settings) as server:
             yield server, name
 
@@ -54,8 +54,9 @@ def test_an_outage_is_503_with_retry_after_and_service_comes_back(pg_server):
                 assert response.json()["resourceType"] == "OperationOutcome"
                 assert response.json()["issue"][0]["code"] == "transient"
             _unavailable(ehr.get("/fhir/Observation", params={"code": "718-7"}))
-            response = investigator.post("/api/v1/subjects", json={"site": "S01", "mrn": urn()[-12:],
-                                                                   "consent_date": "2026-01-05"})
+            response = investigator.post(
+                "/api/v1/subjects", json={"site": "S01", "mrn": urn()[-12:], "consent_date": "2026-01-05"}
+            )
             _unavailable(response)
             assert "unavailable" in response.json()["detail"]
             _unavailable(investigator.get("/api/v1/subjects"))

@@ -1,5 +1,6 @@
 """EHR data keep the dates they were sent with (CRF-SPEC 3): a dateTime with an offset is placed, windowed
 and ordered by its own calendar date, never by its date in UTC. The study's site is at +08:00."""
+
 from datetime import UTC, date, datetime
 
 import orjson
@@ -87,32 +88,59 @@ def test_the_migration_fills_the_date_as_sent_of_existing_facts(database_url, tm
                 if head != "0009_local_dates":
                     command.upgrade(config, head)
             rows = {
-                "sent-with-offset": ("Observation", {"effectiveDateTime": "2026-11-12T07:00:00+08:00"},
-                                     datetime(2026, 11, 11, 23, 0, tzinfo=UTC)),
-                "condition-onset": ("Condition", {"onsetDateTime": "2026-11-12T01:00:00+09:00"},
-                                    datetime(2026, 11, 11, 16, 0, tzinfo=UTC)),
-                "unreadable-content": ("Observation", {"effectiveDateTime": "soon"},
-                                       datetime(2026, 11, 11, 23, 0, tzinfo=UTC)),
+                "sent-with-offset": (
+                    "Observation",
+                    {"effectiveDateTime": "2026-11-12T07:00:00+08:00"},
+                    datetime(2026, 11, 11, 23, 0, tzinfo=UTC),
+                ),
+                "condition-onset": (
+                    "Condition",
+                    {"onsetDateTime": "2026-11-12T01:00:00+09:00"},
+                    datetime(2026, 11, 11, 16, 0, tzinfo=UTC),
+                ),
+                "unreadable-content": (
+                    "Observation",
+                    {"effectiveDateTime": "soon"},
+                    datetime(2026, 11, 11, 23, 0, tzinfo=UTC),
+                ),
                 "timeless": ("Patient", {}, None),
             }
             with engine.begin() as connection:
                 for resource_id, (resource_type, content, effective) in rows.items():
-                    connection.execute(text(
-                        "INSERT INTO resource_version (resource_type, resource_id, version_id, last_updated, deleted,"
-                        " patient_id, content, author_sub, author_role, source) VALUES (:type, :id, 1, :now, false,"
-                        " 'p1', :content, 'tester', 'ehr', 'fhir')"),
-                        {"type": resource_type, "id": resource_id, "now": datetime.now(UTC),
-                         "content": orjson.dumps({"resourceType": resource_type, "id": resource_id, **content}).decode()})
-                    connection.execute(text(
-                        "INSERT INTO item_fact (resource_type, resource_id, version_id, patient_id, form_id, item_id,"
-                        " value_text, effective, source) VALUES (:type, :id, 1, 'p1', 'f', 'i', 'x', :effective, 'fhir')"),
-                        {"type": resource_type, "id": resource_id, "effective": effective})
+                    connection.execute(
+                        text(
+                            "INSERT INTO resource_version (resource_type, resource_id, version_id, last_updated, deleted,"
+                            " patient_id, content, author_sub, author_role, source) VALUES (:type, :id, 1, :now, false,"
+                            " 'p1', :content, 'tester', 'ehr', 'fhir')"
+                        ),
+                        {
+                            "type": resource_type,
+                            "id": resource_id,
+                            "now": datetime.now(UTC),
+                            "content": orjson.dumps(
+                                {"resourceType": resource_type, "id": resource_id, **content}
+                            ).decode(),
+                        },
+                    )
+                    connection.execute(
+                        text(
+                            "INSERT INTO item_fact (resource_type, resource_id, version_id, patient_id, form_id, item_id,"
+                            " value_text, effective, source) VALUES (:type, :id, 1, 'p1', 'f', 'i', 'x', :effective, 'fhir')"
+                        ),
+                        {"type": resource_type, "id": resource_id, "effective": effective},
+                    )
             command.upgrade(config, "heads")
             with engine.connect() as connection:
                 found = dict(connection.execute(text("SELECT resource_id, effective_date FROM item_fact")).all())
         finally:
             engine.dispose()
-    found = {key: (value if isinstance(value, date) or value is None else date.fromisoformat(value))
-             for key, value in found.items()}
-    assert found == {"sent-with-offset": date(2026, 11, 12), "condition-onset": date(2026, 11, 12),
-                     "unreadable-content": date(2026, 11, 11), "timeless": None}
+    found = {
+        key: (value if isinstance(value, date) or value is None else date.fromisoformat(value))
+        for key, value in found.items()
+    }
+    assert found == {
+        "sent-with-offset": date(2026, 11, 12),
+        "condition-onset": date(2026, 11, 12),
+        "unreadable-content": date(2026, 11, 11),
+        "timeless": None,
+    }

@@ -2,6 +2,7 @@
 
 Real commands in subprocesses (the console entry point through `python -m ecrf.cli`), a real server.
 """
+
 import os
 import stat
 import subprocess
@@ -24,8 +25,9 @@ def _env(config_home: Path, **extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ecrf.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ecrf.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -39,8 +41,13 @@ def serve(tmp_path):
         port = free_port()
         env = {**env, "ECRF_DATABASE_URL": f"sqlite:///{where / 'ecrf.db'}", "ECRF_EXPORT_WORKER": "false"}
         log = open(where / "serve.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],
-                                   env=env, cwd=where, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=where,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append(process)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -89,8 +96,7 @@ def test_secret_file_setting_overrides_the_config_dir(tmp_path, serve):
 def test_a_token_signed_with_another_secret_is_refused_with_the_way_to_a_matching_one(tmp_path, serve):
     server_env = _env(tmp_path / "server-config")
     url = serve(server_env)
-    other = _cli("token", "--role", "investigator", "--site", "S01", env=_env(tmp_path / "other-config"),
-                 cwd=tmp_path)
+    other = _cli("token", "--role", "investigator", "--site", "S01", env=_env(tmp_path / "other-config"), cwd=tmp_path)
     assert other.returncode == 0, other.stderr
     refused = httpx.get(f"{url}/api/v1/study", headers={"Authorization": f"Bearer {other.stdout.strip()}"})
     assert refused.status_code == 401
@@ -100,8 +106,15 @@ def test_a_token_signed_with_another_secret_is_refused_with_the_way_to_a_matchin
     assert f"ECRF_JWT_SECRET_FILE={secret_file} ecrf token" in detail
     assert secret_file.read_text().strip() not in detail
     # following the hint gives a token the server accepts
-    matching = _cli("token", "--role", "investigator", "--site", "S01",
-                    env=_env(tmp_path / "other-config", ECRF_JWT_SECRET_FILE=str(secret_file)), cwd=tmp_path)
+    matching = _cli(
+        "token",
+        "--role",
+        "investigator",
+        "--site",
+        "S01",
+        env=_env(tmp_path / "other-config", ECRF_JWT_SECRET_FILE=str(secret_file)),
+        cwd=tmp_path,
+    )
     accepted = httpx.get(f"{url}/api/v1/study", headers={"Authorization": f"Bearer {matching.stdout.strip()}"})
     assert accepted.status_code == 200, accepted.text
 

@@ -1,5 +1,6 @@
 """/docs and /redoc work without internet access: every script, style and image their pages reference is
 served by this server (from the installed fastapi-offline package), none comes from elsewhere."""
+
 import re
 from urllib.parse import urljoin, urlparse
 
@@ -13,10 +14,13 @@ def _references(html: str) -> list[str]:
     return [a or b for a, b in REFERENCE.findall(html)]
 
 
-@pytest.mark.parametrize("page, needs", [
-    ("/docs", {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png", "openapi.json"}),
-    ("/redoc", {"redoc.standalone.js", "favicon.png", "openapi.json"}),
-])
+@pytest.mark.parametrize(
+    "page, needs",
+    [
+        ("/docs", {"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png", "openapi.json"}),
+        ("/redoc", {"redoc.standalone.js", "favicon.png", "openapi.json"}),
+    ],
+)
 def test_a_docs_page_and_everything_it_references_come_from_this_server(server, page, needs):
     with server.client() as http:
         response = http.get(page)

@@ -2,12 +2,21 @@
 
 The synthetic patients of tests/data/eligibility are re-used here with R moved into the past, so every
 criterion's met / not_met / unknown cases and boundaries also hold away from "today"."""
+
 from datetime import date
 
 import pytest
 
 from tests.eligibility_support import (
-    compose, condition, criterion, day, local_coded, outcomes, quantity, store_patient, variants,
+    compose,
+    condition,
+    criterion,
+    day,
+    local_coded,
+    outcomes,
+    quantity,
+    store_patient,
+    variants,
 )
 
 PATIENTS = variants()
@@ -42,8 +51,12 @@ def test_evidence_carries_references_versions_and_canonical_values(server):
 
 
 def test_uln_comes_from_the_reference_range_in_its_own_unit(server):
-    resources, forms = _patient({"creatinine": quantity("2160-0", 1.65, "mg/dL", day("R-5d", R), uln=1.1),
-                                 "crcl": quantity("35591-7", 60, "mL/min", day("R-5d", R))})
+    resources, forms = _patient(
+        {
+            "creatinine": quantity("2160-0", 1.65, "mg/dL", day("R-5d", R), uln=1.1),
+            "crcl": quantity("35591-7", 60, "mL/min", day("R-5d", R)),
+        }
+    )
     _, result = store_patient(server, resources, forms, R)
     renal = criterion(result, "I10_renal")
     creatinine = next(e for e in renal["evidence"] if e["item"] == "creatinine")
@@ -88,7 +101,9 @@ def test_without_surgery_date_the_lab_window_names_the_anchor(server):
 
 
 def test_entered_child_pugh_wins_and_the_conflict_is_reported(server):
-    resources, forms = _patient({"child_pugh_entered": local_coded("child-pugh-class", "child_pugh_class-B", day("R-31d", R))})
+    resources, forms = _patient(
+        {"child_pugh_entered": local_coded("child-pugh-class", "child_pugh_class-B", day("R-31d", R))}
+    )
     _, result = store_patient(server, resources, forms, R)
     child_pugh = criterion(result, "I04_child_pugh_a")
     assert child_pugh["result"] == "not_met"
@@ -97,11 +112,23 @@ def test_entered_child_pugh_wins_and_the_conflict_is_reported(server):
 
 
 def test_cockcroft_gault_evidence_and_exact_arithmetic(server):
-    resources, forms = _patient({"creatinine": quantity("2160-0", 100, "umol/L", day("R-5d", R), uln=97),
-                                 "patient": {"gender": "male", "birthDate": day("R-40y-1d", R)}},
-                                {"demographics": {"items": {"sex": "male", "birth_date": day("R-40y-1d", R),
-                                                            "wocbp": False, "contraception_agreed": None,
-                                                            "weight": {"value": 89.78, "unit": "[lb_av]"}}}})
+    resources, forms = _patient(
+        {
+            "creatinine": quantity("2160-0", 100, "umol/L", day("R-5d", R), uln=97),
+            "patient": {"gender": "male", "birthDate": day("R-40y-1d", R)},
+        },
+        {
+            "demographics": {
+                "items": {
+                    "sex": "male",
+                    "birth_date": day("R-40y-1d", R),
+                    "wocbp": False,
+                    "contraception_agreed": None,
+                    "weight": {"value": 89.78, "unit": "[lb_av]"},
+                }
+            }
+        },
+    )
     _, result = store_patient(server, resources, forms, R)
     renal = criterion(result, "I10_renal")
     # 89.78 lb = 40.7236... kg: (140 - 40) x 40.7236 / 81.45 < 50, no rounding after conversion
@@ -110,21 +137,49 @@ def test_cockcroft_gault_evidence_and_exact_arithmetic(server):
 
 
 def test_a_voided_condition_is_not_evidence(server):
-    resources, forms = _patient({"metastasis": condition("http://hl7.org/fhir/sid/icd-10", "C78.0", day("R-20d", R),
-                                                         verificationStatus={"coding": [{"code": "entered-in-error"}]})})
+    resources, forms = _patient(
+        {
+            "metastasis": condition(
+                "http://hl7.org/fhir/sid/icd-10",
+                "C78.0",
+                day("R-20d", R),
+                verificationStatus={"coding": [{"code": "entered-in-error"}]},
+            )
+        }
+    )
     _, result = store_patient(server, resources, forms, R)
     assert criterion(result, "E07_distant_metastasis")["result"] == "not_met"
 
 
 def test_lab_values_from_the_form_door_and_the_fhir_door_agree(server):
     fhir_resources, forms = _patient()
-    labs = {key: None for key in ("anc", "platelets", "hemoglobin", "creatinine", "ast", "alt", "bilirubin", "albumin",
-                                  "inr", "aptt")}
+    labs = {
+        key: None
+        for key in ("anc", "platelets", "hemoglobin", "creatinine", "ast", "alt", "bilirubin", "albumin", "inr", "aptt")
+    }
     form_resources, _ = _patient(labs)
-    lab_form = {"visit": "SCR", "visit_date": day("R-5d", R), "items": {
-        "anc": 2.5, "platelets": 180, "hemoglobin": {"value": 13.2, "unit": "g/dL"}, "creatinine": 80,
-        "creatinine_uln": 97, "ast": 30, "ast_uln": 40, "alt": 35, "alt_uln": 50, "bilirubin": 15,
-        "bilirubin_uln": 21, "albumin": 40, "inr": 1.0, "inr_uln": 1.2, "aptt": 30, "aptt_uln": 36}}
+    lab_form = {
+        "visit": "SCR",
+        "visit_date": day("R-5d", R),
+        "items": {
+            "anc": 2.5,
+            "platelets": 180,
+            "hemoglobin": {"value": 13.2, "unit": "g/dL"},
+            "creatinine": 80,
+            "creatinine_uln": 97,
+            "ast": 30,
+            "ast_uln": 40,
+            "alt": 35,
+            "alt_uln": 50,
+            "bilirubin": 15,
+            "bilirubin_uln": 21,
+            "albumin": 40,
+            "inr": 1.0,
+            "inr_uln": 1.2,
+            "aptt": 30,
+            "aptt_uln": 36,
+        },
+    }
     _, from_fhir = store_patient(server, fhir_resources, forms, R)
     _, from_forms = store_patient(server, form_resources, {**forms, "labs": lab_form}, R)
     assert outcomes(from_fhir) == outcomes(from_forms)
@@ -136,8 +191,11 @@ def test_lab_values_from_the_form_door_and_the_fhir_door_agree(server):
 def test_the_randomisation_date_is_r(server):
     """Once randomised, R is the randomisation date: labs count relative to it, not to the evaluation day."""
     resources, forms = _patient()
-    forms["randomisation"] = {"visit": "SCR", "visit_date": day("R-1d", R),
-                              "items": {"arm": "SORA", "randomisation_date": day("R-1d", R)}}
+    forms["randomisation"] = {
+        "visit": "SCR",
+        "visit_date": day("R-1d", R),
+        "items": {"arm": "SORA", "randomisation_date": day("R-1d", R)},
+    }
     _, later = store_patient(server, resources, forms, date(2025, 9, 1))
     assert later.randomised and later.reference_date == date.fromisoformat(day("R-1d", R))
     assert later.status == "eligible"

@@ -1,5 +1,6 @@
 """End to end: every synthetic patient of tests/data/eligibility goes in as one FHIR transaction plus the
 attestation forms through the eCRF door, and its eligibility is read over HTTP."""
+
 import pytest
 
 from tests.eligibility_support import compose, outcomes, push, variants
@@ -18,9 +19,13 @@ def test_synthetic_patient(server, variant):
     found = outcomes(body)
     expected = variant["expect"]
     assert {k: found[k] for k in expected["criteria"]} == expected["criteria"], [
-        (c["id"], c["result"], c["reason"]) for c in body["criteria"] if c["id"] in expected["criteria"]]
-    assert body["status"] == expected["status"], [(c["id"], c["result"], c["reason"]) for c in body["criteria"]
-                                                   if c["result"] != ("met" if c["kind"] == "inclusion" else "not_met")]
+        (c["id"], c["result"], c["reason"]) for c in body["criteria"] if c["id"] in expected["criteria"]
+    ]
+    assert body["status"] == expected["status"], [
+        (c["id"], c["result"], c["reason"])
+        for c in body["criteria"]
+        if c["result"] != ("met" if c["kind"] == "inclusion" else "not_met")
+    ]
     assert body["subject"] == subject_id and len(body["criteria"]) == 28
     unknown = {c["id"] for c in body["criteria"] if c["result"] == "unknown"}
     assert unknown == {m["criterion"] for m in body["missing"]}

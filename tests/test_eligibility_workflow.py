@@ -1,5 +1,6 @@
 """Eligibility as derived state over HTTP: recomputed by every write, mirrored in ResearchSubject.status,
 audited, frozen at randomisation, listed in the screening log, scoped by site."""
+
 from sqlmodel import Session, select
 
 from ecrf.audit.models import AuditEntry
@@ -15,8 +16,11 @@ def _eligibility(http, subject_id):
 
 def _audit(server, patient_id, action):
     with Session(server.runtime.engine) as session:
-        return session.exec(select(AuditEntry).where(AuditEntry.patient_id == patient_id, AuditEntry.action == action)
-                            .order_by(AuditEntry.seq)).all()
+        return session.exec(
+            select(AuditEntry)
+            .where(AuditEntry.patient_id == patient_id, AuditEntry.action == action)
+            .order_by(AuditEntry.seq)
+        ).all()
 
 
 def _patient_of(http, subject_id):
@@ -24,9 +28,14 @@ def _patient_of(http, subject_id):
 
 
 def _lab(patient_id, loinc, value, unit, when):
-    return {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient_id}"},
-            "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]}, "effectiveDateTime": when,
-            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
 
 
 def test_every_write_recomputes_status_subject_status_and_audit(server):
@@ -41,20 +50,29 @@ def test_every_write_recomputes_status_subject_status_and_audit(server):
         assert _eligibility(http, subject_id)["status"] == "eligible"
         assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "eligible"
 
-        low = http.post("/fhir/Observation", json=_lab(patient_id, "777-3", 40, "10*9/L", shift(TODAY, "R-1d").isoformat()),
-                        headers={"Content-Type": "application/fhir+json"})
+        low = http.post(
+            "/fhir/Observation",
+            json=_lab(patient_id, "777-3", 40, "10*9/L", shift(TODAY, "R-1d").isoformat()),
+            headers={"Content-Type": "application/fhir+json"},
+        )
         assert low.status_code == 201, low.text
         view = _eligibility(http, subject_id)
         assert view["status"] == "ineligible"
         assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "ineligible"
 
-        assert http.delete(f"/fhir/{low.headers['Location'].split('/_history')[0].removeprefix('/fhir/')}").status_code in (200, 204)
+        assert http.delete(
+            f"/fhir/{low.headers['Location'].split('/_history')[0].removeprefix('/fhir/')}"
+        ).status_code in (200, 204)
         assert _eligibility(http, subject_id)["status"] == "eligible"
         assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "eligible"
 
     changes = [(e.old_value, e.new_value) for e in _audit(server, patient_id, "eligibility.status")]
-    assert changes == [(None, "incomplete"), ("incomplete", "eligible"), ("eligible", "ineligible"),
-                       ("ineligible", "eligible")]
+    assert changes == [
+        (None, "incomplete"),
+        ("incomplete", "eligible"),
+        ("eligible", "ineligible"),
+        ("ineligible", "eligible"),
+    ]
     blocked = _audit(server, patient_id, "eligibility.status")[2]
     assert "I08_platelets" in blocked.reason and blocked.resource == f"ResearchSubject/{subject_id}"
 
@@ -94,11 +112,28 @@ def test_screening_log_lists_status_and_blocking_criteria_by_site(server):
 
 
 def test_randomisation_needs_eligible_and_freezes_the_result(server):
-    randomisation = {"visit": "SCR", "visit_date": TODAY.isoformat(),
-                     "items": {"arm": "PD1_SORA", "randomisation_date": TODAY.isoformat()}}
+    randomisation = {
+        "visit": "SCR",
+        "visit_date": TODAY.isoformat(),
+        "items": {"arm": "PD1_SORA", "randomisation_date": TODAY.isoformat()},
+    }
     with server.client("investigator", "S01") as http:
-        blocked = push(http, compose({"resources": {"bclc_stage": {"valueCodeableConcept": {"coding": [
-            {"system": "http://example.org/fhir/CodeSystem/nct04163237", "code": "bclc-D"}]}}}}))
+        blocked = push(
+            http,
+            compose(
+                {
+                    "resources": {
+                        "bclc_stage": {
+                            "valueCodeableConcept": {
+                                "coding": [
+                                    {"system": "http://example.org/fhir/CodeSystem/nct04163237", "code": "bclc-D"}
+                                ]
+                            }
+                        }
+                    }
+                }
+            ),
+        )
         # v2: the system allocates (POST .../randomise); a typed arm is refused as derived
         assert save_form(http, blocked, "randomisation", randomisation, expect=422)
         refused = http.post(f"/api/v1/subjects/{blocked}/randomise")
@@ -116,18 +151,28 @@ def test_randomisation_needs_eligible_and_freezes_the_result(server):
         assert frozen["changed_since_randomisation"] is False
         assert frozen["reference_date"] == TODAY.isoformat() and frozen["randomised"] is True
 
-        response = http.post("/fhir/Observation", json=_lab(patient_id, "777-3", 40, "10*9/L", TODAY.isoformat()),
-                             headers={"Content-Type": "application/fhir+json"})
+        response = http.post(
+            "/fhir/Observation",
+            json=_lab(patient_id, "777-3", 40, "10*9/L", TODAY.isoformat()),
+            headers={"Content-Type": "application/fhir+json"},
+        )
         assert response.status_code == 201
         later = _eligibility(http, subject_id)
         assert later["frozen"] is True and later["status"] == "eligible"
         assert later["changed_since_randomisation"] is True and later["live_status"] == "ineligible"
         assert {c["id"]: c["result"] for c in later["live"]["criteria"]}["I08_platelets"] == "not_met"
         assert http.get(f"/api/v1/subjects/{subject_id}").json()["status"] == "on-study"  # v2: allocated
-        row = next(r for r in http.get("/api/v1/eligibility", params={"limit": 500}).json()["items"]
-                   if r["subject"] == subject_id)
-        assert (row["status"], row["live_status"], row["frozen"], row["changed_since_randomisation"]) == \
-            ("eligible", "ineligible", True, True)
+        row = next(
+            r
+            for r in http.get("/api/v1/eligibility", params={"limit": 500}).json()["items"]
+            if r["subject"] == subject_id
+        )
+        assert (row["status"], row["live_status"], row["frozen"], row["changed_since_randomisation"]) == (
+            "eligible",
+            "ineligible",
+            True,
+            True,
+        )
     flags = _audit(server, patient_id, "eligibility.changed_since_randomisation")
     assert [(e.old_value, e.new_value) for e in flags] == [("false", "true")]
 
@@ -146,8 +191,10 @@ def test_a_subject_entered_only_through_the_ecrf_door(server):
         assert {m["item"] for m in today["missing"] if m["criterion"] == "I08_platelets"} == {"platelets"}
         typed = save(http, subject["id"], "randomisation")
         assert typed.status_code == 422
-        assert {(e["item"], e["rule"]) for e in typed.json()["errors"]} == {("arm", "derived"),
-                                                                            ("randomisation_date", "derived")}
+        assert {(e["item"], e["rule"]) for e in typed.json()["errors"]} == {
+            ("arm", "derived"),
+            ("randomisation_date", "derived"),
+        }
         refused = http.post(f"/api/v1/subjects/{subject['id']}/randomise")
         assert refused.status_code == 409
         assert "I08_platelets" in {e["item"] for e in refused.json()["errors"]}

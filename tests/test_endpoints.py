@@ -7,6 +7,7 @@ Randomisation is never back-dated (CRF-SPEC 9.7), so a subject randomised today 
 dated cases therefore give an enrolled subject an allocation row dated day 20 after surgery, written straight
 into the allocation table (append-only: an insert is what the allocation itself does), and enter every
 follow-up fact through the public doors; one case randomises through the API and reads day 0."""
+
 import csv
 import io
 import json
@@ -52,16 +53,35 @@ def randomised(server, http, arm: str = "SORA") -> tuple[str, str]:
     number = f"T-{uuid.uuid4().hex[:12]}"
     research_subject = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
     scheme = server.runtime.randomisation
-    allocated = http.put(f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON, json={
-        **research_subject, "status": "on-study", "assignedArm": arm, "identifier": research_subject.get("identifier", [])
-        + [{"use": "official", "system": scheme.identifier_system, "value": number}]})
+    allocated = http.put(
+        f"/fhir/ResearchSubject/{subject_id}",
+        headers=FHIR_JSON,
+        json={
+            **research_subject,
+            "status": "on-study",
+            "assignedArm": arm,
+            "identifier": research_subject.get("identifier", [])
+            + [{"use": "official", "system": scheme.identifier_system, "value": number}],
+        },
+    )
     assert allocated.status_code == 200, allocated.text  # what the allocation writes, as the allocation writes it
     with Session(server.runtime.engine) as session:
-        session.add(RandomisationAllocation(
-            study_id=server.runtime.study.id, stratum="S01-A", sequence=10_000 + secrets.randbelow(10**9),
-            subject_id=subject_id, patient_id=patient_id, site="S01", number=number, arm=arm,
-            randomisation_date=date.fromisoformat(day(R0)), allocated_at=datetime.now(UTC), allocated_by="test",
-            allocated_role="investigator"))
+        session.add(
+            RandomisationAllocation(
+                study_id=server.runtime.study.id,
+                stratum="S01-A",
+                sequence=10_000 + secrets.randbelow(10**9),
+                subject_id=subject_id,
+                patient_id=patient_id,
+                site="S01",
+                number=number,
+                arm=arm,
+                randomisation_date=date.fromisoformat(day(R0)),
+                allocated_at=datetime.now(UTC),
+                allocated_by="test",
+                allocated_role="investigator",
+            )
+        )
         session.commit()
     return subject_id, patient_id
 
@@ -82,23 +102,35 @@ def end_of_study(http, subject_id: str, **items) -> dict:
 
 
 def died(http, subject_id: str, death: int, end: int | None = None) -> dict:
-    return end_of_study(http, subject_id, status="died", end_date=day(end or death), death_date=day(death),
-                        cause_of_death="disease_recurrence")
+    return end_of_study(
+        http,
+        subject_id,
+        status="died",
+        end_date=day(end or death),
+        death_date=day(death),
+        cause_of_death="disease_recurrence",
+    )
 
 
 def adverse_event(http, subject_id: str, onset: int, grade: int = 2) -> dict:
-    items = {"ctcae_term": "rash", "onset_date": day(onset), "grade": grade, "serious": False,
-             "outcome": "recovering"}
+    items = {"ctcae_term": "rash", "onset_date": day(onset), "grade": grade, "serious": False, "outcome": "recovering"}
     if grade == 5:
-        items |= {"ctcae_term": "hepatitis_immune", "serious": True, "seriousness_criteria": ["death"],
-                  "outcome": "fatal", "resolution_date": day(onset)}
+        items |= {
+            "ctcae_term": "hepatitis_immune",
+            "serious": True,
+            "seriousness_criteria": ["death"],
+            "outcome": "fatal",
+            "resolution_date": day(onset),
+        }
     created = http.post(entries(subject_id, "adverse_event"), json={"items": items})
     assert created.status_code == 201, created.text
     return created.json()
 
 
 def withdraw(http, subject_id: str, form_id: str, entry: dict, visit: str | None = None) -> None:
-    response = http.post(f"{entries(subject_id, form_id, visit)}/{entry['id']}/withdraw", json={"reason": "wrong subject"})
+    response = http.post(
+        f"{entries(subject_id, form_id, visit)}/{entry['id']}/withdraw", json={"reason": "wrong subject"}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -122,14 +154,18 @@ def decided_by(endpoint: dict, entry: dict, item: str) -> None:
 
 def recurrence_condition(patient_id: str, onset: int, verification: str = "confirmed") -> dict:
     condition = {
-        "resourceType": "Condition", "subject": {"reference": f"Patient/{patient_id}"},
+        "resourceType": "Condition",
+        "subject": {"reference": f"Patient/{patient_id}"},
         "code": {"coding": [{"system": LOCAL, "code": "recurrence", "display": "HCC recurrence"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                                           "code": verification}]},
-        "onsetDateTime": day(onset)}
+        "verificationStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]
+        },
+        "onsetDateTime": day(onset),
+    }
     if verification != "entered-in-error":
-        condition["clinicalStatus"] = {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
+        condition["clinicalStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+        }
     return condition
 
 
@@ -192,7 +228,10 @@ def test_censored_at_the_last_ned_assessment_and_os_at_the_latest_date_of_any_da
     assert (rfs["event"], rfs["days"], rfs["date"]) == (False, days(92), day(92))  # not_evaluable does not censor
     decided_by(rfs, last, "assessment_date")
     assert (os["event"], os["days"], os["date"]) == (False, days(95), day(95))
-    assert os["evidence"]["resourceType"] == "Observation" and os["evidence"]["id"] == resource_of(unevaluable, "status")[1]
+    assert (
+        os["evidence"]["resourceType"] == "Observation"
+        and os["evidence"]["id"] == resource_of(unevaluable, "status")[1]
+    )
 
 
 def test_no_assessment_censors_rfs_at_day_0(server):
@@ -210,7 +249,9 @@ def test_lost_to_follow_up_is_censored_at_the_last_known_alive_date(server):
         subject_id, _ = randomised(server, http)
         adverse_event(http, subject_id, 40)
         assess(http, subject_id, "ned", 60)
-        end = end_of_study(http, subject_id, status="lost_to_follow_up", end_date=day(98), last_known_alive_date=day(96))
+        end = end_of_study(
+            http, subject_id, status="lost_to_follow_up", end_date=day(98), last_known_alive_date=day(96)
+        )
         view = endpoints(http, subject_id)
     os = view["os"]
     # the end-of-study date is when the site closed the record, not a sighting: day 96 is the last date alive
@@ -224,7 +265,9 @@ def test_an_ehr_death_date_counts_before_the_form_and_a_second_different_one_is_
         subject_id, patient_id = randomised(server, http)
         assess(http, subject_id, "ned", 60)
         patient = http.get(f"/fhir/Patient/{patient_id}").json()
-        pushed = http.put(f"/fhir/Patient/{patient_id}", json={**patient, "deceasedDateTime": day(85)}, headers=FHIR_JSON)
+        pushed = http.put(
+            f"/fhir/Patient/{patient_id}", json={**patient, "deceasedDateTime": day(85)}, headers=FHIR_JSON
+        )
         assert pushed.status_code == 200, pushed.text
         os = endpoints(http, subject_id)["os"]  # death evidence before any end-of-study form
         assert (os["event"], os["days"], os["conflicts"]) == (True, days(85), [])
@@ -239,7 +282,9 @@ def test_an_ehr_death_date_counts_before_the_form_and_a_second_different_one_is_
         assert conflict["kind"] == "death_dates_differ" and conflict["dates"] == [day(85), day(90)]
         assert conflict["used"] == day(85) and "query" in conflict["suggestion"]
         assert {(e["resourceType"], e["id"]) for e in conflict["evidence"]} == {
-            ("Patient", patient_id), resource_of(form, "death_date")}
+            ("Patient", patient_id),
+            resource_of(form, "death_date"),
+        }
 
 
 def test_an_ehr_recurrence_condition_counts_unless_refuted_or_entered_in_error(server):
@@ -254,8 +299,11 @@ def test_an_ehr_recurrence_condition_counts_unless_refuted_or_entered_in_error(s
         rfs = endpoints(http, subject_id)["rfs"]
         assert (rfs["event"], rfs["days"], rfs["date"]) == (True, days(70), day(70))
         assert (rfs["evidence"]["resourceType"], rfs["evidence"]["id"]) == ("Condition", pushed.json()["id"])
-        voided = http.put(f"/fhir/Condition/{pushed.json()['id']}", headers=FHIR_JSON, json={
-            **recurrence_condition(patient_id, 70, "entered-in-error"), "id": pushed.json()["id"]})
+        voided = http.put(
+            f"/fhir/Condition/{pushed.json()['id']}",
+            headers=FHIR_JSON,
+            json={**recurrence_condition(patient_id, 70, "entered-in-error"), "id": pushed.json()["id"]},
+        )
         assert voided.status_code == 200, voided.text
         rfs = endpoints(http, subject_id)["rfs"]
         assert (rfs["event"], rfs["days"]) == (False, days(60))
@@ -263,32 +311,45 @@ def test_an_ehr_recurrence_condition_counts_unless_refuted_or_entered_in_error(s
 
 def disease_status(patient_id: str, status: str, assessed: int, recurrence: int) -> dict:
     """A disease status Observation (mCODE CancerDiseaseStatus) as an EHR sends it: a recurrence."""
-    return {"resourceType": "Observation", "status": status, "subject": {"reference": f"Patient/{patient_id}"},
-            "code": {"coding": [{"system": "http://loinc.org", "code": "97509-4"}]},
-            "effectiveDateTime": day(assessed),
-            "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": "disease_status-recurrence"}]},
-            "component": [{"code": {"coding": [{"system": LOCAL, "code": "recurrence-date"}]},
-                           "valueDateTime": day(recurrence)}]}
+    return {
+        "resourceType": "Observation",
+        "status": status,
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "97509-4"}]},
+        "effectiveDateTime": day(assessed),
+        "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": "disease_status-recurrence"}]},
+        "component": [
+            {"code": {"coding": [{"system": LOCAL, "code": "recurrence-date"}]}, "valueDateTime": day(recurrence)}
+        ],
+    }
 
 
 def test_an_ehr_disease_status_counts_once_final_and_a_preliminary_one_is_no_evidence(server):
     with server.client("investigator", "S01") as http:
         subject_id, patient_id = randomised(server, http)
         assess(http, subject_id, "ned", 60)
-        pushed = http.post("/fhir/Observation", json=disease_status(patient_id, "preliminary", 75, 74), headers=FHIR_JSON)
+        pushed = http.post(
+            "/fhir/Observation", json=disease_status(patient_id, "preliminary", 75, 74), headers=FHIR_JSON
+        )
         assert pushed.status_code == 201, pushed.text
         view = endpoints(http, subject_id)
         assert (view["rfs"]["event"], view["rfs"]["days"]) == (False, days(60))  # CRF-SPEC 9.3
         assert view["os"]["days"] == days(60)  # nor is its date evidence the subject was alive
         observation_id = pushed.json()["id"]
-        final = http.put(f"/fhir/Observation/{observation_id}", headers=FHIR_JSON,
-                         json={**disease_status(patient_id, "final", 75, 74), "id": observation_id})
+        final = http.put(
+            f"/fhir/Observation/{observation_id}",
+            headers=FHIR_JSON,
+            json={**disease_status(patient_id, "final", 75, 74), "id": observation_id},
+        )
         assert final.status_code == 200, final.text
         view = endpoints(http, subject_id)
     rfs = view["rfs"]
     assert (rfs["event"], rfs["days"], rfs["date"]) == (True, days(74), day(74))
     assert (rfs["evidence"]["resourceType"], rfs["evidence"]["id"], rfs["evidence"]["version"]) == (
-        "Observation", observation_id, int(final.json()["meta"]["versionId"]))
+        "Observation",
+        observation_id,
+        int(final.json()["meta"]["versionId"]),
+    )
     assert view["os"]["days"] == days(75)
 
 
@@ -361,26 +422,47 @@ def test_a_version_1_allocation_counts_from_its_entered_randomisation_date(serve
         assert save(http, subject_id, "surgery").status_code == 201
         patient_id = patient_of(http, subject_id)
         research_subject = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
-        typed = http.put(f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON,
-                         json={**research_subject, "assignedArm": "SORA"})
+        typed = http.put(
+            f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON, json={**research_subject, "assignedArm": "SORA"}
+        )
         assert typed.status_code == 200, typed.text
         assert endpoints(http, subject_id)["randomised"] is False  # no randomisation date yet
-        dated = http.post("/fhir/Observation", headers=FHIR_JSON, json={
-            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient_id}"},
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "survey"}]}],
-            "code": {"coding": [{"system": LOCAL, "code": "randomisation-date"}]},
-            "effectiveDateTime": day(R0), "valueDateTime": day(R0)})
+        dated = http.post(
+            "/fhir/Observation",
+            headers=FHIR_JSON,
+            json={
+                "resourceType": "Observation",
+                "status": "final",
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "category": [
+                    {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
+                        ]
+                    }
+                ],
+                "code": {"coding": [{"system": LOCAL, "code": "randomisation-date"}]},
+                "effectiveDateTime": day(R0),
+                "valueDateTime": day(R0),
+            },
+        )
         assert dated.status_code == 201, dated.text
         assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["method"] == "entered"
         assess(http, subject_id, "ned", 60)
         view = endpoints(http, subject_id)
         assert (view["randomised"], view["randomisation_method"], view["arm"], view["stratum"]) == (
-            True, "entered", "SORA", None)
+            True,
+            "entered",
+            "SORA",
+            None,
+        )
         assert view["randomisation_date"] == day(R0)
         assert (view["rfs"]["event"], view["rfs"]["days"]) == (False, days(60))
-        taken_back = http.put(f"/fhir/ResearchSubject/{subject_id}", headers=FHIR_JSON,
-                              json={k: v for k, v in typed.json().items() if k not in ("assignedArm", "meta")})
+        taken_back = http.put(
+            f"/fhir/ResearchSubject/{subject_id}",
+            headers=FHIR_JSON,
+            json={k: v for k, v in typed.json().items() if k not in ("assignedArm", "meta")},
+        )
         assert taken_back.status_code == 200, taken_back.text
         assert endpoints(http, subject_id)["randomised"] is False
     with Session(server.runtime.engine) as session:
@@ -435,11 +517,19 @@ def test_the_sponsor_endpoints_dataset_has_days_and_pseudonyms_only(server):
     assert list(rows[0]) == ["subject", "arm", "stratum", "rfs_days", "rfs_event", "os_days", "os_event"]
     assert files["endpoints"]["count"] == len(rows) == manifest["rows"]
     import hashlib
+
     assert manifest["sha256"] == files["endpoints"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
     pseudonym = deidentifier(server.runtime).pseudonym(patient_id)
     [row] = [r for r in rows if r["subject"] == pseudonym]
-    assert row == {"subject": pseudonym, "arm": "PD1_SORA", "stratum": "S01-A", "rfs_days": str(days(90)),
-                   "rfs_event": "1", "os_days": str(days(97)), "os_event": "1"}
+    assert row == {
+        "subject": pseudonym,
+        "arm": "PD1_SORA",
+        "stratum": "S01-A",
+        "rfs_days": str(days(90)),
+        "rfs_event": "1",
+        "os_days": str(days(97)),
+        "os_event": "1",
+    }
     assert subject_id not in text and patient_id not in text
     assert not re.search(r"\d{4}-\d{2}-\d{2}", text), "no dates in the dataset"
     assert SURGERY.isoformat() not in json.dumps(manifest)

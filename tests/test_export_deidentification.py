@@ -1,5 +1,6 @@
 """What a sponsor receives is de-identified: no name, MRN, address, phone, email, birth date, real event
 date or free text leaves, in NDJSON or CSV; clinical values and intervals do; pseudonyms are stable."""
+
 import csv
 import hashlib
 import io
@@ -16,12 +17,32 @@ from tests.test_export_protocol import STUDY, ASYNC, download, export, export_se
 from testkit.databases import fresh_database
 
 PEOPLE = [
-    {"site": "S01", "mrn": "MRN-ZQ-730215", "family": "Quackenbush", "given": "Zebediah", "born": "1931-02-17",
-     "line": "742 Evergreen Terrace", "city": "Springfield", "postal": "49007", "phone": "+1-555-0100-7731",
-     "email": "zeb.quack@example.org", "note": "Zebediah mentioned his divorce and new job at the mill"},
-    {"site": "S02", "mrn": "MRN-PC-118842", "family": "Cartwright", "given": "Philomena", "born": "1965-08-09",
-     "line": "12 Rue des Lilas", "city": "Marseille", "postal": "13008", "phone": "+33 4 91 55 12 34",
-     "email": "p.cartwright@example.net", "note": "Philomena called from her daughter's house in Toulon"},
+    {
+        "site": "S01",
+        "mrn": "MRN-ZQ-730215",
+        "family": "Quackenbush",
+        "given": "Zebediah",
+        "born": "1931-02-17",
+        "line": "742 Evergreen Terrace",
+        "city": "Springfield",
+        "postal": "49007",
+        "phone": "+1-555-0100-7731",
+        "email": "zeb.quack@example.org",
+        "note": "Zebediah mentioned his divorce and new job at the mill",
+    },
+    {
+        "site": "S02",
+        "mrn": "MRN-PC-118842",
+        "family": "Cartwright",
+        "given": "Philomena",
+        "born": "1965-08-09",
+        "line": "12 Rue des Lilas",
+        "city": "Marseille",
+        "postal": "13008",
+        "phone": "+33 4 91 55 12 34",
+        "email": "p.cartwright@example.net",
+        "note": "Philomena called from her daughter's house in Toulon",
+    },
 ]
 EVENT_DAYS = {"PREOP": -3, "surgery": 0, "POD7": 7, "consent": 14, "SCR": 21, "ehr": 25}
 LOCAL_EXT = "http://hospital.example.org/fhir/StructureDefinition/home-village"
@@ -31,32 +52,65 @@ def _load(server) -> list[dict]:
     loaded = []
     for person in PEOPLE:
         with server.client("investigator", person["site"]) as http:
-            response = http.post("/api/v1/subjects", json={"site": person["site"], "mrn": person["mrn"],
-                                                            "consent_date": day(EVENT_DAYS["consent"])})
+            response = http.post(
+                "/api/v1/subjects",
+                json={"site": person["site"], "mrn": person["mrn"], "consent_date": day(EVENT_DAYS["consent"])},
+            )
             assert response.status_code == 201, response.text
             subject = response.json()
             for form in ("surgery", "labs", "ctc", "baseline"):
                 assert save(http, subject["id"], form).status_code == 201
-            demographics = {"birth_date": person["born"], "sex": "female", "consent_date": day(EVENT_DAYS["consent"]),
-                            "weight": 61.5, "height": 158, "wocbp": False, "tissue_consent": True}
+            demographics = {
+                "birth_date": person["born"],
+                "sex": "female",
+                "consent_date": day(EVENT_DAYS["consent"]),
+                "weight": 61.5,
+                "height": 158,
+                "wocbp": False,
+                "tissue_consent": True,
+            }
             assert save(http, subject["id"], "demographics", demographics).status_code == 201
         with server.client("ehr", person["site"]) as http:
             patient_url = f"/fhir/Patient/{subject['patient_id']}"
             link = {"resourceType": "Patient", "identifier": [{"system": MRN[person["site"]], "value": person["mrn"]}]}
             assert http.post("/fhir/Patient", json=link).status_code == 200  # the ehr sees the Patients it pushed
             patient = http.get(patient_url).json()
-            patient.update({
-                "name": [{"family": person["family"], "given": [person["given"]], "text": f"{person['given']} {person['family']}"}],
-                "telecom": [{"system": "phone", "value": person["phone"]}, {"system": "email", "value": person["email"]}],
-                "address": [{"line": [person["line"]], "city": person["city"], "postalCode": person["postal"], "state": "IL"}],
-                "extension": [{"url": LOCAL_EXT, "valueString": person["city"]}],
-            })
+            patient.update(
+                {
+                    "name": [
+                        {
+                            "family": person["family"],
+                            "given": [person["given"]],
+                            "text": f"{person['given']} {person['family']}",
+                        }
+                    ],
+                    "telecom": [
+                        {"system": "phone", "value": person["phone"]},
+                        {"system": "email", "value": person["email"]},
+                    ],
+                    "address": [
+                        {
+                            "line": [person["line"]],
+                            "city": person["city"],
+                            "postalCode": person["postal"],
+                            "state": "IL",
+                        }
+                    ],
+                    "extension": [{"url": LOCAL_EXT, "valueString": person["city"]}],
+                }
+            )
             assert http.put(patient_url, json=patient).status_code == 200
             observation = {
-                "resourceType": "Observation", "status": "final",
-                "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{person["given"]} {person["family"]}</div>'},
-                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"}],
-                         "text": f"Hb of {person['family']}"},
+                "resourceType": "Observation",
+                "status": "final",
+                "text": {
+                    "status": "generated",
+                    "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{person["given"]} {person["family"]}</div>',
+                },
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin"}],
+                    "text": f"Hb of {person['family']}",
+                },
                 "subject": {"reference": f"Patient/{subject['patient_id']}", "display": person["family"]},
                 "effectiveDateTime": f"{day(EVENT_DAYS['ehr'])}T09:15:00Z",
                 "valueQuantity": {"value": 12.4, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"},
@@ -81,7 +135,9 @@ def study(database_url, tmp_path_factory):
 def _identifying(subjects: list[dict]) -> list[str]:
     strings = []
     for subject in subjects:
-        strings += [subject[key] for key in ("mrn", "family", "given", "line", "city", "postal", "phone", "email", "born")]
+        strings += [
+            subject[key] for key in ("mrn", "family", "given", "line", "city", "postal", "phone", "email", "born")
+        ]
         strings += [word for word in subject["note"].split() if len(word) >= 5]
         strings += [subject["id"], subject["patient_id"], subject["ehr_observation"]]
     strings += [day(offset) for offset in EVENT_DAYS.values()]
@@ -130,7 +186,9 @@ def test_values_and_intervals_survive(study):
         assert ehr[0]["effectiveDateTime"] == f"{(SURGERY + timedelta(days=25) + shift).isoformat()}T09:15:00Z"
         [surgery] = [p for p in files["Procedure"] if p["subject"]["reference"] == f"Patient/{pseudonym}"]
         surgery_day = date.fromisoformat(surgery["performedDateTime"][:10])
-        labs_day = {date.fromisoformat(o["effectiveDateTime"][:10]) for o in mine if o["code"]["coding"][0]["code"] == "777-3"}
+        labs_day = {
+            date.fromisoformat(o["effectiveDateTime"][:10]) for o in mine if o["code"]["coding"][0]["code"] == "777-3"
+        }
         assert {(d - surgery_day).days for d in labs_day} == {21}  # interval kept, dates moved
         [patient] = [p for p in files["Patient"] if p["id"] == pseudonym]
         assert set(patient) <= {"resourceType", "id", "meta", "gender", "address", "extension"}
@@ -181,11 +239,16 @@ def test_a_sponsor_reaches_no_identified_endpoint(study):
     server, subjects = study
     subject = subjects[0]
     with server.client("sponsor") as http:
-        for url in (f"/fhir/Patient/{subject['patient_id']}", f"/fhir/Observation?subject=Patient/{subject['patient_id']}",
-                    f"/api/v1/subjects/{subject['id']}", "/api/v1/subjects",
-                    f"/api/v1/subjects/{subject['id']}/forms/labs/SCR", f"/api/v1/subjects/{subject['id']}/audit",
-                    "/api/v1/exports/forms/labs.csv?deidentify=false",
-                    "/api/v1/exports/forms/labs.csv.manifest?deidentify=false"):
+        for url in (
+            f"/fhir/Patient/{subject['patient_id']}",
+            f"/fhir/Observation?subject=Patient/{subject['patient_id']}",
+            f"/api/v1/subjects/{subject['id']}",
+            "/api/v1/subjects",
+            f"/api/v1/subjects/{subject['id']}/forms/labs/SCR",
+            f"/api/v1/subjects/{subject['id']}/audit",
+            "/api/v1/exports/forms/labs.csv?deidentify=false",
+            "/api/v1/exports/forms/labs.csv.manifest?deidentify=false",
+        ):
             assert http.get(url).status_code == 403, url
         for url in ("/fhir/$export", f"/fhir/Group/{STUDY}/$export"):
             assert http.get(url, params={"deidentify": "false"}, headers=ASYNC).status_code == 403
@@ -198,11 +261,15 @@ def test_every_export_is_an_audit_entry(study):
         http.get(manifest["output"][0]["url"])
         _csv(http, "surgery")
     with server.runtime.engine.connect() as connection:
-        entries = connection.execute(text(
-            "SELECT action, actor_role, reason, new_value FROM audit_entry WHERE actor_sub = 'audited-sponsor' ORDER BY seq"
-        )).all()
+        entries = connection.execute(
+            text(
+                "SELECT action, actor_role, reason, new_value FROM audit_entry WHERE actor_sub = 'audited-sponsor' ORDER BY seq"
+            )
+        ).all()
     assert [(e.action, e.actor_role, e.reason) for e in entries] == [
-        ("export", "sponsor", "safe-harbor/1"), ("export.download", "sponsor", "safe-harbor/1"),
-        ("export", "sponsor", "safe-harbor/1")]
+        ("export", "sponsor", "safe-harbor/1"),
+        ("export.download", "sponsor", "safe-harbor/1"),
+        ("export", "sponsor", "safe-harbor/1"),
+    ]
     assert '"counts": {"Patient": 2}' in entries[0].new_value
     assert '"rows": 2' in entries[2].new_value and '"form": "surgery"' in entries[2].new_value

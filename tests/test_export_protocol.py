@@ -1,4 +1,5 @@
 """FHIR Bulk Data export, async pattern: kick-off, progress, manifest, download, cancel, restart mid-job."""
+
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +19,13 @@ STUDY = "NCT04163237"
 
 
 def export_settings(url: str, tmp_path, **overrides) -> Settings:
-    values = dict(database_url=url, jwt_secret="export-tests-" + "x" * 32, study_secret="export-test-study-secret",
-                  export_dir=tmp_path / "exports", _env_file=None)
+    values = dict(
+        database_url=url,
+        jwt_secret="export-tests-" + "x" * 32,
+        study_secret="export-test-study-secret",
+        export_dir=tmp_path / "exports",
+        _env_file=None,
+    )
     return Settings(**{**values, **overrides})
 
 
@@ -71,7 +77,10 @@ def load_subjects(server, count: int, site: str = "S01") -> list[dict]:
 @pytest.fixture(scope="module")
 def loaded(database_url, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("export-protocol")
-    with fresh_database(database_url, tmp_path, "ecrf_export") as url, running_server(export_settings(url, tmp_path)) as server:
+    with (
+        fresh_database(database_url, tmp_path, "ecrf_export") as url,
+        running_server(export_settings(url, tmp_path)) as server,
+    ):
         load_subjects(server, 3, "S01")
         load_subjects(server, 1, "S02")
         yield server
@@ -124,9 +133,14 @@ def test_downloads_need_the_owner(loaded):
 def test_kick_off_refuses_what_it_cannot_do(loaded):
     with loaded.client("sponsor") as http:
         assert http.get(f"/fhir/Group/{STUDY}/$export").status_code == 400  # no Prefer: respond-async
-        for params in ({"_type": "Practitioner"}, {"_type": "not a type"}, {"_since": "yesterday"},
-                       {"_outputFormat": "text/csv"}, {"includeAssociatedData": "_customSet"},
-                       {"_typeFilter": "Observation?nonsense=1"}):
+        for params in (
+            {"_type": "Practitioner"},
+            {"_type": "not a type"},
+            {"_since": "yesterday"},
+            {"_outputFormat": "text/csv"},
+            {"includeAssociatedData": "_customSet"},
+            {"_typeFilter": "Observation?nonsense=1"},
+        ):
             response = http.get(f"/fhir/Group/{STUDY}/$export", params=params, headers=ASYNC)
             assert response.status_code == 400, params
             assert response.json()["resourceType"] == "OperationOutcome"
@@ -148,8 +162,9 @@ def test_identified_export_is_for_data_managers_only(loaded):
 def slow_settings(database_url, tmp_path):
     """Tiny batches with a pause between them, so a test can act while a job runs."""
     with fresh_database(database_url, tmp_path, "ecrf_export") as url:
-        yield export_settings(url, tmp_path, export_batch_size=2, export_batch_pause_seconds=0.15,
-                              export_lease_seconds=2)
+        yield export_settings(
+            url, tmp_path, export_batch_size=2, export_batch_pause_seconds=0.15, export_lease_seconds=2
+        )
 
 
 def _wait_running(http, status_url: str) -> str:
@@ -190,17 +205,22 @@ def test_a_job_survives_a_restart_in_the_middle(slow_settings):
         path = status_url.split("/fhir/", 1)[1]
     assert "running" in progress  # the first instance stops here, half way
     with first.runtime.engine.begin() as connection:  # as if it had crashed: its lease runs out by itself
-        connection.execute(update(ExportJob).where(ExportJob.id == path.rsplit("/", 1)[1]).values(
-            lease_owner="crashed-instance", lease_until=datetime.now(UTC) + timedelta(seconds=1.5)))
+        connection.execute(
+            update(ExportJob)
+            .where(ExportJob.id == path.rsplit("/", 1)[1])
+            .values(lease_owner="crashed-instance", lease_until=datetime.now(UTC) + timedelta(seconds=1.5))
+        )
     with running_server(slow_settings) as second:
         with second.client("sponsor", sub="restarter") as http:
             manifest = wait_for_manifest(http, f"{second.base_url}/fhir/{path}")
             files = download(http, manifest)
         with second.runtime.engine.connect() as connection:
             attempts = connection.exec_driver_sql(
-                f"SELECT attempts FROM export_job WHERE id = '{path.rsplit('/', 1)[1]}'").scalar()
+                f"SELECT attempts FROM export_job WHERE id = '{path.rsplit('/', 1)[1]}'"
+            ).scalar()
             stored = connection.exec_driver_sql(
-                "SELECT count(*) FROM resource_head WHERE resource_type = 'Observation' AND NOT deleted").scalar()
+                "SELECT count(*) FROM resource_head WHERE resource_type = 'Observation' AND NOT deleted"
+            ).scalar()
     assert attempts == 2  # resumed by the second instance
     observations = files["Observation"]
     assert len(observations) == len({o["id"] for o in observations}) == stored == 4 * 22
@@ -213,7 +233,9 @@ def test_an_export_is_a_snapshot_at_its_transaction_time(loaded):
     time.sleep(0.01)
     with loaded.client("coordinator", "S01") as http:
         patient = http.get(f"/fhir/Patient/{changed['patient_id']}").json()
-        assert http.put(f"/fhir/Patient/{changed['patient_id']}", json={**patient, "gender": "other"}).status_code == 200
+        assert (
+            http.put(f"/fhir/Patient/{changed['patient_id']}", json={**patient, "gender": "other"}).status_code == 200
+        )
         observations = http.get("/fhir/Observation", params={"subject": f"Patient/{deleted['patient_id']}"}).json()
         gone = observations["entry"][0]["resource"]["id"]
         assert http.delete(f"/fhir/Observation/{gone}").status_code in (200, 204)

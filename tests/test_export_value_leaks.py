@@ -6,6 +6,7 @@ Free text (issue 15, part 6): an identifier planted in every `text` item of the 
 door) and in the free text of the trial-conduct resources an EHR pushes (AdverseEvent, MedicationStatement,
 MedicationAdministration) reaches no sponsor: not the Bulk export, not the form CSVs, not SDTM.
 """
+
 import csv
 import io
 
@@ -27,12 +28,24 @@ STUDY_LOCAL = "http://example.org/fhir/CodeSystem/nct04163237"
 CANONICAL = "http://example.org/fhir/StructureDefinition/canonical-quantity"
 MCODE = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
 PLANTED = {  # where -> an identifier of a person, shaped to pass the element's FHIR type
-    "unit": "MRN-ZQ-730215", "unit_code": "Quackenbush", "unit_system": "urn:mrn:ZQ730215",
-    "annotated_unit": "g/dL{Zebediah}", "local_code": "ZEBEDIAH-QUACKENBUSH", "local_system": "urn:hospital:Quackenbush",
-    "study_system_code": "margin_status-Quackenbush", "loinc_code": "Zebediah", "comparator": "MRN730215",
-    "component_unit": "Zeb.Quack", "range_unit": "QuackenbushZ", "interpretation": "ZQ-730215-H",
-    "extension_unit": "Springfield49007", "extension_code": "MORPH-Quackenbush", "state": "Springfield-IL",
-    "country": "Quackenbush-Land", "category": "Zebediah-lab", "method": "ZebQuack-method",
+    "unit": "MRN-ZQ-730215",
+    "unit_code": "Quackenbush",
+    "unit_system": "urn:mrn:ZQ730215",
+    "annotated_unit": "g/dL{Zebediah}",
+    "local_code": "ZEBEDIAH-QUACKENBUSH",
+    "local_system": "urn:hospital:Quackenbush",
+    "study_system_code": "margin_status-Quackenbush",
+    "loinc_code": "Zebediah",
+    "comparator": "MRN730215",
+    "component_unit": "Zeb.Quack",
+    "range_unit": "QuackenbushZ",
+    "interpretation": "ZQ-730215-H",
+    "extension_unit": "Springfield49007",
+    "extension_code": "MORPH-Quackenbush",
+    "state": "Springfield-IL",
+    "country": "Quackenbush-Land",
+    "category": "Zebediah-lab",
+    "method": "ZebQuack-method",
 }
 
 
@@ -44,7 +57,8 @@ FREE_TEXT_ITEMS = {
     ("conmed", "indication"): "Zebediah-Quackenbush-MRN-730215-insomnia",
 }
 FREE_TEXT_FHIR = {  # free text of the pushed resources: element -> planted identifier
-    "AdverseEvent.event.text": "EHR-verbatim-Ottoline-Vandersteen", "AdverseEvent.suspectEntity.causality.productRelatedness": "EHR-relatedness-Fairhaven-49007",
+    "AdverseEvent.event.text": "EHR-verbatim-Ottoline-Vandersteen",
+    "AdverseEvent.suspectEntity.causality.productRelatedness": "EHR-relatedness-Fairhaven-49007",
     "MedicationStatement.medicationCodeableConcept.text": "Hortensia-Brimblecombe-tonic",
     "MedicationStatement.reasonCode.text": "Reason-Ottoline-Fairhaven",
     "MedicationStatement.note": "Note-Vandersteen-MRN-99301",
@@ -59,60 +73,155 @@ def _free_text_resources(patient_id: str) -> list[dict]:
     subject = {"reference": f"Patient/{patient_id}"}
     ext = "http://example.org/fhir/StructureDefinition"
     return [  # the infusion first: the adverse event names it as its suspect
-        {"resourceType": "MedicationAdministration", "status": "completed", "subject": subject,
-         "medicationCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "pd1-antibody"}]},
-         "effectiveDateTime": day(36), "note": [{"text": FREE_TEXT_FHIR["MedicationAdministration.note"]}],
-         "dosage": {"text": FREE_TEXT_FHIR["MedicationAdministration.dosage.text"],
-                    "dose": {"value": 200, "unit": "mg", "system": UCUM, "code": "mg"}}},
-        {"resourceType": "AdverseEvent", "actuality": "actual", "subject": subject, "date": AE_ONSET,
-         "event": {"coding": [{"system": STUDY_LOCAL, "code": "ae-diarrhea"}], "text": FREE_TEXT_FHIR["AdverseEvent.event.text"]},
-         "extension": [{"url": f"{ext}/ctcae-grade", "valueInteger": 2}],
-         "seriousness": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
-                                     "code": "non-serious"}]},
-         "suspectEntity": [{"instance": {"reference": "MedicationAdministration/{administered}"}, "causality": [{
-             "productRelatedness": FREE_TEXT_FHIR["AdverseEvent.suspectEntity.causality.productRelatedness"],
-             "assessment": {"coding": [{"system": STUDY_LOCAL, "code": "not-related"}]}}]}]},
-        {"resourceType": "MedicationStatement", "status": "active", "subject": subject,
-         "medicationCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "atc-A"}],
-                                       "text": FREE_TEXT_FHIR["MedicationStatement.medicationCodeableConcept.text"]},
-         "effectivePeriod": {"start": CONMED_START},
-         "reasonCode": [{"text": FREE_TEXT_FHIR["MedicationStatement.reasonCode.text"]}],
-         "note": [{"text": FREE_TEXT_FHIR["MedicationStatement.note"]}],
-         "dosage": [{"text": FREE_TEXT_FHIR["MedicationStatement.dosage.text"]}]},
+        {
+            "resourceType": "MedicationAdministration",
+            "status": "completed",
+            "subject": subject,
+            "medicationCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "pd1-antibody"}]},
+            "effectiveDateTime": day(36),
+            "note": [{"text": FREE_TEXT_FHIR["MedicationAdministration.note"]}],
+            "dosage": {
+                "text": FREE_TEXT_FHIR["MedicationAdministration.dosage.text"],
+                "dose": {"value": 200, "unit": "mg", "system": UCUM, "code": "mg"},
+            },
+        },
+        {
+            "resourceType": "AdverseEvent",
+            "actuality": "actual",
+            "subject": subject,
+            "date": AE_ONSET,
+            "event": {
+                "coding": [{"system": STUDY_LOCAL, "code": "ae-diarrhea"}],
+                "text": FREE_TEXT_FHIR["AdverseEvent.event.text"],
+            },
+            "extension": [{"url": f"{ext}/ctcae-grade", "valueInteger": 2}],
+            "seriousness": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "code": "non-serious"}
+                ]
+            },
+            "suspectEntity": [
+                {
+                    "instance": {"reference": "MedicationAdministration/{administered}"},
+                    "causality": [
+                        {
+                            "productRelatedness": FREE_TEXT_FHIR[
+                                "AdverseEvent.suspectEntity.causality.productRelatedness"
+                            ],
+                            "assessment": {"coding": [{"system": STUDY_LOCAL, "code": "not-related"}]},
+                        }
+                    ],
+                }
+            ],
+        },
+        {
+            "resourceType": "MedicationStatement",
+            "status": "active",
+            "subject": subject,
+            "medicationCodeableConcept": {
+                "coding": [{"system": STUDY_LOCAL, "code": "atc-A"}],
+                "text": FREE_TEXT_FHIR["MedicationStatement.medicationCodeableConcept.text"],
+            },
+            "effectivePeriod": {"start": CONMED_START},
+            "reasonCode": [{"text": FREE_TEXT_FHIR["MedicationStatement.reasonCode.text"]}],
+            "note": [{"text": FREE_TEXT_FHIR["MedicationStatement.note"]}],
+            "dosage": [{"text": FREE_TEXT_FHIR["MedicationStatement.dosage.text"]}],
+        },
     ]
 
 
 def _observation(patient_id: str) -> dict:
-    quantity = {"value": 13.2, "unit": PLANTED["unit"], "system": UCUM, "code": PLANTED["unit_code"],
-                "comparator": "<", "extension": [{"url": CANONICAL, "valueQuantity": {
-                    "value": 132, "unit": PLANTED["extension_unit"], "system": UCUM, "code": "g/L"}}]}
+    quantity = {
+        "value": 13.2,
+        "unit": PLANTED["unit"],
+        "system": UCUM,
+        "code": PLANTED["unit_code"],
+        "comparator": "<",
+        "extension": [
+            {
+                "url": CANONICAL,
+                "valueQuantity": {"value": 132, "unit": PLANTED["extension_unit"], "system": UCUM, "code": "g/L"},
+            }
+        ],
+    }
     return {
-        "resourceType": "Observation", "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": PLANTED["category"]}]}],
-        "code": {"coding": [{"system": LOINC, "code": "718-7"}, {"system": LOINC, "code": PLANTED["loinc_code"]},
-                            {"system": PLANTED["local_system"], "code": PLANTED["local_code"]},
-                            {"system": STUDY_LOCAL, "code": PLANTED["study_system_code"]}]},
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": PLANTED["category"],
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [
+                {"system": LOINC, "code": "718-7"},
+                {"system": LOINC, "code": PLANTED["loinc_code"]},
+                {"system": PLANTED["local_system"], "code": PLANTED["local_code"]},
+                {"system": STUDY_LOCAL, "code": PLANTED["study_system_code"]},
+            ]
+        },
         "method": {"coding": [{"system": "urn:local:methods", "code": PLANTED["method"]}]},
-        "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": f"{day(25)}T09:15:00Z",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": f"{day(25)}T09:15:00Z",
         "valueQuantity": quantity,
-        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                                        "code": PLANTED["interpretation"]}]}],
-        "referenceRange": [{"low": {"value": 12, "unit": PLANTED["range_unit"], "system": PLANTED["unit_system"],
-                                    "code": PLANTED["annotated_unit"]}}],
-        "component": [{"code": {"coding": [{"system": LOINC, "code": "718-7"}]},
-                       "valueQuantity": {"value": 1, "unit": PLANTED["component_unit"], "comparator": ">",
-                                         "system": UCUM, "code": "g/dL"}}],
+        "interpretation": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                        "code": PLANTED["interpretation"],
+                    }
+                ]
+            }
+        ],
+        "referenceRange": [
+            {
+                "low": {
+                    "value": 12,
+                    "unit": PLANTED["range_unit"],
+                    "system": PLANTED["unit_system"],
+                    "code": PLANTED["annotated_unit"],
+                }
+            }
+        ],
+        "component": [
+            {
+                "code": {"coding": [{"system": LOINC, "code": "718-7"}]},
+                "valueQuantity": {
+                    "value": 1,
+                    "unit": PLANTED["component_unit"],
+                    "comparator": ">",
+                    "system": UCUM,
+                    "code": "g/dL",
+                },
+            }
+        ],
     }
 
 
 def _condition(patient_id: str) -> dict:
-    return {"resourceType": "Condition", "subject": {"reference": f"Patient/{patient_id}"},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "C22.0"}]},
-            "extension": [{"url": MCODE, "valueCodeableConcept": {"coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8170/3"},
-                {"system": "urn:hospital:morphology", "code": PLANTED["extension_code"]}]}}],
-            "onsetDateTime": day(-10)}
+    return {
+        "resourceType": "Condition",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "C22.0"}]},
+        "extension": [
+            {
+                "url": MCODE,
+                "valueCodeableConcept": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8170/3"},
+                        {"system": "urn:hospital:morphology", "code": PLANTED["extension_code"]},
+                    ]
+                },
+            }
+        ],
+        "onsetDateTime": day(-10),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,18 +239,31 @@ def planted(database_url, tmp_path_factory):
             administered = None
             for resource in (_observation(patient_id), _condition(patient_id), *_free_text_resources(patient_id)):
                 for suspect in resource.get("suspectEntity", []):
-                    suspect["instance"]["reference"] = suspect["instance"]["reference"].format(administered=administered)
+                    suspect["instance"]["reference"] = suspect["instance"]["reference"].format(
+                        administered=administered
+                    )
                 response = http.post(f"/fhir/{resource['resourceType']}", json=resource)
                 assert response.status_code == 201, response.text
                 if resource["resourceType"] == "MedicationAdministration":
                     administered = response.json()["id"]
             entries = {
-                "adverse_event": {"ctcae_term": "other", "term_verbatim": FREE_TEXT_ITEMS[("adverse_event", "term_verbatim")],
-                                  "onset_date": day(41), "grade": 2, "serious": False, "outcome": "recovering",
-                                  "seriousness_criteria": [], "related_pd1": "related"},
-                "conmed": {"medication": FREE_TEXT_ITEMS[("conmed", "medication")], "atc": "N",
-                           "indication": FREE_TEXT_ITEMS[("conmed", "indication")], "start_date": day(30),
-                           "ongoing": True},
+                "adverse_event": {
+                    "ctcae_term": "other",
+                    "term_verbatim": FREE_TEXT_ITEMS[("adverse_event", "term_verbatim")],
+                    "onset_date": day(41),
+                    "grade": 2,
+                    "serious": False,
+                    "outcome": "recovering",
+                    "seriousness_criteria": [],
+                    "related_pd1": "related",
+                },
+                "conmed": {
+                    "medication": FREE_TEXT_ITEMS[("conmed", "medication")],
+                    "atc": "N",
+                    "indication": FREE_TEXT_ITEMS[("conmed", "indication")],
+                    "start_date": day(30),
+                    "ongoing": True,
+                },
             }
             for form_id, items in entries.items():
                 items = {key: value for key, value in items.items() if value != []}
@@ -164,20 +286,34 @@ def test_the_studys_own_units_and_codes_still_go_out(planted):
         files = download(http, export(http))
     [planted_lab] = [o for o in files["Observation"] if o.get("valueQuantity", {}).get("comparator") == "<"]
     assert planted_lab["code"]["coding"] == [{"system": LOINC, "code": "718-7"}]
-    assert planted_lab["valueQuantity"] == {"value": 13.2, "system": UCUM, "comparator": "<", "extension": [
-        {"url": CANONICAL, "valueQuantity": {"value": 132, "system": UCUM, "code": "g/L"}}]}
+    assert planted_lab["valueQuantity"] == {
+        "value": 13.2,
+        "system": UCUM,
+        "comparator": "<",
+        "extension": [{"url": CANONICAL, "valueQuantity": {"value": 132, "system": UCUM, "code": "g/L"}}],
+    }
     assert planted_lab["component"][0]["valueQuantity"]["code"] == "g/dL"
     assert planted_lab["status"] == "final"
     units = {o["valueQuantity"].get("unit") for o in files["Observation"] if "valueQuantity" in o}
     assert {"g/dL", "10*9/L"} & units  # the form's labs, in the study's units
-    local = [c for o in files["Observation"] for c in o.get("valueCodeableConcept", {}).get("coding", [])
-             if c["system"] == STUDY_LOCAL]
+    local = [
+        c
+        for o in files["Observation"]
+        for c in o.get("valueCodeableConcept", {}).get("coding", [])
+        if c["system"] == STUDY_LOCAL
+    ]
     assert {"system": STUDY_LOCAL, "code": "margin_status-R1"} in local  # the pathology form's local code
-    morphologies = [coding for condition in files["Condition"] for extension in condition.get("extension", [])
-                    for coding in extension["valueCodeableConcept"]["coding"]]
+    morphologies = [
+        coding
+        for condition in files["Condition"]
+        for extension in condition.get("extension", [])
+        for coding in extension["valueCodeableConcept"]["coding"]
+    ]
     assert len(morphologies) >= 2  # the form's and the planted Condition's
-    assert all(coding == {"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8170/3"}
-               for coding in morphologies)
+    assert all(
+        coding == {"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8170/3"}
+        for coding in morphologies
+    )
 
 
 def test_every_text_item_of_the_study_is_planted():
@@ -203,7 +339,9 @@ def test_no_planted_free_text_reaches_the_sponsor(planted):
         sdtm_files = files(http, cdisc_export(http, "sdtm"))
         sdtm = b"\n".join(sdtm_files.values()).decode("latin-1")
     assert manifest["error"] == []
-    assert {"AdverseEvent", "MedicationStatement", "MedicationAdministration"} <= {o["type"] for o in manifest["output"]}
+    assert {"AdverseEvent", "MedicationStatement", "MedicationAdministration"} <= {
+        o["type"] for o in manifest["output"]
+    }
     everything = {"bulk": bulk, "csv": "\n".join(str(rows) for rows in tables.values()), "sdtm": sdtm}
     planted_values = [*FREE_TEXT_ITEMS.values(), *FREE_TEXT_FHIR.values()]
     leaked = {(where, value) for where, text in everything.items() for value in planted_values if value in text}
@@ -227,24 +365,37 @@ def test_bulk_adverse_events_and_medication_leave_coded_and_shifted_without_free
     assert {"url": "http://example.org/fhir/StructureDefinition/ctcae-grade", "valueInteger": 2} in event["extension"]
     assert event["seriousness"]["coding"][0]["code"] == "non-serious" and "note" not in event
     assert event["subject"]["reference"].startswith("Patient/")
-    [statement] = [m for m in out["MedicationStatement"] if m.get("effectivePeriod", {}).get("start")
-                   and m["medicationCodeableConcept"].get("coding") == [{"system": STUDY_LOCAL, "code": "atc-A"}]]
+    [statement] = [
+        m
+        for m in out["MedicationStatement"]
+        if m.get("effectivePeriod", {}).get("start")
+        and m["medicationCodeableConcept"].get("coding") == [{"system": STUDY_LOCAL, "code": "atc-A"}]
+    ]
     assert "text" not in statement["medicationCodeableConcept"]
     assert statement["effectivePeriod"]["start"] != CONMED_START
     assert "note" not in statement and "reasonCode" not in statement and "dosage" not in statement
     [administration] = out["MedicationAdministration"]
     assert "note" not in administration and administration["dosage"] == {
-        "dose": {"value": 200, "unit": "mg", "system": UCUM, "code": "mg"}}
+        "dose": {"value": 200, "unit": "mg", "system": UCUM, "code": "mg"}
+    }
     assert administration["effectiveDateTime"] != day(36)
     # the eCRF's adverse event suspects the subject's infusion (which landed in exposure): pseudonymised reference,
     # the drug and the causality coded
     [suspect] = [e for e in out["AdverseEvent"] if e["event"]["coding"][0]["code"] == "ae-other"][0]["suspectEntity"]
     assert suspect == {
-        "extension": [{"url": "http://example.org/fhir/StructureDefinition/suspect-medication",
-                       "valueCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "pd1-antibody"}]}}],
+        "extension": [
+            {
+                "url": "http://example.org/fhir/StructureDefinition/suspect-medication",
+                "valueCodeableConcept": {"coding": [{"system": STUDY_LOCAL, "code": "pd1-antibody"}]},
+            }
+        ],
         "instance": {"reference": f"MedicationAdministration/{administration['id']}"},
-        "causality": [{"assessment": {"coding": [{"system": STUDY_LOCAL, "code": "related"}]}}]}
+        "causality": [{"assessment": {"coding": [{"system": STUDY_LOCAL, "code": "related"}]}}],
+    }
     # the eCRF's entries leave coded too: the conmed's ATC group, never its name
-    atc = [m for m in out["MedicationStatement"] if {"system": STUDY_LOCAL, "code": "atc-N"} in
-           m["medicationCodeableConcept"].get("coding", [])]
+    atc = [
+        m
+        for m in out["MedicationStatement"]
+        if {"system": STUDY_LOCAL, "code": "atc-N"} in m["medicationCodeableConcept"].get("coding", [])
+    ]
     assert len(atc) == 1 and "text" not in atc[0]["medicationCodeableConcept"]

@@ -2,6 +2,7 @@
 infusion, sorafenib: a MedicationStatement), the within-entry checks of the form file, and EHR pushes of
 either landing in exposure (a MedicationStatement of another drug still goes to conmed). Real HTTP, SQLite
 and PostgreSQL."""
+
 import json
 import uuid
 
@@ -17,13 +18,28 @@ def entries_url(subject_id: str, form_id: str = "exposure") -> str:
 
 
 def infusion(**changes) -> dict:
-    return {"drug": "pd1", "start_date": day(30), "dose": {"value": 200, "unit": "mg"}, "route": "iv",
-            "frequency": "q3w", "modification": "none", **changes}
+    return {
+        "drug": "pd1",
+        "start_date": day(30),
+        "dose": {"value": 200, "unit": "mg"},
+        "route": "iv",
+        "frequency": "q3w",
+        "modification": "none",
+        **changes,
+    }
 
 
 def tablets(**changes) -> dict:
-    return {"drug": "sorafenib", "start_date": day(30), "end_date": day(60), "dose": 400, "route": "oral",
-            "frequency": "bid", "modification": "none", **changes}
+    return {
+        "drug": "sorafenib",
+        "start_date": day(30),
+        "end_date": day(60),
+        "dose": 400,
+        "route": "oral",
+        "frequency": "bid",
+        "modification": "none",
+        **changes,
+    }
 
 
 @pytest.fixture
@@ -76,14 +92,18 @@ def test_the_within_entry_checks_refuse_with_item_and_rule(server, enrolled):
         url = entries_url(subject)
         assert errors_of(http.post(url, json={"items": infusion(route="oral")})) == {("route", "route_for_drug")}
         assert errors_of(http.post(url, json={"items": tablets(route="iv")})) == {("route", "route_for_drug")}
-        assert errors_of(http.post(url, json={"items": tablets(end_date=day(29))})) == {("end_date", "end_before_start")}
+        assert errors_of(http.post(url, json={"items": tablets(end_date=day(29))})) == {
+            ("end_date", "end_before_start")
+        }
         assert errors_of(http.post(url, json={"items": infusion(dose=2001)})) == {("dose", "hard_range")}
         assert errors_of(http.post(url, json={"items": infusion(dose=-1)})) == {("dose", "hard_range")}
         assert errors_of(http.post(url, json={"items": infusion(modification="reduced")})) == {
-            ("modification_reason", "modification_reason_required")}
+            ("modification_reason", "modification_reason_required")
+        }
         assert http.get(url).json() == []  # nothing was written
-        edge = http.post(url, json={"items": infusion(dose=2000, modification="interrupted",
-                                                      modification_reason="adverse_event")})
+        edge = http.post(
+            url, json={"items": infusion(dose=2000, modification="interrupted", modification_reason="adverse_event")}
+        )
         assert edge.status_code == 201, edge.text
         assert edge.json()["items"]["modification_reason"]["value"] == "adverse_event"
         assert http.post(url, json={"items": tablets(end_date=day(30), dose=0)}).status_code == 201
@@ -96,8 +116,11 @@ def test_changing_the_drug_replaces_the_resource_by_one_of_the_other_type(server
         assert created.status_code == 201, created.text
         entry = created.json()
         before = entry["items"]["drug"]["resource"]
-        changed = http.put(f"{entries_url(subject)}/{entry['id']}", json={"items": tablets(), "reason": "wrong drug"},
-                           headers={"If-Match": str(entry["version"])})
+        changed = http.put(
+            f"{entries_url(subject)}/{entry['id']}",
+            json={"items": tablets(), "reason": "wrong drug"},
+            headers={"If-Match": str(entry["version"])},
+        )
         assert changed.status_code == 200, changed.text
         after = changed.json()["items"]["drug"]["resource"]
         assert before.startswith("MedicationAdministration/") and after.startswith("MedicationStatement/")
@@ -106,8 +129,11 @@ def test_changing_the_drug_replaces_the_resource_by_one_of_the_other_type(server
 
 
 def _link(ehr, mrn: str) -> str:
-    reply = ehr.post("/fhir", json=bundle([post({"resourceType": "Patient", "identifier": [
-        {"system": MRN["S01"], "value": mrn}]}, urn())]), headers=FHIR_JSON)
+    reply = ehr.post(
+        "/fhir",
+        json=bundle([post({"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn}]}, urn())]),
+        headers=FHIR_JSON,
+    )
     assert reply.status_code == 200, reply.text
     return reply.json()["entry"][0]["response"]["location"].split("/")[1]
 
@@ -121,15 +147,23 @@ def _of(listed: list[dict], reference: str) -> dict:
 def test_ehr_pushes_of_study_treatment_land_in_exposure_other_medication_in_conmed(server, enrolled):
     subject, mrn = enrolled
     administration = {
-        "resourceType": "MedicationAdministration", "status": "completed", "subject": {"reference": f"Patient/{subject}"},
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{subject}"},
         "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "pd1-antibody"}], "text": "camrelizumab"},
         "effectiveDateTime": day(45),
-        "dosage": {"route": {"coding": [{"system": LOCAL, "code": "route-iv"}]},
-                   "dose": {"value": 200, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}}
+        "dosage": {
+            "route": {"coding": [{"system": LOCAL, "code": "route-iv"}]},
+            "dose": {"value": 200, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"},
+        },
+    }
     statement = {
-        "resourceType": "MedicationStatement", "status": "active", "subject": {"reference": f"Patient/{subject}"},
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "subject": {"reference": f"Patient/{subject}"},
         "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "sorafenib"}], "text": "Nexavar 200 mg"},
-        "effectivePeriod": {"start": day(46)}}
+        "effectivePeriod": {"start": day(46)},
+    }
     other = {**statement, "medicationCodeableConcept": {"text": "Metformin 500 mg"}}
     references = []
     with server.client("ehr", "S01") as ehr:
@@ -157,8 +191,15 @@ def test_an_adverse_event_suspects_the_subjects_exposure_resource_of_each_drug(s
     from fhir.resources.R4B.adverseevent import AdverseEvent
 
     subject, _ = enrolled
-    event = {"ctcae_term": "rash", "onset_date": day(40), "grade": 1, "serious": False, "outcome": "recovering",
-             "related_pd1": "related", "related_sorafenib": "not_related"}
+    event = {
+        "ctcae_term": "rash",
+        "onset_date": day(40),
+        "grade": 1,
+        "serious": False,
+        "outcome": "recovering",
+        "related_pd1": "related",
+        "related_sorafenib": "not_related",
+    }
     with server.client("coordinator", "S01") as http:
         alone = http.post(entries_url(subject, "adverse_event"), json={"items": event})
         assert alone.status_code == 201, alone.text
@@ -173,13 +214,19 @@ def test_an_adverse_event_suspects_the_subjects_exposure_resource_of_each_drug(s
         assert linked.status_code == 201, linked.text
         second = _resource_of(http, linked.json(), "ctcae_term")
         AdverseEvent.model_validate(second)
-        instances = {e["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: e["instance"]["reference"]
-                     for e in second["suspectEntity"]}
-        assert instances == {"pd1-antibody": pd1["items"]["drug"]["resource"],
-                             "sorafenib": sorafenib["items"]["drug"]["resource"]}
+        instances = {
+            e["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: e["instance"]["reference"]
+            for e in second["suspectEntity"]
+        }
+        assert instances == {
+            "pd1-antibody": pd1["items"]["drug"]["resource"],
+            "sorafenib": sorafenib["items"]["drug"]["resource"],
+        }
         assert "contained" not in second
-        causality = {e["instance"]["reference"]: e["causality"][0]["assessment"]["coding"][0]["code"]
-                     for e in second["suspectEntity"]}
+        causality = {
+            e["instance"]["reference"]: e["causality"][0]["assessment"]["coding"][0]["code"]
+            for e in second["suspectEntity"]
+        }
         assert causality[pd1["items"]["drug"]["resource"]] == "related"
         read = http.get(f"{entries_url(subject, 'adverse_event')}/{linked.json()['id']}").json()
         assert read["items"]["related_pd1"]["value"] == "related"

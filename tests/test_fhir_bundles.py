@@ -1,4 +1,5 @@
 """Transaction and batch Bundles over HTTP: atomicity, idempotent re-sends, urn:uuid, outcomes, order."""
+
 import threading
 import uuid
 
@@ -25,8 +26,11 @@ def _send(http, body):
 
 
 def _ids(response_bundle, resource_type):
-    return [e["response"]["location"].split("/")[1] for e in response_bundle["entry"]
-            if e["response"].get("location", "").startswith(f"{resource_type}/")]
+    return [
+        e["response"]["location"].split("/")[1]
+        for e in response_bundle["entry"]
+        if e["response"].get("location", "").startswith(f"{resource_type}/")
+    ]
 
 
 def _total(http, resource_type, **params):
@@ -89,8 +93,9 @@ def test_urn_uuid_references_are_resolved_everywhere_in_the_resource(server):
     derived = lab(patient_url, "718-7", 120, "g/L")
     derived["derivedFrom"] = [{"reference": observation_url}]
     derived["note"] = [{"authorReference": {"reference": patient_url}, "text": "nested reference"}]
-    derived["referenceRange"] = [{"high": {"value": 175, "unit": "g/L", "system": "http://unitsofmeasure.org",
-                                           "code": "g/L"}}]
+    derived["referenceRange"] = [
+        {"high": {"value": 175, "unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}}
+    ]
     body = bundle([post(derived), post(hemoglobin, observation_url), post(patient(), patient_url)])
     with server.client("ehr", "S01") as http:
         response = _send(http, body)
@@ -111,14 +116,17 @@ def test_a_reference_by_this_server_s_own_url_is_stored_relative_and_linked(serv
         assert created.status_code == 201, created.text
         patient_id = created.json()["id"]
         absolute = f"{server.base_url}/fhir/Patient/{patient_id}"
-        body = bundle([post(lab(absolute, "718-7", 12.4, "g/dL")),
-                       post(lab(f"{absolute}/_history/1", "718-7", 12.6, "g/dL"))])
+        body = bundle(
+            [post(lab(absolute, "718-7", 12.4, "g/dL")), post(lab(f"{absolute}/_history/1", "718-7", 12.6, "g/dL"))]
+        )
         response = _send(http, body)
         assert response.status_code == 200, response.text
         found = http.get("/fhir/Observation", params={"subject": f"Patient/{patient_id}"}).json()
     assert found["total"] == 2
     assert sorted(e["resource"]["subject"]["reference"] for e in found["entry"]) == [
-        f"Patient/{patient_id}", f"Patient/{patient_id}/_history/1"]
+        f"Patient/{patient_id}",
+        f"Patient/{patient_id}/_history/1",
+    ]
 
 
 def test_unresolvable_urn_uuid_is_refused_naming_the_element(server):
@@ -142,7 +150,9 @@ def test_resending_the_same_bundle_creates_no_duplicates(server):
         second = _send(http, body).json()
         assert [e["response"]["status"] for e in first["entry"]] == ["201 Created"] * 3
         assert [e["response"]["status"] for e in second["entry"]] == ["200 OK"] * 3
-        assert [e["response"]["location"] for e in first["entry"]] == [e["response"]["location"] for e in second["entry"]]
+        assert [e["response"]["location"] for e in first["entry"]] == [
+            e["response"]["location"] for e in second["entry"]
+        ]
         [patient_id] = _ids(first, "Patient")
         assert _total(http, "Patient", identifier=f"{identifier['system']}|{identifier['value']}") == 1
         assert _total(http, "Observation", subject=f"Patient/{patient_id}") == 2
@@ -202,14 +212,20 @@ def test_batch_entries_succeed_or_fail_on_their_own(server):
         patient_id = http.post("/fhir/Patient", json=patient()).json()["id"]
         good = lab(f"Patient/{patient_id}", "718-7", 12.0, "g/dL")
         bad_value = lab(f"Patient/{patient_id}", "718-7", "high", "g/dL")
-        body = bundle([
-            post(good),
-            post(bad_value),
-            {"resource": {"resourceType": "Claim", "status": "active"}, "request": {"method": "POST", "url": "Claim"}},
-            post(lab("Patient/nobody", "718-7", 12.0, "g/dL")),
-            {"request": {"method": "GET", "url": f"Patient/{patient_id}"}},
-            post(good),
-        ], kind="batch")
+        body = bundle(
+            [
+                post(good),
+                post(bad_value),
+                {
+                    "resource": {"resourceType": "Claim", "status": "active"},
+                    "request": {"method": "POST", "url": "Claim"},
+                },
+                post(lab("Patient/nobody", "718-7", 12.0, "g/dL")),
+                {"request": {"method": "GET", "url": f"Patient/{patient_id}"}},
+                post(good),
+            ],
+            kind="batch",
+        )
         response = _send(http, body)
         assert response.status_code == 200, response.text
         reply = response.json()
@@ -217,11 +233,15 @@ def test_batch_entries_succeed_or_fail_on_their_own(server):
         statuses = [e["response"]["status"] for e in reply["entry"]]
         assert statuses[0] == "201 Created" and statuses[5] == "201 Created" and statuses[4] == "200 OK"
         assert [s.split()[0] for s in statuses[1:4]] == ["400", "400", "422"]
-        assert outcome_expressions(reply["entry"][1]["response"]["outcome"]) == ["Bundle.entry[1].resource.valueQuantity.value"]
+        assert outcome_expressions(reply["entry"][1]["response"]["outcome"]) == [
+            "Bundle.entry[1].resource.valueQuantity.value"
+        ]
         # a type the study does not keep is still validated as R4 (v2: it was "not-supported"): this Claim is not valid
         assert reply["entry"][2]["response"]["outcome"]["issue"][0]["code"] == "structure"
         assert "Bundle.entry[2].resource.patient" in outcome_expressions(reply["entry"][2]["response"]["outcome"])
-        assert outcome_expressions(reply["entry"][3]["response"]["outcome"]) == ["Bundle.entry[3].resource.subject.reference"]
+        assert outcome_expressions(reply["entry"][3]["response"]["outcome"]) == [
+            "Bundle.entry[3].resource.subject.reference"
+        ]
         assert reply["entry"][4]["resource"]["id"] == patient_id
         assert _total(http, "Observation", subject=f"Patient/{patient_id}") == 2
 
@@ -230,8 +250,13 @@ def test_transaction_with_unsupported_types_is_refused_listing_them(server):
     """v2: any valid R4 type is taken (and held back unless kept); what is not an R4 resource type, or an
     invalid resource of a type not kept, still fails the transaction whole, located."""
     body = patient_with_labs(1)
-    body["entry"].append({"fullUrl": urn(), "resource": {"resourceType": "Spaceship", "status": "active"},
-                          "request": {"method": "POST", "url": "Spaceship"}})
+    body["entry"].append(
+        {
+            "fullUrl": urn(),
+            "resource": {"resourceType": "Spaceship", "status": "active"},
+            "request": {"method": "POST", "url": "Spaceship"},
+        }
+    )
     body["entry"].append({"resource": {"resourceType": "Claim"}, "request": {"method": "POST", "url": "Claim"}})
     with server.client("ehr", "S01") as http:
         response = _send(http, body)
@@ -248,18 +273,28 @@ def test_transaction_runs_deletes_posts_puts_then_gets(server):
         old = http.post("/fhir/Patient", json=patient()).json()["id"]
         kept = http.post("/fhir/Patient", json=patient()).json()["id"]
         new_url = urn()
-        body = bundle([
-            {"request": {"method": "GET", "url": f"Patient?_id={old},{kept}"}},
-            {"resource": {**patient(), "id": kept, "gender": "male"}, "request": {"method": "PUT", "url": f"Patient/{kept}"}},
-            post(lab(new_url, "718-7", 11.0, "g/dL")),
-            post(patient(), new_url),
-            {"request": {"method": "DELETE", "url": f"Patient/{old}"}},
-        ])
+        body = bundle(
+            [
+                {"request": {"method": "GET", "url": f"Patient?_id={old},{kept}"}},
+                {
+                    "resource": {**patient(), "id": kept, "gender": "male"},
+                    "request": {"method": "PUT", "url": f"Patient/{kept}"},
+                },
+                post(lab(new_url, "718-7", 11.0, "g/dL")),
+                post(patient(), new_url),
+                {"request": {"method": "DELETE", "url": f"Patient/{old}"}},
+            ]
+        )
         response = _send(http, body)
         assert response.status_code == 200, response.text
         reply = response.json()
-        assert [e["response"]["status"] for e in reply["entry"]] == ["200 OK", "200 OK", "201 Created", "201 Created",
-                                                                     "204 No Content"]
+        assert [e["response"]["status"] for e in reply["entry"]] == [
+            "200 OK",
+            "200 OK",
+            "201 Created",
+            "201 Created",
+            "204 No Content",
+        ]
         found = reply["entry"][0]["resource"]
         assert [e["resource"]["id"] for e in found["entry"]] == [kept]  # the GET ran after the DELETE
         assert found["entry"][0]["resource"]["gender"] == "male"  # ... and after the PUT

@@ -1,5 +1,6 @@
 """SMART's Python client `fhirclient` (strict R4 models) against the real server: metadata, CRUD, search with
 paging, history (issue 12, item 6)."""
+
 import pytest
 from fhirclient import client
 from fhirclient.models.bundle import Bundle
@@ -37,8 +38,10 @@ def test_fhirclient_reads_the_capability_statement_with_strict_models(server):
 def test_fhirclient_crud_search_paging_and_history(server):
     smart = _smart(server)
     value = mrn()
-    person = Patient({"identifier": [{"system": MRN["S01"], "value": value}], "gender": "female",
-                      "birthDate": "1960-05-06"}, strict=True)
+    person = Patient(
+        {"identifier": [{"system": MRN["S01"], "value": value}], "gender": "female", "birthDate": "1960-05-06"},
+        strict=True,
+    )
     created = person.create(smart.server)
     assert created["resourceType"] == "Patient" and created["meta"]["versionId"] == "1"
     pid = created["id"]
@@ -50,16 +53,18 @@ def test_fhirclient_crud_search_paging_and_history(server):
     assert Patient.read(pid, smart.server).gender == "male"
 
     for day in range(1, 8):
-        Observation(lab(f"Patient/{pid}", "718-7", 12 + day / 10, "g/dL", f"2026-02-{day:02d}"),
-                    strict=True).create(smart.server)
+        Observation(lab(f"Patient/{pid}", "718-7", 12 + day / 10, "g/dL", f"2026-02-{day:02d}"), strict=True).create(
+            smart.server
+        )
     search = Observation.where(struct={"subject": f"Patient/{pid}", "code": "http://loinc.org|718-7", "_count": "3"})
     pages = list(search.perform_iter(smart.server))  # follows the next links
     assert len(pages) == 3 and all(page.total == 7 for page in pages)
     found = [entry.resource for page in pages for entry in page.entry or []]
     assert len(found) == 7 and len({o.id for o in found}) == 7
     assert all(isinstance(o, Observation) for o in found)
-    assert [p.id for p in Patient.where(struct={"identifier": f"{MRN['S01']}|{value}"}).perform_resources_iter(
-        smart.server)] == [pid]
+    assert [
+        p.id for p in Patient.where(struct={"identifier": f"{MRN['S01']}|{value}"}).perform_resources_iter(smart.server)
+    ] == [pid]
     counted = Bundle(smart.server.request_json(f"Observation?subject=Patient/{pid}&_summary=count"), strict=True)
     assert counted.total == 7 and not counted.entry
 
@@ -67,7 +72,9 @@ def test_fhirclient_crud_search_paging_and_history(server):
     assert history.type == "history" and history.total == 2
     assert [entry.request.method for entry in history.entry] == ["PUT", "POST"]
     typed = Bundle(smart.server.request_json("Observation/_history?_count=2"), strict=True)
-    assert typed.type == "history" and len(typed.entry) == 2 and {link.relation for link in typed.link} >= {"self", "next"}
+    assert (
+        typed.type == "history" and len(typed.entry) == 2 and {link.relation for link in typed.link} >= {"self", "next"}
+    )
 
     read.delete()
     with pytest.raises(HTTPError) as gone:

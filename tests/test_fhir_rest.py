@@ -1,4 +1,5 @@
 """FHIR REST over real HTTP: metadata, create/read/vread/history, If-Match, delete, site scoping, limits."""
+
 from fhir.resources.R4B import get_fhir_model_class
 
 from tests.fhir_builders import FHIR_JSON, MRN, lab, mrn, patient
@@ -18,17 +19,40 @@ def test_metadata_is_public_valid_and_truthful(server):
     statement = response.json()
     get_fhir_model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    assert set(resources) == {"Patient", "ResearchSubject", "Observation", "Condition", "Procedure", "Immunization",
-                              "MedicationStatement", "Specimen", "MedicationAdministration", "MedicationRequest",
-                              "AdverseEvent", "DiagnosticReport", "Encounter", "ResearchStudy", "Questionnaire",
-                              "Medication", "Group", "OperationDefinition"}  # the kept types of forms/study.yaml, the read-only ones
+    assert set(resources) == {
+        "Patient",
+        "ResearchSubject",
+        "Observation",
+        "Condition",
+        "Procedure",
+        "Immunization",
+        "MedicationStatement",
+        "Specimen",
+        "MedicationAdministration",
+        "MedicationRequest",
+        "AdverseEvent",
+        "DiagnosticReport",
+        "Encounter",
+        "ResearchStudy",
+        "Questionnaire",
+        "Medication",
+        "Group",
+        "OperationDefinition",
+    }  # the kept types of forms/study.yaml, the read-only ones
     # (v2: OperationDefinition, the definitions of ResearchSubject/$randomize and Patient/$everything)
     assert "Claim" not in resources
     assert [i["code"] for i in resources["Questionnaire"]["interaction"]] == ["read"]  # the eCRF door's forms
     assert "interaction" not in resources["Group"]  # only Group/{study}/$export
     observation = resources["Observation"]
-    assert {i["code"] for i in observation["interaction"]} >= {"read", "vread", "update", "delete", "create",
-                                                               "search-type", "history-instance"}
+    assert {i["code"] for i in observation["interaction"]} >= {
+        "read",
+        "vread",
+        "update",
+        "delete",
+        "create",
+        "search-type",
+        "history-instance",
+    }
     assert {p["name"] for p in observation["searchParam"]} >= {"subject", "code", "date", "_lastUpdated"}
     assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"transaction", "batch", "history-system"}
     assert [i["code"] for i in resources["ResearchStudy"]["interaction"]] == ["read"]
@@ -177,12 +201,16 @@ def test_research_study_is_generated_from_the_study_definition(server):
 def test_research_subject_enrols_a_patient_as_candidate(server):
     with server.client("ehr", "S01") as http:
         pid = _create(http, patient()).json()["id"]
-        subject = {"resourceType": "ResearchSubject", "study": {"reference": "ResearchStudy/NCT04163237"},
-                   "individual": {"reference": f"Patient/{pid}"}}
+        subject = {
+            "resourceType": "ResearchSubject",
+            "study": {"reference": "ResearchStudy/NCT04163237"},
+            "individual": {"reference": f"Patient/{pid}"},
+        }
         created = _create(http, subject).json()
         assert created["status"] == "candidate"
-        found = http.get("/fhir/ResearchSubject", params={"study": "ResearchStudy/NCT04163237",
-                                                           "individual": f"Patient/{pid}"}).json()
+        found = http.get(
+            "/fhir/ResearchSubject", params={"study": "ResearchStudy/NCT04163237", "individual": f"Patient/{pid}"}
+        ).json()
         assert [e["resource"]["id"] for e in found["entry"]] == [created["id"]]
         wrong = http.post("/fhir/ResearchSubject", json={**subject, "study": {"reference": "ResearchStudy/OTHER"}})
         assert wrong.status_code == 422

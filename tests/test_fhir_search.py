@@ -1,4 +1,5 @@
 """Search over HTTP: token/reference/date parameters, _lastUpdated, _sort, _count paging with next links."""
+
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -19,9 +20,12 @@ def _patient_with(server, observations: list[dict], conditions: list[dict] = ())
 
 
 def _condition(code: str) -> dict:
-    return {"resourceType": "Condition", "subject": {"reference": ""},
-            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]},
-            "onsetDateTime": "2025-11-02"}
+    return {
+        "resourceType": "Condition",
+        "subject": {"reference": ""},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": code}]},
+        "onsetDateTime": "2025-11-02",
+    }
 
 
 def _ids(searchset: dict) -> list[str]:
@@ -33,6 +37,7 @@ def test_observation_search_by_subject_code_and_date(server):
     observations.append(lab("", "777-3", 210, "10*3/uL", "2025-12-31"))
     pid = _patient_with(server, observations)
     with server.client("ehr", "S01") as http:
+
         def search(**params):
             response = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", **params})
             assert response.status_code == 200, response.text
@@ -68,7 +73,9 @@ def test_last_updated_filter_and_sort(server):
         stamp = (middle - timedelta(microseconds=0)).isoformat().replace("+00:00", "Z")
         newer = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_lastUpdated": f"gt{stamp}"}).json()
         assert _ids(newer) == [later]
-        newest_first = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_sort": "-_lastUpdated"}).json()
+        newest_first = http.get(
+            "/fhir/Observation", params={"subject": f"Patient/{pid}", "_sort": "-_lastUpdated"}
+        ).json()
         assert _ids(newest_first)[0] == later and newest_first["total"] == 2
 
 
@@ -98,17 +105,25 @@ def test_condition_patient_identifier_and_research_subject_search(server):
     identifier = person["identifier"][0]
     pid = _patient_with(server, [], [_condition("C22.0"), _condition("I50.9")])
     with server.client("ehr", "S01") as http:
-        conditions = http.get("/fhir/Condition", params={"subject": f"Patient/{pid}",
-                                                          "code": "http://hl7.org/fhir/sid/icd-10|C22.0"}).json()
+        conditions = http.get(
+            "/fhir/Condition", params={"subject": f"Patient/{pid}", "code": "http://hl7.org/fhir/sid/icd-10|C22.0"}
+        ).json()
         assert conditions["total"] == 1 and conditions["entry"][0]["resource"]["code"]["coding"][0]["code"] == "C22.0"
         created = http.post("/fhir/Patient", json=person).json()["id"]
-        by_identifier = http.get("/fhir/Patient", params={"identifier": f"{identifier['system']}|{identifier['value']}"})
+        by_identifier = http.get(
+            "/fhir/Patient", params={"identifier": f"{identifier['system']}|{identifier['value']}"}
+        )
         assert _ids(by_identifier.json()) == [created]
-        subject = {"resourceType": "ResearchSubject", "status": "candidate",
-                   "study": {"reference": "ResearchStudy/NCT04163237"}, "individual": {"reference": f"Patient/{created}"}}
+        subject = {
+            "resourceType": "ResearchSubject",
+            "status": "candidate",
+            "study": {"reference": "ResearchStudy/NCT04163237"},
+            "individual": {"reference": f"Patient/{created}"},
+        }
         subject_id = http.post("/fhir/ResearchSubject", json=subject).json()["id"]
-        found = http.get("/fhir/ResearchSubject", params={"study": "ResearchStudy/NCT04163237",
-                                                           "individual": f"Patient/{created}"}).json()
+        found = http.get(
+            "/fhir/ResearchSubject", params={"study": "ResearchStudy/NCT04163237", "individual": f"Patient/{created}"}
+        ).json()
         assert _ids(found) == [subject_id]
 
 
@@ -116,8 +131,15 @@ def test_unknown_search_parameters_are_refused_with_strict_handling(server):
     # v2 (issue 12): lenient is the default (tests/test_fhir_search_lenient.py); Prefer: handling=strict keeps 400
     strict = {"Prefer": "handling=strict"}
     with server.client("ehr", "S01") as http:
-        for params in ({"colour": "red"}, {"code:below": "718"}, {"_include": "Observation:code"},
-                       {"date": "yesterday"}, {"_count": "-1"}, {"_sort": "value"}, {"subject": ""}):
+        for params in (
+            {"colour": "red"},
+            {"code:below": "718"},
+            {"_include": "Observation:code"},
+            {"date": "yesterday"},
+            {"_count": "-1"},
+            {"_sort": "value"},
+            {"subject": ""},
+        ):
             response = http.get("/fhir/Observation", params=params, headers=strict)
             assert response.status_code == 400, params
             outcome = response.json()
@@ -149,7 +171,11 @@ def test_patient_search_takes_the_subject_when_it_is_a_patient(server):
         assert found("Observation", patient=f"Group/{pid}") == []
         assert found("Observation", patient=f"Group/{pid},Patient/{pid}") == patient_observations
         assert len(found("Condition", patient=pid)) == 1
-        subject = {"resourceType": "ResearchSubject", "status": "candidate",
-                   "study": {"reference": "ResearchStudy/NCT04163237"}, "individual": {"reference": f"Patient/{pid}"}}
+        subject = {
+            "resourceType": "ResearchSubject",
+            "status": "candidate",
+            "study": {"reference": "ResearchStudy/NCT04163237"},
+            "individual": {"reference": f"Patient/{pid}"},
+        }
         subject_id = http.post("/fhir/ResearchSubject", json=subject).json()["id"]
         assert found("ResearchSubject", patient=pid) == [subject_id]

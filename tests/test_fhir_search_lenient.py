@@ -1,5 +1,6 @@
 """Search as clients use it (issue 12, item 3, first part): lenient handling by default, strict on request,
 POST [type]/_search form-encoded, _count=0, _summary=count and _total."""
+
 from urllib.parse import parse_qsl, urlsplit
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -25,8 +26,10 @@ def _links(found: dict) -> dict[str, str]:
 def test_unknown_parameters_are_ignored_named_in_an_outcome_entry_and_left_out_of_self(server):
     pid = _patient_with_labs(server, 3)
     with server.client("ehr", "S01") as http:
-        response = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "colour": "red",
-                                                           "_totalMethod": "count", "code:banana": "718-7"})
+        response = http.get(
+            "/fhir/Observation",
+            params={"subject": f"Patient/{pid}", "colour": "red", "_totalMethod": "count", "code:banana": "718-7"},
+        )
         assert response.status_code == 200, response.text
         found = response.json()
         get_fhir_model_class("Bundle").model_validate(found)
@@ -42,11 +45,17 @@ def test_unknown_parameters_are_ignored_named_in_an_outcome_entry_and_left_out_o
         assert self_params["subject"] == f"Patient/{pid}"
         assert not {"colour", "_totalMethod", "code:banana", "code"} & set(self_params)
 
-        lenient = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "colour": "red"},
-                           headers={"Prefer": "handling=lenient"})
+        lenient = http.get(
+            "/fhir/Observation",
+            params={"subject": f"Patient/{pid}", "colour": "red"},
+            headers={"Prefer": "handling=lenient"},
+        )
         assert lenient.status_code == 200 and lenient.json()["total"] == 3
-        strict = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "colour": "red"},
-                          headers={"Prefer": "handling=strict"})
+        strict = http.get(
+            "/fhir/Observation",
+            params={"subject": f"Patient/{pid}", "colour": "red"},
+            headers={"Prefer": "handling=strict"},
+        )
         assert strict.status_code == 400 and "colour" in strict.json()["issue"][0]["diagnostics"]
         clean = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}"}).json()
         assert all(e["search"]["mode"] == "match" for e in clean["entry"])
@@ -61,22 +70,27 @@ def test_count_zero_and_summary_count_answer_the_total_only_without_next(server)
             assert set(_links(found)) == {"self"}, params
         paged = http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_count": "2"}).json()
         assert "next" in _links(paged) and len(paged["entry"]) == 2
-        assert "total" not in http.get("/fhir/Observation", params={"subject": f"Patient/{pid}",
-                                                                     "_total": "none"}).json()
+        assert (
+            "total" not in http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_total": "none"}).json()
+        )
         for mode in ("estimate", "accurate"):
-            assert http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_total": mode}).json()["total"] == 4
+            assert (
+                http.get("/fhir/Observation", params={"subject": f"Patient/{pid}", "_total": mode}).json()["total"] == 4
+            )
         assert http.get("/fhir/Observation", params={"_total": "some"}).status_code == 400
 
 
 def test_post_search_takes_form_encoded_parameters_in_the_body_and_the_url(server):
     pid = _patient_with_labs(server, 5)
     with server.client("ehr", "S01") as http:
-        response = http.post("/fhir/Observation/_search", content=f"subject=Patient%2F{pid}&date=ge2026-01-03",
-                             headers=FORM)
+        response = http.post(
+            "/fhir/Observation/_search", content=f"subject=Patient%2F{pid}&date=ge2026-01-03", headers=FORM
+        )
         assert response.status_code == 200, response.text
         assert response.json()["total"] == 3
-        mixed = http.post(f"/fhir/Observation/_search?subject=Patient/{pid}", data={"date": "le2026-01-02",
-                                                                                    "_count": "1"})
+        mixed = http.post(
+            f"/fhir/Observation/_search?subject=Patient/{pid}", data={"date": "le2026-01-02", "_count": "1"}
+        )
         assert mixed.status_code == 200, mixed.text
         page = mixed.json()
         assert page["total"] == 2 and len(page["entry"]) == 1

@@ -5,6 +5,7 @@ goes to both servers: same status, same issue codes and locations (where the who
 and a refused one writes nothing.
 (tests/test_fhir_bundles.py also runs all its transaction and batch tests on the streaming server.)
 """
+
 import json
 
 import pytest
@@ -101,8 +102,12 @@ def test_a_valid_bundle_is_stored_the_same_way_streamed(server, streaming):
     person = patient()
     identifier = f"{MRN['S01']}|{person['identifier'][0]['value']}"
     patient_url = urn()
-    first = bundle([post(person, patient_url, if_none_exist=f"identifier={identifier}"),
-                    post(lab(patient_url, "718-7", 13.2, "g/dL"))])
+    first = bundle(
+        [
+            post(person, patient_url, if_none_exist=f"identifier={identifier}"),
+            post(lab(patient_url, "718-7", 13.2, "g/dL")),
+        ]
+    )
     again = bundle([*first["entry"], post(lab(f"Patient?identifier={identifier}", "777-3", 210, "10*3/uL"))])
     with streaming.client("ehr", "S01") as http:
         created = http.post("/fhir", json=first, headers=FHIR_JSON)

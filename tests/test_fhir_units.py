@@ -1,4 +1,5 @@
 """Quantities arriving through the FHIR door land in item_fact in canonical units; the original stays."""
+
 from decimal import Decimal
 
 import pytest
@@ -18,11 +19,19 @@ def _quantity_items(study):
 
 
 def _observation(subject: str, coding, value, unit: str, *, legacy: bool) -> dict:
-    quantity = {"value": float(value), "unit": unit} if legacy else \
-        {"value": float(value), "unit": unit, "system": UCUM, "code": unit}
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": coding.system, "code": coding.code}]},
-            "subject": {"reference": subject}, "effectiveDateTime": "2026-04-01", "valueQuantity": quantity}
+    quantity = (
+        {"value": float(value), "unit": unit}
+        if legacy
+        else {"value": float(value), "unit": unit, "system": UCUM, "code": unit}
+    )
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": coding.system, "code": coding.code}]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": "2026-04-01",
+        "valueQuantity": quantity,
+    }
 
 
 def _push(server, resources: list[dict]) -> list[str]:
@@ -65,10 +74,16 @@ def test_every_accepted_unit_of_every_quantity_item_arrives_canonical(server):
             problems.append(f"{item.id} in {unit}: {len(found)} facts")
             continue
         fact = found[0]
-        if fact.error or fact.unit != item.unit or fact.value_number != pytest.approx(expected, rel=1e-12) \
-                or fact.original_unit != unit:
-            problems.append(f"{item.id} in {unit}: {fact.value_number} {fact.unit} (error {fact.error!r}), "
-                            f"expected {expected} {item.unit}")
+        if (
+            fact.error
+            or fact.unit != item.unit
+            or fact.value_number != pytest.approx(expected, rel=1e-12)
+            or fact.original_unit != unit
+        ):
+            problems.append(
+                f"{item.id} in {unit}: {fact.value_number} {fact.unit} (error {fact.error!r}), "
+                f"expected {expected} {item.unit}"
+            )
     assert not problems, "\n".join(problems)
 
 

@@ -1,6 +1,7 @@
 """Entries of log forms and repeating forms: each with its own id, version, lifecycle and withdrawal,
 through real HTTP on SQLite and PostgreSQL. The log form is study data: a copy of the study with one
 more form file (no Python change), served by a server of its own on the same database."""
+
 import secrets
 import shutil
 
@@ -17,10 +18,22 @@ SYMPTOM_LOG = {
     "kind": "log",
     "observation_category": "survey",
     "items": [
-        {"id": "symptom_grade", "label": "Symptom grade", "type": "integer", "required": True,
-         "hard_min": 1, "hard_max": 5, "fhir": {"kind": "observation", "codes": ["LOCAL#symptom-grade Symptom grade"]}},
-        {"id": "symptom_serious", "label": "Serious", "type": "boolean", "required": True,
-         "fhir": {"kind": "observation", "codes": ["LOCAL#symptom-serious Symptom is serious"]}},
+        {
+            "id": "symptom_grade",
+            "label": "Symptom grade",
+            "type": "integer",
+            "required": True,
+            "hard_min": 1,
+            "hard_max": 5,
+            "fhir": {"kind": "observation", "codes": ["LOCAL#symptom-grade Symptom grade"]},
+        },
+        {
+            "id": "symptom_serious",
+            "label": "Serious",
+            "type": "boolean",
+            "required": True,
+            "fhir": {"kind": "observation", "codes": ["LOCAL#symptom-serious Symptom is serious"]},
+        },
     ],
 }
 
@@ -33,8 +46,9 @@ def log_server(database_url, tmp_path_factory):
     study = yaml.safe_load((forms / "study.yaml").read_text())
     study["forms"].append("symptom_log")
     (forms / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False, allow_unicode=True))
-    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), study_dir=forms,
-                        _env_file=None)
+    settings = Settings(
+        database_url=database_url, jwt_secret=secrets.token_urlsafe(32), study_dir=forms, _env_file=None
+    )
     with running_server(settings) as server:
         yield server
 
@@ -151,6 +165,7 @@ def test_an_entry_is_withdrawn_as_entered_in_error_never_deleted(log_server, sub
 
 def _instance_id(subject_id: str, entry: dict) -> str:
     from ecrf.crf.locate import derived_id
+
     return derived_id(subject_id, "symptom_log", "LOG", "entry", entry["id"])
 
 
@@ -179,8 +194,11 @@ def test_the_log_form_is_described_in_the_study_and_the_questionnaire(log_server
         items = {i["id"]: i for i in adverse["items"]}  # the screens read the text limit from the definition
         assert items["term_verbatim"]["max_length"] == 500 and "max_length" not in items["grade"]
         study = http.get("/api/v1/study").json()  # and which items the system's allocation writes
-        assert study["randomisation"] == {"form": "randomisation", "visit": "SCR",
-                                          "derived_items": ["arm", "randomisation_date"]}
+        assert study["randomisation"] == {
+            "form": "randomisation",
+            "visit": "SCR",
+            "derived_items": ["arm", "randomisation_date"],
+        }
         study_forms = {f["id"]: f for f in http.get("/api/v1/study").json()["forms"]}
         assert study_forms["symptom_log"]["kind"] == "log"
         assert study_forms["afp"]["repeating"] is True
@@ -212,9 +230,18 @@ def test_a_repeating_form_takes_several_entries_at_one_visit(server):
 
 # -- the adverse event log (CRF-SPEC 7.2): AdverseEvent resources, checks as data ------------------------
 
-AE = {"ctcae_term": "rash", "onset_date": day(40), "grade": 3, "serious": True,
-      "seriousness_criteria": ["hospitalisation"], "related_pd1": "related", "related_sorafenib": "not_related",
-      "immune_related": True, "action_taken": "interrupted", "outcome": "recovering"}
+AE = {
+    "ctcae_term": "rash",
+    "onset_date": day(40),
+    "grade": 3,
+    "serious": True,
+    "seriousness_criteria": ["hospitalisation"],
+    "related_pd1": "related",
+    "related_sorafenib": "not_related",
+    "immune_related": True,
+    "action_taken": "interrupted",
+    "outcome": "recovering",
+}
 
 
 def ae_url(subject_id: str) -> str:
@@ -242,13 +269,19 @@ def test_an_adverse_event_entry_is_an_adverse_event_resource_read_back_item_by_i
     assert resource.startswith("AdverseEvent/") and {e["resource"] for e in view["items"].values()} == {resource}
     stored = server.runtime  # the store holds one AdverseEvent with the R4 elements of CRF-SPEC 7.2
     from ecrf.store.unit import read_only
+
     with read_only(stored, _reader()) as store:
         content = store.read("AdverseEvent", resource.split("/")[1]).content
-    assert content["actuality"] == "actual" and content["subject"] == {"reference": f"Patient/{_patient(server, ae_subject)}"}
+    assert content["actuality"] == "actual" and content["subject"] == {
+        "reference": f"Patient/{_patient(server, ae_subject)}"
+    }
     assert content["date"] == content["detected"] == day(40)
     assert content["seriousness"]["coding"][0]["code"] == "serious"
-    assert content["severity"]["coding"][0] == {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
-                                                "code": "severe", "display": "Severe"}
+    assert content["severity"]["coding"][0] == {
+        "system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+        "code": "severe",
+        "display": "Severe",
+    }
     assert content["outcome"]["coding"][0]["code"] == "recovering"
     assert content["event"]["coding"][0]["code"] == "ae-rash"
     grade = [e for e in content["extension"] if e["url"].endswith("/ctcae-grade")]
@@ -257,6 +290,7 @@ def test_an_adverse_event_entry_is_an_adverse_event_resource_read_back_item_by_i
 
 def _reader():
     from ecrf.auth.actor import Actor
+
     return Actor(sub="test-reader", roles=frozenset({"data_manager"}))
 
 
@@ -265,21 +299,24 @@ def _patient(server, subject_id: str) -> str:
         return http.get(f"/api/v1/subjects/{subject_id}").json()["patient_id"]
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"grade": 5}, {("outcome", "grade_outcome"), ("seriousness_criteria", "grade5_serious_death")}),
-    ({"outcome": "fatal"}, {("outcome", "grade_outcome")}),
-    ({"grade": 5, "outcome": "fatal", "seriousness_criteria": ["death"]}, set()),
-    ({"resolution_date": day(45)}, {("resolution_date", "resolution_with_outcome")}),
-    ({"resolution_date": day(35), "outcome": "recovered"}, {("resolution_date", "resolution_before_onset")}),
-    ({"ctcae_term": "other"}, {("term_verbatim", "verbatim_required")}),
-    ({"ctcae_term": "other", "term_verbatim": "itchy scalp"}, set()),
-    ({"seriousness_criteria": None}, {("seriousness_criteria", "seriousness_criteria_required")}),
-    ({"seriousness_criteria": ["hospitalisation", "nope"]}, {("seriousness_criteria", "allowed_values")}),
-    ({"seriousness_criteria": "hospitalisation"}, {("seriousness_criteria", "type")}),
-    ({"term_verbatim": "x" * 501}, {("term_verbatim", "max_length")}),
-    ({"grade": 6}, {("grade", "hard_range")}),
-    ({"severity": "mild"}, {("severity", "derived")}),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"grade": 5}, {("outcome", "grade_outcome"), ("seriousness_criteria", "grade5_serious_death")}),
+        ({"outcome": "fatal"}, {("outcome", "grade_outcome")}),
+        ({"grade": 5, "outcome": "fatal", "seriousness_criteria": ["death"]}, set()),
+        ({"resolution_date": day(45)}, {("resolution_date", "resolution_with_outcome")}),
+        ({"resolution_date": day(35), "outcome": "recovered"}, {("resolution_date", "resolution_before_onset")}),
+        ({"ctcae_term": "other"}, {("term_verbatim", "verbatim_required")}),
+        ({"ctcae_term": "other", "term_verbatim": "itchy scalp"}, set()),
+        ({"seriousness_criteria": None}, {("seriousness_criteria", "seriousness_criteria_required")}),
+        ({"seriousness_criteria": ["hospitalisation", "nope"]}, {("seriousness_criteria", "allowed_values")}),
+        ({"seriousness_criteria": "hospitalisation"}, {("seriousness_criteria", "type")}),
+        ({"term_verbatim": "x" * 501}, {("term_verbatim", "max_length")}),
+        ({"grade": 6}, {("grade", "hard_range")}),
+        ({"severity": "mild"}, {("severity", "derived")}),
+    ],
+)
 def test_the_checks_of_an_adverse_event(server, ae_subject, change, expected):
     items = {key: value for key, value in {**AE, **change}.items() if value is not None}
     with server.client("coordinator", "S01") as http:
@@ -300,24 +337,34 @@ def test_text_and_codes_items_in_the_form_and_the_questionnaire(server):
         items = {i["id"]: i for i in adverse["items"]}  # the screens read the text limit from the definition
         assert items["term_verbatim"]["max_length"] == 500 and "max_length" not in items["grade"]
         study = http.get("/api/v1/study").json()  # and which items the system's allocation writes
-        assert study["randomisation"] == {"form": "randomisation", "visit": "SCR",
-                                          "derived_items": ["arm", "randomisation_date"]}
+        assert study["randomisation"] == {
+            "form": "randomisation",
+            "visit": "SCR",
+            "derived_items": ["arm", "randomisation_date"],
+        }
         questionnaire = http.get("/fhir/Questionnaire/adverse-event").json()
         assert questionnaire["id"] == "adverse-event"
         assert http.get("/fhir/Questionnaire/adverse_event").json() == questionnaire  # by the form id too
     questions = {q["linkId"]: q for q in questionnaire["item"]}
     assert questions["term_verbatim"]["type"] == "text" and questions["term_verbatim"]["maxLength"] == 500
     assert questions["seriousness_criteria"]["repeats"] is True
-    assert [o["valueCoding"]["code"] for o in questions["seriousness_criteria"]["answerOption"]][0] == \
-        "seriousness_criteria-death"
+    assert [o["valueCoding"]["code"] for o in questions["seriousness_criteria"]["answerOption"]][
+        0
+    ] == "seriousness_criteria-death"
 
 
 # -- concomitant medication (7.3) and disease assessment (7.4) ----------------------------------------
 
+
 def test_a_conmed_entry_is_a_medication_statement_and_its_checks(server, ae_subject):
     url = entries_url(ae_subject, "conmed")
-    items = {"medication": "Omeprazole 20 mg", "atc": "A", "indication": "gastric protection",
-             "start_date": day(30), "ongoing": True}
+    items = {
+        "medication": "Omeprazole 20 mg",
+        "atc": "A",
+        "indication": "gastric protection",
+        "start_date": day(30),
+        "ongoing": True,
+    }
     with server.client("coordinator", "S01") as http:
         created = http.post(url, json={"items": items})
         assert created.status_code == 201, created.text
@@ -326,11 +373,15 @@ def test_a_conmed_entry_is_a_medication_statement_and_its_checks(server, ae_subj
         assert view["items"]["medication"]["resource"].startswith("MedicationStatement/")
         refused = http.post(url, json={"items": {**items, "end_date": day(20)}})
         assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {
-            ("end_date", "end_before_start"), ("end_date", "ongoing_with_end_date")}
-        stopped = http.put(f"{url}/{view['id']}", json={"items": {**items, "ongoing": False, "end_date": day(50)},
-                                                        "reason": "stopped"})
+            ("end_date", "end_before_start"),
+            ("end_date", "ongoing_with_end_date"),
+        }
+        stopped = http.put(
+            f"{url}/{view['id']}", json={"items": {**items, "ongoing": False, "end_date": day(50)}, "reason": "stopped"}
+        )
         assert stopped.status_code == 200 and stopped.json()["items"]["ongoing"]["value"] is False
     from ecrf.store.unit import read_only
+
     with read_only(server.runtime, _reader()) as store:
         content = store.read("MedicationStatement", view["items"]["medication"]["resource"].split("/")[1]).content
     assert content["status"] == "completed" and content["effectivePeriod"] == {"start": day(30), "end": day(50)}
@@ -340,8 +391,13 @@ def test_a_conmed_entry_is_a_medication_statement_and_its_checks(server, ae_subj
 
 def test_disease_assessments_repeat_at_their_visits_as_cancer_disease_status_observations(server, ae_subject):
     url = f"{path(ae_subject, 'disease_assessment', 'M3')}/entries"
-    recurrence = {"status": "recurrence", "assessment_date": day(92), "method": "ct",
-                  "recurrence_site": "intrahepatic", "recurrence_date": day(90)}
+    recurrence = {
+        "status": "recurrence",
+        "assessment_date": day(92),
+        "method": "ct",
+        "recurrence_site": "intrahepatic",
+        "recurrence_date": day(90),
+    }
     with server.client("coordinator", "S01") as http:
         ned = http.post(url, json={"items": {"status": "ned", "assessment_date": day(88), "method": "mri"}})
         found = http.post(url, json={"items": recurrence})
@@ -351,10 +407,14 @@ def test_disease_assessments_repeat_at_their_visits_as_cancer_disease_status_obs
         observation = http.get(f"/fhir/{found.json()['items']['status']['resource']}").json()
         assert observation["code"]["coding"][0]["code"] == "97509-4" and observation["status"] == "final"
         assert observation["effectiveDateTime"] == day(92)
-        checks = [({"status": "recurrence", "assessment_date": day(92), "method": "ct"},
-                   {("recurrence_site", "recurrence_site_required"), ("recurrence_date", "recurrence_date_required")}),
-                  ({**recurrence, "recurrence_date": day(95)}, {("recurrence_date", "recurrence_after_assessment")}),
-                  ({**recurrence, "status": "ned"}, {("status", "recurrence_without_recurrence")})]
+        checks = [
+            (
+                {"status": "recurrence", "assessment_date": day(92), "method": "ct"},
+                {("recurrence_site", "recurrence_site_required"), ("recurrence_date", "recurrence_date_required")},
+            ),
+            ({**recurrence, "recurrence_date": day(95)}, {("recurrence_date", "recurrence_after_assessment")}),
+            ({**recurrence, "status": "ned"}, {("status", "recurrence_without_recurrence")}),
+        ]
         for items, expected in checks:
             refused = http.post(url, json={"items": items})
             assert refused.status_code == 422, refused.text
@@ -377,7 +437,9 @@ def test_end_of_study_is_once_per_subject_unless_the_entry_is_withdrawn(server, 
         assert refused.status_code == 409  # the count comes first: no second entry whatever its data
         withdrawn = http.post(f"{url}/{first.json()['id']}/withdraw", json={"reason": "wrong subject"})
         assert withdrawn.status_code == 200, withdrawn.text
-        again = http.post(url, json={"items": {**items, "status": "lost_to_follow_up", "last_known_alive_date": day(55)}})
+        again = http.post(
+            url, json={"items": {**items, "status": "lost_to_follow_up", "last_known_alive_date": day(55)}}
+        )
         assert again.status_code == 201, again.text
         listed = http.get(url).json()
         assert [e["status"] for e in listed] == ["entered_in_error", "complete"]

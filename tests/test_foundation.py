@@ -1,4 +1,5 @@
 """The service starts with the study loaded, answers health checks and authenticates real JWTs."""
+
 import base64
 import json
 import os
@@ -32,8 +33,17 @@ def test_study_definition_is_served_to_any_authenticated_role(server):
     assert [s["id"] for s in study["sites"]] == ["S01", "S02"]
     assert {a["id"] for a in study["arms"]} == {"PD1_SORA", "SORA"}
     assert [v["id"] for v in study["visits"]] == ["PREOP", "POD7", "SCR", "M1", "M3", "M6", "M9", "M12"]
-    assert {f["id"] for f in study["forms"]} >= {"demographics", "baseline", "labs", "surgery", "pathology",
-                                                 "afp", "ctc", "history", "randomisation"}
+    assert {f["id"] for f in study["forms"]} >= {
+        "demographics",
+        "baseline",
+        "labs",
+        "surgery",
+        "pathology",
+        "afp",
+        "ctc",
+        "history",
+        "randomisation",
+    }
     assert len(study["criteria"]) == 28
 
 
@@ -46,8 +56,15 @@ def test_study_needs_a_token(server):
 
 def _claims(server, **overrides):
     now = int(time.time())
-    claims = {"sub": "attacker", "roles": ["investigator"], "sites": ["S01"], "iat": now, "exp": now + 600,
-              "iss": server.settings.jwt_issuer, "aud": server.settings.jwt_audience}
+    claims = {
+        "sub": "attacker",
+        "roles": ["investigator"],
+        "sites": ["S01"],
+        "iat": now,
+        "exp": now + 600,
+        "iss": server.settings.jwt_issuer,
+        "aud": server.settings.jwt_audience,
+    }
     claims.update(overrides)
     return {key: value for key, value in claims.items() if value is not None}
 
@@ -80,7 +97,9 @@ def test_unsigned_alg_none_token_is_refused(server):
 
 def test_expired_token_is_refused(server):
     past = int(time.time()) - 3600
-    _refused(server, jwt.encode(_claims(server, iat=past - 60, exp=past), server.settings.jwt_secret, algorithm="HS256"))
+    _refused(
+        server, jwt.encode(_claims(server, iat=past - 60, exp=past), server.settings.jwt_secret, algorithm="HS256")
+    )
 
 
 def test_token_without_exp_is_refused(server):
@@ -99,7 +118,10 @@ def test_ecrf_token_command_output_is_accepted(server):
     env = {**os.environ, "ECRF_JWT_SECRET": server.settings.jwt_secret}
     result = subprocess.run(
         [sys.executable, "-m", "ecrf.cli", "token", "--role", "coordinator", "--site", "S01", "--sub", "nurse-1"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     token = result.stdout.strip()
     claims = jwt.get_unverified_claims(token)
@@ -111,8 +133,12 @@ def test_ecrf_token_command_output_is_accepted(server):
 
 
 def test_ecrf_token_refuses_an_unknown_role():
-    result = subprocess.run([sys.executable, "-m", "ecrf.cli", "token", "--role", "root"],
-                            capture_output=True, text=True, env={**os.environ, "ECRF_JWT_SECRET": "x" * 32})
+    result = subprocess.run(
+        [sys.executable, "-m", "ecrf.cli", "token", "--role", "root"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ECRF_JWT_SECRET": "x" * 32},
+    )
     assert result.returncode == 2 and "unknown role" in result.stderr
 
 
@@ -178,8 +204,14 @@ def test_ecrf_serve_migrates_a_fresh_database_loads_the_study_and_answers(tmp_pa
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {key: value for key, value in os.environ.items() if not key.startswith("ECRF_")}
-    process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -4,6 +4,7 @@ does not list for the operation (ecrf/openapi_errors.py), no response off-schema
 A bounded number of examples per operation keeps CI fast; run it longer with
 `ECRF_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz_openapi.py`.
 """
+
 import os
 
 import schemathesis
@@ -49,12 +50,18 @@ def test_no_server_errors_and_responses_match_the_schema(server):
         headers = {"Authorization": f"Bearer {server.token(role, *sites, sub=f'fuzz-{role}')}"}
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        )
         def call(case):
-            case.call_and_validate(base_url=server.base_url, headers=headers,
-                                   checks=[not_a_server_error, status_code_conformance,
-                                           response_schema_conformance])
+            case.call_and_validate(
+                base_url=server.base_url,
+                headers=headers,
+                checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
+            )
 
         try:
             call()

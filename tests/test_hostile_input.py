@@ -3,6 +3,7 @@
 Every refusal is checked the same way: status, shape (OperationOutcome under /fhir; detail and errors under
 /api/v1) and the row counts of the tables a write touches, before and after.
 """
+
 import json
 import uuid
 from contextlib import ExitStack
@@ -24,8 +25,9 @@ WRITTEN_TABLES = ("resource_version", "resource_head", "search_token", "item_fac
 
 def row_counts(server) -> dict[str, int]:
     with server.runtime.engine.connect() as connection:
-        return {table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
-                for table in WRITTEN_TABLES}
+        return {
+            table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in WRITTEN_TABLES
+        }
 
 
 def assert_error_shape(response, *, fhir: bool, located: bool = False) -> dict[str, Any]:
@@ -66,35 +68,43 @@ class Target:
 def world(server):
     """A subject at S01 (enrolled through /api/v1), one at S02, and a FHIR Patient at S01."""
     with server.client("coordinator", "S01", sub="hostile-s01") as http:
-        subject = http.post("/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:12],
-                                                      "consent_date": day(14)}).json()
+        subject = http.post(
+            "/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:12], "consent_date": day(14)}
+        ).json()
         pushed = http.post("/fhir/Patient", json=patient(), headers=FHIR_JSON).json()
     with server.client("coordinator", "S02", sub="hostile-s02") as http:
-        other = http.post("/api/v1/subjects", json={"site": "S02", "mrn": uuid.uuid4().hex[:12],
-                                                    "consent_date": day(14)}).json()
-        http.post("/fhir", json=bundle([post(lab(f"Patient/{other['id']}", "718-7", 13.1, "g/dL"))]),
-                  headers=FHIR_JSON).raise_for_status()
+        other = http.post(
+            "/api/v1/subjects", json={"site": "S02", "mrn": uuid.uuid4().hex[:12], "consent_date": day(14)}
+        ).json()
+        http.post(
+            "/fhir", json=bundle([post(lab(f"Patient/{other['id']}", "718-7", 13.1, "g/dL"))]), headers=FHIR_JSON
+        ).raise_for_status()
     return {"subject": subject["id"], "patient": pushed["id"], "other_subject": other["id"]}
 
 
 @pytest.fixture(scope="module")
 def targets(world) -> list[Target]:
     observation = lab(f"Patient/{world['patient']}", "718-7", 13.2, "g/dL")
-    labs = {"visit_date": day(21), "items": {"anc": 2.5, "hemoglobin": {"value": 13.2, "unit": "g/dL"}},
-            "reason": "first entry"}
+    labs = {
+        "visit_date": day(21),
+        "items": {"anc": 2.5, "hemoglobin": {"value": 13.2, "unit": "g/dL"}},
+        "reason": "first entry",
+    }
     return [
         Target("enrol", "POST", "/api/v1/subjects", {"site": "S01", "mrn": "MRN-1", "consent_date": day(14)}, False),
         Target("form", "PUT", f"/api/v1/subjects/{world['subject']}/forms/labs/SCR", labs, False),
         Target("bundle", "POST", "/fhir", bundle([post(observation)]), True),
         Target("create", "POST", "/fhir/Observation", observation, True),
         Target("update", "PUT", f"/fhir/Patient/{world['patient']}", {**patient(), "id": world["patient"]}, True),
-        Target("conditional-update", "PUT", f"/fhir/Patient?identifier={MRN['S01']}|{uuid.uuid4().hex}",
-               patient(), True),
+        Target(
+            "conditional-update", "PUT", f"/fhir/Patient?identifier={MRN['S01']}|{uuid.uuid4().hex}", patient(), True
+        ),
     ]
 
 
-def refused_everywhere(server, targets, make_body, *, statuses: set[int], content_type="application/json",
-                       located: bool = False):
+def refused_everywhere(
+    server, targets, make_body, *, statuses: set[int], content_type="application/json", located: bool = False
+):
     """Send each target its spoilt body; every answer must be one of `statuses`, well shaped, and write nothing."""
     answers = {}
     with server.client("coordinator", "S01", sub="hostile") as http:
@@ -148,8 +158,10 @@ def test_an_object_with_thousands_of_keys_is_refused(server, targets):
 def test_many_problems_get_a_short_answer(server, world):
     with server.client("coordinator", "S01", sub="many-problems") as http:
         before = row_counts(server)
-        form = http.put(f"/api/v1/subjects/{world['subject']}/forms/labs/SCR",
-                        json={"visit_date": day(21), "items": {f"unknown{i}": 1 for i in range(150)}})
+        form = http.put(
+            f"/api/v1/subjects/{world['subject']}/forms/labs/SCR",
+            json={"visit_date": day(21), "items": {f"unknown{i}": 1 for i in range(150)}},
+        )
         body = assert_error_shape(form, fhir=False, located=True)
         assert form.status_code == 422 and len(body["errors"]) == 100 and "150" in body["detail"]
         person = {**patient(), "name": [1] * 500}
@@ -160,18 +172,37 @@ def test_many_problems_get_a_short_answer(server, world):
 
 
 def test_json_limits_are_configurable(database_url):
-    settings = Settings(database_url=database_url, jwt_secret="x" * 40, max_json_depth=6, max_json_elements=50,
-                        _env_file=None)
+    settings = Settings(
+        database_url=database_url, jwt_secret="x" * 40, max_json_depth=6, max_json_elements=50, _env_file=None
+    )
     with running_server(settings) as tight, tight.client("coordinator", "S01") as http:
-        wide = http.post("/api/v1/subjects", json={"site": "S01", "mrn": "M", "consent_date": day(14),
-                                                   **{f"field{i}": i for i in range(60)}})
+        wide = http.post(
+            "/api/v1/subjects",
+            json={"site": "S01", "mrn": "M", "consent_date": day(14), **{f"field{i}": i for i in range(60)}},
+        )
         assert wide.status_code == 413 and wide.json()["errors"][0]["rule"] == "max_json_elements"
-        deep = http.post("/fhir/Patient", content=json.dumps({**patient(), "extension": [
-            {"url": "http://x", "extension": [{"url": "http://y", "valueCodeableConcept": {"coding": [{"code": "z"}]}}]}]}),
-            headers=FHIR_JSON)
+        deep = http.post(
+            "/fhir/Patient",
+            content=json.dumps(
+                {
+                    **patient(),
+                    "extension": [
+                        {
+                            "url": "http://x",
+                            "extension": [{"url": "http://y", "valueCodeableConcept": {"coding": [{"code": "z"}]}}],
+                        }
+                    ],
+                }
+            ),
+            headers=FHIR_JSON,
+        )
         assert deep.status_code == 413 and deep.json()["issue"][0]["code"] == "too-costly"
-        assert http.post("/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:12],
-                                                   "consent_date": day(14)}).status_code == 201
+        assert (
+            http.post(
+                "/api/v1/subjects", json={"site": "S01", "mrn": uuid.uuid4().hex[:12], "consent_date": day(14)}
+            ).status_code
+            == 201
+        )
 
 
 def test_repeated_keys_a_byte_order_mark_and_non_json_literals_are_refused(server, targets):
@@ -179,12 +210,14 @@ def test_repeated_keys_a_byte_order_mark_and_non_json_literals_are_refused(serve
         first = next(iter(target.valid))
         return (json.dumps({first: target.valid[first]})[:-1] + ", " + json.dumps(target.valid)[1:]).encode()
 
-    for make in (repeated,
-                 lambda target: b"\xef\xbb\xbf" + json.dumps(target.valid).encode(),
-                 lambda target: json.dumps({**target.valid, "x": float("nan")}).encode(),  # NaN literal
-                 lambda target: json.dumps({**target.valid, "x": float("inf")}).encode(),  # Infinity literal
-                 lambda target: json.dumps(target.valid).encode()[:-1],  # truncated
-                 lambda target: b"   "):
+    for make in (
+        repeated,
+        lambda target: b"\xef\xbb\xbf" + json.dumps(target.valid).encode(),
+        lambda target: json.dumps({**target.valid, "x": float("nan")}).encode(),  # NaN literal
+        lambda target: json.dumps({**target.valid, "x": float("inf")}).encode(),  # Infinity literal
+        lambda target: json.dumps(target.valid).encode()[:-1],  # truncated
+        lambda target: b"   ",
+    ):
         refused_everywhere(server, targets, make, statuses={400}, located=True)
     # the same key written twice at the top of a form is refused, not silently last-wins
     answers = refused_everywhere(server, targets, repeated, statuses={400})
@@ -205,15 +238,21 @@ def test_control_characters_in_text_are_refused_with_their_location(server, targ
     with server.client("coordinator", "S01", sub="controls") as http:
         before = row_counts(server)
         for character in CONTROL:
-            mrn = http.post("/api/v1/subjects", json={"site": "S01", "mrn": f"MRN{character}42", "consent_date": day(14)})
+            mrn = http.post(
+                "/api/v1/subjects", json={"site": "S01", "mrn": f"MRN{character}42", "consent_date": day(14)}
+            )
             body = assert_error_shape(mrn, fhir=False, located=True)
             assert mrn.status_code == 422, (repr(character), mrn.text)
-            assert body["errors"] == [{"item": "mrn", "rule": "control_character", "message": body["errors"][0]["message"]}]
+            assert body["errors"] == [
+                {"item": "mrn", "rule": "control_character", "message": body["errors"][0]["message"]}
+            ]
             assert f"U+{ord(character):04X}" in body["detail"]
         reason = http.put(targets[1].url, json={**targets[1].valid, "reason": "typo\x00fixed"})
         assert reason.status_code == 422 and assert_error_shape(reason, fhir=False)["errors"][0]["item"] == "reason"
-        item = http.put(targets[1].url, json={**targets[1].valid, "items": {"anc": 2.5, "hemoglobin": {
-            "value": 13.2, "unit": "g/dL\x1b"}}})
+        item = http.put(
+            targets[1].url,
+            json={**targets[1].valid, "items": {"anc": 2.5, "hemoglobin": {"value": 13.2, "unit": "g/dL\x1b"}}},
+        )
         assert item.status_code == 422
         assert assert_error_shape(item, fhir=False)["errors"][0]["item"] == "items.hemoglobin.unit"
         person = patient()
@@ -224,7 +263,8 @@ def test_control_characters_in_text_are_refused_with_their_location(server, targ
         in_bundle = http.post("/fhir", json=bundle([post(person)]), headers=FHIR_JSON)
         assert in_bundle.status_code == 422
         assert assert_error_shape(in_bundle, fhir=True)["issue"][0]["expression"] == [
-            "Bundle.entry[0].resource.name[0].family"]
+            "Bundle.entry[0].resource.name[0].family"
+        ]
         assert row_counts(server) == before
 
 
@@ -251,19 +291,31 @@ def test_lone_surrogates_and_invalid_utf8_are_refused(server, targets):
 
 def test_control_characters_in_urls_never_reach_the_database(server, world):
     with server.client("coordinator", "S01", sub="url-controls") as http:
-        for url, fhir in (("/fhir/Patient?identifier=a%00b", True), ("/fhir/Patient?identifier=%01", True),
-                          ("/api/v1/subjects?site=S01%00", False), ("/api/v1/subjects?status=%1b", False),
-                          (f"/fhir/Patient/{world['patient']}%00", True), ("/api/v1/subjects/abc%00def", False),
-                          (f"/api/v1/subjects/{world['subject']}/audit?item=%00", False)):
+        for url, fhir in (
+            ("/fhir/Patient?identifier=a%00b", True),
+            ("/fhir/Patient?identifier=%01", True),
+            ("/api/v1/subjects?site=S01%00", False),
+            ("/api/v1/subjects?status=%1b", False),
+            (f"/fhir/Patient/{world['patient']}%00", True),
+            ("/api/v1/subjects/abc%00def", False),
+            (f"/api/v1/subjects/{world['subject']}/audit?item=%00", False),
+        ):
             response = http.get(url)
             assert response.status_code == 400, (url, response.text)
             assert_error_shape(response, fhir=fhir, located=True)
         before = row_counts(server)
         header = http.post("/fhir/Patient", json=patient(), headers={**FHIR_JSON, "If-None-Exist": "identifier=x%00y"})
         assert header.status_code == 400, header.text
-        in_bundle = http.post("/fhir", json=bundle([
-            {"request": {"method": "GET", "url": "Patient?identifier=x%00y"}},
-            post(patient(), if_none_exist="identifier=a%00b")]), headers=FHIR_JSON)
+        in_bundle = http.post(
+            "/fhir",
+            json=bundle(
+                [
+                    {"request": {"method": "GET", "url": "Patient?identifier=x%00y"}},
+                    post(patient(), if_none_exist="identifier=a%00b"),
+                ]
+            ),
+            headers=FHIR_JSON,
+        )
         assert in_bundle.status_code == 400, in_bundle.text
         assert_error_shape(in_bundle, fhir=True)
         assert row_counts(server) == before
@@ -273,10 +325,22 @@ def test_control_characters_in_urls_never_reach_the_database(server, world):
 
 
 HUGE = {"1e400": b"1e400", "-1e400": b"-1e400", "NaN": b"NaN", "Infinity": b"Infinity", "-Infinity": b"-Infinity"}
-TOO_MANY_DIGITS = {"10**40": b"1" + b"0" * 40, "-10**40": b"-1" + b"0" * 40, "300 digits": b"13." + b"1" * 300,
-                   "u64+1": b"18446744073709551616", "18 decimals": b"13.200000000000000001"}
-EXTREME = {"-0": b"-0", "-0.0": b"-0.0", "1e40": b"1e40", "tiny": b"1e-400", "-1e-10": b"-1e-10",
-           "17 decimals": b"13.20000000000000001", "18 digits": b"999999999999999999"}
+TOO_MANY_DIGITS = {
+    "10**40": b"1" + b"0" * 40,
+    "-10**40": b"-1" + b"0" * 40,
+    "300 digits": b"13." + b"1" * 300,
+    "u64+1": b"18446744073709551616",
+    "18 decimals": b"13.200000000000000001",
+}
+EXTREME = {
+    "-0": b"-0",
+    "-0.0": b"-0.0",
+    "1e40": b"1e40",
+    "tiny": b"1e-400",
+    "-1e-10": b"-1e-10",
+    "17 decimals": b"13.20000000000000001",
+    "18 digits": b"999999999999999999",
+}
 
 
 def _with_number(target: Target, literal: bytes) -> bytes:
@@ -296,14 +360,14 @@ def _with_number(target: Target, literal: bytes) -> bytes:
 
 @pytest.mark.parametrize("name", list(HUGE))
 def test_numbers_json_cannot_hold_are_refused(server, targets, name):
-    refused_everywhere(server, targets, lambda target: _with_number(target, HUGE[name]), statuses={400},
-                       located=True)
+    refused_everywhere(server, targets, lambda target: _with_number(target, HUGE[name]), statuses={400}, located=True)
 
 
 @pytest.mark.parametrize("name", list(TOO_MANY_DIGITS))
 def test_numbers_no_fhir_decimal_can_hold_are_refused(server, targets, name):
-    answers = refused_everywhere(server, targets, lambda target: _with_number(target, TOO_MANY_DIGITS[name]),
-                                 statuses={422}, located=True)
+    answers = refused_everywhere(
+        server, targets, lambda target: _with_number(target, TOO_MANY_DIGITS[name]), statuses={422}, located=True
+    )
     for target_name, answer in answers.items():
         if target_name != "enrol":  # an MRN must be text anyway
             assert "more digits than a FHIR decimal allows" in json.dumps(answer), (target_name, answer)
@@ -347,11 +411,15 @@ def test_extreme_numbers_are_stored_exactly_or_refused(server, targets, name):
                     reference = f"{written['resourceType']}/{written['id']}"
                 assert http.get(f"/fhir/{reference}").status_code == 200, (target, name)
             else:
-                assert http.get(target.url if target.method == "PUT" else response.headers["location"]).status_code == 200
+                assert (
+                    http.get(target.url if target.method == "PUT" else response.headers["location"]).status_code == 200
+                )
 
 
-@pytest.mark.parametrize("value", ["1e400", "99999999999999999999999", "-0", "-1", "NaN", "Infinity", "1.5", "0x10",
-                                   "²", "١٢", "1_000", " 5", ""])
+@pytest.mark.parametrize(
+    "value",
+    ["1e400", "99999999999999999999999", "-0", "-1", "NaN", "Infinity", "1.5", "0x10", "²", "١٢", "1_000", " 5", ""],
+)
 def test_paging_parameters_take_plain_integers_only(server, value):
     with server.client("coordinator", "S01", sub="paging") as http:
         for name in ("_count", "_offset"):
@@ -366,7 +434,7 @@ def test_paging_parameters_take_plain_integers_only(server, value):
                 assert_error_shape(response, fhir=False, located=True)
 
 
-@pytest.mark.parametrize("etag", ['W/"99999999999999999999999"', 'W/"²"', 'W/"-1"', '"1e400"', "W/\"\""])
+@pytest.mark.parametrize("etag", ['W/"99999999999999999999999"', 'W/"²"', 'W/"-1"', '"1e400"', 'W/""'])
 def test_odd_if_match_versions_are_a_4xx(server, targets, etag):
     with server.client("coordinator", "S01", sub="if-match") as http:
         for target in targets:
@@ -379,8 +447,16 @@ def test_odd_if_match_versions_are_a_4xx(server, targets, etag):
             assert row_counts(server) == before
         vread = http.get(f"/fhir/Patient/{targets[4].url.rsplit('/', 1)[1]}/_history/99999999999999999999")
         assert vread.status_code == 404
-        in_bundle = http.post("/fhir", json=bundle([{"request": {"method": "GET", "url": f"Patient/x/_history/{n}"}}
-                                                    for n in ("99999999999999999999", "²")], "batch"))
+        in_bundle = http.post(
+            "/fhir",
+            json=bundle(
+                [
+                    {"request": {"method": "GET", "url": f"Patient/x/_history/{n}"}}
+                    for n in ("99999999999999999999", "²")
+                ],
+                "batch",
+            ),
+        )
         assert in_bundle.status_code in (200, 400), in_bundle.text
         if in_bundle.status_code == 200:
             assert all(entry["response"]["status"].startswith(("400", "404")) for entry in in_bundle.json()["entry"])
@@ -389,12 +465,27 @@ def test_odd_if_match_versions_are_a_4xx(server, targets, etag):
 # -- content types ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/fhir+xml",
-                                          "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
-                                          "application/json; charset=latin-1", None])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/xml",
+        "application/fhir+xml",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=latin-1",
+        None,
+    ],
+)
 def test_bodies_that_are_not_declared_json_get_415(server, targets, content_type):
-    answers = refused_everywhere(server, targets, lambda target: json.dumps(target.valid).encode(), statuses={415},
-                                 content_type=content_type, located=True)
+    answers = refused_everywhere(
+        server,
+        targets,
+        lambda target: json.dumps(target.valid).encode(),
+        statuses={415},
+        content_type=content_type,
+        located=True,
+    )
     for name, answer in answers.items():
         assert "application/json" in json.dumps(answer), name
 
@@ -411,11 +502,16 @@ def test_a_real_multipart_upload_gets_415(server, targets):
 
 def test_json_with_a_charset_and_fhir_json_are_accepted(server):
     with server.client("coordinator", "S01", sub="charset") as http:
-        created = http.post("/fhir/Patient", content=json.dumps(patient()),
-                            headers={"Content-Type": "application/fhir+json; charset=UTF-8"})
-        enrolled = http.post("/api/v1/subjects", content=json.dumps({"site": "S01", "mrn": uuid.uuid4().hex[:12],
-                                                                     "consent_date": day(14)}),
-                             headers={"Content-Type": "application/json;charset=utf-8"})
+        created = http.post(
+            "/fhir/Patient",
+            content=json.dumps(patient()),
+            headers={"Content-Type": "application/fhir+json; charset=UTF-8"},
+        )
+        enrolled = http.post(
+            "/api/v1/subjects",
+            content=json.dumps({"site": "S01", "mrn": uuid.uuid4().hex[:12], "consent_date": day(14)}),
+            headers={"Content-Type": "application/json;charset=utf-8"},
+        )
     assert created.status_code == 201, created.text
     assert enrolled.status_code == 201, enrolled.text
 
@@ -435,10 +531,26 @@ def raw_get(server, raw_path: str, token: str) -> tuple[int, bytes, str]:
         connection.close()
 
 
-TRAVERSALS = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..",
-              "%2e%2e", "..%5C..%5Cwindows%5Cwin.ini", "....//....//etc/passwd", "%252e%252e%252f",
-              "a" * 3000, "a%20b", "%C3%A9t%C3%A9", "id_with_underscore", "a*b", "x" * 65, "%E2%80%AE",
-              "pyproject.toml", "..%00", "~root"]
+TRAVERSALS = [
+    "../../../../etc/passwd",
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "..",
+    "%2e%2e",
+    "..%5C..%5Cwindows%5Cwin.ini",
+    "....//....//etc/passwd",
+    "%252e%252e%252f",
+    "a" * 3000,
+    "a%20b",
+    "%C3%A9t%C3%A9",
+    "id_with_underscore",
+    "a*b",
+    "x" * 65,
+    "%E2%80%AE",
+    "pyproject.toml",
+    "..%00",
+    "~root",
+]
 
 
 @pytest.mark.parametrize("odd", TRAVERSALS)
@@ -446,12 +558,25 @@ def test_odd_ids_and_traversals_are_400_or_404(server, world, odd):
     coordinator = server.token("coordinator", "S01", sub="paths")
     data_manager = server.token("data_manager", sub="paths-export")  # may call the export routes
     subject = world["subject"]
-    for template in ("/fhir/Patient/{}", "/fhir/Patient/{}/_history", "/fhir/Patient/{}/_history/1",
-                     "/fhir/Questionnaire/{}", "/fhir/ResearchStudy/{}", "/fhir/$export-status/{}",
-                     "/fhir/$export-file/{}/{}", "/api/v1/subjects/{}", "/api/v1/forms/{}",
-                     "/api/v1/subjects/" + subject + "/forms/{}/SCR", "/api/v1/subjects/" + subject + "/forms/labs/{}",
-                     "/api/v1/subjects/{}/eligibility", "/api/v1/subjects/{}/audit", "/api/v1/exports/forms/{}.csv",
-                     "/{}", "/fhir/{}", "/api/v1/{}"):
+    for template in (
+        "/fhir/Patient/{}",
+        "/fhir/Patient/{}/_history",
+        "/fhir/Patient/{}/_history/1",
+        "/fhir/Questionnaire/{}",
+        "/fhir/ResearchStudy/{}",
+        "/fhir/$export-status/{}",
+        "/fhir/$export-file/{}/{}",
+        "/api/v1/subjects/{}",
+        "/api/v1/forms/{}",
+        "/api/v1/subjects/" + subject + "/forms/{}/SCR",
+        "/api/v1/subjects/" + subject + "/forms/labs/{}",
+        "/api/v1/subjects/{}/eligibility",
+        "/api/v1/subjects/{}/audit",
+        "/api/v1/exports/forms/{}.csv",
+        "/{}",
+        "/fhir/{}",
+        "/api/v1/{}",
+    ):
         raw_path = template.replace("{}", odd)
         status, body, content_type = raw_get(server, raw_path, data_manager if "export" in raw_path else coordinator)
         assert status in (400, 404, 405), (raw_path, status, body[:300])
@@ -468,8 +593,12 @@ def test_writes_to_ids_fhir_does_not_allow_are_refused(server, odd):
         response = http.put(f"/fhir/Patient/{odd}", json={**patient(), "id": odd}, headers=FHIR_JSON)
         assert response.status_code in (400, 404, 405), (odd, response.text)  # 405: the client resolved '..'
         assert_error_shape(response, fhir=True)
-        in_bundle = http.post("/fhir", json=bundle([{"resource": {**patient(), "id": odd},
-                                                     "request": {"method": "PUT", "url": f"Patient/{odd}"}}]))
+        in_bundle = http.post(
+            "/fhir",
+            json=bundle(
+                [{"resource": {**patient(), "id": odd}, "request": {"method": "PUT", "url": f"Patient/{odd}"}}]
+            ),
+        )
         assert in_bundle.status_code == 400, (odd, in_bundle.text)
         assert_error_shape(in_bundle, fhir=True)
         assert row_counts(server) == before
@@ -478,8 +607,23 @@ def test_writes_to_ids_fhir_does_not_allow_are_refused(server, odd):
 # -- search parameters and list filters ------------------------------------------------------------------
 
 
-META = ["' OR 1=1 --", "%", "_", "\\", "%25", "*", ";DROP TABLE resource_version;--", "\" OR \"\"=\"",
-        "%|%", "_|_", "Patient/%", "1) OR (1=1", "S0_", "S%", "candidate' OR 'x'='x"]
+META = [
+    "' OR 1=1 --",
+    "%",
+    "_",
+    "\\",
+    "%25",
+    "*",
+    ";DROP TABLE resource_version;--",
+    '" OR ""="',
+    "%|%",
+    "_|_",
+    "Patient/%",
+    "1) OR (1=1",
+    "S0_",
+    "S%",
+    "candidate' OR 'x'='x",
+]
 
 
 def test_sql_meta_characters_in_every_fhir_search_parameter_match_nothing(server, world):
@@ -498,8 +642,9 @@ def test_sql_meta_characters_in_every_fhir_search_parameter_match_nothing(server
 
 def test_reference_search_is_exact_not_a_pattern(server, world):
     with server.client("coordinator", "S01", sub="references") as http:
-        http.post("/fhir/Observation", json=lab(f"Patient/{world['patient']}", "718-7", 13.0, "g/dL"),
-                  headers=FHIR_JSON).raise_for_status()
+        http.post(
+            "/fhir/Observation", json=lab(f"Patient/{world['patient']}", "718-7", 13.0, "g/dL"), headers=FHIR_JSON
+        ).raise_for_status()
         exact = http.get("/fhir/Observation", params={"subject": world["patient"]}).json()
         assert exact["total"] >= 1
         for pattern in ("%", "_" * len(world["patient"]), world["patient"][:-1] + "_", world["patient"][:4] + "%"):
@@ -513,8 +658,11 @@ def _list_routes() -> list[tuple[str, list[str]]]:
         operation = operations.get("get")
         if not route.startswith("/api/v1") or operation is None:
             continue
-        names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"
-                 and "string" in json.dumps(p["schema"]) and "date-time" not in json.dumps(p["schema"])]
+        names = [
+            p["name"]
+            for p in operation.get("parameters", [])
+            if p["in"] == "query" and "string" in json.dumps(p["schema"]) and "date-time" not in json.dumps(p["schema"])
+        ]
         if names:
             routes.append((route, names))
     return routes
@@ -524,8 +672,10 @@ def test_sql_meta_characters_in_every_list_filter_match_nothing(server, world):
     routes = _list_routes()
     assert routes, "no /api/v1 list route with a text filter was found in openapi.yaml"
     with ExitStack() as stack:
-        clients = [stack.enter_context(server.client(role, *sites, sub="filters")) for role, sites in
-                   (("coordinator", ("S01",)), ("data_manager", ()), ("admin", ()), ("sponsor", ()))]
+        clients = [
+            stack.enter_context(server.client(role, *sites, sub="filters"))
+            for role, sites in (("coordinator", ("S01",)), ("data_manager", ()), ("admin", ()), ("sponsor", ()))
+        ]
         _filters_match_nothing(routes, clients, world)
 
 
@@ -554,8 +704,13 @@ def test_a_coordinator_never_sees_another_sites_rows_whatever_the_filter(server,
             listed = http.get("/api/v1/subjects", params={"site": value})
             assert listed.status_code == 200 and all(s["site"] == "S01" for s in listed.json()["items"]), value
             assert world["other_subject"] not in listed.text
-        for query in ({"identifier": "%"}, {"_id": world["other_subject"]}, {"patient": "%"},
-                      {"subject": f"Patient/{world['other_subject']}"}, {"_id": f"{world['other_subject']},%"}):
+        for query in (
+            {"identifier": "%"},
+            {"_id": world["other_subject"]},
+            {"patient": "%"},
+            {"subject": f"Patient/{world['other_subject']}"},
+            {"_id": f"{world['other_subject']},%"},
+        ):
             for resource_type in ("Patient", "Observation", "ResearchSubject"):
                 # v2 (issue 12): lenient handling is the default, so strict handling keeps this check's meaning
                 # (an unknown parameter 400, never ignored)

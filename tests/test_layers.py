@@ -1,4 +1,5 @@
 """Every import points down: the layer order and its few exceptions are data (tests/layers.toml)."""
+
 import fnmatch
 import tomllib
 from collections import defaultdict
@@ -16,7 +17,9 @@ def _specificity(pattern: str) -> tuple[int, int]:
 
 
 def _patterns() -> list[tuple[str, int, str]]:
-    return [(pattern, rank, layer["name"]) for rank, layer in enumerate(LAYERS["layer"]) for pattern in layer["modules"]]
+    return [
+        (pattern, rank, layer["name"]) for rank, layer in enumerate(LAYERS["layer"]) for pattern in layer["modules"]
+    ]
 
 
 PATTERNS = _patterns()
@@ -25,7 +28,7 @@ EXCEPTIONS = {(e["importer"], e["imported"]) for e in LAYERS.get("exception", []
 
 def _matches(pattern: str, module: str) -> bool:
     parts, wanted = module.split("."), pattern.split(".")
-    return len(parts) >= len(wanted) and fnmatch.fnmatchcase(".".join(parts[:len(wanted)]), pattern)
+    return len(parts) >= len(wanted) and fnmatch.fnmatchcase(".".join(parts[: len(wanted)]), pattern)
 
 
 def layer_of(module: str) -> tuple[int, str] | None:
@@ -44,8 +47,12 @@ def package_of(module: str) -> str:
 @pytest.fixture(scope="module")
 def imports() -> list[tuple[str, str]]:
     graph = grimp.build_graph("ecrf", "fhir_mappings", "study_model", include_external_packages=False)
-    return sorted((m, i) for m in graph.modules for i in graph.find_modules_directly_imported_by(m)
-                  if (m, i) not in EXCEPTIONS and "ecrf" not in (m, i))
+    return sorted(
+        (m, i)
+        for m in graph.modules
+        for i in graph.find_modules_directly_imported_by(m)
+        if (m, i) not in EXCEPTIONS and "ecrf" not in (m, i)
+    )
 
 
 def test_every_module_has_a_layer():
@@ -54,8 +61,11 @@ def test_every_module_has_a_layer():
 
 
 def upward(imports: list[tuple[str, str]]) -> list[str]:
-    return [f"{m} ({layer_of(m)[1]}) imports {i} ({layer_of(i)[1]})" for m, i in imports
-            if layer_of(m) and layer_of(i) and layer_of(i)[0] > layer_of(m)[0]]
+    return [
+        f"{m} ({layer_of(m)[1]}) imports {i} ({layer_of(i)[1]})"
+        for m, i in imports
+        if layer_of(m) and layer_of(i) and layer_of(i)[0] > layer_of(m)[0]
+    ]
 
 
 def loops(imports: list[tuple[str, str]]) -> list[list[str]]:
@@ -76,6 +86,7 @@ def mutual(imports: list[tuple[str, str]]) -> list[list[str]]:
     """Packages importing each other when a package's tables count with its logic: a domain may read another's
     table, and two domains may read each other's, but none may call into a package that reads (or calls) it.
     Routers and the other doors stay units apart, as in `loops`."""
+
     def unit(module: str) -> tuple[str, str] | None:
         layer = layer_of(module)
         if layer is None:
@@ -129,8 +140,16 @@ def test_the_rules_catch_a_package_calling_one_that_reads_its_tables():
     assert mutual([("ecrf.crf.service", "ecrf.safety.service"), ("ecrf.safety.service", "ecrf.crf.models")]) != []
     assert mutual([("ecrf.crf.describe", "ecrf.queries.models"), ("ecrf.queries.service", "ecrf.crf.models")]) == []
     assert mutual([("ecrf.subjects.router", "ecrf.crf.service"), ("ecrf.crf.service", "ecrf.subjects.service")]) == []
-    assert mutual([("ecrf.crf.a", "ecrf.queries.b"), ("ecrf.queries.b", "ecrf.safety.c"),
-                   ("ecrf.safety.c", "ecrf.crf.models")]) != []  # round a loop too
+    assert (
+        mutual(
+            [
+                ("ecrf.crf.a", "ecrf.queries.b"),
+                ("ecrf.queries.b", "ecrf.safety.c"),
+                ("ecrf.safety.c", "ecrf.crf.models"),
+            ]
+        )
+        != []
+    )  # round a loop too
 
 
 def _components(edges: dict) -> list[list]:

@@ -5,6 +5,7 @@ doors, through successful writes and through every kind of refusal (404, 409, 41
 through a conditional-create race and through a database failure no handler answers; none of them may
 appear in any log record (tracebacks included), nor in the output of an `ecrf serve` process.
 """
+
 import json
 import re
 import logging
@@ -62,14 +63,29 @@ class Secrets:
         self.synthea: list[str] = []
         for bundle in SYNTHEA_BUNDLES:
             (synthea,) = resources_of(bundle, "Patient")
-            self.synthea += [synthea["name"][0]["given"][0], synthea["name"][0]["family"], synthea["birthDate"],
-                             synthea["address"][0]["line"][0], synthea["telecom"][0]["value"],
-                             next(i["value"] for i in synthea["identifier"] if "us-ssn" in i.get("system", ""))]
+            self.synthea += [
+                synthea["name"][0]["given"][0],
+                synthea["name"][0]["family"],
+                synthea["birthDate"],
+                synthea["address"][0]["line"][0],
+                synthea["telecom"][0]["value"],
+                next(i["value"] for i in synthea["identifier"] if "us-ssn" in i.get("system", "")),
+            ]
         self.tokens: list[str] = []
 
     def all(self) -> list[str]:
-        values = [self.mrn, self.race_mrn, self.fault_mrn, self.given, self.family, self.birth_date, self.address,
-                  self.phone, self.reason, *self.synthea]
+        values = [
+            self.mrn,
+            self.race_mrn,
+            self.fault_mrn,
+            self.given,
+            self.family,
+            self.birth_date,
+            self.address,
+            self.phone,
+            self.reason,
+            *self.synthea,
+        ]
         for token in self.tokens:
             values += [token, token.rsplit(".", 1)[-1]]
         return values
@@ -123,14 +139,16 @@ def capture_every_log() -> Iterator[CaptureEverything]:
 
 
 @contextmanager
-def failing_trigger(database_url: str, name: str, event: str, table: str, condition: str, sqlite_failure: str,
-                    postgres_failure: str) -> Iterator[None]:
+def failing_trigger(
+    database_url: str, name: str, event: str, table: str, condition: str, sqlite_failure: str, postgres_failure: str
+) -> Iterator[None]:
     """A trigger `name` making the database itself fail `event` on `table` where `condition` (on NEW) holds:
     on SQLite by running `sqlite_failure`, on PostgreSQL by raising `postgres_failure` (a RAISE statement)."""
     if database_url.startswith("sqlite"):
         connection = sqlite3.connect(database_url.split("///", 1)[1])
-        connection.execute(f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {condition} "
-                           f"BEGIN {sqlite_failure}; END")
+        connection.execute(
+            f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {condition} BEGIN {sqlite_failure}; END"
+        )
         connection.commit()
         try:
             yield
@@ -142,8 +160,10 @@ def failing_trigger(database_url: str, name: str, event: str, table: str, condit
     import psycopg
 
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as connection:
-        connection.execute(f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
-                           f"IF {condition} THEN {postgres_failure}; END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
+        connection.execute(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+            f"IF {condition} THEN {postgres_failure}; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
         connection.execute(f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
         try:
             yield
@@ -155,28 +175,45 @@ def failing_trigger(database_url: str, name: str, event: str, table: str, condit
 def fault_injected(database_url: str):
     """A trigger that makes the database itself fail an insert carrying FAULT_MARK, with an error whose
     message quotes the row: the path of an exception no handler answers."""
-    return failing_trigger(database_url, "privacy_fault", "INSERT", "resource_version",
-                           f"NEW.content LIKE '%{FAULT_MARK}%'", "SELECT abs(-9223372036854775808)",
-                           "RAISE EXCEPTION 'refusing row %', NEW.content")
+    return failing_trigger(
+        database_url,
+        "privacy_fault",
+        "INSERT",
+        "resource_version",
+        f"NEW.content LIKE '%{FAULT_MARK}%'",
+        "SELECT abs(-9223372036854775808)",
+        "RAISE EXCEPTION 'refusing row %', NEW.content",
+    )
 
 
 def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
     """Every door and most refusals, each carrying the distinctive values."""
+
     def client(role: str, *sites: str, sub: str) -> httpx.Client:
         token = server.token(role, *sites, sub=sub)
         phi.tokens.append(token)
-        return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
-                            verify=TEST_SSL_CONTEXT)
+        return httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60, verify=TEST_SSL_CONTEXT
+        )
 
     system = MRN["S01"]
-    person = {"resourceType": "Patient", "identifier": [{"system": system, "value": phi.mrn}],
-              "name": [{"family": phi.family, "given": [phi.given]}], "birthDate": phi.birth_date, "gender": "female",
-              "address": [{"line": [phi.address], "city": "Zquillton"}], "telecom": [{"system": "phone", "value": phi.phone}]}
+    person = {
+        "resourceType": "Patient",
+        "identifier": [{"system": system, "value": phi.mrn}],
+        "name": [{"family": phi.family, "given": [phi.given]}],
+        "birthDate": phi.birth_date,
+        "gender": "female",
+        "address": [{"line": [phi.address], "city": "Zquillton"}],
+        "telecom": [{"system": "phone", "value": phi.phone}],
+    }
     with client("coordinator", "S01", sub="privacy-coordinator") as http:
         enrolled = http.post("/api/v1/subjects", json={"site": "S01", "mrn": phi.mrn, "consent_date": day(14)})
         assert enrolled.status_code == 201, enrolled.text
         subject = enrolled.json()["id"]
-        assert http.post("/api/v1/subjects", json={"site": "S01", "mrn": phi.mrn, "consent_date": day(14)}).status_code == 409
+        assert (
+            http.post("/api/v1/subjects", json={"site": "S01", "mrn": phi.mrn, "consent_date": day(14)}).status_code
+            == 409
+        )
         control = http.post("/api/v1/subjects", json={"site": "S01", "mrn": phi.mrn + "\x07", "consent_date": day(14)})
         assert control.status_code == 422
         assert http.get(f"/api/v1/subjects/{phi.mrn}").status_code == 404
@@ -187,21 +224,37 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
         items = {**items, "birth_date": phi.birth_date}
         saved = http.put(form, json={"visit_date": visit_date, "items": items, "reason": phi.reason})
         assert saved.status_code in (200, 201), saved.text
-        changed = http.put(form, json={"visit_date": visit_date, "items": {**items, "height": 166}, "reason": phi.reason},
-                           headers={"If-Match": saved.headers["etag"]})
+        changed = http.put(
+            form,
+            json={"visit_date": visit_date, "items": {**items, "height": 166}, "reason": phi.reason},
+            headers={"If-Match": saved.headers["etag"]},
+        )
         assert changed.status_code == 200, changed.text
-        stale = http.put(form, json={"visit_date": visit_date, "items": items, "reason": phi.reason},
-                         headers={"If-Match": saved.headers["etag"]})
+        stale = http.put(
+            form,
+            json={"visit_date": visit_date, "items": items, "reason": phi.reason},
+            headers={"If-Match": saved.headers["etag"]},
+        )
         assert stale.status_code in (409, 412), stale.text
-        refused = http.put(form, json={"visit_date": visit_date, "reason": phi.reason,
-                                       "items": {**items, "sex": phi.family, "birth_date": phi.given}})
+        refused = http.put(
+            form,
+            json={
+                "visit_date": visit_date,
+                "reason": phi.reason,
+                "items": {**items, "sex": phi.family, "birth_date": phi.given},
+            },
+        )
         assert refused.status_code == 422, refused.text
         assert http.get(f"/api/v1/subjects/{subject}/audit").status_code == 200
-        too_big = http.post("/api/v1/subjects", content=json.dumps(
-            {"site": "S01", "mrn": phi.mrn, "notes": [phi.reason] * 20000}), headers={"Content-Type": "application/json"})
+        too_big = http.post(
+            "/api/v1/subjects",
+            content=json.dumps({"site": "S01", "mrn": phi.mrn, "notes": [phi.reason] * 20000}),
+            headers={"Content-Type": "application/json"},
+        )
         assert too_big.status_code == 413
-        plain = http.post("/api/v1/subjects", content=f"mrn={phi.mrn}&name={phi.family}",
-                          headers={"Content-Type": "text/plain"})
+        plain = http.post(
+            "/api/v1/subjects", content=f"mrn={phi.mrn}&name={phi.family}", headers={"Content-Type": "text/plain"}
+        )
         assert plain.status_code == 415
         if fault:
             failed = http.post("/api/v1/subjects", json={"site": "S01", "mrn": phi.fault_mrn, "consent_date": day(14)})
@@ -209,8 +262,12 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
     with client("investigator", "S01", sub="privacy-investigator") as http:  # the site's own staff, through /fhir
         updated = http.put(f"/fhir/Patient?identifier={system}|{phi.mrn}", json=person, headers=FHIR_JSON)
         assert updated.status_code == 200, updated.text
-        assert http.put(f"/fhir/Patient/{subject}", json={**person, "id": subject}, headers={
-            **FHIR_JSON, "If-Match": 'W/"1"'}).status_code == 412
+        assert (
+            http.put(
+                f"/fhir/Patient/{subject}", json={**person, "id": subject}, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+            ).status_code
+            == 412
+        )
         found = http.get("/fhir/Patient", params={"identifier": f"{system}|{phi.mrn}"})
         assert found.status_code == 200 and found.json()["total"] == 1
         assert http.get("/fhir/Patient", params={"birthdate": phi.birth_date}).status_code == 200
@@ -221,23 +278,49 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
             assert http.post("/fhir", json=bundle, headers=FHIR_JSON).status_code == 200
             refused = json.loads(re.sub(r'"gender": "(fe)?male"', '"gender": "banana"', json.dumps(bundle), count=1))
             assert http.post("/fhir", json=refused, headers=FHIR_JSON).status_code == 400
-        assert http.get("/fhir/Patient", params={"name": phi.family}).status_code == 403  # v2: name search is for roles that may read identifiers
+        assert (
+            http.get("/fhir/Patient", params={"name": phi.family}).status_code == 403
+        )  # v2: name search is for roles that may read identifiers
         assert http.get(f"/fhir/Patient/{phi.family}").status_code == 404
         invalid = http.post("/fhir/Patient", json={**person, "birthDate": phi.given}, headers=FHIR_JSON)
         assert invalid.status_code in (400, 422)
-        deep = http.post("/fhir/Patient", content=json.dumps({**person, "extension": "HOLE"}).replace(
-            '"HOLE"', '{"a":' * 100 + '1' + '}' * 100), headers=FHIR_JSON)
+        deep = http.post(
+            "/fhir/Patient",
+            content=json.dumps({**person, "extension": "HOLE"}).replace('"HOLE"', '{"a":' * 100 + "1" + "}" * 100),
+            headers=FHIR_JSON,
+        )
         assert deep.status_code == 413
-        assert http.post("/fhir/Patient", content=f"<Patient><name>{phi.family}</name></Patient>",
-                         headers={"Content-Type": "application/fhir+xml"}).status_code == 415
+        assert (
+            http.post(
+                "/fhir/Patient",
+                content=f"<Patient><name>{phi.family}</name></Patient>",
+                headers={"Content-Type": "application/fhir+xml"},
+            ).status_code
+            == 415
+        )
         raced = {**person, "identifier": [{"system": system, "value": phi.race_mrn}]}
         with ThreadPoolExecutor(6) as pool:  # conditional creates racing for one key: the retried path
-            statuses = list(pool.map(lambda _: http.put(f"/fhir/Patient?identifier={system}|{phi.race_mrn}",
-                                                        json=raced, headers=FHIR_JSON).status_code, range(6)))
+            statuses = list(
+                pool.map(
+                    lambda _: (
+                        http.put(
+                            f"/fhir/Patient?identifier={system}|{phi.race_mrn}", json=raced, headers=FHIR_JSON
+                        ).status_code
+                    ),
+                    range(6),
+                )
+            )
         assert set(statuses) <= {200, 201, 409}, statuses
         if fault:
-            failed = http.post("/fhir/Patient", json={**person, "identifier": [{"system": system, "value": phi.fault_mrn}],
-                                                      "name": [{"family": phi.fault_mrn}]}, headers=FHIR_JSON)
+            failed = http.post(
+                "/fhir/Patient",
+                json={
+                    **person,
+                    "identifier": [{"system": system, "value": phi.fault_mrn}],
+                    "name": [{"family": phi.fault_mrn}],
+                },
+                headers=FHIR_JSON,
+            )
             assert failed.status_code in (409, 500), failed.text
     with client("investigator", "S01", sub="privacy-flooder") as http:
         for _ in range(3 * server.settings.rate_limit_per_minute):
@@ -246,8 +329,9 @@ def full_run(server: Server, phi: Secrets, *, fault: bool) -> None:
         else:
             pytest.fail("the flood was never throttled")
     with client("data_manager", sub="privacy-exporter") as http:
-        kick_off = http.get("/fhir/$export", params={"deidentify": "false", "_type": "Patient"},
-                            headers={"Prefer": "respond-async"})
+        kick_off = http.get(
+            "/fhir/$export", params={"deidentify": "false", "_type": "Patient"}, headers={"Prefer": "respond-async"}
+        )
         assert kick_off.status_code == 202, kick_off.text
         status_url = kick_off.headers["content-location"]
         deadline = time.monotonic() + 120
@@ -264,8 +348,14 @@ def assert_nothing_leaked(phi: Secrets, lines: list[str]) -> None:
 
 
 def test_no_log_record_of_a_full_run_carries_patient_data(database_url, tmp_path):
-    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), max_body_bytes=1024 * 1024,
-                        rate_limit_per_minute=100, export_dir=tmp_path / "exports", _env_file=None)
+    settings = Settings(
+        database_url=database_url,
+        jwt_secret=secrets.token_urlsafe(32),
+        max_body_bytes=1024 * 1024,
+        rate_limit_per_minute=100,
+        export_dir=tmp_path / "exports",
+        _env_file=None,
+    )
     phi = Secrets()
     # the capture starts after the server, whose start configures uvicorn's loggers and handlers afresh
     with running_server(settings) as server, capture_every_log() as captured, fault_injected(database_url):
@@ -273,8 +363,9 @@ def test_no_log_record_of_a_full_run_carries_patient_data(database_url, tmp_path
         time.sleep(0.5)  # a server logs a failed request just after answering it
     assert captured.lines, "nothing was logged at all: the capture is not working"
     assert any(r.name == "ecrf.access" for r in captured.records), "the request log was not captured"
-    assert any(r.name == "uvicorn.access" for r in captured.records), "uvicorn writes its access line once its " \
-        "logger has a handler, as it has here: it must be there, masked"
+    assert any(r.name == "uvicorn.access" for r in captured.records), (
+        "uvicorn writes its access line once its logger has a handler, as it has here: it must be there, masked"
+    )
     incidents = [r for r in captured.records if r.name == "ecrf.errors"]
     assert incidents and all(r.levelno == logging.ERROR for r in incidents), "the injected failure was not logged"
     assert any("raised at" in line for line in captured.lines)  # where it happened is kept, just not the values
@@ -284,15 +375,27 @@ def test_no_log_record_of_a_full_run_carries_patient_data(database_url, tmp_path
 def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
     port = free_port()
     database_url = f"sqlite:///{tmp_path / 'serve.db'}"
-    env = {**os.environ, "ECRF_DATABASE_URL": database_url, "ECRF_JWT_SECRET": secrets.token_urlsafe(32),
-           "ECRF_MAX_BODY_BYTES": str(1024 * 1024), "ECRF_RATE_LIMIT_PER_MINUTE": "100",
-           "ECRF_EXPORT_DIR": str(tmp_path / "exports"), "PYTHONUNBUFFERED": "1"}
-    settings = Settings(database_url=database_url, jwt_secret=env["ECRF_JWT_SECRET"], rate_limit_per_minute=100,
-                        _env_file=None)
+    env = {
+        **os.environ,
+        "ECRF_DATABASE_URL": database_url,
+        "ECRF_JWT_SECRET": secrets.token_urlsafe(32),
+        "ECRF_MAX_BODY_BYTES": str(1024 * 1024),
+        "ECRF_RATE_LIMIT_PER_MINUTE": "100",
+        "ECRF_EXPORT_DIR": str(tmp_path / "exports"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings(
+        database_url=database_url, jwt_secret=env["ECRF_JWT_SECRET"], rate_limit_per_minute=100, _env_file=None
+    )
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)], env=env,
-                                   stdout=stdout, stderr=stderr, cwd=tmp_path)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=tmp_path,
+        )
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_healthy(base_url, process, log=lambda: Path(err).read_text()[-2000:], pause=0.2)
@@ -311,19 +414,31 @@ def test_the_output_of_ecrf_serve_carries_no_patient_data(tmp_path):
 
 def export_completion_fails(database_url: str, quoted: str):
     """A trigger that makes the database refuse to mark an export completed, with a message quoting `quoted`."""
-    return failing_trigger(database_url, "export_fault", "UPDATE", "export_job", "NEW.status = 'completed'",
-                           f"SELECT RAISE(ABORT, 'refusing the export of {quoted}')",
-                           f"RAISE EXCEPTION 'refusing the export of {quoted}'")
+    return failing_trigger(
+        database_url,
+        "export_fault",
+        "UPDATE",
+        "export_job",
+        "NEW.status = 'completed'",
+        f"SELECT RAISE(ABORT, 'refusing the export of {quoted}')",
+        f"RAISE EXCEPTION 'refusing the export of {quoted}'",
+    )
 
 
 def test_a_failed_export_is_logged_without_its_message(database_url, tmp_path):
-    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), export_dir=tmp_path / "out",
-                        _env_file=None)
+    settings = Settings(
+        database_url=database_url, jwt_secret=secrets.token_urlsafe(32), export_dir=tmp_path / "out", _env_file=None
+    )
     phi = Secrets()
-    with running_server(settings) as server, capture_every_log() as captured, \
-            export_completion_fails(database_url, phi.family), server.client("data_manager") as http:
-        kick_off = http.get("/fhir/$export", params={"deidentify": "false", "_type": "Patient"},
-                            headers={"Prefer": "respond-async"})
+    with (
+        running_server(settings) as server,
+        capture_every_log() as captured,
+        export_completion_fails(database_url, phi.family),
+        server.client("data_manager") as http,
+    ):
+        kick_off = http.get(
+            "/fhir/$export", params={"deidentify": "false", "_type": "Patient"}, headers={"Prefer": "respond-async"}
+        )
         assert kick_off.status_code == 202, kick_off.text
         deadline = time.monotonic() + 60
         while (status := http.get(kick_off.headers["content-location"])).status_code == 202:

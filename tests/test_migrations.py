@@ -1,4 +1,5 @@
 """The Alembic migrations build exactly the schema the models describe."""
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -21,11 +22,14 @@ def test_patient_tokens_that_repeat_the_subject_go_and_come_back_on_downgrade(tm
     engine = create_engine(f"sqlite:///{tmp_path / 'tokens.db'}")
     upgrade(engine, "0011_pushed_by")
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO search_token (resource_type, resource_id, param, value) VALUES "
-            "('Observation', 'o1', 'subject', 'Patient/p1'), ('Observation', 'o1', 'patient', 'Patient/p1'), "
-            "('ResearchSubject', 'r1', 'individual', 'Patient/p1'), ('ResearchSubject', 'r1', 'patient', 'Patient/p1'), "
-            "('Immunization', 'i1', 'patient', 'Patient/p1')"))
+        connection.execute(
+            text(
+                "INSERT INTO search_token (resource_type, resource_id, param, value) VALUES "
+                "('Observation', 'o1', 'subject', 'Patient/p1'), ('Observation', 'o1', 'patient', 'Patient/p1'), "
+                "('ResearchSubject', 'r1', 'individual', 'Patient/p1'), ('ResearchSubject', 'r1', 'patient', 'Patient/p1'), "
+                "('Immunization', 'i1', 'patient', 'Patient/p1')"
+            )
+        )
 
     def tokens() -> set[tuple[str, str, str]]:
         with engine.connect() as connection:
@@ -49,8 +53,10 @@ def test_append_only_triggers_come_and_go_with_their_migration(tmp_path):
 
     engine = create_engine(f"sqlite:///{tmp_path / 'append.db'}")
     upgrade(engine)
-    insert = ("INSERT INTO access_event (at, request_id, actor_sub, actor_role, patient_id, route, interaction, kind) "
-              "VALUES ('2026-11-26 10:00:00', 'r', 's', 'monitor', 'p', '/fhir/Patient/{id}', 'read', 'patient')")
+    insert = (
+        "INSERT INTO access_event (at, request_id, actor_sub, actor_role, patient_id, route, interaction, kind) "
+        "VALUES ('2026-11-26 10:00:00', 'r', 's', 'monitor', 'p', '/fhir/Patient/{id}', 'read', 'patient')"
+    )
     with engine.begin() as connection:
         connection.execute(text(insert))
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:

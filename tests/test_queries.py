@@ -1,4 +1,5 @@
 """Data clarification queries: lifecycle, roles per step, site scoping, checks against the study, audit."""
+
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -10,8 +11,15 @@ from sqlmodel import Session, select
 from ecrf.audit.service import verify
 from ecrf.queries.models import QueryMessage
 
-ROLES = (("investigator", ("S01",)), ("coordinator", ("S01",)), ("monitor", ("S01",)), ("data_manager", ()),
-         ("sponsor", ()), ("ehr", ("S01",)), ("admin", ()))
+ROLES = (
+    ("investigator", ("S01",)),
+    ("coordinator", ("S01",)),
+    ("monitor", ("S01",)),
+    ("data_manager", ()),
+    ("sponsor", ()),
+    ("ehr", ("S01",)),
+    ("admin", ()),
+)
 
 
 def queries_of(subject_id: str) -> str:
@@ -48,8 +56,9 @@ def open_query(server, labs):
 def test_full_lifecycle_with_thread_counts_and_audit(server, labs):
     form_url = path(labs, "labs", "SCR")
     with server.client("monitor", "S01", sub="mon-li") as http:
-        raised = raise_query(http, labs, "Hb 130 g/L: source says 13.0 g/dL?", form_id="labs", visit_id="SCR",
-                             item_id="hemoglobin")
+        raised = raise_query(
+            http, labs, "Hb 130 g/L: source says 13.0 g/dL?", form_id="labs", visit_id="SCR", item_id="hemoglobin"
+        )
         assert raised.status_code == 201, raised.text
         query = raised.json()
         assert raised.headers["location"] == f"/api/v1/queries/{query['id']}"
@@ -58,8 +67,13 @@ def test_full_lifecycle_with_thread_counts_and_audit(server, labs):
         assert form["open_queries"] == 1 and form["open_queries_by_item"] == {"hemoglobin": 1}
         assert http.get(f"/api/v1/subjects/{labs}").json()["open_queries"] == 1
     assert {key: query[key] for key in ("subject_id", "site", "form_id", "visit_id", "item_id", "status")} == {
-        "subject_id": labs, "site": "S01", "form_id": "labs", "visit_id": "SCR", "item_id": "hemoglobin",
-        "status": "open"}
+        "subject_id": labs,
+        "site": "S01",
+        "form_id": "labs",
+        "visit_id": "SCR",
+        "item_id": "hemoglobin",
+        "status": "open",
+    }
     assert query["raised"]["sub"] == "mon-li" and query["raised"]["role"] == "monitor"
     [first] = query["messages"]
     assert first["action"] == "raise" and first["status"] == "open" and first["seq"] == 1
@@ -67,12 +81,14 @@ def test_full_lifecycle_with_thread_counts_and_audit(server, labs):
     assert first["text"] == "Hb 130 g/L: source says 13.0 g/dL?"
 
     url = f"/api/v1/queries/{query['id']}"
-    steps = [("investigator", ("S01",), "dr-wei", "answer", {"text": "checked the lab sheet: 130 g/L"}, "answered"),
-             ("coordinator", ("S01",), "crc-ma", "answer", {"text": "lab print-out filed"}, "answered"),
-             ("monitor", ("S01",), "mon-li", "close", {"text": "  resolved  "}, "closed"),
-             ("data_manager", (), "dm-zhao", "reopen", {"text": "unit on the print-out is g/dL"}, "open"),
-             ("investigator", ("S01",), "dr-wei", "answer", {"text": "corrected on the source"}, "answered"),
-             ("data_manager", (), "dm-zhao", "close", None, "closed")]
+    steps = [
+        ("investigator", ("S01",), "dr-wei", "answer", {"text": "checked the lab sheet: 130 g/L"}, "answered"),
+        ("coordinator", ("S01",), "crc-ma", "answer", {"text": "lab print-out filed"}, "answered"),
+        ("monitor", ("S01",), "mon-li", "close", {"text": "  resolved  "}, "closed"),
+        ("data_manager", (), "dm-zhao", "reopen", {"text": "unit on the print-out is g/dL"}, "open"),
+        ("investigator", ("S01",), "dr-wei", "answer", {"text": "corrected on the source"}, "answered"),
+        ("data_manager", (), "dm-zhao", "close", None, "closed"),
+    ]
     thread = query["messages"]
     for role, sites, sub, action, body, status in steps:
         with server.client(role, *sites, sub=sub) as http:
@@ -95,9 +111,14 @@ def test_full_lifecycle_with_thread_counts_and_audit(server, labs):
         trail = http.get(f"/api/v1/subjects/{labs}/audit", params={"item": "hemoglobin", "limit": 500}).json()
     entries = [e for e in trail["items"] if e["action"].startswith("query.")]
     assert [(e["action"], e["old_value"], e["new_value"]) for e in entries] == [
-        ("query.raise", None, "open"), ("query.answer", "open", "answered"), ("query.answer", "answered", "answered"),
-        ("query.close", "answered", "closed"), ("query.reopen", "closed", "open"),
-        ("query.answer", "open", "answered"), ("query.close", "answered", "closed")]
+        ("query.raise", None, "open"),
+        ("query.answer", "open", "answered"),
+        ("query.answer", "answered", "answered"),
+        ("query.close", "answered", "closed"),
+        ("query.reopen", "closed", "open"),
+        ("query.answer", "open", "answered"),
+        ("query.close", "answered", "closed"),
+    ]
     for entry, message in zip(entries, thread):
         assert entry["who"]["sub"] == message["who"]["sub"] and entry["who"]["role"] == message["who"]["role"]
         assert entry["at"] == message["at"] and is_recent_utc(entry["at"])
@@ -132,11 +153,14 @@ def _prepare(server, subject_id: str, step: str) -> str:
     return query["id"]
 
 
-@pytest.mark.parametrize("step,body,allowed", [
-    ("answer", {"text": "done"}, {"investigator", "coordinator"}),
-    ("close", {"text": "ok"}, {"monitor", "data_manager"}),
-    ("reopen", {"text": "not ok"}, {"monitor", "data_manager"}),
-])
+@pytest.mark.parametrize(
+    "step,body,allowed",
+    [
+        ("answer", {"text": "done"}, {"investigator", "coordinator"}),
+        ("close", {"text": "ok"}, {"monitor", "data_manager"}),
+        ("reopen", {"text": "not ok"}, {"monitor", "data_manager"}),
+    ],
+)
 def test_each_step_is_refused_to_every_other_role_and_changes_nothing(server, labs, step, body, allowed):
     query_id = _prepare(server, labs, step)
     with server.client("data_manager") as http:
@@ -163,8 +187,11 @@ def test_raising_and_reading_are_refused_to_the_other_roles(server, open_query):
         with server.client(role, *sites) as http:
             raised = raise_query(http, subject_id)
             assert raised.status_code == (201 if role in {"monitor", "data_manager"} else 403), role
-            reads = [http.get(f"/api/v1/queries/{query['id']}"), http.get("/api/v1/queries"),
-                     http.get(queries_of(subject_id))]
+            reads = [
+                http.get(f"/api/v1/queries/{query['id']}"),
+                http.get("/api/v1/queries"),
+                http.get(queries_of(subject_id)),
+            ]
             expected = 200 if role in {"investigator", "coordinator", "monitor", "data_manager"} else 403
             assert [r.status_code for r in reads] == [expected] * 3, role
     with server.client("monitor", "S01") as http:
@@ -190,17 +217,22 @@ def test_another_sites_query_does_not_exist(server, open_query):
         assert http.get(url).json() == query  # nothing changed by the refused steps
 
 
-@pytest.mark.parametrize("where,expected", [
-    ({"form_id": "nosuchform"}, {("form_id", "unknown_form")}),
-    ({"form_id": "labs", "visit_id": "SCR", "item_id": "nosuchitem"}, {("item_id", "unknown_item")}),
-    ({"form_id": "labs", "visit_id": "SCR", "item_id": "afp"}, {("item_id", "unknown_item")}),
-    ({"item_id": "nosuchitem"}, {("item_id", "unknown_item")}),
-    ({"form_id": "labs", "visit_id": "W99"}, {("visit_id", "unknown_visit")}),
-    ({"form_id": "labs", "visit_id": "POD7"}, {("visit_id", "visit")}),
-    ({"form_id": "labs", "item_id": "hemoglobin"}, {("visit_id", "required")}),
-    ({"form_id": "nosuchform", "visit_id": "W99", "text": "   "},
-     {("form_id", "unknown_form"), ("visit_id", "unknown_visit"), ("text", "required")}),
-])
+@pytest.mark.parametrize(
+    "where,expected",
+    [
+        ({"form_id": "nosuchform"}, {("form_id", "unknown_form")}),
+        ({"form_id": "labs", "visit_id": "SCR", "item_id": "nosuchitem"}, {("item_id", "unknown_item")}),
+        ({"form_id": "labs", "visit_id": "SCR", "item_id": "afp"}, {("item_id", "unknown_item")}),
+        ({"item_id": "nosuchitem"}, {("item_id", "unknown_item")}),
+        ({"form_id": "labs", "visit_id": "W99"}, {("visit_id", "unknown_visit")}),
+        ({"form_id": "labs", "visit_id": "POD7"}, {("visit_id", "visit")}),
+        ({"form_id": "labs", "item_id": "hemoglobin"}, {("visit_id", "required")}),
+        (
+            {"form_id": "nosuchform", "visit_id": "W99", "text": "   "},
+            {("form_id", "unknown_form"), ("visit_id", "unknown_visit"), ("text", "required")},
+        ),
+    ],
+)
 def test_a_query_must_point_at_data_of_the_study(server, labs, where, expected):
     with server.client("monitor", "S01") as http:
         before = http.get(queries_of(labs)).json()["total"]
@@ -284,8 +316,10 @@ def test_lists_page_and_filter_by_site_status_form_visit_and_item(server):
         subject = enrol(http, site="S02")["id"]
     with server.client("monitor") as http:  # no sites claim: every site
         before = http.get("/api/v1/queries", params={"site": "S02", "limit": 500}).json()
-        created = [raise_query(http, subject, f"question {n}", form_id="labs", visit_id=visit).json()["id"]
-                   for n, visit in enumerate(("SCR", "M1", "M1", "M3", "M6"))]
+        created = [
+            raise_query(http, subject, f"question {n}", form_id="labs", visit_id=visit).json()["id"]
+            for n, visit in enumerate(("SCR", "M1", "M1", "M3", "M6"))
+        ]
         created.append(raise_query(http, subject, "history?", form_id="history", item_id="mi_date").json()["id"])
         assert http.post(f"/api/v1/queries/{created[0]}/close").status_code == 200
         pages = [http.get(queries_of(subject), params={"offset": offset, "limit": 2}).json() for offset in (0, 2, 4)]

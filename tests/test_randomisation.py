@@ -2,6 +2,7 @@
 HMAC_DRBG, concealed until allocation, one slot per subject in the allocating transaction, no undo.
 
 The offline tests use the generator as the service does; the HTTP tests run on SQLite and PostgreSQL."""
+
 import math
 import os
 import json
@@ -34,8 +35,15 @@ LOCAL = "http://example.org/fhir/CodeSystem/nct04163237"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 STUDY = load_study(REPO_FORMS_DIR)
 SCHEME = load_scheme(REPO_FORMS_DIR, STUDY)
-OTHER_ROLES = [("investigator", "S01"), ("coordinator", "S01"), ("monitor", "S01"), ("data_manager", None),
-               ("sponsor", None), ("ehr", "S01"), ("admin", None)]
+OTHER_ROLES = [
+    ("investigator", "S01"),
+    ("coordinator", "S01"),
+    ("monitor", "S01"),
+    ("data_manager", None),
+    ("sponsor", None),
+    ("ehr", "S01"),
+    ("admin", None),
+]
 
 
 def bclc(code: str) -> dict:
@@ -57,15 +65,19 @@ def randomise(http, subject_id: str):
 
 # -- the generator, offline ---------------------------------------------------------------------------
 
+
 def test_hmac_drbg_matches_the_nist_test_vector():
     """NIST CAVP HMAC_DRBG SHA-256, no reseed, no prediction resistance, first vector (1024 bits, 2nd call)."""
-    drbg = HmacDrbg(bytes.fromhex("ca851911349384bffe89de1cbdc46e6831e44d34a4fb935ee285dd14b71a7488"),
-                    bytes.fromhex("659ba96c601dc69fc902940805ec0ca8"))
+    drbg = HmacDrbg(
+        bytes.fromhex("ca851911349384bffe89de1cbdc46e6831e44d34a4fb935ee285dd14b71a7488"),
+        bytes.fromhex("659ba96c601dc69fc902940805ec0ca8"),
+    )
     drbg.generate(128)
     assert drbg.generate(128).hex() == (
         "e528e9abf2dece54d47c7e75e5fe302149f817ea9fb4bee6f4199697d04d5b89d54fbb978a15b5c443c9ec21036d2460b6f73eba"
         "d0dc2aba6e624abf07745bc107694bb7547bb0995f70de25d6b29e2d3011bb19d27676c07162c8b5ccde0668961df86803482cb3"
-        "7ed6d5c0bb8d50cf1f50d476aa0458bdaba806f48be9dcb8")
+        "7ed6d5c0bb8d50cf1f50d476aa0458bdaba806f48be9dcb8"
+    )
 
 
 def test_lists_are_reproducible_from_the_secret_and_differ_per_secret_and_stratum():
@@ -154,6 +166,7 @@ def _study_copy_dir() -> Path:
 
 # -- over HTTP ------------------------------------------------------------------------------------------
 
+
 def test_randomise_allocates_writes_the_subject_and_answers_a_repeat(server):
     with server.client("investigator", "S01") as http:
         subject_id = eligible(http)
@@ -180,8 +193,9 @@ def test_randomise_allocates_writes_the_subject_and_answers_a_repeat(server):
         assert http.get(f"/api/v1/subjects/{subject_id}").json()["arm"] == allocation["arm"]
         patient_id = http.get(f"/api/v1/subjects/{subject_id}").json()["patient_id"]
     with Session(server.runtime.engine) as session:
-        entries = session.exec(select(AuditEntry).where(AuditEntry.patient_id == patient_id,
-                                                        AuditEntry.action == "randomisation.allocate")).all()
+        entries = session.exec(
+            select(AuditEntry).where(AuditEntry.patient_id == patient_id, AuditEntry.action == "randomisation.allocate")
+        ).all()
     assert len(entries) == 1 and entries[0].new_value == f"{number} {allocation['arm']}"
     assert entries[0].reason.startswith("stratum S01-BC, slot ") and entries[0].actor_sub == "dev-investigator"
 
@@ -195,8 +209,10 @@ def test_the_fhir_operation_allocates_and_is_in_the_capability_statement(server)
         assert values["stratum"]["valueString"] == "S01-A" and values["arm"]["valueString"] in ("PD1_SORA", "SORA")
         again = http.post(f"/fhir/ResearchSubject/{subject_id}/$randomize", headers=FHIR_JSON)
         assert again.status_code == 200 and again.json() == response.json()
-        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["randomisation_number"] == \
-            values["randomisationNumber"]["valueString"]
+        assert (
+            http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["randomisation_number"]
+            == values["randomisationNumber"]["valueString"]
+        )
         definition = http.get("/fhir/OperationDefinition/ResearchSubject-randomize").json()
         assert definition["resourceType"] == "OperationDefinition" and definition["code"] == "randomize"
     metadata = server.client().get("/fhir/metadata").json()
@@ -207,14 +223,26 @@ def test_the_fhir_operation_allocates_and_is_in_the_capability_statement(server)
 def test_a_typed_arm_is_refused_as_derived(server):
     with server.client("investigator", "S01") as http:
         subject_id = eligible(http)
-        refused = save_form(http, subject_id, "randomisation", {
-            "visit": "SCR", "visit_date": TODAY.isoformat(),
-            "items": {"arm": "PD1_SORA", "randomisation_date": TODAY.isoformat()}}, expect=422)
-        assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {("arm", "derived"),
-                                                                             ("randomisation_date", "derived")}
+        refused = save_form(
+            http,
+            subject_id,
+            "randomisation",
+            {
+                "visit": "SCR",
+                "visit_date": TODAY.isoformat(),
+                "items": {"arm": "PD1_SORA", "randomisation_date": TODAY.isoformat()},
+            },
+            expect=422,
+        )
+        assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} == {
+            ("arm", "derived"),
+            ("randomisation_date", "derived"),
+        }
         assert http.get(f"/fhir/ResearchSubject/{subject_id}").json().get("assignedArm") is None
-        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == {"subject_id": subject_id,
-                                                                                  "randomised": False}
+        assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == {
+            "subject_id": subject_id,
+            "randomised": False,
+        }
 
 
 def test_ineligible_or_unconsented_subjects_are_refused_and_nothing_is_allocated(server):
@@ -229,8 +257,12 @@ def test_ineligible_or_unconsented_subjects_are_refused_and_nothing_is_allocated
         fhir = http.post(f"/fhir/ResearchSubject/{blocked}/$randomize", headers=FHIR_JSON)
         assert fhir.status_code == 409 and fhir.json()["resourceType"] == "OperationOutcome"
     with Session(server.runtime.engine) as session:
-        assert session.exec(select(RandomisationAllocation).where(
-            RandomisationAllocation.subject_id.in_([blocked, candidate]))).all() == []
+        assert (
+            session.exec(
+                select(RandomisationAllocation).where(RandomisationAllocation.subject_id.in_([blocked, candidate]))
+            ).all()
+            == []
+        )
     with server.client("investigator", "S02") as other_site:
         assert randomise(other_site, blocked).status_code == 404  # another site's subject: unknown
 
@@ -248,8 +280,11 @@ def test_concurrent_randomisations_take_distinct_consecutive_slots(server):
     assert sorted(r.status_code for r in repeats) == [200] * 7 + [201]
     assert len({r.json()["randomisation_number"] for r in repeats}) == 1
     with Session(server.runtime.engine) as session:
-        rows = session.exec(select(RandomisationAllocation).where(RandomisationAllocation.study_id == STUDY.id,
-                                                                  RandomisationAllocation.stratum == "S02-A")).all()
+        rows = session.exec(
+            select(RandomisationAllocation).where(
+                RandomisationAllocation.study_id == STUDY.id, RandomisationAllocation.stratum == "S02-A"
+            )
+        ).all()
     taken = sorted(row.sequence for row in rows if row.subject_id in subjects)
     assert taken == list(range(taken[0], taken[0] + 16))
     assert len({row.subject_id for row in rows}) == len(rows)
@@ -262,8 +297,13 @@ def test_only_the_randomisation_manager_sees_lists_and_unused_slots(server):
     with server.client("investigator", "S01") as http:
         subject_id = eligible(http)
         allocation = randomise(http, subject_id).json()
-    routes = ["/api/v1/randomisation/lists", "/api/v1/randomisation/lists.csv", "/api/v1/randomisation/allocations",
-              "/api/v1/randomisation/allocations.csv", "/api/v1/randomisation/lists/S01-BC"]
+    routes = [
+        "/api/v1/randomisation/lists",
+        "/api/v1/randomisation/lists.csv",
+        "/api/v1/randomisation/allocations",
+        "/api/v1/randomisation/allocations.csv",
+        "/api/v1/randomisation/lists/S01-BC",
+    ]
     for role, site in OTHER_ROLES:
         with server.client(role, *([site] if site else [])) as http:
             for route in routes:
@@ -303,8 +343,13 @@ def test_allocations_cannot_be_changed_or_undone(server):
 @pytest.fixture(scope="module")
 def second_study(database_url):
     """A second study in the same database: forms/ with another id and the 2:1 scheme (3 slots per list)."""
-    settings = Settings(database_url=database_url, study_dir=_study_copy_dir(), jwt_secret="j" * 40,
-                        randomisation_secret="r" * 40, _env_file=None)
+    settings = Settings(
+        database_url=database_url,
+        study_dir=_study_copy_dir(),
+        jwt_secret="j" * 40,
+        randomisation_secret="r" * 40,
+        _env_file=None,
+    )
     with running_server(settings) as running:
         yield running
 
@@ -315,8 +360,9 @@ def test_a_2_to_1_study_allocates_in_its_ratio_exhausts_and_verifies(second_stud
         answers = [randomise(http, first)]
         assert answers[0].status_code == 201, answers[0].text
         with second_study.client("randomisation_manager") as manager:  # one block of 3 or 6: whole blocks only
-            size = next(s for s in manager.get("/api/v1/randomisation/lists").json()["lists"]
-                        if s["stratum"] == "later")["slots"]
+            size = next(
+                s for s in manager.get("/api/v1/randomisation/lists").json()["lists"] if s["stratum"] == "later"
+            )["slots"]
         assert size in (3, 6)
         subjects = [first] + [eligible(http, study="TEST-2TO1") for _ in range(size)]
         answers += [randomise(http, subject_id) for subject_id in subjects[1:size]]
@@ -328,17 +374,25 @@ def test_a_2_to_1_study_allocates_in_its_ratio_exhausts_and_verifies(second_stud
         assert exhausted.status_code == 409 and "stratum later is exhausted" in exhausted.text
         assert http.get(f"/api/v1/subjects/{subjects[size]}/randomisation").json()["randomised"] is False
 
-    env = {**os.environ, "ECRF_DATABASE_URL": second_study.settings.database_url,
-           "ECRF_STUDY_DIR": str(_study_copy_dir()), "ECRF_RANDOMISATION_SECRET": "r" * 40}
+    env = {
+        **os.environ,
+        "ECRF_DATABASE_URL": second_study.settings.database_url,
+        "ECRF_STUDY_DIR": str(_study_copy_dir()),
+        "ECRF_RANDOMISATION_SECRET": "r" * 40,
+    }
     command = [sys.executable, "-m", "ecrf.cli", "randomisation", "verify"]
     intact = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert intact.returncode == 0, intact.stderr
-    wrong_secret = subprocess.run(command, env={**env, "ECRF_RANDOMISATION_SECRET": "x" * 40},
-                                  capture_output=True, text=True, timeout=120)
+    wrong_secret = subprocess.run(
+        command, env={**env, "ECRF_RANDOMISATION_SECRET": "x" * 40}, capture_output=True, text=True, timeout=120
+    )
     assert wrong_secret.returncode == 1 and "checksum" in wrong_secret.stderr
-    _tamper(second_study, "UPDATE randomisation_slot SET arm = 'SORA' WHERE study_id = 'TEST-2TO1' "
-                          "AND stratum = 'early' AND sequence = (SELECT MIN(sequence) FROM randomisation_slot "
-                          "WHERE study_id = 'TEST-2TO1' AND stratum = 'early' AND arm = 'PD1_SORA')")
+    _tamper(
+        second_study,
+        "UPDATE randomisation_slot SET arm = 'SORA' WHERE study_id = 'TEST-2TO1' "
+        "AND stratum = 'early' AND sequence = (SELECT MIN(sequence) FROM randomisation_slot "
+        "WHERE study_id = 'TEST-2TO1' AND stratum = 'early' AND arm = 'PD1_SORA')",
+    )
     tampered = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert tampered.returncode == 1 and "RANDOMISATION LIST early: the stored slots differ" in tampered.stderr
 
@@ -353,8 +407,12 @@ def _tamper(server, statement: str) -> None:
         else:
             connection.execute(text("DROP TRIGGER randomisation_slot_no_update"))
             connection.execute(text(statement))
-            connection.execute(text("CREATE TRIGGER randomisation_slot_no_update BEFORE UPDATE ON randomisation_slot "
-                                    "BEGIN SELECT RAISE(ABORT, 'randomisation_slot is append-only'); END"))
+            connection.execute(
+                text(
+                    "CREATE TRIGGER randomisation_slot_no_update BEFORE UPDATE ON randomisation_slot "
+                    "BEGIN SELECT RAISE(ABORT, 'randomisation_slot is append-only'); END"
+                )
+            )
 
 
 def test_the_enrolment_report_counts_allocations_per_stratum_and_arm(server):
@@ -366,8 +424,12 @@ def test_the_enrolment_report_counts_allocations_per_stratum_and_arm(server):
         rows = session.exec(select(RandomisationAllocation).where(RandomisationAllocation.study_id == STUDY.id)).all()
     for scope in [*report["sites"], report["overall"]]:
         mine = [row for row in rows if scope.get("site", row.site) == row.site]
-        expected = {stratum: {arm.id: sum(1 for row in mine if (row.stratum, row.arm) == (stratum, arm.id))
-                              for arm in STUDY.arms} for stratum in SCHEME.strata}
+        expected = {
+            stratum: {
+                arm.id: sum(1 for row in mine if (row.stratum, row.arm) == (stratum, arm.id)) for arm in STUDY.arms
+            }
+            for stratum in SCHEME.strata
+        }
         assert scope["randomised"]["by_stratum"] == expected, scope.get("site")
     assert report["overall"]["randomised"]["by_stratum"]["S01-A"] != {"PD1_SORA": 0, "SORA": 0}
     with server.client("sponsor") as http:  # small cells hidden as every other count of the report
@@ -382,24 +444,31 @@ def test_no_door_changes_or_deletes_an_allocation(server):
         allocation = randomise(http, subject_id).json()
         content = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
         other = "SORA" if allocation["arm"] == "PD1_SORA" else "PD1_SORA"
-        changed = http.put(f"/fhir/ResearchSubject/{subject_id}", json={**content, "assignedArm": other},
-                           headers=FHIR_JSON)
+        changed = http.put(
+            f"/fhir/ResearchSubject/{subject_id}", json={**content, "assignedArm": other}, headers=FHIR_JSON
+        )
         assert changed.status_code == 409, changed.text
         assert "never change" in changed.json()["issue"][0]["diagnostics"]
-        renumbered = {**content, "identifier": [i for i in content["identifier"]
-                                                if i.get("system") != SCHEME.identifier_system]}
+        renumbered = {
+            **content,
+            "identifier": [i for i in content["identifier"] if i.get("system") != SCHEME.identifier_system],
+        }
         assert http.put(f"/fhir/ResearchSubject/{subject_id}", json=renumbered, headers=FHIR_JSON).status_code == 409
-        patched = http.patch(f"/fhir/ResearchSubject/{subject_id}", content=json.dumps(
-            [{"op": "replace", "path": "/assignedArm", "value": other}]),
-            headers={"Content-Type": "application/json-patch+json"})
+        patched = http.patch(
+            f"/fhir/ResearchSubject/{subject_id}",
+            content=json.dumps([{"op": "replace", "path": "/assignedArm", "value": other}]),
+            headers={"Content-Type": "application/json-patch+json"},
+        )
         assert patched.status_code == 409, patched.text
         assert http.delete(f"/fhir/ResearchSubject/{subject_id}").status_code == 409
         after = http.get(f"/fhir/ResearchSubject/{subject_id}").json()
         assert after["assignedArm"] == allocation["arm"] and after["meta"]["versionId"] == content["meta"]["versionId"]
         # other changes of the subject still go through
-        period = http.put(f"/fhir/ResearchSubject/{subject_id}",
-                          json={**content, "period": {**content.get("period", {}), "end": TODAY.isoformat()}},
-                          headers=FHIR_JSON)
+        period = http.put(
+            f"/fhir/ResearchSubject/{subject_id}",
+            json={**content, "period": {**content.get("period", {}), "end": TODAY.isoformat()}},
+            headers=FHIR_JSON,
+        )
         assert period.status_code == 200, period.text
         assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json() == allocation
 
@@ -408,12 +477,16 @@ def test_a_mis_randomisation_is_a_note_and_the_allocation_stays(server):
     with server.client("investigator", "S01") as http:
         subject_id = eligible(http)
         allocation = randomise(http, subject_id).json()
-        assert http.post(f"/api/v1/subjects/{subject_id}/randomisation/notes",
-                         json={"text": "wrong subject"}).status_code == 403
+        assert (
+            http.post(f"/api/v1/subjects/{subject_id}/randomisation/notes", json={"text": "wrong subject"}).status_code
+            == 403
+        )
         unallocated = eligible(http)
     with server.client("data_manager") as http:
-        noted = http.post(f"/api/v1/subjects/{subject_id}/randomisation/notes",
-                          json={"text": "randomised in error: consent withdrawn the day before"})
+        noted = http.post(
+            f"/api/v1/subjects/{subject_id}/randomisation/notes",
+            json={"text": "randomised in error: consent withdrawn the day before"},
+        )
         assert noted.status_code == 201, noted.text
         assert noted.json()["randomisation_number"] == allocation["randomisation_number"]
         assert http.post(f"/api/v1/subjects/{unallocated}/randomisation/notes", json={"text": "x"}).status_code == 409
@@ -425,8 +498,12 @@ def test_a_mis_randomisation_is_a_note_and_the_allocation_stays(server):
 def test_the_randomisation_secret_is_neither_the_study_nor_the_jwt_secret(tmp_path):
     from ecrf.randomisation.service import randomisation_secret
 
-    same = Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", study_secret="s" * 40, randomisation_secret="s" * 40,
-                    _env_file=None)
+    same = Settings(
+        database_url=f"sqlite:///{tmp_path / 'e.db'}",
+        study_secret="s" * 40,
+        randomisation_secret="s" * 40,
+        _env_file=None,
+    )
     with pytest.raises(SchemeError, match="must differ"):
         randomisation_secret(same)
     generated = Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", _env_file=None)
@@ -441,10 +518,19 @@ def test_the_screening_log_shows_allocations_and_counts_per_stratum_and_arm(serv
         allocation = randomise(http, subject_id).json()
         log = http.get("/api/v1/eligibility", params={"limit": 500, "site": "S01"}).json()
     row = next(r for r in log["items"] if r["subject"] == subject_id)
-    assert row["allocation"] == {"arm": allocation["arm"], "stratum": "S01-BC",
-                                 "randomisation_number": allocation["randomisation_number"]}
+    assert row["allocation"] == {
+        "arm": allocation["arm"],
+        "stratum": "S01-BC",
+        "randomisation_number": allocation["randomisation_number"],
+    }
     with Session(server.runtime.engine) as session:
-        stored = Counter((a.stratum, a.arm) for a in session.exec(select(RandomisationAllocation).where(
-            RandomisationAllocation.study_id == STUDY.id, RandomisationAllocation.site == "S01")).all())
+        stored = Counter(
+            (a.stratum, a.arm)
+            for a in session.exec(
+                select(RandomisationAllocation).where(
+                    RandomisationAllocation.study_id == STUDY.id, RandomisationAllocation.site == "S01"
+                )
+            ).all()
+        )
     assert {(c["stratum"], c["arm"]): c["n"] for c in log["randomised"]} == dict(stored)
     assert {c["site"] for c in log["randomised"]} == {"S01"}

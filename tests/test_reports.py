@@ -1,5 +1,6 @@
 """GET /api/v1/reports/enrolment over HTTP on a database of its own: exact counts for data managers and
 monitors (their sites only), small cells hidden for sponsors, nothing that identifies a subject."""
+
 import secrets
 
 import pytest
@@ -89,17 +90,24 @@ def test_a_data_manager_gets_exact_counts_per_site_and_overall(study):
     no_strata = {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in ("S01-A", "S01-BC", "S02-A", "S02-BC")}
     assert s01["randomised"] == {"total": 3, "by_arm": {"PD1_SORA": 1, "SORA": 2, "other": 0}, "by_stratum": no_strata}
     assert s02["randomised"] == {"total": 1, "by_arm": {"PD1_SORA": 1, "SORA": 0, "other": 0}, "by_stratum": no_strata}
-    assert overall["randomised"] == {"total": 4, "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0},
-                                     "by_stratum": no_strata}
+    assert overall["randomised"] == {
+        "total": 4,
+        "by_arm": {"PD1_SORA": 2, "SORA": 2, "other": 0},
+        "by_stratum": no_strata,
+    }
 
-    assert _form(s01, "randomisation", "SCR") == {"form": "randomisation", "visit": "SCR", "done": 3,
-                                                 "by_status": {"draft": 0, "complete": 2, "verified": 1,
-                                                               "signed": 0, "locked": 0}}
+    assert _form(s01, "randomisation", "SCR") == {
+        "form": "randomisation",
+        "visit": "SCR",
+        "done": 3,
+        "by_status": {"draft": 0, "complete": 2, "verified": 1, "signed": 0, "locked": 0},
+    }
     assert _form(s01, "labs", "SCR")["done"] == 4 and _form(overall, "labs", "SCR")["done"] == 5
     ctc = {entry["visit"]: entry["done"] for entry in overall["forms"] if entry["form"] == "ctc"}
     assert ctc == {"PREOP": 0, "POD7": 4, "M1": 0, "M3": 0, "M6": 0, "M9": 0, "M12": 0}  # CTC timepoints done
     assert {(entry["form"], entry["visit"]) for entry in overall["forms"]} == {
-        (form.id, visit) for form in study.runtime.study.forms for visit in form.visits}
+        (form.id, visit) for form in study.runtime.study.forms for visit in form.visits
+    }
     assert not any(scope["suppressed"] for scope in [*report["sites"], overall])
 
 
@@ -140,8 +148,12 @@ def _cells(report: dict) -> dict[tuple, int | None]:
             cells.update({(scope["site"], table, key): value for key, value in scope[table].items()})
         cells.update({(scope["site"], "arm", key): value for key, value in scope["randomised"]["by_arm"].items()})
         for entry in scope["forms"]:
-            cells.update({(scope["site"], entry["form"], entry["visit"], key): value
-                          for key, value in entry["by_status"].items()})
+            cells.update(
+                {
+                    (scope["site"], entry["form"], entry["visit"], key): value
+                    for key, value in entry["by_status"].items()
+                }
+            )
     return cells
 
 
@@ -162,16 +174,22 @@ def test_a_sponsor_never_sees_a_small_cell(study):
     # holds exactly one hidden count, which subtraction from its total would give back
     assert [scope["subjects"] for scope in sponsor["sites"]] == [10, 2] and sponsor["overall"]["subjects"] == 12
     for scope in [*sponsor["sites"], sponsor["overall"]]:
-        for counts in (scope["by_status"], scope["eligibility"], scope["randomised"]["by_arm"],
-                       *(entry["by_status"] for entry in scope["forms"])):
+        for counts in (
+            scope["by_status"],
+            scope["eligibility"],
+            scope["randomised"]["by_arm"],
+            *(entry["by_status"] for entry in scope["forms"]),
+        ):
             assert sum(value is None for value in counts.values()) != 1
     scopes = [*sponsor["sites"], sponsor["overall"]]
     for key in sponsor["overall"]["by_status"]:
         assert sum(scope["by_status"][key] is None for scope in scopes) != 1
     assert sponsor["overall"]["by_status"]["candidate"] == 7  # big enough, and protected by its hidden neighbours
-    assert sponsor["overall"]["randomised"] == {"total": None, "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0},
-                                                "by_stratum": {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in
-                                                               ("S01-A", "S01-BC", "S02-A", "S02-BC")}}
+    assert sponsor["overall"]["randomised"] == {
+        "total": None,
+        "by_arm": {"PD1_SORA": None, "SORA": None, "other": 0},
+        "by_stratum": {stratum: {"PD1_SORA": 0, "SORA": 0} for stratum in ("S01-A", "S01-BC", "S02-A", "S02-BC")},
+    }
     assert all(scope["suppressed"] for scope in scopes)
 
 
@@ -189,8 +207,9 @@ def test_the_threshold_is_a_setting_and_applies_to_callers_without_subject_acces
     assert 0 < low["hidden_cells"] < default["hidden_cells"]
 
 
-@pytest.mark.parametrize("role,sites", [("investigator", ("S01",)), ("coordinator", ("S01",)), ("ehr", ("S01",)),
-                                        ("admin", ())])
+@pytest.mark.parametrize(
+    "role,sites", [("investigator", ("S01",)), ("coordinator", ("S01",)), ("ehr", ("S01",)), ("admin", ())]
+)
 def test_roles_without_report_aggregate_get_403(study, role, sites):
     with study.client(role, *sites) as http:
         assert http.get(REPORT).status_code == 403
@@ -200,9 +219,17 @@ def test_roles_without_report_aggregate_get_403(study, role, sites):
 
 def test_small_cell_rule_hides_small_counts_and_their_complements():
     rows, columns = ["S01", "S02", "all"], ["a", "b", "c"]
-    values = {("S01", "a"): 6, ("S01", "b"): 2, ("S01", "c"): 0,
-              ("S02", "a"): 9, ("S02", "b"): 0, ("S02", "c"): 0,
-              ("all", "a"): 15, ("all", "b"): 2, ("all", "c"): 0}
+    values = {
+        ("S01", "a"): 6,
+        ("S01", "b"): 2,
+        ("S01", "c"): 0,
+        ("S02", "a"): 9,
+        ("S02", "b"): 0,
+        ("S02", "c"): 0,
+        ("all", "a"): 15,
+        ("all", "b"): 2,
+        ("all", "c"): 0,
+    }
     # S01.b and all.b are small; rows S01 and all then each hide their next smallest non-zero count (a), so
     # neither 2 follows from a published total (S01: 8, all: 17) nor from the column (all.a = S01.a + 9)
     assert hidden_cells(values, rows, columns, 5) == {("S01", "b"), ("all", "b"), ("S01", "a"), ("all", "a")}

@@ -1,4 +1,5 @@
 """Guards in front of every route: oversized bodies, floods, and what reaches the log."""
+
 import logging
 import secrets
 
@@ -12,8 +13,13 @@ from tests.conftest import running_server
 @pytest.fixture(scope="module")
 def tight_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tight")
-    settings = Settings(database_url=f"sqlite:///{folder / 'tight.db'}", jwt_secret=secrets.token_urlsafe(32),
-                        max_body_bytes=2048, rate_limit_per_minute=5, _env_file=None)
+    settings = Settings(
+        database_url=f"sqlite:///{folder / 'tight.db'}",
+        jwt_secret=secrets.token_urlsafe(32),
+        max_body_bytes=2048,
+        rate_limit_per_minute=5,
+        _env_file=None,
+    )
     with running_server(settings) as running:
         yield running
 
@@ -56,10 +62,16 @@ def test_health_checks_are_never_rate_limited(tight_server):
 
 
 def test_identifiers_in_paths_are_masked_in_the_request_log():
-    assert loggable_path("/fhir/Patient/3f2a9c1e/_history/2", {"type": "Patient", "id": "3f2a9c1e", "vid": "2"}) \
+    assert (
+        loggable_path("/fhir/Patient/3f2a9c1e/_history/2", {"type": "Patient", "id": "3f2a9c1e", "vid": "2"})
         == "/fhir/{type}/{id}/_history/{vid}"
-    assert loggable_path("/api/v1/subjects/abc/forms/labs/SCR", {"subject_id": "abc", "form_id": "labs", "visit_id": "SCR"}) \
+    )
+    assert (
+        loggable_path(
+            "/api/v1/subjects/abc/forms/labs/SCR", {"subject_id": "abc", "form_id": "labs", "visit_id": "SCR"}
+        )
         == "/api/v1/subjects/{subject_id}/forms/{form_id}/{visit_id}"
+    )
     assert loggable_path("/fhir/Patient/MRN-4711/whatever", None) == "/fhir/Patient/…"
     assert loggable_path("/healthz", {}) == "/healthz"
 
@@ -95,8 +107,9 @@ def test_the_rate_limit_is_read_from_the_environment_and_zero_turns_it_off(monke
     monkeypatch.setenv("ECRF_RATE_LIMIT_PER_MINUTE", "7")
     assert Settings(_env_file=None).rate_limit_per_minute == 7
     monkeypatch.setenv("ECRF_RATE_LIMIT_PER_MINUTE", "0")
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'open.db'}", jwt_secret=secrets.token_urlsafe(32),
-                        _env_file=None)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'open.db'}", jwt_secret=secrets.token_urlsafe(32), _env_file=None
+    )
     assert settings.rate_limit_per_minute == 0
     with running_server(settings) as open_server, open_server.client("investigator", "S01") as http:
         assert all(http.get("/api/v1/study").status_code == 200 for _ in range(40))

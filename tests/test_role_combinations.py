@@ -4,6 +4,7 @@ A token's roles are granted as a union, so two pairs would widen access: `ehr` (
 what it pushed) with any other role, and `sponsor` (de-identified data only) with a role that reads
 identifiers. Such a token is refused with 401 naming the reason, on both doors; other combinations work.
 """
+
 import time
 
 import pytest
@@ -14,17 +15,31 @@ from ecrf.auth.policy import PERMISSIONS, combination_refusal
 
 def _token(server, roles, sites=("S01",)):
     now = int(time.time())
-    claims = {"sub": "mixed", "roles": list(roles), "iat": now, "exp": now + 300,
-              "iss": server.settings.jwt_issuer, "aud": server.settings.jwt_audience}
+    claims = {
+        "sub": "mixed",
+        "roles": list(roles),
+        "iat": now,
+        "exp": now + 300,
+        "iss": server.settings.jwt_issuer,
+        "aud": server.settings.jwt_audience,
+    }
     if sites:
         claims["sites"] = list(sites)
     return jwt.encode(claims, server.settings.jwt_secret, algorithm="HS256")
 
 
 REFUSED = [
-    ["ehr", "sponsor"], ["ehr", "admin"], ["ehr", "investigator"], ["ehr", "coordinator"], ["ehr", "monitor"],
-    ["ehr", "data_manager"], ["sponsor", "investigator"], ["sponsor", "data_manager"], ["sponsor", "coordinator"],
-    ["sponsor", "monitor"], ["sponsor", "admin", "monitor"],
+    ["ehr", "sponsor"],
+    ["ehr", "admin"],
+    ["ehr", "investigator"],
+    ["ehr", "coordinator"],
+    ["ehr", "monitor"],
+    ["ehr", "data_manager"],
+    ["sponsor", "investigator"],
+    ["sponsor", "data_manager"],
+    ["sponsor", "coordinator"],
+    ["sponsor", "monitor"],
+    ["sponsor", "admin", "monitor"],
 ]
 
 
@@ -38,8 +53,11 @@ def test_widening_combinations_are_refused_with_the_reason(server, roles):
             assert "cannot be combined" in response.text
 
 
-@pytest.mark.parametrize("roles", [["investigator", "coordinator"], ["monitor", "data_manager"],
-                                   ["sponsor", "admin"], ["investigator", "admin"]], ids="+".join)
+@pytest.mark.parametrize(
+    "roles",
+    [["investigator", "coordinator"], ["monitor", "data_manager"], ["sponsor", "admin"], ["investigator", "admin"]],
+    ids="+".join,
+)
 def test_other_combinations_are_accepted(server, roles):
     with server.client() as http:
         response = http.get("/api/v1/study", headers={"Authorization": f"Bearer {_token(server, roles)}"})

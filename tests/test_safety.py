@@ -1,14 +1,21 @@
 """The SAE reporting clock (CRF-SPEC 7.2) through real HTTP on SQLite and PostgreSQL, with the server's clock
 set by the test (never a sleep): awareness at the site's first save as serious, due within 24 hours, overdue
 after, the investigator's report, the open-SAE list per site and counts in the aggregate report."""
+
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from crf_support import day, enrol, save
 
-AE = {"ctcae_term": "pneumonitis", "onset_date": day(40), "grade": 3, "serious": True,
-      "seriousness_criteria": ["hospitalisation"], "outcome": "recovering"}
+AE = {
+    "ctcae_term": "pneumonitis",
+    "onset_date": day(40),
+    "grade": 3,
+    "serious": True,
+    "seriousness_criteria": ["hospitalisation"],
+    "outcome": "recovering",
+}
 
 
 @contextmanager
@@ -38,8 +45,9 @@ def subject(server):
 def _sae(http, subject_id: str, entry_id: str, **params) -> dict | None:
     listed = http.get("/api/v1/safety/sae", params=params)
     assert listed.status_code == 200, listed.text
-    return next((i for i in listed.json()["items"] if i["entry_id"] == entry_id and i["subject_id"] == subject_id),
-                None)
+    return next(
+        (i for i in listed.json()["items"] if i["entry_id"] == entry_id and i["subject_id"] == subject_id), None
+    )
 
 
 def test_the_clock_starts_at_the_first_serious_save_and_runs_24_hours(server, subject):
@@ -76,9 +84,13 @@ def test_the_investigator_reports_once_and_it_is_audited(server, subject):
             assert http.post(url, json={"reference": "CIOMS-1"}).status_code == 404
             assert _sae(http, subject, entry) is None  # another site's SAE is not listed
         with server.client("investigator", "S01", sub="dr-wei") as http:
-            future = http.post(url, json={"reference": "CIOMS-1", "reported_at": (aware + timedelta(days=9)).isoformat()})
+            future = http.post(
+                url, json={"reference": "CIOMS-1", "reported_at": (aware + timedelta(days=9)).isoformat()}
+            )
             assert future.status_code == 409
-            early = http.post(url, json={"reference": "CIOMS-1", "reported_at": (aware - timedelta(hours=1)).isoformat()})
+            early = http.post(
+                url, json={"reference": "CIOMS-1", "reported_at": (aware - timedelta(hours=1)).isoformat()}
+            )
             assert early.status_code == 409
             sent = (aware + timedelta(hours=20)).isoformat()
             reported = http.post(url, json={"reference": "CIOMS-2031-0042", "reported_at": sent})
@@ -106,12 +118,18 @@ def test_a_late_report_is_not_on_time(server, subject):
 
 def test_not_serious_downgraded_and_withdrawn_events(server, subject):
     with server.client("coordinator", "S01") as http:
-        mild = http.post(entries(subject), json={"items": {**AE, "serious": False, "seriousness_criteria": None,
-                                                          "grade": 1}}).json()["id"]
+        mild = http.post(
+            entries(subject), json={"items": {**AE, "serious": False, "seriousness_criteria": None, "grade": 1}}
+        ).json()["id"]
         assert _sae(http, subject, mild) is None  # never serious: no clock
         serious = http.post(entries(subject), json={"items": AE}).json()["id"]
-        downgraded = http.put(f"{entries(subject)}/{serious}", json={
-            "items": {**AE, "serious": False, "seriousness_criteria": None}, "reason": "not hospitalised after all"})
+        downgraded = http.put(
+            f"{entries(subject)}/{serious}",
+            json={
+                "items": {**AE, "serious": False, "seriousness_criteria": None},
+                "reason": "not hospitalised after all",
+            },
+        )
         assert downgraded.status_code == 200, downgraded.text
         assert _sae(http, subject, serious)["status"] == "not_serious"
         again = http.post(entries(subject), json={"items": AE}).json()["id"]

@@ -6,6 +6,7 @@ hundreds of different copies of one parameter (PostgreSQL plans each as a join; 
 copies are one condition), so those servers
 raise the limits on purpose, as an operator could, and show what then still bounds the work.
 """
+
 import os
 import signal
 import subprocess
@@ -63,15 +64,27 @@ def test_conditional_criteria_in_a_body_have_the_same_limits(server):
 
     person = patient()
     with server.client("ehr", "S01") as http:
-        response = http.post("/fhir", json=bundle([post(person, if_none_exist=_query("identifier", "x", 17))]),
-                             headers=FHIR_JSON)
+        response = http.post(
+            "/fhir", json=bundle([post(person, if_none_exist=_query("identifier", "x", 17))]), headers=FHIR_JSON
+        )
         assert response.status_code == 400, response.text
         assert "repeat 'identifier' 17 times" in response.text
-        response = http.post("/fhir/Patient", json=person,
-                             headers={**FHIR_JSON, "If-None-Exist": "&".join(f"identifier=v{i}" for i in range(101))})
+        response = http.post(
+            "/fhir/Patient",
+            json=person,
+            headers={**FHIR_JSON, "If-None-Exist": "&".join(f"identifier=v{i}" for i in range(101))},
+        )
         assert response.status_code == 400, response.text
-        response = http.post("/fhir/Patient", json=person, headers={**FHIR_JSON, "If-None-Exist": _query(
-            "identifier", f"{person['identifier'][0]['system']}|{person['identifier'][0]['value']}", 16)})
+        response = http.post(
+            "/fhir/Patient",
+            json=person,
+            headers={
+                **FHIR_JSON,
+                "If-None-Exist": _query(
+                    "identifier", f"{person['identifier'][0]['system']}|{person['identifier'][0]['value']}", 16
+                ),
+            },
+        )
         assert response.status_code == 201, response.text
 
 
@@ -83,16 +96,26 @@ def pg_url():
 
 
 def _settings(url: str, timeout_ms: int) -> Settings:
-    return Settings(database_url=url, jwt_secret="limits-" + "x" * 32, max_query_parameters=1000,
-                    max_repeated_parameter=1000, statement_timeout_ms=timeout_ms, export_worker=False,
-                    _env_file=None)
+    return Settings(
+        database_url=url,
+        jwt_secret="limits-" + "x" * 32,
+        max_query_parameters=1000,
+        max_repeated_parameter=1000,
+        statement_timeout_ms=timeout_ms,
+        export_worker=False,
+        _env_file=None,
+    )
 
 
 def _running_statements(name: str) -> list[str]:
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        return [row[0] for row in admin.execute(
-            "SELECT query FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
-            (name,)).fetchall()]
+        return [
+            row[0]
+            for row in admin.execute(
+                "SELECT query FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchall()
+        ]
 
 
 def test_a_search_over_the_statement_timeout_is_503(pg_url):
@@ -124,12 +147,23 @@ def test_a_long_search_does_not_hold_the_shutdown(pg_url, tmp_path):
     url, name = pg_url
     settings = _settings(url, 600_000)
     port = free_port()
-    env = {**os.environ, "ECRF_DATABASE_URL": url, "ECRF_JWT_SECRET": settings.jwt_secret,
-           "ECRF_MAX_QUERY_PARAMETERS": "1000", "ECRF_MAX_REPEATED_PARAMETER": "1000",
-           "ECRF_STATEMENT_TIMEOUT_MS": "600000", "ECRF_EXPORT_WORKER": "false"}
+    env = {
+        **os.environ,
+        "ECRF_DATABASE_URL": url,
+        "ECRF_JWT_SECRET": settings.jwt_secret,
+        "ECRF_MAX_QUERY_PARAMETERS": "1000",
+        "ECRF_MAX_REPEATED_PARAMETER": "1000",
+        "ECRF_STATEMENT_TIMEOUT_MS": "600000",
+        "ECRF_EXPORT_WORKER": "false",
+    }
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ecrf.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_healthy(base, process, pause=0.2)
@@ -138,8 +172,13 @@ def test_a_long_search_does_not_hold_the_shutdown(pg_url, tmp_path):
 
         def search():
             try:
-                answers.append(httpx.get(f"{base}/fhir/Observation?" + _slow("status", "final", 501),
-                                         headers={"Authorization": f"Bearer {token}"}, timeout=120).status_code)
+                answers.append(
+                    httpx.get(
+                        f"{base}/fhir/Observation?" + _slow("status", "final", 501),
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=120,
+                    ).status_code
+                )
             except httpx.HTTPError as error:
                 answers.append(type(error).__name__)
 

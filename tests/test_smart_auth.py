@@ -1,5 +1,6 @@
 """SMART Backend Services (issue 13): discovery, the token endpoint and every way it must refuse, the client
 registry, and this server's access tokens on the FHIR door. Real key pairs, real signed JWTs, real HTTP."""
+
 import json
 import os
 import stat
@@ -47,8 +48,11 @@ def test_discovery_names_the_token_endpoint(server):
     assert "system/*.rs" in config["scopes_supported"]
     metadata = httpx.get(f"{server.base_url}/fhir/metadata").json()
     security = metadata["rest"][0]["security"]
-    uris = next(e for e in security["extension"]
-                if e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris")
+    uris = next(
+        e
+        for e in security["extension"]
+        if e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    )
     assert {"url": "token", "valueUri": token_url(server)} in uris["extension"]
     assert "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data" in metadata["instantiates"]
 
@@ -63,16 +67,22 @@ def test_server_keys_are_kept_private_and_only_public_parts_published(server):
 @pytest.mark.parametrize("algorithm", ["ES384", "RS384"])
 def test_a_registered_client_gets_a_short_token_that_works_on_the_fhir_door(server, algorithm):
     key = KeyPair.new(algorithm)
-    client = register(server, key, role="ehr", site="S01",
-                      scopes="system/Patient.cs system/Observation.cs system/Observation.r")
-    answer = token_request(server.base_url, assertion(key, client["id"], token_url(server)),
-                           scope="system/Observation.crs system/Patient.cruds system/Condition.rs openid")
+    client = register(
+        server, key, role="ehr", site="S01", scopes="system/Patient.cs system/Observation.cs system/Observation.r"
+    )
+    answer = token_request(
+        server.base_url,
+        assertion(key, client["id"], token_url(server)),
+        scope="system/Observation.crs system/Patient.cruds system/Condition.rs openid",
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["token_type"] == "bearer" and 0 < body["expires_in"] <= 300
     assert body["scope"].split() == ["system/Observation.crs", "system/Patient.cs"]  # requested ∩ registered
     header = jwt.get_unverified_header(body["access_token"])
-    assert header["alg"] == "ES256" and header["kid"] in {k["kid"] for k in httpx.get(f"{server.base_url}/auth/jwks").json()["keys"]}
+    assert header["alg"] == "ES256" and header["kid"] in {
+        k["kid"] for k in httpx.get(f"{server.base_url}/auth/jwks").json()["keys"]
+    }
     bearer = {"Authorization": f"Bearer {body['access_token']}"}
     mrn = uuid.uuid4().hex[:10]
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:test:smart", "value": mrn}]}
@@ -95,13 +105,18 @@ ATTACKS = {
     "iss is not sub": lambda s, k, c: assertion(k, c, token_url(s), sub="someone-else"),
     "key not in the jwks": lambda s, k, c: assertion(KeyPair.new("ES384", kid=k.public_jwk["kid"]), c, token_url(s)),
     "unknown kid": lambda s, k, c: assertion(KeyPair.new("ES384"), c, token_url(s)),
-    "alg none": lambda s, k, c: unsigned({"alg": "none", "typ": "JWT", "kid": k.public_jwk["kid"]},
-                                         {"iss": c, "sub": c, "aud": token_url(s), "exp": int(time.time()) + 200,
-                                          "jti": uuid.uuid4().hex}),
+    "alg none": lambda s, k, c: unsigned(
+        {"alg": "none", "typ": "JWT", "kid": k.public_jwk["kid"]},
+        {"iss": c, "sub": c, "aud": token_url(s), "exp": int(time.time()) + 200, "jti": uuid.uuid4().hex},
+    ),
     "HS256 keyed with the public key": lambda s, k, c: unsigned(
         {"alg": "HS256", "typ": "JWT", "kid": k.public_jwk["kid"]},
-        {"iss": c, "sub": c, "aud": token_url(s), "exp": int(time.time()) + 200, "jti": uuid.uuid4().hex}, k.public_pem),
-    "RS256 (not RS384/ES384)": lambda s, k, c: assertion(KeyPair.new("RS256", kid=k.public_jwk["kid"]), c, token_url(s)),
+        {"iss": c, "sub": c, "aud": token_url(s), "exp": int(time.time()) + 200, "jti": uuid.uuid4().hex},
+        k.public_pem,
+    ),
+    "RS256 (not RS384/ES384)": lambda s, k, c: assertion(
+        KeyPair.new("RS256", kid=k.public_jwk["kid"]), c, token_url(s)
+    ),
     "bad jku": lambda s, k, c: _attack(s, k, c, headers={"jku": "https://attacker.example/jwks"}),
     "unregistered client": lambda s, k, c: assertion(k, "not-a-client", token_url(s)),
     "not a JWT": lambda s, k, c: "garbage",
@@ -132,7 +147,10 @@ def test_a_disabled_client_gets_no_token_and_its_tokens_stop_at_once(server):
     bearer = {"Authorization": f"Bearer {issued}", "Prefer": "respond-async"}
     assert httpx.get(f"{server.base_url}/fhir/$export?_type=Patient", headers=bearer).status_code == 202
     with server.client("admin") as admin:
-        assert admin.post(f"/api/v1/admin/clients/{client['id']}/disable", json={"reason": "key leaked"}).json()["enabled"] is False
+        assert (
+            admin.post(f"/api/v1/admin/clients/{client['id']}/disable", json={"reason": "key leaked"}).json()["enabled"]
+            is False
+        )
     assert httpx.get(f"{server.base_url}/fhir/$export?_type=Patient", headers=bearer).status_code == 401
     refused(token_request(server.base_url, assertion(key, client["id"], token_url(server))), "invalid_client")
     with server.client("admin") as admin:
@@ -140,22 +158,41 @@ def test_a_disabled_client_gets_no_token_and_its_tokens_stop_at_once(server):
     assert httpx.get(f"{server.base_url}/fhir/$export?_type=Patient", headers=bearer).status_code == 202
 
 
-@pytest.mark.parametrize("scope", ["system/Observation.cruds", "system/Patient.write", "launch fhirUser", "",
-                                   "system/UnknownResource.read", "system/Patient.xyz", "patient/*.rs"])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "system/Observation.cruds",
+        "system/Patient.write",
+        "launch fhirUser",
+        "",
+        "system/UnknownResource.read",
+        "system/Patient.xyz",
+        "patient/*.rs",
+    ],
+)
 def test_scopes_beyond_the_registration_are_invalid_scope(server, scope):
     key = KeyPair.new("ES384")
     client = register(server, key, scopes="system/Patient.rs")
     before = used(server)
-    refused(token_request(server.base_url, assertion(key, client["id"], token_url(server)), scope=scope),
-            "invalid_scope", 400)
+    refused(
+        token_request(server.base_url, assertion(key, client["id"], token_url(server)), scope=scope),
+        "invalid_scope",
+        400,
+    )
     assert used(server) == before
 
 
-@pytest.mark.parametrize("scope, granted", [
-    ("system/*.read", "system/*.read"), ("system/Patient.*", "system/Patient.rs"), ("system/*.rs", "system/*.rs"),
-    ("system/Patient.read system/Observation.rs", "system/Observation.rs system/Patient.read"),
-    ("system/*.cruds", "system/*.rs"), ("system/Patient.cruds", "system/Patient.rs"),
-])
+@pytest.mark.parametrize(
+    "scope, granted",
+    [
+        ("system/*.read", "system/*.read"),
+        ("system/Patient.*", "system/Patient.rs"),
+        ("system/*.rs", "system/*.rs"),
+        ("system/Patient.read system/Observation.rs", "system/Observation.rs system/Patient.read"),
+        ("system/*.cruds", "system/*.rs"),
+        ("system/Patient.cruds", "system/Patient.rs"),
+    ],
+)
 def test_v1_and_v2_scopes_are_granted_as_v2_within_the_registration(server, scope, granted):
     key = KeyPair.new("ES384")
     client = register(server, key)
@@ -201,8 +238,12 @@ def test_a_jwks_url_is_fetched_cached_and_refetched_for_a_new_key(server):
     try:
         client = register(server, None, jwks_uri=uri)
         for _ in range(2):
-            assert token_request(server.base_url, assertion(first, client["id"], token_url(server),
-                                                            headers={"jku": uri})).status_code == 200
+            assert (
+                token_request(
+                    server.base_url, assertion(first, client["id"], token_url(server), headers={"jku": uri})
+                ).status_code
+                == 200
+            )
         assert handler.fetches == 1  # cached
         handler.document = {"keys": [first.public_jwk, second.public_jwk]}  # rotation: a new key, a new kid
         time.sleep(10.5)
@@ -233,8 +274,14 @@ def test_the_registry_is_admin_only_audited_and_never_shows_key_material(server)
         assert admin.post("/api/v1/admin/clients/nope/disable").status_code == 404
     with server.runtime.engine.connect() as connection:
         from sqlalchemy import text
-        actions = connection.execute(text("SELECT action FROM audit_entry WHERE resource = :r"),
-                                     {"r": f"Client/{created.json()['id']}"}).scalars().all()
+
+        actions = (
+            connection.execute(
+                text("SELECT action FROM audit_entry WHERE resource = :r"), {"r": f"Client/{created.json()['id']}"}
+            )
+            .scalars()
+            .all()
+        )
     assert actions == ["client.add"]
 
 
@@ -246,15 +293,47 @@ def test_cli_registers_lists_and_disables(tmp_path):
     (tmp_path / "key.jwks").write_text(json.dumps(key.jwks()))
     env = os.environ | {"ECRF_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     ecrf = [sys.executable, "-m", "ecrf.cli", "client"]
-    added = subprocess.run([*ecrf, "add", "--name", "lab-engine", "--role", "ehr", "--site", "S01", "--scope",
-                            "system/Observation.cs system/Patient.cs", "--jwks-file", str(tmp_path / "key.jwks")],
-                           env=env, capture_output=True, text=True, check=True)
+    added = subprocess.run(
+        [
+            *ecrf,
+            "add",
+            "--name",
+            "lab-engine",
+            "--role",
+            "ehr",
+            "--site",
+            "S01",
+            "--scope",
+            "system/Observation.cs system/Patient.cs",
+            "--jwks-file",
+            str(tmp_path / "key.jwks"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     client_id = added.stdout.strip().splitlines()[-1]
     assert len(client_id) == 32 and key.public_jwk["x"] not in added.stdout
     listed = subprocess.run([*ecrf, "list"], env=env, capture_output=True, text=True, check=True).stdout
     assert f"{client_id}\tlab-engine\tehr\tS01\tenabled" in listed
     subprocess.run([*ecrf, "disable", client_id], env=env, check=True, capture_output=True)
     assert "\tdisabled\t" in subprocess.run([*ecrf, "list"], env=env, capture_output=True, text=True).stdout
-    bad = subprocess.run([*ecrf, "add", "--name", "x", "--role", "ehr", "--scope", "system/Patient.rs",
-                          "--jwks-file", str(tmp_path / "key.jwks")], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            *ecrf,
+            "add",
+            "--name",
+            "x",
+            "--role",
+            "ehr",
+            "--scope",
+            "system/Patient.rs",
+            "--jwks-file",
+            str(tmp_path / "key.jwks"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "site" in bad.stderr

@@ -1,4 +1,5 @@
 """The versioned store on a real database: versions are appended, never rewritten; sites are scoped."""
+
 import os
 import subprocess
 import sys
@@ -23,15 +24,23 @@ FHIR = WriteContext(source="fhir")
 
 
 def _patient(mrn: str) -> dict:
-    return {"resourceType": "Patient", "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": mrn}],
-            "birthDate": "1970-05-01", "gender": "male"}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": mrn}],
+        "birthDate": "1970-05-01",
+        "gender": "male",
+    }
 
 
 def _hemoglobin(patient_id: str, value: float, unit: str = "g/dL") -> dict:
-    return {"resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
-            "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": "2026-10-01",
-            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": "2026-10-01",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
 
 
 def test_update_appends_a_version_and_keeps_the_old_one(server):
@@ -39,8 +48,13 @@ def test_update_appends_a_version_and_keeps_the_old_one(server):
         patient = store.create(_patient(uuid.uuid4().hex), FHIR)
         first = store.create(_hemoglobin(patient.resource_id, 12.5), FHIR)
     with writing(server.runtime, S01_EHR) as store:
-        second, created = store.update("Observation", first.resource_id, _hemoglobin(patient.resource_id, 13.0),
-                                       WriteContext(source="fhir", reason="lab corrected"), if_match=1)
+        second, created = store.update(
+            "Observation",
+            first.resource_id,
+            _hemoglobin(patient.resource_id, 13.0),
+            WriteContext(source="fhir", reason="lab corrected"),
+            if_match=1,
+        )
     assert not created and second.version_id == 2
     assert second.content["meta"]["versionId"] == "2"
     with read_only(server.runtime, S01_EHR) as store:
@@ -48,13 +62,17 @@ def test_update_appends_a_version_and_keeps_the_old_one(server):
         assert store.vread("Observation", first.resource_id, 1).content["valueQuantity"]["value"] == 12.5
         assert [v.version_id for v in store.history("Observation", first.resource_id)] == [2, 1]
         facts = store.session.exec(select(ItemFact).where(ItemFact.resource_id == first.resource_id)).all()
-    assert [(f.item_id, f.value_text, f.unit, f.version_id) for f in facts] == [("hemoglobin", "130.0", "g/L", 2)] or \
-        [(f.item_id, float(f.value_text), f.unit, f.version_id) for f in facts] == [("hemoglobin", 130.0, "g/L", 2)]
+    assert [(f.item_id, f.value_text, f.unit, f.version_id) for f in facts] == [("hemoglobin", "130.0", "g/L", 2)] or [
+        (f.item_id, float(f.value_text), f.unit, f.version_id) for f in facts
+    ] == [("hemoglobin", 130.0, "g/L", 2)]
     with read_only(server.runtime, S01_EHR) as store:
-        entries = store.session.exec(select(AuditEntry).where(
-            AuditEntry.resource == f"Observation/{first.resource_id}").order_by(AuditEntry.seq)).all()
+        entries = store.session.exec(
+            select(AuditEntry).where(AuditEntry.resource == f"Observation/{first.resource_id}").order_by(AuditEntry.seq)
+        ).all()
     assert [(e.action, e.item_id, e.reason) for e in entries] == [
-        ("create", "hemoglobin", None), ("update", "hemoglobin", "lab corrected")]
+        ("create", "hemoglobin", None),
+        ("update", "hemoglobin", "lab corrected"),
+    ]
     assert entries[1].old_value.startswith("125") and entries[1].new_value.startswith("130")
 
 
@@ -80,11 +98,16 @@ def test_delete_is_a_new_version_and_reads_say_gone(server):
         with pytest.raises(Gone):
             store.read("Observation", observation.resource_id)
         assert store.vread("Observation", observation.resource_id, 1).content["valueQuantity"]["value"] == 11.0
-        rows = store.session.exec(select(ResourceVersion).where(ResourceVersion.resource_id == observation.resource_id)
-                                  .order_by(ResourceVersion.version_id)).all()
+        rows = store.session.exec(
+            select(ResourceVersion)
+            .where(ResourceVersion.resource_id == observation.resource_id)
+            .order_by(ResourceVersion.version_id)
+        ).all()
         assert [(r.version_id, r.deleted) for r in rows] == [(1, False), (2, True)]
         assert not store.session.exec(select(ItemFact).where(ItemFact.resource_id == observation.resource_id)).all()
-        assert not store.session.exec(select(SearchToken).where(SearchToken.resource_id == observation.resource_id)).all()
+        assert not store.session.exec(
+            select(SearchToken).where(SearchToken.resource_id == observation.resource_id)
+        ).all()
 
 
 def test_another_sites_data_does_not_exist_for_a_scoped_actor(server):
@@ -109,8 +132,9 @@ def test_search_tokens_are_indexed_for_identifiers_and_codes(server):
         patient = store.create(_patient(mrn), FHIR)
         observation = store.create(_hemoglobin(patient.resource_id, 9.0), FHIR)
     with read_only(server.runtime, S01_EHR) as store:
-        tokens = store.session.exec(select(SearchToken).where(
-            SearchToken.resource_id.in_([patient.resource_id, observation.resource_id]))).all()
+        tokens = store.session.exec(
+            select(SearchToken).where(SearchToken.resource_id.in_([patient.resource_id, observation.resource_id]))
+        ).all()
     pairs = {(t.param, t.system, t.code, t.value) for t in tokens}
     assert ("identifier", "urn:oid:2.16.840.1.113883.3.9999.1", mrn, None) in pairs
     assert ("code", "http://loinc.org", "718-7", None) in pairs
@@ -147,7 +171,9 @@ def test_audit_verify_detects_a_deleted_row(server):
         row = connection.execute(AuditEntry.__table__.select().where(AuditEntry.seq == seq)).mappings().one()
         connection.execute(text("DELETE FROM audit_entry WHERE seq = :s"), {"s": seq})
     try:
-        broken = subprocess.run([sys.executable, "-m", "ecrf.cli", "audit", "verify"], env=env, capture_output=True, text=True)
+        broken = subprocess.run(
+            [sys.executable, "-m", "ecrf.cli", "audit", "verify"], env=env, capture_output=True, text=True
+        )
         assert broken.returncode == 1 and "missing" in broken.stderr
     finally:
         with tampering(server.runtime.engine) as connection:

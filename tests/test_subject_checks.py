@@ -2,6 +2,7 @@
 (arm, randomisation date, consent date, the live end of study). Warnings come with the save (item and rule), a
 deviation check flags the entry as a protocol deviation (audited as a visit-window deviation is), and the FHIR
 door is never refused by them. Real HTTP, SQLite and PostgreSQL."""
+
 import json
 
 import pytest
@@ -38,13 +39,28 @@ def both(server):
 
 
 def infusion(**changes) -> dict:
-    return {"drug": "pd1", "start_date": day(30), "dose": 200, "route": "iv", "frequency": "q3w",
-            "modification": "none", **changes}
+    return {
+        "drug": "pd1",
+        "start_date": day(30),
+        "dose": 200,
+        "route": "iv",
+        "frequency": "q3w",
+        "modification": "none",
+        **changes,
+    }
 
 
 def event(**changes) -> dict:
-    return {"ctcae_term": "rash", "onset_date": day(30), "grade": 1, "serious": False, "outcome": "recovering",
-            "related_pd1": "not_related", "related_sorafenib": "related", **changes}
+    return {
+        "ctcae_term": "rash",
+        "onset_date": day(30),
+        "grade": 1,
+        "serious": False,
+        "outcome": "recovering",
+        "related_pd1": "not_related",
+        "related_sorafenib": "related",
+        **changes,
+    }
 
 
 def death(**changes) -> dict:
@@ -67,15 +83,21 @@ def test_pd1_for_a_sora_subject_is_accepted_with_a_warning_and_a_deviation(serve
         assert ("drug", "pd1_for_sora") in findings(saved)
         entry = saved.json()
         assert entry["deviation"] and "SORA" in entry["deviation"]
-        assert http.get(f"{entries_url(sora['id'], 'exposure')}/{entry['id']}").json()["deviation"] == entry["deviation"]
+        assert (
+            http.get(f"{entries_url(sora['id'], 'exposure')}/{entry['id']}").json()["deviation"] == entry["deviation"]
+        )
         [audited] = deviations(http, sora["id"], "exposure")
         assert audited["new_value"] == entry["deviation"]
-        tablets = http.post(entries_url(sora["id"], "exposure"), json={"items": {
-            **infusion(drug="sorafenib", route="oral", frequency="bid", dose=400)}})
+        tablets = http.post(
+            entries_url(sora["id"], "exposure"),
+            json={"items": {**infusion(drug="sorafenib", route="oral", frequency="bid", dose=400)}},
+        )
         assert findings(tablets) == set() and tablets.json()["deviation"] is None
         # corrected to sorafenib: the finding and the deviation are gone
-        fixed = http.put(f"{entries_url(sora['id'], 'exposure')}/{entry['id']}", json={
-            "items": infusion(drug="sorafenib", route="oral", frequency="bid", dose=400), "reason": "wrong drug"})
+        fixed = http.put(
+            f"{entries_url(sora['id'], 'exposure')}/{entry['id']}",
+            json={"items": infusion(drug="sorafenib", route="oral", frequency="bid", dose=400), "reason": "wrong drug"},
+        )
         assert findings(fixed) == set() and fixed.json()["deviation"] is None
 
 
@@ -106,10 +128,13 @@ def test_hard_refusals_stay_422_with_item_and_rule_beside_the_cross_form_warning
 def test_an_adverse_event_before_consent_or_related_to_pd1_in_a_sora_subject_warns(server, sora):
     with server.client("coordinator", "S01") as http:
         url = entries_url(sora["id"], "adverse_event")
-        assert findings(http.post(url, json={"items": event(onset_date=day(13))})) == {("onset_date", "onset_before_consent")}
+        assert findings(http.post(url, json={"items": event(onset_date=day(13))})) == {
+            ("onset_date", "onset_before_consent")
+        }
         assert findings(http.post(url, json={"items": event(onset_date=day(14))})) == set()
         assert findings(http.post(url, json={"items": event(related_pd1="related")})) == {
-            ("related_pd1", "related_pd1_for_sora")}
+            ("related_pd1", "related_pd1_for_sora")
+        }
 
 
 def test_related_pd1_for_a_pd1_sora_subject_is_no_finding(server, both):
@@ -126,14 +151,19 @@ def test_grade_5_needs_an_end_of_study_died_on_or_after_the_onset(server, both):
         url = entries_url(both["id"], "adverse_event")
         fatal = http.post(url, json={"items": event(**FATAL)})
         assert findings(fatal) == {("grade", "grade5_without_death")}  # no death record yet: an open item
-        end = http.post(entries_url(both["id"], "end_of_study"), json={"items": death(death_date=day(49),
-                                                                                     end_date=day(49))})
+        end = http.post(
+            entries_url(both["id"], "end_of_study"), json={"items": death(death_date=day(49), end_date=day(49))}
+        )
         assert end.status_code == 201, end.text
         again = http.put(f"{url}/{fatal.json()['id']}", json={"items": event(**FATAL), "reason": "checked"})
-        assert findings(again) == {("grade", "grade5_without_death"),  # died before the onset: still open
-                                   ("onset_date", "after_end_of_study")}
-        moved = http.put(f"{entries_url(both['id'], 'end_of_study')}/{end.json()['id']}",
-                         json={"items": death(), "reason": "death date typo"})
+        assert findings(again) == {
+            ("grade", "grade5_without_death"),  # died before the onset: still open
+            ("onset_date", "after_end_of_study"),
+        }
+        moved = http.put(
+            f"{entries_url(both['id'], 'end_of_study')}/{end.json()['id']}",
+            json={"items": death(), "reason": "death date typo"},
+        )
         assert moved.status_code == 200, moved.text
         closed = http.put(f"{url}/{fatal.json()['id']}", json={"items": event(**FATAL), "reason": "checked"})
         assert findings(closed) == set()
@@ -141,8 +171,9 @@ def test_grade_5_needs_an_end_of_study_died_on_or_after_the_onset(server, both):
 
 def test_a_grade_5_event_with_an_end_of_study_other_than_died_warns(server, both):
     with server.client("investigator", "S01") as http:
-        end = http.post(entries_url(both["id"], "end_of_study"), json={"items": {
-            "status": "completed", "end_date": day(60)}})
+        end = http.post(
+            entries_url(both["id"], "end_of_study"), json={"items": {"status": "completed", "end_date": day(60)}}
+        )
         assert end.status_code == 201, end.text
         fatal = http.post(entries_url(both["id"], "adverse_event"), json={"items": event(**FATAL)})
         assert ("grade", "grade5_without_death") in findings(fatal)
@@ -150,20 +181,25 @@ def test_a_grade_5_event_with_an_end_of_study_other_than_died_warns(server, both
 
 def test_data_dated_after_the_end_of_study_is_accepted_with_a_warning(server, both):
     with server.client("investigator", "S01") as http:
-        end = http.post(entries_url(both["id"], "end_of_study"), json={"items": {
-            "status": "completed", "end_date": day(60)}})
+        end = http.post(
+            entries_url(both["id"], "end_of_study"), json={"items": {"status": "completed", "end_date": day(60)}}
+        )
         assert findings(end) == set()  # the end of study itself is dated on its end date
         late = http.post(entries_url(both["id"], "exposure"), json={"items": infusion(start_date=day(61))})
         assert findings(late) == {("start_date", "after_end_of_study")}
         assert late.json()["deviation"] is None  # a warning, not a deviation
-        on_the_day = http.post(entries_url(both["id"], "conmed"), json={"items": {
-            "medication": "paracetamol", "start_date": day(60), "ongoing": True}})
+        on_the_day = http.post(
+            entries_url(both["id"], "conmed"),
+            json={"items": {"medication": "paracetamol", "start_date": day(60), "ongoing": True}},
+        )
         assert findings(on_the_day) == set()
         visit_form = save(http, both["id"], "afp", {"afp": 12}, visit="M3", visit_date=day(91))
         assert ("visit_date", "after_end_of_study") in findings(visit_form)
         # withdrawn: no live end of study, no finding
-        withdrawn = http.post(f"{entries_url(both['id'], 'end_of_study')}/{end.json()['id']}/withdraw",
-                              json={"reason": "entered for the wrong subject"})
+        withdrawn = http.post(
+            f"{entries_url(both['id'], 'end_of_study')}/{end.json()['id']}/withdraw",
+            json={"reason": "entered for the wrong subject"},
+        )
         assert withdrawn.status_code == 200, withdrawn.text
         later = http.post(entries_url(both["id"], "exposure"), json={"items": infusion(start_date=day(62))})
         assert findings(later) == set()
@@ -171,8 +207,11 @@ def test_data_dated_after_the_end_of_study_is_accepted_with_a_warning(server, bo
 
 def _mrn_of(server, subject_id: str) -> str:
     with server.client("coordinator", "S01") as http:
-        [found] = [s for s in http.get("/api/v1/subjects", params={"site": "S01", "limit": 500}).json()["items"]
-                   if s["id"] == subject_id]
+        [found] = [
+            s
+            for s in http.get("/api/v1/subjects", params={"site": "S01", "limit": 500}).json()["items"]
+            if s["id"] == subject_id
+        ]
     return found["mrn"]
 
 
@@ -181,20 +220,31 @@ def test_the_fhir_door_is_not_refused_by_the_warnings_and_flags_the_deviation(se
     the entry flagged with both deviations and audited; the warnings never refuse a push."""
     mrn = _mrn_of(server, sora["id"])
     with server.client("ehr", "S01") as ehr:
-        linked = ehr.post("/fhir", json=bundle([post({"resourceType": "Patient", "identifier": [
-            {"system": MRN["S01"], "value": mrn}]}, urn())]), headers=FHIR_JSON)
+        linked = ehr.post(
+            "/fhir",
+            json=bundle(
+                [post({"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn}]}, urn())]
+            ),
+            headers=FHIR_JSON,
+        )
         assert linked.status_code == 200, linked.text
         administration = {
-            "resourceType": "MedicationAdministration", "status": "completed",
-            "subject": {"reference": f"Patient/{sora['id']}"}, "effectiveDateTime": day(20),
+            "resourceType": "MedicationAdministration",
+            "status": "completed",
+            "subject": {"reference": f"Patient/{sora['id']}"},
+            "effectiveDateTime": day(20),
             "medicationCodeableConcept": {"coding": [{"system": LOCAL, "code": "pd1-antibody"}]},
-            "dosage": {"route": {"coding": [{"system": LOCAL, "code": "route-iv"}]}}}
+            "dosage": {"route": {"coding": [{"system": LOCAL, "code": "route-iv"}]}},
+        }
         response = ehr.post("/fhir/MedicationAdministration", content=json.dumps(administration), headers=FHIR_JSON)
         assert response.status_code == 201, response.text
         reference = f"MedicationAdministration/{response.json()['id']}"
     with server.client("coordinator", "S01") as http:
-        [entry] = [e for e in http.get(entries_url(sora["id"], "exposure")).json()
-                   if e["items"]["drug"]["resource"] == reference]
+        [entry] = [
+            e
+            for e in http.get(entries_url(sora["id"], "exposure")).json()
+            if e["items"]["drug"]["resource"] == reference
+        ]
         assert entry["source"] == "fhir" and entry["items"]["drug"]["value"] == "pd1"
         assert "SORA" in entry["deviation"] and "randomisation" in entry["deviation"]
         [audited] = deviations(http, sora["id"], "exposure")
@@ -207,16 +257,23 @@ def test_the_fhir_door_is_not_refused_by_the_warnings_and_flags_the_deviation(se
         again = http.get(f"{entries_url(sora['id'], 'exposure')}/{entry['id']}").json()
         assert again["visit_date"] == day(30)
         assert "SORA" in again["deviation"] and "randomisation" not in again["deviation"]
-        assert [e["new_value"] for e in deviations(http, sora["id"], "exposure")] == [entry["deviation"],
-                                                                                    again["deviation"]]
+        assert [e["new_value"] for e in deviations(http, sora["id"], "exposure")] == [
+            entry["deviation"],
+            again["deviation"],
+        ]
 
 
 def test_the_rules_are_study_data(server):
     """The checks and facts come from the study files; every name resolves (the loader refuses others)."""
     study = server.runtime.study
     assert {check.rule for check in study.subject_checks} == {
-        "pd1_for_sora", "exposure_before_randomisation", "onset_before_consent", "related_pd1_for_sora",
-        "grade5_without_death", "after_end_of_study"}
+        "pd1_for_sora",
+        "exposure_before_randomisation",
+        "onset_before_consent",
+        "related_pd1_for_sora",
+        "grade5_without_death",
+        "after_end_of_study",
+    }
     assert study.subject_facts["arm"].item == "randomisation.arm"
     assert VALID["randomisation"][2]["randomisation_date"] == day(22)
 

@@ -1,4 +1,5 @@
 """Enrolment and subjects through /api/v1: one id in both doors, site scoping, duplicates, paging."""
+
 import uuid
 
 from crf_support import SURGERY, TODAY, day, enrol, save
@@ -7,8 +8,9 @@ from fhir_builders import FHIR_JSON, MRN
 
 def test_enrolment_creates_patient_and_research_subject_with_one_id(server):
     with server.client("coordinator", "S01") as http:
-        response = http.post("/api/v1/subjects", json={"site": "S01", "mrn": "MRN-" + uuid.uuid4().hex[:8],
-                                                       "consent_date": "2026-01-05"})
+        response = http.post(
+            "/api/v1/subjects", json={"site": "S01", "mrn": "MRN-" + uuid.uuid4().hex[:8], "consent_date": "2026-01-05"}
+        )
         assert response.status_code == 201, response.text
         subject = response.json()
         assert response.headers["location"] == f"/api/v1/subjects/{subject['id']}"
@@ -43,9 +45,14 @@ def test_enrolment_checks_site_consent_date_and_role(server):
     with server.client("coordinator", "S01") as http:
         bad = http.post("/api/v1/subjects", json={"site": "S09", "mrn": "x1", "consent_date": "2999-01-01"})
         assert bad.status_code == 422
-        assert {(e["item"], e["rule"]) for e in bad.json()["errors"]} == {("site", "allowed_values"),
-                                                                         ("consent_date", "future_date")}
-        assert http.post("/api/v1/subjects", json={"site": "S02", "mrn": "x2", "consent_date": "2026-01-01"}).status_code == 403
+        assert {(e["item"], e["rule"]) for e in bad.json()["errors"]} == {
+            ("site", "allowed_values"),
+            ("consent_date", "future_date"),
+        }
+        assert (
+            http.post("/api/v1/subjects", json={"site": "S02", "mrn": "x2", "consent_date": "2026-01-01"}).status_code
+            == 403
+        )
         missing = http.post("/api/v1/subjects", json={"site": "S01"})
         assert missing.status_code == 422 and {e["item"] for e in missing.json()["errors"]} == {"mrn", "consent_date"}
     for role, sites in (("monitor", ("S01",)), ("sponsor", ()), ("data_manager", ())):
@@ -91,14 +98,29 @@ def test_list_is_paginated_and_filtered_by_site_and_status(server):
 
 def test_research_subject_pushed_by_an_ehr_is_a_subject(server):
     with server.client("ehr", "S01") as http:
-        patient = http.post("/fhir/Patient", headers=FHIR_JSON, json={
-            "resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": uuid.uuid4().hex[:10]}],
-            "gender": "male", "birthDate": "1960-02-03"})
+        patient = http.post(
+            "/fhir/Patient",
+            headers=FHIR_JSON,
+            json={
+                "resourceType": "Patient",
+                "identifier": [{"system": MRN["S01"], "value": uuid.uuid4().hex[:10]}],
+                "gender": "male",
+                "birthDate": "1960-02-03",
+            },
+        )
         assert patient.status_code == 201, patient.text
         patient_id = patient.json()["id"]
-        research_subject = http.post("/fhir/ResearchSubject", headers=FHIR_JSON, json={
-            "resourceType": "ResearchSubject", "status": "on-study", "study": {"reference": "ResearchStudy/NCT04163237"},
-            "individual": {"reference": f"Patient/{patient_id}"}, "period": {"start": "2026-02-01"}})
+        research_subject = http.post(
+            "/fhir/ResearchSubject",
+            headers=FHIR_JSON,
+            json={
+                "resourceType": "ResearchSubject",
+                "status": "on-study",
+                "study": {"reference": "ResearchStudy/NCT04163237"},
+                "individual": {"reference": f"Patient/{patient_id}"},
+                "period": {"start": "2026-02-01"},
+            },
+        )
         assert research_subject.status_code == 201, research_subject.text
     subject_id = research_subject.json()["id"]
     assert subject_id != patient_id
@@ -112,8 +134,12 @@ def test_research_subject_pushed_by_an_ehr_is_a_subject(server):
     assert demographics["items"]["birth_date"]["value"] == "1960-02-03"
     assert demographics["items"]["consent_date"]["value"] == "2026-02-01"
     with server.client("investigator", "S01") as http:
-        assert http.get(f"/fhir/Procedure/{saved.json()['items']['surgery_date']['resource'].split('/')[1]}").json()[
-            "subject"]["reference"] == f"Patient/{patient_id}"
+        assert (
+            http.get(f"/fhir/Procedure/{saved.json()['items']['surgery_date']['resource'].split('/')[1]}").json()[
+                "subject"
+            ]["reference"]
+            == f"Patient/{patient_id}"
+        )
 
 
 def test_subject_shows_visit_schedule_with_derived_status(server):
@@ -122,8 +148,16 @@ def test_subject_shows_visit_schedule_with_derived_status(server):
         before = http.get(f"/api/v1/subjects/{subject['id']}").json()
         assert before["day_zero"] is None and {v["status"] for v in before["visits"]} == {"not_due"}
         for form_id in ("surgery", "baseline", "afp", "ctc"):
-            assert save(http, subject["id"], form_id, visit="PREOP" if form_id in ("afp", "ctc") else None,
-                        visit_date=day(-2) if form_id in ("afp", "ctc") else None).status_code == 201
+            assert (
+                save(
+                    http,
+                    subject["id"],
+                    form_id,
+                    visit="PREOP" if form_id in ("afp", "ctc") else None,
+                    visit_date=day(-2) if form_id in ("afp", "ctc") else None,
+                ).status_code
+                == 201
+            )
         visits = {v["id"]: v for v in http.get(f"/api/v1/subjects/{subject['id']}").json()["visits"]}
     assert visits["PREOP"]["status"] == "done"
     assert visits["PREOP"]["window_start"] == day(-14) and visits["PREOP"]["window_end"] == day(0)
@@ -137,8 +171,11 @@ def test_subject_shows_visit_schedule_with_derived_status(server):
 def test_enrolment_takes_over_a_patient_an_ehr_pushed_with_that_mrn(server):
     mrn = uuid.uuid4().hex[:10]
     with server.client("ehr", "S01") as http:
-        pushed = http.post("/fhir/Patient", headers=FHIR_JSON, json={
-            "resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn}], "gender": "female"})
+        pushed = http.post(
+            "/fhir/Patient",
+            headers=FHIR_JSON,
+            json={"resourceType": "Patient", "identifier": [{"system": MRN["S01"], "value": mrn}], "gender": "female"},
+        )
     with server.client("coordinator", "S01") as http:
         subject = http.post("/api/v1/subjects", json={"site": "S01", "mrn": mrn, "consent_date": "2026-01-05"})
         again = http.post("/api/v1/subjects", json={"site": "S01", "mrn": mrn, "consent_date": "2026-01-05"})

@@ -1,6 +1,7 @@
 """The generated Synthea-shaped Bundles (tests/synthea_shaped.py) are what the tests take them for: valid R4,
 shaped like a Synthea export, readable by the study's mappings, and accepted by the FHIR door where the
 types are kept."""
+
 import json
 import re
 
@@ -15,9 +16,23 @@ from tests.samples import GENERATED_BUNDLES
 from tests.synthea_shaped import counts, kept_part, patient_bundle, resources_of
 
 URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-SYNTHEA_TYPES = {"Patient", "Encounter", "Claim", "ExplanationOfBenefit", "CareTeam", "Provenance",
-                 "DiagnosticReport", "MedicationRequest", "ImagingStudy", "Observation", "Condition", "Procedure",
-                 "Immunization", "Organization", "Practitioner"}
+SYNTHEA_TYPES = {
+    "Patient",
+    "Encounter",
+    "Claim",
+    "ExplanationOfBenefit",
+    "CareTeam",
+    "Provenance",
+    "DiagnosticReport",
+    "MedicationRequest",
+    "ImagingStudy",
+    "Observation",
+    "Condition",
+    "Procedure",
+    "Immunization",
+    "Organization",
+    "Practitioner",
+}
 
 
 def _references(value):
@@ -83,8 +98,16 @@ def test_the_fhir_door_keeps_the_kept_types_of_a_generated_patient(server):
     bundle = patient_bundle(21, encounters=2, medications=1)
     part = kept_part(bundle, WRITABLE_TYPES)
     # v2 (issue 12): the study keeps Encounter, MedicationRequest and DiagnosticReport too (forms/study.yaml)
-    assert set(counts(part)) == {"Patient", "Observation", "Condition", "Procedure", "Immunization", "Encounter",
-                                 "MedicationRequest", "DiagnosticReport"}
+    assert set(counts(part)) == {
+        "Patient",
+        "Observation",
+        "Condition",
+        "Procedure",
+        "Immunization",
+        "Encounter",
+        "MedicationRequest",
+        "DiagnosticReport",
+    }
     with server.client("ehr", "S01", sub="synthea-shaped") as http:
         reply = http.post("/fhir", json=part, headers=FHIR_JSON)
         assert reply.status_code == 200, reply.text[:2000]
@@ -95,6 +118,9 @@ def test_the_fhir_door_keeps_the_kept_types_of_a_generated_patient(server):
         assert labs.status_code == 200 and labs.json()["total"] == 2
         whole = http.post("/fhir", json=bundle, headers=FHIR_JSON)  # v2: the whole Bundle goes in as sent
     assert whole.status_code == 200, whole.text[:2000]
-    held = {e["response"]["outcome"]["issue"][0]["diagnostics"].split(" ", 1)[0]
-            for e in whole.json()["entry"] if "location" not in e["response"]}
+    held = {
+        e["response"]["outcome"]["issue"][0]["diagnostics"].split(" ", 1)[0]
+        for e in whole.json()["entry"]
+        if "location" not in e["response"]
+    }
     assert held == set(counts(bundle)) - set(counts(part))  # each type not kept is named, and only those

@@ -3,6 +3,7 @@
 Tokens here are built by hand (header and claims as raw JSON text, then signed with the right key), since
 no JWT library writes a repeated key, a list `kid` or `exp: Infinity`: the signature is valid, the shape is not.
 """
+
 import base64
 import hashlib
 import hmac
@@ -25,8 +26,15 @@ def _b64(text: str) -> str:
 def _claims_text(iss: str, aud: str, **raw: str) -> str:
     """Claims as JSON text; `raw` values are JSON fragments pasted in as written (so `1e309`, `Infinity`)."""
     now = int(time.time())
-    fields = {"sub": '"dr-who"', "roles": '["investigator"]', "sites": '["S01"]', "iat": str(now),
-              "exp": str(now + 300), "iss": json.dumps(iss), "aud": json.dumps(aud)}
+    fields = {
+        "sub": '"dr-who"',
+        "roles": '["investigator"]',
+        "sites": '["S01"]',
+        "iat": str(now),
+        "exp": str(now + 300),
+        "iss": json.dumps(iss),
+        "aud": json.dumps(aud),
+    }
     fields.update(raw)
     return "{" + ", ".join(f'"{key.rstrip("_")}": {value}' for key, value in fields.items()) + "}"
 
@@ -51,32 +59,73 @@ def _answer(server, token: str):
 def test_hand_built_tokens_are_accepted_when_well_formed(server, idp_server):  # noqa: F811
     """The builders themselves make good tokens: the refusals below are about the shape only."""
     dev = server.settings
-    assert _answer(server, _hs256(server, '{"alg": "HS256", "typ": "JWT"}',
-                                  _claims_text(dev.jwt_issuer, dev.jwt_audience))).status_code == 200
+    assert (
+        _answer(
+            server, _hs256(server, '{"alg": "HS256", "typ": "JWT"}', _claims_text(dev.jwt_issuer, dev.jwt_audience))
+        ).status_code
+        == 200
+    )
     assert _answer(idp_server, _rs256('{"alg": "RS256", "kid": "rsa-1"}', _claims_text(**IDP))).status_code == 200
 
 
-@pytest.mark.parametrize("header", [
-    '{"alg": "RS256", "kid": ["rsa-1"]}', '{"alg": "RS256", "kid": {"k": "rsa-1"}}', '{"alg": "RS256", "kid": 1}',
-    '{"alg": ["RS256"], "kid": "rsa-1"}', '{"alg": {"a": 1}, "kid": "rsa-1"}', '{"alg": "RS256", "kid": null}',
-    '{"alg": "RS256", "kid": "ec-1", "kid": "rsa-1"}', '["RS256"]', '{"alg": "RS256", "kid": NaN}',
-], ids=["kid-list", "kid-object", "kid-number", "alg-list", "alg-object", "kid-null", "kid-repeated",
-        "header-array", "kid-nan"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"alg": "RS256", "kid": ["rsa-1"]}',
+        '{"alg": "RS256", "kid": {"k": "rsa-1"}}',
+        '{"alg": "RS256", "kid": 1}',
+        '{"alg": ["RS256"], "kid": "rsa-1"}',
+        '{"alg": {"a": 1}, "kid": "rsa-1"}',
+        '{"alg": "RS256", "kid": null}',
+        '{"alg": "RS256", "kid": "ec-1", "kid": "rsa-1"}',
+        '["RS256"]',
+        '{"alg": "RS256", "kid": NaN}',
+    ],
+    ids=[
+        "kid-list",
+        "kid-object",
+        "kid-number",
+        "alg-list",
+        "alg-object",
+        "kid-null",
+        "kid-repeated",
+        "header-array",
+        "kid-nan",
+    ],
+)
 def test_jwks_mode_odd_headers_are_401(idp_server, header):  # noqa: F811
     response = _answer(idp_server, _rs256(header, _claims_text(**IDP)))
     assert response.status_code == 401, response.text
 
 
-@pytest.mark.parametrize("claim", [
-    {"exp": "Infinity"}, {"exp": "-Infinity"}, {"exp": "1e309"}, {"iat": "1e309"}, {"iat": "-Infinity"},
-    {"iat": "Infinity"}, {"nbf": "-1e309"}, {"exp": "NaN"}, {"exp": '"9999999999"'}, {"iat": '"0"'},
-    {"exp": "true"}, {"exp": "99999999999999999999999"}, {"exp": "1.0e10"},
-    {"roles_": '["sponsor"]'}, {"sub_": '"someone-else"'}, {"exp_": "1"},
-], ids=lambda claim: "-".join(f"{k}={v}" for k, v in claim.items()))
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"exp": "Infinity"},
+        {"exp": "-Infinity"},
+        {"exp": "1e309"},
+        {"iat": "1e309"},
+        {"iat": "-Infinity"},
+        {"iat": "Infinity"},
+        {"nbf": "-1e309"},
+        {"exp": "NaN"},
+        {"exp": '"9999999999"'},
+        {"iat": '"0"'},
+        {"exp": "true"},
+        {"exp": "99999999999999999999999"},
+        {"exp": "1.0e10"},
+        {"roles_": '["sponsor"]'},
+        {"sub_": '"someone-else"'},
+        {"exp_": "1"},
+    ],
+    ids=lambda claim: "-".join(f"{k}={v}" for k, v in claim.items()),
+)
 def test_signed_tokens_with_odd_claims_are_401(server, idp_server, claim):  # noqa: F811
     """A repeated key (`roles_` adds a second `roles` after the first) is refused, not read as its last copy."""
     dev = server.settings
     token = _hs256(server, '{"alg": "HS256", "typ": "JWT"}', _claims_text(dev.jwt_issuer, dev.jwt_audience, **claim))
     response = _answer(server, token)
     assert response.status_code == 401, response.text
-    assert _answer(idp_server, _rs256('{"alg": "RS256", "kid": "rsa-1"}', _claims_text(**IDP, **claim))).status_code == 401
+    assert (
+        _answer(idp_server, _rs256('{"alg": "RS256", "kid": "rsa-1"}', _claims_text(**IDP, **claim))).status_code == 401
+    )

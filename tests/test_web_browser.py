@@ -1,6 +1,7 @@
 """The clinicians' screens in a real browser (issue 16): Debian's chromium, driven by Playwright, against the
 real server on SQLite and PostgreSQL. Every step is a click or a key press on the page; the API is used only
 to prepare data another actor (the hospital's EHR, another user) would have made."""
+
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,9 @@ TIMELINE = {  # form -> (visit date, items changed from crf_support.VALID)
     "surgery": (None, {"surgery_date": SURGERY.isoformat()}),
     "demographics": (R.isoformat(), {"consent_date": (SURGERY + timedelta(days=14)).isoformat()}),
     "baseline": ((SURGERY - timedelta(days=3)).isoformat(), {}),
-    "labs": (R.isoformat(), {}), "pathology": (R.isoformat(), {}), "afp": (R.isoformat(), {}),
+    "labs": (R.isoformat(), {}),
+    "pathology": (R.isoformat(), {}),
+    "afp": (R.isoformat(), {}),
     "history": (R.isoformat(), {}),
 }
 
@@ -39,7 +42,9 @@ def screened(form_id: str, **changes) -> tuple[str | None, dict]:
 
 
 def open_page(chromium, server, *, width: int = 1200, height: int = 860) -> Page:
-    context = chromium.new_context(base_url=server.base_url, viewport={"width": width, "height": height}, locale="en-US")
+    context = chromium.new_context(
+        base_url=server.base_url, viewport={"width": width, "height": height}, locale="en-US"
+    )
     context.set_default_timeout(TIMEOUT)
     return context.new_page()
 
@@ -80,8 +85,14 @@ def fill_item(page: Page, item_id: str, value) -> None:
         control.fill(str(value))
 
 
-def fill_and_save(page: Page, subject_id: str, form_id: str, items: dict | None = None, visit_date: str | None = None,
-                  expect_text: str = "Saved") -> None:
+def fill_and_save(
+    page: Page,
+    subject_id: str,
+    form_id: str,
+    items: dict | None = None,
+    visit_date: str | None = None,
+    expect_text: str = "Saved",
+) -> None:
     visit, default_date, default_items = VALID[form_id]
     open_form(page, subject_id, form_id, visit)
     if visit_date or default_date:
@@ -183,7 +194,10 @@ def test_site_enrols_and_fills_every_form_to_eligible(server, chromium):
     with server.client("monitor", "S01") as http:
         assert http.get(f"/api/v1/subjects/{subject_id}/randomisation").json()["randomised"] is False
     with server.client("investigator", "S01") as http:
-        assert save(http, subject_id, "labs", labs, visit_date=labs_date, reason="first value was right").status_code == 200
+        assert (
+            save(http, subject_id, "labs", labs, visit_date=labs_date, reason="first value was right").status_code
+            == 200
+        )
     goto(page, f"#/subjects/{subject_id}")
     page.click("#randomise")
     expect(page.locator("#randomise-message")).to_contain_text("Randomised:")
@@ -225,8 +239,11 @@ def test_ehr_value_is_shown_with_its_source_and_a_stale_save_is_never_overwritte
         assert save(http, subject["id"], "surgery").status_code == 201
     _link_ehr_patient(server, subject)
     with server.client("ehr", "S01") as http:
-        pushed = http.post("/fhir/Observation", json=lab(f"Patient/{subject['patient_id']}", "718-7", 12.1, "g/dL", day(21)),
-                           headers=FHIR_JSON)
+        pushed = http.post(
+            "/fhir/Observation",
+            json=lab(f"Patient/{subject['patient_id']}", "718-7", 12.1, "g/dL", day(21)),
+            headers=FHIR_JSON,
+        )
         assert pushed.status_code == 201, pushed.text
     first, second = open_page(chromium, server), open_page(chromium, server)
     for page in (first, second):
@@ -262,11 +279,14 @@ def test_query_sdv_signature_and_lock_each_by_its_role(server, chromium):
     monitor = sign_in(open_page(chromium, server), "monitor")
     open_form(monitor, subject["id"], "ctc", visit)
     expect(monitor.locator("#save")).to_have_count(0)  # a monitor does not enter data: no button...
-    forged = monitor.evaluate("""async (url) => {
+    forged = monitor.evaluate(
+        """async (url) => {
         const session = await (await fetch('/web-auth/session')).json();
         const r = await fetch(url, {method: 'PUT', headers: {'Content-Type': 'application/json', 'X-CSRF-Token': session.csrf},
                                     body: JSON.stringify({items: {ctc_count: 9}})});
-        return r.status; }""", path(subject["id"], "ctc", visit))
+        return r.status; }""",
+        path(subject["id"], "ctc", visit),
+    )
     assert forged == 403  # ...and a forged request is refused as the API refuses it
     monitor.click('button.raise[data-for="ctc_count"]')
     monitor.fill("#query-text", "Please confirm the count against the lab sheet")
@@ -339,13 +359,20 @@ def test_adverse_events_and_medication_are_logged_edited_and_withdrawn(server, c
     expect(page.locator("#item-term_verbatim")).to_have_attribute("maxlength", "500")
     assert page.locator("#item-term_verbatim").evaluate("n => n.tagName") == "TEXTAREA"
     expect(page.locator("#item-seriousness_criteria input[type=checkbox]")).to_have_count(6)
-    for item_id, value in {"ctcae_term": "other", "onset_date": day(40), "grade": 3, "serious": True,
-                           "outcome": "recovering"}.items():
+    for item_id, value in {
+        "ctcae_term": "other",
+        "onset_date": day(40),
+        "grade": 3,
+        "serious": True,
+        "outcome": "recovering",
+    }.items():
         fill_item(page, item_id, value)
     page.click("#save")
     expect(page.locator("#form-messages")).to_contain_text("Not saved: 2 problem")
     expect(page.locator('[data-item="term_verbatim"] .error[data-rule="verbatim_required"]')).to_be_visible()
-    expect(page.locator('[data-item="seriousness_criteria"] .error[data-rule="seriousness_criteria_required"]')).to_be_visible()
+    expect(
+        page.locator('[data-item="seriousness_criteria"] .error[data-rule="seriousness_criteria_required"]')
+    ).to_be_visible()
     page.locator('[data-item="seriousness_criteria"]').scroll_into_view_if_needed()
     screenshot(page, "entry-edit-check")
     with server.client("monitor", "S01") as http:
@@ -408,13 +435,31 @@ def test_an_adverse_event_from_the_ehr_is_shown_beside_ecrf_entries_marked(serve
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
         assert save(http, subject["id"], "surgery").status_code == 201
-        typed = http.post(entries_url(subject["id"], "adverse_event"), json={"items": {
-            "ctcae_term": "rash", "onset_date": day(30), "grade": 1, "serious": False, "outcome": "recovering"}})
+        typed = http.post(
+            entries_url(subject["id"], "adverse_event"),
+            json={
+                "items": {
+                    "ctcae_term": "rash",
+                    "onset_date": day(30),
+                    "grade": 1,
+                    "serious": False,
+                    "outcome": "recovering",
+                }
+            },
+        )
         assert typed.status_code == 201, typed.text
-        event = {"resourceType": "AdverseEvent", "actuality": "actual", "subject": {"reference": f"Patient/{subject['id']}"},
-                 "event": {"coding": [{"system": server.runtime.study.local_system, "code": "ae-diarrhea"}]},
-                 "date": day(41), "seriousness": {"coding": [{
-                     "system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "code": "non-serious"}]}}
+        event = {
+            "resourceType": "AdverseEvent",
+            "actuality": "actual",
+            "subject": {"reference": f"Patient/{subject['id']}"},
+            "event": {"coding": [{"system": server.runtime.study.local_system, "code": "ae-diarrhea"}]},
+            "date": day(41),
+            "seriousness": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness", "code": "non-serious"}
+                ]
+            },
+        }
         assert http.post("/fhir/AdverseEvent", json=event, headers=FHIR_JSON).status_code == 201
         [pushed] = [e for e in http.get(entries_url(subject["id"], "adverse_event")).json() if e["source"] == "fhir"]
     page = sign_in(open_page(chromium, server), "coordinator")
@@ -469,7 +514,9 @@ def test_each_log_entry_is_verified_signed_and_locked_by_its_role(server, chromi
         assert save(http, subject["id"], "surgery").status_code == 201
         items = {"ctcae_term": "rash", "onset_date": day(40), "grade": 2, "serious": False, "outcome": "recovering"}
         first = http.post(entries_url(subject["id"], "adverse_event"), json={"items": items})
-        other = http.post(entries_url(subject["id"], "adverse_event"), json={"items": {**items, "ctcae_term": "fatigue"}})
+        other = http.post(
+            entries_url(subject["id"], "adverse_event"), json={"items": {**items, "ctcae_term": "fatigue"}}
+        )
         assert first.status_code == 201 and other.status_code == 201, first.text
     entry, untouched = first.json()["id"], other.json()["id"]
     hash_path = f"#/subjects/{subject['id']}/entries/adverse_event/-/{entry}"
@@ -501,7 +548,9 @@ def test_each_log_entry_is_verified_signed_and_locked_by_its_role(server, chromi
     expect(site.locator("main")).to_contain_text("This form is locked.")
     goto(site, f"#/subjects/{subject['id']}")
     expect(site.locator(f'#log-adverse_event tr[data-entry="{entry}"]')).to_have_attribute("data-status", "locked")
-    expect(site.locator(f'#log-adverse_event tr[data-entry="{untouched}"]')).to_have_attribute("data-status", "complete")
+    expect(site.locator(f'#log-adverse_event tr[data-entry="{untouched}"]')).to_have_attribute(
+        "data-status", "complete"
+    )
     with server.client("monitor", "S01") as http:
         stored = http.get(f"{entries_url(subject['id'], 'adverse_event')}/{entry}").json()
     assert stored["status"] == "locked" and stored["signature"]["meaning"] == "I confirm this adverse event"
@@ -535,8 +584,15 @@ def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chr
 def test_dev_sign_in_as_each_role_shows_what_that_role_may_do(server, chromium):
     page = open_page(chromium, server)
     shown = {}
-    for role, site in (("investigator", "S01"), ("coordinator", "S01"), ("monitor", "S01"), ("data_manager", None),
-                       ("sponsor", None), ("admin", None), ("ehr", "S01")):
+    for role, site in (
+        ("investigator", "S01"),
+        ("coordinator", "S01"),
+        ("monitor", "S01"),
+        ("data_manager", None),
+        ("sponsor", None),
+        ("admin", None),
+        ("ehr", "S01"),
+    ):
         sign_in(page, role, site)
         shown[role] = sorted(page.locator("#nav a").all_inner_texts())
         expect(page.locator("#enrol")).to_have_count(1 if role in ("investigator", "coordinator") else 0)

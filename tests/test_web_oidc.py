@@ -1,6 +1,7 @@
 """Browser sign-in with OpenID Connect (issue 16), end to end against a real provider: the certified npm
 `oidc-provider`, started here with node, its own login page filled in a real chromium. Authorization code
 with PKCE; the ID token's role and site claims mapped as an API token's; re-authentication for signing."""
+
 import json
 import secrets
 import shutil
@@ -23,8 +24,12 @@ from web_support import NODE_TOOLS, chromium, missing, node_modules  # noqa: F40
 from playwright.sync_api import Page, expect  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "ecrf-web", secrets.token_urlsafe(24)
-ACCOUNTS = {"dr-wang": {"roles": ["investigator"], "sites": ["S01"]}, "dr-zhao": {"roles": ["investigator"], "sites": ["S01"]},
-            "visitor": {}, "cra-liu": {"roles": ["monitor"]}}
+ACCOUNTS = {
+    "dr-wang": {"roles": ["investigator"], "sites": ["S01"]},
+    "dr-zhao": {"roles": ["investigator"], "sites": ["S01"]},
+    "visitor": {},
+    "cra-liu": {"roles": ["monitor"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +40,39 @@ def oidc(database_url, tmp_path_factory) -> Iterator[tuple]:
     node_modules()
     provider_port = free_port()
     issuer = f"http://127.0.0.1:{provider_port}"
-    settings = Settings(database_url=database_url, jwt_secret=secrets.token_urlsafe(32), web_dev_login=False,
-                        oidc_issuer=issuer, oidc_client_id=CLIENT_ID, oidc_client_secret=CLIENT_SECRET,
-                        export_worker=False, _env_file=None)
+    settings = Settings(
+        database_url=database_url,
+        jwt_secret=secrets.token_urlsafe(32),
+        web_dev_login=False,
+        oidc_issuer=issuer,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=CLIENT_SECRET,
+        export_worker=False,
+        _env_file=None,
+    )
     with running_server(settings) as server:
-        config = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "accounts": ACCOUNTS,
-                  "redirect_uri": f"{server.base_url}/web-auth/oidc/callback"}
+        config = {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "accounts": ACCOUNTS,
+            "redirect_uri": f"{server.base_url}/web-auth/oidc/callback",
+        }
         log = open(tmp_path_factory.mktemp("oidc") / "provider.log", "w+")
-        process = subprocess.Popen([node, str(NODE_TOOLS / "oidc_provider.mjs"), str(provider_port), json.dumps(config)],
-                                   cwd=NODE_TOOLS, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [node, str(NODE_TOOLS / "oidc_provider.mjs"), str(provider_port), json.dumps(config)],
+            cwd=NODE_TOOLS,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
+
             def log_tail() -> str:
                 log.seek(0)
                 return log.read()[-2000:]
 
-            wait_until_answering(f"{issuer}/.well-known/openid-configuration", process, seconds=30, log=log_tail,
-                                 pause=0.2)
+            wait_until_answering(
+                f"{issuer}/.well-known/openid-configuration", process, seconds=30, log=log_tail, pause=0.2
+            )
             yield server, issuer
         finally:
             process.terminate()
@@ -110,7 +132,9 @@ def test_sign_in_with_the_hospital_provider_maps_roles_and_sites(oidc, chromium)
     page.wait_for_url(f"{server.base_url}/**")
     expect(page.locator("#who")).to_contain_text("dr-wang")
     fresh = page.evaluate("async () => (await fetch('/web-auth/session')).json()")
-    assert datetime.fromisoformat(fresh["authenticated_at"]).replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(minutes=1)
+    assert datetime.fromisoformat(fresh["authenticated_at"]).replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(
+        minutes=1
+    )
     with Session(server.runtime.engine.execution_options(writes=True)) as session:  # BEGIN IMMEDIATE on SQLite
         assert session.get(WebSession, _hash(token)) is None  # the old session gave way
     page.context.close()

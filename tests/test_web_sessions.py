@@ -1,6 +1,7 @@
 """Browser sessions of the web door (issue 16), over real HTTP on both backends: cookie flags, CSRF on every
 state-changing call a cookie authenticates, idle and absolute expiry, sign-out, re-authentication to sign, and
 the same policy as bearer tokens (the session only says who the caller is)."""
+
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -46,8 +47,9 @@ def test_cookie_is_httponly_samesite_strict_and_secure_behind_tls(server):
         cookie = response.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
         assert "Secure" not in cookie  # plain http on 127.0.0.1: a Secure cookie would never come back
-        behind_tls = http.post("/web-auth/dev-login", json={"role": "investigator", "site": "S01"},
-                               headers={"X-Forwarded-Proto": "https"})  # uvicorn trusts the proxy on 127.0.0.1
+        behind_tls = http.post(
+            "/web-auth/dev-login", json={"role": "investigator", "site": "S01"}, headers={"X-Forwarded-Proto": "https"}
+        )  # uvicorn trusts the proxy on 127.0.0.1
         assert "Secure" in behind_tls.headers["set-cookie"]
 
 
@@ -67,8 +69,12 @@ def test_a_cookie_call_reads_without_csrf_but_every_write_needs_its_token(server
         # the same policy as for tokens: a coordinator may not verify, at another site nothing exists
         form = path(created.json()["id"], "ctc", VALID["ctc"][0])
         assert http.post(form + "/verify", json={}, headers={"X-CSRF-Token": info["csrf"]}).status_code == 403
-        assert http.post("/api/v1/subjects", json={**body, "site": "S02", "mrn": "x1"},
-                         headers={"X-CSRF-Token": info["csrf"]}).status_code == 403
+        assert (
+            http.post(
+                "/api/v1/subjects", json={**body, "site": "S02", "mrn": "x1"}, headers={"X-CSRF-Token": info["csrf"]}
+            ).status_code
+            == 403
+        )
 
 
 def test_a_bearer_token_wins_over_a_cookie(server):
@@ -126,18 +132,26 @@ def test_idle_and_absolute_expiry(server):
 def test_signing_needs_a_recent_authentication(server):
     with browser(server) as site, browser(server) as monitor:
         coordinator = sign_in(site, "coordinator")
-        subject = site.post("/api/v1/subjects", json={"site": "S01", "mrn": secrets.token_hex(6), "consent_date": "2026-01-05"},
-                            headers={"X-CSRF-Token": coordinator["csrf"]}).json()
+        subject = site.post(
+            "/api/v1/subjects",
+            json={"site": "S01", "mrn": secrets.token_hex(6), "consent_date": "2026-01-05"},
+            headers={"X-CSRF-Token": coordinator["csrf"]},
+        ).json()
         visit, visit_date, items = VALID["ctc"]
         form = path(subject["id"], "ctc", visit)
-        saved = site.put(form, json={"items": items, "visit_date": visit_date}, headers={"X-CSRF-Token": coordinator["csrf"]})
+        saved = site.put(
+            form, json={"items": items, "visit_date": visit_date}, headers={"X-CSRF-Token": coordinator["csrf"]}
+        )
         assert saved.status_code in (200, 201), saved.text
         checker = sign_in(monitor, "monitor", "S01")
         assert monitor.post(form + "/verify", json={}, headers={"X-CSRF-Token": checker["csrf"]}).status_code == 200
     with browser(server) as http:
         info = sign_in(http, "investigator", sub="dr-li")
-        _age(server, http.cookies[COOKIE],
-             authenticated_at=datetime.now(UTC) - timedelta(seconds=server.settings.web_reauth_seconds + 5))
+        _age(
+            server,
+            http.cookies[COOKIE],
+            authenticated_at=datetime.now(UTC) - timedelta(seconds=server.settings.web_reauth_seconds + 5),
+        )
         stale = http.post(form + "/sign", json={"meaning": "approved"}, headers={"X-CSRF-Token": info["csrf"]})
         assert stale.status_code == 401 and "21 CFR 11.200" in stale.json()["detail"]
         info = sign_in(http, "investigator", sub="dr-li")  # signing in again is the re-authentication
@@ -151,10 +165,13 @@ def test_dev_sign_in_is_refused_outside_dev_mode_and_checks_role_and_site(server
         assert http.post("/web-auth/dev-login", json={"role": "nobody"}).status_code == 422
         assert http.post("/web-auth/dev-login", json={"role": "coordinator"}).status_code == 422  # a site role
         assert http.post("/web-auth/dev-login", json={"role": "coordinator", "site": "S99"}).status_code == 422
-        form_post = http.post("/web-auth/dev-login", content=b"role=admin", headers={"Content-Type": "application/x-www-form-urlencoded"})
+        form_post = http.post(
+            "/web-auth/dev-login", content=b"role=admin", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert form_post.status_code == 415  # a cross-site HTML form cannot sign anyone in
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'prod.db'}", jwt_secret="s" * 40, web_dev_login=False,
-                        _env_file=None)
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'prod.db'}", jwt_secret="s" * 40, web_dev_login=False, _env_file=None
+    )
     with running_server(settings) as production, httpx.Client(base_url=production.base_url) as http:
         assert http.get("/web-auth/session").json()["dev_login"] is False
         assert http.post("/web-auth/dev-login", json={"role": "admin"}).status_code == 404
@@ -162,10 +179,14 @@ def test_dev_sign_in_is_refused_outside_dev_mode_and_checks_role_and_site(server
 
 def test_each_browser_session_has_its_own_rate_budget_behind_one_address(tmp_path):
     """A hospital's users often share one address (a proxy or NAT): one user's pace must not throttle another."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'rate.db'}", jwt_secret="r" * 40, rate_limit_per_minute=4,
-                        _env_file=None)
-    with running_server(settings) as limited, httpx.Client(base_url=limited.base_url) as first, \
-            httpx.Client(base_url=limited.base_url) as second:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'rate.db'}", jwt_secret="r" * 40, rate_limit_per_minute=4, _env_file=None
+    )
+    with (
+        running_server(settings) as limited,
+        httpx.Client(base_url=limited.base_url) as first,
+        httpx.Client(base_url=limited.base_url) as second,
+    ):
         for http in (first, second):
             assert http.post("/web-auth/dev-login", json={"role": "monitor"}).status_code == 200
         statuses = [first.get("/web-auth/session").status_code for _ in range(5)]

@@ -1,6 +1,7 @@
 """Browser test support: Debian's chromium driven by Playwright for Python, and the node tools of
 tests/web_node (axe-core, oidc-provider). Outside CI a missing browser or tool skips with its reason; with
 CI=true it fails, as PostgreSQL's absence does."""
+
 import atexit
 import os
 import shutil
@@ -28,8 +29,9 @@ def node_modules() -> Path:
         npm = shutil.which("npm")
         if npm is None:
             missing("npm is not installed (apt-get install -y nodejs npm)")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_TOOLS, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_TOOLS, capture_output=True, text=True, timeout=300
+        )
         if done.returncode != 0:
             missing(f"npm ci in tests/web_node failed: {done.stderr.strip()[-500:]}")
     return modules
@@ -73,6 +75,8 @@ def axe_violations(page) -> list[dict]:
     """axe-core (from npm, tests/web_node) run in the page: violations of impact serious or critical."""
     # evaluated through the browser's devtools protocol: the page's Content-Security-Policy stays as it is
     page.evaluate((node_modules() / "axe-core" / "axe.min.js").read_text(encoding="utf-8") + "\n;true")
-    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-                           ".map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))")
+    result = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))"
+    )
     return [v for v in result if v["impact"] in ("serious", "critical")]

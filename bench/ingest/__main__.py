@@ -8,6 +8,7 @@ floor: R4B validation of the same Bundle alone, measured here just before each p
 ratio compares two measurements taken under the same load of a shared machine. Then it pushes one large
 Bundle to a fresh server and reads the server's peak resident memory (VmHWM) from /proc.
 """
+
 import argparse
 import gc
 import os
@@ -35,8 +36,11 @@ class ServerProcess(ServeProcess):
 
     def client(self) -> httpx.Client:
         token = issue_dev_token(self.settings, role="ehr", sites=["S01"], ttl_minutes=30)
-        return httpx.Client(base_url=self.url, timeout=600, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+        return httpx.Client(
+            base_url=self.url,
+            timeout=600,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        )
 
     def peak_memory_bytes(self) -> int:
         return self.memory()[1]
@@ -73,8 +77,10 @@ def memory_for_big_bundle(database_url: str, megabytes: float) -> tuple[int, int
     per_entry = len(orjson.dumps(lab_bundle(100))) / 101
     body = lab_bundle(int(megabytes * 1024 * 1024 / per_entry))
     payload = orjson.dumps(body)
-    with ServerProcess(database_url, max_bundle_entries="100000", max_body_bytes=str(64 * 1024 * 1024)) as server, \
-            server.client() as http:
+    with (
+        ServerProcess(database_url, max_bundle_entries="100000", max_body_bytes=str(64 * 1024 * 1024)) as server,
+        server.client() as http,
+    ):
         _push(http, orjson.dumps(lab_bundle(20)))
         before = server.peak_memory_bytes()
         _push(http, payload)
@@ -99,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
     bundles = [lab_bundle(args.observations) for _ in range(args.bundles)]
     payloads = [orjson.dumps(body) for body in bundles]
-    print(f"{args.bundles} transaction Bundles x (1 Patient + {args.observations} lab Observations), "
-          f"{sum(map(len, payloads)) / args.bundles / 1e6:.2f} MB each; medians over the Bundles; floor: "
-          "fhir.resources R4B validation of the same Bundle alone, measured just before each push")
+    print(
+        f"{args.bundles} transaction Bundles x (1 Patient + {args.observations} lab Observations), "
+        f"{sum(map(len, payloads)) / args.bundles / 1e6:.2f} MB each; medians over the Bundles; floor: "
+        "fhir.resources R4B validation of the same Bundle alone, measured just before each push"
+    )
 
     with tempfile.TemporaryDirectory() as scratch:
         backends = [("sqlite", f"sqlite:///{scratch}/ingest.db")]
@@ -112,14 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             for name, url in backends:
                 pairs = paired_rates(url, bundles, payloads)
                 ratios = sorted(rate / floor for floor, rate in pairs)
-                print(f"{name:<10} floor {median(f for f, _ in pairs):6.0f} resources/s, end to end over HTTP "
-                      f"{median(r for _, r in pairs):6.0f} resources/s = {median(ratios):5.1%} of floor "
-                      f"(each Bundle: {ratios[0]:.0%} to {ratios[-1]:.0%})")
+                print(
+                    f"{name:<10} floor {median(f for f, _ in pairs):6.0f} resources/s, end to end over HTTP "
+                    f"{median(r for _, r in pairs):6.0f} resources/s = {median(ratios):5.1%} of floor "
+                    f"(each Bundle: {ratios[0]:.0%} to {ratios[-1]:.0%})"
+                )
             big_url = f"sqlite:///{scratch}/big.db"
             size, entries, before, after = memory_for_big_bundle(big_url, args.big_mb)
-            print(f"memory (sqlite): one {size / 1e6:.1f} MB Bundle of {entries} entries: server peak RSS "
-                  f"{before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after "
-                  f"(+{(after - before) / 1e6:.0f} MB = {(after - before) / size:.1f}x the Bundle size)")
+            print(
+                f"memory (sqlite): one {size / 1e6:.1f} MB Bundle of {entries} entries: server peak RSS "
+                f"{before / 1e6:.0f} MB before, {after / 1e6:.0f} MB after "
+                f"(+{(after - before) / 1e6:.0f} MB = {(after - before) / size:.1f}x the Bundle size)"
+            )
         finally:
             if postgres:
                 drop_postgres(postgres[0], PG_ADMIN)

@@ -1,4 +1,5 @@
 """Synthetic lab transaction Bundles: one Patient (conditional on its MRN) and its lab Observations."""
+
 import uuid
 from typing import Any
 
@@ -26,10 +27,20 @@ def quantity(value: Any, unit: str) -> dict[str, Any]:
 def lab_observation(subject: str, index: int) -> dict[str, Any]:
     code, display, value, unit, uln = LABS[index % len(LABS)]
     observation = {
-        "resourceType": "Observation", "status": "final",
+        "resourceType": "Observation",
+        "status": "final",
         "identifier": [{"system": "urn:example:lab-accession", "value": uuid.uuid4().hex}],
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory", "display": "Laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                        "display": "Laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}], "text": display},
         "subject": {"reference": subject},
         "effectiveDateTime": f"2026-{1 + index // 28 % 12:02d}-{1 + index % 28:02d}T08:30:00+08:00",
@@ -44,10 +55,26 @@ def lab_observation(subject: str, index: int) -> dict[str, Any]:
 def lab_bundle(observations: int) -> dict[str, Any]:
     mrn = uuid.uuid4().hex[:10]
     patient_url = f"urn:uuid:{uuid.uuid4()}"
-    patient = {"resourceType": "Patient", "identifier": [{"system": S01_MRN, "value": mrn}],
-               "name": [{"family": "Bench", "given": ["Lab"]}], "gender": "female", "birthDate": "1962-07-14"}
-    entries = [{"fullUrl": patient_url, "resource": patient,
-                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={S01_MRN}|{mrn}"}}]
-    entries += [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": lab_observation(patient_url, i),
-                 "request": {"method": "POST", "url": "Observation"}} for i in range(observations)]
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": S01_MRN, "value": mrn}],
+        "name": [{"family": "Bench", "given": ["Lab"]}],
+        "gender": "female",
+        "birthDate": "1962-07-14",
+    }
+    entries = [
+        {
+            "fullUrl": patient_url,
+            "resource": patient,
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={S01_MRN}|{mrn}"},
+        }
+    ]
+    entries += [
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": lab_observation(patient_url, i),
+            "request": {"method": "POST", "url": "Observation"},
+        }
+        for i in range(observations)
+    ]
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

@@ -1,4 +1,5 @@
 """/api/v1/admin: the effective configuration and the audit chain check."""
+
 from fastapi import APIRouter, Depends, Request
 
 from ecrf.admin import service

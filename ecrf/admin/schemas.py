@@ -1,4 +1,5 @@
 """Response bodies of the admin API."""
+
 from pydantic import BaseModel, Field
 
 
@@ -22,8 +23,7 @@ class TokensView(BaseModel):
     leeway_seconds: int
     max_bytes: int
     jwks_file: str | None
-    signing_secret: str | None = Field(description="where the HS secret comes from, never its value; "
-                                                   "null with a JWKS")
+    signing_secret: str | None = Field(description="where the HS secret comes from, never its value; null with a JWKS")
     smart_key_file: str = Field(description="the file of the key that signs SMART access tokens (never the key)")
     smart_token_minutes: int = Field(description="lifetime of an access token of POST /auth/token")
 

@@ -1,4 +1,5 @@
 """The append-only, hash-chained audit trail."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text
@@ -9,9 +10,7 @@ from ecrf.common.columns import BIG_ID
 
 class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_entry"
-    __table_args__ = (
-        Index("ix_audit_entry_subject", "patient_id", "seq"),
-    )
+    __table_args__ = (Index("ix_audit_entry_subject", "patient_id", "seq"),)
 
     seq: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=False))
     at: datetime

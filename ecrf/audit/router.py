@@ -1,4 +1,5 @@
 """GET /api/v1/subjects/{id}/audit: the subject's audit trail, oldest first, with its hash chain."""
+
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,10 +46,18 @@ def _utc(moment: datetime) -> datetime:
 
 
 @router.get("/subjects/{subject_id}/audit")
-def subject_audit(subject_id: str, request: Request, form: str | None = None, visit: str | None = None,
-                  item: str | None = None, since: datetime | None = None, until: datetime | None = None,
-                  offset: Offset = 0, limit: Limit = None,
-                  actor: Actor = Depends(requires("audit.read"))) -> dict[str, Any]:
+def subject_audit(
+    subject_id: str,
+    request: Request,
+    form: str | None = None,
+    visit: str | None = None,
+    item: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+    actor: Actor = Depends(requires("audit.read")),
+) -> dict[str, Any]:
     """Every audited change of the subject (both doors): who, when, what, old and new value, reason,
     source and resource version; filter by form, visit, item and time (`since`, `until`, inclusive)."""
     runtime = request.app.state.runtime

@@ -6,6 +6,7 @@ concurrent writers queue for a few statements instead of for their whole transac
 adds one contiguous run to a single, gap-free chain. The entries are written in the writer's own
 transaction: a rollback, or a rolled-back savepoint, takes its entries with it.
 """
+
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,37 @@ from ecrf.common.bulk import insert_rows
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
-    "seq", "at", "actor_sub", "actor_role", "actor_site", "action", "source", "patient_id", "form_id",
-    "visit_id", "item_id", "old_value", "new_value", "reason", "resource", "resource_version", "prev_hash",
+    "seq",
+    "at",
+    "actor_sub",
+    "actor_role",
+    "actor_site",
+    "action",
+    "source",
+    "patient_id",
+    "form_id",
+    "visit_id",
+    "item_id",
+    "old_value",
+    "new_value",
+    "reason",
+    "resource",
+    "resource_version",
+    "prev_hash",
 )
-APPENDED_FIELDS = ("action", "source", "patient_id", "form_id", "visit_id", "item_id", "old_value", "new_value",
-                   "reason", "resource", "resource_version")
+APPENDED_FIELDS = (
+    "action",
+    "source",
+    "patient_id",
+    "form_id",
+    "visit_id",
+    "item_id",
+    "old_value",
+    "new_value",
+    "reason",
+    "resource",
+    "resource_version",
+)
 PENDING_FIELDS = ("at", "actor_sub", "actor_role", "actor_site", *APPENDED_FIELDS)
 PENDING = "audit.pending"  # session.info: entries of this unit of work (tuples of PENDING_FIELDS), not yet chained
 SAVEPOINTS = "audit.savepoints"  # session.info: savepoint -> number of entries pending when it began
@@ -71,11 +98,26 @@ def append(
     at: datetime | None = None,
 ) -> None:
     """Add one entry to the chain when this unit of work commits."""
-    append_many(session, actor, [dict(
-        action=action, source=source, patient_id=patient_id, form_id=form_id, visit_id=visit_id, item_id=item_id,
-        old_value=old_value, new_value=new_value, reason=reason, resource=resource,
-        resource_version=resource_version, at=at,
-    )])
+    append_many(
+        session,
+        actor,
+        [
+            dict(
+                action=action,
+                source=source,
+                patient_id=patient_id,
+                form_id=form_id,
+                visit_id=visit_id,
+                item_id=item_id,
+                old_value=old_value,
+                new_value=new_value,
+                reason=reason,
+                resource=resource,
+                resource_version=resource_version,
+                at=at,
+            )
+        ],
+    )
 
 
 def append_many(session: Session, actor: Actor, entries: list[dict]) -> None:
@@ -92,14 +134,18 @@ def _chain(session: Session, pending: list[tuple]) -> None:
     tip = select(AuditHead.last_seq, AuditHead.last_hash).where(AuditHead.id == 1).with_for_update()
     head = session.execute(tip).one_or_none()
     if head is None:  # the very first entry of this database
-        session.execute(text("INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, :genesis) "
-                             "ON CONFLICT (id) DO NOTHING"), {"genesis": GENESIS})
+        session.execute(
+            text(
+                "INSERT INTO audit_head (id, last_seq, last_hash) VALUES (1, 0, :genesis) ON CONFLICT (id) DO NOTHING"
+            ),
+            {"genesis": GENESIS},
+        )
         head = session.execute(tip).one()
     seq, prev_hash = head
     stamps: dict[datetime, str] = {}  # the entries of one unit of work share few instants
     for start in range(0, len(pending), CHAIN_CHUNK):
         rows = []
-        for values in pending[start:start + CHAIN_CHUNK]:
+        for values in pending[start : start + CHAIN_CHUNK]:
             seq += 1
             row = dict(zip(PENDING_FIELDS, values), seq=seq, prev_hash=prev_hash)
             at = stamps.get(row["at"]) or stamps.setdefault(row["at"], _timestamp(row["at"]))

@@ -1,4 +1,5 @@
 """Who is calling: the verified claims of a bearer token."""
+
 from dataclasses import dataclass, field
 
 ROLES = ("investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin", "randomisation_manager")

@@ -1,4 +1,5 @@
 """FastAPI dependencies: authenticate the bearer token, then check the route's declared action."""
+
 from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request

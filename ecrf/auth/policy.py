@@ -5,12 +5,14 @@ is read, using the actor's `sites`. On the FHIR door each interaction also names
 SMART permissions (`c r u d s`): a token carrying SMART scopes must be granted them too (ecrf/auth/scopes.py),
 so a scope narrows what the role allows and never widens it.
 """
+
 from ecrf.auth import scopes
 from ecrf.auth.actor import Actor
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "study.read": frozenset({"investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin",
-                             "randomisation_manager"}),
+    "study.read": frozenset(
+        {"investigator", "coordinator", "monitor", "data_manager", "sponsor", "ehr", "admin", "randomisation_manager"}
+    ),
     "subject.enrol": frozenset({"investigator", "coordinator"}),
     "subject.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
     "identifiers.read": frozenset({"investigator", "coordinator", "monitor", "data_manager"}),
@@ -51,8 +53,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 PUBLIC = "public"
 
 
-def can(actor: Actor, action: str, site: str | None = None, *, resource_type: str | None = None,
-        permissions: str = "") -> bool:
+def can(
+    actor: Actor, action: str, site: str | None = None, *, resource_type: str | None = None, permissions: str = ""
+) -> bool:
     """May `actor` do `action` (at `site`, when the resource belongs to one; on `resource_type` needing the
     SMART `permissions`, on the FHIR door)?"""
     allowed = PERMISSIONS.get(action)
@@ -82,6 +85,8 @@ def combination_refusal(roles: frozenset[str] | set[str]) -> str | None:
     identified = roles & PERMISSIONS["identifiers.read"]
     for role in sorted(DEIDENTIFIED_ONLY_ROLES & roles):
         if identified:
-            return (f"role {role} sees de-identified data only and cannot be combined with a role that reads "
-                    f"identifiers ({', '.join(sorted(identified))})")
+            return (
+                f"role {role} sees de-identified data only and cannot be combined with a role that reads "
+                f"identifiers ({', '.join(sorted(identified))})"
+            )
     return None

@@ -17,6 +17,7 @@ interaction needs a granting scope as well as the role's permission. A token wit
 role alone; other scope strings (`openid`, `fhirUser`, `offline_access`, `launch/patient`, an identity
 provider's own) are not resource scopes and change nothing.
 """
+
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ def restricts(scopes: Iterable[str]) -> bool:
 
 def granted(scopes: Iterable[str], resource_type: str) -> str:
     """The permissions the scopes grant on one resource type, in `cruds` order."""
-    letters = {letter for scope in scopes if (grant := parse(scope)) and grant.covers(resource_type)
-               for letter in grant.permissions}
+    letters = {
+        letter
+        for scope in scopes
+        if (grant := parse(scope)) and grant.covers(resource_type)
+        for letter in grant.permissions
+    }
     return "".join(letter for letter in PERMISSIONS if letter in letters)
 
 

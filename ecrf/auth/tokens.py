@@ -3,6 +3,7 @@
 The accepted algorithms come from configuration and are never taken from the token: a token whose
 header names another algorithm, no algorithm (`none`), or an unknown `kid` is refused.
 """
+
 import base64
 import binascii
 import json
@@ -44,10 +45,14 @@ def dev_secret(settings: Settings) -> str:
 def dev_secret_source(settings: Settings) -> str:
     """Where the HS256 secret comes from, and how to mint a token this server accepts (never the secret)."""
     if settings.jwt_secret:
-        return ("this server verifies HS256 tokens with ECRF_JWT_SECRET from its environment; mint one with the "
-                "same ECRF_JWT_SECRET set: ecrf token --role ROLE --site SITE")
-    return (f"this server verifies HS256 tokens with the dev secret in {settings.secret_file}; mint one that "
-            f"matches with: ECRF_JWT_SECRET_FILE={settings.secret_file} ecrf token --role ROLE --site SITE")
+        return (
+            "this server verifies HS256 tokens with ECRF_JWT_SECRET from its environment; mint one with the "
+            "same ECRF_JWT_SECRET set: ecrf token --role ROLE --site SITE"
+        )
+    return (
+        f"this server verifies HS256 tokens with the dev secret in {settings.secret_file}; mint one that "
+        f"matches with: ECRF_JWT_SECRET_FILE={settings.secret_file} ecrf token --role ROLE --site SITE"
+    )
 
 
 def needs_site(role: str) -> bool:
@@ -56,8 +61,13 @@ def needs_site(role: str) -> bool:
 
 
 def issue_dev_token(
-    settings: Settings, *, role: str, sites: list[str] | None = None, sub: str | None = None,
-    ttl_minutes: int = 60, scopes: list[str] | None = None,
+    settings: Settings,
+    *,
+    role: str,
+    sites: list[str] | None = None,
+    sub: str | None = None,
+    ttl_minutes: int = 60,
+    scopes: list[str] | None = None,
 ) -> str:
     if role not in ROLES:
         raise TokenError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
@@ -85,6 +95,7 @@ NUMERIC_DATE_LIMIT = 2**53  # a NumericDate beyond this is no date any clock rea
 
 def _json_part(part: str, what: str) -> dict[str, Any]:
     """One base64url JSON part of a compact JWS, parsed strictly: an object, no repeated key, no NaN/Infinity."""
+
     def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [key for key, _ in pairs]
         repeated = sorted({key for key in keys if keys.count(key) > 1})
@@ -164,10 +175,19 @@ class TokenVerifier:
         key = self._key_for(header, algorithm)
         try:
             claims = jwt.decode(
-                token, key, algorithms=[algorithm], audience=self.settings.jwt_audience,
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
-                options={"require_exp": True, "require_iat": True, "require_aud": True, "require_iss": True,
-                         "require_sub": True, "leeway": self.settings.jwt_leeway_seconds},
+                options={
+                    "require_exp": True,
+                    "require_iat": True,
+                    "require_aud": True,
+                    "require_iss": True,
+                    "require_sub": True,
+                    "leeway": self.settings.jwt_leeway_seconds,
+                },
             )
         except JWTError as error:
             raise TokenError(f"token refused: {error}") from error

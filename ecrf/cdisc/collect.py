@@ -1,5 +1,6 @@
 """What a CDISC export reads: the study's subjects (site-scoped), subject by subject, with each form's values
 per visit as the eCRF shows them, and the item-level audit trail. Memory holds one subject."""
+
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -54,7 +55,9 @@ class SubjectRecord:
         return None
 
 
-def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, values: bool = True) -> Iterator[SubjectRecord]:
+def subjects(
+    store: ClinicalStore, study: StudyDef, site: str | None = None, *, values: bool = True
+) -> Iterator[SubjectRecord]:
     """Every study subject the store's actor may see (at `site` when given), in subject id order; with their
     forms' values unless `values` is False (the ODM archive reads the audit trail instead)."""
     session = store.session
@@ -71,17 +74,33 @@ def subjects(store: ClinicalStore, study: StudyDef, site: str | None = None, *, 
             if values:
                 yield _subject(session, study, subject.resource_id, subject.site, patient_id)
             else:
-                yield SubjectRecord(subject.resource_id, patient_id, subject.site, None,
-                                    entry_keys=entry_keys(session, study, patient_id))
+                yield SubjectRecord(
+                    subject.resource_id,
+                    patient_id,
+                    subject.site,
+                    None,
+                    entry_keys=entry_keys(session, study, patient_id),
+                )
         session.expunge_all()
 
 
 def _subject(session: Session, study: StudyDef, subject_id: str, site: str | None, patient_id: str) -> SubjectRecord:
     zero = day_zero(session, study, patient_id)
-    record = SubjectRecord(subject_id, patient_id, site, zero, eligibility=session.get(EligibilityState, subject_id),
-                           allocation=allocation_of(session, study, subject_id))
-    every = list(session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id)
-                                 .order_by(FormInstance.created_at, FormInstance.id)).scalars())
+    record = SubjectRecord(
+        subject_id,
+        patient_id,
+        site,
+        zero,
+        eligibility=session.get(EligibilityState, subject_id),
+        allocation=allocation_of(session, study, subject_id),
+    )
+    every = list(
+        session.execute(
+            select(FormInstance)
+            .where(FormInstance.patient_id == patient_id)
+            .order_by(FormInstance.created_at, FormInstance.id)
+        ).scalars()
+    )
     instances = {(i.form_id, i.visit_id): i for i in every if not i.entry_id}  # the visits' own forms
     entries = [i for i in every if i.entry_id]
     for form in study.forms:
@@ -95,12 +114,20 @@ def _subject(session: Session, study: StudyDef, subject_id: str, site: str | Non
         for visit_id in form.visits:
             instance = mine.get(visit_id)
             here, everywhere = placed.get(visit_id, {}), placed.get(EVERY_VISIT, {})
-            values, _ = _pick(form, {item_id: here.get(item_id, []) + everywhere.get(item_id, [])
-                                     for item_id in here.keys() | everywhere.keys()})
+            values, _ = _pick(
+                form,
+                {
+                    item_id: here.get(item_id, []) + everywhere.get(item_id, [])
+                    for item_id in here.keys() | everywhere.keys()
+                },
+            )
             if not values and instance is None:
                 continue
-            when = instance.visit_date if instance else min(
-                (d for d in (parse_date(e.get("effective")) for e in values.values()) if d), default=None)
+            when = (
+                instance.visit_date
+                if instance
+                else min((d for d in (parse_date(e.get("effective")) for e in values.values()) if d), default=None)
+            )
             record.forms.append(FormRecord(form, visit_id, instance, values, when))
         unscheduled: dict[date | None, dict[str, list[ShownFact]]] = {}
         for item_id, shown in placed.get(None, {}).items():
@@ -120,16 +147,25 @@ def entry_keys(session: Session, study: StudyDef, patient_id: str) -> dict[str, 
     holds, the ids an eCRF entry's slots are written under (so a withdrawn entry's deleted resources still
     map), and the entry's own FormInstance id (its status changes)."""
     keys: dict[str, tuple[str, str]] = {}
-    for instance in session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id,
-                                                               FormInstance.entry_id != "")).scalars():
+    for instance in session.execute(
+        select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.entry_id != "")
+    ).scalars():
         key = (instance.visit_id, instance.entry_id)
         keys[instance.id] = key
         forms = {form.id: form for form in study.forms}
         if instance.form_id in forms:
             for item in forms[instance.form_id].items:
                 if item.fhir.kind in RESOURCE_KINDS:
-                    keys[derived_id(instance.subject_id, instance.form_id, instance.visit_id, "entry",
-                                    instance.entry_id, item.id)] = key
+                    keys[
+                        derived_id(
+                            instance.subject_id,
+                            instance.form_id,
+                            instance.visit_id,
+                            "entry",
+                            instance.entry_id,
+                            item.id,
+                        )
+                    ] = key
         for reference in owned_resources(instance).values():
             keys[reference.split("/", 1)[1]] = key
     return keys
@@ -137,22 +173,43 @@ def entry_keys(session: Session, study: StudyDef, patient_id: str) -> dict[str, 
 
 def allocation_of(session: Session, study: StudyDef, subject_id: str) -> dict[str, Any] | None:
     """The subject's allocation by the system (issue 14): arm, number, stratum, date; None if it has none."""
-    row = session.execute(select(RandomisationAllocation).where(
-        RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id == subject_id)).scalars().first()
+    row = (
+        session.execute(
+            select(RandomisationAllocation).where(
+                RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id == subject_id
+            )
+        )
+        .scalars()
+        .first()
+    )
     if row is None:
         return None
-    return {"method": "system", "arm": row.arm, "randomisation_number": row.number, "stratum": row.stratum,
-            "randomisation_date": row.randomisation_date}
+    return {
+        "method": "system",
+        "arm": row.arm,
+        "randomisation_number": row.number,
+        "stratum": row.stratum,
+        "randomisation_date": row.randomisation_date,
+    }
 
 
-def _placed_once(session: Session, study: StudyDef, form: FormDef, patient_id: str,
-                 instances: dict[str, FormInstance], zero: date | None,
-                 entries: list[FormInstance] = ()) -> dict[str | None, dict[str, list[ShownFact]]]:
+def _placed_once(
+    session: Session,
+    study: StudyDef,
+    form: FormDef,
+    patient_id: str,
+    instances: dict[str, FormInstance],
+    zero: date | None,
+    entries: list[FormInstance] = (),
+) -> dict[str | None, dict[str, list[ShownFact]]]:
     """Where each of the form's facts shows (visit, EVERY_VISIT or None: unscheduled), read once for all visits:
     the placement of ecrf.crf.values (an instance's own facts at its visit, subject-level facts at every visit,
     EHR facts by their date), which reads the facts again per visit."""
-    owner = {reference: visit_id for visit_id, instance in instances.items()
-             for reference in owned_resources(instance).values()}
+    owner = {
+        reference: visit_id
+        for visit_id, instance in instances.items()
+        for reference in owned_resources(instance).values()
+    }
     entries_own = {reference for instance in entries for reference in owned_resources(instance).values()}
     items = {item.id: item for item in form.items}
     placed: dict[str | None, dict[str, list[ShownFact]]] = {}
@@ -174,5 +231,8 @@ def _placed_once(session: Session, study: StudyDef, form: FormDef, patient_id: s
 
 def audit_trail(session: Session, patient_id: str) -> list[AuditEntry]:
     """The subject's audit entries in chain order (item values, form status, signatures, queries)."""
-    return list(session.execute(select(AuditEntry).where(AuditEntry.patient_id == patient_id)
-                                .order_by(AuditEntry.seq)).scalars())
+    return list(
+        session.execute(
+            select(AuditEntry).where(AuditEntry.patient_id == patient_id).order_by(AuditEntry.seq)
+        ).scalars()
+    )

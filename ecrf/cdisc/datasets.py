@@ -1,5 +1,6 @@
 """Writes SDTM datasets as Dataset-JSON 1.1 (JSON and NDJSON) and SAS XPT v5. Rows go to an NDJSON spool as they
 are made (memory: one subject), so the JSON and XPT files are written afterwards by streaming the spool."""
+
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -44,8 +45,12 @@ def oid(dataset: Dataset, column: str | None = None) -> str:
 def header(dataset: Dataset, spool: Spool, study_id: str, created: datetime, mdv: str) -> dict[str, Any]:
     columns = []
     for index, column in enumerate(dataset.columns):
-        entry: dict[str, Any] = {"itemOID": oid(dataset, column.name), "name": column.name, "label": column.label,
-                                 "dataType": column.data_type}
+        entry: dict[str, Any] = {
+            "itemOID": oid(dataset, column.name),
+            "name": column.name,
+            "label": column.label,
+            "dataType": column.data_type,
+        }
         if not column.numeric:
             entry["length"] = spool.lengths[index]
         if column.name in dataset.keys:
@@ -53,10 +58,17 @@ def header(dataset: Dataset, spool: Spool, study_id: str, created: datetime, mdv
         columns.append(entry)
     return {
         "datasetJSONCreationDateTime": created.strftime("%Y-%m-%dT%H:%M:%S"),
-        "datasetJSONVersion": VERSION, "fileOID": f"{study_id}/{dataset.name}",
-        "originator": "ecrf", "sourceSystem": {"name": "ecrf", "version": "0.1.0"},
-        "studyOID": study_id, "metaDataVersionOID": mdv, "metaDataRef": "define.xml",
-        "itemGroupOID": oid(dataset), "records": spool.count, "name": dataset.name, "label": dataset.label,
+        "datasetJSONVersion": VERSION,
+        "fileOID": f"{study_id}/{dataset.name}",
+        "originator": "ecrf",
+        "sourceSystem": {"name": "ecrf", "version": "0.1.0"},
+        "studyOID": study_id,
+        "metaDataVersionOID": mdv,
+        "metaDataRef": "define.xml",
+        "itemGroupOID": oid(dataset),
+        "records": spool.count,
+        "name": dataset.name,
+        "label": dataset.label,
         "columns": columns,
     }
 
@@ -75,8 +87,10 @@ def finish(directory: Path, spool: Spool, study_id: str, created: datetime, mdv:
         out.write(orjson.dumps(head) + b"\n")
         for row in spool.rows():
             out.write(orjson.dumps(row) + b"\n")
-    variables = [xpt.Variable(c.name, c.label, c.numeric, 8 if c.numeric else min(spool.lengths[i], XPT_MAX_CHARS))
-                 for i, c in enumerate(dataset.columns)]
+    variables = [
+        xpt.Variable(c.name, c.label, c.numeric, 8 if c.numeric else min(spool.lengths[i], XPT_MAX_CHARS))
+        for i, c in enumerate(dataset.columns)
+    ]
     with (directory / f"{name}.xpt").open("wb") as out:
         xpt.write(out, dataset.name, dataset.label, variables, spool.rows(), created)
     spool.path.unlink()

@@ -1,4 +1,5 @@
 """The SDTM mapping of a study, read from `forms/sdtm.yaml` (study data: a second study brings its own)."""
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,18 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
     named += [rule.get(key) for rule in (spec.get("dm") or {}).values() for key in ("born", "at")]
     named += list((spec.get("allocation") or {}).values())
     keys = {"arm", "randomisation_date", "randomisation_number", "stratum"}
-    wrong = sorted({rule["allocation"] for section in ("dm", "suppdm") for rule in (spec.get(section) or {}).values()
-                    if "allocation" in rule and rule["allocation"] not in keys})
+    wrong = sorted(
+        {
+            rule["allocation"]
+            for section in ("dm", "suppdm")
+            for rule in (spec.get(section) or {}).values()
+            if "allocation" in rule and rule["allocation"] not in keys
+        }
+    )
     if wrong:
-        raise MappingError(f"{path}: not a field of an allocation: {', '.join(wrong)} (one of {', '.join(sorted(keys))})")
+        raise MappingError(
+            f"{path}: not a field of an allocation: {', '.join(wrong)} (one of {', '.join(sorted(keys))})"
+        )
     for section in ("findings", "events"):
         for domain in (spec.get(section) or {}).values():
             for item_id, rule in (domain.get("items") or {}).items():
@@ -87,15 +96,20 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
     for domain, log in (spec.get("logs") or {}).items():
         if log.get("form") not in forms:
             raise MappingError(f"{path}: logs.{domain}.form {log.get('form')} is not a form of the study")
-        own = [log.get("start"), log.get("end"), *(rule.get("item") for section in ("variables", "supp")
-                                                     for rule in (log.get(section) or {}).values())]
+        own = [
+            log.get("start"),
+            log.get("end"),
+            *(rule.get("item") for section in ("variables", "supp") for rule in (log.get(section) or {}).values()),
+        ]
         missing = sorted({name for name in own if name and name not in forms[log["form"]]})
         if missing:
             raise MappingError(f"{path}: logs.{domain}: items not in form {log['form']}: {', '.join(missing)}")
         variables = log.get("variables") or {}
         dangling = sorted({rule["otherwise"] for rule in variables.values() if rule.get("otherwise")} - set(variables))
         if dangling:
-            raise MappingError(f"{path}: logs.{domain}: `otherwise` names no variable of the domain: {', '.join(dangling)}")
+            raise MappingError(
+                f"{path}: logs.{domain}: `otherwise` names no variable of the domain: {', '.join(dangling)}"
+            )
     visits = {visit.id for visit in study.visits}
     if (spec.get("ie") or {}).get("visit") not in (None, *visits):
         raise MappingError(f"{path}: ie.visit {spec['ie']['visit']} is not a visit of the study")

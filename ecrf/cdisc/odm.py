@@ -8,6 +8,7 @@ queries as Annotations; the snapshot (FileType Snapshot) holds the current value
 pseudonymous ids and the sites. For sponsors the de-identification of the other exports applies: pseudonymous
 subjects, users and resources, dates and time stamps shifted per subject, no identifier-bearing item, no free
 text (reasons, query text, signature meanings)."""
+
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -24,8 +25,16 @@ from study_model.definitions import FormDef, ItemDef, StudyDef
 
 NS = "http://www.cdisc.org/ns/odm/v1.3"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
-DATA_TYPES = {"boolean": "boolean", "code": "text", "date": "date", "integer": "integer", "quantity": "float",
-              "decimal": "float", "text": "text", "string": "text"}
+DATA_TYPES = {
+    "boolean": "boolean",
+    "code": "text",
+    "date": "date",
+    "integer": "integer",
+    "quantity": "float",
+    "decimal": "float",
+    "text": "text",
+    "string": "text",
+}
 ITEM_ACTIONS = ("create", "update", "delete")
 LOG_EVENT = "LOG"  # the visit key of log-form entries (ecrf.crf.locate.LOG_VISIT): StudyEventOID SE.LOG
 STUDY_LOCATION = "LOC.STUDY"
@@ -74,23 +83,42 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
     _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{UNSCHEDULED}", OrderNumber=len(study.visits) + 1, Mandatory="No")
     logs = [form for form in study.forms if form.kind == "log"]
     if logs:
-        _e(protocol, "StudyEventRef", StudyEventOID=f"SE.{LOG_EVENT}", OrderNumber=len(study.visits) + 2, Mandatory="No")
+        _e(
+            protocol,
+            "StudyEventRef",
+            StudyEventOID=f"SE.{LOG_EVENT}",
+            OrderNumber=len(study.visits) + 2,
+            Mandatory="No",
+        )
     for visit in study.visits:
         event = _e(version, "StudyEventDef", OID=f"SE.{visit.id}", Name=visit.label, Repeating="No", Type="Scheduled")
         for number, form in enumerate(f for f in study.forms if visit.id in f.visits):
             _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number + 1, Mandatory="No")
-    event = _e(version, "StudyEventDef", OID=f"SE.{UNSCHEDULED}", Name="Values that came through the FHIR door",
-               Repeating="Yes", Type="Unscheduled")
+    event = _e(
+        version,
+        "StudyEventDef",
+        OID=f"SE.{UNSCHEDULED}",
+        Name="Values that came through the FHIR door",
+        Repeating="Yes",
+        Type="Unscheduled",
+    )
     for number, form in enumerate(study.forms, start=1):
         _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number, Mandatory="No")
     if logs:  # the log forms' entries belong to no visit: one event, each entry a FormData with its FormRepeatKey
-        event = _e(version, "StudyEventDef", OID=f"SE.{LOG_EVENT}", Name="Log forms (entries tied to no visit)",
-                   Repeating="No", Type="Common")
+        event = _e(
+            version,
+            "StudyEventDef",
+            OID=f"SE.{LOG_EVENT}",
+            Name="Log forms (entries tied to no visit)",
+            Repeating="No",
+            Type="Common",
+        )
         for number, form in enumerate(logs, start=1):
             _e(event, "FormRef", FormOID=f"F.{form.id}", OrderNumber=number, Mandatory="No")
     for form in study.forms:
-        node = _e(version, "FormDef", OID=f"F.{form.id}", Name=form.title,
-                  Repeating="Yes" if form.has_entries else "No")
+        node = _e(
+            version, "FormDef", OID=f"F.{form.id}", Name=form.title, Repeating="Yes" if form.has_entries else "No"
+        )
         _e(node, "ItemGroupRef", ItemGroupOID=f"IG.{form.id}", Mandatory="Yes")
     conditions = []
     for form in study.forms:
@@ -100,17 +128,32 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
             if item.enable_when is not None:
                 condition = f"COND.{form.id}.{item.id}"
                 conditions.append((condition, item, form.id))
-            _e(group, "ItemRef", ItemOID=f"IT.{form.id}.{item.id}", OrderNumber=number,
-               Mandatory="Yes" if item.required else "No", CollectionExceptionConditionOID=condition)
+            _e(
+                group,
+                "ItemRef",
+                ItemOID=f"IT.{form.id}.{item.id}",
+                OrderNumber=number,
+                Mandatory="Yes" if item.required else "No",
+                CollectionExceptionConditionOID=condition,
+            )
     for form in study.forms:
         for item in items_of(form, deid):
-            node = _e(version, "ItemDef", OID=f"IT.{form.id}.{item.id}", Name=item.id,
-                      DataType=DATA_TYPES.get(item.type, "text"))
+            node = _e(
+                version,
+                "ItemDef",
+                OID=f"IT.{form.id}.{item.id}",
+                Name=item.id,
+                DataType=DATA_TYPES.get(item.type, "text"),
+            )
             _translated(node, "Question", item.label)
             if item.unit:
                 _e(node, "MeasurementUnitRef", MeasurementUnitOID=unit_oid(item.unit))
-            for bound, comparator, soft_hard in ((item.hard_min, "GE", "Hard"), (item.hard_max, "LE", "Hard"),
-                                                 (item.soft_min, "GE", "Soft"), (item.soft_max, "LE", "Soft")):
+            for bound, comparator, soft_hard in (
+                (item.hard_min, "GE", "Hard"),
+                (item.hard_max, "LE", "Hard"),
+                (item.soft_min, "GE", "Soft"),
+                (item.soft_max, "LE", "Soft"),
+            ):
                 if bound is not None:
                     check = _e(node, "RangeCheck", Comparator=comparator, SoftHard=soft_hard)
                     _e(check, "CheckValue").text = str(bound)
@@ -124,19 +167,34 @@ def metadata(study: StudyDef, mdv: str, deid: Deidentifier | None) -> etree._Ele
                     _translated(_e(codes, "CodeListItem", CodedValue=value), "Decode", str(value))
     for oid, item, form_id in conditions:
         node = _e(version, "ConditionDef", OID=oid, Name=f"{item.id} not collected")
-        _translated(node, "Description", f"{item.id} is collected only when {item.enable_when.item} = {item.enable_when.equals}")
-        expected = str(item.enable_when.equals).lower() if isinstance(item.enable_when.equals, bool) else item.enable_when.equals
-        _e(node, "FormalExpression", Context="XPath").text = (
-            f"../ItemData[@ItemOID='IT.{form_id}.{item.enable_when.item}']/@Value != '{expected}'")
+        _translated(
+            node, "Description", f"{item.id} is collected only when {item.enable_when.item} = {item.enable_when.equals}"
+        )
+        expected = (
+            str(item.enable_when.equals).lower()
+            if isinstance(item.enable_when.equals, bool)
+            else item.enable_when.equals
+        )
+        _e(
+            node, "FormalExpression", Context="XPath"
+        ).text = f"../ItemData[@ItemOID='IT.{form_id}.{item.enable_when.item}']/@Value != '{expected}'"
     return root
 
 
 class Writer:
     """Writes one ODM file: ClinicalData is spooled subject by subject, then Study, AdminData and it are joined."""
 
-    def __init__(self, path: Path, study: StudyDef, mdv: str, deid: Deidentifier | None, *, archive: bool,
-                 created: datetime):
-        self.path, self.study, self.mdv, self.deid, self.archive, self.created = path, study, mdv, deid, archive, created
+    def __init__(
+        self, path: Path, study: StudyDef, mdv: str, deid: Deidentifier | None, *, archive: bool, created: datetime
+    ):
+        self.path, self.study, self.mdv, self.deid, self.archive, self.created = (
+            path,
+            study,
+            mdv,
+            deid,
+            archive,
+            created,
+        )
         self.spool_path = path.with_name(f".{path.name}.spool")
         self.spool: BinaryIO = self.spool_path.open("wb")
         self.users: dict[str, str] = {}  # UserOID -> login name (identified only)
@@ -189,16 +247,20 @@ class Writer:
         self.spool.write(etree.tostring(node) + b"\n")
         self.subjects += 1
 
-    def _form_node(self, events: dict, node: etree._Element, visit_id: str, form_id: str,
-                   repeat: str | None = None) -> etree._Element:
+    def _form_node(
+        self, events: dict, node: etree._Element, visit_id: str, form_id: str, repeat: str | None = None
+    ) -> etree._Element:
         """The FormData of a visit's form, or of one entry (`repeat`: its entry id, the FormRepeatKey)."""
         key = (visit_id, form_id, repeat)
         if key not in events:
             event = events.get(visit_id)
             if event is None:
                 event = events[visit_id] = _e(node, "StudyEventData", StudyEventOID=f"SE.{visit_id}")
-            events[key] = {"form": _e(event, "FormData", FormOID=f"F.{form_id}", FormRepeatKey=repeat),
-                           "group": None, "notes": 0}
+            events[key] = {
+                "form": _e(event, "FormData", FormOID=f"F.{form_id}", FormRepeatKey=repeat),
+                "group": None,
+                "notes": 0,
+            }
         return events[key]
 
     def _snapshot(self, node: etree._Element, subject: SubjectRecord) -> None:
@@ -212,8 +274,9 @@ class Writer:
                 if entry is None or entry.get("value") is None:
                     continue
                 value = self.value(subject, item, entry.get("exact", entry["value"]))
-                data = _e(group, "ItemData", ItemOID=f"IT.{record.form.id}.{item.id}", Value=value,
-                          TransactionType="Insert")
+                data = _e(
+                    group, "ItemData", ItemOID=f"IT.{record.form.id}.{item.id}", Value=value, TransactionType="Insert"
+                )
                 if item.unit:
                     _e(data, "MeasurementUnitRef", MeasurementUnitOID=unit_oid(item.unit))
                 self.values += 1
@@ -233,20 +296,30 @@ class Writer:
                 continue
             repeat = owner[1] if owner else None
             # a value pushed through /fhir has no visit of its own (it is placed on read): the unscheduled event
-            visit_id = owner[0] if owner else entry.visit_id or (form.visits[0] if entry.source == "form" else UNSCHEDULED)
+            visit_id = (
+                owner[0] if owner else entry.visit_id or (form.visits[0] if entry.source == "form" else UNSCHEDULED)
+            )
             if entry.item_id is not None and entry.action in ITEM_ACTIONS:
                 item = next((i for i in items_of(form, self.deid) if i.id == entry.item_id), None)
                 if item is None:
                     continue
                 slot = self._form_node(events, node, visit_id, form.id, repeat)
                 if slot["group"] is None:
-                    slot["group"] = _e(slot["form"], "ItemGroupData", ItemGroupOID=f"IG.{form.id}", TransactionType="Upsert")
+                    slot["group"] = _e(
+                        slot["form"], "ItemGroupData", ItemGroupOID=f"IG.{form.id}", TransactionType="Upsert"
+                    )
                 key = (visit_id, form.id, item.id, repeat or (entry.resource if visit_id == UNSCHEDULED else None))
                 value = self.value(subject, item, entry.new_value)
                 kind = "Remove" if value is None and key in seen else "Update" if key in seen else "Insert"
                 seen.add(key)
-                data = _e(slot["group"], "ItemData", ItemOID=f"IT.{form.id}.{item.id}", TransactionType=kind,
-                          Value=value, IsNull="Yes" if value is None else None)
+                data = _e(
+                    slot["group"],
+                    "ItemData",
+                    ItemOID=f"IT.{form.id}.{item.id}",
+                    TransactionType=kind,
+                    Value=value,
+                    IsNull="Yes" if value is None else None,
+                )
                 self._audit(data, subject, entry)
                 if item.unit and value is not None:
                     _e(data, "MeasurementUnitRef", MeasurementUnitOID=unit_oid(item.unit))
@@ -279,10 +352,20 @@ class Writer:
         if self.deid and "/" in resource:
             kind, _, resource_id = resource.partition("/")
             resource = f"{kind}/{self.deid.pseudonym(resource_id)}"
-        _e(record, "SourceID").text = f"audit:{entry.seq} door:{entry.source} {resource}/_history/{entry.resource_version}"
+        _e(
+            record, "SourceID"
+        ).text = f"audit:{entry.seq} door:{entry.source} {resource}/_history/{entry.resource_version}"
 
-    def _note(self, events: dict, node: etree._Element, subject: SubjectRecord, visit_id: str, form_id: str,
-              entry: AuditEntry, repeat: str | None = None) -> None:
+    def _note(
+        self,
+        events: dict,
+        node: etree._Element,
+        subject: SubjectRecord,
+        visit_id: str,
+        form_id: str,
+        entry: AuditEntry,
+        repeat: str | None = None,
+    ) -> None:
         slot = self._form_node(events, node, visit_id, form_id, repeat)
         slot["notes"] += 1
         annotation = _e(None, "Annotation", SeqNum=slot["notes"])
@@ -307,12 +390,20 @@ class Writer:
 
     def finish(self, chain_head: tuple[int, str]) -> None:
         self.spool.close()
-        root = _e(None, "ODM", FileType="Transactional" if self.archive else "Snapshot",
-                  Archival="Yes" if self.archive else None, Granularity="All",
-                  FileOID=f"{self.study.id}.odm.{self.created.strftime('%Y%m%dT%H%M%S')}",
-                  CreationDateTime=_instant(self.created), ODMVersion="1.3.2", Originator="ecrf",
-                  SourceSystem="ecrf", SourceSystemVersion="0.1.0",
-                  Description=f"audit chain head seq {chain_head[0]} hash {chain_head[1]}")
+        root = _e(
+            None,
+            "ODM",
+            FileType="Transactional" if self.archive else "Snapshot",
+            Archival="Yes" if self.archive else None,
+            Granularity="All",
+            FileOID=f"{self.study.id}.odm.{self.created.strftime('%Y%m%dT%H%M%S')}",
+            CreationDateTime=_instant(self.created),
+            ODMVersion="1.3.2",
+            Originator="ecrf",
+            SourceSystem="ecrf",
+            SourceSystemVersion="0.1.0",
+            Description=f"audit chain head seq {chain_head[0]} hash {chain_head[1]}",
+        )
         root.append(metadata(self.study, self.mdv, self.deid))
         admin = _e(root, "AdminData", StudyOID=self.study.id)
         for oid, login in sorted(self.users.items()):
@@ -320,9 +411,16 @@ class Writer:
             if login:
                 _e(user, "LoginName").text = login
         for oid in sorted(self.locations | {STUDY_LOCATION}):
-            location = _e(admin, "Location", OID=oid, Name=oid[4:], LocationType="Site" if oid != STUDY_LOCATION else "Sponsor")
-            _e(location, "MetaDataVersionRef", StudyOID=self.study.id, MetaDataVersionOID=self.mdv,
-               EffectiveDate=self.created.date().isoformat())
+            location = _e(
+                admin, "Location", OID=oid, Name=oid[4:], LocationType="Site" if oid != STUDY_LOCATION else "Sponsor"
+            )
+            _e(
+                location,
+                "MetaDataVersionRef",
+                StudyOID=self.study.id,
+                MetaDataVersionOID=self.mdv,
+                EffectiveDate=self.created.date().isoformat(),
+            )
         for oid, meaning in sorted(self.meanings.items()):
             definition = _e(admin, "SignatureDef", OID=oid, Methodology="Electronic")
             _e(definition, "Meaning").text = meaning

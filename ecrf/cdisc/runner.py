@@ -2,6 +2,7 @@
 subject by subject (memory: one subject), renews its lease every batch of subjects, and writes its files with a
 manifest (SHA-256 and counts per file, the audit chain head it was made from). A job resumed by another instance
 starts its files again from the beginning, in a new snapshot."""
+
 import hashlib
 import json
 import threading
@@ -37,8 +38,9 @@ def _snapshot(runtime) -> Session:
 def _progress(runtime, job: ExportJob, worker_id: str, stopping: threading.Event, done: int) -> None:
     if stopping.is_set():
         raise Stopped
-    if not jobs.checkpoint(runtime.engine, job, worker_id, runtime.settings.export_lease_seconds,
-                           {"done": [], "subjects": done}, done):
+    if not jobs.checkpoint(
+        runtime.engine, job, worker_id, runtime.settings.export_lease_seconds, {"done": [], "subjects": done}, done
+    ):
         raise Stopped
 
 
@@ -79,8 +81,16 @@ def run_odm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event) 
     finally:
         session.close()
     writer.finish(tuple(head))
-    output = [{"type": "odm", "file": path.name, "count": writer.subjects, "values": writer.values,
-               "sha256": _sha256(path), "audit_chain_head": {"seq": head[0], "hash": head[1]}}]
+    output = [
+        {
+            "type": "odm",
+            "file": path.name,
+            "count": writer.subjects,
+            "values": writer.values,
+            "sha256": _sha256(path),
+            "audit_chain_head": {"seq": head[0], "hash": head[1]},
+        }
+    ]
     if not jobs.complete(runtime.engine, job, worker_id, output, writer.subjects):
         raise Stopped
 
@@ -109,9 +119,15 @@ def run_sdtm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event)
     output: list[dict[str, Any]] = []
     for spool in spools.values():
         output += datasets.finish(directory, spool, runtime.study.id, created, mdv)
-    define.write(directory / "define.xml", runtime.study, mapping,
-                 [(spool.dataset, [min(n, datasets.XPT_MAX_CHARS) for n in spool.lengths]) for spool in spools.values()],
-                 created, mdv, job.deidentified)
+    define.write(
+        directory / "define.xml",
+        runtime.study,
+        mapping,
+        [(spool.dataset, [min(n, datasets.XPT_MAX_CHARS) for n in spool.lengths]) for spool in spools.values()],
+        created,
+        mdv,
+        job.deidentified,
+    )
     output.append({"type": "define", "file": "define.xml"})
     for entry in output:
         entry["sha256"] = _sha256(directory / entry["file"])
@@ -120,10 +136,21 @@ def run_sdtm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event)
     with zipfile.ZipFile(package, "w", zipfile.ZIP_DEFLATED) as archive:  # file by file: memory stays bounded
         for entry in output:
             archive.write(directory / entry["file"], entry["file"])
-        archive.writestr("manifest.json", json.dumps({"study": runtime.study.id, "deidentified": job.deidentified,
-                                                      "profile": job.profile, "files": output}, indent=1))
-    output.append({"type": "package", "file": PACKAGE, "sha256": _sha256(package),
-                   "audit_chain_head": {"seq": head[0], "hash": head[1]}})
+        archive.writestr(
+            "manifest.json",
+            json.dumps(
+                {"study": runtime.study.id, "deidentified": job.deidentified, "profile": job.profile, "files": output},
+                indent=1,
+            ),
+        )
+    output.append(
+        {
+            "type": "package",
+            "file": PACKAGE,
+            "sha256": _sha256(package),
+            "audit_chain_head": {"seq": head[0], "hash": head[1]},
+        }
+    )
     if not jobs.complete(runtime.engine, job, worker_id, output, count):
         raise Stopped
 

@@ -2,6 +2,7 @@
 SAS transport file"): what the FDA accepts. 80-byte records; numbers are IBM 370 doubles; character values are
 ASCII, at most 200 bytes; names at most 8 characters, labels 40. No third-party writer needed (pyreadstat, used
 by the tests to read the files back, writes XPT only through pandas or polars)."""
+
 import math
 import struct
 from collections.abc import Iterable
@@ -59,8 +60,9 @@ def _pad(data: bytes, fill: bytes = b" ") -> bytes:
     return data if rest == 0 else data + fill * (RECORD - rest)
 
 
-def write(out: BinaryIO, name: str, label: str, variables: list[Variable], rows: Iterable[list[Any]],
-          created: datetime) -> int:
+def write(
+    out: BinaryIO, name: str, label: str, variables: list[Variable], rows: Iterable[list[Any]], created: datetime
+) -> int:
     """One dataset (member) in one transport file; returns the number of observations written."""
     stamp = _stamp(created)
     out.write(_header("LIBRARY"))
@@ -74,9 +76,24 @@ def write(out: BinaryIO, name: str, label: str, variables: list[Variable], rows:
     position, namestrs = 0, b""
     for number, variable in enumerate(variables, start=1):
         namestrs += struct.pack(
-            ">hhhh8s40s8shhh2s8shhi52s", 1 if variable.numeric else 2, 0, variable.length, number,
-            _text(variable.name, 8), _text(variable.label, 40), _text("", 8), 0, 0, 0, b"\x00\x00", _text("", 8),
-            0, 0, position, b"\x00" * 52)
+            ">hhhh8s40s8shhh2s8shhi52s",
+            1 if variable.numeric else 2,
+            0,
+            variable.length,
+            number,
+            _text(variable.name, 8),
+            _text(variable.label, 40),
+            _text("", 8),
+            0,
+            0,
+            0,
+            b"\x00\x00",
+            _text("", 8),
+            0,
+            0,
+            position,
+            b"\x00" * 52,
+        )
         position += variable.length
     out.write(_pad(namestrs))
     out.write(_header("OBS"))

@@ -5,6 +5,7 @@ themselves for thousands of rows; column types still convert each value as they 
 On PostgreSQL many rows go through COPY; a few (one write's index rows) through executemany, which
 takes one round trip where COPY takes two.
 """
+
 from operator import itemgetter
 from typing import Any
 
@@ -23,8 +24,7 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> N
     columns = list(rows[0])
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    statement = (f"INSERT INTO {table.name} ({', '.join(columns)}) "
-                 f"VALUES ({', '.join([marker] * len(columns))})")
+    statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
     getter = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
     params = [getter(row) for row in rows]
     converting = [(index, process) for index, process in enumerate(processors) if process is not None]
@@ -76,8 +76,11 @@ def next_keys(session: Session, table: Table, count: int) -> list[int]:
     because a writing SQLite transaction holds the database's write lock from BEGIN IMMEDIATE.
     """
     if session.connection().dialect.name == "postgresql":
-        return list(session.execute(text(
-            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'pk')) FROM generate_series(1, :n)"
-        ), {"n": count}).scalars())
+        return list(
+            session.execute(
+                text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'pk')) FROM generate_series(1, :n)"),
+                {"n": count},
+            ).scalars()
+        )
     start = session.execute(text(f"SELECT COALESCE(MAX(pk), 0) FROM {table.name}")).scalar_one()
     return list(range(start + 1, start + 1 + count))

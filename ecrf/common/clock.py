@@ -1,4 +1,5 @@
 """The service's clock and the dates it allows."""
+
 from datetime import UTC, date, datetime, timedelta
 
 # A date is "in the future" only once it has begun nowhere on Earth yet (UTC+14), so a site east

@@ -1,4 +1,5 @@
 """Column types shared by the store's tables and the audit trail's."""
+
 from sqlalchemy import BigInteger, Integer
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.

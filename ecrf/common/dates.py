@@ -1,5 +1,6 @@
 """Reading FHIR dates once: the calendar date a value was sent with, the instants a partial date stands
 for, and age in completed years."""
+
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 

@@ -1,6 +1,7 @@
 """Domain failures: the store's and the refusals that list every failing item (rendered as
 {"detail", "errors": [{"item", "rule", "message"}]}). Each class names its kind of failure, nothing of HTTP;
 the doors' one mapping of a kind to a status, an issue code and a body is ecrf/errors.py."""
+
 from enum import Enum
 
 
@@ -54,6 +55,7 @@ class Invalid(StoreError):
 
 class OffCalendar(StoreError):
     """A date, dateTime or instant outside the calendar the store keeps (ecrf.store.indexing.CALENDAR)."""
+
     kind = Kind.BAD_VALUE
 
     def __init__(self, message: str, *, location: str):
@@ -63,6 +65,7 @@ class OffCalendar(StoreError):
 
 class EditCheckFailed(Invalid):
     """Hard edit checks failed; nothing was stored."""
+
     kind = Kind.EDIT_CHECK_FAILED
 
     def __init__(self, errors: list[dict[str, str]], message: str | None = None):

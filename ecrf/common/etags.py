@@ -1,4 +1,5 @@
 """Versions as both doors write them in ETags and read them back from If-Match (W/"3", "3" or 3)."""
+
 import re
 
 VERSION_ID = re.compile("[0-9]{1,9}")  # ASCII digits only ("²".isdigit() is true), within every database's integer

@@ -1,4 +1,5 @@
 """What a log may say of a failure."""
+
 import traceback
 
 
@@ -10,6 +11,8 @@ def types_and_frames(error: BaseException) -> str:
     while current is not None and current not in chain and len(chain) < 5:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    return "".join(f"{type(link).__module__}.{type(link).__qualname__}, raised at:\n"
-                   + "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
-                   for link in chain)
+    return "".join(
+        f"{type(link).__module__}.{type(link).__qualname__}, raised at:\n"
+        + "".join(traceback.format_list(traceback.extract_tb(link.__traceback__)))
+        for link in chain
+    )

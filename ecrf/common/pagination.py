@@ -1,4 +1,5 @@
 """Offset/limit paging shared by every list route of /api/v1 (the FHIR door has `_offset`/`_count`)."""
+
 from typing import Annotated
 
 from fastapi import Query, Request

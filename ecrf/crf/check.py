@@ -1,6 +1,7 @@
 """A save's checks gathered behind one call: the items (checks.py), the reason a signed-off form's change
 needs, the visit window (schedule.py), the cross-form checks against the subject's facts (subject_checks.py)
 and the items only the randomisation's allocation sets. Nothing is written when one of its errors stands."""
+
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -25,15 +26,24 @@ class CheckedSave:
     warnings: list[Finding]
 
 
-def check_save(runtime: Services, store: ClinicalStore, target: Target, instance: FormInstance | None,
-               items: dict[str, Any], visit_date: date | None, reason: str | None, allocated: bool) -> CheckedSave:
+def check_save(
+    runtime: Services,
+    store: ClinicalStore,
+    target: Target,
+    instance: FormInstance | None,
+    items: dict[str, Any],
+    visit_date: date | None,
+    reason: str | None,
+    allocated: bool,
+) -> CheckedSave:
     study = runtime.study
     reason = (reason or "").strip() or None
     entry = check_items(target.form, items)
     errors = list(entry.errors) + _typed_allocation(runtime, target, items, allocated)
     if instance is not None and instance.status in lifecycle.REASON_NEEDED and not reason:
-        errors.append(Finding("reason", "reason_required",
-                              f"the form is {instance.status}: a reason for the change is required"))
+        errors.append(
+            Finding("reason", "reason_required", f"the form is {instance.status}: a reason for the change is required")
+        )
     if target.form.date_item and target.form.date_item in entry.canonical:
         the_date = entry.canonical[target.form.date_item]
     else:
@@ -44,17 +54,31 @@ def check_save(runtime: Services, store: ClinicalStore, target: Target, instance
         date_errors, date_warnings, deviation = check_visit_date(study, target.visit, the_date, zero)
     else:  # a log entry is dated by its own items, not by a visit window
         date_errors, date_warnings, deviation = [], [], None
-    found = subject_checks.check_entry(study, store.session, target.form, target.subject.patient_id, entry.canonical,
-                                       the_date)  # cross-form checks (forms/subject_checks.yaml)
+    found = subject_checks.check_entry(
+        study, store.session, target.form, target.subject.patient_id, entry.canonical, the_date
+    )  # cross-form checks (forms/subject_checks.yaml)
     deviation = subject_checks.with_deviations(deviation, found)
-    return CheckedSave(entry, the_date, deviation, reason, errors + date_errors + found.errors,
-                       entry.warnings + date_warnings + found.warnings)
+    return CheckedSave(
+        entry,
+        the_date,
+        deviation,
+        reason,
+        errors + date_errors + found.errors,
+        entry.warnings + date_warnings + found.warnings,
+    )
 
 
 def _typed_allocation(runtime: Services, target: Target, items: dict[str, Any], allocated: bool) -> list[Finding]:
     scheme = runtime.randomisation
     if allocated or scheme is None or target.form.id != scheme.form:
         return []
-    return [Finding(item_id, "derived", f"{item_id} is set by the system's allocation "
-                                       f"(POST /api/v1/subjects/{target.subject.id}/randomise), never entered")
-            for item_id in sorted(scheme.derived_items) if items.get(item_id) not in (None, "")]
+    return [
+        Finding(
+            item_id,
+            "derived",
+            f"{item_id} is set by the system's allocation "
+            f"(POST /api/v1/subjects/{target.subject.id}/randomise), never entered",
+        )
+        for item_id in sorted(scheme.derived_items)
+        if items.get(item_id) not in (None, "")
+    ]

@@ -3,6 +3,7 @@
 Pure functions over the study definition; the schedule checks (visit date against the surgery date)
 live in ecrf/crf/schedule.py because they need the subject's data.
 """
+
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -55,7 +56,12 @@ def _is_number(value: Any) -> bool:
 def _number_and_unit(item: ItemDef, raw: Any) -> tuple[Any, str | None] | None:
     if _is_number(raw):
         return raw, None
-    if item.unit is not None and isinstance(raw, dict) and set(raw) <= {"value", "unit"} and _is_number(raw.get("value")):
+    if (
+        item.unit is not None
+        and isinstance(raw, dict)
+        and set(raw) <= {"value", "unit"}
+        and _is_number(raw.get("value"))
+    ):
         unit = raw.get("unit")
         return (raw["value"], unit) if unit is None or isinstance(unit, str) else None
     return None
@@ -64,7 +70,7 @@ def _number_and_unit(item: ItemDef, raw: Any) -> tuple[Any, str | None] | None:
 def _type_message(item: ItemDef) -> str:
     if item.type == "quantity" or item.unit is not None:
         units = ", ".join(item.accepted_units)
-        return f"{item.label}: expected a number in {item.unit} or {{\"value\": number, \"unit\": one of {units}}}"
+        return f'{item.label}: expected a number in {item.unit} or {{"value": number, "unit": one of {units}}}'
     return {
         "date": f"{item.label}: expected a date YYYY-MM-DD",
         "integer": f"{item.label}: expected a whole number",
@@ -97,8 +103,9 @@ def _canonical(item: ItemDef, raw: Any, entry: CheckedEntry) -> Any:
             return None
         text = raw.strip()
         if len(text) > item.text_limit:
-            entry.errors.append(Finding(item.id, "max_length", f"{item.label}: {len(text)} characters, at most "
-                                                               f"{item.text_limit}"))
+            entry.errors.append(
+                Finding(item.id, "max_length", f"{item.label}: {len(text)} characters, at most {item.text_limit}")
+            )
             return None
         return text or None
     if item.type == "codes":
@@ -107,15 +114,23 @@ def _canonical(item: ItemDef, raw: Any, entry: CheckedEntry) -> Any:
             return None
         unknown = [v for v in raw if v not in (item.values or ())]
         if unknown:
-            entry.errors.append(Finding(item.id, "allowed_values", f"{item.label}: {', '.join(map(repr, unknown))} "
-                                                                   f"not among {', '.join(item.values or ())}"))
+            entry.errors.append(
+                Finding(
+                    item.id,
+                    "allowed_values",
+                    f"{item.label}: {', '.join(map(repr, unknown))} not among {', '.join(item.values or ())}",
+                )
+            )
             return None
         return sorted(raw) or None
     if item.type == "code":
         text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
         if text is None or text not in (item.values or ()):
-            entry.errors.append(Finding(item.id, "allowed_values",
-                                        f"{item.label}: {raw!r} is not one of {', '.join(item.values or ())}"))
+            entry.errors.append(
+                Finding(
+                    item.id, "allowed_values", f"{item.label}: {raw!r} is not one of {', '.join(item.values or ())}"
+                )
+            )
             return None
         return text
     found = _number_and_unit(item, raw)
@@ -137,14 +152,24 @@ def _canonical(item: ItemDef, raw: Any, entry: CheckedEntry) -> Any:
 def _check_ranges(item: ItemDef, number: Decimal, entry: CheckedEntry) -> bool:
     unit = f" {item.unit}" if item.unit else ""
     if (item.hard_min is not None and number < item.hard_min) or (item.hard_max is not None and number > item.hard_max):
-        entry.errors.append(Finding(item.id, "hard_range",
-                                    f"{item.label}: {number}{unit} is outside the possible range "
-                                    f"{_range(item.hard_min, item.hard_max)}{unit}"))
+        entry.errors.append(
+            Finding(
+                item.id,
+                "hard_range",
+                f"{item.label}: {number}{unit} is outside the possible range "
+                f"{_range(item.hard_min, item.hard_max)}{unit}",
+            )
+        )
         return False
     if (item.soft_min is not None and number < item.soft_min) or (item.soft_max is not None and number > item.soft_max):
-        entry.warnings.append(Finding(item.id, "soft_range",
-                                      f"{item.label}: {number}{unit} is outside the expected range "
-                                      f"{_range(item.soft_min, item.soft_max)}{unit}"))
+        entry.warnings.append(
+            Finding(
+                item.id,
+                "soft_range",
+                f"{item.label}: {number}{unit} is outside the expected range "
+                f"{_range(item.soft_min, item.soft_max)}{unit}",
+            )
+        )
     return True
 
 
@@ -190,8 +215,9 @@ def check_items(form: FormDef, items: dict[str, Any]) -> CheckedEntry:
                 entry.canonical[item.id] = _canonical(item, item.default, CheckedEntry())
             continue
         if owner is not None and items.get(owner) is None:
-            entry.errors.append(Finding(item.id, "depends_on",
-                                        f"{item.label} needs {known[owner].label} ({owner}) in the same entry"))
+            entry.errors.append(
+                Finding(item.id, "depends_on", f"{item.label} needs {known[owner].label} ({owner}) in the same entry")
+            )
     failed = {finding.item for finding in entry.errors}
     for check in form.checks:  # an item that failed its own checks is unknown here: no second finding about it
         if not failed & set(condition_items(check.when)) and violated(form, check.when, entry.canonical):
@@ -202,8 +228,13 @@ def check_items(form: FormDef, items: dict[str, Any]) -> CheckedEntry:
         if not is_enabled(item, entry.canonical):
             if items.get(item.id) is not None:
                 condition = item.enable_when
-                entry.errors.append(Finding(item.id, "conditional",
-                                            f"{item.label} applies only when {condition.item} is {_shown(condition.equals)}"))
+                entry.errors.append(
+                    Finding(
+                        item.id,
+                        "conditional",
+                        f"{item.label} applies only when {condition.item} is {_shown(condition.equals)}",
+                    )
+                )
             entry.values.pop(item.id, None)
             entry.canonical.pop(item.id, None)
             continue

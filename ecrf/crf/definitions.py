@@ -1,4 +1,5 @@
 """The JSON view of a form definition (GET /api/v1/forms)."""
+
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,12 @@ def describe_item(item: ItemDef) -> dict[str, Any]:
     if item.unit is not None:
         view["unit"] = item.unit
         view["accepted_units"] = {unit: str(factor) for unit, factor in item.accepted_units.items()}
-    ranges = {"hard_min": item.hard_min, "hard_max": item.hard_max, "soft_min": item.soft_min, "soft_max": item.soft_max}
+    ranges = {
+        "hard_min": item.hard_min,
+        "hard_max": item.hard_max,
+        "soft_min": item.soft_min,
+        "soft_max": item.soft_max,
+    }
     view.update({name: _number(value) for name, value in ranges.items() if value is not None})
     if item.enable_when is not None:
         view["enable_when"] = {"item": item.enable_when.item, "equals": item.enable_when.equals}

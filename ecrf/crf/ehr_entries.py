@@ -15,6 +15,7 @@ resources with one of those codes, and is preferred to an anchor of the same typ
 MedicationStatement LOCAL#sorafenib goes to a form fixing that medication, any other to conmed). An anchor item
 whose resource type depends on its value has one anchor per variant (`_variants`).
 """
+
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +44,15 @@ CHUNK = 500
 def _coding_keys(concept: Any) -> frozenset[tuple[str, str]]:
     if not isinstance(concept, dict):
         return frozenset()
-    return frozenset((c.get("system"), c.get("code")) for c in concept.get("coding") or []
-                     if isinstance(c, dict) and c.get("code"))
+    return frozenset(
+        (c.get("system"), c.get("code")) for c in concept.get("coding") or [] if isinstance(c, dict) and c.get("code")
+    )
 
 
 @dataclass(frozen=True)
 class Anchor:
     """One kind of resource that is the record of one entry of a log form."""
+
     form: FormDef
     item: ItemDef  # the resource item: its id is the entry's slot for the resource
     resource_type: str
@@ -66,13 +69,23 @@ def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
     if form.kind != "log":
         return ()
     owners = [item for item in form.items if item.fhir.kind == "resource"]
-    dated = [item for item in owners
-             if form.date_item and (item.id == form.date_item
-                                    or form.date_item in {d.id for d in study.dependents_of(form, item.id)})]
+    dated = [
+        item
+        for item in owners
+        if form.date_item
+        and (item.id == form.date_item or form.date_item in {d.id for d in study.dependents_of(form, item.id)})
+    ]
     chosen = dated or owners[:1]
-    return tuple(Anchor(form, item, resource_type, tuple(
-        (element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)))
-        for item in chosen for resource_type, fixed in _variants(study, item))
+    return tuple(
+        Anchor(
+            form,
+            item,
+            resource_type,
+            tuple((element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)),
+        )
+        for item in chosen
+        for resource_type, fixed in _variants(study, item)
+    )
 
 
 def _variants(study: StudyDef, item: ItemDef) -> list[tuple[str, dict[str, Any]]]:
@@ -99,7 +112,9 @@ def study_anchors(study: StudyDef) -> dict[str, tuple[Anchor, ...]]:
     for form in study.forms:
         for anchor in anchors_of(study, form):
             found.setdefault(anchor.resource_type, []).append(anchor)
-    return {resource_type: tuple(sorted(anchors, key=lambda a: not a.codes)) for resource_type, anchors in found.items()}
+    return {
+        resource_type: tuple(sorted(anchors, key=lambda a: not a.codes)) for resource_type, anchors in found.items()
+    }
 
 
 def anchor_for(anchors: dict[str, tuple[Anchor, ...]], resource: dict[str, Any]) -> Anchor | None:
@@ -115,6 +130,7 @@ SafetyHook = Callable[[ClinicalStore, FormInstance, dict[str, Any]], None]
 @dataclass(frozen=True)
 class Written:
     """Of a resource's current version: through which door, why, which version."""
+
     source: str
     reason: str | None
     version_id: int
@@ -137,20 +153,36 @@ def ehr_entries_hook(study: StudyDef, after_landing: SafetyHook | None = None):
             ids = sorted(resource_id for kind, resource_id in touched if kind == resource_type)
             for start in range(0, len(ids), CHUNK):
                 rows += store.session.exec(  # the version's content is read only for what may land
-                    select(ResourceHead, ResourceVersion.source, ResourceVersion.reason, ResourceVersion.version_id,
-                           FormResource.instance_id)
+                    select(
+                        ResourceHead,
+                        ResourceVersion.source,
+                        ResourceVersion.reason,
+                        ResourceVersion.version_id,
+                        FormResource.instance_id,
+                    )
                     .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-                    .outerjoin(FormResource, (FormResource.resource_type == ResourceHead.resource_type)
-                               & (FormResource.resource_id == ResourceHead.resource_id))
-                    .where(ResourceHead.resource_type == resource_type,
-                           ResourceHead.resource_id.in_(ids[start:start + CHUNK]))).all()
+                    .outerjoin(
+                        FormResource,
+                        (FormResource.resource_type == ResourceHead.resource_type)
+                        & (FormResource.resource_id == ResourceHead.resource_id),
+                    )
+                    .where(
+                        ResourceHead.resource_type == resource_type,
+                        ResourceHead.resource_id.in_(ids[start : start + CHUNK]),
+                    )
+                ).all()
         rows = [row for row in rows if row[0].patient_id in subjects]
         rows.sort(key=lambda row: (row[0].last_updated, row[0].resource_type, row[0].resource_id))
         candidates = [row[0].version_pk for row in rows if row[4] is None and not row[0].deleted and row[1] == FHIR]
         contents: dict[int, str] = {}
         for start in range(0, len(candidates), CHUNK):
-            contents.update(store.session.exec(select(ResourceVersion.pk, ResourceVersion.content).where(
-                ResourceVersion.pk.in_(candidates[start:start + CHUNK]))).all())
+            contents.update(
+                store.session.exec(
+                    select(ResourceVersion.pk, ResourceVersion.content).where(
+                        ResourceVersion.pk.in_(candidates[start : start + CHUNK])
+                    )
+                ).all()
+            )
         for head, source, reason, version_id, instance_id in rows:
             written = Written(source, reason, version_id)
             if instance_id is None:
@@ -176,9 +208,13 @@ def _subjects(store: ClinicalStore, study: StudyDef, patient_ids: set[str]) -> d
         rows = store.session.exec(
             select(ResourceHead.resource_id, ResourceHead.patient_id, ResourceHead.site, ResourceVersion.content)
             .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-            .where(ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
-                   ResourceHead.patient_id.in_(ids[start:start + CHUNK]))
-            .order_by(ResourceHead.resource_id)).all()
+            .where(
+                ResourceHead.resource_type == "ResearchSubject",
+                ResourceHead.deleted == False,  # noqa: E712
+                ResourceHead.patient_id.in_(ids[start : start + CHUNK]),
+            )
+            .order_by(ResourceHead.resource_id)
+        ).all()
         for subject_id, patient_id, site, text in rows:
             if (orjson.loads(text).get("study") or {}).get("reference") == study_reference(study):
                 found.setdefault(patient_id, (subject_id, site))
@@ -198,34 +234,63 @@ def _view(store: ClinicalStore, study: StudyDef, form: FormDef, instance: FormIn
     return items, the_date or instance.visit_date
 
 
-def _audit(store: ClinicalStore, instance: FormInstance, action: str, old: str | None, new: str | None,
-           reason: str | None) -> None:
+def _audit(
+    store: ClinicalStore, instance: FormInstance, action: str, old: str | None, new: str | None, reason: str | None
+) -> None:
     lifecycle.record(store, instance, action, old, new, reason, source=FHIR)
 
 
-def _land(store: ClinicalStore, study: StudyDef, subject: tuple[str, str | None], anchor: Anchor,
-          head: ResourceHead, version: Written, after_landing: SafetyHook | None) -> None:
+def _land(
+    store: ClinicalStore,
+    study: StudyDef,
+    subject: tuple[str, str | None],
+    anchor: Anchor,
+    head: ResourceHead,
+    version: Written,
+    after_landing: SafetyHook | None,
+) -> None:
     subject_id, site = subject
     entry_id = secrets.token_hex(8)
     reference = f"{head.resource_type}/{head.resource_id}"
     now, actor = datetime.now(UTC), store.actor
     instance = FormInstance(
-        id=derived_id(subject_id, anchor.form.id, LOG_VISIT, "entry", entry_id), subject_id=subject_id,
-        patient_id=head.patient_id, site=site, form_id=anchor.form.id, visit_id=LOG_VISIT, entry_id=entry_id,
-        source=FHIR, status="draft", version=1, visit_date=study.today_at(site),
-        resources=orjson.dumps({anchor.item.id: reference}).decode(), created_at=now, created_by=actor.sub,
-        updated_at=now, updated_by=actor.sub, updated_role=actor.role)
+        id=derived_id(subject_id, anchor.form.id, LOG_VISIT, "entry", entry_id),
+        subject_id=subject_id,
+        patient_id=head.patient_id,
+        site=site,
+        form_id=anchor.form.id,
+        visit_id=LOG_VISIT,
+        entry_id=entry_id,
+        source=FHIR,
+        status="draft",
+        version=1,
+        visit_date=study.today_at(site),
+        resources=orjson.dumps({anchor.item.id: reference}).decode(),
+        created_at=now,
+        created_by=actor.sub,
+        updated_at=now,
+        updated_by=actor.sub,
+        updated_role=actor.role,
+    )
     items, instance.visit_date = _view(store, study, anchor.form, instance)
     instance.status = lifecycle.status_after_edit(not missing_items(anchor.form, items))
     # the cross-form checks never refuse a push: a finding of a deviation check flags the landed entry
-    instance.deviation = deviation_of_landed(study, store.session, anchor.form, head.patient_id, items,
-                                             instance.visit_date)
+    instance.deviation = deviation_of_landed(
+        study, store.session, anchor.form, head.patient_id, items, instance.visit_date
+    )
     store.session.add(instance)
-    store.session.add(FormResource(resource_type=head.resource_type, resource_id=head.resource_id,
-                                   instance_id=instance.id))
+    store.session.add(
+        FormResource(resource_type=head.resource_type, resource_id=head.resource_id, instance_id=instance.id)
+    )
     store.session.flush()
-    _audit(store, instance, "form.status", None, instance.status,
-           f"{reference} (version {version.version_id}) pushed through /fhir landed in log form {anchor.form.id}")
+    _audit(
+        store,
+        instance,
+        "form.status",
+        None,
+        instance.status,
+        f"{reference} (version {version.version_id}) pushed through /fhir landed in log form {anchor.form.id}",
+    )
     if instance.deviation:
         _audit(store, instance, "form.deviation", None, instance.deviation, f"{reference} pushed through /fhir")
     if after_landing is not None:
@@ -270,11 +335,19 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         instance.visit_date = the_date
         store.session.add(instance)
         store.session.flush()
-        _audit(store, instance, "form.visit_date", old.isoformat(), the_date.isoformat(),
-               f"{reference} changed through {FHIR_PREFIX}")
+        _audit(
+            store,
+            instance,
+            "form.visit_date",
+            old.isoformat(),
+            the_date.isoformat(),
+            f"{reference} changed through {FHIR_PREFIX}",
+        )
     deviation = deviation_of_landed(study, store.session, form, instance.patient_id, items, the_date)
     if deviation != instance.deviation:  # the cross-form checks again, on the EHR's new version
         old_deviation, instance.deviation = instance.deviation, deviation
         store.session.add(instance)
         store.session.flush()
-        _audit(store, instance, "form.deviation", old_deviation, deviation, f"{reference} changed through {FHIR_PREFIX}")
+        _audit(
+            store, instance, "form.deviation", old_deviation, deviation, f"{reference} changed through {FHIR_PREFIX}"
+        )

@@ -1,4 +1,5 @@
 """The randomisation gate: a form that assigns the arm is saved only for an eligible subject."""
+
 from ecrf.common.errors import Blocked
 from ecrf.responses import dumps
 from ecrf.services import Services

@@ -5,6 +5,7 @@ is locked the write is refused; when the form is verified or signed the write go
 same transaction, drops SDV and signature as an eCRF edit does, with an audit entry; otherwise the form's
 version (its ETag) moves. The form's own saves (the eCRF door) apply the lifecycle themselves and pass.
 """
+
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -24,20 +25,25 @@ SIGNED_OFF = frozenset({"verified", "signed"})
 
 
 def lifecycle_guard(study: StudyDef) -> WriteGuard:
-    def guard(store: ClinicalStore, resource_type: str, resource_id: str,
-              context: WriteContext) -> Callable[[], None] | None:
+    def guard(
+        store: ClinicalStore, resource_type: str, resource_id: str, context: WriteContext
+    ) -> Callable[[], None] | None:
         owner = store.session.get(FormResource, (resource_type, resource_id))
         if owner is None:
             return None
         instance = store.session.exec(
-            select(FormInstance).where(FormInstance.id == owner.instance_id).with_for_update()).one_or_none()
+            select(FormInstance).where(FormInstance.id == owner.instance_id).with_for_update()
+        ).one_or_none()
         if instance is None or _own_save(instance, context):
             return None
         reference = f"{resource_type}/{resource_id}"
         if instance.status == "locked":
-            raise FormLocked(f"{reference} is data of form {instance.form_id} at visit {instance.visit_id} of subject "
-                             f"{instance.subject_id}, which is locked: a data manager must unlock it first; "
-                             "nothing was written", location=reference)
+            raise FormLocked(
+                f"{reference} is data of form {instance.form_id} at visit {instance.visit_id} of subject "
+                f"{instance.subject_id}, which is locked: a data manager must unlock it first; "
+                "nothing was written",
+                location=reference,
+            )
         if instance.status not in SIGNED_OFF:
             return lambda: _new_version(store, instance)
         return lambda: _drop_sign_off(store, study, instance, reference, context)
@@ -57,8 +63,9 @@ def _new_version(store: ClinicalStore, instance: FormInstance) -> None:
     store.session.flush()
 
 
-def _drop_sign_off(store: ClinicalStore, study: StudyDef, instance: FormInstance, reference: str,
-                   context: WriteContext) -> None:
+def _drop_sign_off(
+    store: ClinicalStore, study: StudyDef, instance: FormInstance, reference: str, context: WriteContext
+) -> None:
     """After the new version is in place: SDV and signature no longer cover the form's data."""
     form = study.form(instance.form_id)
     zero = day_zero(store.session, study, instance.patient_id)

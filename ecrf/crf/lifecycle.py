@@ -5,6 +5,7 @@ withdrawn (entered in error). Every change of a form instance's state is made he
 signature (`changed`); the other steps are explicit acts of a role, each declared as an action of the access
 policy (ecrf/auth/policy.py).
 """
+
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -31,7 +32,7 @@ INSTANCE_RESOURCE = "FormInstance"  # what the audit trail names a form instance
 @dataclass(frozen=True)
 class Transition:
     name: str
-    source: str          # status the form must be in
+    source: str  # status the form must be in
     target: str
     needs_reason: bool = False
 
@@ -59,21 +60,58 @@ def status_after_edit(complete: bool) -> str:
     return "complete" if complete else "draft"
 
 
-def signed_content_hash(*, subject_id: str, form_id: str, visit_id: str, version: int, visit_date: str,
-                        items: dict[str, Any], meaning: str, name: str, at: datetime) -> str:
+def signed_content_hash(
+    *,
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    version: int,
+    visit_date: str,
+    items: dict[str, Any],
+    meaning: str,
+    name: str,
+    at: datetime,
+) -> str:
     """SHA-256 of what was signed: the form's values as stored, who signed, what it means, when."""
-    payload = {"subject": subject_id, "form": form_id, "visit": visit_id, "version": version,
-               "visit_date": visit_date, "items": items, "meaning": meaning, "name": name,
-               "at": at.isoformat(timespec="microseconds")}
+    payload = {
+        "subject": subject_id,
+        "form": form_id,
+        "visit": visit_id,
+        "version": version,
+        "visit_date": visit_date,
+        "items": items,
+        "meaning": meaning,
+        "name": name,
+        "at": at.isoformat(timespec="microseconds"),
+    }
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def record(store: ClinicalStore, instance: FormInstance, action: str, old: str | None, new: str | None,
-           reason: str | None, *, source: str = "form") -> None:
+def record(
+    store: ClinicalStore,
+    instance: FormInstance,
+    action: str,
+    old: str | None,
+    new: str | None,
+    reason: str | None,
+    *,
+    source: str = "form",
+) -> None:
     """An audit entry of the form instance (its status, date, deviation, a step of its lifecycle)."""
-    audit.append(store.session, store.actor, action, source=source, patient_id=instance.patient_id,
-                 form_id=instance.form_id, visit_id=instance.visit_id, old_value=old, new_value=new, reason=reason,
-                 resource=f"{INSTANCE_RESOURCE}/{instance.id}", resource_version=instance.version)
+    audit.append(
+        store.session,
+        store.actor,
+        action,
+        source=source,
+        patient_id=instance.patient_id,
+        form_id=instance.form_id,
+        visit_id=instance.visit_id,
+        old_value=old,
+        new_value=new,
+        reason=reason,
+        resource=f"{INSTANCE_RESOURCE}/{instance.id}",
+        resource_version=instance.version,
+    )
 
 
 def check_version(instance: FormInstance | None, if_match: int | None) -> None:
@@ -89,21 +127,46 @@ def refuse_edit(target: Target, instance: FormInstance | None, if_match: int | N
         raise Conflict(f"{target.what} is locked; a data manager must unlock it first")
 
 
-def saved(store: ClinicalStore, target: Target, instance: FormInstance | None, owned: dict[str, str], *,
-          complete: bool, visit_date: date, deviation: str | None, reason: str | None,
-          eligibility_basis: str | None) -> tuple[FormInstance, bool]:
+def saved(
+    store: ClinicalStore,
+    target: Target,
+    instance: FormInstance | None,
+    owned: dict[str, str],
+    *,
+    complete: bool,
+    visit_date: date,
+    deviation: str | None,
+    reason: str | None,
+    eligibility_basis: str | None,
+) -> tuple[FormInstance, bool]:
     """The form instance after a save of its data (created by the first): complete or draft, a new version,
     SDV and signature dropped, the date and deviation checked; (instance, created)."""
     now, actor = datetime.now(UTC), store.actor
     created = instance is None
     if created:
         instance = FormInstance(
-            id=target.instance_id, subject_id=target.subject.id, patient_id=target.subject.patient_id,
-            site=target.subject.site, form_id=target.form.id, visit_id=target.visit_key, entry_id=target.entry_id,
-            status="draft", version=0,
-            visit_date=visit_date, resources="{}", created_at=now, created_by=actor.sub, updated_at=now,
-            updated_by=actor.sub, updated_role=actor.role)
-    old_status, old_date, old_deviation = (None if created else instance.status), instance.visit_date, instance.deviation
+            id=target.instance_id,
+            subject_id=target.subject.id,
+            patient_id=target.subject.patient_id,
+            site=target.subject.site,
+            form_id=target.form.id,
+            visit_id=target.visit_key,
+            entry_id=target.entry_id,
+            status="draft",
+            version=0,
+            visit_date=visit_date,
+            resources="{}",
+            created_at=now,
+            created_by=actor.sub,
+            updated_at=now,
+            updated_by=actor.sub,
+            updated_role=actor.role,
+        )
+    old_status, old_date, old_deviation = (
+        (None if created else instance.status),
+        instance.visit_date,
+        instance.deviation,
+    )
     changed(instance, status_after_edit(complete), actor, now)
     instance.visit_date, instance.deviation = visit_date, deviation
     instance.resources = orjson.dumps(owned).decode()
@@ -123,8 +186,17 @@ def saved(store: ClinicalStore, target: Target, instance: FormInstance | None, o
     return instance, created
 
 
-def transition(store: ClinicalStore, study: StudyDef, target: Target, instance: FormInstance | None, name: str, *,
-               meaning: str | None, reason: str | None, if_match: int | None) -> FormInstance:
+def transition(
+    store: ClinicalStore,
+    study: StudyDef,
+    target: Target,
+    instance: FormInstance | None,
+    name: str,
+    *,
+    meaning: str | None,
+    reason: str | None,
+    if_match: int | None,
+) -> FormInstance:
     """verify / sign / lock / unlock one form instance, recorded in the audit trail."""
     step = TRANSITIONS[name]
     if instance is None:
@@ -135,15 +207,22 @@ def transition(store: ClinicalStore, study: StudyDef, target: Target, instance: 
     if name == "lock":
         unresolved, _ = unresolved_of_form(store.session, target.subject.id, target.form.id, target.visit_key)
         if unresolved:
-            raise Conflict(f"{target.what} has {unresolved} unresolved "
-                           f"quer{'y' if unresolved == 1 else 'ies'} (open or answered): close before locking")
+            raise Conflict(
+                f"{target.what} has {unresolved} unresolved "
+                f"quer{'y' if unresolved == 1 else 'ies'} (open or answered): close before locking"
+            )
     reason, meaning = (reason or "").strip() or None, (meaning or "").strip() or None
     problems = []
     if step.needs_reason and not reason:
         problems.append({"item": "reason", "rule": "reason_required", "message": f"{name} needs a reason"})
     if name == "sign" and not meaning:
-        problems.append({"item": "meaning", "rule": "required",
-                         "message": "a signature needs its meaning, e.g. 'I approve the data of this form'"})
+        problems.append(
+            {
+                "item": "meaning",
+                "rule": "required",
+                "message": "a signature needs its meaning, e.g. 'I approve the data of this form'",
+            }
+        )
     if problems:
         raise EditCheckFailed(problems, f"{name} refused")
     now, actor, old_status = datetime.now(UTC), store.actor, instance.status
@@ -154,12 +233,23 @@ def transition(store: ClinicalStore, study: StudyDef, target: Target, instance: 
         instance.verified_at, instance.verified_by = now, actor.sub
     elif name == "sign":
         values = describe(store, study, target, instance)["items"]
-        signed = {item_id: {"value": entry.get("exact", entry.get("value")), "unit": entry.get("unit")}
-                  for item_id, entry in values.items() if entry["source"] == "form" or target.entry_id}
+        signed = {
+            item_id: {"value": entry.get("exact", entry.get("value")), "unit": entry.get("unit")}
+            for item_id, entry in values.items()
+            if entry["source"] == "form" or target.entry_id
+        }
         instance.signed_at, instance.signed_by, instance.signature_meaning = now, actor.sub, meaning
         instance.signature_hash = signed_content_hash(
-            subject_id=target.subject.id, form_id=target.form.id, visit_id=target.visit_key, version=instance.version,
-            visit_date=instance.visit_date.isoformat(), items=signed, meaning=meaning, name=actor.sub, at=now)
+            subject_id=target.subject.id,
+            form_id=target.form.id,
+            visit_id=target.visit_key,
+            version=instance.version,
+            visit_date=instance.visit_date.isoformat(),
+            items=signed,
+            meaning=meaning,
+            name=actor.sub,
+            at=now,
+        )
     elif name == "lock":
         instance.locked_at, instance.locked_by = now, actor.sub
     elif name == "unlock":
@@ -171,8 +261,9 @@ def transition(store: ClinicalStore, study: StudyDef, target: Target, instance: 
     return instance
 
 
-def withdraw(store: ClinicalStore, target: Target, instance: FormInstance, *, reason: str | None,
-             if_match: int | None) -> FormInstance:
+def withdraw(
+    store: ClinicalStore, target: Target, instance: FormInstance, *, reason: str | None, if_match: int | None
+) -> FormInstance:
     """Mark an entry entered in error: never deleted; its FHIR resources are deleted in the store (their
     versions stay in the history), the entry keeps its id, its reason and its audit trail."""
     check_version(instance, if_match)
@@ -182,8 +273,10 @@ def withdraw(store: ClinicalStore, target: Target, instance: FormInstance, *, re
         raise Conflict(f"{target.what} is already withdrawn")
     reason = (reason or "").strip() or None
     if not reason:
-        raise EditCheckFailed([{"item": "reason", "rule": "reason_required",
-                                "message": "withdrawing an entry needs a reason"}], "withdrawal refused")
+        raise EditCheckFailed(
+            [{"item": "reason", "rule": "reason_required", "message": "withdrawing an entry needs a reason"}],
+            "withdrawal refused",
+        )
     write(store, target, instance, None, reason)
     now, actor, old_status = datetime.now(UTC), store.actor, instance.status
     changed(instance, WITHDRAWN, actor, now)

@@ -1,4 +1,5 @@
 """Workflow state of form instances. Clinical values are never here: they live in the clinical store."""
+
 from datetime import date, datetime
 
 from sqlalchemy import Column, Index, Text, UniqueConstraint
@@ -23,8 +24,12 @@ class FormInstance(SQLModel, table=True):
     site: str | None = Field(default=None, max_length=32)
     form_id: str = Field(max_length=64)
     visit_id: str = Field(max_length=64)  # LOG for an entry of a log form
-    entry_id: str = Field(default="", max_length=32, sa_column_kwargs={"server_default": ""})  # '' = the visit's own form
-    source: str = Field(default="form", max_length=16, sa_column_kwargs={"server_default": "form"})  # or fhir: an EHR's push
+    entry_id: str = Field(
+        default="", max_length=32, sa_column_kwargs={"server_default": ""}
+    )  # '' = the visit's own form
+    source: str = Field(
+        default="form", max_length=16, sa_column_kwargs={"server_default": "form"}
+    )  # or fhir: an EHR's push
     status: str = Field(max_length=16)
     version: int
     visit_date: date

@@ -6,6 +6,7 @@ Withdrawing the entry (entered in error) undoes it: on-study again once randomis
 eligibility gives. A deceasedDateTime the EHR sent that differs from the form's death date is left as
 sent (a conflict the endpoints report), never overwritten.
 """
+
 from collections.abc import Callable
 from typing import Any
 
@@ -39,9 +40,13 @@ def participation_hook(study: StudyDef) -> Callable[[ClinicalStore, set[str]], N
 def _follow(store: ClinicalStore, study: StudyDef, form: FormDef, patient_ids: set[str]) -> None:
     if not patient_ids:
         return
-    instances = store.session.exec(select(FormInstance).where(
-        FormInstance.form_id == form.id, FormInstance.entry_id != "",
-        FormInstance.patient_id.in_(sorted(patient_ids)))).all()
+    instances = store.session.exec(
+        select(FormInstance).where(
+            FormInstance.form_id == form.id,
+            FormInstance.entry_id != "",
+            FormInstance.patient_id.in_(sorted(patient_ids)),
+        )
+    ).all()
     by_subject: dict[str, list[FormInstance]] = {}
     for instance in instances:
         by_subject.setdefault(instance.subject_id, []).append(instance)
@@ -67,8 +72,9 @@ def _apply(store: ClinicalStore, study: StudyDef, form: FormDef, subject_id: str
     subject = _content(store, "ResearchSubject", subject_id)
     if subject is None:
         return
-    randomised = store.session.exec(select(RandomisationAllocation.subject_id).where(
-        RandomisationAllocation.subject_id == subject_id)).first() is not None or bool(subject.get("assignedArm"))
+    randomised = store.session.exec(
+        select(RandomisationAllocation.subject_id).where(RandomisationAllocation.subject_id == subject_id)
+    ).first() is not None or bool(subject.get("assignedArm"))
     wanted = dict(subject)
     death = None
     if live is not None:
@@ -87,14 +93,21 @@ def _apply(store: ClinicalStore, study: StudyDef, form: FormDef, subject_id: str
         death = _day(items.get(ends.death_date_item)) if ends.death_date_item else None
     elif subject.get("status") in ENDED and (subject.get("period") or {}).get("end"):
         eligibility = store.session.get(EligibilityState, subject_id)
-        wanted["status"] = "on-study" if randomised else SUBJECT_STATUS.get(
-            eligibility.status if eligibility is not None else "", "candidate")
+        wanted["status"] = (
+            "on-study"
+            if randomised
+            else SUBJECT_STATUS.get(eligibility.status if eligibility is not None else "", "candidate")
+        )
         wanted["period"] = {k: v for k, v in subject["period"].items() if k != "end"}
     if not wanted.get("period"):
         wanted.pop("period", None)
     if wanted != subject:
-        store.update("ResearchSubject", subject_id, wanted,
-                     WriteContext(source="system", reason=f"{form.id}: status {wanted.get('status')}"))
+        store.update(
+            "ResearchSubject",
+            subject_id,
+            wanted,
+            WriteContext(source="system", reason=f"{form.id}: status {wanted.get('status')}"),
+        )
     if death and live is not None:
         _record_death(store, live.patient_id, death, form)
 

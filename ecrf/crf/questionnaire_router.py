@@ -1,5 +1,6 @@
 """GET /fhir/Questionnaire/{form_id}: a form definition as an SDC-style FHIR R4 Questionnaire (read by its FHIR
 id, the form id with `-` for `_`, or by the form id itself)."""
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from ecrf.auth.actor import Actor

@@ -1,4 +1,5 @@
 """/api/v1 form definitions, form entry per subject and visit, and the form lifecycle."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
@@ -51,8 +52,9 @@ def read_form_definition(form_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get(INSTANCE)
-def read_form(subject_id: str, form_id: str, visit_id: str, request: Request,
-              actor: Actor = Depends(requires("form.read"))) -> JSONBody:
+def read_form(
+    subject_id: str, form_id: str, visit_id: str, request: Request, actor: Actor = Depends(requires("form.read"))
+) -> JSONBody:
     """The form at a visit: values entered here (source form) and values that arrived through FHIR
     in the visit's window (source fhir), status, version (ETag) and who/when. Visit `UNS`: the form's
     unscheduled EHR results (outside every window), by date, read only."""
@@ -68,8 +70,15 @@ def read_form(subject_id: str, form_id: str, visit_id: str, request: Request,
 
 
 @router.put(INSTANCE)
-def save_form(subject_id: str, form_id: str, visit_id: str, body: FormEntry, request: Request,
-              if_match: str | None = Header(None), actor: Actor = Depends(requires("form.write"))) -> JSONBody:
+def save_form(
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    body: FormEntry,
+    request: Request,
+    if_match: str | None = Header(None),
+    actor: Actor = Depends(requires("form.write")),
+) -> JSONBody:
     """Enter or change the form (its complete content). Hard edit checks refuse with 422 listing every
     failing item; soft checks are returned as `warnings`. A stale If-Match is 412; a locked form 409."""
     runtime = request.app.state.runtime
@@ -77,17 +86,44 @@ def save_form(subject_id: str, form_id: str, visit_id: str, body: FormEntry, req
         if unscheduled.is_unscheduled(runtime.study, visit_id):
             resolve(store, runtime.study, subject_id)  # another site's subject stays a 404
             raise unscheduled.refuse_entry(form_id)
-        result = service.save_form(runtime, store, subject_id, form_id, visit_id, items=body.items,
-                                   visit_date=body.visit_date, reason=body.reason, if_match=if_match_of(if_match))
+        result = service.save_form(
+            runtime,
+            store,
+            subject_id,
+            form_id,
+            visit_id,
+            items=body.items,
+            visit_date=body.visit_date,
+            reason=body.reason,
+            if_match=if_match_of(if_match),
+        )
     return respond_view(shown_view(request, actor, "form.write", result.view), 201 if result.created else 200)
 
 
-def _transition(request: Request, actor: Actor, subject_id: str, form_id: str, visit_id: str, name: str,
-                if_match: str | None, meaning: str | None = None, reason: str | None = None) -> JSONBody:
+def _transition(
+    request: Request,
+    actor: Actor,
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    name: str,
+    if_match: str | None,
+    meaning: str | None = None,
+    reason: str | None = None,
+) -> JSONBody:
     runtime = request.app.state.runtime
     with writing(runtime, actor) as store:
-        view = service.transition(store, runtime.study, subject_id, form_id, visit_id, name, meaning=meaning,
-                                  reason=reason, if_match=if_match_of(if_match))
+        view = service.transition(
+            store,
+            runtime.study,
+            subject_id,
+            form_id,
+            visit_id,
+            name,
+            meaning=meaning,
+            reason=reason,
+            if_match=if_match_of(if_match),
+        )
     return respond_view(shown_view(request, actor, f"form.{name}", view))
 
 
@@ -102,29 +138,57 @@ def shown_view(request: Request, actor: Actor, interaction: str, view: dict[str,
 
 
 @router.post(INSTANCE + "/verify")
-def verify(subject_id: str, form_id: str, visit_id: str, request: Request, body: Reason | None = None,
-           if_match: str | None = Header(None), actor: Actor = Depends(requires("form.verify"))) -> JSONBody:
+def verify(
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    request: Request,
+    body: Reason | None = None,
+    if_match: str | None = Header(None),
+    actor: Actor = Depends(requires("form.verify")),
+) -> JSONBody:
     """Source data verification by a monitor: complete -> verified."""
     return _transition(request, actor, subject_id, form_id, visit_id, "verify", if_match, reason=body and body.reason)
 
 
 @router.post(INSTANCE + "/sign")
-def sign(subject_id: str, form_id: str, visit_id: str, body: Signature, request: Request,
-         if_match: str | None = Header(None), actor: Actor = Depends(requires("form.sign"))) -> JSONBody:
+def sign(
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    body: Signature,
+    request: Request,
+    if_match: str | None = Header(None),
+    actor: Actor = Depends(requires("form.sign")),
+) -> JSONBody:
     """An investigator's e-signature: verified -> signed, with meaning, name (token sub), UTC time and
     the SHA-256 of the signed content."""
     return _transition(request, actor, subject_id, form_id, visit_id, "sign", if_match, meaning=body.meaning)
 
 
 @router.post(INSTANCE + "/lock")
-def lock(subject_id: str, form_id: str, visit_id: str, request: Request, body: Reason | None = None,
-         if_match: str | None = Header(None), actor: Actor = Depends(requires("form.lock"))) -> JSONBody:
+def lock(
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    request: Request,
+    body: Reason | None = None,
+    if_match: str | None = Header(None),
+    actor: Actor = Depends(requires("form.lock")),
+) -> JSONBody:
     """A data manager locks a signed form: no edits until unlocked."""
     return _transition(request, actor, subject_id, form_id, visit_id, "lock", if_match, reason=body and body.reason)
 
 
 @router.post(INSTANCE + "/unlock")
-def unlock(subject_id: str, form_id: str, visit_id: str, body: Reason, request: Request,
-           if_match: str | None = Header(None), actor: Actor = Depends(requires("form.lock"))) -> JSONBody:
+def unlock(
+    subject_id: str,
+    form_id: str,
+    visit_id: str,
+    body: Reason,
+    request: Request,
+    if_match: str | None = Header(None),
+    actor: Actor = Depends(requires("form.lock")),
+) -> JSONBody:
     """A data manager unlocks a form (reason required): locked -> signed."""
     return _transition(request, actor, subject_id, form_id, visit_id, "unlock", if_match, reason=body.reason)

@@ -1,5 +1,6 @@
 """The visit schedule relative to day 0 (the surgery date): windows, placement of dated values,
 visit-date checks and derived visit status (never stored)."""
+
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -23,17 +24,26 @@ class Window:
 
 
 def window(visit: VisitDef, day_zero: date) -> Window:
-    return Window(day_zero + timedelta(days=visit.window_start), day_zero + timedelta(days=visit.target_day),
-                  day_zero + timedelta(days=visit.window_end))
+    return Window(
+        day_zero + timedelta(days=visit.window_start),
+        day_zero + timedelta(days=visit.target_day),
+        day_zero + timedelta(days=visit.window_end),
+    )
 
 
 def day_zero(session: Session, study: StudyDef, patient_id: str) -> date | None:
     """Day 0 from the item facts (any door); with several values the latest recorded one wins."""
     if not study.day_zero_item:
         return None
-    facts = session.exec(select(ItemFact).where(
-        ItemFact.patient_id == patient_id, ItemFact.item_id == study.day_zero_item, ItemFact.error.is_(None),
-    ).order_by(ItemFact.pk.desc())).all()
+    facts = session.exec(
+        select(ItemFact)
+        .where(
+            ItemFact.patient_id == patient_id,
+            ItemFact.item_id == study.day_zero_item,
+            ItemFact.error.is_(None),
+        )
+        .order_by(ItemFact.pk.desc())
+    ).all()
     for fact in facts:
         if fact.value_text and len(fact.value_text) >= 10:
             try:
@@ -55,8 +65,9 @@ def place(study: StudyDef, form: FormDef, zero: date | None, when: date | None) 
     return min(candidates, key=lambda visit: abs(visit.target_day - day)).id
 
 
-def check_visit_date(study: StudyDef, visit: VisitDef, visit_date: date,
-                     zero: date | None) -> tuple[list[Finding], list[Finding], str | None]:
+def check_visit_date(
+    study: StudyDef, visit: VisitDef, visit_date: date, zero: date | None
+) -> tuple[list[Finding], list[Finding], str | None]:
     """(errors, warnings, deviation): a future date is refused; outside the window is a deviation."""
     if visit_date > latest_allowed_date():
         return [Finding("visit_date", "future_date", f"visit date {visit_date} is in the future")], [], None
@@ -65,8 +76,10 @@ def check_visit_date(study: StudyDef, visit: VisitDef, visit_date: date,
     span = window(visit, zero)
     if span.start <= visit_date <= span.end:
         return [], [], None
-    deviation = (f"visit date {visit_date} is outside the {visit.id} window {span.start}…{span.end} "
-                 f"(day {(visit_date - zero).days} after surgery on {zero})")
+    deviation = (
+        f"visit date {visit_date} is outside the {visit.id} window {span.start}…{span.end} "
+        f"(day {(visit_date - zero).days} after surgery on {zero})"
+    )
     return [], [Finding("visit_date", "visit_window", f"protocol deviation: {deviation}")], deviation
 
 
@@ -92,13 +105,17 @@ def visit_schedule(study: StudyDef, zero: date | None, instances: Iterable, toda
         statuses = by_visit.get(visit.id, {})
         done = {form_id for form_id, status in statuses.items() if status in DONE_STATUSES}
         span = window(visit, zero) if zero else None
-        schedule.append({
-            "id": visit.id,
-            "label": visit.label,
-            "window_start": span.start.isoformat() if span else None,
-            "target_date": span.target.isoformat() if span else None,
-            "window_end": span.end.isoformat() if span else None,
-            "status": visit_status(study, visit, zero, done, today),
-            "forms": {form.id: statuses.get(form.id, "not_started") for form in study.forms if visit.id in form.visits},
-        })
+        schedule.append(
+            {
+                "id": visit.id,
+                "label": visit.label,
+                "window_start": span.start.isoformat() if span else None,
+                "target_date": span.target.isoformat() if span else None,
+                "window_end": span.end.isoformat() if span else None,
+                "status": visit_status(study, visit, zero, done, today),
+                "forms": {
+                    form.id: statuses.get(form.id, "not_started") for form in study.forms if visit.id in form.visits
+                },
+            }
+        )
     return schedule

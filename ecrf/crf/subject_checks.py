@@ -6,6 +6,7 @@ and `entry.date`. The eCRF door returns the findings with the save (hard: 422); 
 `deviation` flags the entry as a protocol deviation. The FHIR door is never refused by them: an entry that
 lands from an EHR push gets the deviation flag only (`deviation_of_landed`).
 """
+
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -17,7 +18,13 @@ from sqlmodel import Session, select
 from ecrf.crf.checks import Finding
 from ecrf.store.models import ItemFact
 from study_model.definitions import (
-    ENTRY_DATE, SUBJECT_PREFIX, FormDef, ItemDef, StudyDef, SubjectCheck, condition_items,
+    ENTRY_DATE,
+    SUBJECT_PREFIX,
+    FormDef,
+    ItemDef,
+    StudyDef,
+    SubjectCheck,
+    condition_items,
 )
 from study_model.derivation import violated
 
@@ -48,8 +55,7 @@ def _value(item: ItemDef, fact: ItemFact) -> Any:
     return text
 
 
-def subject_facts(study: StudyDef, session: Session, patient_id: str,
-                  names: set[str] | None = None) -> dict[str, Any]:
+def subject_facts(study: StudyDef, session: Session, patient_id: str, names: set[str] | None = None) -> dict[str, Any]:
     """`subject.<name>` -> the latest readable value of the fact's item for the patient (absent: no value);
     only the facts `names` (`subject.<name>`) when given."""
     found: dict[str, Any] = {}
@@ -57,9 +63,17 @@ def subject_facts(study: StudyDef, session: Session, patient_id: str,
         if names is not None and f"{SUBJECT_PREFIX}{name}" not in names:
             continue
         form, item = study.item(fact.item)
-        row = session.exec(select(ItemFact).where(
-            ItemFact.patient_id == patient_id, ItemFact.form_id == form.id, ItemFact.item_id == item.id,
-            ItemFact.error.is_(None), ItemFact.value_text.is_not(None)).order_by(ItemFact.pk.desc())).first()
+        row = session.exec(
+            select(ItemFact)
+            .where(
+                ItemFact.patient_id == patient_id,
+                ItemFact.form_id == form.id,
+                ItemFact.item_id == item.id,
+                ItemFact.error.is_(None),
+                ItemFact.value_text.is_not(None),
+            )
+            .order_by(ItemFact.pk.desc())
+        ).first()
         value = _value(item, row) if row is not None else None
         if value is not None:
             found[f"{SUBJECT_PREFIX}{name}"] = value
@@ -72,8 +86,9 @@ def _named(form: FormDef, check: SubjectCheck) -> str:
     return check.item
 
 
-def check_entry(study: StudyDef, session: Session, form: FormDef, patient_id: str, canonical: dict[str, Any],
-                entry_date: date) -> SubjectFindings:
+def check_entry(
+    study: StudyDef, session: Session, form: FormDef, patient_id: str, canonical: dict[str, Any], entry_date: date
+) -> SubjectFindings:
     """The findings of the cross-form checks of `form` for an entry of these canonical values and date."""
     result = SubjectFindings()
     checks = [check for check in study.subject_checks if check.applies_to(form.id)]
@@ -119,8 +134,10 @@ def canonical_of_view(form: FormDef, items: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def deviation_of_landed(study: StudyDef, session: Session, form: FormDef, patient_id: str, items: dict[str, Any],
-                        entry_date: date) -> str | None:
+def deviation_of_landed(
+    study: StudyDef, session: Session, form: FormDef, patient_id: str, items: dict[str, Any], entry_date: date
+) -> str | None:
     """The deviation of an entry that landed from an EHR push: never a refusal, hard findings included."""
-    return with_deviations(None, check_entry(study, session, form, patient_id, canonical_of_view(form, items),
-                                             entry_date))
+    return with_deviations(
+        None, check_entry(study, session, form, patient_id, canonical_of_view(form, items), entry_date)
+    )

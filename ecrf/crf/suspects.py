@@ -8,6 +8,7 @@ latest), and drops the contained Medication no entity references any more. Which
 comes from the form definitions: the `resource` items whose value coding is the suspect entity's medication
 (exposure.drug pd1 -> LOCAL#pd1-antibody), found through the item facts of the store (any door).
 """
+
 from datetime import date
 from typing import Any
 
@@ -28,13 +29,20 @@ def _drug_items(study: StudyDef, key: tuple[str, str]) -> list[tuple[FormDef, It
     return found
 
 
-def _exposure_of(study: StudyDef, session: Session, patient_id: str, key: tuple[str, str],
-                 on_or_before: date | None) -> str | None:
+def _exposure_of(
+    study: StudyDef, session: Session, patient_id: str, key: tuple[str, str], on_or_before: date | None
+) -> str | None:
     rows = []
     for form, item, value in _drug_items(study, key):
-        rows += session.exec(select(ItemFact).where(
-            ItemFact.patient_id == patient_id, ItemFact.form_id == form.id, ItemFact.item_id == item.id,
-            ItemFact.value_text == value, ItemFact.error.is_(None))).all()
+        rows += session.exec(
+            select(ItemFact).where(
+                ItemFact.patient_id == patient_id,
+                ItemFact.form_id == form.id,
+                ItemFact.item_id == item.id,
+                ItemFact.value_text == value,
+                ItemFact.error.is_(None),
+            )
+        ).all()
     if not rows:
         return None
     rows.sort(key=lambda fact: (fact.effective_date or date.min, fact.pk or 0))
@@ -43,8 +51,14 @@ def _exposure_of(study: StudyDef, session: Session, patient_id: str, key: tuple[
     return f"{chosen.resource_type}/{chosen.resource_id}"
 
 
-def link_suspects(study: StudyDef, session: Session, form: FormDef, patient_id: str,
-                  resources: list[tuple[str, dict[str, Any]]], entry_date: date | None) -> None:
+def link_suspects(
+    study: StudyDef,
+    session: Session,
+    form: FormDef,
+    patient_id: str,
+    resources: list[tuple[str, dict[str, Any]]],
+    entry_date: date | None,
+) -> None:
     """Point the suspect entities of the entry's resources at the subject's exposure resources (in place)."""
     suspects = [item for item in form.items if item.fhir.kind == "suspect_entity"]
     if not suspects:

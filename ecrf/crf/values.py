@@ -1,6 +1,7 @@
 """What a form instance shows: item facts written by the instance (source form) and facts that
 arrived through FHIR for the subject and fall in the visit's window (source fhir); EHR facts in none of
 the form's windows are its unscheduled results. Dates are the dates as sent, never converted to UTC."""
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -81,29 +82,40 @@ def _number_or_text(text: str) -> Any:
 def _facts(session: Session, patient_id: str, form_id: str) -> list[ShownFact]:
     rows = session.exec(
         select(ItemFact, ResourceVersion.source, ResourceVersion.author_sub)
-        .join(ResourceVersion, (ResourceVersion.resource_type == ItemFact.resource_type)
-              & (ResourceVersion.resource_id == ItemFact.resource_id)
-              & (ResourceVersion.version_id == func.coalesce(ItemFact.set_in_version, ItemFact.version_id)))
+        .join(
+            ResourceVersion,
+            (ResourceVersion.resource_type == ItemFact.resource_type)
+            & (ResourceVersion.resource_id == ItemFact.resource_id)
+            & (ResourceVersion.version_id == func.coalesce(ItemFact.set_in_version, ItemFact.version_id)),
+        )
         .where(ItemFact.patient_id == patient_id, ItemFact.form_id == form_id)
         .order_by(ItemFact.pk)
     ).all()
     return [ShownFact(fact, source, author) for fact, source, author in rows]
 
 
-def form_values(session: Session, study: StudyDef, form: FormDef, visit_id: str, patient_id: str,
-                instance: FormInstance | None, zero: date | None) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def form_values(
+    session: Session,
+    study: StudyDef,
+    form: FormDef,
+    visit_id: str,
+    patient_id: str,
+    instance: FormInstance | None,
+    zero: date | None,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """(items, alternatives): one value per item (this instance's own value first, else the latest
     placed FHIR value), plus every other value placed at this visit."""
     chosen: dict[str, list[ShownFact]] = {}
     entry = instance is not None and bool(instance.entry_id)
     for item, shown, placed in _placed(session, study, form, patient_id, instance, zero):
-        if (shown.own if entry else placed in (visit_id, EVERY_VISIT)):  # an entry shows only what it holds
+        if shown.own if entry else placed in (visit_id, EVERY_VISIT):  # an entry shows only what it holds
             chosen.setdefault(item.id, []).append(shown)
     return _pick(form, chosen)
 
 
-def unscheduled_values(session: Session, study: StudyDef, form: FormDef, patient_id: str,
-                       zero: date | None) -> list[dict[str, Any]]:
+def unscheduled_values(
+    session: Session, study: StudyDef, form: FormDef, patient_id: str, zero: date | None
+) -> list[dict[str, Any]]:
     """EHR results of the form that fall in none of its visit windows (or arrive before day 0 is known),
     grouped by the date they were sent with, oldest first (undated last): [{date, study_day, items,
     alternatives}], items and alternatives as in a form view."""
@@ -114,9 +126,14 @@ def unscheduled_values(session: Session, study: StudyDef, form: FormDef, patient
     results = []
     for day in sorted(by_date, key=lambda d: (d is None, d or date.min)):
         items, alternatives = _pick(form, by_date[day])
-        results.append({"date": day.isoformat() if day else None,
-                        "study_day": (day - zero).days if day and zero else None,
-                        "items": items, "alternatives": alternatives})
+        results.append(
+            {
+                "date": day.isoformat() if day else None,
+                "study_day": (day - zero).days if day and zero else None,
+                "items": items,
+                "alternatives": alternatives,
+            }
+        )
     return results
 
 
@@ -125,15 +142,17 @@ def fact_date(fact: ItemFact) -> date | None:
     return sent_date(fact.effective_date, fact.effective)
 
 
-def _placed(session: Session, study: StudyDef, form: FormDef, patient_id: str, instance: FormInstance | None,
-            zero: date | None) -> Iterator[tuple[ItemDef, ShownFact, str | None]]:
+def _placed(
+    session: Session, study: StudyDef, form: FormDef, patient_id: str, instance: FormInstance | None, zero: date | None
+) -> Iterator[tuple[ItemDef, ShownFact, str | None]]:
     """Every fact of the form with where it shows: the instance's own (source form) at its visit,
     subject-level ones at EVERY_VISIT, other EHR facts at the visit placed by their date (None: unscheduled).
     Facts written by another instance of the form belong to that instance and are left out."""
     mine = set(owned_resources(instance).values())
     others = set()
-    for other in session.exec(select(FormInstance).where(
-            FormInstance.patient_id == patient_id, FormInstance.form_id == form.id)).all():
+    for other in session.exec(
+        select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.form_id == form.id)
+    ).all():
         if instance is None or other.id != instance.id:
             others |= set(owned_resources(other).values())
     items = {item.id: item for item in form.items}
@@ -171,5 +190,9 @@ def _pick(form: FormDef, chosen: dict[str, list[ShownFact]]) -> tuple[dict[str, 
 
 def _newest_first(shown: ShownFact) -> tuple:
     fact, day = shown.fact, fact_date(shown.fact)
-    return (not shown.own, -(day.toordinal() if day else 0),
-            -(fact.effective.timestamp() if fact.effective else 0), -fact.pk)
+    return (
+        not shown.own,
+        -(day.toordinal() if day else 0),
+        -(fact.effective.timestamp() if fact.effective else 0),
+        -fact.pk,
+    )

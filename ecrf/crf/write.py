@@ -1,5 +1,6 @@
 """A form's data written: the resources its mapping gives, in one store call, and the index of which form
 instance owns which resource (form_resource), kept in step with the instance's `resources`."""
+
 from ecrf.crf.locate import Target
 from ecrf.crf.models import FormInstance, FormResource
 from ecrf.crf.values import owned_resources
@@ -7,16 +8,28 @@ from ecrf.store.service import ClinicalStore, WriteContext
 from fhir_mappings.mapping import FormResources
 
 
-def write(store: ClinicalStore, target: Target, instance: FormInstance | None, mapped: FormResources | None,
-          reason: str | None) -> dict[str, str]:
+def write(
+    store: ClinicalStore,
+    target: Target,
+    instance: FormInstance | None,
+    mapped: FormResources | None,
+    reason: str | None,
+) -> dict[str, str]:
     """Write the mapped resources as the target's (None: none, its resources deleted, a withdrawal) and
     index them; returns {slot: "Type/id"}, what the instance owns now."""
     context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
     previous = owned_resources(instance)
-    patches = [] if mapped is None else [("Patient", target.subject.patient_id, mapped.patient_patch),
-                                         ("ResearchSubject", target.subject.id, mapped.research_subject_patch)]
-    owned = store.write_owned([] if mapped is None else mapped.resources, previous, target.resource_id, patches,
-                              context)
+    patches = (
+        []
+        if mapped is None
+        else [
+            ("Patient", target.subject.patient_id, mapped.patient_patch),
+            ("ResearchSubject", target.subject.id, mapped.research_subject_patch),
+        ]
+    )
+    owned = store.write_owned(
+        [] if mapped is None else mapped.resources, previous, target.resource_id, patches, context
+    )
     _index_owned(store, instance.id if instance is not None else target.instance_id, previous, owned)
     return owned
 

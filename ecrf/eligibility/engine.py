@@ -2,6 +2,7 @@
 
 Nothing here knows the study: items, thresholds, windows and formulas all come from the StudyDef.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,8 +39,13 @@ class CriterionResult:
         return self.result != good
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "result": self.result, "evidence": self.evidence,
-                "reason": self.reason}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "result": self.result,
+            "evidence": self.evidence,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -56,19 +62,26 @@ class Result:
 
     @property
     def blocking(self) -> list[dict[str, Any]]:
-        return [{"id": c.id, "kind": c.kind, "result": c.result, "reason": c.reason}
-                for c in self.criteria if c.blocking]
+        return [
+            {"id": c.id, "kind": c.kind, "result": c.result, "reason": c.reason} for c in self.criteria if c.blocking
+        ]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "evaluated_at": self.evaluated_at.isoformat(),
-                "reference_date": self.reference_date.isoformat(), "randomised": self.randomised,
-                "criteria": [c.as_dict() for c in self.criteria], "missing": self.missing}
+        return {
+            "status": self.status,
+            "evaluated_at": self.evaluated_at.isoformat(),
+            "reference_date": self.reference_date.isoformat(),
+            "randomised": self.randomised,
+            "criteria": [c.as_dict() for c in self.criteria],
+            "missing": self.missing,
+        }
 
 
 def overall(criteria: list[CriterionResult]) -> str:
     """CRF-SPEC 4: any failed inclusion or applying exclusion -> ineligible; all settled -> eligible."""
-    if any((c.kind == "inclusion" and c.result == NOT_MET) or (c.kind == "exclusion" and c.result == MET)
-           for c in criteria):
+    if any(
+        (c.kind == "inclusion" and c.result == NOT_MET) or (c.kind == "exclusion" and c.result == MET) for c in criteria
+    ):
         return INELIGIBLE
     if all(not c.blocking for c in criteria):
         return ELIGIBLE
@@ -92,8 +105,12 @@ def evaluation_day(patient: PatientData, now: datetime, today: date | None = Non
     when not given), or the latest date the patient's own values already carry if later: values keep the dates
     they were sent with (never a date that has not begun somewhere on Earth)."""
     today, latest = today or now.astimezone(UTC).date(), latest_allowed_date(now)
-    carried = [value.day for values in patient.values.values() for value in values
-               if value.day is not None and today < value.day <= latest]
+    carried = [
+        value.day
+        for values in patient.values.values()
+        for value in values
+        if value.day is not None and today < value.day <= latest
+    ]
     return max(carried, default=today)
 
 
@@ -107,8 +124,14 @@ class Evaluation:
     def criterion(self, criterion_id: str, kind: str, description: str, rule: dict[str, Any]) -> CriterionResult:
         finding = self.rule(rule)
         reason = "; ".join(_unique(finding.reasons)) or description
-        return CriterionResult(criterion_id, kind, finding.outcome, reason, _unique_evidence(finding.evidence),
-                               _unique_missing(finding.missing) if finding.outcome == UNKNOWN else [])
+        return CriterionResult(
+            criterion_id,
+            kind,
+            finding.outcome,
+            reason,
+            _unique_evidence(finding.evidence),
+            _unique_missing(finding.missing) if finding.outcome == UNKNOWN else [],
+        )
 
     def derived(self, name: str) -> Derived:
         if name not in self._derived:
@@ -139,34 +162,56 @@ class Evaluation:
         condition = self.rule(node["if"])
         if condition.outcome != UNKNOWN:
             branch = self.rule(node["then"] if condition.outcome == MET else node["else"])
-            return Finding(branch.outcome, condition.reasons + branch.reasons, condition.evidence + branch.evidence,
-                           branch.missing)
+            return Finding(
+                branch.outcome, condition.reasons + branch.reasons, condition.evidence + branch.evidence, branch.missing
+            )
         then, otherwise = self.rule(node["then"]), self.rule(node["else"])
         evidence_all = condition.evidence + then.evidence + otherwise.evidence
         if then.outcome == otherwise.outcome != UNKNOWN:
             return Finding(then.outcome, then.reasons + otherwise.reasons, evidence_all)
-        return Finding(UNKNOWN, condition.reasons + then.reasons + otherwise.reasons, evidence_all,
-                       condition.missing + then.missing + otherwise.missing)
+        return Finding(
+            UNKNOWN,
+            condition.reasons + then.reasons + otherwise.reasons,
+            evidence_all,
+            condition.missing + then.missing + otherwise.missing,
+        )
 
     def _all_available(self, node: dict[str, Any]) -> Finding:
         findings = [self.rule(child) for child in node["all_available"]]
         available = [f for f in findings if f.outcome != UNKNOWN]
         if len(available) < node.get("min_available", 1):
-            return Finding(UNKNOWN, [r for f in findings for r in f.reasons], [e for f in findings for e in f.evidence],
-                           [m for f in findings for m in f.missing])
+            return Finding(
+                UNKNOWN,
+                [r for f in findings for r in f.reasons],
+                [e for f in findings for e in f.evidence],
+                [m for f in findings for m in f.missing],
+            )
         return all_of(available)
 
     def _condition(self, spec: dict[str, Any]) -> Finding:
         systems = {_resolve_system_alias(self.study, system) for system in spec["systems"]}
         prefixes = tuple(spec["code_prefixes"])
-        matches = [(condition, system, code) for condition in self.patient.conditions
-                   for system, code in condition.codings if system in systems and code.startswith(prefixes)]
+        matches = [
+            (condition, system, code)
+            for condition in self.patient.conditions
+            for system, code in condition.codings
+            if system in systems and code.startswith(prefixes)
+        ]
         if not matches:
             return Finding(NOT_MET, [f"no Condition coded {' / '.join(prefixes)}"])
-        return Finding(MET, [f"Condition {code} ({condition.reference})" for condition, _, code in matches], [
-            {"reference": condition.reference, "version": condition.version_id, "code": f"{system}|{code}",
-             **({"date": condition.day.isoformat()} if condition.day else {})}
-            for condition, system, code in matches])
+        return Finding(
+            MET,
+            [f"Condition {code} ({condition.reference})" for condition, _, code in matches],
+            [
+                {
+                    "reference": condition.reference,
+                    "version": condition.version_id,
+                    "code": f"{system}|{code}",
+                    **({"date": condition.day.isoformat()} if condition.day else {}),
+                }
+                for condition, system, code in matches
+            ],
+        )
 
     # -- comparison leaves ---------------------------------------------------------------------
 
@@ -186,8 +231,11 @@ class Evaluation:
         findings = []
         for value in chosen:
             outcome, relation = self._test(node, value.value, value)
-            findings.append(Finding(outcome, [_join(describe(value), relation)],
-                                    [evidence(value, **self._uln_evidence(node, value))]))
+            findings.append(
+                Finding(
+                    outcome, [_join(describe(value), relation)], [evidence(value, **self._uln_evidence(node, value))]
+                )
+            )
         return any_of(findings) if len(findings) > 1 else findings[0]
 
     def _absent(self, node: dict[str, Any], item_id: str, selection: Any) -> Finding:
@@ -211,7 +259,8 @@ class Evaluation:
                 holds = compare(_decimal(value), op, threshold)
                 shown = f"{number_text(multiple)} x ULN {number_text(uln)} = {number_text(threshold)}"
                 return _outcome(holds), f"{op if holds else NEGATED[op]} {shown}" + (
-                    " (ULN defaulted)" if defaulted else "")
+                    " (ULN defaulted)" if defaulted else ""
+                )
             threshold = to_decimal(node["value"])
             holds = compare(_decimal(value), op, threshold)
             return _outcome(holds), f"{op if holds else NEGATED[op]} {number_text(threshold)}"

@@ -1,4 +1,5 @@
 """Value expressions of `derived:` (age, scores, formulas): exact Decimal arithmetic; unknown in, unknown out."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -114,12 +115,19 @@ def _first_available(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
             continue
         chosen = Derived(found.value, found.unit, found.text, list(found.evidence))
         if node.get("report_conflict"):
-            for other_node in options[index + 1:]:
+            for other_node in options[index + 1 :]:
                 other = evaluate(evaluation, other_node)
                 if other.known and str(other.value) != str(found.value):
-                    chosen.text = "; ".join(filter(None, [
-                        chosen.text, f"conflict: {_label(other_node, other)} disagrees; "
-                                     f"{number_text(found.value)} (the first available) is used"]))
+                    chosen.text = "; ".join(
+                        filter(
+                            None,
+                            [
+                                chosen.text,
+                                f"conflict: {_label(other_node, other)} disagrees; "
+                                f"{number_text(found.value)} (the first available) is used",
+                            ],
+                        )
+                    )
                     chosen.evidence += other.evidence
         return chosen
     return _merge(tried)
@@ -148,8 +156,7 @@ def _map(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
         return source
     table = {str(key): value for key, value in node["values"].items()}
     result = table.get(str(source.value))
-    return Derived(result, None, f"{source.text} → {result if result is not None else 'not mapped'}",
-                   source.evidence)
+    return Derived(result, None, f"{source.text} → {result if result is not None else 'not mapped'}", source.evidence)
 
 
 def _choose(evaluation: Evaluation, node: dict[str, Any]) -> Derived:
@@ -176,7 +183,9 @@ def _chosen(chosen: Derived, reasons: list[str], seen: list[dict[str, Any]]) -> 
 
 def _merge(parts: list[Derived]) -> Derived:
     return Derived(
-        None, None, "; ".join(part.text for part in parts if part.text),
+        None,
+        None,
+        "; ".join(part.text for part in parts if part.text),
         [entry for part in parts for entry in part.evidence],
         [entry for part in parts if not part.known for entry in part.missing],
     )
@@ -196,9 +205,16 @@ def compare(number: Decimal, op: str, threshold: Decimal) -> bool:
 
 # One evaluator for each kind of value expression the rule language declares (EXPRESSION_KEYS).
 _HANDLERS = {
-    "item": _item, "latest": _item, "derived": _derived, "anchor": _anchor, "const": _const,
+    "item": _item,
+    "latest": _item,
+    "derived": _derived,
+    "anchor": _anchor,
+    "const": _const,
     **dict.fromkeys(ARITHMETIC, _arithmetic),
-    "age_in_years": _age, "first_available": _first_available, "bands": _bands, "map": _map,
+    "age_in_years": _age,
+    "first_available": _first_available,
+    "bands": _bands,
+    "map": _map,
     "choose": _choose,
 }
 if set(_HANDLERS) != set(EXPRESSION_KEYS):  # a kind added to the language must be given its evaluator here

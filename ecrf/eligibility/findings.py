@@ -1,4 +1,5 @@
 """Three-valued (Kleene) findings: an outcome with the reasons, evidence and missing data behind it."""
+
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -25,8 +26,11 @@ def any_of(findings: list[Finding]) -> Finding:
 
 
 def _combine(findings: list[Finding], *, decisive: str, otherwise: str) -> Finding:
-    outcome = decisive if any(f.outcome == decisive for f in findings) else (
-        UNKNOWN if any(f.outcome == UNKNOWN for f in findings) else otherwise)
+    outcome = (
+        decisive
+        if any(f.outcome == decisive for f in findings)
+        else (UNKNOWN if any(f.outcome == UNKNOWN for f in findings) else otherwise)
+    )
     chosen = [f for f in findings if f.outcome == outcome]
     return Finding(
         outcome,

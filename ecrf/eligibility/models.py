@@ -1,4 +1,5 @@
 """Persisted eligibility per subject: the latest result of every write, and the frozen one once randomised."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text

@@ -4,6 +4,7 @@ Values are exact: the canonical text of each item fact is parsed back into Decim
 date. A fact that carries an error (unit not convertible, unreadable value) is kept apart and is never
 evidence.
 """
+
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,10 +22,23 @@ from study_model.definitions import StudyDef
 from fhir_mappings.fhir_constants import VOID_STATUSES
 
 CHUNK = 500
-FACT_COLUMNS = (ItemFact.pk, ItemFact.patient_id, ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id,
-                ItemFact.form_id, ItemFact.item_id, ItemFact.value_text, ItemFact.unit, ItemFact.uln,
-                ItemFact.effective, ItemFact.effective_date, ItemFact.error, ItemFact.original_value,
-                ItemFact.original_unit)
+FACT_COLUMNS = (
+    ItemFact.pk,
+    ItemFact.patient_id,
+    ItemFact.resource_type,
+    ItemFact.resource_id,
+    ItemFact.version_id,
+    ItemFact.form_id,
+    ItemFact.item_id,
+    ItemFact.value_text,
+    ItemFact.unit,
+    ItemFact.uln,
+    ItemFact.effective,
+    ItemFact.effective_date,
+    ItemFact.error,
+    ItemFact.original_value,
+    ItemFact.original_unit,
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,13 @@ class PatientData:
         return bool(self.answered.get(form_id, set()) - {item_id}) and not self.of(item_id)
 
 
-def load(session: Session, study: StudyDef, patient_ids: Iterable[str], items: Iterable[str] | None = None,
-         conditions: bool = True) -> dict[str, PatientData]:
+def load(
+    session: Session,
+    study: StudyDef,
+    patient_ids: Iterable[str],
+    items: Iterable[str] | None = None,
+    conditions: bool = True,
+) -> dict[str, PatientData]:
     """The patients' facts: every item's, or only those of `items`; their Conditions unless `conditions` is False."""
     ids = sorted(set(patient_ids))
     data = {patient_id: PatientData(patient_id) for patient_id in ids}
@@ -106,7 +125,7 @@ def load(session: Session, study: StudyDef, patient_ids: Iterable[str], items: I
 
 def _chunks(ids: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(ids), CHUNK):
-        yield ids[start:start + CHUNK]
+        yield ids[start : start + CHUNK]
 
 
 _ITEM_MAPS: dict[int, tuple[dict[str, str], dict[str, str]]] = {}
@@ -117,54 +136,92 @@ def _item_maps(study: StudyDef) -> tuple[dict[str, str], dict[str, str]]:
     if id(study) not in _ITEM_MAPS:
         _ITEM_MAPS[id(study)] = (
             {item.id: item.type for form in study.forms for item in form.items},
-            {item.fhir.of: item.id for form in study.forms for item in form.items
-             if item.fhir.kind == "reference_range_high"})
+            {
+                item.fhir.of: item.id
+                for form in study.forms
+                for item in form.items
+                if item.fhir.kind == "reference_range_high"
+            },
+        )
     return _ITEM_MAPS[id(study)]
 
 
 def _add_facts(study: StudyDef, data: dict[str, PatientData], facts: Iterable[Any]) -> None:
     types, uln_items = _item_maps(study)
     facts = list(facts)
-    exact_uln = {(f.resource_type, f.resource_id, f.version_id, f.item_id): f.value_text
-                 for f in facts if f.item_id in uln_items.values() and not f.error and f.value_text}
+    exact_uln = {
+        (f.resource_type, f.resource_id, f.version_id, f.item_id): f.value_text
+        for f in facts
+        if f.item_id in uln_items.values() and not f.error and f.value_text
+    }
     for fact in facts:
         patient = data[fact.patient_id]
         moment = _utc(fact.effective)
         day = sent_date(fact.effective_date, moment)
         if fact.error or fact.value_text is None or fact.item_id not in types:
-            patient.unusable[fact.item_id].append(Unusable(
-                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", day, fact.error or "no value"))
+            patient.unusable[fact.item_id].append(
+                Unusable(fact.item_id, f"{fact.resource_type}/{fact.resource_id}", day, fact.error or "no value")
+            )
             continue
         value = _parse(types[fact.item_id], fact.value_text)
         if value is None:
-            patient.unusable[fact.item_id].append(Unusable(
-                fact.item_id, f"{fact.resource_type}/{fact.resource_id}", day, f"unreadable value {fact.value_text!r}"))
+            patient.unusable[fact.item_id].append(
+                Unusable(
+                    fact.item_id,
+                    f"{fact.resource_type}/{fact.resource_id}",
+                    day,
+                    f"unreadable value {fact.value_text!r}",
+                )
+            )
             continue
-        uln_text = exact_uln.get((fact.resource_type, fact.resource_id, fact.version_id,
-                                  uln_items.get(fact.item_id, "")))
-        patient.values[fact.item_id].append(Value(
-            item=fact.item_id, form=fact.form_id, value=value, unit=fact.unit, day=day, moment=moment,
-            uln=Decimal(uln_text) if uln_text else _float_decimal(fact.uln),
-            resource_type=fact.resource_type, resource_id=fact.resource_id, version_id=fact.version_id,
-            order=fact.pk or 0, original=fact.original_value, original_unit=fact.original_unit))
+        uln_text = exact_uln.get(
+            (fact.resource_type, fact.resource_id, fact.version_id, uln_items.get(fact.item_id, ""))
+        )
+        patient.values[fact.item_id].append(
+            Value(
+                item=fact.item_id,
+                form=fact.form_id,
+                value=value,
+                unit=fact.unit,
+                day=day,
+                moment=moment,
+                uln=Decimal(uln_text) if uln_text else _float_decimal(fact.uln),
+                resource_type=fact.resource_type,
+                resource_id=fact.resource_id,
+                version_id=fact.version_id,
+                order=fact.pk or 0,
+                original=fact.original_value,
+                original_unit=fact.original_unit,
+            )
+        )
         if fact.resource_type == "Observation":
             patient.answered[fact.form_id].add(fact.item_id)
 
 
 def _add_conditions(session: Session, data: dict[str, PatientData], chunk: list[str]) -> None:
-    rows = session.exec(select(ResourceHead.patient_id, ResourceVersion.resource_id, ResourceVersion.version_id,
-                               ResourceVersion.content)
-                        .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-                        .where(ResourceHead.resource_type == "Condition", ResourceHead.deleted == False,  # noqa: E712
-                               ResourceHead.patient_id.in_(chunk))).all()
+    rows = session.exec(
+        select(
+            ResourceHead.patient_id, ResourceVersion.resource_id, ResourceVersion.version_id, ResourceVersion.content
+        )
+        .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
+        .where(
+            ResourceHead.resource_type == "Condition",
+            ResourceHead.deleted == False,  # noqa: E712
+            ResourceHead.patient_id.in_(chunk),
+        )
+    ).all()
     for patient_id, resource_id, version_id, content in rows:
         resource = orjson.loads(content)
         if _is_void(resource):
             continue
-        codings = tuple((c.get("system") or "", c.get("code") or "")
-                        for c in (resource.get("code") or {}).get("coding") or [])
-        onset = resource.get("onsetDateTime") or (resource.get("onsetPeriod") or {}).get("start") \
+        codings = tuple(
+            (c.get("system") or "", c.get("code") or "") for c in (resource.get("code") or {}).get("coding") or []
+        )
+        onset = (
+            resource.get("onsetDateTime")
+            or (resource.get("onsetPeriod") or {}).get("start")
             or resource.get("recordedDate")
+        )
         day = _date(onset)
         data[patient_id].conditions.append(CodedCondition(f"Condition/{resource_id}", version_id, codings, day))
 
@@ -201,5 +258,3 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-

@@ -1,4 +1,5 @@
 """/api/v1 eligibility: one subject's criteria, and the study's screening log."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,8 +18,9 @@ router = APIRouter(tags=["eligibility"])
 
 
 @router.get("/subjects/{subject_id}/eligibility")
-def subject_eligibility(subject_id: str, request: Request,
-                        actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
+def subject_eligibility(
+    subject_id: str, request: Request, actor: Actor = Depends(requires("eligibility.read"))
+) -> dict[str, Any]:
     """Every criterion met / not_met / unknown with its evidence (FHIR references, canonical values) and
     reason; overall eligible / ineligible / incomplete; `missing` names what would settle each unknown.
     Once randomised the result is frozen: `frozen`, `live_status` and `changed_since_randomisation` show
@@ -35,16 +37,28 @@ def subject_eligibility(subject_id: str, request: Request,
 
 
 @router.get("/eligibility")
-def screening_log(request: Request, site: str | None = None, status: str | None = None,
-                  offset: Offset = 0, limit: Limit = None,
-                  actor: Actor = Depends(requires("eligibility.read"))) -> dict[str, Any]:
+def screening_log(
+    request: Request,
+    site: str | None = None,
+    status: str | None = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+    actor: Actor = Depends(requires("eligibility.read")),
+) -> dict[str, Any]:
     """Subjects of the caller's sites with their eligibility status and the criteria that block them,
     as of the latest write (paginated; filter by site and status), each with its allocation once randomised;
     `randomised`: the system's allocations per site, stratum and arm (allocated subjects only)."""
     if status is not None and status not in service.STATUSES:
-        raise EditCheckFailed([{"item": "status", "rule": "allowed_values",
-                                "message": f"status must be one of {', '.join(service.STATUSES)}"}],
-                              "the query is not valid")
+        raise EditCheckFailed(
+            [
+                {
+                    "item": "status",
+                    "rule": "allowed_values",
+                    "message": f"status must be one of {', '.join(service.STATUSES)}",
+                }
+            ],
+            "the query is not valid",
+        )
     runtime = request.app.state.runtime
     offset, limit = page(request, offset, limit)
     with read_only(runtime, actor) as store:

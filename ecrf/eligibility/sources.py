@@ -1,4 +1,5 @@
 """Where a rule's values come from: an item's values in a window, described for reasons and evidence."""
+
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -12,10 +13,11 @@ from study_model.definitions import StudyDef
 @dataclass(frozen=True)
 class Selection:
     """An item's usable values in a window (oldest first), or why none can be chosen."""
+
     item: str
     values: list[Value]
-    span: Span | None           # None: the default window without bounds other than R
-    outside: list[Value]        # values that exist but lie outside the window
+    span: Span | None  # None: the default window without bounds other than R
+    outside: list[Value]  # values that exist but lie outside the window
     window_name: str | None
 
     @property
@@ -23,8 +25,9 @@ class Selection:
         return self.values[-1] if self.values else None
 
 
-def select_values(study: StudyDef, anchors: Anchors, patient: PatientData, item_id: str,
-                  window_name: str | None) -> Selection:
+def select_values(
+    study: StudyDef, anchors: Anchors, patient: PatientData, item_id: str, window_name: str | None
+) -> Selection:
     name = window_name or study.default_window
     explicit = window_name is not None and window_name != study.default_window
     span = anchors.span(study.windows[name]) if name else Span(None, None)
@@ -50,16 +53,23 @@ def describe(value: Value) -> str:
 
 def exact_text(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f") if value != value.to_integral_value() else \
-            format(value.quantize(Decimal(1)), "f")
+        return (
+            format(value.normalize(), "f")
+            if value != value.to_integral_value()
+            else format(value.quantize(Decimal(1)), "f")
+        )
     if isinstance(value, (bool, int)) or value is None:
         return value
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def evidence(value: Value, **extra: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {"reference": value.reference, "version": value.version_id, "item": value.item,
-                             "value": exact_text(value.value)}
+    entry: dict[str, Any] = {
+        "reference": value.reference,
+        "version": value.version_id,
+        "item": value.item,
+        "value": exact_text(value.value),
+    }
     if value.unit:
         entry["unit"] = value.unit
     if value.day:
@@ -77,12 +87,16 @@ def missing(study: StudyDef, item_id: str, selection: Selection | None, patient:
     if selection is not None and selection.span is not None and (selection.span.start or selection.span.end):
         entry["window"] = {"from": _iso(selection.span.start), "to": _iso(selection.span.end)}
     if selection is not None and selection.span is not None and not selection.span.known:
-        entry["detail"] = (f"{item_id} cannot be placed in window {selection.window_name}: "
-                           f"{', '.join(selection.span.missing)} has no value")
+        entry["detail"] = (
+            f"{item_id} cannot be placed in window {selection.window_name}: "
+            f"{', '.join(selection.span.missing)} has no value"
+        )
     elif selection is not None and selection.outside:
         latest = selection.outside[-1]
-        entry["detail"] = (f"no {item_id} in window {selection.window_name} ({selection.span.text()}); "
-                           f"{len(selection.outside)} outside it, latest {describe(latest)} ({latest.reference})")
+        entry["detail"] = (
+            f"no {item_id} in window {selection.window_name} ({selection.span.text()}); "
+            f"{len(selection.outside)} outside it, latest {describe(latest)} ({latest.reference})"
+        )
     else:
         entry["detail"] = f"no {item_id} on file"
     unusable = patient.unusable.get(item_id)

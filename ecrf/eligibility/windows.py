@@ -1,4 +1,5 @@
 """Date windows and anchors of the rule language ('R', 'surgery_date + 14d', 'R - 28d')."""
+
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -10,6 +11,7 @@ from study_model.rules import parse_bound
 @dataclass(frozen=True)
 class Span:
     """A resolved window: inclusive bounds (None = open); `missing` names anchors without a value."""
+
     start: date | None
     end: date | None
     missing: tuple[str, ...] = ()

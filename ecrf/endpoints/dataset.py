@@ -2,6 +2,7 @@
 stratum, rfs_days, rfs_event, os_days, os_event), days only and never a date, written as CSV with a manifest by
 the export worker (job kind `endpoints`), from one snapshot of the store. Pseudonyms are the other de-identified
 exports' (HMAC of the patient id with the study secret), so the rows join the SDTM and Bulk Data exports."""
+
 import csv
 import hashlib
 import json
@@ -47,18 +48,38 @@ def rows(runtime, session: Session, sites: frozenset[str] | None, site: str | No
     if site is not None:
         kept = kept.where(EndpointState.site == site)
     states = {s.subject_id: s for s in session.exec(kept).all()}
-    missing = [Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
-               for a in allocations if a.subject_id not in states]
+    missing = [
+        Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
+        for a in allocations
+        if a.subject_id not in states
+    ]
     live = compute_all(session, runtime.study, runtime.endpoints, missing) if missing and runtime.endpoints else {}
     deid = deidentifier(runtime)
-    found = [{"subject": deid.pseudonym(state.patient_id), "arm": state.arm, "stratum": state.stratum,
-              "rfs_days": state.rfs_days, "rfs_event": int(state.rfs_event), "os_days": state.os_days,
-              "os_event": int(state.os_event)} for state in states.values()]
+    found = [
+        {
+            "subject": deid.pseudonym(state.patient_id),
+            "arm": state.arm,
+            "stratum": state.stratum,
+            "rfs_days": state.rfs_days,
+            "rfs_event": int(state.rfs_event),
+            "os_days": state.os_days,
+            "os_event": int(state.os_event),
+        }
+        for state in states.values()
+    ]
     for origin in missing:
         view = live[origin.subject_id]
-        found.append({"subject": deid.pseudonym(origin.patient_id), "arm": origin.arm, "stratum": origin.stratum,
-                      "rfs_days": view["rfs"]["days"], "rfs_event": int(view["rfs"]["event"]),
-                      "os_days": view["os"]["days"], "os_event": int(view["os"]["event"])})
+        found.append(
+            {
+                "subject": deid.pseudonym(origin.patient_id),
+                "arm": origin.arm,
+                "stratum": origin.stratum,
+                "rfs_days": view["rfs"]["days"],
+                "rfs_event": int(view["rfs"]["event"]),
+                "os_days": view["os"]["days"],
+                "os_event": int(view["os"]["event"]),
+            }
+        )
     return sorted(found, key=lambda row: row["subject"])
 
 
@@ -80,15 +101,28 @@ def run(runtime, job: ExportJob, worker_id: str, stopping: threading.Event) -> N
         writer.writerows(found)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     profile = deidentifier(runtime).profile.name
-    manifest = {"study": runtime.study.id, "dataset": "endpoints", "file": FILE, "rows": len(found),
-                "columns": list(COLUMNS), "sha256": digest, "deidentified": True, "profile": profile,
-                "subject": "pseudonym: HMAC-SHA256 of the patient id with the study secret, as in the other exports",
-                "days": "from the randomisation date (day 0); no dates",
-                "event": "1: the event (rfs: recurrence or death; os: death), 0: censored"}
+    manifest = {
+        "study": runtime.study.id,
+        "dataset": "endpoints",
+        "file": FILE,
+        "rows": len(found),
+        "columns": list(COLUMNS),
+        "sha256": digest,
+        "deidentified": True,
+        "profile": profile,
+        "subject": "pseudonym: HMAC-SHA256 of the patient id with the study secret, as in the other exports",
+        "days": "from the randomisation date (day 0); no dates",
+        "event": "1: the event (rfs: recurrence or death; os: death), 0: censored",
+    }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    output = [{"type": "endpoints", "file": FILE, "count": len(found), "sha256": digest},
-              {"type": "manifest", "file": MANIFEST,
-               "sha256": hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()}]
+    output = [
+        {"type": "endpoints", "file": FILE, "count": len(found), "sha256": digest},
+        {
+            "type": "manifest",
+            "file": MANIFEST,
+            "sha256": hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest(),
+        },
+    ]
     if not jobs.complete(runtime.engine, job, worker_id, output, len(found)):
         raise Stopped
 

@@ -1,4 +1,5 @@
 """The latest derived endpoints (CRF-SPEC 8) of every randomised subject, recomputed in each write's transaction."""
+
 from datetime import date, datetime
 
 from sqlalchemy import Column, Index, Text

@@ -1,6 +1,7 @@
 """/api/v1 derived endpoints: one subject's RFS and OS (identified roles, site scoped, in the access log), and the
 sponsor's de-identified `endpoints` dataset (an export job: `Prefer: respond-async`, then the Bulk Data status
 and file routes)."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -19,10 +20,13 @@ from ecrf.store.unit import read_only
 router = APIRouter(tags=["endpoints"])
 
 
-@router.get("/subjects/{subject_id}/endpoints",
-            summary="The subject's derived endpoints (CRF-SPEC 8): recurrence-free and overall survival")
-def subject_endpoints(subject_id: str, request: Request,
-                      actor: Actor = Depends(requires("endpoints.read"))) -> dict[str, Any]:
+@router.get(
+    "/subjects/{subject_id}/endpoints",
+    summary="The subject's derived endpoints (CRF-SPEC 8): recurrence-free and overall survival",
+)
+def subject_endpoints(
+    subject_id: str, request: Request, actor: Actor = Depends(requires("endpoints.read"))
+) -> dict[str, Any]:
     """As of the latest write that touched the subject (recomputed in every write's transaction, both doors).
     `rfs` and `os`: `event` (true: the event, false: censored), `days` from the randomisation date (day 0),
     `date`, `evidence` (the resource and version that decided it; the randomisation date when nothing did) and
@@ -37,10 +41,14 @@ def subject_endpoints(subject_id: str, request: Request,
     return view
 
 
-@router.get("/exports/endpoints",
-            summary="The de-identified endpoints dataset, CSV with a manifest (Prefer: respond-async)")
-def export_endpoints(request: Request, site: str | None = Query(None, description="one site's subjects only"),
-                     actor: Actor = Depends(requires("export.deidentified"))) -> Response:
+@router.get(
+    "/exports/endpoints", summary="The de-identified endpoints dataset, CSV with a manifest (Prefer: respond-async)"
+)
+def export_endpoints(
+    request: Request,
+    site: str | None = Query(None, description="one site's subjects only"),
+    actor: Actor = Depends(requires("export.deidentified")),
+) -> Response:
     """One row per randomised subject: `subject` (the exports' pseudonym), `arm`, `stratum`, `rfs_days`,
     `rfs_event`, `os_days`, `os_event` (1 event, 0 censored); days only, no dates. Always de-identified.
     Answers 202 with `Content-Location`, the export job's status URL (`/fhir/$export-status/{id}`), whose
@@ -54,10 +62,22 @@ def export_endpoints(request: Request, site: str | None = Query(None, descriptio
         raise HTTPException(422, f"site {site} is not a site of study {runtime.study.id}")
     if site is not None and not actor.may_see_site(site):
         raise HTTPException(404, f"site {site} is not known")
-    job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=True,
-                      profile=deidentifier(runtime).profile.name, request_url=str(request.url),
-                      group_id=runtime.study.id, types=["endpoints"], since=None, kind="endpoints",
-                      params={"site": site} if site is not None else {})
+    job = jobs.create(
+        runtime.engine,
+        actor,
+        directory=runtime.settings.exports_path,
+        deidentified=True,
+        profile=deidentifier(runtime).profile.name,
+        request_url=str(request.url),
+        group_id=runtime.study.id,
+        types=["endpoints"],
+        since=None,
+        kind="endpoints",
+        params={"site": site} if site is not None else {},
+    )
     location = kicked_off(request, job.id)
-    return JSONBody({"detail": f"export accepted; poll {location}", "status": location}, status_code=202,
-                    headers={"Content-Location": location})
+    return JSONBody(
+        {"detail": f"export accepted; poll {location}", "status": location},
+        status_code=202,
+        headers={"Content-Location": location},
+    )

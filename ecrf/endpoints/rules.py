@@ -1,5 +1,6 @@
 """Which items and codes are the evidence of the derived endpoints: `<study dir>/endpoints.yaml`, checked
 against the study (no file: no endpoints)."""
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,15 +73,20 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise EndpointRulesError(f"{path}: expected a mapping")
-    da = _section(path, data, "disease_assessment", {"form", "status_item", "date_item", "recurrence_item",
-                                                      "recurrence_values", "no_evidence_values"})
+    da = _section(
+        path,
+        data,
+        "disease_assessment",
+        {"form", "status_item", "date_item", "recurrence_item", "recurrence_values", "no_evidence_values"},
+    )
     form = str(da["form"])
     _item(path, study, form, da["status_item"], "code")
     _item(path, study, form, da["date_item"], "date")
     _item(path, study, form, da["recurrence_item"], "date")
     codings = data.get("recurrence_conditions") or []
-    if not isinstance(codings, list) or not all(isinstance(c, dict) and c.get("system") and c.get("code")
-                                                for c in codings):
+    if not isinstance(codings, list) or not all(
+        isinstance(c, dict) and c.get("system") and c.get("code") for c in codings
+    ):
         raise EndpointRulesError(f"{path}: recurrence_conditions is a list of {{system, code}}")
     death = _section(path, data, "death", {"items"})
     end = _section(path, data, "end_of_study", {"form", "status_item", "end_date_item", "died_values"})
@@ -97,19 +103,26 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
     if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
         raise EndpointRulesError(f"{path}: observation_statuses is a list of Observation statuses")
     return EndpointRules(
-        assessment_form=form, assessment_status=str(da["status_item"]), assessment_date=str(da["date_item"]),
+        assessment_form=form,
+        assessment_status=str(da["status_item"]),
+        assessment_date=str(da["date_item"]),
         recurrence_date=str(da["recurrence_item"]),
         recurrence_values=_values(path, study, form, da["status_item"], da["recurrence_values"]),
         no_evidence_values=_values(path, study, form, da["status_item"], da["no_evidence_values"]),
         recurrence_codings=frozenset((str(c["system"]), str(c["code"])) for c in codings),
         death_items=frozenset(_item(path, study, d.get("form"), d.get("item"), "date") for d in death["items"] or []),
         patient_deceased=bool(death.get("patient_deceased", True)),
-        end_form=str(end["form"]), end_status=str(end["status_item"]), end_date=str(end["end_date_item"]),
+        end_form=str(end["form"]),
+        end_status=str(end["status_item"]),
+        end_date=str(end["end_date_item"]),
         died_values=_values(path, study, end["form"], end["status_item"], end["died_values"]),
-        ae_form=str(ae["form"]), ae_grade=str(ae["grade_item"]),
-        fatal_grades=frozenset(int(g) for g in ae["fatal_grades"]), ae_onset=str(ae["onset_item"]),
-        not_alive=frozenset(_item(path, study, d.get("form"), d.get("item"))
-                            for d in alive.get("not_alive_evidence") or []),
+        ae_form=str(ae["form"]),
+        ae_grade=str(ae["grade_item"]),
+        fatal_grades=frozenset(int(g) for g in ae["fatal_grades"]),
+        ae_onset=str(ae["onset_item"]),
+        not_alive=frozenset(
+            _item(path, study, d.get("form"), d.get("item")) for d in alive.get("not_alive_evidence") or []
+        ),
         observation_statuses=frozenset(statuses),
-        entered_date=_item(path, study, entered.get("form"), entered.get("item"), "date") if entered else None)
-
+        entered_date=_item(path, study, entered.get("form"), entered.get("item"), "date") if entered else None,
+    )

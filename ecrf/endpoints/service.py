@@ -8,6 +8,7 @@ the EHR's recurrence Conditions (not refuted or entered in error) and Patient.de
 from the randomisation date (day 0). Conflicts (two death dates that differ, a recurrence after death) are
 reported on the endpoint, the earliest date is used, and a data query is suggested.
 """
+
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ QUERY = "raise a data query to settle which is right"
 @dataclass(frozen=True)
 class Dated:
     """A date and the resource version that carries it."""
+
     day: date
     resource_type: str
     resource_id: str
@@ -49,8 +51,12 @@ class Dated:
     def evidence(self) -> dict[str, Any]:
         if self.resource_type == "FormInstance":  # a visit's date: the form instance, not a FHIR resource
             return {"form_instance": self.resource_id, "item": "visit_date", "date": self.day.isoformat()}
-        found = {"resourceType": self.resource_type, "id": self.resource_id, "version": self.version,
-                 "date": self.day.isoformat()}
+        found = {
+            "resourceType": self.resource_type,
+            "id": self.resource_id,
+            "version": self.version,
+            "date": self.day.isoformat(),
+        }
         if self.item:
             found["item"] = self.item
         return found
@@ -69,6 +75,7 @@ def endpoints_hook(study: StudyDef, rules: EndpointRules | None) -> Callable[[Cl
 @dataclass(frozen=True)
 class Origin:
     """A randomised subject and its day 0: the system's allocation, or a version-1 one (the arm typed in)."""
+
     subject_id: str
     patient_id: str
     site: str | None
@@ -78,19 +85,23 @@ class Origin:
     method: str  # system, entered
 
 
-def origins(session: Session, study: StudyDef, rules: EndpointRules, patient_ids: list[str],
-            subject_id: str | None = None) -> list[Origin]:
+def origins(
+    session: Session, study: StudyDef, rules: EndpointRules, patient_ids: list[str], subject_id: str | None = None
+) -> list[Origin]:
     """The randomised subjects of these patients (or that one subject): the system's allocations, and for the
     others a ResearchSubject of the study with an `assignedArm` (version 1) dated by the rules' date item."""
     found: list[Origin] = []
     for start in range(0, len(patient_ids), CHUNK):
         query = select(RandomisationAllocation).where(
             RandomisationAllocation.study_id == study.id,
-            RandomisationAllocation.patient_id.in_(patient_ids[start:start + CHUNK]))
+            RandomisationAllocation.patient_id.in_(patient_ids[start : start + CHUNK]),
+        )
         if subject_id is not None:
             query = query.where(RandomisationAllocation.subject_id == subject_id)
-        found += [Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
-                  for a in session.exec(query).all()]
+        found += [
+            Origin(a.subject_id, a.patient_id, a.site, a.arm, a.stratum, a.randomisation_date, "system")
+            for a in session.exec(query).all()
+        ]
     if rules.entered_date is None:
         return found
     form, item = rules.entered_date
@@ -98,25 +109,39 @@ def origins(session: Session, study: StudyDef, rules: EndpointRules, patient_ids
     dated: dict[str, date] = {}
     rest = sorted(set(patient_ids) - allocated)
     for start in range(0, len(rest), CHUNK):
-        for patient_id, text in session.exec(select(ItemFact.patient_id, ItemFact.value_text).where(
-                ItemFact.patient_id.in_(rest[start:start + CHUNK]), ItemFact.form_id == form,
-                ItemFact.item_id == item, ItemFact.error.is_(None))):
+        for patient_id, text in session.exec(
+            select(ItemFact.patient_id, ItemFact.value_text).where(
+                ItemFact.patient_id.in_(rest[start : start + CHUNK]),
+                ItemFact.form_id == form,
+                ItemFact.item_id == item,
+                ItemFact.error.is_(None),
+            )
+        ):
             day = date_of(text)
             if day is not None and (patient_id not in dated or day > dated[patient_id]):
                 dated[patient_id] = day  # the latest value, as the randomisation's own view reads it
     if not dated:
         return found
     reference = study_reference(study)
-    rows = session.exec(select(ResourceHead.resource_id, ResourceHead.patient_id, ResourceHead.site,
-                               ResourceVersion.content)
-                        .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-                        .where(ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
-                               ResourceHead.patient_id.in_(sorted(dated)))).all()
+    rows = session.exec(
+        select(ResourceHead.resource_id, ResourceHead.patient_id, ResourceHead.site, ResourceVersion.content)
+        .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
+        .where(
+            ResourceHead.resource_type == "ResearchSubject",
+            ResourceHead.deleted == False,  # noqa: E712
+            ResourceHead.patient_id.in_(sorted(dated)),
+        )
+    ).all()
     for resource_id, patient_id, site, content in rows:
         subject = orjson.loads(content)
-        if (subject.get("study") or {}).get("reference") == reference and subject.get("assignedArm") \
-                and (subject_id is None or resource_id == subject_id):
-            found.append(Origin(resource_id, patient_id, site, subject["assignedArm"], "", dated[patient_id], "entered"))
+        if (
+            (subject.get("study") or {}).get("reference") == reference
+            and subject.get("assignedArm")
+            and (subject_id is None or resource_id == subject_id)
+        ):
+            found.append(
+                Origin(resource_id, patient_id, site, subject["assignedArm"], "", dated[patient_id], "entered")
+            )
     return found
 
 
@@ -128,9 +153,15 @@ def _recompute(store: ClinicalStore, study: StudyDef, rules: EndpointRules, pati
     allocations = origins(session, study, rules, touched)
     states: dict[str, EndpointState] = {}
     for start in range(0, len(touched), CHUNK):  # locked, so writers of one subject take turns (PostgreSQL)
-        states |= {s.subject_id: s for s in session.exec(select(EndpointState).where(
-            EndpointState.patient_id.in_(touched[start:start + CHUNK]))
-            .order_by(EndpointState.subject_id).with_for_update()).all()}
+        states |= {
+            s.subject_id: s
+            for s in session.exec(
+                select(EndpointState)
+                .where(EndpointState.patient_id.in_(touched[start : start + CHUNK]))
+                .order_by(EndpointState.subject_id)
+                .with_for_update()
+            ).all()
+        }
     randomised = {a.subject_id for a in allocations}
     for subject_id in sorted(set(states) - randomised):  # a version-1 arm taken back: no endpoints any more
         session.delete(states.pop(subject_id))
@@ -148,10 +179,20 @@ def _recompute(store: ClinicalStore, study: StudyDef, rules: EndpointRules, pati
             continue
         old = (state.rfs_event, state.rfs_days, state.os_event, state.os_days) if state is not None else None
         if state is None:
-            state = EndpointState(subject_id=allocation.subject_id, patient_id=allocation.patient_id,
-                                  site=allocation.site, arm=allocation.arm, stratum=allocation.stratum,
-                                  randomisation_date=allocation.randomisation_date, rfs_event=False, rfs_days=0,
-                                  os_event=False, os_days=0, result="{}", computed_at=now)
+            state = EndpointState(
+                subject_id=allocation.subject_id,
+                patient_id=allocation.patient_id,
+                site=allocation.site,
+                arm=allocation.arm,
+                stratum=allocation.stratum,
+                randomisation_date=allocation.randomisation_date,
+                rfs_event=False,
+                rfs_days=0,
+                os_event=False,
+                os_days=0,
+                result="{}",
+                computed_at=now,
+            )
         state.site, state.arm, state.stratum = allocation.site, allocation.arm, allocation.stratum
         state.randomisation_date = allocation.randomisation_date
         state.rfs_event, state.rfs_days = result["rfs"]["event"], result["rfs"]["days"]
@@ -160,9 +201,16 @@ def _recompute(store: ClinicalStore, study: StudyDef, rules: EndpointRules, pati
         session.add(state)
         new = (state.rfs_event, state.rfs_days, state.os_event, state.os_days)
         if old != new:
-            entries.append({"action": "endpoints.recomputed", "source": "system", "patient_id": allocation.patient_id,
-                            "resource": f"ResearchSubject/{allocation.subject_id}",
-                            "old_value": _summary(old), "new_value": _summary(new)})
+            entries.append(
+                {
+                    "action": "endpoints.recomputed",
+                    "source": "system",
+                    "patient_id": allocation.patient_id,
+                    "resource": f"ResearchSubject/{allocation.subject_id}",
+                    "old_value": _summary(old),
+                    "new_value": _summary(new),
+                }
+            )
     session.flush()
     if entries:
         audit.append_many(session, store.actor, entries)
@@ -172,11 +220,14 @@ def _summary(values: tuple | None) -> str | None:
     if values is None:
         return None
     rfs_event, rfs_days, os_event, os_days = values
-    return (f"rfs {'event' if rfs_event else 'censored'} day {rfs_days}; "
-            f"os {'event' if os_event else 'censored'} day {os_days}")
+    return (
+        f"rfs {'event' if rfs_event else 'censored'} day {rfs_days}; "
+        f"os {'event' if os_event else 'censored'} day {os_days}"
+    )
 
 
 # -- the computation ---------------------------------------------------------------------------------
+
 
 def needed_items(study: StudyDef, rules: EndpointRules) -> frozenset[str]:
     """The items whose facts the endpoints read: every date item (alive evidence, recurrence, death, onsets) and
@@ -185,8 +236,9 @@ def needed_items(study: StudyDef, rules: EndpointRules) -> frozenset[str]:
     return frozenset(dates | {rules.assessment_status, rules.end_status, rules.ae_grade})
 
 
-def compute_all(session: Session, study: StudyDef, rules: EndpointRules,
-                allocations: list[Origin]) -> dict[str, dict[str, Any]]:
+def compute_all(
+    session: Session, study: StudyDef, rules: EndpointRules, allocations: list[Origin]
+) -> dict[str, dict[str, Any]]:
     """subject id -> its endpoints view, from the store as this session sees it."""
     patients = sorted({a.patient_id for a in allocations})
     data = load(session, study, patients, items=needed_items(study, rules), conditions=False)
@@ -197,29 +249,51 @@ def compute_all(session: Session, study: StudyDef, rules: EndpointRules,
     for allocation in allocations:
         values = data[allocation.patient_id].values
         end = _end_date(rules, values)
-        alive = _alive_dates(rules, values) + _dated_elsewhere(session, rules, allocation.patient_id,
-                                                               end.value if end is not None else None)
-        views[allocation.subject_id] = compute(rules, allocation, values, recurrences.get(allocation.patient_id, []),
-                                               deceased.get(allocation.patient_id), alive, end)
+        alive = _alive_dates(rules, values) + _dated_elsewhere(
+            session, rules, allocation.patient_id, end.value if end is not None else None
+        )
+        views[allocation.subject_id] = compute(
+            rules,
+            allocation,
+            values,
+            recurrences.get(allocation.patient_id, []),
+            deceased.get(allocation.patient_id),
+            alive,
+            end,
+        )
     return views
 
 
 def _drop_unfinished(session: Session, rules: EndpointRules, patients: Any) -> None:
     """Leave out the values of Observations whose status is not evidence (CRF-SPEC 9.3: preliminary...)."""
-    observations = sorted({v.resource_id for p in patients for values in p.values.values() for v in values
-                           if v.resource_type == "Observation"})
+    observations = sorted(
+        {
+            v.resource_id
+            for p in patients
+            for values in p.values.values()
+            for v in values
+            if v.resource_type == "Observation"
+        }
+    )
     unfinished = set()
     for start in range(0, len(observations), CHUNK):
-        unfinished |= set(session.exec(select(SearchToken.resource_id).where(
-            SearchToken.resource_type == "Observation", SearchToken.param == "status",
-            SearchToken.resource_id.in_(observations[start:start + CHUNK]),
-            SearchToken.code.not_in(sorted(rules.observation_statuses)))).all())
+        unfinished |= set(
+            session.exec(
+                select(SearchToken.resource_id).where(
+                    SearchToken.resource_type == "Observation",
+                    SearchToken.param == "status",
+                    SearchToken.resource_id.in_(observations[start : start + CHUNK]),
+                    SearchToken.code.not_in(sorted(rules.observation_statuses)),
+                )
+            ).all()
+        )
     if not unfinished:
         return
     for patient in patients:
         for item, values in patient.values.items():
-            patient.values[item] = [v for v in values
-                                    if not (v.resource_type == "Observation" and v.resource_id in unfinished)]
+            patient.values[item] = [
+                v for v in values if not (v.resource_type == "Observation" and v.resource_id in unfinished)
+            ]
 
 
 @cache
@@ -228,17 +302,29 @@ def _elsewhere_statements(rules: EndpointRules) -> tuple[Any, Any, Any, Any]:
     patient, end = bindparam("patient"), bindparam("end", type_=Date)
     excluded = [and_(ItemFact.form_id == form, ItemFact.item_id == item) for form, item in sorted(rules.not_alive)]
     unfinished = exists().where(  # CRF-SPEC 9.3: a preliminary result is no evidence (probed per fact, by id)
-        SearchToken.resource_type == ItemFact.resource_type, SearchToken.resource_id == ItemFact.resource_id,
-        ItemFact.resource_type == "Observation", SearchToken.param == "status",
-        SearchToken.code.not_in(sorted(rules.observation_statuses)))
-    facts = select(ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id, ItemFact.item_id,
-                   ItemFact.effective_date).where(
-        ItemFact.patient_id == patient, ItemFact.effective_date.is_not(None), *[not_(e) for e in excluded],
-        not_(unfinished))
+        SearchToken.resource_type == ItemFact.resource_type,
+        SearchToken.resource_id == ItemFact.resource_id,
+        ItemFact.resource_type == "Observation",
+        SearchToken.param == "status",
+        SearchToken.code.not_in(sorted(rules.observation_statuses)),
+    )
+    facts = select(
+        ItemFact.resource_type, ItemFact.resource_id, ItemFact.version_id, ItemFact.item_id, ItemFact.effective_date
+    ).where(
+        ItemFact.patient_id == patient,
+        ItemFact.effective_date.is_not(None),
+        *[not_(e) for e in excluded],
+        not_(unfinished),
+    )
     visits = select(FormInstance.id, FormInstance.visit_date).where(
-        FormInstance.patient_id == patient, FormInstance.status != WITHDRAWN, FormInstance.form_id != rules.end_form)
-    return (facts.order_by(ItemFact.effective_date.desc()).limit(1), facts.where(ItemFact.effective_date > end),
-            visits.order_by(FormInstance.visit_date.desc()).limit(1), visits.where(FormInstance.visit_date > end))
+        FormInstance.patient_id == patient, FormInstance.status != WITHDRAWN, FormInstance.form_id != rules.end_form
+    )
+    return (
+        facts.order_by(ItemFact.effective_date.desc()).limit(1),
+        facts.where(ItemFact.effective_date > end),
+        visits.order_by(FormInstance.visit_date.desc()).limit(1),
+        visits.where(FormInstance.visit_date > end),
+    )
 
 
 def _dated_elsewhere(session: Session, rules: EndpointRules, patient_id: str, end: date | None) -> list[Dated]:
@@ -251,8 +337,9 @@ def _dated_elsewhere(session: Session, rules: EndpointRules, patient_id: str, en
     if end is not None:
         rows += session.execute(later_facts, {"patient": patient_id, "end": end}).all()
         instances += session.execute(later_visits, {"patient": patient_id, "end": end}).all()
-    found = {Dated(day, resource_type, resource_id, version, item)
-             for resource_type, resource_id, version, item, day in rows}
+    found = {
+        Dated(day, resource_type, resource_id, version, item) for resource_type, resource_id, version, item, day in rows
+    }
     found |= {Dated(day, "FormInstance", instance_id, 0, "visit_date") for instance_id, day in instances}
     return sorted(found, key=_order)
 
@@ -261,17 +348,32 @@ def _recurrence_conditions(session: Session, rules: EndpointRules, patients: lis
     """The patients' Conditions coded as a recurrence, at their onsetDateTime; not when refuted or entered in
     error (CRF-SPEC 9.3: a resolved or inactive one still counts)."""
     coded = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "Condition", SearchToken.param == "code",
-        or_(*[and_(SearchToken.system == system, SearchToken.code == code)
-              for system, code in sorted(rules.recurrence_codings)]))
+        SearchToken.resource_type == "Condition",
+        SearchToken.param == "code",
+        or_(
+            *[
+                and_(SearchToken.system == system, SearchToken.code == code)
+                for system, code in sorted(rules.recurrence_codings)
+            ]
+        ),
+    )
     found: dict[str, list[Dated]] = defaultdict(list)
     for start in range(0, len(patients), CHUNK):
-        rows = session.exec(select(ResourceHead.patient_id, ResourceVersion.resource_id, ResourceVersion.version_id,
-                                   ResourceVersion.content)
-                            .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-                            .where(ResourceHead.resource_type == "Condition", ResourceHead.deleted == False,  # noqa: E712
-                                   ResourceHead.patient_id.in_(patients[start:start + CHUNK]),
-                                   ResourceHead.resource_id.in_(coded))).all()
+        rows = session.exec(
+            select(
+                ResourceHead.patient_id,
+                ResourceVersion.resource_id,
+                ResourceVersion.version_id,
+                ResourceVersion.content,
+            )
+            .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
+            .where(
+                ResourceHead.resource_type == "Condition",
+                ResourceHead.deleted == False,  # noqa: E712
+                ResourceHead.patient_id.in_(patients[start : start + CHUNK]),
+                ResourceHead.resource_id.in_(coded),
+            )
+        ).all()
         for patient_id, resource_id, version, content in rows:
             condition = orjson.loads(content)
             verification = {c.get("code") for c in (condition.get("verificationStatus") or {}).get("coding") or []}
@@ -292,10 +394,15 @@ def _deceased(session: Session, patients: list[str]) -> dict[str, Dated]:
     from the end-of-study form set it (the form's copy is the form's death date, and goes with the form)."""
     found: dict[str, Dated] = {}
     for start in range(0, len(patients), CHUNK):
-        rows = session.exec(select(ResourceHead.resource_id, ResourceVersion.version_id, ResourceVersion.content)
-                            .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
-                            .where(ResourceHead.resource_type == "Patient", ResourceHead.deleted == False,  # noqa: E712
-                                   ResourceHead.resource_id.in_(patients[start:start + CHUNK]))).all()
+        rows = session.exec(
+            select(ResourceHead.resource_id, ResourceVersion.version_id, ResourceVersion.content)
+            .join(ResourceVersion, ResourceVersion.pk == ResourceHead.version_pk)
+            .where(
+                ResourceHead.resource_type == "Patient",
+                ResourceHead.deleted == False,  # noqa: E712
+                ResourceHead.resource_id.in_(patients[start : start + CHUNK]),
+            )
+        ).all()
         for patient_id, version, content in rows:
             if b"deceasedDateTime" not in (content.encode() if isinstance(content, str) else content):
                 continue
@@ -311,9 +418,15 @@ def _deceased(session: Session, patients: list[str]) -> dict[str, Dated]:
 def _set_by(session: Session, patient_id: str, version: int, day: date) -> int | None:
     """The version that wrote this death date (the oldest of the unbroken run of versions carrying it), or
     None when the system wrote it (the end-of-study form's death date, copied)."""
-    rows = session.exec(select(ResourceVersion.version_id, ResourceVersion.source, ResourceVersion.content).where(
-        ResourceVersion.resource_type == "Patient", ResourceVersion.resource_id == patient_id,
-        ResourceVersion.version_id <= version).order_by(ResourceVersion.version_id.desc())).all()
+    rows = session.exec(
+        select(ResourceVersion.version_id, ResourceVersion.source, ResourceVersion.content)
+        .where(
+            ResourceVersion.resource_type == "Patient",
+            ResourceVersion.resource_id == patient_id,
+            ResourceVersion.version_id <= version,
+        )
+        .order_by(ResourceVersion.version_id.desc())
+    ).all()
     first = None
     for version_id, source, content in rows:
         if date_of(orjson.loads(content).get("deceasedDateTime")) != day:
@@ -335,12 +448,24 @@ def _entries(values: dict[str, list[Value]], form: str) -> dict[tuple[str, str],
 
 
 def _dated(value: Value, day: Any = None) -> Dated:
-    return Dated(day if isinstance(day, date) else value.value, value.resource_type, value.resource_id,
-                 value.version_id, value.item)
+    return Dated(
+        day if isinstance(day, date) else value.value,
+        value.resource_type,
+        value.resource_id,
+        value.version_id,
+        value.item,
+    )
 
 
-def compute(rules: EndpointRules, allocation: Origin, values: dict[str, list[Value]],
-            conditions: list[Dated], deceased: Dated | None, alive: list[Dated], end: Value | None) -> dict[str, Any]:
+def compute(
+    rules: EndpointRules,
+    allocation: Origin,
+    values: dict[str, list[Value]],
+    conditions: list[Dated],
+    deceased: Dated | None,
+    alive: list[Dated],
+    end: Value | None,
+) -> dict[str, Any]:
     origin = allocation.randomisation_date
     assessments = _entries(values, rules.assessment_form)
     recurrences: list[Dated] = []
@@ -354,32 +479,52 @@ def compute(rules: EndpointRules, allocation: Origin, values: dict[str, list[Val
         elif status.value in rules.no_evidence_values and rules.assessment_date in entry:
             no_evidence.append(_dated(entry[rules.assessment_date]))
     recurrences += conditions
-    deaths = [_dated(value) for form, item in sorted(rules.death_items) for value in values.get(item, [])
-              if value.form == form and isinstance(value.value, date)]
+    deaths = [
+        _dated(value)
+        for form, item in sorted(rules.death_items)
+        for value in values.get(item, [])
+        if value.form == form and isinstance(value.value, date)
+    ]
     if deceased is not None:
         deaths.append(deceased)
 
     death_conflicts = []
     death = min(deaths, key=_order) if deaths else None
     if len({d.day for d in deaths}) > 1:
-        death_conflicts.append({"kind": "death_dates_differ", "dates": sorted({d.day.isoformat() for d in deaths}),
-                                "evidence": [d.evidence() for d in sorted(deaths, key=_order)],
-                                "used": death.day.isoformat(), "suggestion": QUERY})
+        death_conflicts.append(
+            {
+                "kind": "death_dates_differ",
+                "dates": sorted({d.day.isoformat() for d in deaths}),
+                "evidence": [d.evidence() for d in sorted(deaths, key=_order)],
+                "used": death.day.isoformat(),
+                "suggestion": QUERY,
+            }
+        )
 
     def endpoint(event: Dated | None, censor: Dated | None, conflicts: list[dict[str, Any]]) -> dict[str, Any]:
         decided = event or censor
         day = decided.day if decided is not None else origin
-        return {"event": event is not None, "days": (day - origin).days, "date": day.isoformat(),
-                "evidence": decided.evidence() if decided is not None else {"randomisation_date": origin.isoformat()},
-                "conflicts": conflicts}
+        return {
+            "event": event is not None,
+            "days": (day - origin).days,
+            "date": day.isoformat(),
+            "evidence": decided.evidence() if decided is not None else {"randomisation_date": origin.isoformat()},
+            "conflicts": conflicts,
+        }
 
     rfs_conflicts = list(death_conflicts)
     if death is not None:
         late = sorted((r for r in recurrences if r.day > death.day), key=_order)
         if late:
-            rfs_conflicts.append({"kind": "recurrence_after_death", "death": death.evidence(),
-                                  "evidence": [r.evidence() for r in late], "used": death.day.isoformat(),
-                                  "suggestion": QUERY})
+            rfs_conflicts.append(
+                {
+                    "kind": "recurrence_after_death",
+                    "death": death.evidence(),
+                    "evidence": [r.evidence() for r in late],
+                    "used": death.day.isoformat(),
+                    "suggestion": QUERY,
+                }
+            )
     events = sorted(recurrences + ([death] if death is not None else []), key=_order)
     censor = max(no_evidence, key=_order) if no_evidence else None
     if censor is not None and censor.day < origin:
@@ -390,10 +535,17 @@ def compute(rules: EndpointRules, allocation: Origin, values: dict[str, list[Val
     if last_alive is not None and last_alive.day < origin:
         last_alive = None
     os = endpoint(death, None if death is not None else last_alive, list(death_conflicts))
-    return {"subject": allocation.subject_id, "randomised": True, "arm": allocation.arm,
-            "stratum": allocation.stratum or None, "randomisation_date": origin.isoformat(),
-            "randomisation_method": allocation.method, "rfs": rfs, "os": os,
-            "open_items": _open_items(rules, values, alive, end)}
+    return {
+        "subject": allocation.subject_id,
+        "randomised": True,
+        "arm": allocation.arm,
+        "stratum": allocation.stratum or None,
+        "randomisation_date": origin.isoformat(),
+        "randomisation_method": allocation.method,
+        "rfs": rfs,
+        "os": os,
+        "open_items": _open_items(rules, values, alive, end),
+    }
 
 
 def _order(dated: Dated) -> tuple:
@@ -414,14 +566,22 @@ def _alive_dates(rules: EndpointRules, values: dict[str, list[Value]]) -> list[D
     return found
 
 
-def _open_items(rules: EndpointRules, values: dict[str, list[Value]], alive: list[Dated],
-                end: Value | None) -> list[dict[str, Any]]:
+def _open_items(
+    rules: EndpointRules, values: dict[str, list[Value]], alive: list[Dated], end: Value | None
+) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     ends = _entries(values, rules.end_form)
-    died = [entry for entry in ends.values()
-            if (entry.get(rules.end_status) and entry[rules.end_status].value in rules.died_values)]
-    death_days = [v.value for form, item in rules.death_items for v in values.get(item, [])
-                  if v.form == form and isinstance(v.value, date)]
+    died = [
+        entry
+        for entry in ends.values()
+        if (entry.get(rules.end_status) and entry[rules.end_status].value in rules.died_values)
+    ]
+    death_days = [
+        v.value
+        for form, item in rules.death_items
+        for v in values.get(item, [])
+        if v.form == form and isinstance(v.value, date)
+    ]
     for entry in _entries(values, rules.ae_form).values():
         grade, onset = entry.get(rules.ae_grade), entry.get(rules.ae_onset)
         if grade is None or grade.value not in rules.fatal_grades:
@@ -429,27 +589,40 @@ def _open_items(rules: EndpointRules, values: dict[str, list[Value]], alive: lis
         onset_day = onset.value if onset is not None and isinstance(onset.value, date) else None
         if died and (onset_day is None or any(day >= onset_day for day in death_days)):
             continue
-        items.append({"kind": "fatal_adverse_event_without_death",
-                      "message": f"a grade {grade.value} adverse event needs an end of study 'died' on or after "
-                                 f"its onset{f' ({onset_day.isoformat()})' if onset_day else ''}",
-                      "evidence": _dated(grade, onset_day or grade.day).evidence() if (onset_day or grade.day)
-                      else {"resourceType": grade.resource_type, "id": grade.resource_id, "version": grade.version_id}})
+        items.append(
+            {
+                "kind": "fatal_adverse_event_without_death",
+                "message": f"a grade {grade.value} adverse event needs an end of study 'died' on or after "
+                f"its onset{f' ({onset_day.isoformat()})' if onset_day else ''}",
+                "evidence": _dated(grade, onset_day or grade.day).evidence()
+                if (onset_day or grade.day)
+                else {"resourceType": grade.resource_type, "id": grade.resource_id, "version": grade.version_id},
+            }
+        )
     if end is not None:
         end_key = (end.resource_type, end.resource_id)
-        after = sorted({d for d in alive if d.day > end.value and (d.resource_type, d.resource_id) != end_key},
-                       key=_order)
+        after = sorted(
+            {d for d in alive if d.day > end.value and (d.resource_type, d.resource_id) != end_key}, key=_order
+        )
         if after:
-            items.append({"kind": "data_after_end_of_study",
-                          "message": f"{len(after)} date(s) after the end-of-study date {end.value.isoformat()} "
-                                     "(accepted; still evidence the subject was alive)",
-                          "end_of_study": _dated(end).evidence(), "evidence": [d.evidence() for d in after]})
+            items.append(
+                {
+                    "kind": "data_after_end_of_study",
+                    "message": f"{len(after)} date(s) after the end-of-study date {end.value.isoformat()} "
+                    "(accepted; still evidence the subject was alive)",
+                    "end_of_study": _dated(end).evidence(),
+                    "evidence": [d.evidence() for d in after],
+                }
+            )
     return items
 
 
 # -- reads -------------------------------------------------------------------------------------------
 
-def subject_view(store: ClinicalStore, study: StudyDef, rules: EndpointRules | None, subject_id: str) -> tuple[
-        dict[str, Any], str]:
+
+def subject_view(
+    store: ClinicalStore, study: StudyDef, rules: EndpointRules | None, subject_id: str
+) -> tuple[dict[str, Any], str]:
     """(the subject's endpoints as of the latest write, its patient id). A subject not randomised answers
     `randomised: false` with null endpoints and the reason."""
     subject = resolve(store, study, subject_id)
@@ -461,8 +634,14 @@ def subject_view(store: ClinicalStore, study: StudyDef, rules: EndpointRules | N
         return {**view, "computed_at": _iso(state.computed_at)}, subject.patient_id
     found = origins(store.session, study, rules, [subject.patient_id], subject.id)
     if not found:
-        return {"subject": subject.id, "randomised": False, "rfs": None, "os": None, "open_items": [],
-                "reason": "the subject is not randomised: endpoints count from the randomisation date"}, subject.patient_id
+        return {
+            "subject": subject.id,
+            "randomised": False,
+            "rfs": None,
+            "os": None,
+            "open_items": [],
+            "reason": "the subject is not randomised: endpoints count from the randomisation date",
+        }, subject.patient_id
     view = compute_all(store.session, study, rules, found)[subject.id]  # randomised before the endpoints
     return {**view, "computed_at": None}, subject.patient_id
 

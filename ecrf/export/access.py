@@ -1,4 +1,5 @@
 """Who may receive identified data: a sponsor never; a data manager when they ask for it."""
+
 from fastapi import HTTPException
 
 from ecrf.auth.actor import Actor

@@ -1,5 +1,6 @@
 """Runs one claimed Bulk Data job: one NDJSON file per resource type, written batch by batch, with a
 checkpoint (file offset and last id) after every batch so another instance can resume it."""
+
 import json
 import logging
 import shutil
@@ -80,11 +81,18 @@ def run(runtime: Runtime, job: ExportJob, worker_id: str, stopping: threading.Ev
     for resource_type in json.loads(job.types):
         if any(entry["type"] == resource_type for entry in done):
             continue
-        type_filters = export_options.filters(resource_type, (options.get("type_filters") or {}).get(resource_type, []),
-                                              settings)
-        scope = Scope(resource_type, until=job.transaction_time, since=job.since,
-                      sites=None if sites is None else tuple(sorted(sites)), study_id=job.group_id,
-                      filters=tuple(type_filters), patients=patients)
+        type_filters = export_options.filters(
+            resource_type, (options.get("type_filters") or {}).get(resource_type, []), settings
+        )
+        scope = Scope(
+            resource_type,
+            until=job.transaction_time,
+            since=job.since,
+            sites=None if sites is None else tuple(sorted(sites)),
+            study_id=job.group_id,
+            filters=tuple(type_filters),
+            patients=patients,
+        )
         path = directory / file_name(resource_type)
         after, count, handle = None, 0, None
         current = cursor.get("current")
@@ -145,9 +153,17 @@ class Problems:
     def add(self, resource: str, message: str) -> None:
         if self._handle is None:
             self._handle = self.path.open("ab")
-        outcome = {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "error", "code": "processing", "diagnostics": f"{resource} was not exported: {message}",
-            "expression": [resource.split("/")[0]]}]}
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "processing",
+                    "diagnostics": f"{resource} was not exported: {message}",
+                    "expression": [resource.split("/")[0]],
+                }
+            ],
+        }
         self._handle.write(orjson.dumps(outcome) + b"\n")
         self.count += 1
 
@@ -168,19 +184,35 @@ WARNINGS_FILE = "OperationOutcome.warnings.ndjson"  # beside ERROR_FILE, in the 
 DELETED_PER_BUNDLE = 1000
 
 
-def _write_deletions(runtime: Runtime, job: ExportJob, directory: Path, sites, patients,
-                     deid: Deidentifier | None) -> list[dict[str, Any]]:
+def _write_deletions(
+    runtime: Runtime, job: ExportJob, directory: Path, sites, patients, deid: Deidentifier | None
+) -> list[dict[str, Any]]:
     """Per the Bulk Data IG: NDJSON of transaction Bundles, one DELETE entry per resource deleted since `_since`."""
     bundles = []
     for resource_type in json.loads(job.types):
-        scope = Scope(resource_type, until=job.transaction_time, since=job.since,
-                      sites=None if sites is None else tuple(sorted(sites)), study_id=job.group_id, patients=patients)
-        ids = [resource_id if deid is None or resource_type in deid.keep_ids else deid.pseudonym(resource_id)
-               for resource_id, _ in deletions(runtime.engine, scope)]
+        scope = Scope(
+            resource_type,
+            until=job.transaction_time,
+            since=job.since,
+            sites=None if sites is None else tuple(sorted(sites)),
+            study_id=job.group_id,
+            patients=patients,
+        )
+        ids = [
+            resource_id if deid is None or resource_type in deid.keep_ids else deid.pseudonym(resource_id)
+            for resource_id, _ in deletions(runtime.engine, scope)
+        ]
         for start in range(0, len(ids), DELETED_PER_BUNDLE):
-            bundles.append({"resourceType": "Bundle", "type": "transaction", "entry": [
-                {"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}}
-                for resource_id in ids[start:start + DELETED_PER_BUNDLE]]})
+            bundles.append(
+                {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [
+                        {"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}}
+                        for resource_id in ids[start : start + DELETED_PER_BUNDLE]
+                    ],
+                }
+            )
     if not bundles:
         return []
     (directory / DELETED_FILE).write_bytes(b"".join(orjson.dumps(bundle) + b"\n" for bundle in bundles))
@@ -189,20 +221,31 @@ def _write_deletions(runtime: Runtime, job: ExportJob, directory: Path, sites, p
 
 def _write_warnings(directory: Path, warnings: list[str]) -> dict[str, Any]:
     """What lenient handling left out, as one OperationOutcome for the manifest's `error` array."""
-    outcome = {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "warning", "code": "not-supported", "diagnostics": message} for message in warnings]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": message} for message in warnings],
+    }
     (directory / WARNINGS_FILE).write_bytes(orjson.dumps(outcome) + b"\n")
     return {"type": "OperationOutcome", "file": WARNINGS_FILE, "count": 1, "section": "error"}
 
 
-def _lines(runtime: Runtime, resource_type: str, rows: list[Row], deid: Deidentifier | None,
-           snapshot: date, problems: Problems, elements: list[str] | None = None) -> list[bytes]:
+def _lines(
+    runtime: Runtime,
+    resource_type: str,
+    rows: list[Row],
+    deid: Deidentifier | None,
+    snapshot: date,
+    problems: Problems,
+    elements: list[str] | None = None,
+) -> list[bytes]:
     """One NDJSON line per row (only the `_elements` asked for, when asked). A row that cannot be exported is
     reported in `problems` (named by its pseudonym in a de-identified export) and left out: one record never
     stops an export for everyone."""
     if elements:
-        return [orjson.dumps(export_options.apply_elements(orjson.loads(line), elements)) + b"\n"
-                for line in _lines(runtime, resource_type, rows, deid, snapshot, problems)]
+        return [
+            orjson.dumps(export_options.apply_elements(orjson.loads(line), elements)) + b"\n"
+            for line in _lines(runtime, resource_type, rows, deid, snapshot, problems)
+        ]
     if deid is None:
         return [row.content.encode() + b"\n" for row in rows]
     anchors = _age_anchors(runtime, deid, rows, snapshot) if resource_type == "Patient" else {}
@@ -213,7 +256,11 @@ def _lines(runtime: Runtime, resource_type: str, rows: list[Row], deid: Deidenti
             result = deid.resource(content, row.patient_id, anchors.get(row.patient_id))
             line = None if result is None else orjson.dumps(result) + b"\n"
         except (Undeidentifiable, ValueError, TypeError, KeyError, OverflowError, AttributeError) as error:
-            why = str(error) if isinstance(error, Undeidentifiable) else f"it could not be de-identified ({type(error).__name__})"
+            why = (
+                str(error)
+                if isinstance(error, Undeidentifiable)
+                else f"it could not be de-identified ({type(error).__name__})"
+            )
             problems.add(f"{resource_type}/{deid.pseudonym(row.resource_id)}", why)
             continue
         if line is not None:
@@ -228,9 +275,10 @@ def _age_anchors(runtime: Runtime, deid: Deidentifier, rows: list[Row], snapshot
     if deid.age_item and patients:
         with reading(runtime.engine) as session:
             for patient_id, text in session.execute(
-                    select(ItemFact.patient_id, ItemFact.value_text)
-                    .where(ItemFact.item_id == deid.age_item, ItemFact.patient_id.in_(patients))
-                    .order_by(ItemFact.pk)).all():
+                select(ItemFact.patient_id, ItemFact.value_text)
+                .where(ItemFact.item_id == deid.age_item, ItemFact.patient_id.in_(patients))
+                .order_by(ItemFact.pk)
+            ).all():
                 moment = parse_date(text)
                 if moment is not None:
                     anchors[patient_id] = moment

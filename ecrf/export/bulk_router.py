@@ -1,4 +1,5 @@
 """FHIR Bulk Data export (async pattern): kick-off, status polling, cancel, and authenticated downloads."""
+
 import json
 import re
 from datetime import timedelta
@@ -35,30 +36,55 @@ JOB = Depends(requires("export.job"))  # status, files and cancel: the job's own
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {None, NDJSON, "application/ndjson", "ndjson"}
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-MEDIA_TYPES = {".xml": "application/xml", ".json": "application/json", ".ndjson": "application/x-ndjson",
-               ".xpt": "application/octet-stream", ".zip": "application/zip",
-               ".csv": "text/csv"}  # CDISC export jobs' files (ecrf/cdisc)
+MEDIA_TYPES = {
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".ndjson": "application/x-ndjson",
+    ".xpt": "application/octet-stream",
+    ".zip": "application/zip",
+    ".csv": "text/csv",
+}  # CDISC export jobs' files (ecrf/cdisc)
 DEIDENTIFY = Query(True, description="false: identified data (data_manager only; a sponsor gets 403)")
 
 
-def _outcome(status: int, message: str, *, severity: str = "error", code: str = "processing",
-             headers: dict[str, str] | None = None) -> JSONBody:
-    return JSONBody(operation_outcome([issue(message, code=code, severity=severity)]), status_code=status,
-                    media_type=FHIR_JSON, headers=headers)
+def _outcome(
+    status: int,
+    message: str,
+    *,
+    severity: str = "error",
+    code: str = "processing",
+    headers: dict[str, str] | None = None,
+) -> JSONBody:
+    return JSONBody(
+        operation_outcome([issue(message, code=code, severity=severity)]),
+        status_code=status,
+        media_type=FHIR_JSON,
+        headers=headers,
+    )
 
 
 KICK_OFF_SUMMARY = "Bulk Data export (Prefer: respond-async); POST takes the parameters as a Parameters body"
-PARAMETERS_BODY = {"requestBody": {"required": False, "content": {"application/fhir+json": {
-    "schema": {"type": "object", "description": "a FHIR Parameters resource"}}}}}
+PARAMETERS_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/fhir+json": {"schema": {"type": "object", "description": "a FHIR Parameters resource"}}
+        },
+    }
+}
 
 
 def _kick_off_route(path: str):
     """GET and POST kick-off at one path (separate OpenAPI operations)."""
+
     def register(function):
         name = function.__name__
         router.get(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_get")(function)
-        router.post(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_post", openapi_extra=PARAMETERS_BODY)(function)
+        router.post(path, summary=KICK_OFF_SUMMARY, operation_id=f"{name}_post", openapi_extra=PARAMETERS_BODY)(
+            function
+        )
         return function
+
     return register
 
 
@@ -78,7 +104,9 @@ def export_patients(request: Request, deidentify: bool = DEIDENTIFY, actor: Acto
 def export_group(request: Request, group_id: str, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     """The study's subjects (the Group is the study id)."""
     if group_id != request.app.state.runtime.study.id:
-        raise HTTPException(404, f"Group/{group_id} is not known; the study's subjects are Group/{request.app.state.runtime.study.id}")
+        raise HTTPException(
+            404, f"Group/{group_id} is not known; the study's subjects are Group/{request.app.state.runtime.study.id}"
+        )
     return _kick_off(request, actor, "group", group_id, deidentify)
 
 
@@ -89,8 +117,11 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
         raise HTTPException(400, "a Bulk Data export needs the header Prefer: respond-async")
     accepted = {part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(",")}
     if not accepted & {FHIR_JSON, "*/*", "application/*"}:
-        raise HTTPException(400, "a Bulk Data kick-off needs the header Accept: application/fhir+json "
-                                 "(the format of its OperationOutcome; the only one supported)")
+        raise HTTPException(
+            400,
+            "a Bulk Data kick-off needs the header Accept: application/fhir+json "
+            "(the format of its OperationOutcome; the only one supported)",
+        )
     lenient = "handling=lenient" in prefer.replace(" ", "")
     body = getattr(request.state, "json_body", None) if request.method == "POST" else None
     params = export_options.parameters(request.url.query, body)
@@ -116,20 +147,45 @@ def _kick_off(request: Request, actor: Actor, level: str, group_id: str | None, 
         bad = [name for name in types if not TYPE_NAME.match(name)]
         refused = [name for name in types if allowed is not None and name not in allowed]
         if bad or refused or not types:
-            raise HTTPException(400, f"_type: {', '.join(bad)} not resource types" if bad else
-                                f"_type: {', '.join(refused)} never leave de-identified (profile {profile.name})")
+            raise HTTPException(
+                400,
+                f"_type: {', '.join(bad)} not resource types"
+                if bad
+                else f"_type: {', '.join(refused)} never leave de-identified (profile {profile.name})",
+            )
     else:
         types = [name for name in resource_types(runtime.engine) if allowed is None or name in allowed]
     types = _within_scopes(actor, types, explicit=bool(type_param))
     patient_ids = _study_patient_ids(runtime, deidentified) if params.get("patient") else {}
-    options = export_options.read(params, level=level, types=types, deidentified=deidentified, lenient=lenient,
-                                  patient_ids=patient_ids, settings=runtime.settings)
-    job = jobs.create(runtime.engine, actor, directory=runtime.settings.exports_path, deidentified=deidentified,
-                      profile=profile.name if profile else None, request_url=str(request.url), group_id=group_id,
-                      types=types, since=since, options=options.as_json())
+    options = export_options.read(
+        params,
+        level=level,
+        types=types,
+        deidentified=deidentified,
+        lenient=lenient,
+        patient_ids=patient_ids,
+        settings=runtime.settings,
+    )
+    job = jobs.create(
+        runtime.engine,
+        actor,
+        directory=runtime.settings.exports_path,
+        deidentified=deidentified,
+        profile=profile.name if profile else None,
+        request_url=str(request.url),
+        group_id=group_id,
+        types=types,
+        since=since,
+        options=options.as_json(),
+    )
     location = kicked_off(request, job.id)
-    return _outcome(202, f"export accepted; poll {location}", severity="information", code="informational",
-                    headers={"Content-Location": location})
+    return _outcome(
+        202,
+        f"export accepted; poll {location}",
+        severity="information",
+        code="informational",
+        headers={"Content-Location": location},
+    )
 
 
 def _study_patient_ids(runtime, deidentified: bool) -> dict[str, str]:
@@ -150,15 +206,21 @@ def _within_scopes(actor: Actor, types: list[str], *, explicit: bool) -> list[st
     when one is outside them; an export of everything exports what they cover."""
     lacking = [name for name in types if not scopes.allows(actor.scopes, name, "rs")]
     if lacking and (explicit or len(lacking) == len(types)):
-        raise HTTPException(403, f"exporting {', '.join(lacking)} needs the SMART scope system/<type>.rs "
-                                 "(or system/*.rs), which this token's scopes do not grant")
+        raise HTTPException(
+            403,
+            f"exporting {', '.join(lacking)} needs the SMART scope system/<type>.rs "
+            "(or system/*.rs), which this token's scopes do not grant",
+        )
     return [name for name in types if name not in lacking]
 
 
 def _job_of(request: Request, actor: Actor, job_id: str) -> ExportJob:
     job = jobs.get(request.app.state.runtime.engine, job_id)
-    if job is None or job.status in (jobs.CANCELLED, jobs.EXPIRED) or not may_read_job(
-            actor, job.owner_sub, job.deidentified, job.kind):
+    if (
+        job is None
+        or job.status in (jobs.CANCELLED, jobs.EXPIRED)
+        or not may_read_job(actor, job.owner_sub, job.deidentified, job.kind)
+    ):
         raise HTTPException(404, f"export {job_id} is not known (or was cancelled or has expired)")
     return job
 
@@ -170,8 +232,10 @@ def export_status(request: Request, job_id: str, actor: Actor = JOB):
         cursor = json.loads(job.cursor) if job.cursor else {}
         current = (cursor.get("current") or {}).get("type")
         done = len(cursor.get("done") or [])
-        progress = (f"{job.status}: {job.exported} resources written, {done} of {len(json.loads(job.types))} types done"
-                    + (f", now {current}" if current else ""))
+        progress = (
+            f"{job.status}: {job.exported} resources written, {done} of {len(json.loads(job.types))} types done"
+            + (f", now {current}" if current else "")
+        )
         return Response(status_code=202, headers={"X-Progress": progress[:200], "Retry-After": "1"})
     if job.status == jobs.FAILED:
         return _outcome(500, job.error or "the export failed", code="exception")
@@ -183,16 +247,23 @@ def _manifest(request: Request, job: ExportJob) -> dict[str, Any]:
     sections: dict[str, list[dict[str, Any]]] = {"output": [], "deleted": [], "error": []}
     for entry in json.loads(job.output or "[]"):  # error: resources not exported, lenient kick-off notes
         sections[jobs.section_of(entry)].append(
-            {"type": entry["type"], **({"format": entry["format"]} if "format" in entry else {}),
-             "url": f"{base}/$export-file/{job.id}/{entry['file']}",
-             **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry}})
+            {
+                "type": entry["type"],
+                **({"format": entry["format"]} if "format" in entry else {}),
+                "url": f"{base}/$export-file/{job.id}/{entry['file']}",
+                **{key: entry[key] for key in ("count", "sha256", "audit_chain_head", "values") if key in entry},
+            }
+        )
     profile = None
     if job.deidentified:
         runtime = request.app.state.runtime
         applied = deidentifier(runtime).profile
-        profile = {"profile": job.profile, "title": applied.title if applied.name == job.profile else None,
-                   "pseudonyms": "HMAC-SHA256 with the study secret, stable across exports",
-                   "dates": "shifted by a secret per-subject offset (intervals preserved)"}
+        profile = {
+            "profile": job.profile,
+            "title": applied.title if applied.name == job.profile else None,
+            "pseudonyms": "HMAC-SHA256 with the study secret, stable across exports",
+            "dates": "shifted by a secret per-subject offset (intervals preserved)",
+        }
     return {
         "transactionTime": instant(job.transaction_time),
         "request": job.request_url,
@@ -219,7 +290,9 @@ def export_cancel(request: Request, job_id: str, actor: Actor = JOB):
     return _outcome(202, f"export {job_id} cancelled", severity="information", code="informational")
 
 
-@router.get("/$export-file/{job_id}/{file_name}", summary="Download one NDJSON file of a finished export (its owner only)")
+@router.get(
+    "/$export-file/{job_id}/{file_name}", summary="Download one NDJSON file of a finished export (its owner only)"
+)
 async def export_file(request: Request, job_id: str, file_name: str, actor: Actor = JOB):
     job = await run_in_threadpool(_job_of, request, actor, job_id)
     entries = {entry["file"]: entry for entry in json.loads(job.output or "[]")} if job.status == jobs.COMPLETED else {}
@@ -228,8 +301,11 @@ async def export_file(request: Request, job_id: str, file_name: str, actor: Acto
     if entry is None or not path.is_file():
         raise HTTPException(404, f"export {job_id} has no file {file_name}")
     if entry.get("section", "output") == "output" and not scopes.allows(actor.scopes, entry["type"], "rs"):
-        raise HTTPException(403, f"downloading {entry['type']} needs the SMART scope system/{entry['type']}.rs "
-                                 "(or system/*.rs), which this token's scopes do not grant")
+        raise HTTPException(
+            403,
+            f"downloading {entry['type']} needs the SMART scope system/{entry['type']}.rs "
+            "(or system/*.rs), which this token's scopes do not grant",
+        )
     await run_in_threadpool(_audit_download, request, actor, job, entry)
     if not job.deidentified and job.kind == "bulk" and entry["type"] == "Patient":
         await run_in_threadpool(_identifiers_shown, request, actor, path)
@@ -261,6 +337,14 @@ def _job_subjects_shown(request: Request, actor: Actor, job: ExportJob) -> None:
 
 def _audit_download(request: Request, actor: Actor, job: ExportJob, entry: dict[str, Any]) -> None:
     with transaction(request.app.state.runtime.engine) as session:
-        audit.append(session, actor, "export.download", source="export", resource=f"export/{job.id}",
-                     reason=job.profile, new_value=json.dumps({"file": entry["file"], "count": entry.get("count"),
-                                                                 "deidentified": job.deidentified}, sort_keys=True))
+        audit.append(
+            session,
+            actor,
+            "export.download",
+            source="export",
+            resource=f"export/{job.id}",
+            reason=job.profile,
+            new_value=json.dumps(
+                {"file": entry["file"], "count": entry.get("count"), "deidentified": job.deidentified}, sort_keys=True
+            ),
+        )

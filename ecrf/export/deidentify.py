@@ -1,6 +1,7 @@
 """De-identification by allow-list: a profile (YAML data) names, per resource type, the only elements
 that may leave; everything else, known or not, is dropped. Ids are re-keyed with HMAC-SHA256 under the
 study secret, dates are shifted by a secret per-subject offset, birth dates become grouped ages."""
+
 import hashlib
 import hmac
 import re
@@ -69,8 +70,10 @@ def load_profile(path: Path) -> Profile:
     if spec["dates"].get("method") != "shift":
         raise ProfileError("dates.method: only `shift` is implemented")
     if not 0 < spec["dates"]["min_days"] <= spec["dates"]["max_days"] <= MAX_SHIFT_DAYS:
-        raise ProfileError(f"dates: 0 < min_days <= max_days <= {MAX_SHIFT_DAYS} (stored dates keep a year "
-                           "from the calendar's ends, so a shift of at most a year never leaves it)")
+        raise ProfileError(
+            f"dates: 0 < min_days <= max_days <= {MAX_SHIFT_DAYS} (stored dates keep a year "
+            "from the calendar's ends, so a shift of at most a year never leaves it)"
+        )
     profile = Profile(str(spec["id"]), str(spec["version"]), str(spec.get("title", "")), spec)
     Deidentifier(profile, b"check")  # compiles every plan: unknown datatypes fail at load
     return profile
@@ -164,7 +167,9 @@ class Deidentifier:
     def resource_types(self) -> frozenset[str]:
         return frozenset(self._resources)
 
-    def resource(self, content: dict[str, Any], patient_id: str | None, age_at: date | None = None) -> dict[str, Any] | None:
+    def resource(
+        self, content: dict[str, Any], patient_id: str | None, age_at: date | None = None
+    ) -> dict[str, Any] | None:
         """The de-identified resource, or None when its type may not leave. `age_at`: Patient only."""
         resource_type = content.get("resourceType")
         plan = self._resources.get(resource_type)
@@ -288,6 +293,7 @@ def _keep(value: Any, _days: int | None) -> Any:
 def _complex(plan: Plan) -> Handler:
     def handle(value: Any, days: int | None) -> dict[str, Any] | None:
         return _apply(plan, value, days) if isinstance(value, dict) else None
+
     return handle
 
 

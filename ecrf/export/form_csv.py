@@ -3,6 +3,7 @@ columns in the form definition's order; unscheduled EHR results follow, a row pe
 A form with entries (a log form, a repeating form) has an `entry` column and a row per entry (a log entry's
 visit is LOG; withdrawn entries, entered in error, are left out). A `codes` item is one cell, its codes sorted
 and joined with ';'. Rows are built subject batch by subject batch and streamed."""
+
 import csv
 import hashlib
 import io
@@ -35,6 +36,7 @@ CHUNK_BYTES = 64 * 1024
 @dataclass
 class Tally:
     """What the manifest states about a CSV: computed while it streams, the same way both times."""
+
     rows: int = 0
     subjects: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
@@ -73,12 +75,22 @@ def data_version(session: Session) -> int:
 
 
 def _subject_heads(session: Session, study: StudyDef, actor: Actor, after: str | None) -> list[ResourceHead]:
-    query = select(ResourceHead).where(
-        ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
-        ResourceHead.resource_id.in_(select(SearchToken.resource_id).where(
-            SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
-            SearchToken.value == f"ResearchStudy/{study.id}")),
-    ).order_by(ResourceHead.resource_id).limit(SUBJECT_BATCH)
+    query = (
+        select(ResourceHead)
+        .where(
+            ResourceHead.resource_type == "ResearchSubject",
+            ResourceHead.deleted == False,  # noqa: E712
+            ResourceHead.resource_id.in_(
+                select(SearchToken.resource_id).where(
+                    SearchToken.resource_type == "ResearchSubject",
+                    SearchToken.param == "study",
+                    SearchToken.value == f"ResearchStudy/{study.id}",
+                )
+            ),
+        )
+        .order_by(ResourceHead.resource_id)
+        .limit(SUBJECT_BATCH)
+    )
     if actor.sites is not None:
         query = query.where(ResourceHead.site.in_(sorted(actor.sites)))
     if after is not None:
@@ -86,7 +98,9 @@ def _subject_heads(session: Session, study: StudyDef, actor: Actor, after: str |
     return list(session.execute(query).scalars())
 
 
-def rows(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifier | None, tally: Tally) -> Iterator[list[str]]:
+def rows(
+    store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifier | None, tally: Tally
+) -> Iterator[list[str]]:
     session = store.session
     cols = columns(form, deid)
     after = None
@@ -109,14 +123,27 @@ def rows(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifie
         session.expunge_all()
 
 
-def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[Column], deid: Deidentifier | None,
-                  subject_id: str, site: str | None, patient_id: str) -> Iterator[list[str]]:
+def _subject_rows(
+    session: Session,
+    study: StudyDef,
+    form: FormDef,
+    cols: list[Column],
+    deid: Deidentifier | None,
+    subject_id: str,
+    site: str | None,
+    patient_id: str,
+) -> Iterator[list[str]]:
     zero = day_zero(session, study, patient_id)
-    found = list(session.execute(select(FormInstance).where(FormInstance.patient_id == patient_id,
-                                                            FormInstance.form_id == form.id)).scalars())
+    found = list(
+        session.execute(
+            select(FormInstance).where(FormInstance.patient_id == patient_id, FormInstance.form_id == form.id)
+        ).scalars()
+    )
     instances = {instance.visit_id: instance for instance in found if not instance.entry_id}
-    entries = sorted((i for i in found if i.entry_id and i.status != WITHDRAWN),
-                     key=lambda i: (i.visit_date, i.created_at, i.entry_id))
+    entries = sorted(
+        (i for i in found if i.entry_id and i.status != WITHDRAWN),
+        key=lambda i: (i.visit_date, i.created_at, i.entry_id),
+    )
     days = deid.shift_days(patient_id) if deid else None
     extra = [""] if form.has_entries else []
     for visit_id in form.visits:
@@ -124,23 +151,64 @@ def _subject_rows(session: Session, study: StudyDef, form: FormDef, cols: list[C
         values, _ = form_values(session, study, form, visit_id, patient_id, instance, zero)
         if not values and instance is None:
             continue
-        when = instance.visit_date if instance else min(
-            (d for d in (parse_date(entry.get("effective")) for entry in values.values()) if d), default=None)
+        when = (
+            instance.visit_date
+            if instance
+            else min((d for d in (parse_date(entry.get("effective")) for entry in values.values()) if d), default=None)
+        )
         yield _row(cols, values, deid, days, subject_id, site, patient_id, visit_id, when, zero, extra)
     for instance in entries:  # a row per entry, with its id
         values, _ = form_values(session, study, form, instance.visit_id, patient_id, instance, zero)
-        yield _row(cols, values, deid, days, subject_id, site, patient_id, instance.visit_id, instance.visit_date,
-                   zero, [instance.entry_id])
+        yield _row(
+            cols,
+            values,
+            deid,
+            days,
+            subject_id,
+            site,
+            patient_id,
+            instance.visit_id,
+            instance.visit_date,
+            zero,
+            [instance.entry_id],
+        )
     for result in unscheduled_values(session, study, form, patient_id, zero):  # a row per date, visit UNS
-        yield _row(cols, result["items"], deid, days, subject_id, site, patient_id, UNSCHEDULED,
-                   parse_date(result["date"]), zero, extra)
+        yield _row(
+            cols,
+            result["items"],
+            deid,
+            days,
+            subject_id,
+            site,
+            patient_id,
+            UNSCHEDULED,
+            parse_date(result["date"]),
+            zero,
+            extra,
+        )
 
 
-def _row(cols: list[Column], values: dict[str, Any], deid: Deidentifier | None, days: int | None, subject_id: str,
-         site: str | None, patient_id: str, visit_id: str, when: date | None, zero: date | None,
-         extra: list[str]) -> list[str]:
-    row = [deid.pseudonym(patient_id) if deid else subject_id, site or "", visit_id,
-           _date(when, days, deid), "" if when is None or zero is None else str((when - zero).days), *extra]
+def _row(
+    cols: list[Column],
+    values: dict[str, Any],
+    deid: Deidentifier | None,
+    days: int | None,
+    subject_id: str,
+    site: str | None,
+    patient_id: str,
+    visit_id: str,
+    when: date | None,
+    zero: date | None,
+    extra: list[str],
+) -> list[str]:
+    row = [
+        deid.pseudonym(patient_id) if deid else subject_id,
+        site or "",
+        visit_id,
+        _date(when, days, deid),
+        "" if when is None or zero is None else str((when - zero).days),
+        *extra,
+    ]
     for column in cols:
         row.append(_cell(column, values.get(column.item.id), when, days, deid))
     return row
@@ -152,8 +220,9 @@ def _date(value: date | None, days: int | None, deid: Deidentifier | None) -> st
     return deid.shift(value.isoformat(), days) if deid else value.isoformat()
 
 
-def _cell(column: Column, entry: dict[str, Any] | None, when: date | None, days: int | None,
-          deid: Deidentifier | None) -> str:
+def _cell(
+    column: Column, entry: dict[str, Any] | None, when: date | None, days: int | None, deid: Deidentifier | None
+) -> str:
     if entry is None or entry.get("value") is None:
         return ""
     value = entry["value"]
@@ -174,7 +243,9 @@ def _cell(column: Column, entry: dict[str, Any] | None, when: date | None, days:
     return str(value)
 
 
-def chunks(store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifier | None, tally: Tally) -> Iterator[bytes]:
+def chunks(
+    store: ClinicalStore, study: StudyDef, form: FormDef, deid: Deidentifier | None, tally: Tally
+) -> Iterator[bytes]:
     """The CSV as byte chunks of about 64 KiB, hashed and counted into `tally` as they go."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")

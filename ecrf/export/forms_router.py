@@ -1,4 +1,5 @@
 """Form exports as CSV under /api/v1/exports, with a manifest (row counts, SHA-256) computed the same way."""
+
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -60,12 +61,17 @@ def _export(request: Request, actor: Actor, form_id: str, deidentify: bool) -> I
 
 
 def _headers(deid: Deidentifier | None, version: int) -> dict[str, str]:
-    return {"X-Data-Version": str(version),
-            "X-Deidentification-Profile": deid.profile.name if deid else "none (identified)"}
+    return {
+        "X-Data-Version": str(version),
+        "X-Deidentification-Profile": deid.profile.name if deid else "none (identified)",
+    }
 
 
-@router.get("/exports/forms/{form_id}.csv", summary="One form as CSV: a row per subject and visit (streamed)",
-            response_class=StreamingResponse)
+@router.get(
+    "/exports/forms/{form_id}.csv",
+    summary="One form as CSV: a row per subject and visit (streamed)",
+    response_class=StreamingResponse,
+)
 def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIFY, actor: Actor = EXPORT):
     """Canonical units (in the header); de-identified unless a data manager asks `deidentify=false`. The row
     count and SHA-256 are in `GET …/{form_id}.csv.manifest`, valid when its `data_version` equals this
@@ -86,8 +92,10 @@ def export_form_csv(request: Request, form_id: str, deidentify: bool = DEIDENTIF
                 session.close()
                 _audit(runtime, actor, form, deid, version, tally, finished)
 
-        headers = {**_headers(deid, version),
-                   "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"'}
+        headers = {
+            **_headers(deid, version),
+            "Content-Disposition": f'attachment; filename="{runtime.study.id}-{form.id}.csv"',
+        }
         return ClosingStream(body(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
@@ -117,20 +125,48 @@ def export_form_manifest(request: Request, form_id: str, deidentify: bool = DEID
         finally:
             session.close()
         return {
-            "form": form.id, "study": runtime.study.id, "generated_at": instant(now()), "data_version": version,
-            "deidentified": deid is not None, "profile": deid.profile.name if deid else None,
+            "form": form.id,
+            "study": runtime.study.id,
+            "generated_at": instant(now()),
+            "data_version": version,
+            "deidentified": deid is not None,
+            "profile": deid.profile.name if deid else None,
             "columns": [*form_csv.fixed_columns(form), *(c.header for c in form_csv.columns(form, deid))],
-            "rows": tally.rows, "subjects": tally.subjects, "sha256": tally.sha256,
+            "rows": tally.rows,
+            "subjects": tally.subjects,
+            "sha256": tally.sha256,
         }
 
 
-def _audit(runtime: Runtime, actor: Actor, form: FormDef, deid: Deidentifier | None, version: int,
-           tally: form_csv.Tally, finished: bool) -> None:
-    summary = {"kind": "form_csv", "form": form.id, "deidentified": deid is not None,
-               "profile": deid.profile.name if deid else None, "data_version": version, "rows": tally.rows,
-               "subjects": tally.subjects, "complete": finished}
+def _audit(
+    runtime: Runtime,
+    actor: Actor,
+    form: FormDef,
+    deid: Deidentifier | None,
+    version: int,
+    tally: form_csv.Tally,
+    finished: bool,
+) -> None:
+    summary = {
+        "kind": "form_csv",
+        "form": form.id,
+        "deidentified": deid is not None,
+        "profile": deid.profile.name if deid else None,
+        "data_version": version,
+        "rows": tally.rows,
+        "subjects": tally.subjects,
+        "complete": finished,
+    }
     if finished:
         summary["sha256"] = tally.sha256
     with transaction(runtime.engine) as session:
-        audit.append(session, actor, "export", source="export", form_id=form.id, resource=f"Questionnaire/{form.id}",
-                     reason=deid.profile.name if deid else None, new_value=json.dumps(summary, sort_keys=True))
+        audit.append(
+            session,
+            actor,
+            "export",
+            source="export",
+            form_id=form.id,
+            resource=f"Questionnaire/{form.id}",
+            reason=deid.profile.name if deid else None,
+            new_value=json.dumps(summary, sort_keys=True),
+        )

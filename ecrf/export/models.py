@@ -1,4 +1,5 @@
 """Export jobs: their state lives in the database so any instance can run them and a restart resumes them."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text
@@ -30,7 +31,9 @@ class ExportJob(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = None
     attempts: int = 0
-    cursor: str | None = Field(default=None, sa_column=Column(Text))  # JSON: finished types, position in the current one
+    cursor: str | None = Field(
+        default=None, sa_column=Column(Text)
+    )  # JSON: finished types, position in the current one
     exported: int = 0
     output: str | None = Field(default=None, sa_column=Column(Text))  # JSON manifest entries
     error: str | None = Field(default=None, sa_column=Column(Text))

@@ -17,6 +17,7 @@ body (POST), checked, and kept with the job as JSON (`export_job.options`).
 Under `Prefer: handling=lenient` what cannot be honoured is left out and reported, one issue each, in an
 OperationOutcome file listed in the manifest's `error` array; otherwise it is a 400.
 """
+
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,18 @@ from ecrf.store.indexing import SEARCH_PARAMS
 
 TYPE_FILTER = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})\?(?P<query>.+)$")
 ELEMENT = re.compile(r"^(?:(?P<type>[A-Z][A-Za-z]{1,63})\.)?(?P<element>[a-z][A-Za-z0-9]{0,63}(?:\[x\])?)$")
-KNOWN = ("_type", "_since", "_outputFormat", "_typeFilter", "_elements", "patient", "includeAssociatedData",
-         "deidentify", "organizeOutputBy", "allowPartialManifests")
+KNOWN = (
+    "_type",
+    "_since",
+    "_outputFormat",
+    "_typeFilter",
+    "_elements",
+    "patient",
+    "includeAssociatedData",
+    "deidentify",
+    "organizeOutputBy",
+    "allowPartialManifests",
+)
 NOT_SUPPORTED = ("organizeOutputBy", "allowPartialManifests")
 PROVENANCE = ("LatestProvenanceResources", "RelevantProvenanceResources")
 MAX_VALUES = 1000
@@ -49,8 +60,12 @@ class Options:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {"type_filters": self.type_filters, "elements": self.elements, "patients": self.patients,
-                "warnings": self.warnings}
+        return {
+            "type_filters": self.type_filters,
+            "elements": self.elements,
+            "patients": self.patients,
+            "warnings": self.warnings,
+        }
 
 
 def parameters(query_string: str, body: Any) -> dict[str, list[Any]]:
@@ -69,8 +84,9 @@ def parameters(query_string: str, body: Any) -> dict[str, list[Any]]:
                 value = value.get("reference")
             if value is None or isinstance(value, (dict, list)):
                 raise KickOffError(f"parameter {parameter['name']} needs a value[x] (string, reference, ...)")
-            found.setdefault(parameter["name"], []).append(value if isinstance(value, str) else str(value).lower()
-                                                          if isinstance(value, bool) else str(value))
+            found.setdefault(parameter["name"], []).append(
+                value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+            )
     if sum(len(values) for values in found.values()) > MAX_VALUES:
         raise KickOffError(f"at most {MAX_VALUES} kick-off parameter values")
     return found
@@ -85,8 +101,16 @@ def single(params: dict[str, list[Any]], name: str) -> str | None:
     return ",".join(values)
 
 
-def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidentified: bool, lenient: bool,
-         patient_ids: dict[str, str], settings: Any) -> Options:
+def read(
+    params: dict[str, list[Any]],
+    *,
+    level: str,
+    types: list[str],
+    deidentified: bool,
+    lenient: bool,
+    patient_ids: dict[str, str],
+    settings: Any,
+) -> Options:
     """`patient_ids`: the id the caller sees -> the stored id, for the study's patients."""
     options = Options()
 
@@ -102,8 +126,10 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
             problem(f"{name} is not supported by this server")
     for value in _split(params.get("includeAssociatedData", [])):
         if value in PROVENANCE:
-            note = (f"includeAssociatedData={value}: this server keeps no Provenance resources, so none are "
-                    "associated with the exported data and none are included")
+            note = (
+                f"includeAssociatedData={value}: this server keeps no Provenance resources, so none are "
+                "associated with the exported data and none are included"
+            )
             if note not in options.warnings:
                 options.warnings.append(note)
         else:
@@ -120,8 +146,10 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
         pairs = search.params_of(query)
         refused = [name for name, _ in pairs if deidentified and not _safe_when_deidentified(resource_type, name)]
         if refused:
-            problem(f"_typeFilter {text!r}: {', '.join(refused)} may not filter a de-identified export "
-                    "(token parameters other than identifier only)")
+            problem(
+                f"_typeFilter {text!r}: {', '.join(refused)} may not filter a de-identified export "
+                "(token parameters other than identifier only)"
+            )
             continue
         try:
             search.parse(resource_type, pairs, default_count=1, max_count=settings.page_size_max)
@@ -146,7 +174,9 @@ def read(params: dict[str, list[Any]], *, level: str, types: list[str], deidenti
                     problem(f"patient {reference!r} is not a Patient reference (Patient/<id>)")
                 elif seen_id not in patient_ids:
                     # as an unknown id in a search: nothing about it is exported, and the manifest says so
-                    options.warnings.append(f"patient {reference!r} is not a Patient of the study; nothing exported for it")
+                    options.warnings.append(
+                        f"patient {reference!r} is not a Patient of the study; nothing exported for it"
+                    )
                 else:
                     wanted.append(patient_ids[seen_id])
             options.patients = sorted(set(wanted))
@@ -177,22 +207,32 @@ def filters(resource_type: str, queries: list[str], settings: Any) -> list[Any]:
         return []
     from sqlalchemy import and_, or_, true
 
-    parsed = [search.parse(resource_type, search.params_of(query), default_count=1,
-                           max_count=settings.page_size_max).filters for query in queries]
+    parsed = [
+        search.parse(resource_type, search.params_of(query), default_count=1, max_count=settings.page_size_max).filters
+        for query in queries
+    ]
     return [or_(*(and_(*conditions) if conditions else true() for conditions in parsed))]
 
 
 def apply_elements(resource: dict[str, Any], elements: list[str]) -> dict[str, Any]:
     resource_type = resource.get("resourceType")
-    keep = {matched["element"] for matched in map(ELEMENT.match, elements)
-            if matched and matched["type"] in (None, resource_type)}
+    keep = {
+        matched["element"]
+        for matched in map(ELEMENT.match, elements)
+        if matched and matched["type"] in (None, resource_type)
+    }
     if not keep:
         return resource
     keep |= {"resourceType", "id", "meta"}
-    result = {name: value for name, value in resource.items()
-              if name in keep or any(name.startswith(element[:-3]) for element in keep if element.endswith("[x]"))}
+    result = {
+        name: value
+        for name, value in resource.items()
+        if name in keep or any(name.startswith(element[:-3]) for element in keep if element.endswith("[x]"))
+    }
     meta = dict(result.get("meta") or {})
-    meta["tag"] = [*(meta.get("tag") or []), {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-                                               "code": "SUBSETTED"}]
+    meta["tag"] = [
+        *(meta.get("tag") or []),
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"},
+    ]
     result["meta"] = meta
     return result

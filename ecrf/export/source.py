@@ -1,4 +1,5 @@
 """Current resources as of an instant, read in keyset-paged batches: memory is one batch, whatever the size."""
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ class Row:
 class Scope:
     """Which resources of one type: as of `until` (a snapshot), changed after `since`, at `sites`,
     about the subjects of `study_id` (a Group export)."""
+
     resource_type: str
     until: datetime
     since: datetime | None = None
@@ -34,10 +36,13 @@ class Scope:
 
 def study_patients(study_id: str) -> Select:
     subjects = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
-        SearchToken.value == f"ResearchStudy/{study_id}")
+        SearchToken.resource_type == "ResearchSubject",
+        SearchToken.param == "study",
+        SearchToken.value == f"ResearchStudy/{study_id}",
+    )
     return select(ResourceHead.patient_id).where(
-        ResourceHead.resource_type == "ResearchSubject", ResourceHead.resource_id.in_(subjects))
+        ResourceHead.resource_type == "ResearchSubject", ResourceHead.resource_id.in_(subjects)
+    )
 
 
 def _heads(scope: Scope, after: str | None, limit: int) -> Select:
@@ -45,10 +50,13 @@ def _heads(scope: Scope, after: str | None, limit: int) -> Select:
     statement = (
         select(head.resource_id, head.patient_id, head.last_updated, ResourceVersion.__table__.c.content)
         .join(ResourceVersion.__table__, ResourceVersion.__table__.c.pk == head.version_pk)
-        .where(head.resource_type == scope.resource_type,
-               # deleted after the snapshot: its earlier version is still part of it
-               or_(head.deleted == False, head.last_updated > scope.until))  # noqa: E712
-        .order_by(head.resource_id).limit(limit)
+        .where(
+            head.resource_type == scope.resource_type,
+            # deleted after the snapshot: its earlier version is still part of it
+            or_(head.deleted == False, head.last_updated > scope.until),  # noqa: E712
+        )
+        .order_by(head.resource_id)
+        .limit(limit)
     )
     if after is not None:
         statement = statement.where(head.resource_id > after)
@@ -66,8 +74,11 @@ def _as_of(connection, scope: Scope, resource_ids: list[str]) -> dict[str, tuple
     version = ResourceVersion.__table__.c
     rows = connection.execute(
         select(version.resource_id, version.content, version.last_updated, version.deleted)
-        .where(version.resource_type == scope.resource_type, version.resource_id.in_(resource_ids),
-               version.last_updated <= scope.until)
+        .where(
+            version.resource_type == scope.resource_type,
+            version.resource_id.in_(resource_ids),
+            version.last_updated <= scope.until,
+        )
         .order_by(version.resource_id, version.version_id)
     ).all()
     found: dict[str, tuple[str, datetime] | None] = dict.fromkeys(resource_ids)
@@ -76,7 +87,9 @@ def _as_of(connection, scope: Scope, resource_ids: list[str]) -> dict[str, tuple
     return found
 
 
-def batches(engine: Engine, scope: Scope, after: str | None = None, size: int = 1000) -> Iterator[tuple[str, list[Row]]]:
+def batches(
+    engine: Engine, scope: Scope, after: str | None = None, size: int = 1000
+) -> Iterator[tuple[str, list[Row]]]:
     """(last resource id of the batch, rows): each batch its own short read; resume with `after`. A study's
     export keeps its subjects' resources, read once as a set: as a subquery of every page, planners (PostgreSQL)
     misjudged it and read every remaining subject resource for each page."""
@@ -123,16 +136,25 @@ def deletions(engine: Engine, scope: Scope) -> list[tuple[str, str | None]]:
     """(resource id, patient id) of the resources of `scope` deleted after `since` and by `until`: what a
     `_since` export lists in the manifest's `deleted` array."""
     head = ResourceHead.__table__.c
-    statement = (select(head.resource_id, head.patient_id)
-                 .where(head.resource_type == scope.resource_type, head.deleted == True,  # noqa: E712
-                        head.last_updated > scope.since, head.last_updated <= scope.until)
-                 .order_by(head.resource_id))
+    statement = (
+        select(head.resource_id, head.patient_id)
+        .where(
+            head.resource_type == scope.resource_type,
+            head.deleted == True,  # noqa: E712
+            head.last_updated > scope.since,
+            head.last_updated <= scope.until,
+        )
+        .order_by(head.resource_id)
+    )
     if scope.sites is not None:
         statement = statement.where(head.site.in_(scope.sites))
     with reading(engine) as session:
         connection = session.connection()
         rows = connection.execute(statement).all()
         members = set(connection.execute(study_patients(scope.study_id)).scalars()) if scope.study_id else None
-    return [(resource_id, patient_id) for resource_id, patient_id in rows
-            if (members is None or patient_id in members or scope.resource_type == "Patient" and resource_id in members)
-            and (scope.patients is None or patient_id in scope.patients)]
+    return [
+        (resource_id, patient_id)
+        for resource_id, patient_id in rows
+        if (members is None or patient_id in members or scope.resource_type == "Patient" and resource_id in members)
+        and (scope.patients is None or patient_id in scope.patients)
+    ]

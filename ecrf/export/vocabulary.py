@@ -1,5 +1,6 @@
 """What values a de-identified export may carry, from the study (forms/) and the profile: the study's own
 codes, its code systems, its units and its arms. Everything else in a coded or unit element is dropped."""
+
 from dataclasses import dataclass
 from study_model.definitions import StudyDef
 
@@ -32,6 +33,9 @@ def of_study(study: StudyDef, standard_systems: list[str] | tuple[str, ...] = ()
             for value in item.values or ():
                 coding = study.value_coding(item, value)
                 codes.add((coding.system, coding.code))
-    return Vocabulary(systems=frozenset(systems), codes=frozenset(codes), units=frozenset(units),
-                      arms=frozenset(arm.id for arm in study.arms))
-
+    return Vocabulary(
+        systems=frozenset(systems),
+        codes=frozenset(codes),
+        units=frozenset(units),
+        arms=frozenset(arm.id for arm in study.arms),
+    )

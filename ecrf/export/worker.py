@@ -1,4 +1,5 @@
 """The background worker each instance starts with the app: claims export jobs from the database and runs them."""
+
 import logging
 import os
 import socket
@@ -21,7 +22,11 @@ from ecrf.responses import fhir_base
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
-RUNNERS = {"bulk": bulk.run, **CDISC_RUNNERS, **ENDPOINTS_RUNNERS}  # export job kind -> runner(runtime, job, worker_id, stopping)
+RUNNERS = {
+    "bulk": bulk.run,
+    **CDISC_RUNNERS,
+    **ENDPOINTS_RUNNERS,
+}  # export job kind -> runner(runtime, job, worker_id, stopping)
 SWEEP_SECONDS = 60.0
 
 
@@ -88,8 +93,12 @@ class ExportWorker:
 
 def _withheld(error: Exception, what: str) -> None:
     """An export reads and writes patient data: its failures are logged without their messages."""
-    log.error("%s: %s (message withheld: it may hold patient data)\n%s", what, type(error).__qualname__,
-              types_and_frames(error))
+    log.error(
+        "%s: %s (message withheld: it may hold patient data)\n%s",
+        what,
+        type(error).__qualname__,
+        types_and_frames(error),
+    )
 
 
 def kicked_off(request: Request, job_id: str) -> str:

@@ -10,6 +10,7 @@ update or delete also searches, so it needs `s` as well, and so does a condition
 (`Patient?identifier=…`) on the type it searches; a Patient pushed with its site's MRN is a conditional
 create (it answers the stored Patient when the MRN is known).
 """
+
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +32,10 @@ def refusal(actor: Actor, action: str, resource_type: str, permissions: str, wha
     if not can(actor, action):
         return f"{what}: role {actor.role} may not {action}"
     lacking = scopes.missing(actor.scopes, resource_type, permissions)
-    return (f"{what} needs the SMART scope system/{resource_type}.{lacking} (or system/*.{lacking}), "
-            f"which this token's scopes do not grant")
+    return (
+        f"{what} needs the SMART scope system/{resource_type}.{lacking} (or system/*.{lacking}), "
+        f"which this token's scopes do not grant"
+    )
 
 
 def require(actor: Actor, action: str, resource_type: str, interaction: str) -> None:
@@ -58,8 +61,9 @@ def refusals(actor: Actor, entry: Any, conditional_create: Callable[[Any], bool]
         needs[resource_type] = needs.get(resource_type, "") + letters
     problems = []
     for resource_type, letters in needs.items():
-        searching = "" if resource_type == entry.resource_type else \
-            f", searching {resource_type} for a conditional reference,"
+        searching = (
+            "" if resource_type == entry.resource_type else f", searching {resource_type} for a conditional reference,"
+        )
         reason = refusal(actor, action, resource_type, letters, what + searching)
         if reason is not None:
             problems.append(issue(reason, code="forbidden", location=entry.location))

@@ -6,6 +6,7 @@ code: the value must be a code of the value set; Coding: its system and code mus
 without a system: a code of any of its systems); CodeableConcept: one of its codings must be (a concept with
 text and no coding is let through). Extensions and contained resources are not walked.
 """
+
 import json
 from functools import cache
 from pathlib import Path
@@ -20,8 +21,10 @@ TABLE = Path(fhir_mappings.__file__).resolve().parent / "data" / "r4_required_bi
 @cache
 def table() -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, frozenset[str]]], dict[str, frozenset[str]]]:
     data = json.loads(TABLE.read_text())
-    value_sets = {url: {system: frozenset(codes) for system, codes in systems.items()}
-                  for url, systems in data["valueSets"].items()}
+    value_sets = {
+        url: {system: frozenset(codes) for system, codes in systems.items()}
+        for url, systems in data["valueSets"].items()
+    }
     any_system = {url: frozenset().union(*systems.values()) for url, systems in value_sets.items()}
     return data["nodes"], value_sets, any_system
 
@@ -53,8 +56,13 @@ def binding_issues(resource: dict[str, Any], location: str) -> list[dict[str, An
                 bad = _bad(spec["kind"], item, value_sets[url], any_system[url])
                 if bad is not None:
                     where = f"{path}.{name}[{index}]" if listed else f"{path}.{name}"
-                    problems.append(issue(f"{bad} is not in the value set {url} (required binding)",
-                                          code="code-invalid", location=where))
+                    problems.append(
+                        issue(
+                            f"{bad} is not in the value set {url} (required binding)",
+                            code="code-invalid",
+                            location=where,
+                        )
+                    )
     return problems
 
 

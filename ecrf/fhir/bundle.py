@@ -1,4 +1,5 @@
 """POST /fhir: transaction (all or nothing) and batch (each entry on its own) Bundles."""
+
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -34,18 +35,30 @@ def shell_issues(body: Any, entries: int | None, max_entries: int) -> list[dict[
     """Checks on the Bundle itself (`entries` of them, when not in the body), before any entry is validated."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         shown = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
-        raise FhirError.one(400, f"POST /fhir takes a Bundle of type transaction or batch, not {shown!r}",
-                            code="structure", location="Bundle")
+        raise FhirError.one(
+            400,
+            f"POST /fhir takes a Bundle of type transaction or batch, not {shown!r}",
+            code="structure",
+            location="Bundle",
+        )
     if entries is None:
         if not isinstance(body.get("entry", []), list):
             raise FhirError.one(400, "Bundle.entry must be an array", code="structure", location="Bundle.entry")
         entries = len(body.get("entry", []))
     if entries > max_entries:
-        raise FhirError.one(413, f"the Bundle has {entries} entries; the limit is {max_entries}",
-                            code="too-costly", location="Bundle.entry")
+        raise FhirError.one(
+            413,
+            f"the Bundle has {entries} entries; the limit is {max_entries}",
+            code="too-costly",
+            location="Bundle.entry",
+        )
     if body.get("type") not in ("transaction", "batch"):
-        raise FhirError.one(422, f"Bundle.type {body.get('type')!r} is not processed here: send a transaction "
-                                 "or a batch", code="not-supported", location="Bundle.type")
+        raise FhirError.one(
+            422,
+            f"Bundle.type {body.get('type')!r} is not processed here: send a transaction or a batch",
+            code="not-supported",
+            location="Bundle.type",
+        )
     try:
         model_of("Bundle").model_validate({**body, "entry": []})
     except ValidationError as error:
@@ -53,8 +66,9 @@ def shell_issues(body: Any, entries: int | None, max_entries: int) -> list[dict[
     return []
 
 
-def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObject, base_url: str,
-            wanted: str | None = None) -> dict[str, Any]:
+def process(
+    runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObject, base_url: str, wanted: str | None = None
+) -> dict[str, Any]:
     """A Bundle parsed whole, or streamed (its entries read one at a time and read again when written).
     `wanted`: the Prefer header's `return` (minimal, representation, OperationOutcome) for the written entries."""
     streamed = body if isinstance(body, StreamedObject) else None
@@ -65,15 +79,15 @@ def process(runtime: Runtime, actor: Actor, body: dict[str, Any] | StreamedObjec
         problems += [problem for _, entry_problems in parsed for problem in entry_problems]
         if problems:
             raise FhirError(status_of(problems), _summarised(problems, unsupported))
-        return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url),
-                         wanted)
+        return _response("transaction-response", transaction(runtime, actor, [e for e, _ in parsed], base_url), wanted)
     if problems:
         raise FhirError(status_of(problems), problems)
     return _response("batch-response", batch(runtime, actor, parsed, base_url, urls), wanted)
 
 
-def _entries(body: dict[str, Any] | StreamedObject,
-             base_url: str) -> tuple[list[tuple[Entry | None, list]], Counter, dict[str, int]]:
+def _entries(
+    body: dict[str, Any] | StreamedObject, base_url: str
+) -> tuple[list[tuple[Entry | None, list]], Counter, dict[str, int]]:
     """Every entry read and validated, how many entries have each unsupported resource type, and the fullUrls
     (-> entry index). A streamed entry lets its resource go once validated: it is read again from the body
     when it is written."""
@@ -85,13 +99,15 @@ def _entries(body: dict[str, Any] | StreamedObject,
                 urls.setdefault(raw["fullUrl"], index)
             parsed.append(_entry(streamed, raw, index, base_url, unsupported))
     except Refusal as refusal:  # a rule the guard checks on a body parsed whole, here as each entry is read
-        raise FhirError.one(refusal.status, refusal.message, code=refusal.code,
-                            location=refusal.location(fhir=True)) from None
+        raise FhirError.one(
+            refusal.status, refusal.message, code=refusal.code, location=refusal.location(fhir=True)
+        ) from None
     return parsed, unsupported, urls
 
 
-def _entry(streamed: StreamedObject | None, raw: Any, index: int, base_url: str,
-           unsupported: Counter) -> tuple[Entry | None, list]:
+def _entry(
+    streamed: StreamedObject | None, raw: Any, index: int, base_url: str, unsupported: Counter
+) -> tuple[Entry | None, list]:
     entry, problems = bundle_entry(raw, index, base_url)
     if any(problem.get("code") == "not-supported" and _is_resource(problem) for problem in problems):
         resource = raw.get("resource") if isinstance(raw, dict) else None
@@ -111,8 +127,13 @@ def _resource_of(streamed: StreamedObject, index: int) -> dict[str, Any]:
 
 def engine_for(runtime: Runtime, store, base_url: str) -> Engine:
     settings = runtime.settings
-    return Engine(store, base_url, runtime.study, WriteContext(source="fhir"),
-                  page_size=(settings.page_size_default, settings.page_size_max))
+    return Engine(
+        store,
+        base_url,
+        runtime.study,
+        WriteContext(source="fhir"),
+        page_size=(settings.page_size_default, settings.page_size_max),
+    )
 
 
 def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: str) -> list[Result]:
@@ -128,8 +149,9 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
             if is_outage(error):
                 raise  # the database is away: 503 with Retry-After (ecrf/errors.py), not a lost race
             if attempt == ATTEMPTS - 1:
-                raise FhirError.one(409, "a concurrent request kept changing the same resources: send it again",
-                                    code="transient")
+                raise FhirError.one(
+                    409, "a concurrent request kept changing the same resources: send it again", code="transient"
+                )
             if engine is not None:  # only before a retry: the stored content answered shares the rewritten references
                 engine.undo_rewrites()
         finally:
@@ -139,8 +161,13 @@ def transaction(runtime: Runtime, actor: Actor, entries: list[Entry], base_url: 
     raise AssertionError("unreachable")
 
 
-def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]], base_url: str,
-          urls: dict[str, int] | None = None) -> list[Result]:
+def batch(
+    runtime: Runtime,
+    actor: Actor,
+    parsed: list[tuple[Entry | None, list]],
+    base_url: str,
+    urls: dict[str, int] | None = None,
+) -> list[Result]:
     """Each entry in its own savepoint: a failing entry gets its OperationOutcome, the others commit. An entry
     referring to a refused one (or to a later one) is told so; held-back entries (types not kept) list the
     references to them removed from the entries that were stored."""
@@ -150,7 +177,9 @@ def batch(runtime: Runtime, actor: Actor, parsed: list[tuple[Entry | None, list]
     refused: dict[str, tuple[int, str]] = {}
     for index, (entry, problems) in enumerate(parsed):
         if entry is None:
-            results[index] = Result(status_of(problems), outcome={"resourceType": "OperationOutcome", "issue": problems})
+            results[index] = Result(
+                status_of(problems), outcome={"resourceType": "OperationOutcome", "issue": problems}
+            )
             if index in by_index:
                 refused[by_index[index]] = (index, _why(results[index]))
     runnable = in_fhir_order(e for e, _ in parsed if e is not None)
@@ -195,8 +224,12 @@ def _batch_entry(engine: Engine, entry: Entry) -> Result:
             if isinstance(error, FhirError):
                 return Result(error.status, outcome=error.outcome)
             if attempt == ATTEMPTS - 1:
-                failure = FhirError.one(409, "a concurrent request kept changing this resource: send it again",
-                                        code="transient", location=entry.location)
+                failure = FhirError.one(
+                    409,
+                    "a concurrent request kept changing this resource: send it again",
+                    code="transient",
+                    location=entry.location,
+                )
                 return Result(409, outcome=failure.outcome)
         finally:
             engine.forget_rewrites()
@@ -208,8 +241,12 @@ def _summarised(problems: list[dict[str, Any]], unsupported: Counter) -> list[di
     if not unsupported:
         return problems
     listed = ", ".join(f"{name} ({count})" for name, count in sorted(unsupported.items()))
-    lead = issue(f"the transaction was refused and nothing was stored: it contains resource types this server "
-                 f"does not accept: {listed}", code="not-supported", location="Bundle.entry")
+    lead = issue(
+        f"the transaction was refused and nothing was stored: it contains resource types this server "
+        f"does not accept: {listed}",
+        code="not-supported",
+        location="Bundle.entry",
+    )
     return [lead, *problems]
 
 
@@ -241,9 +278,19 @@ def _response_entry(result: Result, wanted: str | None = None) -> dict[str, Any]
     elif stored is not None and not stored.deleted and wanted == "representation":
         entry["resource"] = stored.content
     elif stored is not None and not stored.deleted and wanted == "operationoutcome":
-        response.setdefault("outcome", {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "information", "code": "informational",
-            "diagnostics": f"{result.status_line}: {stored.reference} version {stored.version_id}"}]})
+        response.setdefault(
+            "outcome",
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": f"{result.status_line}: {stored.reference} version {stored.version_id}",
+                    }
+                ],
+            },
+        )
     elif stored is not None and result.status == 200 and not stored.deleted and wanted is None:
         entry["resource"] = stored.content
     return entry

@@ -1,4 +1,5 @@
 """GET /fhir/metadata: a CapabilityStatement built from what this door actually implements."""
+
 import re
 from typing import Any
 
@@ -19,16 +20,31 @@ SECURITY = (
     "constraints and malformed scopes grant nothing. Every response carrying a Patient is recorded in the "
     "access log."
 )
-INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
-                "search-type")
-DOCS = {"token": "system|code, |code or code; comma means OR", "reference": "Type/id or id",
-        "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant",
-        "string": "starts with, case-insensitive; :exact, :contains; roles that may read identifiers only",
-        "quantity": "[prefix]number|http://unitsofmeasure.org|unit, prefixes eq ne gt ge lt le sa eb ap; the "
-                    "study's lab items in their canonical unit, other accepted units converted exactly"}
+INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+DOCS = {
+    "token": "system|code, |code or code; comma means OR",
+    "reference": "Type/id or id",
+    "date": "prefixes eq ne gt ge lt le sa eb ap; precision year to instant",
+    "string": "starts with, case-insensitive; :exact, :contains; roles that may read identifiers only",
+    "quantity": "[prefix]number|http://unitsofmeasure.org|unit, prefixes eq ne gt ge lt le sa eb ap; the "
+    "study's lab items in their canonical unit, other accepted units converted exactly",
+}
 BULK_DATA = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
-OPERATION_DEFINITIONS = {(None, "export"): BULK_DATA + "export", ("Group", "export"): BULK_DATA + "group-export",
-                         ("Patient", "export"): BULK_DATA + "patient-export"}
+OPERATION_DEFINITIONS = {
+    (None, "export"): BULK_DATA + "export",
+    ("Group", "export"): BULK_DATA + "group-export",
+    ("Patient", "export"): BULK_DATA + "patient-export",
+}
 LOCAL_OPERATIONS = {("ResearchSubject", "randomize")}  # defined here: OperationDefinition/<Type>-<name>
 BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -47,18 +63,26 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         "ResearchStudy": f"Read-only: ResearchStudy/{study.id}, generated from the study definition.",
         "OperationDefinition": "Read-only: OperationDefinition/ResearchSubject-randomize, this server's own operation.",
         "Questionnaire": "Read-only: each form of the study as an SDC-style Questionnaire, read by its form id ("
-                         + ", ".join(form.id for form in study.forms) + ").",
+        + ", ".join(form.id for form in study.forms)
+        + ").",
     }
-    read_only = sorted({match["type"] for match in map(READ_ONLY.match, routes) if match}
-                       - set(WRITABLE_TYPES)) or ["ResearchStudy"]
+    read_only = sorted({match["type"] for match in map(READ_ONLY.match, routes) if match} - set(WRITABLE_TYPES)) or [
+        "ResearchStudy"
+    ]
     for resource_type in read_only:
-        resources.append({"type": resource_type, "interaction": [{"code": "read"}],
-                          "documentation": read_only_docs.get(resource_type, "Read-only.")})
+        resources.append(
+            {
+                "type": resource_type,
+                "interaction": [{"code": "read"}],
+                "documentation": read_only_docs.get(resource_type, "Read-only."),
+            }
+        )
     operations: dict[str | None, list[dict[str, Any]]] = {}
     for match in filter(None, map(OPERATION.match, dict.fromkeys(operation_routes))):
         kind, name = match["type"], match["name"]
-        definition = OPERATION_DEFINITIONS.get((kind, name),
-                                               f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}")
+        definition = OPERATION_DEFINITIONS.get(
+            (kind, name), f"http://hl7.org/fhir/OperationDefinition/{kind or 'Resource'}-{name}"
+        )
         if (kind, name) in LOCAL_OPERATIONS:
             definition = f"{base_url}/OperationDefinition/{kind}-{name}"
         # the Bulk Data IG's CapabilityStatement names the type-level exports patient-export and group-export
@@ -80,48 +104,82 @@ def capability_statement(base_url: str, study: Any, settings: Any, app: Any = No
         "instantiates": [BULK_DATA_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "security": {
-                "extension": [{"url": OAUTH_URIS, "extension": [
-                    {"url": "token", "valueUri": base_url.removesuffix(FHIR_PREFIX) + TOKEN_PATH}]}],
-                "cors": False,
-                "service": [{"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
-                            {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]}],
-                "description": SECURITY,
-            },
-            "resource": resources,
-            "interaction": [
-                {"code": "transaction", "documentation": "All or nothing, in FHIR order (DELETE, POST, PUT, GET); "
-                                                         "urn:uuid fullUrls resolved; ifNoneExist honoured."},
-                {"code": "batch", "documentation": "Each entry on its own; a failing entry gets an OperationOutcome."},
-                {"code": "history-system", "documentation": "GET /fhir/_history: every version this client may "
-                                                            "see, newest first; _count, _offset, _since, _at, _type."},
-            ],
-            "operation": operations.get(None, []),
-            "documentation": f"Bodies up to {settings.max_body_bytes} bytes and Bundles up to "
-                             f"{settings.max_bundle_entries} entries; _count up to {settings.page_size_max}.",
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [
+                                {"url": "token", "valueUri": base_url.removesuffix(FHIR_PREFIX) + TOKEN_PATH}
+                            ],
+                        }
+                    ],
+                    "cors": False,
+                    "service": [
+                        {"coding": [{"system": SECURITY_SERVICE, "code": "OAuth"}]},
+                        {"coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR"}]},
+                    ],
+                    "description": SECURITY,
+                },
+                "resource": resources,
+                "interaction": [
+                    {
+                        "code": "transaction",
+                        "documentation": "All or nothing, in FHIR order (DELETE, POST, PUT, GET); "
+                        "urn:uuid fullUrls resolved; ifNoneExist honoured.",
+                    },
+                    {
+                        "code": "batch",
+                        "documentation": "Each entry on its own; a failing entry gets an OperationOutcome.",
+                    },
+                    {
+                        "code": "history-system",
+                        "documentation": "GET /fhir/_history: every version this client may "
+                        "see, newest first; _count, _offset, _since, _at, _type.",
+                    },
+                ],
+                "operation": operations.get(None, []),
+                "documentation": f"Bodies up to {settings.max_body_bytes} bytes and Bundles up to "
+                f"{settings.max_bundle_entries} entries; _count up to {settings.page_size_max}.",
+            }
+        ],
     }
 
 
 def _writable(resource_type: str) -> dict[str, Any]:
-    params = [{"name": name, "type": kind, "documentation": DOCS[kind]}
-              for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()]
-    params += [{"name": name, "type": "quantity", "documentation": DOCS["quantity"]}
-               for name in QUANTITY_PARAMS.get(resource_type, ())]
+    params = [
+        {"name": name, "type": kind, "documentation": DOCS[kind]}
+        for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items()
+    ]
+    params += [
+        {"name": name, "type": "quantity", "documentation": DOCS["quantity"]}
+        for name in QUANTITY_PARAMS.get(resource_type, ())
+    ]
     for param in params:  # each names its R4 definition (a parameter this server invented would have none)
         published = definition(resource_type, param["name"])
         if published is not None:
             param["definition"] = published["url"]
-    params += [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]}]
+    params += [
+        {"name": "_id", "type": "token"},
+        {"name": "_lastUpdated", "type": "date", "documentation": DOCS["date"]},
+    ]
     dates = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "date"]
     references = [name for name, (kind, _) in SEARCH_PARAMS.get(resource_type, {}).items() if kind == "reference"]
-    rev_includes = [f"{source}:{name}" for source in WRITABLE_TYPES
-                    for name, (kind, _) in SEARCH_PARAMS.get(source, {}).items()
-                    if kind == "reference" and resource_type in REFERENCE_TARGETS.get(name, ())]
-    chains = [f"{name}.{chained}" for name in references for target in REFERENCE_TARGETS.get(name, ())
-              for chained, (kind, _) in SEARCH_PARAMS.get(target, {}).items() if kind != "reference"]
+    rev_includes = [
+        f"{source}:{name}"
+        for source in WRITABLE_TYPES
+        for name, (kind, _) in SEARCH_PARAMS.get(source, {}).items()
+        if kind == "reference" and resource_type in REFERENCE_TARGETS.get(name, ())
+    ]
+    chains = [
+        f"{name}.{chained}"
+        for name in references
+        for target in REFERENCE_TARGETS.get(name, ())
+        for chained, (kind, _) in SEARCH_PARAMS.get(target, {}).items()
+        if kind != "reference"
+    ]
     return {
         "type": resource_type,
         "interaction": [{"code": code} for code in INTERACTIONS],
@@ -135,19 +193,19 @@ def _writable(resource_type: str) -> dict[str, Any]:
         "searchRevInclude": rev_includes,
         "searchParam": params,
         "documentation": "_sort by " + ", ".join(["_lastUpdated", "_id", *dates]) + " (prefix - for descending); "
-                         "_count and _offset page, with next links; _count=0 and _summary=count answer the total "
-                         "only; _total=none|estimate|accurate. POST [type]/_search takes the parameters form-encoded "
-                         "(body and URL). Unknown or unsupported parameters and modifiers are ignored and named in "
-                         "an OperationOutcome entry (search.mode outcome), and left out of the self link; with "
-                         "Prefer: handling=strict they are refused (400). PATCH takes a JSON Patch "
-                         "(application/json-patch+json), also conditional (Type?criteria, one match), with If-Match; "
-                         "_history is paged (_count, _offset, _since, _at); Prefer: return=minimal|representation|"
-                         "OperationOutcome on create, update and patch. _include and _revinclude (also :iterate, one "
-                         "level more) on the reference parameters; _elements; modifiers :missing (every "
-                         "parameter), :not (token), :Type (reference); chained parameters one level: "
-                         + (", ".join(chains) or "none") + ".",
+        "_count and _offset page, with next links; _count=0 and _summary=count answer the total "
+        "only; _total=none|estimate|accurate. POST [type]/_search takes the parameters form-encoded "
+        "(body and URL). Unknown or unsupported parameters and modifiers are ignored and named in "
+        "an OperationOutcome entry (search.mode outcome), and left out of the self link; with "
+        "Prefer: handling=strict they are refused (400). PATCH takes a JSON Patch "
+        "(application/json-patch+json), also conditional (Type?criteria, one match), with If-Match; "
+        "_history is paged (_count, _offset, _since, _at); Prefer: return=minimal|representation|"
+        "OperationOutcome on create, update and patch. _include and _revinclude (also :iterate, one "
+        "level more) on the reference parameters; _elements; modifiers :missing (every "
+        "parameter), :not (token), :Type (reference); chained parameters one level: "
+        + (", ".join(chains) or "none")
+        + ".",
     }
-
 
 
 def _get_paths(app: Any, method: str = "GET") -> list[str]:
@@ -155,8 +213,11 @@ def _get_paths(app: Any, method: str = "GET") -> list[str]:
     paths = []
     for route in app.routes:
         if hasattr(route, "effective_route_contexts"):
-            paths += [context.path for context in route.effective_route_contexts()
-                      if method in (getattr(context.original_route, "methods", None) or ())]
+            paths += [
+                context.path
+                for context in route.effective_route_contexts()
+                if method in (getattr(context.original_route, "methods", None) or ())
+            ]
         elif method in (getattr(route, "methods", None) or ()):
             paths.append(route.path)
     return paths

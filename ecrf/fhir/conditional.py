@@ -3,6 +3,7 @@
 Two identical requests racing both try to insert the same (type, criteria) key; the loser's insert
 fails, its whole unit of work is retried, and on the retry it finds the winner's resource.
 """
+
 import hashlib
 from typing import Any
 from urllib.parse import parse_qsl
@@ -45,14 +46,16 @@ def lock_text(resource_type: str, criteria: str) -> str:
     [S01, S02] may both see it). Coarser than the key on purpose: it only makes twins wait for each other."""
     pairs = []
     for name, value in parse_qsl(normalised(criteria), keep_blank_values=True):
-        alternatives = [part.rsplit("|", 1)[1] if "|" in part and not part.endswith("|") else part
-                        for part in value.split(",")]
+        alternatives = [
+            part.rsplit("|", 1)[1] if "|" in part and not part.endswith("|") else part for part in value.split(",")
+        ]
         pairs.append((name, ",".join(sorted(alternatives))))
     return f"{resource_type}?" + "&".join(f"{name}={value}" for name, value in sorted(pairs))
 
 
-def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None,
-         creating: bool = False) -> str | None:
+def find(
+    store: ClinicalStore, resource_type: str, criteria: str, *, location: str | None, creating: bool = False
+) -> str | None:
     """The one resource the criteria name among those the client sees, None when there is none; 412 when
     several match. When a miss would create (`creating`), a match the client may not see (an ehr client sees
     only its own pushes) is a 409: that resource is neither shown to it nor made a second time.
@@ -76,18 +79,30 @@ def find(store: ClinicalStore, resource_type: str, criteria: str, *, location: s
             raise _unseen_match(resource_type, criteria, location)
     matches = search.matching_ids(store, resource_type, criteria)
     if len(matches) > 1:
-        raise FhirError.one(412, f"{resource_type}?{criteria} matches more than one resource",
-                            code="multiple-matches", location=location)
-    if not matches and creating and site_wide is not store and search.matching_ids(site_wide, resource_type,
-                                                                                   criteria, 1):
+        raise FhirError.one(
+            412,
+            f"{resource_type}?{criteria} matches more than one resource",
+            code="multiple-matches",
+            location=location,
+        )
+    if (
+        not matches
+        and creating
+        and site_wide is not store
+        and search.matching_ids(site_wide, resource_type, criteria, 1)
+    ):
         raise _unseen_match(resource_type, criteria, location)
     return matches[0] if matches else None
 
 
 def _unseen_match(resource_type: str, criteria: str, location: str | None) -> FhirError:
-    return FhirError.one(409, f"{resource_type}?{criteria} matches a resource of this site that this client did not "
-                              "push: it is not shown to this client, and not created a second time",
-                         code="duplicate", location=location)
+    return FhirError.one(
+        409,
+        f"{resource_type}?{criteria} matches a resource of this site that this client did not "
+        "push: it is not shown to this client, and not created a second time",
+        code="duplicate",
+        location=location,
+    )
 
 
 def claim(store: ClinicalStore, resource_type: str, criteria: str, resource_id: str, site: str | None) -> None:

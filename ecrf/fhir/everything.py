@@ -8,6 +8,7 @@ or another client's data do not exist), the role and the token's SMART scopes pe
 are left out, and said so in an OperationOutcome entry). `_since` (instant: versions last updated then or
 later), `_type` (comma-separated), `_count` and `_offset` page the searchset, with self/next/previous links.
 """
+
 import json
 from datetime import UTC, datetime
 from functools import cache
@@ -53,8 +54,12 @@ def _since(value: str | None) -> datetime | None:
     except ValueError:
         moment = None
     if moment is None or "T" not in value or moment.tzinfo is None:
-        raise FhirError.one(400, f"_since must be an instant with a time zone (2026-01-02T03:04:05Z), got {value!r}",
-                            code="value", location="_since")
+        raise FhirError.one(
+            400,
+            f"_since must be an instant with a time zone (2026-01-02T03:04:05Z), got {value!r}",
+            code="value",
+            location="_since",
+        )
     return moment.astimezone(UTC)
 
 
@@ -65,8 +70,9 @@ def _types(value: str | None, actor: Actor) -> tuple[list[str], list[str]]:
         asked = [name.strip() for name in value.split(",") if name.strip()]
         unknown = [name for name in asked if not is_resource_type(name)]
         if unknown:
-            raise FhirError.one(400, f"_type names no R4 resource type: {', '.join(unknown)}", code="value",
-                                location="_type")
+            raise FhirError.one(
+                400, f"_type names no R4 resource type: {', '.join(unknown)}", code="value", location="_type"
+            )
         wanted = [name for name in wanted if name in asked]
     allowed = [t for t in wanted if refusal(actor, "fhir.read", t, "rs", t) is None]
     return allowed, [t for t in wanted if t not in allowed]
@@ -94,17 +100,32 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
     with read_only(runtime, actor) as store:
         store.read("Patient", patient_id)  # 404 when this client may not see it, 410 when deleted
         members = [ResourceHead.resource_type == "Patient", ResourceHead.resource_id == patient_id]
-        condition = or_(and_(*members), and_(ResourceHead.patient_id == patient_id,
-                                             ResourceHead.resource_type.in_([t for t in types if t != "Patient"])))
+        condition = or_(
+            and_(*members),
+            and_(
+                ResourceHead.patient_id == patient_id,
+                ResourceHead.resource_type.in_([t for t in types if t != "Patient"]),
+            ),
+        )
         if "Patient" not in types:
             condition = and_(ResourceHead.patient_id == patient_id, ResourceHead.resource_type.in_(types))
         statement = store.visible(select(ResourceHead).where(condition, ResourceHead.deleted == False))  # noqa: E712
         if since is not None:
             statement = statement.where(ResourceHead.last_updated >= since)
         total = store.session.exec(select(func.count()).select_from(statement.subquery())).one()
-        heads = [] if count == 0 else store.session.exec(statement.order_by(
-            case((ResourceHead.resource_type == "Patient", 0), else_=1), ResourceHead.resource_type,
-            ResourceHead.resource_id).offset(offset).limit(count)).all()
+        heads = (
+            []
+            if count == 0
+            else store.session.exec(
+                statement.order_by(
+                    case((ResourceHead.resource_type == "Patient", 0), else_=1),
+                    ResourceHead.resource_type,
+                    ResourceHead.resource_id,
+                )
+                .offset(offset)
+                .limit(count)
+            ).all()
+        )
         found = store.current(heads)
     kept = [(name, value) for name, value in params.multi_items() if name in ("_since", "_type")]
 
@@ -118,36 +139,89 @@ def everything(request: Request, patient_id: str, actor: Actor = Depends(require
         links.append({"relation": "previous", "url": link(max(0, offset - count))})
     entries: list[dict[str, Any]] = [
         {"fullUrl": f"{base}/{stored.reference}", "resource": stored.content, "search": {"mode": "match"}}
-        for stored in found]
+        for stored in found
+    ]
     if left_out:
-        entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [issue(
-            f"left out: this token's scopes do not grant reading {', '.join(left_out)}", code="suppressed",
-            severity="information")]}, "search": {"mode": "outcome"}})
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        issue(
+                            f"left out: this token's scopes do not grant reading {', '.join(left_out)}",
+                            code="suppressed",
+                            severity="information",
+                        )
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            }
+        )
     body = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
     access.shown(request, actor, "everything", access.PATIENT, access.patients_shown(body))
     return respond(body)
 
 
-@router.get("/OperationDefinition/Patient-everything", dependencies=[Depends(public)],
-            summary="The $everything operation as this server implements it")
+@router.get(
+    "/OperationDefinition/Patient-everything",
+    dependencies=[Depends(public)],
+    summary="The $everything operation as this server implements it",
+)
 def operation_definition(request: Request):
     base = fhir_base(request)
     parameter = [
-        {"name": "_since", "use": "in", "min": 0, "max": "1", "type": "instant",
-         "documentation": "Only resources last updated at or after this instant."},
-        {"name": "_type", "use": "in", "min": 0, "max": "*", "type": "string",
-         "documentation": "Comma-separated resource types to return (of the compartment's kept types)."},
-        {"name": "_count", "use": "in", "min": 0, "max": "1", "type": "integer",
-         "documentation": "Page size (next/previous links; _offset pages on)."},
-        {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle",
-         "documentation": "A searchset Bundle: the Patient, then its compartment's resources."},
+        {
+            "name": "_since",
+            "use": "in",
+            "min": 0,
+            "max": "1",
+            "type": "instant",
+            "documentation": "Only resources last updated at or after this instant.",
+        },
+        {
+            "name": "_type",
+            "use": "in",
+            "min": 0,
+            "max": "*",
+            "type": "string",
+            "documentation": "Comma-separated resource types to return (of the compartment's kept types).",
+        },
+        {
+            "name": "_count",
+            "use": "in",
+            "min": 0,
+            "max": "1",
+            "type": "integer",
+            "documentation": "Page size (next/previous links; _offset pages on).",
+        },
+        {
+            "name": "return",
+            "use": "out",
+            "min": 1,
+            "max": "1",
+            "type": "Bundle",
+            "documentation": "A searchset Bundle: the Patient, then its compartment's resources.",
+        },
     ]
-    return respond({
-        "resourceType": "OperationDefinition", "id": "Patient-everything", "url": f"{base}/OperationDefinition/"
-        "Patient-everything", "name": "PatientEverything", "status": "active", "kind": "operation",
-        "code": "everything", "base": OPERATION, "resource": ["Patient"], "system": False, "type": False,
-        "instance": True, "affectsState": False, "parameter": parameter,
-        "description": "The Patient and every resource of its R4 Patient compartment of the types the study keeps ("
-                       + ", ".join(["Patient", *compartment_types()]) + "), scoped to the client's sites and "
-                       "(an ehr client) its own pushes.",
-    })
+    return respond(
+        {
+            "resourceType": "OperationDefinition",
+            "id": "Patient-everything",
+            "url": f"{base}/OperationDefinition/Patient-everything",
+            "name": "PatientEverything",
+            "status": "active",
+            "kind": "operation",
+            "code": "everything",
+            "base": OPERATION,
+            "resource": ["Patient"],
+            "system": False,
+            "type": False,
+            "instance": True,
+            "affectsState": False,
+            "parameter": parameter,
+            "description": "The Patient and every resource of its R4 Patient compartment of the types the study keeps ("
+            + ", ".join(["Patient", *compartment_types()])
+            + "), scoped to the client's sites and "
+            "(an ehr client) its own pushes.",
+        }
+    )

@@ -3,6 +3,7 @@
 A transaction runs every entry through one Engine in one store unit of work; a batch runs each entry
 through the same Engine in its own savepoint; a REST call is a transaction of one entry.
 """
+
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -122,8 +123,10 @@ class Engine:
     def held_back_results(self, held_back: list[Entry], entries: list[Entry]) -> dict[int, Result]:
         """The answers of held-back entries, listing the removed references to each among `entries`."""
         referring = held.referring(entries)
-        return {entry.index: Result(200, outcome=held.held_back_outcome(entry, referring.get(entry.index, [])))
-                for entry in held_back}
+        return {
+            entry.index: Result(200, outcome=held.held_back_outcome(entry, referring.get(entry.index, [])))
+            for entry in held_back
+        }
 
     def _run(self, entries: list[Entry]) -> dict[int, Result]:
         refused = []
@@ -147,7 +150,7 @@ class Engine:
         creates = [e for e in writes if e.method == "POST" and not e.matched]
         step = STREAMED_CHUNK if any(entry.reload for entry in creates) else max(1, len(creates))
         for start in range(0, len(creates), step):
-            results.update(self._create(creates[start:start + step], len(creates)))
+            results.update(self._create(creates[start : start + step], len(creates)))
         for entry in writes:
             if entry.method == "POST" and entry.matched and entry.merge:
                 self._guard(entry, self._rewrite_references)
@@ -226,8 +229,13 @@ class Engine:
                 # the implicit MRN match finds the site's Patient whoever pushed or enrolled it, and links it
                 # to this client: for an ehr client it counts as pushed by it from now on
                 linking = entry.if_none_exist is None
-                found = conditional.find(self.store.site_view() if linking else self.store, entry.resource_type,
-                                         criteria, location=entry.location, creating=True)
+                found = conditional.find(
+                    self.store.site_view() if linking else self.store,
+                    entry.resource_type,
+                    criteria,
+                    location=entry.location,
+                    creating=True,
+                )
                 if found is not None:
                     entry.target_id, entry.matched = found, True
                     entry.merge = linking  # the implicit MRN match is a conditional update
@@ -239,8 +247,9 @@ class Engine:
             else:
                 entry.target_id = new_id()
         elif entry.criteria is not None:
-            found = conditional.find(self.store, entry.resource_type, entry.criteria, location=entry.location,
-                                     creating=True)
+            found = conditional.find(
+                self.store, entry.resource_type, entry.criteria, location=entry.location, creating=True
+            )
             if found is None:
                 found = entry.target_id = new_id()
                 self._claim(entry, entry.criteria)
@@ -275,8 +284,12 @@ class Engine:
         key = (entry.resource_type, conditional.normalised(criteria))
         twin = self._claimed.setdefault(key, entry.index)
         if twin != entry.index:
-            raise FhirError.one(400, f"entries {twin} and {entry.index} both create {entry.resource_type}?{criteria}: "
-                                     "send it once", code="duplicate", location=entry.location)
+            raise FhirError.one(
+                400,
+                f"entries {twin} and {entry.index} both create {entry.resource_type}?{criteria}: send it once",
+                code="duplicate",
+                location=entry.location,
+            )
         entry.claim = criteria  # taken once written, keyed by the site the resource lands at (_claim_key)
 
     def _one_subject_per_patient(self, entry: Entry, claimed: dict[str, int]) -> None:
@@ -289,19 +302,32 @@ class Engine:
             return
         twin = claimed.setdefault(subject_key(self.study, patient_id), entry.index)
         if twin != entry.index:
-            raise FhirError.one(400, f"entries {twin} and {entry.index} both make Patient/{patient_id} a subject of "
-                                     f"{self.study.id}: send it once", code="duplicate", location=entry.location)
+            raise FhirError.one(
+                400,
+                f"entries {twin} and {entry.index} both make Patient/{patient_id} a subject of "
+                f"{self.study.id}: send it once",
+                code="duplicate",
+                location=entry.location,
+            )
         other = claim_subject(self.store, self.study, patient_id, entry.target_id)
         if other is None:
             return
         if self.store.head("ResearchSubject", other) is None:  # an ehr client's view: enrolled by someone else
-            raise FhirError.one(409, f"Patient/{patient_id} already is a subject of study {self.study.id}, which "
-                                     "this client did not push: it is not shown to it, and not made a second time",
-                                code="duplicate", location=f"{entry.resource_location}.individual")
+            raise FhirError.one(
+                409,
+                f"Patient/{patient_id} already is a subject of study {self.study.id}, which "
+                "this client did not push: it is not shown to it, and not made a second time",
+                code="duplicate",
+                location=f"{entry.resource_location}.individual",
+            )
         if entry.method != "POST":
-            raise FhirError.one(409, f"Patient/{patient_id} already is subject ResearchSubject/{other} of study "
-                                     f"{self.study.id}, and a patient is enrolled once: update ResearchSubject/{other}",
-                                code="duplicate", location=f"{entry.resource_location}.individual")
+            raise FhirError.one(
+                409,
+                f"Patient/{patient_id} already is subject ResearchSubject/{other} of study "
+                f"{self.study.id}, and a patient is enrolled once: update ResearchSubject/{other}",
+                code="duplicate",
+                location=f"{entry.resource_location}.individual",
+            )
         self.written.discard(f"ResearchSubject/{entry.target_id}")
         entry.target_id, entry.matched = other, True
         if entry.full_url:
@@ -317,8 +343,10 @@ class Engine:
             return None
         reference = self.mapping.get(reference, reference)
         if "?" in reference and not reference.startswith(("http:", "https:")):
-            reference = self._conditional_reference(
-                reference, lambda: f"{entry.resource_location}.individual.reference") or reference
+            reference = (
+                self._conditional_reference(reference, lambda: f"{entry.resource_location}.individual.reference")
+                or reference
+            )
         target = local_target(reference, self.base_url)
         return target.split("/", 1)[1] if target and target.startswith("Patient/") else None
 
@@ -346,7 +374,7 @@ class Engine:
                 continue
             target = self.mapping.get(original)
             if target is None and original.startswith(self.base_url + "/") and "?" not in original:
-                target = original[len(self.base_url) + 1:]  # this server's own URL: kept relative, linked as such
+                target = original[len(self.base_url) + 1 :]  # this server's own URL: kept relative, linked as such
             if target is not None:
                 if entry.reload is None:  # a streamed entry is read again, as sent, on a retry
                     self._undo.append((holder, original))
@@ -356,8 +384,13 @@ class Engine:
                 problems.append(issue(self._unresolved(original), code="not-found", location=self._path(entry, holder)))
                 continue
             if not self._target_exists(original):
-                problems.append(issue(f"reference {original!r} names a resource that does not exist (in this "
-                                      "Bundle or the store)", code="not-found", location=self._path(entry, holder)))
+                problems.append(
+                    issue(
+                        f"reference {original!r} names a resource that does not exist (in this Bundle or the store)",
+                        code="not-found",
+                        location=self._path(entry, holder),
+                    )
+                )
         if problems:
             raise FhirError(422, problems)
         if removed:
@@ -379,12 +412,16 @@ class Engine:
         """Why a urn reference resolves to nothing: the real cause, in a batch."""
         if reference in self.refused:
             index, why = self.refused[reference]
-            return (f"reference {reference!r} names Bundle.entry[{index}], which was refused ({why}): this entry "
-                    "is not stored either")
+            return (
+                f"reference {reference!r} names Bundle.entry[{index}], which was refused ({why}): this entry "
+                "is not stored either"
+            )
         if reference in self.bundle_urls:
-            return (f"reference {reference!r} names Bundle.entry[{self.bundle_urls[reference]}], which a batch "
-                    "writes after this entry: a batch entry may refer only to entries before it (or send a "
-                    "transaction)")
+            return (
+                f"reference {reference!r} names Bundle.entry[{self.bundle_urls[reference]}], which a batch "
+                "writes after this entry: a batch entry may refer only to entries before it (or send a "
+                "transaction)"
+            )
         return f"reference {reference!r} names no fullUrl of this Bundle"
 
     @staticmethod
@@ -397,8 +434,9 @@ class Engine:
             return None  # a type this door does not keep: stays as the client wrote it
         found = conditional.find(self.store, resource_type, criteria, location=path())
         if found is None:
-            raise FhirError.one(422, f"conditional reference {reference!r} matches no resource",
-                                code="not-found", location=path())
+            raise FhirError.one(
+                422, f"conditional reference {reference!r} matches no resource", code="not-found", location=path()
+            )
         return f"{resource_type}/{found}"
 
     def _target_exists(self, reference: str) -> bool:
@@ -423,8 +461,13 @@ class Engine:
         content = conditional.merged(current.content, entry.content())
         if conditional.same_content(current.content, content):
             return Result(200, current)
-        reason = authorise.refusal(self.store.actor, "fhir.write", entry.resource_type, "u",
-                                   f"{entry.location} (POST {entry.resource_type} matching Patient/{entry.target_id})")
+        reason = authorise.refusal(
+            self.store.actor,
+            "fhir.write",
+            entry.resource_type,
+            "u",
+            f"{entry.location} (POST {entry.resource_type} matching Patient/{entry.target_id})",
+        )
         if reason is not None:
             raise FhirError.one(403, reason, code="forbidden", location=entry.location)
         stored, _ = self.store.update(entry.resource_type, entry.target_id, content, self.context)
@@ -433,8 +476,9 @@ class Engine:
     def _update(self, entry: Entry) -> Result:
         if entry.resource_type == "Patient" and self.store.head("Patient", entry.target_id) is None:
             self._patient_site(entry)
-        stored, created = self.store.update(entry.resource_type, entry.target_id, entry.content(), self.context,
-                                            if_match=entry.if_match)
+        stored, created = self.store.update(
+            entry.resource_type, entry.target_id, entry.content(), self.context, if_match=entry.if_match
+        )
         if created:
             self._claim_key(entry, stored)
         return Result(201 if created else 200, stored)
@@ -452,9 +496,13 @@ class Engine:
         actor = self.store.actor
         if actor.site is None:
             sites = ", ".join(sorted(actor.sites or ())) or "every site"
-            raise FhirError.one(422, f"a new Patient belongs to the pushing client's site, but this token names "
-                                     f"{sites}: push Patients with a token for exactly one site",
-                                code="business-rule", location=entry.resource_location)
+            raise FhirError.one(
+                422,
+                f"a new Patient belongs to the pushing client's site, but this token names "
+                f"{sites}: push Patients with a token for exactly one site",
+                code="business-rule",
+                location=entry.resource_location,
+            )
         return actor.site
 
     def _get(self, entry: Entry) -> Result:
@@ -464,12 +512,21 @@ class Engine:
             return Result(200, resource=research_study(self.study))
         if entry.resource_id is None:
             pairs = search.params_of(entry.criteria or "")
-            query = search.parse(entry.resource_type, pairs, default_count=self.page_size[0],
-                                 max_count=self.page_size[1], study=self.study)
+            query = search.parse(
+                entry.resource_type,
+                pairs,
+                default_count=self.page_size[0],
+                max_count=self.page_size[1],
+                study=self.study,
+            )
             if query.demographic and not can(self.store.actor, "identifiers.read"):
-                raise FhirError.one(403, "searching Patients by name, birth date or gender is for roles that may "
-                                         f"read identifiers, not {self.store.actor.role}", code="forbidden",
-                                    location=entry.location)
+                raise FhirError.one(
+                    403,
+                    "searching Patients by name, birth date or gender is for roles that may "
+                    f"read identifiers, not {self.store.actor.role}",
+                    code="forbidden",
+                    location=entry.location,
+                )
             return Result(200, resource=searchset(self.store, query, self.base_url))
         if entry.version_id is not None:
             stored = self.store.vread(entry.resource_type, entry.resource_id, entry.version_id)
@@ -490,10 +547,18 @@ def searchset(store: ClinicalStore, query: search.SearchQuery, base_url: str) ->
         found["total"] = page.total
     found["link"] = links
     matches = store.current(page.heads)
-    found["entry"] = [{"fullUrl": f"{base_url}/{stored.reference}", "resource": _elements(stored.content, query),
-                       "search": {"mode": "match"}} for stored in matches]
-    found["entry"] += [{"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content,
-                        "search": {"mode": "include"}} for stored in search.included(store, query, matches)]
+    found["entry"] = [
+        {
+            "fullUrl": f"{base_url}/{stored.reference}",
+            "resource": _elements(stored.content, query),
+            "search": {"mode": "match"},
+        }
+        for stored in matches
+    ]
+    found["entry"] += [
+        {"fullUrl": f"{base_url}/{stored.reference}", "resource": stored.content, "search": {"mode": "include"}}
+        for stored in search.included(store, query, matches)
+    ]
     if query.ignored:
         found["entry"].append({"resource": ignored_outcome(query.ignored), "search": {"mode": "outcome"}})
     return found
@@ -516,5 +581,9 @@ def _elements(content: dict[str, Any], query: search.SearchQuery) -> dict[str, A
 
 def ignored_outcome(ignored: list[str]) -> dict[str, Any]:
     """What a lenient search left out, as R4 search.html asks: an OperationOutcome entry of mode outcome."""
-    return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "warning", "code": "not-supported", "diagnostics": f"{reason}: ignored"} for reason in ignored]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "warning", "code": "not-supported", "diagnostics": f"{reason}: ignored"} for reason in ignored
+        ],
+    }

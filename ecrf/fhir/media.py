@@ -1,4 +1,5 @@
 """HTTP framing of the FHIR door: request bodies within limits, FHIR JSON responses and headers."""
+
 from email.utils import format_datetime
 from typing import Any
 
@@ -45,8 +46,11 @@ async def read_json(request: Request) -> Any:
     strict JSON, depth, number of values, control characters) and left the parsed document in the state."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type not in ACCEPTED_CONTENT_TYPES:
-        raise FhirError.one(415, f"content type {content_type or 'none'!r} is not supported: "
-                                 "send application/fhir+json or application/json", code="not-supported")
+        raise FhirError.one(
+            415,
+            f"content type {content_type or 'none'!r} is not supported: send application/fhir+json or application/json",
+            code="not-supported",
+        )
     try:
         return request.state.json_body
     except AttributeError:
@@ -54,8 +58,9 @@ async def read_json(request: Request) -> Any:
     try:
         return parse_json_body(await request.body(), request.app.state.runtime.settings)
     except Refusal as refusal:
-        raise FhirError.one(refusal.status, refusal.message, code=refusal.code,
-                            location=refusal.location(fhir=True)) from None
+        raise FhirError.one(
+            refusal.status, refusal.message, code=refusal.code, location=refusal.location(fhir=True)
+        ) from None
 
 
 def if_match_version(request: Request) -> int | None:
@@ -65,7 +70,7 @@ def if_match_version(request: Request) -> int | None:
         return None
     version = version_of_etag(value)
     if version is None:
-        raise FhirError.one(400, f"If-Match {value!r} does not name a version (expected W/\"n\")")
+        raise FhirError.one(400, f'If-Match {value!r} does not name a version (expected W/"n")')
     return version
 
 

@@ -1,4 +1,5 @@
 """FHIR errors carrying OperationOutcome issues, and pydantic errors as FHIRPath-located issues."""
+
 from typing import Any
 
 from ecrf.errors import issue, operation_outcome, status_of

@@ -1,4 +1,5 @@
 """References inside resources: found anywhere (nested included), rewritten from urn:uuid to Type/id."""
+
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,7 +42,7 @@ def path_to(node: Any, target: dict[str, Any], path: str) -> str | None:
 def local_target(reference: str, base_url: str) -> str | None:
     """'Type/id' for a relative or own-server absolute literal reference (version dropped), else None."""
     if reference.startswith(base_url + "/"):
-        reference = reference[len(base_url) + 1:]
+        reference = reference[len(base_url) + 1 :]
     if reference.startswith(("urn:", "#", "http://", "https://")) or "?" in reference:
         return None
     parts = reference.split("/")

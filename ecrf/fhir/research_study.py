@@ -1,4 +1,5 @@
 """ResearchStudy/<study id>: read-only, generated from the loaded study definition."""
+
 from typing import Any
 
 

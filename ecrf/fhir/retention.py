@@ -9,6 +9,7 @@ the Reference loses its `reference` (its `display` or `identifier`, when there, 
 empty goes with it. Each removal is listed in the referring entry's outcome, in the outcome of the entry it
 referred to, and in the write's audit entries.
 """
+
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,9 @@ def _chain(node: Any, target: dict[str, Any]) -> list[tuple[Any, Any]]:
         current, chain = stack.pop()
         if current is target:
             return chain
-        items = current.items() if isinstance(current, dict) else enumerate(current) if isinstance(current, list) else ()
+        items = (
+            current.items() if isinstance(current, dict) else enumerate(current) if isinstance(current, list) else ()
+        )
         for key, child in items:
             if isinstance(child, (dict, list)):
                 stack.append((child, [*chain, (current, key)]))
@@ -101,33 +104,55 @@ def check_after_removal(entry: Any) -> None:
     except ValidationError as error:
         removed = ", ".join(f"{r.path} ({r.reference}, {r.target_type})" for r in entry.removed.values())
         problems = validation_issues(error.errors(include_url=False, include_input=False), entry.resource_location)
-        lead = issue(f"the references to resources that are not retained ({removed}) were removed, and without them "
-                     f"this {entry.resource_type} is not valid: send the element without that reference, or keep "
-                     f"the type it names in forms/study.yaml", code="business-rule", location=entry.resource_location)
+        lead = issue(
+            f"the references to resources that are not retained ({removed}) were removed, and without them "
+            f"this {entry.resource_type} is not valid: send the element without that reference, or keep "
+            f"the type it names in forms/study.yaml",
+            code="business-rule",
+            location=entry.resource_location,
+        )
         raise FhirError(422, [lead, *problems]) from None
 
 
 def removal_issue(removal: Removal, where: str) -> dict[str, Any]:
-    return issue(f"reference {removal.reference!r} to {removal.target_type}, which is not retained, was removed "
-                 f"from the stored version of {where}", code="informational", severity="information",
-                 location=removal.path)
+    return issue(
+        f"reference {removal.reference!r} to {removal.target_type}, which is not retained, was removed "
+        f"from the stored version of {where}",
+        code="informational",
+        severity="information",
+        location=removal.path,
+    )
 
 
 def kept_outcome(entry: Any) -> dict[str, Any] | None:
     """The outcome of a kept entry whose references were removed (None when none was)."""
     if not entry.removed:
         return None
-    return {"resourceType": "OperationOutcome",
-            "issue": [removal_issue(r, "this resource") for r in entry.removed.values()]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [removal_issue(r, "this resource") for r in entry.removed.values()],
+    }
 
 
 def held_back_outcome(entry: Any, referring: list[tuple[Any, Removal]]) -> dict[str, Any]:
-    lead = issue(f"{entry.resource_type} is not retained: the study keeps only {KEPT} (forms/study.yaml "
-                 f"kept_resource_types, minimum necessary); this resource was validated as R4 and nothing of it "
-                 f"was stored", code="informational", severity="information", location=entry.resource_location)
-    return {"resourceType": "OperationOutcome",
-            "issue": [lead, *(removal_issue(removal, f"{other.resource_type} {other.location.removesuffix('.request')}")
-                              for other, removal in referring)]}
+    lead = issue(
+        f"{entry.resource_type} is not retained: the study keeps only {KEPT} (forms/study.yaml "
+        f"kept_resource_types, minimum necessary); this resource was validated as R4 and nothing of it "
+        f"was stored",
+        code="informational",
+        severity="information",
+        location=entry.resource_location,
+    )
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            lead,
+            *(
+                removal_issue(removal, f"{other.resource_type} {other.location.removesuffix('.request')}")
+                for other, removal in referring
+            ),
+        ],
+    }
 
 
 def referring(entries: list[Any]) -> dict[int, list[tuple[Any, Removal]]]:
@@ -147,14 +172,26 @@ def audit_entries(held_back: list[Any], kept: list[tuple[Any, Any]]) -> list[dic
     if held_back:
         counted = Counter(entry.resource_type for entry in held_back)
         listed = ", ".join(f"{name} ({count})" for name, count in sorted(counted.items()))
-        entries.append({"action": "not-retained", "source": "fhir",
-                        "reason": f"validated and not retained (not a kept type of the study): {listed}"})
+        entries.append(
+            {
+                "action": "not-retained",
+                "source": "fhir",
+                "reason": f"validated and not retained (not a kept type of the study): {listed}",
+            }
+        )
     for entry, stored in kept:
         if entry.removed and stored is not None:
             removed = "; ".join(f"{r.path}: {r.reference} ({r.target_type})" for r in entry.removed.values())
-            entries.append({"action": "references-removed", "source": "fhir", "patient_id": stored.patient_id,
-                            "resource": stored.reference, "resource_version": stored.version_id,
-                            "reason": f"references to resources not retained, removed: {removed}"})
+            entries.append(
+                {
+                    "action": "references-removed",
+                    "source": "fhir",
+                    "patient_id": stored.patient_id,
+                    "resource": stored.reference,
+                    "resource_version": stored.version_id,
+                    "reason": f"references to resources not retained, removed: {removed}",
+                }
+            )
     return entries
 
 

@@ -1,4 +1,5 @@
 """FHIR R4 REST routes under /fhir: metadata, Bundles, create/read/vread/update/delete, history, search."""
+
 import asyncio
 import gc
 import re
@@ -21,8 +22,15 @@ from ecrf.fhir.history import history_query
 from ecrf.fhir.interactions import Result, ignored_outcome, searchset
 from urllib.parse import parse_qsl
 
-from ecrf.fhir.media import (if_match_version, outcome_response, preferences, read_json, respond,
-                              strict_handling, version_headers)
+from ecrf.fhir.media import (
+    if_match_version,
+    outcome_response,
+    preferences,
+    read_json,
+    respond,
+    strict_handling,
+    version_headers,
+)
 from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.requests import request_entry
 from ecrf.fhir.research_study import research_study
@@ -59,6 +67,7 @@ class OtherType(Convertor):
 
 register_url_convertor("fhir_type", WritableType())
 register_url_convertor("fhir_other_type", OtherType())
+
 
 @asynccontextmanager
 async def _warm(_app):
@@ -100,8 +109,14 @@ async def post_bundle(request: Request, actor: Actor = WRITE):
     """A transaction (all or nothing) or batch (each entry on its own) Bundle; answers the response Bundle."""
     body = await read_json(request)
     wanted = preferences(request).get("return")
-    result = await run_in_threadpool(bundle.process, _runtime(request), actor, body, fhir_base(request),
-                                     wanted if wanted in ("minimal", "representation", "operationoutcome") else None)
+    result = await run_in_threadpool(
+        bundle.process,
+        _runtime(request),
+        actor,
+        body,
+        fhir_base(request),
+        wanted if wanted in ("minimal", "representation", "operationoutcome") else None,
+    )
     await run_in_threadpool(_shown, request, actor, result["type"].removesuffix("-response"), result)
     return respond(result)
 
@@ -124,8 +139,11 @@ async def create(request: Request, resource_type: str, actor: Actor = WRITE):
 @router.put("/{resource_type:fhir_type}", summary="Conditional update (Type?identifier=system|value)")
 async def conditional_update(request: Request, resource_type: str, actor: Actor = WRITE):
     if not request.url.query:
-        return outcome_response(FhirError.one(400, "a conditional update needs search criteria, e.g. "
-                                                   f"{resource_type}?identifier=system|value"))
+        return outcome_response(
+            FhirError.one(
+                400, f"a conditional update needs search criteria, e.g. {resource_type}?identifier=system|value"
+            )
+        )
     return await _write(request, actor, "PUT", f"{resource_type}?{request.url.query}")
 
 
@@ -156,9 +174,14 @@ async def search_type(request: Request, resource_type: str, actor: Actor = READ)
 async def search_type_post(request: Request, resource_type: str, actor: Actor = READ):
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        return outcome_response(FhirError.one(415, f"content type {content_type or 'none'!r} is not supported by "
-                                                   "_search: send application/x-www-form-urlencoded",
-                                              code="not-supported"))
+        return outcome_response(
+            FhirError.one(
+                415,
+                f"content type {content_type or 'none'!r} is not supported by "
+                "_search: send application/x-www-form-urlencoded",
+                code="not-supported",
+            )
+        )
     try:
         body = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
@@ -172,13 +195,24 @@ async def _search_answer(request: Request, resource_type: str, actor: Actor, pai
     runtime = _runtime(request)
     settings = runtime.settings
     work = Cancellable(settings.statement_timeout_ms)
-    query = search.parse(resource_type, pairs, default_count=settings.page_size_default,
-                         max_count=settings.page_size_max, strict=strict_handling(request), study=runtime.study)
+    query = search.parse(
+        resource_type,
+        pairs,
+        default_count=settings.page_size_default,
+        max_count=settings.page_size_max,
+        strict=strict_handling(request),
+        study=runtime.study,
+    )
     if query.demographic and not can(actor, "identifiers.read"):
-        raise FhirError.one(403, f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
-                                 f"that may read identifiers, not {actor.role}", code="forbidden")
-    found = await unless_disconnected(request, work, run_in_threadpool(
-        _search, runtime, actor, query, fhir_base(request), work))
+        raise FhirError.one(
+            403,
+            f"searching Patients by {', '.join(search.DEMOGRAPHIC_PARAMS)} is for roles "
+            f"that may read identifiers, not {actor.role}",
+            code="forbidden",
+        )
+    found = await unless_disconnected(
+        request, work, run_in_threadpool(_search, runtime, actor, query, fhir_base(request), work)
+    )
     return respond(await run_in_threadpool(_shown, request, actor, "search", found))
 
 
@@ -221,14 +255,19 @@ def _history(request: Request, actor: Actor, resource_types: list[str], resource
     runtime = _runtime(request)
     settings = runtime.settings
     base = fhir_base(request)
-    query = history_query(list(request.query_params.multi_items()), default_count=settings.page_size_default,
-                          max_count=settings.page_size_max, strict=strict_handling(request),
-                          types=tuple(resource_types) if path == "_history" else ())
+    query = history_query(
+        list(request.query_params.multi_items()),
+        default_count=settings.page_size_default,
+        max_count=settings.page_size_max,
+        strict=strict_handling(request),
+        types=tuple(resource_types) if path == "_history" else (),
+    )
     if query.types is not None:
         resource_types = query.types
     with read_only(runtime, actor) as store:
-        versions, total = store.history_page(resource_types, resource_id, since=query.since, at=query.at,
-                                             count=query.count, offset=query.offset)
+        versions, total = store.history_page(
+            resource_types, resource_id, since=query.since, at=query.at, count=query.count, offset=query.offset
+        )
     entries = []
     for stored in versions:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{stored.reference}"}
@@ -236,8 +275,11 @@ def _history(request: Request, actor: Actor, resource_types: list[str], resource
             entry["resource"] = stored.content
         method = "DELETE" if stored.deleted else ("POST" if stored.version_id == 1 else "PUT")
         entry["request"] = {"method": method, "url": stored.reference if method != "POST" else stored.resource_type}
-        entry["response"] = {"status": "204 No Content" if stored.deleted else ("201 Created" if method == "POST" else "200 OK"),
-                             "etag": stored.etag, "lastModified": instant(stored.last_updated)}
+        entry["response"] = {
+            "status": "204 No Content" if stored.deleted else ("201 Created" if method == "POST" else "200 OK"),
+            "etag": stored.etag,
+            "lastModified": instant(stored.last_updated),
+        }
         entries.append(entry)
     links = [{"relation": "self", "url": query.link(base, path, query.offset)}]
     if query.count and query.offset + len(versions) < total:
@@ -274,26 +316,42 @@ def vread(request: Request, resource_type: str, resource_id: str, version_id: st
     return respond(_shown(request, actor, "vread", stored.content), headers=version_headers(stored))
 
 
-async def _write(request: Request, actor: Actor, method: str, url: str, *, has_body: bool = True,
-                 if_none_exist: str | None = None, body: Any = None, if_match: int | None = None,
-                 patching: bool = False):
+async def _write(
+    request: Request,
+    actor: Actor,
+    method: str,
+    url: str,
+    *,
+    has_body: bool = True,
+    if_none_exist: str | None = None,
+    body: Any = None,
+    if_match: int | None = None,
+    patching: bool = False,
+):
     """A REST write is a transaction of one entry, answered as REST (status, resource, headers)."""
     base = fhir_base(request)
     if body is None:
         body = await read_json(request) if has_body else None
         if_match = if_match_version(request)
     resource_type = url.split("?", 1)[0].split("/", 1)[0]
-    entry, problems = request_entry(0, method, url, body, base, location=resource_type,
-                                    resource_location=resource_type, if_none_exist=if_none_exist,
-                                    if_match=if_match)
+    entry, problems = request_entry(
+        0,
+        method,
+        url,
+        body,
+        base,
+        location=resource_type,
+        resource_location=resource_type,
+        if_none_exist=if_none_exist,
+        if_match=if_match,
+    )
     if problems:
         raise FhirError(bundle.status_of(problems), problems)
     [result] = await run_in_threadpool(bundle.transaction, _runtime(request), actor, [entry], base)
     wanted = preferences(request).get("return", "representation")
     if result.stored is not None and not result.stored.deleted and wanted == "representation":
         interaction = {"POST": "create", "PUT": "update"}[method]
-        await run_in_threadpool(_shown, request, actor, interaction if not patching else "patch",
-                                result.stored.content)
+        await run_in_threadpool(_shown, request, actor, interaction if not patching else "patch", result.stored.content)
     return _rest_response(result, wanted)
 
 
@@ -308,10 +366,20 @@ def _rest_response(result: Result, wanted: str = "representation"):
     if wanted == "minimal":
         return respond(None, result.status, headers=headers)
     if wanted == "operationoutcome":
-        return respond({"resourceType": "OperationOutcome", "issue": [{
-            "severity": "information", "code": "informational",
-            "diagnostics": f"{result.status_line}: {stored.reference} version {stored.version_id}"}]},
-            result.status, headers=headers)
+        return respond(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": f"{result.status_line}: {stored.reference} version {stored.version_id}",
+                    }
+                ],
+            },
+            result.status,
+            headers=headers,
+        )
     return respond(stored.content, result.status, headers=headers)
 
 
@@ -323,8 +391,11 @@ async def patch(request: Request, resource_type: str, resource_id: str, actor: A
 @router.patch("/{resource_type:fhir_type}", summary="Conditional JSON Patch (one match)")
 async def conditional_patch(request: Request, resource_type: str, actor: Actor = WRITE):
     if not request.url.query:
-        return outcome_response(FhirError.one(400, "a conditional patch needs search criteria, e.g. "
-                                                   f"{resource_type}?identifier=system|value"))
+        return outcome_response(
+            FhirError.one(
+                400, f"a conditional patch needs search criteria, e.g. {resource_type}?identifier=system|value"
+            )
+        )
     return await _patch(request, actor, resource_type, None, request.url.query)
 
 
@@ -334,8 +405,13 @@ async def _patch(request: Request, actor: Actor, resource_type: str, resource_id
     concurrent change is met by patching the new version."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json-patch+json":
-        return outcome_response(FhirError.one(415, f"content type {content_type or 'none'!r} is not supported by "
-                                                   "PATCH: send application/json-patch+json", code="not-supported"))
+        return outcome_response(
+            FhirError.one(
+                415,
+                f"content type {content_type or 'none'!r} is not supported by PATCH: send application/json-patch+json",
+                code="not-supported",
+            )
+        )
     try:
         operations = request.state.json_body
     except AttributeError:
@@ -346,11 +422,15 @@ async def _patch(request: Request, actor: Actor, resource_type: str, resource_id
     for attempt in range(3):
         current = await run_in_threadpool(_patch_target, request, actor, resource_type, resource_id, criteria)
         if if_match is not None and current.version_id != if_match:
-            raise FhirError.one(412, f"{current.reference} is at version {current.version_id}, not {if_match}: "
-                                     "read it again", code="conflict")
+            raise FhirError.one(
+                412,
+                f"{current.reference} is at version {current.version_id}, not {if_match}: read it again",
+                code="conflict",
+            )
         patched = json_patch.patched(current.content, operations, resource_type)
-        response = await _write(request, actor, "PUT", current.reference, body=patched,
-                                if_match=current.version_id, patching=True)
+        response = await _write(
+            request, actor, "PUT", current.reference, body=patched, if_match=current.version_id, patching=True
+        )
         if response.status_code != 412 or if_match is not None or attempt == 2:
             return response
     raise AssertionError("unreachable")
@@ -363,21 +443,31 @@ def _patch_target(request: Request, actor: Actor, resource_type: str, resource_i
             if not found:
                 raise FhirError.one(404, f"{resource_type}?{criteria} matches no resource", code="not-found")
             if len(found) > 1:
-                raise FhirError.one(412, f"{resource_type}?{criteria} matches more than one resource",
-                                    code="multiple-matches")
+                raise FhirError.one(
+                    412, f"{resource_type}?{criteria} matches more than one resource", code="multiple-matches"
+                )
             resource_id = found[0]
         return store.read(resource_type, resource_id)
 
 
-@router.api_route("/{resource_type:fhir_other_type}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                  include_in_schema=False)
-@router.api_route("/{resource_type:fhir_other_type}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                  include_in_schema=False)
+@router.api_route(
+    "/{resource_type:fhir_other_type}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False
+)
+@router.api_route(
+    "/{resource_type:fhir_other_type}/{rest:path}",
+    methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+    include_in_schema=False,
+)
 def unsupported_type(request: Request, resource_type: str, actor: Actor = READ):
     """Types this door does not keep get a precise refusal instead of a bare 404."""
     if resource_type == "ResearchStudy":
         message = f"ResearchStudy is read-only here: GET /fhir/ResearchStudy/{_runtime(request).study.id}"
         return outcome_response(FhirError.one(405, message, code="not-supported", location="ResearchStudy"))
-    return outcome_response(FhirError.one(404, f"resource type {resource_type} is not supported here; supported: "
-                                               f"{', '.join(WRITABLE_TYPES)}", code="not-supported",
-                                          location=resource_type))
+    return outcome_response(
+        FhirError.one(
+            404,
+            f"resource type {resource_type} is not supported here; supported: {', '.join(WRITABLE_TYPES)}",
+            code="not-supported",
+            location=resource_type,
+        )
+    )

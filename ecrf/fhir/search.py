@@ -1,4 +1,5 @@
 """Search over the store's search_token table; every query starts from the store's site-scoped heads."""
+
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,8 +31,12 @@ UCUM_SYSTEM = "http://unitsofmeasure.org"
 QUANTITY_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MAX_INCLUDED = 1000  # resources a page may include, over all _include and _revinclude
 # Where a reference parameter may point, for chains (`subject.identifier`) and typed includes.
-REFERENCE_TARGETS = {"subject": ("Patient",), "patient": ("Patient",), "individual": ("Patient",),
-                     "study": ("ResearchStudy",)}
+REFERENCE_TARGETS = {
+    "subject": ("Patient",),
+    "patient": ("Patient",),
+    "individual": ("Patient",),
+    "study": ("ResearchStudy",),
+}
 TOTAL_MODES = ("none", "estimate", "accurate")
 COMMON_PARAMS = {"_id": "id", "_lastUpdated": "last-updated"}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -72,6 +77,7 @@ class SearchQuery:
 class Include:
     """_include (the matches' references through `param`) or _revinclude (resources of `source` whose `param`
     names a match); `iterate`: applied once more to what was included."""
+
     reverse: bool
     source: str
     param: str
@@ -90,8 +96,15 @@ def params_of(query_string: str) -> list[tuple[str, str]]:
     return parse_qsl(query_string, keep_blank_values=True)
 
 
-def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: int, max_count: int,
-          strict: bool = True, study: Any = None) -> SearchQuery:
+def parse(
+    resource_type: str,
+    pairs: list[tuple[str, str]],
+    *,
+    default_count: int,
+    max_count: int,
+    strict: bool = True,
+    study: Any = None,
+) -> SearchQuery:
     """The query of search parameters. Strict: an unknown or unsupported parameter, modifier or empty value is
     400. Lenient (R4 search.html, Prefer: handling=lenient, the REST default): each is left out of the search
     and of its links, and named in `ignored`."""
@@ -102,7 +115,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
     for name, value in dict.fromkeys(pairs):  # a repeated identical pair is one condition (they are AND-ed)
         base, _, modifier = name.partition(":")
         if CONTROL_CHARACTER.search(name) or CONTROL_CHARACTER.search(value):
-            raise FhirError.one(400, f"search parameter {CONTROL_CHARACTER.sub('?', base)!r} contains a control character")
+            raise FhirError.one(
+                400, f"search parameter {CONTROL_CHARACTER.sub('?', base)!r} contains a control character"
+            )
         if name in CONTROL_PARAMS:
             if name == "_count":
                 query.count = min(_non_negative(name, value), max_count)
@@ -131,7 +146,8 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
                 query.params.append((name, value))
             continue
         if name.rpartition(".")[2].partition(":")[0] in DEMOGRAPHIC_PARAMS and (
-                resource_type == "Patient" or "." in name):
+            resource_type == "Patient" or "." in name
+        ):
             query.demographic = True
         if "." in name:
             condition = _chained(resource_type, known, name, value, problems)
@@ -153,8 +169,9 @@ def parse(resource_type: str, pairs: list[tuple[str, str]], *, default_count: in
         elif name == "_lastUpdated":
             query.filters.append(_date_condition(ResourceHead.last_updated, value, name))
         elif name in QUANTITY_PARAMS.get(resource_type, ()) and study is not None:
-            query.filters.append(or_(*(_quantity_condition(study, name, alternative)
-                                       for alternative in value.split(","))))
+            query.filters.append(
+                or_(*(_quantity_condition(study, name, alternative) for alternative in value.split(",")))
+            )
         elif name in known:
             kind, _ = known[name]
             query.filters.append(_token_filter(resource_type, name, kind, value))
@@ -209,17 +226,26 @@ def _include_round(store: ClinicalStore, include: Include, sources: list) -> lis
         if not references:
             return []
         tokens = select(SearchToken.resource_id).where(
-            SearchToken.resource_type == include.source, SearchToken.param == param,
-            SearchToken.value.in_(references))
-        heads = store.session.exec(store.scoped_heads(include.source).where(ResourceHead.resource_id.in_(tokens))
-                                   .order_by(ResourceHead.resource_id).limit(MAX_INCLUDED)).all()
+            SearchToken.resource_type == include.source, SearchToken.param == param, SearchToken.value.in_(references)
+        )
+        heads = store.session.exec(
+            store.scoped_heads(include.source)
+            .where(ResourceHead.resource_id.in_(tokens))
+            .order_by(ResourceHead.resource_id)
+            .limit(MAX_INCLUDED)
+        ).all()
         return store.current(heads)
     ids = [stored.resource_id for stored in sources if stored.resource_type == include.source]
     if not ids:
         return []
-    values = store.session.exec(select(SearchToken.value).where(
-        SearchToken.resource_type == include.source, SearchToken.param == param,
-        SearchToken.resource_id.in_(ids), SearchToken.value.isnot(None))).all()
+    values = store.session.exec(
+        select(SearchToken.value).where(
+            SearchToken.resource_type == include.source,
+            SearchToken.param == param,
+            SearchToken.resource_id.in_(ids),
+            SearchToken.value.isnot(None),
+        )
+    ).all()
     wanted: dict[str, set[str]] = {}
     for value in values:
         target_type, _, target_id = _reference_target(value).partition("/")
@@ -227,8 +253,11 @@ def _include_round(store: ClinicalStore, include: Include, sources: list) -> lis
             wanted.setdefault(target_type, set()).add(target_id)
     found = []
     for target_type, target_ids in sorted(wanted.items()):
-        heads = store.session.exec(store.scoped_heads(target_type).where(
-            ResourceHead.resource_id.in_(sorted(target_ids))).order_by(ResourceHead.resource_id)).all()
+        heads = store.session.exec(
+            store.scoped_heads(target_type)
+            .where(ResourceHead.resource_id.in_(sorted(target_ids)))
+            .order_by(ResourceHead.resource_id)
+        ).all()
         found += store.current(heads)
     return found
 
@@ -252,12 +281,16 @@ def _check_counts(pairs: list[tuple[str, str]]) -> None:
     most_parameters = Settings.model_fields["max_query_parameters"].default
     most_repeated = Settings.model_fields["max_repeated_parameter"].default
     if len(pairs) > most_parameters:
-        raise FhirError.one(400, f"conditional criteria have {len(pairs)} parameters; the limit is {most_parameters}",
-                            code="too-costly")
+        raise FhirError.one(
+            400, f"conditional criteria have {len(pairs)} parameters; the limit is {most_parameters}", code="too-costly"
+        )
     name, copies = Counter(name for name, _ in pairs).most_common(1)[0]
     if copies > most_repeated:
-        raise FhirError.one(400, f"conditional criteria repeat {name[:64]!r} {copies} times; the limit is "
-                                 f"{most_repeated}", code="too-costly")
+        raise FhirError.one(
+            400,
+            f"conditional criteria repeat {name[:64]!r} {copies} times; the limit is {most_repeated}",
+            code="too-costly",
+        )
 
 
 def _non_negative(name: str, value: str) -> int:
@@ -281,8 +314,9 @@ def _quantity_condition(study: Any, param: str, value: str):
     except InvalidOperation:
         raise FhirError.one(400, f"{param}: {number_text!r} is not a number") from None
     if system not in ("", UCUM_SYSTEM):
-        raise FhirError.one(400, f"{param}: units are searched in UCUM ({UCUM_SYSTEM}), not {system!r}",
-                            code="not-supported")
+        raise FhirError.one(
+            400, f"{param}: units are searched in UCUM ({UCUM_SYSTEM}), not {system!r}", code="not-supported"
+        )
     half = Decimal(1).scaleb(number.as_tuple().exponent) / 2
     conditions = []
     for _, item in study.items_of_kind("observation"):
@@ -297,9 +331,12 @@ def _quantity_condition(study: Any, param: str, value: str):
         compared = {
             "eq": and_(column >= float(low), column < float(high)),
             "ne": not_(and_(column >= float(low), column < float(high))),
-            "gt": column > float(centre), "sa": column > float(centre),
-            "lt": column < float(centre), "eb": column < float(centre),
-            "ge": column >= float(centre), "le": column <= float(centre),
+            "gt": column > float(centre),
+            "sa": column > float(centre),
+            "lt": column < float(centre),
+            "eb": column < float(centre),
+            "ge": column >= float(centre),
+            "le": column <= float(centre),
             "ap": and_(column >= float(centre - abs(centre) / 10), column <= float(centre + abs(centre) / 10)),
         }[prefix]
         conditions.append(and_(ItemFact.item_id == item.id, compared))
@@ -321,13 +358,16 @@ def _include(resource_type: str, name: str, modifier: str, value: str, problems:
     source, param, target = parts[0], parts[1], parts[2] if len(parts) == 3 else None
     iterate = bool(modifier)
     if source not in WRITABLE_TYPES or (name == "_include" and not iterate and source != resource_type):
-        problems.append(f"{name}={value!r}: {source} is not {'a type of this server' if iterate or name != '_include' else resource_type}")
+        problems.append(
+            f"{name}={value!r}: {source} is not {'a type of this server' if iterate or name != '_include' else resource_type}"
+        )
         return None
     kind = SEARCH_PARAMS.get(source, {}).get(param, ("",))[0]
     if kind != "reference":
         references = sorted(p for p, (k, _) in SEARCH_PARAMS.get(source, {}).items() if k == "reference")
-        problems.append(f"{name}={value!r}: {param!r} is not a reference parameter of {source} "
-                        f"(those: {', '.join(references)})")
+        problems.append(
+            f"{name}={value!r}: {param!r} is not a reference parameter of {source} (those: {', '.join(references)})"
+        )
         return None
     if target is not None and target not in REFERENCE_TARGETS.get(param, (target,)):
         problems.append(f"{name}={value!r}: {source}.{param} does not refer to {target}")
@@ -342,8 +382,9 @@ def _modified(resource_type: str, known, base: str, modifier: str, value: str, p
         return None
     kind, _ = known[base]
     param = SEARCHED_THROUGH.get(resource_type, {}).get(base) or base
-    tokens = select(SearchToken.resource_id).where(SearchToken.resource_type == resource_type,
-                                                   SearchToken.param == param)
+    tokens = select(SearchToken.resource_id).where(
+        SearchToken.resource_type == resource_type, SearchToken.param == param
+    )
     if modifier == "missing":
         if value not in ("true", "false"):
             raise FhirError.one(400, f"{base}:missing takes true or false, got {value!r}")
@@ -380,8 +421,10 @@ def _chained(resource_type: str, known, name: str, value: str, problems: list[st
         # plans it as a lookup instead of matching every reference token against "Patient/" || id
         return ResourceHead.patient_id.in_(select(matched.c.resource_id))
     references = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == resource_type, SearchToken.param == through,
-        SearchToken.value.in_(select(literal(f"{target}/") + matched.c.resource_id)))
+        SearchToken.resource_type == resource_type,
+        SearchToken.param == through,
+        SearchToken.value.in_(select(literal(f"{target}/") + matched.c.resource_id)),
+    )
     return ResourceHead.resource_id.in_(references)
 
 
@@ -400,8 +443,9 @@ def _string_condition(value: str, modifier: str):
     return SearchToken.value.startswith(folded(value), autoescape=True)
 
 
-def _token_filter(resource_type: str, param: str, kind: str, value: str, *, select_only: bool = False,
-                  modifier: str = ""):
+def _token_filter(
+    resource_type: str, param: str, kind: str, value: str, *, select_only: bool = False, modifier: str = ""
+):
     through = SEARCHED_THROUGH.get(resource_type, {}).get(param)
     conditions = []
     for alternative in value.split(","):
@@ -418,7 +462,8 @@ def _token_filter(resource_type: str, param: str, kind: str, value: str, *, sele
         else:
             conditions.append(_code_condition(alternative))
     tokens = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == resource_type, SearchToken.param == (through or param), or_(*conditions))
+        SearchToken.resource_type == resource_type, SearchToken.param == (through or param), or_(*conditions)
+    )
     if kind == "reference":  # lets a suffix match scan the (partial) index of references, not the table
         tokens = tokens.where(SearchToken.value.isnot(None))
     if select_only:
@@ -446,8 +491,9 @@ def _reference_condition(value: str):
 def _patient_reference_condition(value: str):
     """`_reference_condition` met by references to a Patient only."""
     if "/" not in value:
-        return or_(SearchToken.value == f"Patient/{value}",
-                   SearchToken.value.endswith(f"/Patient/{value}", autoescape=True))
+        return or_(
+            SearchToken.value == f"Patient/{value}", SearchToken.value.endswith(f"/Patient/{value}", autoescape=True)
+        )
     target = _reference_target(value)
     return SearchToken.value == target if target.startswith("Patient/") else false()
 
@@ -465,10 +511,15 @@ def _date_condition(column, value: str, param: str):
     text = value[2:] if value[:2] in DATE_PREFIXES else value
     start, end = _date_range(text, param)
     return {
-        "eq": and_(column >= start, column < end), "ap": and_(column >= start, column < end),
+        "eq": and_(column >= start, column < end),
+        "ap": and_(column >= start, column < end),
         "ne": not_(and_(column >= start, column < end)),
-        "gt": column >= end, "sa": column >= end, "ge": column >= start,
-        "lt": column < start, "eb": column < start, "le": column < end,
+        "gt": column >= end,
+        "sa": column >= end,
+        "ge": column >= start,
+        "lt": column < start,
+        "eb": column < start,
+        "le": column < end,
     }[prefix]
 
 
@@ -498,15 +549,24 @@ def _order(resource_type: str, spec: str | None, known: dict[str, tuple[str, tup
         elif name == "_id":
             column = ResourceHead.resource_id
         elif known.get(name, ("",))[0] == "date":
-            column = select(func.min(SearchToken.moment)).where(
-                SearchToken.resource_type == resource_type, SearchToken.param == name,
-                SearchToken.resource_id == ResourceHead.resource_id,
-            ).correlate(ResourceHead).scalar_subquery()
+            column = (
+                select(func.min(SearchToken.moment))
+                .where(
+                    SearchToken.resource_type == resource_type,
+                    SearchToken.param == name,
+                    SearchToken.resource_id == ResourceHead.resource_id,
+                )
+                .correlate(ResourceHead)
+                .scalar_subquery()
+            )
         else:
             dates = [p for p, (kind, _) in known.items() if kind == "date"]
-            raise FhirError.one(400, f"_sort by {name!r} is not supported for {resource_type} "
-                                     f"(supported: _lastUpdated, _id{''.join(', ' + d for d in dates)})",
-                                code="not-supported")
+            raise FhirError.one(
+                400,
+                f"_sort by {name!r} is not supported for {resource_type} "
+                f"(supported: _lastUpdated, _id{''.join(', ' + d for d in dates)})",
+                code="not-supported",
+            )
         order.append(column.desc().nulls_last() if descending else column.asc().nulls_last())
     if not order:
         order.append(ResourceHead.last_updated.asc())

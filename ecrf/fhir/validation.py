@@ -1,4 +1,5 @@
 """Structure validation with fhir.resources (R4B models), once per resource, as located issues."""
+
 import re
 from functools import cache
 from typing import Any
@@ -46,8 +47,11 @@ def is_resource_type(name: Any) -> bool:
 
 def unsupported(resource_type: Any, location: str) -> dict[str, Any]:
     shown = resource_type if isinstance(resource_type, str) else "(no resourceType)"
-    return issue(f"resource type {shown} is not supported here; supported: {', '.join(WRITABLE_TYPES)}",
-                 code="not-supported", location=location)
+    return issue(
+        f"resource type {shown} is not supported here; supported: {', '.join(WRITABLE_TYPES)}",
+        code="not-supported",
+        location=location,
+    )
 
 
 def prepare(resource: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 """Request bodies of the query API. Query text is free text and may hold PHI: it is never logged."""
+
 from pydantic import BaseModel, ConfigDict, Field
 
 TEXT_MAX = 4000
@@ -9,10 +10,14 @@ class RaiseQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    form_id: str | None = Field(default=None, max_length=64, description="a form of the study; inferred from "
-                                "item_id when left out")
-    visit_id: str | None = Field(default=None, max_length=64, description="a visit at which the form is "
-                                 "collected; inferred when the form has one visit only")
+    form_id: str | None = Field(
+        default=None, max_length=64, description="a form of the study; inferred from item_id when left out"
+    )
+    visit_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="a visit at which the form is collected; inferred when the form has one visit only",
+    )
     item_id: str | None = Field(default=None, max_length=64, description="an item of the form")
     text: str = Field(max_length=TEXT_MAX, description="the question to the site")
 

@@ -4,6 +4,7 @@ Seeded from the randomisation secret and the study/stratum, it gives the same al
 so the unblinded statistician can regenerate and verify them; without the secret they cannot be predicted.
 No reseeding: a list is at most a few thousand draws, far below the 2^48 requests the standard allows.
 """
+
 import hashlib
 import hmac
 

@@ -1,5 +1,6 @@
 """The FHIR side of randomisation: `POST ResearchSubject/{id}/$randomize` (a custom operation: FHIR R4 has no
 standard one) and its OperationDefinition. The allocation is the eCRF door's, one transaction."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,20 +23,31 @@ def operation_definition(base: str) -> dict[str, Any]:
         return {"name": name, "use": "out", "min": 1, "max": "1", "type": kind, "documentation": doc}
 
     return {
-        "resourceType": "OperationDefinition", "id": OPERATION_ID, "url": f"{base}/OperationDefinition/{OPERATION_ID}",
-        "name": "Randomize", "title": "Randomise a research subject (system allocation, concealed until allocation)",
-        "status": "active", "kind": "operation", "code": "randomize", "resource": ["ResearchSubject"],
-        "system": False, "type": False, "instance": True, "affectsState": True,
+        "resourceType": "OperationDefinition",
+        "id": OPERATION_ID,
+        "url": f"{base}/OperationDefinition/{OPERATION_ID}",
+        "name": "Randomize",
+        "title": "Randomise a research subject (system allocation, concealed until allocation)",
+        "status": "active",
+        "kind": "operation",
+        "code": "randomize",
+        "resource": ["ResearchSubject"],
+        "system": False,
+        "type": False,
+        "instance": True,
+        "affectsState": True,
         "description": "Allocates the next unused slot of the subject's stratum (stratified permuted blocks) in one "
-                       "transaction with the randomisation form, ResearchSubject.assignedArm, identifier (the "
-                       "randomisation number) and status on-study. No input parameters. The first call answers "
-                       "201, a repeat 200 with the same allocation; not eligible, no consent or an exhausted list "
-                       "is 409 (OperationOutcome). There is no undo.",
-        "parameter": [out("arm", "string", "the allocated arm (ResearchStudy.arm.name)"),
-                      out("randomisationNumber", "string", "R-<site>-<sequence>"),
-                      out("randomisationDate", "date", "the site's date at allocation"),
-                      out("stratum", "string", "the stratum the subject's data put it in"),
-                      out("subject", "Reference", "the ResearchSubject, as updated")],
+        "transaction with the randomisation form, ResearchSubject.assignedArm, identifier (the "
+        "randomisation number) and status on-study. No input parameters. The first call answers "
+        "201, a repeat 200 with the same allocation; not eligible, no consent or an exhausted list "
+        "is 409 (OperationOutcome). There is no undo.",
+        "parameter": [
+            out("arm", "string", "the allocated arm (ResearchStudy.arm.name)"),
+            out("randomisationNumber", "string", "R-<site>-<sequence>"),
+            out("randomisationDate", "date", "the site's date at allocation"),
+            out("stratum", "string", "the stratum the subject's data put it in"),
+            out("subject", "Reference", "the ResearchSubject, as updated"),
+        ],
     }
 
 
@@ -66,6 +78,3 @@ def read_operation_definition(request: Request, resource_id: str, actor: Actor =
     if resource_id != OPERATION_ID:
         raise NotFound(f"OperationDefinition/{resource_id} is not known; this server defines {OPERATION_ID}")
     return respond(operation_definition(fhir_base(request)))
-
-
-

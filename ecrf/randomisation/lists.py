@@ -1,5 +1,6 @@
 """Allocation lists: permuted blocks per stratum from the HMAC_DRBG, and their SHA-256 checksums. Pure: no
 database, no settings; the same secret, study, scheme and stratum always give the same list."""
+
 import hashlib
 from dataclasses import dataclass
 

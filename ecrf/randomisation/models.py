@@ -3,6 +3,7 @@
 Lists, slots and allocations are append-only (migration 0017 makes the database refuse UPDATE and DELETE).
 No route reads `randomisation_slot` but the randomisation manager's; the allocation takes its slot by number.
 """
+
 from datetime import date, datetime
 
 from sqlalchemy import Index, UniqueConstraint

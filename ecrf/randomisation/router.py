@@ -1,5 +1,6 @@
 """/api/v1: randomise a subject (the site), its allocation (who may read the subject), and the randomisation
 manager's lists, allocation log and CSV exports. No route changes or deletes an allocation (no undo)."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,12 +17,24 @@ from ecrf.store.unit import read_only, writing
 router = APIRouter(tags=["randomisation"])
 MANAGER = Depends(requires("randomisation.lists"))
 SLOT_COLUMNS = ["stratum", "sequence", "block", "block_size", "arm", "used", "subject_id", "number"]
-LOG_COLUMNS = ["randomisation_number", "subject_id", "site", "stratum", "sequence", "arm", "randomisation_date",
-               "allocated_at", "allocated_by", "allocated_role"]
+LOG_COLUMNS = [
+    "randomisation_number",
+    "subject_id",
+    "site",
+    "stratum",
+    "sequence",
+    "arm",
+    "randomisation_date",
+    "allocated_at",
+    "allocated_by",
+    "allocated_role",
+]
 
 
 @router.post("/subjects/{subject_id}/randomise", status_code=201)
-def randomise(subject_id: str, request: Request, actor: Actor = Depends(requires("randomisation.allocate"))) -> JSONBody:
+def randomise(
+    subject_id: str, request: Request, actor: Actor = Depends(requires("randomisation.allocate"))
+) -> JSONBody:
     """Allocate the next slot of the subject's stratum (empty body): 201 with `arm`, `randomisation_number`,
     `randomisation_date` and `stratum`; a repeat answers the same allocation with 200 and writes nothing.
     409: not eligible (the blocking criteria), no consent, stratum not derivable, or the stratum's list is
@@ -33,8 +46,9 @@ def randomise(subject_id: str, request: Request, actor: Actor = Depends(requires
 
 
 @router.get("/subjects/{subject_id}/randomisation")
-def read_allocation(subject_id: str, request: Request,
-                    actor: Actor = Depends(requires("randomisation.read"))) -> dict[str, Any]:
+def read_allocation(
+    subject_id: str, request: Request, actor: Actor = Depends(requires("randomisation.read"))
+) -> dict[str, Any]:
     """The subject's own allocation (`randomised: false` before it); `method: entered` for an arm typed
     into the form before version 2. Never a list or a slot not yet used."""
     runtime = request.app.state.runtime
@@ -47,8 +61,9 @@ class Note(BaseModel):
 
 
 @router.post("/subjects/{subject_id}/randomisation/notes", status_code=201)
-def add_note(subject_id: str, body: Note, request: Request,
-             actor: Actor = Depends(requires("randomisation.note"))) -> dict[str, Any]:
+def add_note(
+    subject_id: str, body: Note, request: Request, actor: Actor = Depends(requires("randomisation.note"))
+) -> dict[str, Any]:
     """A data manager records a mis-randomisation as a note in the audit trail (`randomisation.note`). There
     is no undo: the allocation, the arm and the subject's status stay as they are (intention to treat)."""
     runtime = request.app.state.runtime
@@ -65,16 +80,18 @@ def lists(request: Request, actor: Actor = MANAGER) -> dict[str, Any]:
         return {"study": runtime.study.id, "lists": service.list_summaries(store.session, runtime.study)}
 
 
-@router.get("/randomisation/lists.csv", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get("/randomisation/lists.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def lists_csv(request: Request, actor: Actor = MANAGER) -> Response:
     """Randomisation manager: every slot of every list (used or not, and by whom) as CSV."""
     runtime = request.app.state.runtime
     service.scheme_of(runtime)
     with read_only(runtime, actor) as store:
         rows = service.list_slots(store.session, runtime.study)
-    return Response(service.as_csv(rows, SLOT_COLUMNS), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{runtime.study.id}-randomisation-lists.csv"'})
+    return Response(
+        service.as_csv(rows, SLOT_COLUMNS),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{runtime.study.id}-randomisation-lists.csv"'},
+    )
 
 
 @router.get("/randomisation/lists/{stratum}")
@@ -83,8 +100,9 @@ def list_of_stratum(stratum: str, request: Request, actor: Actor = MANAGER) -> d
     runtime = request.app.state.runtime
     service.scheme_of(runtime)
     with read_only(runtime, actor) as store:
-        summary = next((s for s in service.list_summaries(store.session, runtime.study) if s["stratum"] == stratum),
-                       None)
+        summary = next(
+            (s for s in service.list_summaries(store.session, runtime.study) if s["stratum"] == stratum), None
+        )
         if summary is None:
             raise NotFound(f"stratum {stratum} has no allocation list")
         return {**summary, "slots": service.list_slots(store.session, runtime.study, stratum)}
@@ -99,13 +117,15 @@ def allocations(request: Request, actor: Actor = MANAGER) -> dict[str, Any]:
         return {"study": runtime.study.id, "allocations": service.allocation_log(store.session, runtime.study)}
 
 
-@router.get("/randomisation/allocations.csv", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get("/randomisation/allocations.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def allocations_csv(request: Request, actor: Actor = MANAGER) -> Response:
     """Randomisation manager: the allocation log as CSV."""
     runtime = request.app.state.runtime
     service.scheme_of(runtime)
     with read_only(runtime, actor) as store:
         rows = service.allocation_log(store.session, runtime.study)
-    return Response(service.as_csv(rows, LOG_COLUMNS), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{runtime.study.id}-allocations.csv"'})
+    return Response(
+        service.as_csv(rows, LOG_COLUMNS),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{runtime.study.id}-allocations.csv"'},
+    )

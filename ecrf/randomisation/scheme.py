@@ -3,6 +3,7 @@
 Nothing study-specific is in Python: arms and their ratio, the stratification factors (the site, or the
 latest value of an item in groups), block sizes, list length and the number's pattern are all in the file.
 """
+
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +90,19 @@ def load_scheme(study_dir: Path, study: StudyDef) -> Scheme | None:
                 problems.append(f"{key}: form {form_id} has no item {item!r}")
     except KeyError:
         problems.append(f"form: the study has no form {form_id!r}")
-    if not isinstance(ratio, dict) or set(ratio) != arms or not all(isinstance(w, int) and w > 0 for w in ratio.values()):
+    if (
+        not isinstance(ratio, dict)
+        or set(ratio) != arms
+        or not all(isinstance(w, int) and w > 0 for w in ratio.values())
+    ):
         problems.append(f"ratio: a positive whole weight for each arm of the study ({', '.join(sorted(arms))})")
         ratio = {arm: 1 for arm in sorted(arms)}
     total = sum(ratio.values())
-    if not sizes or not all(isinstance(s, int) and s > 0 and s % total == 0 for s in sizes) or len(set(sizes)) != len(sizes):
+    if (
+        not sizes
+        or not all(isinstance(s, int) and s > 0 and s % total == 0 for s in sizes)
+        or len(set(sizes)) != len(sizes)
+    ):
         problems.append(f"block_sizes: distinct multiples of the ratio's sum ({total})")
     if not isinstance(length, int) or length < 1:
         problems.append("list_length: a positive whole number")
@@ -121,6 +130,17 @@ def load_scheme(study_dir: Path, study: StudyDef) -> Scheme | None:
     ids = [""]
     for level in levels:
         ids = [f"{prefix}-{value}" if prefix else value for prefix in ids for value in level]
-    return Scheme(form=form_id, visit=visit, arm_item=arm_item, date_item=date_item, ratio=dict(ratio),
-                  block_sizes=tuple(sizes), list_length=length, factors=tuple(factors), number=number,
-                  identifier_system=system, strata=tuple(ids) if factors else ("all",), spec=spec)
+    return Scheme(
+        form=form_id,
+        visit=visit,
+        arm_item=arm_item,
+        date_item=date_item,
+        ratio=dict(ratio),
+        block_sizes=tuple(sizes),
+        list_length=length,
+        factors=tuple(factors),
+        number=number,
+        identifier_system=system,
+        strata=tuple(ids) if factors else ("all",),
+        spec=spec,
+    )

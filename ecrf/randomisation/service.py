@@ -4,6 +4,7 @@ Concealment: the slots are read here, by number, only (a) to allocate the next o
 transaction and (b) for the randomisation manager's views; no other function returns an unused slot, no error
 message names one, and neither the audit trail nor any log receives a list's contents.
 """
+
 import csv
 import io
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ from ecrf.db import transaction
 from ecrf.eligibility.patient_data import load
 from ecrf.randomisation import lists
 from ecrf.randomisation.guard import ALLOCATING
-from ecrf.randomisation.models import (RandomisationAllocation, RandomisationCounter, RandomisationList,
-                                       RandomisationSlot)
+from ecrf.randomisation.models import (
+    RandomisationAllocation,
+    RandomisationCounter,
+    RandomisationList,
+    RandomisationSlot,
+)
 from ecrf.randomisation.scheme import Scheme, SchemeError
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import Subject, resolve
@@ -43,6 +48,7 @@ class AlreadyAllocated(Exception):
 
 # -- the secret --------------------------------------------------------------------------------------
 
+
 def randomisation_secret(settings: Settings) -> bytes:
     """ECRF_RANDOMISATION_SECRET, else a random secret generated once into a 0600 file; never the study or
     JWT secret (a sponsor or token issuer must not be able to regenerate the lists)."""
@@ -55,6 +61,7 @@ def randomisation_secret(settings: Settings) -> bytes:
 
 # -- generation and verification -------------------------------------------------------------------
 
+
 def _lists(session: Session, study_id: str) -> dict[str, RandomisationList]:
     rows = session.exec(select(RandomisationList).where(RandomisationList.study_id == study_id)).all()
     return {row.stratum: row for row in rows}
@@ -63,12 +70,13 @@ def _lists(session: Session, study_id: str) -> dict[str, RandomisationList]:
 def _check_fingerprint(scheme: Scheme, existing: dict[str, RandomisationList]) -> None:
     changed = sorted(s for s, row in existing.items() if row.scheme_fingerprint != scheme.fingerprint)
     if changed:
-        raise SchemeError(f"randomisation.yaml changed after the lists of {', '.join(changed)} were generated; "
-                          "lists are never regenerated: restore the file the lists were generated from")
+        raise SchemeError(
+            f"randomisation.yaml changed after the lists of {', '.join(changed)} were generated; "
+            "lists are never regenerated: restore the file the lists were generated from"
+        )
 
 
-def generate(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme,
-             actor: Actor = SYSTEM) -> list[str]:
+def generate(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme, actor: Actor = SYSTEM) -> list[str]:
     """Generate the lists of the strata that have none (once per study: existing lists are never touched).
     Answers the strata generated now; an instance that loses a concurrent generation answers []."""
     try:
@@ -76,8 +84,9 @@ def generate(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme
             existing = _lists(session, study.id)
             _check_fingerprint(scheme, existing)
             missing = [stratum for stratum in scheme.strata if stratum not in existing]
-            counters = set(session.exec(select(RandomisationCounter.name).where(
-                RandomisationCounter.study_id == study.id)).all())
+            counters = set(
+                session.exec(select(RandomisationCounter.name).where(RandomisationCounter.study_id == study.id)).all()
+            )
             if not missing and all(f"site:{site.id}" in counters for site in study.sites):
                 return []
             secret = randomisation_secret(settings)
@@ -85,13 +94,30 @@ def generate(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme
             sizes = []
             for stratum in missing:
                 slots = lists.generate(secret, study.id, scheme, stratum)
-                session.add(RandomisationList(study_id=study.id, stratum=stratum, slots=len(slots),
-                                              checksum=lists.checksum(study.id, stratum, slots),
-                                              scheme_fingerprint=scheme.fingerprint, generated_at=now,
-                                              generated_by=actor.sub))
-                session.add_all([RandomisationSlot(study_id=study.id, stratum=stratum, sequence=slot.sequence,
-                                                   block=slot.block, block_size=slot.block_size, arm=slot.arm)
-                                 for slot in slots])
+                session.add(
+                    RandomisationList(
+                        study_id=study.id,
+                        stratum=stratum,
+                        slots=len(slots),
+                        checksum=lists.checksum(study.id, stratum, slots),
+                        scheme_fingerprint=scheme.fingerprint,
+                        generated_at=now,
+                        generated_by=actor.sub,
+                    )
+                )
+                session.add_all(
+                    [
+                        RandomisationSlot(
+                            study_id=study.id,
+                            stratum=stratum,
+                            sequence=slot.sequence,
+                            block=slot.block,
+                            block_size=slot.block_size,
+                            arm=slot.arm,
+                        )
+                        for slot in slots
+                    ]
+                )
                 session.add(RandomisationCounter(study_id=study.id, name=f"stratum:{stratum}", value=0))
                 sizes.append(f"{stratum}: {len(slots)} slots")
             for site in study.sites:
@@ -99,9 +125,15 @@ def generate(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme
                     session.add(RandomisationCounter(study_id=study.id, name=f"site:{site.id}", value=0))
             session.flush()
             if missing:  # the list's size, never its contents or checksum input
-                audit.append(session, actor, "randomisation.generate", source="system",
-                             resource=f"ResearchStudy/{study.id}", new_value=f"{len(missing)} list(s)",
-                             reason="; ".join(sizes))
+                audit.append(
+                    session,
+                    actor,
+                    "randomisation.generate",
+                    source="system",
+                    resource=f"ResearchStudy/{study.id}",
+                    new_value=f"{len(missing)} list(s)",
+                    reason="; ".join(sizes),
+                )
             return missing
     except IntegrityError:
         return []
@@ -129,29 +161,52 @@ def verify(engine: Engine, settings: Settings, study: StudyDef, scheme: Scheme, 
                 problems.append(Problem(stratum, "generated from another randomisation.yaml"))
             expected = lists.generate(secret, study.id, scheme, stratum)
             if lists.checksum(study.id, stratum, expected) != row.checksum:
-                problems.append(Problem(stratum, "the recorded checksum is not the regenerated list's "
-                                                 "(another secret, or the checksum was altered)"))
-            stored = [lists.Slot(s.sequence, s.block, s.block_size, s.arm) for s in session.exec(
-                select(RandomisationSlot).where(RandomisationSlot.study_id == study.id,
-                                                RandomisationSlot.stratum == stratum)
-                .order_by(RandomisationSlot.sequence)).all()]
+                problems.append(
+                    Problem(
+                        stratum,
+                        "the recorded checksum is not the regenerated list's "
+                        "(another secret, or the checksum was altered)",
+                    )
+                )
+            stored = [
+                lists.Slot(s.sequence, s.block, s.block_size, s.arm)
+                for s in session.exec(
+                    select(RandomisationSlot)
+                    .where(RandomisationSlot.study_id == study.id, RandomisationSlot.stratum == stratum)
+                    .order_by(RandomisationSlot.sequence)
+                ).all()
+            ]
             if lists.checksum(study.id, stratum, stored) != row.checksum or len(stored) != row.slots:
                 problems.append(Problem(stratum, "the stored slots differ from the list as generated"))
             by_sequence = {slot.sequence: slot.arm for slot in expected}
-            for allocation in session.exec(select(RandomisationAllocation).where(
-                    RandomisationAllocation.study_id == study.id, RandomisationAllocation.stratum == stratum)).all():
+            for allocation in session.exec(
+                select(RandomisationAllocation).where(
+                    RandomisationAllocation.study_id == study.id, RandomisationAllocation.stratum == stratum
+                )
+            ).all():
                 if by_sequence.get(allocation.sequence) != allocation.arm:
-                    problems.append(Problem(stratum, f"allocation {allocation.number} does not hold the arm of "
-                                                     f"slot {allocation.sequence}"))
+                    problems.append(
+                        Problem(
+                            stratum,
+                            f"allocation {allocation.number} does not hold the arm of slot {allocation.sequence}",
+                        )
+                    )
         for stratum in sorted(set(existing) - set(scheme.strata)):
             problems.append(Problem(stratum, "a list of a stratum the scheme does not have"))
-        audit.append(session, actor, "randomisation.verify", source="system", resource=f"ResearchStudy/{study.id}",
-                     new_value="intact" if not problems else f"{len(problems)} problem(s)",
-                     reason="; ".join(f"{p.stratum}: {p.problem}" for p in problems) or None)
+        audit.append(
+            session,
+            actor,
+            "randomisation.verify",
+            source="system",
+            resource=f"ResearchStudy/{study.id}",
+            new_value="intact" if not problems else f"{len(problems)} problem(s)",
+            reason="; ".join(f"{p.stratum}: {p.problem}" for p in problems) or None,
+        )
     return problems
 
 
 # -- allocation -------------------------------------------------------------------------------------
+
 
 def scheme_of(runtime: Any) -> Scheme:
     scheme = getattr(runtime, "randomisation", None)
@@ -173,8 +228,13 @@ def stratum_of(study: StudyDef, scheme: Scheme, store: ClinicalStore, subject: S
         if group is None:
             found = f"latest value {values[-1].value}" if values else "no value"
             accepted = ", ".join(f"{group} ({'/'.join(values)})" for group, values in factor.groups.items())
-            problems.append({"item": factor.item, "rule": "stratum",
-                             "message": f"the stratum needs {factor.item} in one of {accepted}: {found}"})
+            problems.append(
+                {
+                    "item": factor.item,
+                    "rule": "stratum",
+                    "message": f"the stratum needs {factor.item} in one of {accepted}: {found}",
+                }
+            )
         else:
             parts.append(group)
     if problems:
@@ -183,23 +243,36 @@ def stratum_of(study: StudyDef, scheme: Scheme, store: ClinicalStore, subject: S
 
 
 def _allocation_of(session: Session, study_id: str, subject_id: str) -> RandomisationAllocation | None:
-    return session.exec(select(RandomisationAllocation).where(
-        RandomisationAllocation.study_id == study_id, RandomisationAllocation.subject_id == subject_id)).one_or_none()
+    return session.exec(
+        select(RandomisationAllocation).where(
+            RandomisationAllocation.study_id == study_id, RandomisationAllocation.subject_id == subject_id
+        )
+    ).one_or_none()
 
 
 def _next(session: Session, study_id: str, name: str) -> int | None:
     """Add one to a counter and answer it. The UPDATE holds the row's lock until commit (PostgreSQL), so
     concurrent allocations of a stratum take turns; SQLite writers are serial anyway."""
-    return session.execute(update(RandomisationCounter)
-                           .where(RandomisationCounter.study_id == study_id, RandomisationCounter.name == name)
-                           .values(value=RandomisationCounter.value + 1)
-                           .returning(RandomisationCounter.value)).scalar_one_or_none()
+    return session.execute(
+        update(RandomisationCounter)
+        .where(RandomisationCounter.study_id == study_id, RandomisationCounter.name == name)
+        .values(value=RandomisationCounter.value + 1)
+        .returning(RandomisationCounter.value)
+    ).scalar_one_or_none()
 
 
 def allocation_view(row: RandomisationAllocation) -> dict[str, Any]:
-    return {"subject_id": row.subject_id, "randomised": True, "method": METHOD_SYSTEM, "arm": row.arm,
-            "randomisation_number": row.number, "randomisation_date": row.randomisation_date.isoformat(),
-            "stratum": row.stratum, "allocated_at": row.allocated_at.isoformat(), "allocated_by": row.allocated_by}
+    return {
+        "subject_id": row.subject_id,
+        "randomised": True,
+        "method": METHOD_SYSTEM,
+        "arm": row.arm,
+        "randomisation_number": row.number,
+        "randomisation_date": row.randomisation_date.isoformat(),
+        "stratum": row.stratum,
+        "allocated_at": row.allocated_at.isoformat(),
+        "allocated_by": row.allocated_by,
+    }
 
 
 def _entered_view(study: StudyDef, scheme: Scheme, store: ClinicalStore, subject: Subject) -> dict[str, Any] | None:
@@ -209,9 +282,15 @@ def _entered_view(study: StudyDef, scheme: Scheme, store: ClinicalStore, subject
         return None
     data = load(store.session, study, [subject.patient_id])[subject.patient_id]
     dates = data.of(scheme.date_item)
-    return {"subject_id": subject.id, "randomised": True, "method": METHOD_ENTERED, "arm": arm,
-            "randomisation_number": None, "randomisation_date": str(dates[-1].value) if dates else None,
-            "stratum": None}
+    return {
+        "subject_id": subject.id,
+        "randomised": True,
+        "method": METHOD_ENTERED,
+        "arm": arm,
+        "randomisation_number": None,
+        "randomisation_date": str(dates[-1].value) if dates else None,
+        "stratum": None,
+    }
 
 
 def read_allocation(runtime: Any, store: ClinicalStore, subject_id: str) -> dict[str, Any]:
@@ -239,8 +318,10 @@ def randomise(runtime: Any, store: ClinicalStore, subject_id: str, *, source: st
     if entered is not None:
         return entered, False
     if not (subject.research_subject.content.get("period") or {}).get("start"):
-        raise Blocked("randomisation needs consent on file", [
-            {"item": "consent_date", "rule": "required", "message": "the subject has no consent date"}])
+        raise Blocked(
+            "randomisation needs consent on file",
+            [{"item": "consent_date", "rule": "required", "message": "the subject has no consent date"}],
+        )
     eligibility_gate(runtime, store, subject)  # 409 with the blocking criteria, R = the site's date
     stratum = stratum_of(study, scheme, store, subject)
     sequence = _next(session, study.id, f"stratum:{stratum}")
@@ -248,21 +329,38 @@ def randomise(runtime: Any, store: ClinicalStore, subject_id: str, *, source: st
         raise ListsMissing(stratum)
     if _allocation_of(session, study.id, subject.id) is not None:  # allocated while this one waited its turn
         raise AlreadyAllocated(subject.id)
-    size = session.exec(select(RandomisationList.slots).where(
-        RandomisationList.study_id == study.id, RandomisationList.stratum == stratum)).one()
+    size = session.exec(
+        select(RandomisationList.slots).where(
+            RandomisationList.study_id == study.id, RandomisationList.stratum == stratum
+        )
+    ).one()
     if sequence > size:
-        raise Conflict(f"the allocation list of stratum {stratum} is exhausted ({size} slots allocated); "
-                       "no allocation was made", location="stratum")
+        raise Conflict(
+            f"the allocation list of stratum {stratum} is exhausted ({size} slots allocated); no allocation was made",
+            location="stratum",
+        )
     arm = session.get(RandomisationSlot, (study.id, stratum, sequence)).arm
     site_sequence = _next(session, study.id, f"site:{subject.site}")
     if site_sequence is None:
         raise ListsMissing(stratum)
     number = scheme.number_for(subject.site or "", site_sequence)
     today, now, actor = study.today_at(subject.site), datetime.now(UTC), store.actor
-    session.add(RandomisationAllocation(
-        study_id=study.id, stratum=stratum, sequence=sequence, subject_id=subject.id, patient_id=subject.patient_id,
-        site=subject.site, number=number, arm=arm, randomisation_date=today, allocated_at=now,
-        allocated_by=actor.sub, allocated_role=actor.role))
+    session.add(
+        RandomisationAllocation(
+            study_id=study.id,
+            stratum=stratum,
+            sequence=sequence,
+            subject_id=subject.id,
+            patient_id=subject.patient_id,
+            site=subject.site,
+            number=number,
+            arm=arm,
+            randomisation_date=today,
+            allocated_at=now,
+            allocated_by=actor.sub,
+            allocated_role=actor.role,
+        )
+    )
     try:
         session.flush()
     except IntegrityError as error:
@@ -271,20 +369,45 @@ def randomise(runtime: Any, store: ClinicalStore, subject_id: str, *, source: st
     allocating = session.info.setdefault(ALLOCATING, set())
     allocating.add(subject.id)  # the guard that keeps allocations lets these writes make it
     try:
-        save_form(runtime, store, subject.id, scheme.form, scheme.visit,
-                  items={scheme.arm_item: arm, scheme.date_item: today.isoformat()}, visit_date=today, reason=None,
-                  if_match=None, allocated=True)
+        save_form(
+            runtime,
+            store,
+            subject.id,
+            scheme.form,
+            scheme.visit,
+            items={scheme.arm_item: arm, scheme.date_item: today.isoformat()},
+            visit_date=today,
+            reason=None,
+            if_match=None,
+            allocated=True,
+        )
         content = store.read("ResearchSubject", subject.id).content
         identifiers = [i for i in content.get("identifier") or [] if i.get("system") != scheme.identifier_system]
-        store.update("ResearchSubject", subject.id, {
-            **content, "status": "on-study", "assignedArm": arm,
-            "identifier": identifiers + [{"use": "official", "system": scheme.identifier_system, "value": number}],
-        }, WriteContext(source=source, reason=reason, form_id=scheme.form, visit_id=scheme.visit))
+        store.update(
+            "ResearchSubject",
+            subject.id,
+            {
+                **content,
+                "status": "on-study",
+                "assignedArm": arm,
+                "identifier": identifiers + [{"use": "official", "system": scheme.identifier_system, "value": number}],
+            },
+            WriteContext(source=source, reason=reason, form_id=scheme.form, visit_id=scheme.visit),
+        )
     finally:
         allocating.discard(subject.id)
-    audit.append(session, actor, "randomisation.allocate", source=source, patient_id=subject.patient_id,
-                 form_id=scheme.form, visit_id=scheme.visit, resource=f"ResearchSubject/{subject.id}",
-                 new_value=f"{number} {arm}", reason=f"stratum {stratum}, slot {sequence}")
+    audit.append(
+        session,
+        actor,
+        "randomisation.allocate",
+        source=source,
+        patient_id=subject.patient_id,
+        form_id=scheme.form,
+        visit_id=scheme.visit,
+        resource=f"ResearchSubject/{subject.id}",
+        new_value=f"{number} {arm}",
+        reason=f"stratum {stratum}, slot {sequence}",
+    )
     return allocation_view(session.get(RandomisationAllocation, (study.id, stratum, sequence))), True
 
 
@@ -312,52 +435,99 @@ def add_note(runtime: Any, store: ClinicalStore, subject_id: str, text: str) -> 
     allocated (intention to treat): nothing else is written."""
     text = (text or "").strip()
     if not text:
-        raise Blocked("a note needs its text", [{"item": "text", "rule": "required", "message": "text must not be blank"}])
+        raise Blocked(
+            "a note needs its text", [{"item": "text", "rule": "required", "message": "text must not be blank"}]
+        )
     scheme = scheme_of(runtime)
     subject = resolve(store, runtime.study, subject_id)
     view = read_allocation(runtime, store, subject.id)
     if not view["randomised"]:
         raise Conflict(f"subject {subject.id} is not randomised: there is no allocation to annotate")
     now = datetime.now(UTC)
-    audit.append(store.session, store.actor, "randomisation.note", source="form", patient_id=subject.patient_id,
-                 form_id=scheme.form, visit_id=scheme.visit, resource=f"ResearchSubject/{subject.id}",
-                 new_value=view.get("randomisation_number") or view["arm"], reason=text, at=now)
-    return {"subject_id": subject.id, "randomisation_number": view.get("randomisation_number"), "note": text,
-            "at": now.isoformat(), "by": store.actor.sub}
+    audit.append(
+        store.session,
+        store.actor,
+        "randomisation.note",
+        source="form",
+        patient_id=subject.patient_id,
+        form_id=scheme.form,
+        visit_id=scheme.visit,
+        resource=f"ResearchSubject/{subject.id}",
+        new_value=view.get("randomisation_number") or view["arm"],
+        reason=text,
+        at=now,
+    )
+    return {
+        "subject_id": subject.id,
+        "randomisation_number": view.get("randomisation_number"),
+        "note": text,
+        "at": now.isoformat(),
+        "by": store.actor.sub,
+    }
 
 
 # -- the randomisation manager's views ----------------------------------------------------------------
 
+
 def list_summaries(session: Session, study: StudyDef) -> list[dict[str, Any]]:
-    used = dict(session.exec(select(RandomisationAllocation.stratum, func.count()).where(
-        RandomisationAllocation.study_id == study.id).group_by(RandomisationAllocation.stratum)).all())
-    return [{"stratum": row.stratum, "slots": row.slots, "used": used.get(row.stratum, 0),
-             "unused": row.slots - used.get(row.stratum, 0), "checksum": row.checksum,
-             "scheme_fingerprint": row.scheme_fingerprint, "generated_at": row.generated_at.isoformat(),
-             "generated_by": row.generated_by}
-            for row in sorted(_lists(session, study.id).values(), key=lambda r: r.stratum)]
+    used = dict(
+        session.exec(
+            select(RandomisationAllocation.stratum, func.count())
+            .where(RandomisationAllocation.study_id == study.id)
+            .group_by(RandomisationAllocation.stratum)
+        ).all()
+    )
+    return [
+        {
+            "stratum": row.stratum,
+            "slots": row.slots,
+            "used": used.get(row.stratum, 0),
+            "unused": row.slots - used.get(row.stratum, 0),
+            "checksum": row.checksum,
+            "scheme_fingerprint": row.scheme_fingerprint,
+            "generated_at": row.generated_at.isoformat(),
+            "generated_by": row.generated_by,
+        }
+        for row in sorted(_lists(session, study.id).values(), key=lambda r: r.stratum)
+    ]
 
 
 def list_slots(session: Session, study: StudyDef, stratum: str | None = None) -> list[dict[str, Any]]:
     query = select(RandomisationSlot).where(RandomisationSlot.study_id == study.id)
     if stratum is not None:
         query = query.where(RandomisationSlot.stratum == stratum)
-    allocations = {(a.stratum, a.sequence): a for a in session.exec(select(RandomisationAllocation).where(
-        RandomisationAllocation.study_id == study.id)).all()}
+    allocations = {
+        (a.stratum, a.sequence): a
+        for a in session.exec(select(RandomisationAllocation).where(RandomisationAllocation.study_id == study.id)).all()
+    }
     rows = []
     for slot in session.exec(query.order_by(RandomisationSlot.stratum, RandomisationSlot.sequence)).all():
         taken = allocations.get((slot.stratum, slot.sequence))
-        rows.append({"stratum": slot.stratum, "sequence": slot.sequence, "block": slot.block,
-                     "block_size": slot.block_size, "arm": slot.arm, "used": taken is not None,
-                     "subject_id": taken.subject_id if taken else None, "number": taken.number if taken else None})
+        rows.append(
+            {
+                "stratum": slot.stratum,
+                "sequence": slot.sequence,
+                "block": slot.block,
+                "block_size": slot.block_size,
+                "arm": slot.arm,
+                "used": taken is not None,
+                "subject_id": taken.subject_id if taken else None,
+                "number": taken.number if taken else None,
+            }
+        )
     return rows
 
 
 def allocation_log(session: Session, study: StudyDef) -> list[dict[str, Any]]:
-    rows = session.exec(select(RandomisationAllocation).where(RandomisationAllocation.study_id == study.id)
-                        .order_by(RandomisationAllocation.allocated_at, RandomisationAllocation.number)).all()
-    return [{**allocation_view(row), "sequence": row.sequence, "site": row.site, "allocated_role": row.allocated_role}
-            for row in rows]
+    rows = session.exec(
+        select(RandomisationAllocation)
+        .where(RandomisationAllocation.study_id == study.id)
+        .order_by(RandomisationAllocation.allocated_at, RandomisationAllocation.number)
+    ).all()
+    return [
+        {**allocation_view(row), "sequence": row.sequence, "site": row.site, "allocated_role": row.allocated_role}
+        for row in rows
+    ]
 
 
 def as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -368,17 +538,21 @@ def as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def strata_counts(session: Session, study: StudyDef, sites: frozenset[str] | None,
-                  site: str | None = None) -> list[dict[str, Any]]:
+def strata_counts(
+    session: Session, study: StudyDef, sites: frozenset[str] | None, site: str | None = None
+) -> list[dict[str, Any]]:
     """Randomised subjects per site, stratum and arm (allocated ones only: never a slot)."""
-    query = select(RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm,
-                   func.count()).where(RandomisationAllocation.study_id == study.id)
+    query = select(
+        RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm, func.count()
+    ).where(RandomisationAllocation.study_id == study.id)
     if sites is not None:
         query = query.where(RandomisationAllocation.site.in_(sorted(sites)))
     if site:
         query = query.where(RandomisationAllocation.site == site)
-    rows = session.exec(query.group_by(RandomisationAllocation.site, RandomisationAllocation.stratum,
-                                       RandomisationAllocation.arm)).all()
-    return [{"site": at, "stratum": stratum, "arm": arm, "n": n}
-            for at, stratum, arm, n in sorted(rows, key=lambda r: (r[0] or "", r[1], r[2]))]
-
+    rows = session.exec(
+        query.group_by(RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm)
+    ).all()
+    return [
+        {"site": at, "stratum": stratum, "arm": arm, "n": n}
+        for at, stratum, arm, n in sorted(rows, key=lambda r: (r[0] or "", r[1], r[2]))
+    ]

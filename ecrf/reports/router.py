@@ -1,4 +1,5 @@
 """/api/v1/reports: study-level aggregate counts (no subject ids, dates or identifiers)."""
+
 from fastapi import APIRouter, Depends, Request
 
 from ecrf.auth.actor import Actor
@@ -18,8 +19,16 @@ def enrolment(request: Request, actor: Actor = Depends(requires("report.aggregat
     done. Callers who may not read subjects (sponsors) get counts below ECRF_REPORT_MIN_CELL hidden."""
     runtime = request.app.state.runtime
     with snapshot(runtime.engine) as session:
-        sae = None if runtime.safety is None else (
-            safety.STATUSES, safety.count_rows(session, runtime.safety, actor.sites, runtime.now()))
-        return service.enrolment(session, runtime.study, actor, runtime.settings.report_min_cell,
-                                 runtime.randomisation.strata if runtime.randomisation is not None else (),
-                                 sae)
+        sae = (
+            None
+            if runtime.safety is None
+            else (safety.STATUSES, safety.count_rows(session, runtime.safety, actor.sites, runtime.now()))
+        )
+        return service.enrolment(
+            session,
+            runtime.study,
+            actor,
+            runtime.settings.report_min_cell,
+            runtime.randomisation.strata if runtime.randomisation is not None else (),
+            sae,
+        )

@@ -3,6 +3,7 @@
 Only counts leave: no subject id, date or identifier. Callers who may not read subject-level data
 (sponsors) get small cells hidden (ECRF_REPORT_MIN_CELL, see suppression.py); everyone else exact counts.
 """
+
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,21 @@ from ecrf.subjects.service import study_reference
 from study_model.definitions import StudyDef
 
 # FHIR R4 ResearchSubject.status (required binding): every code is a column, so a column's presence says nothing.
-SUBJECT_STATUSES = ("candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study", "on-study",
-                    "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate",
-                    "screening", "withdrawn")
+SUBJECT_STATUSES = (
+    "candidate",
+    "eligible",
+    "follow-up",
+    "ineligible",
+    "not-registered",
+    "off-study",
+    "on-study",
+    "on-study-intervention",
+    "on-study-observation",
+    "pending-on-study",
+    "potential-candidate",
+    "screening",
+    "withdrawn",
+)
 OTHER_ARM = "other"  # randomised, but no valid arm on the ResearchSubject
 OVERALL = ("overall",)
 
@@ -34,6 +47,7 @@ OVERALL = ("overall",)
 @dataclass
 class Table:
     """Counts of one breakdown: (site, column) -> n over the site rows; the overall row is their sum."""
+
     columns: list[str]  # they split each row's subjects or forms, so a row's total is known or derivable
     counts: dict[tuple[Hashable, str], int] = field(default_factory=dict)
     hidden: set[tuple[Hashable, str]] = field(default_factory=set)
@@ -51,37 +65,59 @@ class Table:
             self.hidden = hidden_cells(self.counts, [*sites, OVERALL], self.columns, min_cell)
 
     def row(self, site: Hashable) -> dict[str, int | None]:
-        return {column: None if (site, column) in self.hidden else self.counts.get((site, column), 0)
-                for column in self.columns}
+        return {
+            column: None if (site, column) in self.hidden else self.counts.get((site, column), 0)
+            for column in self.columns
+        }
 
 
 def queries(study: StudyDef, sites: frozenset[str] | None) -> dict[str, Any]:
     """The report's GROUP BY queries, each giving (site, ..., count) rows of the caller's sites."""
     return {
         "subjects": _subjects_by_status(study, sites),
-        "eligibility": _scoped(select(EligibilityState.site, EligibilityState.status, func.count())
-                               .group_by(EligibilityState.site, EligibilityState.status), EligibilityState.site, sites),
+        "eligibility": _scoped(
+            select(EligibilityState.site, EligibilityState.status, func.count()).group_by(
+                EligibilityState.site, EligibilityState.status
+            ),
+            EligibilityState.site,
+            sites,
+        ),
         "randomised": _randomised(sites),
         "arms": _randomised_by_arm(study, sites),
-        "strata": _scoped(select(RandomisationAllocation.site, RandomisationAllocation.stratum,
-                                 RandomisationAllocation.arm, func.count())
-                          .where(RandomisationAllocation.study_id == study.id)
-                          .group_by(RandomisationAllocation.site, RandomisationAllocation.stratum,
-                                    RandomisationAllocation.arm), RandomisationAllocation.site, sites),
-        "forms": _scoped(select(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status,
-                                func.count()).where(FormInstance.status != "entered_in_error")
-                         .group_by(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status),
-                         FormInstance.site, sites),
+        "strata": _scoped(
+            select(
+                RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm, func.count()
+            )
+            .where(RandomisationAllocation.study_id == study.id)
+            .group_by(RandomisationAllocation.site, RandomisationAllocation.stratum, RandomisationAllocation.arm),
+            RandomisationAllocation.site,
+            sites,
+        ),
+        "forms": _scoped(
+            select(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status, func.count())
+            .where(FormInstance.status != "entered_in_error")
+            .group_by(FormInstance.site, FormInstance.form_id, FormInstance.visit_id, FormInstance.status),
+            FormInstance.site,
+            sites,
+        ),
     }
 
 
-def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
-              strata: tuple[str, ...] = (), sae: tuple[tuple[str, ...], list[tuple]] | None = None) -> dict[str, Any]:
+def enrolment(
+    session: Session,
+    study: StudyDef,
+    actor: Actor,
+    min_cell: int,
+    strata: tuple[str, ...] = (),
+    sae: tuple[tuple[str, ...], list[tuple]] | None = None,
+) -> dict[str, Any]:
     """`strata`: the randomisation scheme's strata (every one a column, allocated or not); `sae`: (the SAE
     statuses, rows (site, status, count)) when the study has an SAE clock."""
     protect = min_cell if min_cell > 1 and not can(actor, "subject.read") else None
-    rows = {name: session.exec(query).all() if query is not None else []
-            for name, query in queries(study, actor.sites).items()}
+    rows = {
+        name: session.exec(query).all() if query is not None else []
+        for name, query in queries(study, actor.sites).items()
+    }
     statuses = Table(list(SUBJECT_STATUSES))
     statuses.add(rows["subjects"])
     eligibility = Table(list(ELIGIBILITY_STATUSES))
@@ -92,8 +128,7 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
     arms.add((site, OTHER_ARM, n - with_arm.get(site, 0)) for site, n in rows["randomised"])
     by_stratum = Table([f"{stratum} {arm.id}" for stratum in strata for arm in study.arms])
     by_stratum.add((site, f"{stratum} {arm}", n) for site, stratum, arm, n in rows["strata"])
-    forms = {(form.id, visit_id): Table(list(FORM_STATUSES))
-             for form in study.forms for visit_id in form.visits}
+    forms = {(form.id, visit_id): Table(list(FORM_STATUSES)) for form in study.forms for visit_id in form.visits}
     for site, form_id, visit_id, status, n in rows["forms"]:
         forms.setdefault((form_id, visit_id), Table(list(FORM_STATUSES))).add([(site, status, n)])
 
@@ -111,14 +146,23 @@ def enrolment(session: Session, study: StudyDef, actor: Actor, min_cell: int,
         form_views = []
         for (form_id, visit_id), table in forms.items():
             by_status = table.row(site)
-            form_views.append({"form": form_id, "visit": visit_id, "by_status": by_status,
-                               "done": _sum_or_none(by_status[s] for s in DONE_STATUSES if s in by_status)})
+            form_views.append(
+                {
+                    "form": form_id,
+                    "visit": visit_id,
+                    "by_status": by_status,
+                    "done": _sum_or_none(by_status[s] for s in DONE_STATUSES if s in by_status),
+                }
+            )
         view = {
             "subjects": sum(statuses.counts.get((site, status), 0) for status in statuses.columns),
             "by_status": statuses.row(site),
             "eligibility": eligibility.row(site),
-            "randomised": {"total": _sum_or_none(by_arm.values()), "by_arm": by_arm,
-                           "by_stratum": _strata_view(by_stratum.row(site))},
+            "randomised": {
+                "total": _sum_or_none(by_arm.values()),
+                "by_arm": by_arm,
+                "by_stratum": _strata_view(by_stratum.row(site)),
+            },
             "forms": form_views,
             "sae": saes.row(site) if saes else None,
         }
@@ -161,23 +205,42 @@ def _sum_or_none(values: Iterable[int | None]) -> int | None:
 def _subjects_by_status(study: StudyDef, sites: frozenset[str] | None):
     """(site, ResearchSubject.status, n) of the study's current, not deleted ResearchSubjects."""
     of_study = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
-        SearchToken.value == study_reference(study))
-    query = (select(ResourceHead.site, SearchToken.code, func.count())
-             .select_from(ResourceHead)
-             .join(SearchToken, and_(SearchToken.resource_type == ResourceHead.resource_type,
-                                     SearchToken.resource_id == ResourceHead.resource_id,
-                                     SearchToken.param == "status"))
-             .where(ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
-                    ResourceHead.resource_id.in_(of_study))
-             .group_by(ResourceHead.site, SearchToken.code))
+        SearchToken.resource_type == "ResearchSubject",
+        SearchToken.param == "study",
+        SearchToken.value == study_reference(study),
+    )
+    query = (
+        select(ResourceHead.site, SearchToken.code, func.count())
+        .select_from(ResourceHead)
+        .join(
+            SearchToken,
+            and_(
+                SearchToken.resource_type == ResourceHead.resource_type,
+                SearchToken.resource_id == ResourceHead.resource_id,
+                SearchToken.param == "status",
+            ),
+        )
+        .where(
+            ResourceHead.resource_type == "ResearchSubject",
+            ResourceHead.deleted == False,  # noqa: E712
+            ResourceHead.resource_id.in_(of_study),
+        )
+        .group_by(ResourceHead.site, SearchToken.code)
+    )
     return _scoped(query, ResourceHead.site, sites)
 
 
 def _arm_item(study: StudyDef) -> tuple[str, str] | None:
     """The item that assigns the arm (ResearchSubject.assignedArm), as data in the study definition."""
-    return next(((form.id, item.id) for form in study.forms for item in form.items
-                 if item.fhir.kind == "research_subject" and item.fhir.path == "assignedArm"), None)
+    return next(
+        (
+            (form.id, item.id)
+            for form in study.forms
+            for item in form.items
+            if item.fhir.kind == "research_subject" and item.fhir.path == "assignedArm"
+        ),
+        None,
+    )
 
 
 def _randomised(sites: frozenset[str] | None):
@@ -193,10 +256,17 @@ def _randomised_by_arm(study: StudyDef, sites: frozenset[str] | None):
     if arm_item is None:
         return None
     form_id, item_id = arm_item
-    query = (select(EligibilityState.site, ItemFact.value_text, func.count())
-             .select_from(ItemFact)
-             .join(EligibilityState, EligibilityState.subject_id == ItemFact.resource_id)
-             .where(ItemFact.resource_type == "ResearchSubject", ItemFact.form_id == form_id,
-                    ItemFact.item_id == item_id, ItemFact.error.is_(None), EligibilityState.frozen_at.is_not(None))
-             .group_by(EligibilityState.site, ItemFact.value_text))
+    query = (
+        select(EligibilityState.site, ItemFact.value_text, func.count())
+        .select_from(ItemFact)
+        .join(EligibilityState, EligibilityState.subject_id == ItemFact.resource_id)
+        .where(
+            ItemFact.resource_type == "ResearchSubject",
+            ItemFact.form_id == form_id,
+            ItemFact.item_id == item_id,
+            ItemFact.error.is_(None),
+            EligibilityState.frozen_at.is_not(None),
+        )
+        .group_by(EligibilityState.site, ItemFact.value_text)
+    )
     return _scoped(query, EligibilityState.site, sites)

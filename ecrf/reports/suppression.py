@@ -6,13 +6,15 @@ other cell hidden too (a non-zero one when there is one). Lines are every column
 sum of the site rows) and every row (its columns split the row's subjects, and a site's subject total is
 published). Repeated until stable.
 """
+
 from collections.abc import Hashable, Sequence
 
 Cell = tuple[Hashable, Hashable]
 
 
-def hidden_cells(values: dict[Cell, int], rows: Sequence[Hashable], columns: Sequence[Hashable],
-                 min_cell: int) -> set[Cell]:
+def hidden_cells(
+    values: dict[Cell, int], rows: Sequence[Hashable], columns: Sequence[Hashable], min_cell: int
+) -> set[Cell]:
     hidden = {cell for cell, value in values.items() if 0 < value < min_cell}
     if not hidden:
         return hidden

@@ -1,4 +1,5 @@
 """The SAE clock of each serious entry: awareness, the report to the sponsor. Clinical values stay in the store."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text

@@ -1,4 +1,5 @@
 """The study's SAE clock, read from `<study dir>/safety.yaml` and checked against the study (no file: no clock)."""
+
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -34,8 +35,7 @@ def load_safety(directory: Path, study: StudyDef) -> SaeClock | None:
     except KeyError as error:
         raise SafetySchemeError(f"{path}: {error.args[0]}") from None
     if not form.has_entries or item.type != "boolean":
-        raise SafetySchemeError(f"{path}: {form.id} must be a log or repeating form and "
-                                f"{item.id} a boolean item of it")
+        raise SafetySchemeError(f"{path}: {form.id} must be a log or repeating form and {item.id} a boolean item of it")
     hours = data["report_within_hours"]
     if not isinstance(hours, int) or isinstance(hours, bool) or hours <= 0:
         raise SafetySchemeError(f"{path}: report_within_hours must be a positive whole number")

@@ -6,6 +6,7 @@ registered for `system/Observation.rs system/Patient.rs` is granted those two. S
 here (malformed, unknown resource types, `patient/`, `user/`, `?` constraints, `launch`, ...) are dropped;
 nothing granted is `invalid_scope`.
 """
+
 from functools import lru_cache
 
 from ecrf.auth import scopes as smart_scopes
@@ -61,13 +62,22 @@ def grant(requested: str, registered: str) -> list[str]:
     for name in order:
         letters = "".join(p for p in PERMISSIONS if p in result[name])
         # asked in v1 syntax and granted exactly its meaning: answered in the same syntax (clients compare them)
-        v1 = next((f"system/{name}.{action}" for action, meaning in smart_scopes.V1_PERMISSIONS.items()
-                   if meaning == letters and f"system/{name}.{action}" in asked_v1), None)
+        v1 = next(
+            (
+                f"system/{name}.{action}"
+                for action, meaning in smart_scopes.V1_PERMISSIONS.items()
+                if meaning == letters and f"system/{name}.{action}" in asked_v1
+            ),
+            None,
+        )
         granted.append(v1 or f"system/{name}.{letters}")
     return granted
 
 
 def valid_registration(scope_text: str) -> list[str]:
     """Registered scopes that would grant nothing (to refuse a registration naming them)."""
-    return [scope for scope in scope_text.split()
-            if (parsed := smart_scopes.parse(scope)) is None or not is_resource_type(parsed.resource_type)]
+    return [
+        scope
+        for scope in scope_text.split()
+        if (parsed := smart_scopes.parse(scope)) is None or not is_resource_type(parsed.resource_type)
+    ]

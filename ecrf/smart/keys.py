@@ -6,6 +6,7 @@ it signed have expired (minutes). When unset, one key is generated on first use 
 (mode 0600) next to the SQLite file, like the other generated secrets. Only public parts ever leave
 (GET /auth/jwks).
 """
+
 import json
 import os
 import uuid
@@ -34,8 +35,9 @@ class ServerKeys:
         return frozenset(key["kid"] for key in self.keys)
 
     def public_jwks(self) -> dict[str, Any]:
-        return {"keys": [{name: key[name] for name in PUBLIC_MEMBERS if name in key} | {"use": "sig"}
-                         for key in self.keys]}
+        return {
+            "keys": [{name: key[name] for name in PUBLIC_MEMBERS if name in key} | {"use": "sig"} for key in self.keys]
+        }
 
     def verifying_key(self, kid: str) -> Any:
         key = next(key for key in self.keys if key["kid"] == kid)
@@ -70,10 +72,18 @@ def generate_jwk() -> dict[str, Any]:
 
     def b64(value: int) -> str:
         import base64
+
         return base64.urlsafe_b64encode(value.to_bytes(32, "big")).rstrip(b"=").decode()
 
-    return {"kty": "EC", "crv": "P-256", "alg": ALGORITHM, "kid": uuid.uuid4().hex,
-            "x": b64(numbers.public_numbers.x), "y": b64(numbers.public_numbers.y), "d": b64(numbers.private_value)}
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "alg": ALGORITHM,
+        "kid": uuid.uuid4().hex,
+        "x": b64(numbers.public_numbers.x),
+        "y": b64(numbers.public_numbers.y),
+        "d": b64(numbers.private_value),
+    }
 
 
 def _generate(path: Path) -> None:

@@ -1,4 +1,5 @@
 """Registered machine clients (SMART Backend Services) and the assertion ids (jti) already used."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index, Text

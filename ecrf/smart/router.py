@@ -1,5 +1,6 @@
 """HTTP of SMART Backend Services: discovery, the token endpoint, this server's public keys, and the
 admin's client registry (/api/v1/admin/clients)."""
+
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -39,8 +40,11 @@ def smart_configuration(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get(FHIR_PREFIX + "/.well-known/smart-configuration", dependencies=[Depends(public)],
-            summary="SMART discovery: the token endpoint and what it supports (Backend Services)")
+@router.get(
+    FHIR_PREFIX + "/.well-known/smart-configuration",
+    dependencies=[Depends(public)],
+    summary="SMART discovery: the token endpoint and what it supports (Backend Services)",
+)
 def well_known(request: Request):
     return JSONBody(smart_configuration(request))
 
@@ -50,13 +54,30 @@ def jwks(request: Request):
     return JSONBody(keys.load(request.app.state.runtime.settings).public_jwks())
 
 
-@router.post(TOKEN_PATH, dependencies=[Depends(public)],
-             summary="OAuth 2.0 client credentials with a signed JWT assertion (SMART Backend Services)",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
-                 "schema": {"type": "object", "required": ["grant_type", "client_assertion_type", "client_assertion", "scope"],
-                            "properties": {"grant_type": {"type": "string", "enum": ["client_credentials"]},
-                                           "client_assertion_type": {"type": "string"},
-                                           "client_assertion": {"type": "string"}, "scope": {"type": "string"}}}}}}})
+@router.post(
+    TOKEN_PATH,
+    dependencies=[Depends(public)],
+    summary="OAuth 2.0 client credentials with a signed JWT assertion (SMART Backend Services)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["grant_type", "client_assertion_type", "client_assertion", "scope"],
+                        "properties": {
+                            "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                            "client_assertion_type": {"type": "string"},
+                            "client_assertion": {"type": "string"},
+                            "scope": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
 async def token(request: Request):
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
@@ -92,10 +113,20 @@ def list_clients(request: Request, actor: Actor = MANAGE) -> list[dict[str, Any]
 @admin_router.post("", status_code=201, summary="Register a machine client (SMART Backend Services)")
 def add_client(request: Request, body: ClientIn, actor: Actor = MANAGE):
     runtime = request.app.state.runtime
-    client = service.add_client(runtime.engine, actor, runtime.study, name=body.name, role=body.role,
-                                site=body.site, scopes=body.scopes, jwks=body.jwks, jwks_uri=body.jwks_uri)
-    return JSONBody(service.describe(client), status_code=201,
-                    headers={"Location": f"/api/v1/admin/clients/{client.id}"})
+    client = service.add_client(
+        runtime.engine,
+        actor,
+        runtime.study,
+        name=body.name,
+        role=body.role,
+        site=body.site,
+        scopes=body.scopes,
+        jwks=body.jwks,
+        jwks_uri=body.jwks_uri,
+    )
+    return JSONBody(
+        service.describe(client), status_code=201, headers={"Location": f"/api/v1/admin/clients/{client.id}"}
+    )
 
 
 @admin_router.get("/{client_id}", summary="One registered client")
@@ -107,8 +138,9 @@ def get_client(request: Request, client_id: str, actor: Actor = MANAGE):
 
 
 def _set(request: Request, client_id: str, enabled: bool, actor: Actor, body: EnableIn | None):
-    client = service.set_enabled(request.app.state.runtime.engine, actor, client_id, enabled,
-                                 body.reason if body else None)
+    client = service.set_enabled(
+        request.app.state.runtime.engine, actor, client_id, enabled, body.reason if body else None
+    )
     if client is None:
         raise NotFound(f"client {client_id} is not registered")
     return service.describe(client)

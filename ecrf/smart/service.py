@@ -9,6 +9,7 @@ a `jku` header must name that URL). The access token is signed by this server's 
 (ecrf/smart/keys.py), carries the client's role, site and granted scopes, and is verified by the same path
 as every bearer token; it stops working the moment its client is disabled.
 """
+
 import json
 import threading
 import time
@@ -66,13 +67,21 @@ def now() -> datetime:
 
 # ---------------------------------------------------------------- registry
 
+
 def describe(client: SmartClient) -> dict[str, Any]:
     """What may be shown of a client: never key material (the JWKS URL is an address, not a secret)."""
-    return {"id": client.id, "name": client.name, "role": client.role, "site": client.site,
-            "scopes": client.scopes.split(), "jwks_uri": client.jwks_uri,
-            "keys": len(json.loads(client.jwks)["keys"]) if client.jwks else None,
-            "enabled": client.enabled, "created_at": client.created_at.isoformat().replace("+00:00", "Z"),
-            "updated_at": client.updated_at.isoformat().replace("+00:00", "Z")}
+    return {
+        "id": client.id,
+        "name": client.name,
+        "role": client.role,
+        "site": client.site,
+        "scopes": client.scopes.split(),
+        "jwks_uri": client.jwks_uri,
+        "keys": len(json.loads(client.jwks)["keys"]) if client.jwks else None,
+        "enabled": client.enabled,
+        "created_at": client.created_at.isoformat().replace("+00:00", "Z"),
+        "updated_at": client.updated_at.isoformat().replace("+00:00", "Z"),
+    }
 
 
 def _public_jwks(jwks: Any) -> str:
@@ -88,7 +97,9 @@ def _public_jwks(jwks: Any) -> str:
         if not isinstance(key, dict) or key.get("kty") not in ("RSA", "EC"):
             raise RegistrationError("jwks", "every key must be an RSA or EC public key (kty RSA or EC)")
         if any(member in key for member in ("d", "p", "q", "dp", "dq", "qi", "k")):
-            raise RegistrationError("jwks", "jwks must hold public keys only; a private key was sent (and was not stored)")
+            raise RegistrationError(
+                "jwks", "jwks must hold public keys only; a private key was sent (and was not stored)"
+            )
         try:
             jwk.construct(key, algorithm="ES384" if key["kty"] == "EC" else "RS384")
         except Exception as error:  # noqa: BLE001 - any construction failure is a bad key
@@ -97,8 +108,18 @@ def _public_jwks(jwks: Any) -> str:
     return json.dumps({"keys": public}, sort_keys=True)
 
 
-def add_client(engine: Engine, actor: Actor, study: Any, *, name: str, role: str, site: str | None,
-               scopes: str, jwks: Any = None, jwks_uri: str | None = None) -> SmartClient:
+def add_client(
+    engine: Engine,
+    actor: Actor,
+    study: Any,
+    *,
+    name: str,
+    role: str,
+    site: str | None,
+    scopes: str,
+    jwks: Any = None,
+    jwks_uri: str | None = None,
+) -> SmartClient:
     if not name or len(name) > 200:
         raise RegistrationError("name", "name is required (at most 200 characters)")
     if role not in CLIENT_ROLES:
@@ -106,27 +127,48 @@ def add_client(engine: Engine, actor: Actor, study: Any, *, name: str, role: str
     site_ids = {item.id for item in getattr(study, "sites", [])}
     if role == "ehr":
         if not site or site not in site_ids:
-            raise RegistrationError("site", f"an ehr client needs one site of the study ({', '.join(sorted(site_ids))})")
+            raise RegistrationError(
+                "site", f"an ehr client needs one site of the study ({', '.join(sorted(site_ids))})"
+            )
     elif site:
         raise RegistrationError("site", f"a {role} client is study-wide and takes no site")
     scopes = " ".join((scopes or "").split())
     wrong = grants.valid_registration(scopes)
     if not scopes or wrong:
-        raise RegistrationError("scopes", "scopes must be SMART system scopes (system/<Type|*>.<cruds> or "
-                                          f".read|write|*); not valid: {', '.join(wrong) or '(none given)'}")
+        raise RegistrationError(
+            "scopes",
+            "scopes must be SMART system scopes (system/<Type|*>.<cruds> or "
+            f".read|write|*); not valid: {', '.join(wrong) or '(none given)'}",
+        )
     if (jwks is None) == (not jwks_uri):
         raise RegistrationError("jwks", "give exactly one of jwks (the public keys) and jwks_uri")
     if jwks_uri and not jwks_uri.startswith(("https://", "http://")):
         raise RegistrationError("jwks_uri", "jwks_uri must be an http(s) URL")
     moment = now()
-    client = SmartClient(id=uuid.uuid4().hex, name=name, role=role, site=site or None, scopes=scopes,
-                         jwks=_public_jwks(jwks) if jwks is not None else None, jwks_uri=jwks_uri or None,
-                         enabled=True, created_at=moment, updated_at=moment)
+    client = SmartClient(
+        id=uuid.uuid4().hex,
+        name=name,
+        role=role,
+        site=site or None,
+        scopes=scopes,
+        jwks=_public_jwks(jwks) if jwks is not None else None,
+        jwks_uri=jwks_uri or None,
+        enabled=True,
+        created_at=moment,
+        updated_at=moment,
+    )
     with transaction(engine) as session:
         session.add(client)
-        audit.append(session, actor, "client.add", source="api", resource=f"Client/{client.id}",
-                     new_value=json.dumps({k: v for k, v in describe(client).items()
-                                           if k not in ("created_at", "updated_at")}, sort_keys=True))
+        audit.append(
+            session,
+            actor,
+            "client.add",
+            source="api",
+            resource=f"Client/{client.id}",
+            new_value=json.dumps(
+                {k: v for k, v in describe(client).items() if k not in ("created_at", "updated_at")}, sort_keys=True
+            ),
+        )
     return client
 
 
@@ -142,7 +184,9 @@ def get_client(engine: Engine, client_id: str) -> SmartClient | None:
         return session.get(SmartClient, client_id[:64])
 
 
-def set_enabled(engine: Engine, actor: Actor, client_id: str, enabled: bool, reason: str | None = None) -> SmartClient | None:
+def set_enabled(
+    engine: Engine, actor: Actor, client_id: str, enabled: bool, reason: str | None = None
+) -> SmartClient | None:
     with transaction(engine) as session:
         client = session.get(SmartClient, client_id[:64])
         if client is None:
@@ -150,13 +194,21 @@ def set_enabled(engine: Engine, actor: Actor, client_id: str, enabled: bool, rea
         if client.enabled != enabled:
             client.enabled, client.updated_at = enabled, now()
             session.add(client)
-            audit.append(session, actor, "client.enable" if enabled else "client.disable", source="api",
-                         resource=f"Client/{client.id}", old_value=json.dumps({"enabled": not enabled}),
-                         new_value=json.dumps({"enabled": enabled}), reason=reason)
+            audit.append(
+                session,
+                actor,
+                "client.enable" if enabled else "client.disable",
+                source="api",
+                resource=f"Client/{client.id}",
+                old_value=json.dumps({"enabled": not enabled}),
+                new_value=json.dumps({"enabled": enabled}),
+                reason=reason,
+            )
         return client
 
 
 # ---------------------------------------------------------------- client keys
+
 
 class JwksCache:
     """Keys fetched from clients' JWKS URLs: cached for minutes; a key id not in the cache refetches (rotation),
@@ -210,6 +262,7 @@ def _client_keys(client: SmartClient, header: dict[str, Any]) -> list[dict[str, 
 
 # ---------------------------------------------------------------- token endpoint
 
+
 @dataclass(frozen=True)
 class Issued:
     access_token: str
@@ -218,8 +271,12 @@ class Issued:
     client: SmartClient
 
     def body(self) -> dict[str, Any]:
-        return {"access_token": self.access_token, "token_type": "bearer", "expires_in": self.expires_in,
-                "scope": self.scope}
+        return {
+            "access_token": self.access_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "scope": self.scope,
+        }
 
 
 def token(engine: Engine, settings: Any, form: dict[str, str], token_url: str) -> Issued:
@@ -230,8 +287,10 @@ def token(engine: Engine, settings: Any, form: dict[str, str], token_url: str) -
     if grant_type != "client_credentials":
         raise OAuthError("unsupported_grant_type", "only grant_type=client_credentials is supported")
     if form.get("client_assertion_type") != ASSERTION_TYPE:
-        raise OAuthError("invalid_request" if not form.get("client_assertion_type") else "invalid_client",
-                         f"client_assertion_type must be {ASSERTION_TYPE}")
+        raise OAuthError(
+            "invalid_request" if not form.get("client_assertion_type") else "invalid_client",
+            f"client_assertion_type must be {ASSERTION_TYPE}",
+        )
     assertion = form.get("client_assertion")
     if not assertion:
         raise OAuthError("invalid_request", "client_assertion is required")
@@ -242,13 +301,19 @@ def token(engine: Engine, settings: Any, form: dict[str, str], token_url: str) -
     client, claims = _verify_assertion(engine, settings, assertion, token_url)
     granted = grants.grant(form.get("scope", ""), client.scopes)
     if not granted:
-        raise OAuthError("invalid_scope", "none of the requested scopes can be granted to this client "
-                                          "(SMART system scopes within its registration)")
+        raise OAuthError(
+            "invalid_scope",
+            "none of the requested scopes can be granted to this client (SMART system scopes within its registration)",
+        )
     _use_jti(engine, client.id, claims["jti"], claims["exp"])
-    return Issued(issue_access_token(settings, client, granted), settings.smart_token_minutes * 60, " ".join(granted), client)
+    return Issued(
+        issue_access_token(settings, client, granted), settings.smart_token_minutes * 60, " ".join(granted), client
+    )
 
 
-def _verify_assertion(engine: Engine, settings: Any, assertion: str, token_url: str) -> tuple[SmartClient, dict[str, Any]]:
+def _verify_assertion(
+    engine: Engine, settings: Any, assertion: str, token_url: str
+) -> tuple[SmartClient, dict[str, Any]]:
     refused = OAuthError("invalid_client", "the client assertion is not valid")
     try:
         header = jwt.get_unverified_header(assertion)
@@ -264,7 +329,9 @@ def _verify_assertion(engine: Engine, settings: Any, assertion: str, token_url: 
     client = get_client(engine, issuer)
     if client is None or not client.enabled:
         raise OAuthError("invalid_client", "the client is not registered, or is disabled")
-    if unverified.get("aud") != token_url and not (isinstance(unverified.get("aud"), list) and unverified["aud"] == [token_url]):
+    if unverified.get("aud") != token_url and not (
+        isinstance(unverified.get("aud"), list) and unverified["aud"] == [token_url]
+    ):
         raise OAuthError("invalid_client", f"the assertion's aud must be the token URL {token_url}")
     expires = unverified.get("exp")
     moment = now().timestamp()
@@ -277,15 +344,29 @@ def _verify_assertion(engine: Engine, settings: Any, assertion: str, token_url: 
     if not isinstance(jti, str) or not jti or len(jti) > 255:
         raise OAuthError("invalid_client", "the assertion needs a jti (at most 255 characters)")
     expected_kty = "EC" if algorithm.startswith("ES") else "RSA"
-    candidates = [key for key in _client_keys(client, header)
-                  if key.get("kty") == expected_kty and ("kid" not in header or key.get("kid") == header["kid"])
-                  and key.get("alg") in (None, algorithm)]
+    candidates = [
+        key
+        for key in _client_keys(client, header)
+        if key.get("kty") == expected_kty
+        and ("kid" not in header or key.get("kid") == header["kid"])
+        and key.get("alg") in (None, algorithm)
+    ]
     for candidate in candidates:
         try:
-            claims = jwt.decode(assertion, jwk.construct(candidate, algorithm=algorithm), algorithms=[algorithm],
-                                audience=token_url, issuer=client.id,
-                                options={"require_exp": True, "require_sub": True, "require_jti": True,
-                                         "verify_at_hash": False, "leeway": leeway})
+            claims = jwt.decode(
+                assertion,
+                jwk.construct(candidate, algorithm=algorithm),
+                algorithms=[algorithm],
+                audience=token_url,
+                issuer=client.id,
+                options={
+                    "require_exp": True,
+                    "require_sub": True,
+                    "require_jti": True,
+                    "verify_at_hash": False,
+                    "leeway": leeway,
+                },
+            )
         except (JWTError, ValueError):
             continue
         return client, claims
@@ -298,8 +379,11 @@ def _use_jti(engine: Engine, client_id: str, jti: str, expires: float) -> None:
     try:
         with transaction(engine) as session:
             session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < moment - timedelta(minutes=10)))
-            session.execute(insert(UsedAssertion).values(
-                client_id=client_id, jti=jti, expires_at=datetime.fromtimestamp(expires, UTC) + timedelta(minutes=1)))
+            session.execute(
+                insert(UsedAssertion).values(
+                    client_id=client_id, jti=jti, expires_at=datetime.fromtimestamp(expires, UTC) + timedelta(minutes=1)
+                )
+            )
     except IntegrityError as error:
         raise OAuthError("invalid_client", "this client assertion (jti) was already used") from error
 
@@ -312,9 +396,15 @@ def issue_access_token(settings: Any, client: SmartClient, granted: list[str]) -
     server = keys.load(settings)
     moment = now()
     claims: dict[str, Any] = {
-        "iss": issuer(settings), "aud": settings.jwt_audience, "sub": client.id, "client_id": client.id,
-        "roles": [client.role], "scope": " ".join(granted), "jti": uuid.uuid4().hex,
-        "iat": int(moment.timestamp()), "exp": int((moment + timedelta(minutes=settings.smart_token_minutes)).timestamp()),
+        "iss": issuer(settings),
+        "aud": settings.jwt_audience,
+        "sub": client.id,
+        "client_id": client.id,
+        "roles": [client.role],
+        "scope": " ".join(granted),
+        "jti": uuid.uuid4().hex,
+        "iat": int(moment.timestamp()),
+        "exp": int((moment + timedelta(minutes=settings.smart_token_minutes)).timestamp()),
     }
     if client.role not in STUDY_WIDE_ROLES:
         claims["sites"] = [client.site]
@@ -323,6 +413,7 @@ def issue_access_token(settings: Any, client: SmartClient, granted: list[str]) -
 
 
 # ---------------------------------------------------------------- verifying this server's access tokens
+
 
 class SmartTokens:
     """Plugged into the TokenVerifier: tokens naming one of this server's key ids are checked here."""
@@ -339,10 +430,19 @@ class SmartTokens:
         if algorithm != keys.ALGORITHM:
             raise error(f"token algorithm {algorithm!r} is not accepted")
         try:
-            claims = jwt.decode(token_text, server.verifying_key(header["kid"]), algorithms=[keys.ALGORITHM],
-                                audience=self.settings.jwt_audience, issuer=issuer(self.settings),
-                                options={"require_exp": True, "require_iat": True, "require_sub": True,
-                                         "leeway": self.settings.jwt_leeway_seconds})
+            claims = jwt.decode(
+                token_text,
+                server.verifying_key(header["kid"]),
+                algorithms=[keys.ALGORITHM],
+                audience=self.settings.jwt_audience,
+                issuer=issuer(self.settings),
+                options={
+                    "require_exp": True,
+                    "require_iat": True,
+                    "require_sub": True,
+                    "leeway": self.settings.jwt_leeway_seconds,
+                },
+            )
         except JWTError as problem:
             raise error(f"token refused: {problem}") from problem
         client = get_client(self.engine, str(claims.get("client_id") or ""))
@@ -351,6 +451,9 @@ class SmartTokens:
         roles = claims.get("roles")
         if roles != [client.role] or client.role not in ROLES:
             raise error("token roles claim does not match its client")
-        return Actor(sub=client.id, roles=frozenset(roles),
-                     sites=frozenset([client.site]) if client.role not in STUDY_WIDE_ROLES else None,
-                     scopes=frozenset(str(claims.get("scope", "")).split()))
+        return Actor(
+            sub=client.id,
+            roles=frozenset(roles),
+            sites=frozenset([client.site]) if client.role not in STUDY_WIDE_ROLES else None,
+            scopes=frozenset(str(claims.get("scope", "")).split()),
+        )

@@ -2,6 +2,7 @@
 
 Computed once per write, so reads and eligibility never parse stored JSON.
 """
+
 import typing
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -216,12 +217,14 @@ def search_tokens(resource: dict[str, Any]) -> list[Token]:
                     break
             elif kind == "reference":
                 tokens.extend(
-                    Token(param, None, None, unversioned(value["reference"])) for value in values
+                    Token(param, None, None, unversioned(value["reference"]))
+                    for value in values
                     if isinstance(value, dict) and isinstance(value.get("reference"), str)
                 )
             elif kind == "string":
-                tokens.extend(Token(param, None, value[:255], folded(value)[:255]) for value in values
-                              if isinstance(value, str))
+                tokens.extend(
+                    Token(param, None, value[:255], folded(value)[:255]) for value in values if isinstance(value, str)
+                )
             else:
                 tokens.extend(_token_values(param, values))
     return tokens
@@ -267,10 +270,14 @@ def _values_at(node: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
 
 def _stored_params() -> dict[str, tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...]]:
     """Per resource type, the parameters whose tokens are stored: (param, kind, paths split into names)."""
-    return {resource_type: tuple(
-        (param, kind, tuple(tuple(path.split(".")) for path in paths))
-        for param, (kind, paths) in params.items() if param not in SEARCHED_THROUGH.get(resource_type, {})
-    ) for resource_type, params in SEARCH_PARAMS.items()}
+    return {
+        resource_type: tuple(
+            (param, kind, tuple(tuple(path.split(".")) for path in paths))
+            for param, (kind, paths) in params.items()
+            if param not in SEARCHED_THROUGH.get(resource_type, {})
+        )
+        for resource_type, params in SEARCH_PARAMS.items()
+    }
 
 
 STORED_PARAMS = _stored_params()
@@ -283,19 +290,22 @@ class Indexer:
         self.study = study
 
     def facts(self, resource: dict[str, Any]) -> list[Fact]:
-        return [Fact(
-            item.form_id,
-            item.item_id,
-            _number(item.value),
-            _text(item.value),
-            item.unit,
-            None if item.original_value is None else str(item.original_value),
-            item.original_unit,
-            None if item.uln is None else float(item.uln),
-            _moment(item.effective),
-            local_date(item.effective),
-            item.error,
-        ) for item in resource_to_items(self.study, resource)]
+        return [
+            Fact(
+                item.form_id,
+                item.item_id,
+                _number(item.value),
+                _text(item.value),
+                item.unit,
+                None if item.original_value is None else str(item.original_value),
+                item.original_unit,
+                None if item.uln is None else float(item.uln),
+                _moment(item.effective),
+                local_date(item.effective),
+                item.error,
+            )
+            for item in resource_to_items(self.study, resource)
+        ]
 
 
 def _number(value: Any) -> float | None:

@@ -1,4 +1,5 @@
 """Schema migrations with Alembic, run from code (`ecrf db upgrade`, and by `ecrf serve` at start)."""
+
 from pathlib import Path
 
 from alembic import command

@@ -1,4 +1,5 @@
 """Tables of the versioned clinical store. Versions are append-only; heads and indexes are derived."""
+
 from datetime import date, datetime
 
 from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
@@ -58,8 +59,14 @@ class SearchToken(SQLModel, table=True):
         Index("ix_search_token_lookup", "resource_type", "param", "code", "system"),
         Index("ix_search_token_resource", "resource_type", "resource_id"),
         # References only: the other tokens (codes, dates: most rows) have no value to look up.
-        Index("ix_search_token_value", "resource_type", "param", "value",
-              sqlite_where=text("value IS NOT NULL"), postgresql_where=text("value IS NOT NULL")),
+        Index(
+            "ix_search_token_value",
+            "resource_type",
+            "param",
+            "value",
+            sqlite_where=text("value IS NOT NULL"),
+            postgresql_where=text("value IS NOT NULL"),
+        ),
     )
 
     pk: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True, autoincrement=True))

@@ -3,6 +3,7 @@
 Both doors (eCRF forms and FHIR REST) write and read through this class; site scoping is applied
 here, where data is read, so no caller can forget it.
 """
+
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable
@@ -123,17 +124,23 @@ class ClinicalStore:
         if self.actor.sites is not None:
             statement = statement.where(ResourceHead.site.in_(sorted(self.actor.sites)))
         if self.own_pushes_only:
-            statement = statement.where(exists().where(
-                PushedBy.resource_type == ResourceHead.resource_type, PushedBy.resource_id == ResourceHead.resource_id,
-                PushedBy.sub == self.actor.sub))
+            statement = statement.where(
+                exists().where(
+                    PushedBy.resource_type == ResourceHead.resource_type,
+                    PushedBy.resource_id == ResourceHead.resource_id,
+                    PushedBy.sub == self.actor.sub,
+                )
+            )
         return statement
 
     def sees(self, head: ResourceHead) -> bool:
         """`visible` for one head already loaded."""
         if not self.actor.may_see_site(head.site):
             return False
-        return not self.own_pushes_only or \
-            self.session.get(PushedBy, (head.resource_type, head.resource_id, self.actor.sub)) is not None
+        return (
+            not self.own_pushes_only
+            or self.session.get(PushedBy, (head.resource_type, head.resource_id, self.actor.sub)) is not None
+        )
 
     def site_view(self) -> "ClinicalStore":
         """This unit of work seeing all of its actor's sites' data, also for an ehr client (which otherwise
@@ -167,11 +174,13 @@ class ClinicalStore:
     def vread(self, resource_type: str, resource_id: str, version_id: int) -> Stored:
         if self.head(resource_type, resource_id) is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
-        row = self.session.exec(select(ResourceVersion).where(
-            ResourceVersion.resource_type == resource_type,
-            ResourceVersion.resource_id == resource_id,
-            ResourceVersion.version_id == version_id,
-        )).one_or_none()
+        row = self.session.exec(
+            select(ResourceVersion).where(
+                ResourceVersion.resource_type == resource_type,
+                ResourceVersion.resource_id == resource_id,
+                ResourceVersion.version_id == version_id,
+            )
+        ).one_or_none()
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} has no version {version_id}")
         if row.deleted:
@@ -181,15 +190,25 @@ class ClinicalStore:
     def history(self, resource_type: str, resource_id: str) -> list[Stored]:
         if self.head(resource_type, resource_id) is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
-        rows = self.session.exec(select(ResourceVersion).where(
-            ResourceVersion.resource_type == resource_type,
-            ResourceVersion.resource_id == resource_id,
-        ).order_by(ResourceVersion.version_id.desc())).all()
+        rows = self.session.exec(
+            select(ResourceVersion)
+            .where(
+                ResourceVersion.resource_type == resource_type,
+                ResourceVersion.resource_id == resource_id,
+            )
+            .order_by(ResourceVersion.version_id.desc())
+        ).all()
         return [_stored(row) for row in rows]
 
     def history_page(
-        self, resource_types: Iterable[str], resource_id: str | None = None, *, since: datetime | None = None,
-        at: tuple[datetime, datetime] | None = None, count: int, offset: int = 0,
+        self,
+        resource_types: Iterable[str],
+        resource_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        at: tuple[datetime, datetime] | None = None,
+        count: int,
+        offset: int = 0,
     ) -> tuple[list[Stored], int]:
         """One page of versions (newest first) of the given types, or of one resource, that this actor may see,
         and how many there are. `since`: versions written at or after it; `at` ([start, end)): the versions that
@@ -198,10 +217,17 @@ class ClinicalStore:
             [resource_type] = resource_types
             if self.head(resource_type, resource_id) is None:
                 raise NotFound(f"{resource_type}/{resource_id} is not known")
-        statement = self.visible(select(ResourceVersion).join(ResourceHead, and_(
-            ResourceHead.resource_type == ResourceVersion.resource_type,
-            ResourceHead.resource_id == ResourceVersion.resource_id)).where(
-            ResourceVersion.resource_type.in_(sorted(resource_types))))
+        statement = self.visible(
+            select(ResourceVersion)
+            .join(
+                ResourceHead,
+                and_(
+                    ResourceHead.resource_type == ResourceVersion.resource_type,
+                    ResourceHead.resource_id == ResourceVersion.resource_id,
+                ),
+            )
+            .where(ResourceVersion.resource_type.in_(sorted(resource_types)))
+        )
         if resource_id is not None:
             statement = statement.where(ResourceVersion.resource_id == resource_id)
         if since is not None:
@@ -209,20 +235,30 @@ class ClinicalStore:
         if at is not None:
             start, end = at
             later = aliased(ResourceVersion)
-            statement = statement.where(ResourceVersion.last_updated < end, ~exists().where(
-                later.resource_type == ResourceVersion.resource_type, later.resource_id == ResourceVersion.resource_id,
-                later.version_id > ResourceVersion.version_id, later.last_updated <= start))
+            statement = statement.where(
+                ResourceVersion.last_updated < end,
+                ~exists().where(
+                    later.resource_type == ResourceVersion.resource_type,
+                    later.resource_id == ResourceVersion.resource_id,
+                    later.version_id > ResourceVersion.version_id,
+                    later.last_updated <= start,
+                ),
+            )
         total = self.session.exec(select(func.count()).select_from(statement.subquery())).one()
         if count == 0:
             return [], total
-        rows = self.session.exec(statement.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.pk.desc())
-                                 .offset(offset).limit(count)).all()
+        rows = self.session.exec(
+            statement.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.pk.desc())
+            .offset(offset)
+            .limit(count)
+        ).all()
         return [_stored(row) for row in rows], total
 
     def scoped_heads(self, resource_type: str) -> Select:
         """Current, not deleted heads of one type that this actor may see: the base of every search."""
-        return self.visible(select(ResourceHead).where(ResourceHead.resource_type == resource_type,
-                                                       ResourceHead.deleted == False))  # noqa: E712
+        return self.visible(
+            select(ResourceHead).where(ResourceHead.resource_type == resource_type, ResourceHead.deleted == False)  # noqa: E712
+        )
 
     def current(self, heads: Iterable[ResourceHead]) -> list[Stored]:
         """Current versions of heads, in the given order; those this actor may not see are left out."""
@@ -230,23 +266,47 @@ class ClinicalStore:
         pks = [head.version_pk for head in heads]
         if not pks:
             return []
-        statement = self.visible(select(ResourceVersion).join(ResourceHead, and_(
-            ResourceHead.resource_type == ResourceVersion.resource_type,
-            ResourceHead.resource_id == ResourceVersion.resource_id)).where(ResourceVersion.pk.in_(pks)))
+        statement = self.visible(
+            select(ResourceVersion)
+            .join(
+                ResourceHead,
+                and_(
+                    ResourceHead.resource_type == ResourceVersion.resource_type,
+                    ResourceHead.resource_id == ResourceVersion.resource_id,
+                ),
+            )
+            .where(ResourceVersion.pk.in_(pks))
+        )
         rows = {row.pk: row for row in self.session.exec(statement).all()}
         return [_stored(rows[pk]) for pk in pks if pk in rows]
 
     # -- writes ------------------------------------------------------------------------------
 
     def create(
-        self, resource: dict[str, Any], context: WriteContext, *, resource_id: str | None = None, site: str | None = None,
+        self,
+        resource: dict[str, Any],
+        context: WriteContext,
+        *,
+        resource_id: str | None = None,
+        site: str | None = None,
     ) -> Stored:
         """A new resource. `site` places a Patient at a site; other resources take their Patient's site."""
-        return self._write(resource["resourceType"], resource_id or new_id(), resource, context,
-                           expected=None, must_be_new=True, site=site)
+        return self._write(
+            resource["resourceType"],
+            resource_id or new_id(),
+            resource,
+            context,
+            expected=None,
+            must_be_new=True,
+            site=site,
+        )
 
     def create_many(
-        self, resources: list[tuple[dict[str, Any], str]], context: WriteContext, *, site: str | None = None,
+        self,
+        resources: list[tuple[dict[str, Any], str]],
+        context: WriteContext,
+        *,
+        site: str | None = None,
     ) -> list[Stored]:
         """Many new resources (resource, id) in bulk inserts: the same versions, heads, tokens, facts and
         audit entries as create() one by one, without a round trip per resource."""
@@ -258,40 +318,74 @@ class ClinicalStore:
         prepared = []
         for resource, resource_id in resources:
             resource_type = resource["resourceType"]
-            content = {**resource, "id": resource_id,
-                       "meta": {**(resource.get("meta") or {}), "versionId": "1", "lastUpdated": moment}}
+            content = {
+                **resource,
+                "id": resource_id,
+                "meta": {**(resource.get("meta") or {}), "versionId": "1", "lastUpdated": moment},
+            }
             patient_id = patient_of(content)
-            where = (site or self.actor.site) if resource_type == "Patient" else \
-                patient_sites.get(patient_id, site or self.actor.site)
+            where = (
+                (site or self.actor.site)
+                if resource_type == "Patient"
+                else patient_sites.get(patient_id, site or self.actor.site)
+            )
             if not self.actor.may_see_site(where):
                 raise Forbidden(f"{resource_type}/{resource_id} belongs to a site this client may not write")
             _check_calendar(content)
             prepared.append(Stored(resource_type, resource_id, 1, now, False, patient_id, where, content))
         for start in range(0, len(prepared), BULK_CHUNK):  # rows are built and inserted a chunk at a time
-            self._insert_new(prepared[start:start + BULK_CHUNK], context)
+            self._insert_new(prepared[start : start + BULK_CHUNK], context)
         return prepared
 
     def _insert_new(self, prepared: list[Stored], context: WriteContext) -> None:
-        versions = [{
-            "resource_type": s.resource_type, "resource_id": s.resource_id, "version_id": 1,
-            "last_updated": s.last_updated, "deleted": False, "patient_id": s.patient_id, "site": s.site,
-            "content": dumps(s.content).decode(), "author_sub": self.actor.sub, "author_role": self.actor.role,
-            "reason": context.reason, "source": context.source,
-        } for s in prepared]
+        versions = [
+            {
+                "resource_type": s.resource_type,
+                "resource_id": s.resource_id,
+                "version_id": 1,
+                "last_updated": s.last_updated,
+                "deleted": False,
+                "patient_id": s.patient_id,
+                "site": s.site,
+                "content": dumps(s.content).decode(),
+                "author_sub": self.actor.sub,
+                "author_role": self.actor.role,
+                "reason": context.reason,
+                "source": context.source,
+            }
+            for s in prepared
+        ]
         pks = bulk.next_keys(self.session, ResourceVersion.__table__, len(versions))
         for version, pk in zip(versions, pks, strict=True):
             version["pk"] = pk
         try:
             bulk.insert_rows(self.session, ResourceVersion.__table__, versions)
-            bulk.insert_rows(self.session, ResourceHead.__table__, [
-                {"resource_type": s.resource_type, "resource_id": s.resource_id, "version_id": 1, "version_pk": pk,
-                 "last_updated": s.last_updated, "deleted": False, "patient_id": s.patient_id, "site": s.site}
-                for s, pk in zip(prepared, pks, strict=True)
-            ])
+            bulk.insert_rows(
+                self.session,
+                ResourceHead.__table__,
+                [
+                    {
+                        "resource_type": s.resource_type,
+                        "resource_id": s.resource_id,
+                        "version_id": 1,
+                        "version_pk": pk,
+                        "last_updated": s.last_updated,
+                        "deleted": False,
+                        "patient_id": s.patient_id,
+                        "site": s.site,
+                    }
+                    for s, pk in zip(prepared, pks, strict=True)
+                ],
+            )
             if self.own_pushes_only:
-                bulk.insert_rows(self.session, PushedBy.__table__, [
-                    {"resource_type": s.resource_type, "resource_id": s.resource_id, "sub": self.actor.sub}
-                    for s in prepared])
+                bulk.insert_rows(
+                    self.session,
+                    PushedBy.__table__,
+                    [
+                        {"resource_type": s.resource_type, "resource_id": s.resource_id, "sub": self.actor.sub}
+                        for s in prepared
+                    ],
+                )
         except IntegrityError as error:
             raise Conflict("a resource of this request already exists or was created concurrently: retry") from error
         self._index([(stored, {}) for stored in prepared], context)
@@ -301,14 +395,22 @@ class ClinicalStore:
         sites = {rid: site or self.actor.site for resource, rid in resources if resource["resourceType"] == "Patient"}
         wanted = {patient_of(resource) for resource, _ in resources} - set(sites) - {None}
         if wanted:
-            for head in self.session.exec(select(ResourceHead).where(
-                    ResourceHead.resource_type == "Patient", ResourceHead.resource_id.in_(sorted(wanted)))).all():
+            for head in self.session.exec(
+                select(ResourceHead).where(
+                    ResourceHead.resource_type == "Patient", ResourceHead.resource_id.in_(sorted(wanted))
+                )
+            ).all():
                 sites[head.resource_id] = head.site
         return sites
 
     def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], context: WriteContext,
-        *, if_match: int | None = None,
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        context: WriteContext,
+        *,
+        if_match: int | None = None,
     ) -> tuple[Stored, bool]:
         """Update (or create with the client's id); returns the version and whether it was created."""
         head = self.session.get(ResourceHead, (resource_type, resource_id))
@@ -316,7 +418,9 @@ class ClinicalStore:
         stored = self._write(resource_type, resource_id, resource, context, expected=if_match, must_be_new=False)
         return stored, not existed
 
-    def delete(self, resource_type: str, resource_id: str, context: WriteContext, *, if_match: int | None = None) -> Stored | None:
+    def delete(
+        self, resource_type: str, resource_id: str, context: WriteContext, *, if_match: int | None = None
+    ) -> Stored | None:
         head = self._locked_head(resource_type, resource_id)
         if head is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
@@ -331,9 +435,14 @@ class ClinicalStore:
             follow_up()
         return stored
 
-    def write_owned(self, resources: Iterable[tuple[str, dict[str, Any]]], previous: dict[str, str],
-                    new_id: Callable[[str], str], patches: Iterable[tuple[str, str, dict[str, Any]]],
-                    context: WriteContext) -> dict[str, str]:
+    def write_owned(
+        self,
+        resources: Iterable[tuple[str, dict[str, Any]]],
+        previous: dict[str, str],
+        new_id: Callable[[str], str],
+        patches: Iterable[tuple[str, str, dict[str, Any]]],
+        context: WriteContext,
+    ) -> dict[str, str]:
         """Write what one owner (a form instance) holds, a resource a slot, in one call; returns {slot: "Type/id"}.
 
         A slot's resource keeps the id it already has (`previous`: an entry that landed from an EHR keeps the
@@ -342,6 +451,7 @@ class ClinicalStore:
         not set (an EHR's) stay on the new version. A slot no longer filled, or filled by a resource of another type, has its old resource deleted. Each
         patch (type, id, partial content) is merged into that existing resource, written only if it changes it.
         """
+
         def slot_id(slot: str, resource_type: str) -> str:
             reference = previous.get(slot)
             if reference and reference.split("/", 1)[0] == resource_type:
@@ -350,8 +460,10 @@ class ClinicalStore:
 
         wanted = {slot_id(slot, resource["resourceType"]): (slot, resource) for slot, resource in resources}
         heads = self.session.exec(select(ResourceHead).where(ResourceHead.resource_id.in_(list(wanted)))).all()
-        current = {stored.resource_id: stored.content
-                   for stored in self.current(h for h in heads if not h.deleted and self.actor.may_see_site(h.site))}
+        current = {
+            stored.resource_id: stored.content
+            for stored in self.current(h for h in heads if not h.deleted and self.actor.may_see_site(h.site))
+        }
         owned: dict[str, str] = {}
         for resource_id, (slot, resource) in wanted.items():
             resource_type = resource["resourceType"]
@@ -390,9 +502,13 @@ class ClinicalStore:
     def release_conditional(self, resource_type: str, criteria: str, owner: str) -> None:
         """Free the key `owner` holds because its resource was deleted, so the criteria can create again. Only
         while `owner` still holds it: a key a concurrent unit of work has released and claimed again stays."""
-        self.session.execute(sql_delete(ConditionalKey).where(
-            (ConditionalKey.resource_type == resource_type) & (ConditionalKey.criteria == criteria)
-            & (ConditionalKey.resource_id == owner)))
+        self.session.execute(
+            sql_delete(ConditionalKey).where(
+                (ConditionalKey.resource_type == resource_type)
+                & (ConditionalKey.criteria == criteria)
+                & (ConditionalKey.resource_id == owner)
+            )
+        )
 
     def conditional_owner(self, resource_type: str, criteria: str) -> str | None:
         key = self.session.get(ConditionalKey, (resource_type, criteria))
@@ -409,9 +525,14 @@ class ClinicalStore:
     # -- internals ---------------------------------------------------------------------------
 
     def _locked_head(self, resource_type: str, resource_id: str) -> ResourceHead | None:
-        head = self.session.exec(select(ResourceHead).where(
-            ResourceHead.resource_type == resource_type, ResourceHead.resource_id == resource_id,
-        ).with_for_update()).one_or_none()
+        head = self.session.exec(
+            select(ResourceHead)
+            .where(
+                ResourceHead.resource_type == resource_type,
+                ResourceHead.resource_id == resource_id,
+            )
+            .with_for_update()
+        ).one_or_none()
         if head is not None and not self.sees(head):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         return head
@@ -424,8 +545,15 @@ class ClinicalStore:
             )
 
     def _write(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], context: WriteContext,
-        *, expected: int | None, must_be_new: bool, site: str | None = None,
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        context: WriteContext,
+        *,
+        expected: int | None,
+        must_be_new: bool,
+        site: str | None = None,
     ) -> Stored:
         head = self._locked_head(resource_type, resource_id)
         if head is not None and must_be_new:
@@ -436,7 +564,9 @@ class ClinicalStore:
         if head is not None:
             self._check_version(head, expected, resource_type, resource_id)
             follow_ups = self._guarded(resource_type, resource_id, context)
-        stored = self._append_version(head, resource_type, resource_id, dict(resource), context, deleted=False, site=site)
+        stored = self._append_version(
+            head, resource_type, resource_id, dict(resource), context, deleted=False, site=site
+        )
         for follow_up in follow_ups:
             follow_up()
         return stored
@@ -457,8 +587,15 @@ class ClinicalStore:
         return requested or self.actor.site
 
     def _append_version(
-        self, head: ResourceHead | None, resource_type: str, resource_id: str, content: dict[str, Any],
-        context: WriteContext, *, deleted: bool, site: str | None,
+        self,
+        head: ResourceHead | None,
+        resource_type: str,
+        resource_id: str,
+        content: dict[str, Any],
+        context: WriteContext,
+        *,
+        deleted: bool,
+        site: str | None,
     ) -> Stored:
         now = datetime.now(UTC)
         if head is not None and now <= head.last_updated:
@@ -477,9 +614,18 @@ class ClinicalStore:
         if not deleted:
             _check_calendar(content)
         row = ResourceVersion(
-            resource_type=resource_type, resource_id=resource_id, version_id=version_id, last_updated=now,
-            deleted=deleted, patient_id=patient_id, site=site, content=dumps(content).decode(),
-            author_sub=self.actor.sub, author_role=self.actor.role, reason=context.reason, source=context.source,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            version_id=version_id,
+            last_updated=now,
+            deleted=deleted,
+            patient_id=patient_id,
+            site=site,
+            content=dumps(content).decode(),
+            author_sub=self.actor.sub,
+            author_role=self.actor.role,
+            reason=context.reason,
+            source=context.source,
         )
         self.session.add(row)
         if self.own_pushes_only:
@@ -489,8 +635,16 @@ class ClinicalStore:
         except IntegrityError as error:
             raise Conflict(f"{resource_type}/{resource_id} was written concurrently: retry") from error
         if head is None:
-            head = ResourceHead(resource_type=resource_type, resource_id=resource_id, version_id=version_id,
-                                version_pk=row.pk, last_updated=now, deleted=deleted, patient_id=patient_id, site=site)
+            head = ResourceHead(
+                resource_type=resource_type,
+                resource_id=resource_id,
+                version_id=version_id,
+                version_pk=row.pk,
+                last_updated=now,
+                deleted=deleted,
+                patient_id=patient_id,
+                site=site,
+            )
         else:
             head.version_id, head.version_pk, head.last_updated = version_id, row.pk, now
             head.deleted, head.patient_id = deleted, patient_id
@@ -506,11 +660,16 @@ class ClinicalStore:
     def _unindex(self, stored: Stored) -> dict[FactKey, Any]:
         """Drop the resource's search tokens and item facts; returns the facts it had."""
         facts, tokens = ItemFact.__table__, SearchToken.__table__
-        old = self.session.execute(facts.delete().where(
-            (facts.c.resource_type == stored.resource_type) & (facts.c.resource_id == stored.resource_id)
-        ).returning(*facts.c)).all()
-        self.session.execute(tokens.delete().where(
-            (tokens.c.resource_type == stored.resource_type) & (tokens.c.resource_id == stored.resource_id)))
+        old = self.session.execute(
+            facts.delete()
+            .where((facts.c.resource_type == stored.resource_type) & (facts.c.resource_id == stored.resource_id))
+            .returning(*facts.c)
+        ).all()
+        self.session.execute(
+            tokens.delete().where(
+                (tokens.c.resource_type == stored.resource_type) & (tokens.c.resource_id == stored.resource_id)
+            )
+        )
         return {(fact.form_id, fact.item_id): fact for fact in old}
 
     def _index(self, versions: list[tuple[Stored, dict[FactKey, Any]]], context: WriteContext) -> None:
@@ -542,5 +701,7 @@ def _same(existing: dict[str, Any], new: dict[str, Any]) -> bool:
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in patch.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged

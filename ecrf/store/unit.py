@@ -1,4 +1,5 @@
 """A unit of work over the store: writes and the derived state they change commit together."""
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 

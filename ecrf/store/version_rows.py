@@ -3,6 +3,7 @@
 One place for both ways of writing (one version at a time, or many new resources in bulk), so they cannot
 drift apart.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -17,14 +18,24 @@ FactKey = tuple[str, str]  # (form id, item id)
 
 def token_rows(stored: Stored) -> list[dict[str, Any]]:
     resource_type, resource_id = stored.resource_type, stored.resource_id
-    return [{"resource_type": resource_type, "resource_id": resource_id, "param": token.param,
-             "system": cut(token.system), "code": cut(token.code), "value": cut(token.value), "moment": token.moment,
-             "text": cut(token.text)}
-            for token in search_tokens(stored.content)]
+    return [
+        {
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "param": token.param,
+            "system": cut(token.system),
+            "code": cut(token.code),
+            "value": cut(token.value),
+            "moment": token.moment,
+            "text": cut(token.text),
+        }
+        for token in search_tokens(stored.content)
+    ]
 
 
-def fact_rows(stored: Stored, facts: dict[FactKey, Fact], context: WriteContext,
-              before: dict[FactKey, Any]) -> list[dict[str, Any]]:
+def fact_rows(
+    stored: Stored, facts: dict[FactKey, Fact], context: WriteContext, before: dict[FactKey, Any]
+) -> list[dict[str, Any]]:
     """The facts of the new version; a value this version did not change keeps the provenance (source and
     version) of the write that set it, so a derived status update does not claim a clinician's value."""
     rows = []
@@ -34,30 +45,51 @@ def fact_rows(stored: Stored, facts: dict[FactKey, Fact], context: WriteContext,
             source, set_in = old.source or context.source, old.set_in_version or old.version_id
         else:
             source, set_in = context.source, stored.version_id
-        rows.append({
-            "resource_type": stored.resource_type, "resource_id": stored.resource_id,
-            "version_id": stored.version_id, "patient_id": stored.patient_id, "form_id": fact.form_id,
-            "item_id": fact.item_id, "value_number": fact.value_number, "value_text": fact.value_text,
-            "unit": fact.unit, "original_value": cut(fact.original_value, 64), "original_unit": cut(fact.original_unit, 64),
-            "uln": fact.uln, "effective": fact.effective, "effective_date": fact.effective_date,
-            "error": fact.error, "source": source,
-            "set_in_version": set_in,
-        })
+        rows.append(
+            {
+                "resource_type": stored.resource_type,
+                "resource_id": stored.resource_id,
+                "version_id": stored.version_id,
+                "patient_id": stored.patient_id,
+                "form_id": fact.form_id,
+                "item_id": fact.item_id,
+                "value_number": fact.value_number,
+                "value_text": fact.value_text,
+                "unit": fact.unit,
+                "original_value": cut(fact.original_value, 64),
+                "original_unit": cut(fact.original_unit, 64),
+                "uln": fact.uln,
+                "effective": fact.effective,
+                "effective_date": fact.effective_date,
+                "error": fact.error,
+                "source": source,
+                "set_in_version": set_in,
+            }
+        )
     return rows
 
 
-def audit_entries(stored: Stored, context: WriteContext, before: dict[FactKey, Any],
-                  after: dict[FactKey, Fact]) -> list[dict[str, Any]]:
+def audit_entries(
+    stored: Stored, context: WriteContext, before: dict[FactKey, Any], after: dict[FactKey, Fact]
+) -> list[dict[str, Any]]:
     """One entry per item whose shown value changed (old and new); one for the version when none did."""
     action = "delete" if stored.deleted else ("create" if stored.version_id == 1 else "update")
-    common = dict(action=action, source=context.source, patient_id=stored.patient_id, visit_id=context.visit_id,
-                  reason=context.reason, resource=stored.reference, resource_version=stored.version_id)
+    common = dict(
+        action=action,
+        source=context.source,
+        patient_id=stored.patient_id,
+        visit_id=context.visit_id,
+        reason=context.reason,
+        resource=stored.reference,
+        resource_version=stored.version_id,
+    )
     entries = []
     for key in sorted(before.keys() | after.keys()):
         old_value, new_value = shown(before.get(key)), shown(after.get(key))
         if old_value != new_value:
-            entries.append({**common, "form_id": key[0], "item_id": key[1], "old_value": old_value,
-                            "new_value": new_value})
+            entries.append(
+                {**common, "form_id": key[0], "item_id": key[1], "old_value": old_value, "new_value": new_value}
+            )
     return entries or [{**common, "form_id": context.form_id}]
 
 

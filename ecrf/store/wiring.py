@@ -5,6 +5,7 @@ The store knows no door and no domain: whoever starts the service (ecrf/runtime.
 ecrf/app.py) registers the hooks and guards here, e.g. `ecrf.eligibility.service.recompute` as a derived hook
 and `ecrf.crf.guard.lifecycle_guard(study)` as a write guard.
 """
+
 from typing import Protocol
 
 from sqlalchemy.engine import Engine

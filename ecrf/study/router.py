@@ -1,4 +1,5 @@
 """GET /api/v1/study: the loaded study definition."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,18 +19,26 @@ def read_study(request: Request) -> dict[str, Any]:
         "title": study.title,
         "identifier_system": study.identifier_system,
         "planned_size": study.planned_size,
-        "sites": [{"id": s.id, "name": s.name, "mrn_system": s.mrn_system, "time_zone": s.time_zone}
-                  for s in study.sites],
+        "sites": [
+            {"id": s.id, "name": s.name, "mrn_system": s.mrn_system, "time_zone": s.time_zone} for s in study.sites
+        ],
         "arms": [a.model_dump(mode="json") for a in study.arms],
         "visits": [v.model_dump(mode="json") for v in study.visits],
         "forms": [
-            {"id": f.id, "title": f.title, "visits": list(f.visits), "kind": f.kind, "repeating": f.repeating,
-             "max_entries": f.max_entries,
-             "items": [i.id for i in f.items]}
+            {
+                "id": f.id,
+                "title": f.title,
+                "visits": list(f.visits),
+                "kind": f.kind,
+                "repeating": f.repeating,
+                "max_entries": f.max_entries,
+                "items": [i.id for i in f.items],
+            }
             for f in study.forms
         ],
         "criteria": [{"id": c.id, "kind": c.kind, "description": c.description} for c in study.criteria],
         # randomisation by the system: the form and visit it writes, and its items no one types
         "randomisation": {"form": scheme.form, "visit": scheme.visit, "derived_items": sorted(scheme.derived_items)}
-        if scheme is not None else None,
+        if scheme is not None
+        else None,
     }

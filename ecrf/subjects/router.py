@@ -1,4 +1,5 @@
 """/api/v1/subjects: enrol, list and read subjects (ResearchSubject + Patient in the store)."""
+
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -31,14 +32,21 @@ def enrol(body: Enrolment, request: Request, actor: Actor = Depends(requires("su
 
 
 @router.get("/subjects")
-def list_subjects(request: Request, site: str | None = None, status: str | None = None,
-                  offset: Offset = 0, limit: Limit = None,
-                  actor: Actor = Depends(requires("subject.read"))) -> dict[str, Any]:
+def list_subjects(
+    request: Request,
+    site: str | None = None,
+    status: str | None = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+    actor: Actor = Depends(requires("subject.read")),
+) -> dict[str, Any]:
     """Subjects the caller may see (own sites), filtered by site and ResearchSubject status, paginated."""
     runtime = request.app.state.runtime
     offset, limit = page(request, offset, limit)
     with read_only(runtime, actor) as store:
-        total, subjects = service.list_subjects(store, runtime.study, site=site, status=status, offset=offset, limit=limit)
+        total, subjects = service.list_subjects(
+            store, runtime.study, site=site, status=status, offset=offset, limit=limit
+        )
         items = service.describe(store, runtime.study, subjects)
     _record_mrns(request, actor, "subject.list", items)
     return {"items": items, "total": total, "offset": offset, "limit": limit}
@@ -53,8 +61,9 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
         view = service.describe(store, runtime.study, [subject])[0]
         zero = day_zero(store.session, runtime.study, subject.patient_id)
         view["day_zero"] = zero.isoformat() if zero else None
-        view["visits"] = visit_schedule(runtime.study, zero, subject_instances(store, subject),
-                                        runtime.study.today_at(subject.site))
+        view["visits"] = visit_schedule(
+            runtime.study, zero, subject_instances(store, subject), runtime.study.today_at(subject.site)
+        )
         view["open_queries"] = unresolved_of_subject(store.session, subject.id)
     _record_mrns(request, actor, "subject.read", [view])
     return view
@@ -62,5 +71,6 @@ def read_subject(subject_id: str, request: Request, actor: Actor = Depends(requi
 
 def _record_mrns(request: Request, actor: Actor, interaction: str, views: list[dict[str, Any]]) -> None:
     """Subject views show the MRN to roles that may see identifiers: the access log says who saw whose."""
-    access.shown(request, actor, interaction, access.MRN,
-                 [view["patient_id"] for view in views if view.get("mrn") is not None])
+    access.shown(
+        request, actor, interaction, access.MRN, [view["patient_id"] for view in views if view.get("mrn") is not None]
+    )

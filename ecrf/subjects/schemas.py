@@ -1,4 +1,5 @@
 """Request bodies of the subjects API."""
+
 from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field

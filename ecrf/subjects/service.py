@@ -3,6 +3,7 @@
 A subject enrolled here has one id in both doors (ResearchSubject id == Patient id); one pushed by an
 EHR through /fhir keeps its own Patient id and is resolved through ResearchSubject.individual.
 """
+
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -54,20 +55,34 @@ def resolve(store: ClinicalStore, study: StudyDef, subject_id: str) -> Subject:
 
 
 def _patients_with_mrn(store: ClinicalStore, system: str, mrn: str) -> list[str]:
-    return list(store.session.exec(select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "Patient", SearchToken.param == "identifier",
-        SearchToken.system == system, SearchToken.code == mrn,
-    )).all())
+    return list(
+        store.session.exec(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == "Patient",
+                SearchToken.param == "identifier",
+                SearchToken.system == system,
+                SearchToken.code == mrn,
+            )
+        ).all()
+    )
 
 
 def _subjects_of_patient(store: ClinicalStore, study: StudyDef, patient_id: str) -> list[str]:
     individual = select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "ResearchSubject", SearchToken.param == "individual",
-        SearchToken.value == f"Patient/{patient_id}")
-    return list(store.session.exec(select(SearchToken.resource_id).where(
-        SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
-        SearchToken.value == study_reference(study), SearchToken.resource_id.in_(individual),
-    )).all())
+        SearchToken.resource_type == "ResearchSubject",
+        SearchToken.param == "individual",
+        SearchToken.value == f"Patient/{patient_id}",
+    )
+    return list(
+        store.session.exec(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == "ResearchSubject",
+                SearchToken.param == "study",
+                SearchToken.value == study_reference(study),
+                SearchToken.resource_id.in_(individual),
+            )
+        ).all()
+    )
 
 
 def _names_patient(store: ClinicalStore, subject_id: str, patient_id: str) -> bool:
@@ -97,8 +112,12 @@ def claim_subject(store: ClinicalStore, study: StudyDef, patient_id: str, subjec
     # The key first: whatever committed it committed its subject too, so the reads after it see that subject.
     owner = store.conditional_owner("ResearchSubject", key)
     current = _subjects_of_patient(store, study, patient_id)
-    if owner is not None and owner != subject_id and owner not in current and not _names_patient(store, owner,
-                                                                                                 patient_id):
+    if (
+        owner is not None
+        and owner != subject_id
+        and owner not in current
+        and not _names_patient(store, owner, patient_id)
+    ):
         store.release_conditional("ResearchSubject", key, owner)  # its subject was deleted, or names another patient
         owner = None
     other = owner or next((found for found in current if found != subject_id), None)
@@ -118,10 +137,13 @@ def enrol(store: ClinicalStore, study: StudyDef, site: str, mrn: str, consent_da
     problems = []
     site_ids = [s.id for s in study.sites]
     if site not in site_ids:
-        problems.append({"item": "site", "rule": "allowed_values", "message": f"site must be one of {', '.join(site_ids)}"})
+        problems.append(
+            {"item": "site", "rule": "allowed_values", "message": f"site must be one of {', '.join(site_ids)}"}
+        )
     if consent_date > latest_allowed_date():
-        problems.append({"item": "consent_date", "rule": "future_date",
-                         "message": f"consent date {consent_date} is in the future"})
+        problems.append(
+            {"item": "consent_date", "rule": "future_date", "message": f"consent date {consent_date} is in the future"}
+        )
     if not mrn.strip():
         problems.append({"item": "mrn", "rule": "required", "message": "mrn must not be blank"})
     if problems:
@@ -142,8 +164,12 @@ def enrol(store: ClinicalStore, study: StudyDef, site: str, mrn: str, consent_da
             store.claim_conditional("Patient", f"enrol {system}|{mrn}", patient_id)
         except IntegrityError as error:
             raise Conflict(f"MRN {mrn} is being enrolled at site {site} concurrently", location="mrn") from error
-        store.create({"resourceType": "Patient", "identifier": [{"system": system, "value": mrn}]}, context,
-                     resource_id=patient_id, site=site)
+        store.create(
+            {"resourceType": "Patient", "identifier": [{"system": system, "value": mrn}]},
+            context,
+            resource_id=patient_id,
+            site=site,
+        )
     subject_id = patient_id if store.session.get(ResourceHead, ("ResearchSubject", patient_id)) is None else new_id()
     try:
         other = claim_subject(store, study, patient_id, subject_id)
@@ -151,32 +177,49 @@ def enrol(store: ClinicalStore, study: StudyDef, site: str, mrn: str, consent_da
         raise Conflict(f"MRN {mrn} is being enrolled at site {site} concurrently", location="mrn") from error
     if other is not None:
         raise Conflict(f"MRN {mrn} is already enrolled at site {site}", location="mrn")
-    stored = store.create({
-        "resourceType": "ResearchSubject",
-        "status": "candidate",
-        "period": {"start": consent_date.isoformat()},
-        "study": {"reference": study_reference(study)},
-        "individual": {"reference": f"Patient/{patient_id}"},
-    }, context, resource_id=subject_id)
+    stored = store.create(
+        {
+            "resourceType": "ResearchSubject",
+            "status": "candidate",
+            "period": {"start": consent_date.isoformat()},
+            "study": {"reference": study_reference(study)},
+            "individual": {"reference": f"Patient/{patient_id}"},
+        },
+        context,
+        resource_id=subject_id,
+    )
     return Subject(stored, patient_id)
 
 
-def list_subjects(store: ClinicalStore, study: StudyDef, *, site: str | None, status: str | None,
-                  offset: int, limit: int) -> tuple[int, list[Subject]]:
+def list_subjects(
+    store: ClinicalStore, study: StudyDef, *, site: str | None, status: str | None, offset: int, limit: int
+) -> tuple[int, list[Subject]]:
     """Subjects of the study the caller may see, in a stable order (by id)."""
     query = select(ResourceHead).where(
-        ResourceHead.resource_type == "ResearchSubject", ResourceHead.deleted == False,  # noqa: E712
-        ResourceHead.resource_id.in_(select(SearchToken.resource_id).where(
-            SearchToken.resource_type == "ResearchSubject", SearchToken.param == "study",
-            SearchToken.value == study_reference(study))),
+        ResourceHead.resource_type == "ResearchSubject",
+        ResourceHead.deleted == False,  # noqa: E712
+        ResourceHead.resource_id.in_(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == "ResearchSubject",
+                SearchToken.param == "study",
+                SearchToken.value == study_reference(study),
+            )
+        ),
     )
     if store.actor.sites is not None:
         query = query.where(ResourceHead.site.in_(sorted(store.actor.sites)))
     if site:
         query = query.where(ResourceHead.site == site)
     if status:
-        query = query.where(ResourceHead.resource_id.in_(select(SearchToken.resource_id).where(
-            SearchToken.resource_type == "ResearchSubject", SearchToken.param == "status", SearchToken.code == status)))
+        query = query.where(
+            ResourceHead.resource_id.in_(
+                select(SearchToken.resource_id).where(
+                    SearchToken.resource_type == "ResearchSubject",
+                    SearchToken.param == "status",
+                    SearchToken.code == status,
+                )
+            )
+        )
     total = store.session.exec(select(func.count()).select_from(query.subquery())).one()
     heads = store.session.exec(query.order_by(ResourceHead.resource_id).offset(offset).limit(limit)).all()
     subjects = []

@@ -4,6 +4,7 @@ The cookie carries a random token; the table keeps only its SHA-256, so a copy o
 session. A session ends at sign-out (row deleted), after `web_idle_minutes` without a request, or
 `web_absolute_hours` after sign-in, whichever comes first.
 """
+
 from datetime import datetime
 
 from sqlalchemy import Index

@@ -5,6 +5,7 @@ state and nonce, by `authlib`'s OAuth 2.0 client; the ID token is checked agains
 What the flow must remember between the redirect and the callback (state, PKCE verifier, nonce) travels in a
 short-lived HttpOnly cookie of its own; the session cookie is SameSite=Strict, so a callback from the
 provider (a cross-site navigation) never carries it."""
+
 import json
 import secrets
 import time
@@ -47,10 +48,14 @@ def _client(request: Request):
         from authlib.integrations.httpx_client import AsyncOAuth2Client
     settings = request.app.state.runtime.settings
     return AsyncOAuth2Client(
-        client_id=settings.oidc_client_id, client_secret=settings.oidc_client_secret,
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret,
         token_endpoint_auth_method="client_secret_basic" if settings.oidc_client_secret else "none",
         scope="openid profile " + " ".join(sorted({settings.oidc_roles_claim, settings.oidc_sites_claim})),
-        redirect_uri=str(request.url_for("oidc_callback")), code_challenge_method="S256", timeout=10)
+        redirect_uri=str(request.url_for("oidc_callback")),
+        code_challenge_method="S256",
+        timeout=10,
+    )
 
 
 async def login(request: Request, *, reauth: bool) -> RedirectResponse:
@@ -61,14 +66,28 @@ async def login(request: Request, *, reauth: bool) -> RedirectResponse:
     state, verifier, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(48), secrets.token_urlsafe(24)
     extra = {"prompt": "login", "max_age": 0} if reauth else {}
     async with _client(request) as client:
-        url, _ = client.create_authorization_url(metadata["authorization_endpoint"], state=state,
-                                                 code_verifier=verifier, nonce=nonce, **extra)
+        url, _ = client.create_authorization_url(
+            metadata["authorization_endpoint"], state=state, code_verifier=verifier, nonce=nonce, **extra
+        )
     current = sessions.current(request) if reauth else None
-    pending = {"state": state, "verifier": verifier, "nonce": nonce, "at": int(time.time()),
-               "reauth_sub": current.sub if current else None, "replaces": current.token_hash if current else None}
+    pending = {
+        "state": state,
+        "verifier": verifier,
+        "nonce": nonce,
+        "at": int(time.time()),
+        "reauth_sub": current.sub if current else None,
+        "replaces": current.token_hash if current else None,
+    }
     response = RedirectResponse(url, status_code=302)
-    response.set_cookie(PENDING, json.dumps(pending, separators=(",", ":")), max_age=PENDING_SECONDS, httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https", path="/web-auth/oidc/")
+    response.set_cookie(
+        PENDING,
+        json.dumps(pending, separators=(",", ":")),
+        max_age=PENDING_SECONDS,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/web-auth/oidc/",
+    )
     return response
 
 
@@ -91,8 +110,12 @@ async def callback(request: Request) -> RedirectResponse:
     metadata = await _metadata(settings)
     async with _client(request) as client:
         try:
-            token = await client.fetch_token(metadata["token_endpoint"], code=code,
-                                             code_verifier=pending["verifier"], grant_type="authorization_code")
+            token = await client.fetch_token(
+                metadata["token_endpoint"],
+                code=code,
+                code_verifier=pending["verifier"],
+                grant_type="authorization_code",
+            )
         except Exception as error:  # noqa: BLE001 - authlib raises several kinds; the message names the reason
             raise HTTPException(401, f"the authorization code was refused: {error}") from error
         claims = _id_token_claims(token.get("id_token"), metadata, settings, pending["nonce"])
@@ -106,8 +129,15 @@ async def callback(request: Request) -> RedirectResponse:
         if not isinstance(claims.get("auth_time"), (int, float)) or claims["auth_time"] < pending["at"] - 5:
             raise HTTPException(401, "the identity provider did not authenticate the user again")
     try:
-        actor = _actor({"sub": claims["sub"], "iat": claims.get("iat", 0), "roles": claims.get(settings.oidc_roles_claim),
-                        "sites": claims.get(settings.oidc_sites_claim)}, settings.jwt_leeway_seconds)
+        actor = _actor(
+            {
+                "sub": claims["sub"],
+                "iat": claims.get("iat", 0),
+                "roles": claims.get(settings.oidc_roles_claim),
+                "sites": claims.get(settings.oidc_sites_claim),
+            },
+            settings.jwt_leeway_seconds,
+        )
     except TokenError as error:
         raise HTTPException(403, f"the identity provider's account cannot use the eCRF: {error}") from error
     response = RedirectResponse("/", status_code=303)
@@ -126,9 +156,14 @@ def _id_token_claims(id_token: str | None, metadata: dict[str, Any], settings: S
         allowed = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
         if algorithm not in allowed or algorithm.startswith("HS") or algorithm == "none":
             raise HTTPException(401, f"ID token algorithm {algorithm!r} is not accepted")
-        claims = jwt.decode(id_token, metadata["jwks"], algorithms=[algorithm], audience=settings.oidc_client_id,
-                            issuer=metadata["issuer"], options={"verify_at_hash": False,
-                                                                "leeway": settings.jwt_leeway_seconds})
+        claims = jwt.decode(
+            id_token,
+            metadata["jwks"],
+            algorithms=[algorithm],
+            audience=settings.oidc_client_id,
+            issuer=metadata["issuer"],
+            options={"verify_at_hash": False, "leeway": settings.jwt_leeway_seconds},
+        )
     except JWTError as error:
         raise HTTPException(401, f"the ID token was refused: {error}") from error
     if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):

@@ -1,6 +1,7 @@
 """The web door: the single-page app at `/`, its static files, and browser sign-in (dev and OpenID Connect).
 
 Every page calls /api/v1 with the session cookie; no rule of the study lives here."""
+
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 router = APIRouter(tags=["web"], include_in_schema=False)
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",
@@ -63,19 +64,28 @@ def session_info(request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     study = runtime.study
     body: dict[str, Any] = {
-        "signed_in": False, "dev_login": dev_login_enabled(request), "oidc": oidc.configured(runtime.settings),
-        "study": study.id, "roles": list(ROLES),
+        "signed_in": False,
+        "dev_login": dev_login_enabled(request),
+        "oidc": oidc.configured(runtime.settings),
+        "study": study.id,
+        "roles": list(ROLES),
         "sites": [{"id": site.id, "name": site.name, "time_zone": site.time_zone} for site in study.sites],
     }
     row = sessions.current(request)
     if row is not None:
-        body.update(signed_in=True, sub=row.sub, user_roles=row.roles.split(","),
-                    user_sites=row.sites.split(",") if row.sites is not None else None, csrf=row.csrf,
-                    method=row.method, expires_at=row.expires_at.isoformat(),
-                    authenticated_at=row.authenticated_at.isoformat(),
-                    reauth_seconds=runtime.settings.web_reauth_seconds,
-                    # what the page offers: the one policy's answer, so a button exists only where the API allows
-                    actions=sorted(action for action in PERMISSIONS if can(sessions.actor_of(row), action)))
+        body.update(
+            signed_in=True,
+            sub=row.sub,
+            user_roles=row.roles.split(","),
+            user_sites=row.sites.split(",") if row.sites is not None else None,
+            csrf=row.csrf,
+            method=row.method,
+            expires_at=row.expires_at.isoformat(),
+            authenticated_at=row.authenticated_at.isoformat(),
+            reauth_seconds=runtime.settings.web_reauth_seconds,
+            # what the page offers: the one policy's answer, so a button exists only where the API allows
+            actions=sorted(action for action in PERMISSIONS if can(sessions.actor_of(row), action)),
+        )
     return body
 
 

@@ -4,6 +4,7 @@ authenticates, and a recent authentication required to sign (21 CFR 11.200).
 
 The session only says who the caller is: what they may do is decided by the same policy as for bearer
 tokens (`ecrf.auth.dependencies.requires`)."""
+
 import hashlib
 import hmac
 import secrets
@@ -41,17 +42,31 @@ def start(request: Request, response: Response, actor: Actor, method: str) -> We
     end(request, response)
     token, now = secrets.token_urlsafe(32), _now()
     row = WebSession(
-        token_hash=_hash(token), sub=actor.sub, roles=",".join(sorted(actor.roles)),
-        sites=",".join(sorted(actor.sites)) if actor.sites is not None else None, method=method,
-        csrf=secrets.token_urlsafe(32), created_at=now, last_seen_at=now, authenticated_at=now,
-        expires_at=now + timedelta(hours=settings.web_absolute_hours))
+        token_hash=_hash(token),
+        sub=actor.sub,
+        roles=",".join(sorted(actor.roles)),
+        sites=",".join(sorted(actor.sites)) if actor.sites is not None else None,
+        method=method,
+        csrf=secrets.token_urlsafe(32),
+        created_at=now,
+        last_seen_at=now,
+        authenticated_at=now,
+        expires_at=now + timedelta(hours=settings.web_absolute_hours),
+    )
     with _session(runtime.engine) as session:
         session.add(row)
         session.execute(delete(WebSession).where(WebSession.expires_at < now))  # sweep the long expired
         session.commit()
         session.refresh(row)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                        path="/", max_age=settings.web_absolute_hours * 3600)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+        max_age=settings.web_absolute_hours * 3600,
+    )
     return row
 
 
@@ -73,8 +88,7 @@ def end(request: Request, response: Response) -> None:
         with _session(request.app.state.runtime.engine) as session:
             session.execute(delete(WebSession).where(WebSession.token_hash == _hash(token)))
             session.commit()
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
 
 
 def current(request: Request) -> WebSession | None:
@@ -103,8 +117,11 @@ def current(request: Request) -> WebSession | None:
 
 
 def actor_of(row: WebSession) -> Actor:
-    return Actor(sub=row.sub, roles=frozenset(row.roles.split(",")),
-                 sites=frozenset(row.sites.split(",")) if row.sites is not None else None)
+    return Actor(
+        sub=row.sub,
+        roles=frozenset(row.roles.split(",")),
+        sites=frozenset(row.sites.split(",")) if row.sites is not None else None,
+    )
 
 
 def cookie_actor(request: Request) -> Actor | None:
@@ -113,8 +130,11 @@ def cookie_actor(request: Request) -> Actor | None:
         return None
     row = current(request)
     if row is None:
-        raise HTTPException(401, "the browser session has ended (signed out or expired): sign in again",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "the browser session has ended (signed out or expired): sign in again",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), row.csrf.encode()):
@@ -123,8 +143,11 @@ def cookie_actor(request: Request) -> Actor | None:
 
     def fresh(action: str) -> None:
         if action in SIGN_ACTIONS and _now() - _utc(row.authenticated_at) > reauth:
-            raise HTTPException(401, "signing needs you to confirm who you are: sign in again to sign (21 CFR 11.200)",
-                                headers={"WWW-Authenticate": 'Bearer error="reauthenticate"'})
+            raise HTTPException(
+                401,
+                "signing needs you to confirm who you are: sign in again to sign (21 CFR 11.200)",
+                headers={"WWW-Authenticate": 'Bearer error="reauthenticate"'},
+            )
 
     request.state.session_check = fresh
     request.state.web_session = row

@@ -9,6 +9,7 @@ response that says more as it goes (a CSV, rows known only as they are read) has
 chunk that shows it; if that insert fails the stream is broken off there, the chunk unsent. Identifiers
 never leave unrecorded.
 """
+
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -34,8 +35,9 @@ class RecordAccess:
         async def record() -> None:
             pending = list(notes)
             notes.clear()
-            await run_in_threadpool(record_notes, scope["app"].state.runtime.engine,
-                                    f"{scope['method']} {Request(scope).url.path}", pending)
+            await run_in_threadpool(
+                record_notes, scope["app"].state.runtime.engine, f"{scope['method']} {Request(scope).url.path}", pending
+            )
 
         async def send_recorded(message: Message) -> None:
             nonlocal start, started, replaced

@@ -1,4 +1,5 @@
 """The access log: one row per subject whose identifiers a response showed; appended, never changed."""
+
 from datetime import datetime
 
 from sqlalchemy import Column, Index

@@ -1,4 +1,5 @@
 """GET /api/v1/access-log: who saw which subject's identifiers, for review by an admin."""
+
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,12 +42,16 @@ def _event(event: AccessEvent) -> dict[str, Any]:
 
 
 @router.get("/access-log")
-def access_log(request: Request,
-               subject: str | None = Query(None, max_length=64, description="a subject id or a Patient id"),
-               sub: str | None = Query(None, max_length=200, description="the reader's token sub"),
-               since: datetime | None = None, until: datetime | None = None,
-               offset: Offset = 0, limit: Limit = None,
-               actor: Actor = Depends(requires("access_log.read"))) -> dict[str, Any]:
+def access_log(
+    request: Request,
+    subject: str | None = Query(None, max_length=64, description="a subject id or a Patient id"),
+    sub: str | None = Query(None, max_length=200, description="the reader's token sub"),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: Offset = 0,
+    limit: Limit = None,
+    actor: Actor = Depends(requires("access_log.read")),
+) -> dict[str, Any]:
     """Every response that showed a subject's identifiers (FHIR Patient resources, MRNs, birth dates,
     identified exports): who (sub, role, site), when (UTC), which Patient, through which route and
     interaction, and what kind of identifier. Oldest first, so pages stay put while the log grows;

@@ -9,6 +9,7 @@ hash-chained audit trail, whose head row serialises writers). If the insert fail
 identifiers never leave unrecorded. Only ids, the route without its query string, and what kind of
 identifier was shown are written: never a name, MRN or birth date.
 """
+
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -25,25 +26,40 @@ from study_model.definitions import StudyDef
 PATIENT, MRN, BIRTH_DATE, IDENTIFIED_EXPORT = "patient", "mrn", "birth_date", "identified_export"
 
 
-def record(engine: Engine, actor: Actor, *, route: str, interaction: str, kind: str,
-           patient_ids: Iterable[str | None]) -> int:
+def record(
+    engine: Engine, actor: Actor, *, route: str, interaction: str, kind: str, patient_ids: Iterable[str | None]
+) -> int:
     """Append one row per distinct patient id; returns how many."""
     ids = list(dict.fromkeys(pid for pid in patient_ids if pid))
     if not ids:
         return 0
-    common = {"at": datetime.now(UTC), "request_id": uuid.uuid4().hex, "actor_sub": actor.sub,
-              "actor_role": actor.role[:64], "actor_site": actor.site, "route": route[:200],
-              "interaction": interaction, "kind": kind}
+    common = {
+        "at": datetime.now(UTC),
+        "request_id": uuid.uuid4().hex,
+        "actor_sub": actor.sub,
+        "actor_role": actor.role[:64],
+        "actor_site": actor.site,
+        "route": route[:200],
+        "interaction": interaction,
+        "kind": kind,
+    }
     with transaction(engine) as session:
         session.execute(AccessEvent.__table__.insert(), [{**common, "patient_id": pid[:64]} for pid in ids])
     return len(ids)
 
 
-def record_request(request: Request, actor: Actor, interaction: str, kind: str,
-                   patient_ids: Iterable[str | None]) -> int:
+def record_request(
+    request: Request, actor: Actor, interaction: str, kind: str, patient_ids: Iterable[str | None]
+) -> int:
     """`record` for the current request: its method and path (no query string) are the route."""
-    return record(request.app.state.runtime.engine, actor, route=f"{request.method} {request.url.path}",
-                  interaction=interaction, kind=kind, patient_ids=patient_ids)
+    return record(
+        request.app.state.runtime.engine,
+        actor,
+        route=f"{request.method} {request.url.path}",
+        interaction=interaction,
+        kind=kind,
+        patient_ids=patient_ids,
+    )
 
 
 NOTES = "access_shown"  # the request state's list of what the response shows (ecrf/audit/access/hook.py)
@@ -61,8 +77,10 @@ def shown(request: Request, actor: Actor, interaction: str, kind: str, patient_i
 
 def record_notes(engine: Engine, route: str, notes: list[tuple[Actor, str, str, list[str | None]]]) -> int:
     """Record what a response said it shows (`shown`); returns how many rows."""
-    return sum(record(engine, actor, route=route, interaction=interaction, kind=kind, patient_ids=ids)
-               for actor, interaction, kind, ids in notes)
+    return sum(
+        record(engine, actor, route=route, interaction=interaction, kind=kind, patient_ids=ids)
+        for actor, interaction, kind, ids in notes
+    )
 
 
 def patients_shown(body: Any) -> list[str]:
@@ -78,8 +96,9 @@ def patients_shown(body: Any) -> list[str]:
         if kind == "Patient" and isinstance(node.get("id"), str):
             found.append(node["id"])
         elif kind == "Bundle":
-            stack.extend(entry.get("resource") for entry in reversed(node.get("entry") or [])
-                         if isinstance(entry, dict))
+            stack.extend(
+                entry.get("resource") for entry in reversed(node.get("entry") or []) if isinstance(entry, dict)
+            )
     return found
 
 
@@ -105,8 +124,9 @@ def shows_identifiers(study: StudyDef, body: Any) -> bool:
         if named in wanted and any(node.get(key) is not None for key in ("value", "old_value", "new_value")):
             return True
         for key, value in node.items():
-            if key in wanted and (isinstance(value, dict) and value.get("value") is not None
-                                  or isinstance(value, list) and value):
+            if key in wanted and (
+                isinstance(value, dict) and value.get("value") is not None or isinstance(value, list) and value
+            ):
                 return True
             if isinstance(value, (dict, list)):
                 stack.append(value)

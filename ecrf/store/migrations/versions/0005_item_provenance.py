@@ -5,6 +5,7 @@ Revises: 0001
 Written by hand; tests/test_migrations.py checks it against ecrf/store/models.py. Existing facts keep
 a NULL set_in_version, read as their own version.
 """
+
 from alembic import op
 import sqlalchemy as sa
 

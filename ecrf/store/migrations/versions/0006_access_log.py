@@ -4,6 +4,7 @@ Revision ID: 0006_access_log
 Revises: 0001
 Written by hand; tests/test_migrations.py checks it against ecrf/audit/access/models.py.
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel

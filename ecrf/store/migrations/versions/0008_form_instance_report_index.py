@@ -6,6 +6,7 @@ Written by hand; tests/test_migrations.py checks it against ecrf/crf/models.py. 
 GROUP BY site, form, visit, status reads this index alone (in order on SQLite), and a site-scoped
 caller's report reads only its sites' part of it.
 """
+
 from alembic import op
 
 

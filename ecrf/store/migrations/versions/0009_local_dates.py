@@ -9,6 +9,7 @@ Written by hand; tests/test_migrations.py checks it against ecrf/store/models.py
 Existing facts are filled from the stored resource version they were indexed from (the first date element
 that the indexer reads for that resource type), else from the UTC date of `effective`.
 """
+
 from datetime import UTC, date, datetime
 
 import orjson
@@ -42,26 +43,46 @@ def downgrade() -> None:
 
 
 def _fill(bind) -> None:
-    facts = sa.table("item_fact", sa.column("pk", sa.BigInteger), sa.column("resource_type", sa.String),
-                     sa.column("resource_id", sa.String), sa.column("version_id", sa.Integer),
-                     sa.column("effective", sa.String), sa.column("effective_date", sa.Date))
-    versions = sa.table("resource_version", sa.column("resource_type", sa.String), sa.column("resource_id", sa.String),
-                        sa.column("version_id", sa.Integer), sa.column("content", sa.Text))
+    facts = sa.table(
+        "item_fact",
+        sa.column("pk", sa.BigInteger),
+        sa.column("resource_type", sa.String),
+        sa.column("resource_id", sa.String),
+        sa.column("version_id", sa.Integer),
+        sa.column("effective", sa.String),
+        sa.column("effective_date", sa.Date),
+    )
+    versions = sa.table(
+        "resource_version",
+        sa.column("resource_type", sa.String),
+        sa.column("resource_id", sa.String),
+        sa.column("version_id", sa.Integer),
+        sa.column("content", sa.Text),
+    )
     update = facts.update().where(facts.c.pk == sa.bindparam("fact_pk")).values(effective_date=sa.bindparam("day"))
     after = 0
     while True:
         rows = bind.execute(
             sa.select(facts.c.pk, facts.c.resource_type, facts.c.effective, versions.c.content)
-            .select_from(facts.outerjoin(versions, (versions.c.resource_type == facts.c.resource_type)
-                                         & (versions.c.resource_id == facts.c.resource_id)
-                                         & (versions.c.version_id == facts.c.version_id)))
+            .select_from(
+                facts.outerjoin(
+                    versions,
+                    (versions.c.resource_type == facts.c.resource_type)
+                    & (versions.c.resource_id == facts.c.resource_id)
+                    & (versions.c.version_id == facts.c.version_id),
+                )
+            )
             .where(facts.c.effective.is_not(None), facts.c.pk > after)
-            .order_by(facts.c.pk).limit(BATCH)).all()
+            .order_by(facts.c.pk)
+            .limit(BATCH)
+        ).all()
         if not rows:
             return
         after = rows[-1].pk
-        changes = [{"fact_pk": row.pk, "day": _sent_date(row.resource_type, row.content) or _utc_date(row.effective)}
-                   for row in rows]
+        changes = [
+            {"fact_pk": row.pk, "day": _sent_date(row.resource_type, row.content) or _utc_date(row.effective)}
+            for row in rows
+        ]
         changes = [change for change in changes if change["day"] is not None]
         if changes:
             bind.execute(update, changes)

@@ -5,6 +5,7 @@ Revises: 0002_crf
 Written by hand; tests/test_migrations.py checks it against ecrf/crf/models.py. Existing form instances
 are indexed from their `resources` JSON.
 """
+
 import json
 
 from alembic import op
@@ -33,8 +34,11 @@ def upgrade() -> None:
     with op.batch_alter_table("form_resource", schema=None) as batch_op:
         batch_op.create_index("ix_form_resource_instance", ["instance_id"], unique=False)
     instances = op.get_bind().execute(sa.text("SELECT id, resources FROM form_instance")).all()
-    rows = [{"resource_type": reference.split("/", 1)[0], "resource_id": reference.split("/", 1)[1], "instance_id": id_}
-            for id_, resources in instances for reference in json.loads(resources or "{}").values()]
+    rows = [
+        {"resource_type": reference.split("/", 1)[0], "resource_id": reference.split("/", 1)[1], "instance_id": id_}
+        for id_, resources in instances
+        for reference in json.loads(resources or "{}").values()
+    ]
     if rows:
         op.bulk_insert(table, rows)
 

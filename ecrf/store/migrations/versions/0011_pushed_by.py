@@ -6,6 +6,7 @@ Written by hand; tests/test_migrations.py checks it against ecrf/store/models.py
 clients already wrote are taken from the versions they authored (a Patient an ehr only matched by its
 MRN, without a new version, is not known from them: that client pushes it again to see it).
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
@@ -29,9 +30,11 @@ def upgrade() -> None:
         sa.Column("sub", _text(200), nullable=False),
         sa.PrimaryKeyConstraint("resource_type", "resource_id", "sub"),
     )
-    op.execute("INSERT INTO pushed_by (resource_type, resource_id, sub) "
-               "SELECT DISTINCT resource_type, resource_id, author_sub FROM resource_version "
-               "WHERE author_role = 'ehr'")
+    op.execute(
+        "INSERT INTO pushed_by (resource_type, resource_id, sub) "
+        "SELECT DISTINCT resource_type, resource_id, author_sub FROM resource_version "
+        "WHERE author_role = 'ehr'"
+    )
 
 
 def downgrade() -> None:

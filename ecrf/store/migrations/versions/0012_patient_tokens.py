@@ -10,6 +10,7 @@ individual), searches answer it from that parameter's tokens, Patient references
 ix_search_token_value becomes partial (value IS NOT NULL): only reference tokens have a value, and only
 reference searches use that index.
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -44,6 +45,8 @@ def downgrade() -> None:
     op.drop_index("ix_search_token_value", table_name="search_token")
     op.create_index(*VALUE_INDEX)
     for resource_type, param in SEARCHED_THROUGH.items():
-        op.execute("INSERT INTO search_token (resource_type, resource_id, param, system, code, value, number, moment) "
-                   "SELECT resource_type, resource_id, 'patient', system, code, value, number, moment "
-                   f"FROM search_token WHERE resource_type = '{resource_type}' AND param = '{param}'")
+        op.execute(
+            "INSERT INTO search_token (resource_type, resource_id, param, system, code, value, number, moment) "
+            "SELECT resource_type, resource_id, 'patient', system, code, value, number, moment "
+            f"FROM search_token WHERE resource_type = '{resource_type}' AND param = '{param}'"
+        )

@@ -7,6 +7,7 @@ itself refuse it, so a bug or a stray statement cannot, and a change needs the t
 a trigger first (which `ecrf audit verify` would still catch). A later migration that must rewrite rows of
 these tables disables the triggers for its own transaction.
 """
+
 from alembic import op
 
 revision = "0013_append_only"
@@ -26,15 +27,21 @@ def upgrade() -> None:
                 RAISE EXCEPTION '% {MESSAGE}', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
             END $$""")
         for table in TABLES:
-            op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                       "FOR EACH ROW EXECUTE FUNCTION ecrf_append_only()")
-            op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                       "FOR EACH STATEMENT EXECUTE FUNCTION ecrf_append_only()")
+            op.execute(
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION ecrf_append_only()"
+            )
+            op.execute(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION ecrf_append_only()"
+            )
         return
     for table in TABLES:
         for event in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
-                       f"BEGIN SELECT RAISE(ABORT, '{table} {MESSAGE}'); END")
+            op.execute(
+                f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} {MESSAGE}'); END"
+            )
 
 
 def downgrade() -> None:

@@ -4,6 +4,7 @@ Revision ID: 0016_randomisation
 Revises: 0001
 Written by hand; tests/test_migrations.py checks it against ecrf/randomisation/models.py.
 """
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op

@@ -6,6 +6,7 @@ Written by hand, as 0013_append_only (whose PostgreSQL function it reuses when i
 allocation (CRF-SPEC 6), and a generated list is never silently regenerated: the database itself refuses
 it, short of the table owner dropping a trigger (which `ecrf randomisation verify` would still catch).
 """
+
 from alembic import op
 
 revision = "0017_randomisation_append_only"
@@ -26,15 +27,21 @@ def upgrade() -> None:
                 RAISE EXCEPTION '% {MESSAGE}', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
             END $$""")
         for table in TABLES:
-            op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()")
-            op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                       f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()")
+            op.execute(
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}()"
+            )
+            op.execute(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
+            )
         return
     for table in TABLES:
         for event in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
-                       f"BEGIN SELECT RAISE(ABORT, '{table} {MESSAGE}'); END")
+            op.execute(
+                f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} {MESSAGE}'); END"
+            )
 
 
 def downgrade() -> None:

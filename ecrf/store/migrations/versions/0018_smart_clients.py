@@ -4,6 +4,7 @@ Revision ID: 0018_smart_clients
 Revises: 0001
 Written by hand; tests/test_migrations.py checks it against ecrf/smart/models.py.
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel

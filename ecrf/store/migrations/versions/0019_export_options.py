@@ -3,6 +3,7 @@
 Revision ID: 0019_export_options
 Revises: 0004_export
 """
+
 from alembic import op
 import sqlalchemy as sa
 

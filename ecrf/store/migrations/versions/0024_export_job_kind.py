@@ -4,6 +4,7 @@ Revision ID: 0024_export_job_kind
 Revises: 0004_export
 Written by hand; tests/test_migrations.py checks it against ecrf/export/models.py.
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
@@ -17,8 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("export_job", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False,
-                                      server_default="bulk"))
+        batch_op.add_column(
+            sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False, server_default="bulk")
+        )
         batch_op.add_column(sa.Column("params", sa.Text(), nullable=True))
 
 

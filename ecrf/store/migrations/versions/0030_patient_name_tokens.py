@@ -5,6 +5,7 @@ Revises: 0012_patient_tokens
 Written by hand. New versions get these tokens from ecrf.store.indexing (string parameters of R4 Patient);
 this fills them in for the current versions written before, from their stored content. No schema change.
 """
+
 import json
 import unicodedata
 
@@ -33,19 +34,37 @@ def _parts(name: dict, part: str) -> list[str]:
 
 def upgrade() -> None:
     bind = op.get_bind()
-    tokens = sa.table("search_token", sa.column("resource_type"), sa.column("resource_id"), sa.column("param"),
-                      sa.column("code"), sa.column("value"))
-    rows = bind.execute(sa.text(
-        "SELECT h.resource_id, v.content FROM resource_head h JOIN resource_version v ON v.pk = h.version_pk "
-        "WHERE h.resource_type = 'Patient' AND h.deleted = :deleted"), {"deleted": False})
+    tokens = sa.table(
+        "search_token",
+        sa.column("resource_type"),
+        sa.column("resource_id"),
+        sa.column("param"),
+        sa.column("code"),
+        sa.column("value"),
+    )
+    rows = bind.execute(
+        sa.text(
+            "SELECT h.resource_id, v.content FROM resource_head h JOIN resource_version v ON v.pk = h.version_pk "
+            "WHERE h.resource_type = 'Patient' AND h.deleted = :deleted"
+        ),
+        {"deleted": False},
+    )
     pending = []
     for resource_id, content in rows:
         names = json.loads(content).get("name") or []
         for name in (n for n in names if isinstance(n, dict)):
             for param, parts in NAME_PARTS.items():
                 for part in parts:
-                    pending += [{"resource_type": "Patient", "resource_id": resource_id, "param": param, "code": code,
-                                 "value": _folded(code)[:255]} for code in _parts(name, part)]
+                    pending += [
+                        {
+                            "resource_type": "Patient",
+                            "resource_id": resource_id,
+                            "param": param,
+                            "code": code,
+                            "value": _folded(code)[:255],
+                        }
+                        for code in _parts(name, part)
+                    ]
         if len(pending) >= BATCH:
             bind.execute(tokens.insert(), pending)
             pending = []

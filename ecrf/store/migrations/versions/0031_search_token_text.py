@@ -6,6 +6,7 @@ Written by hand; tests/test_migrations.py checks it against ecrf/store/models.py
 display (or CodeableConcept.text) of each coding from ecrf.store.indexing; versions written before have none
 until they are written again. No index: a `:text` search narrows by resource type and parameter first.
 """
+
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op

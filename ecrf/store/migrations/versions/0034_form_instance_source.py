@@ -6,6 +6,7 @@ Revises: 0020_form_entries
 Written by hand; tests/test_migrations.py checks it against ecrf/crf/models.py. Existing instances were all
 made by the eCRF door: they get 'form'.
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
@@ -19,8 +20,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("form_instance", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False,
-                                      server_default="form"))
+        batch_op.add_column(
+            sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False, server_default="form")
+        )
 
 
 def downgrade() -> None:

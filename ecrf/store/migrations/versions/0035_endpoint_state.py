@@ -5,6 +5,7 @@ Revises: 0001
 Written by hand; tests/test_migrations.py checks it against ecrf/endpoints/models.py. Existing subjects get
 their row at the next write that touches them.
 """
+
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
