@@ -12,7 +12,7 @@ from ecrf.export.bulk_router import router as export_fhir_router
 from ecrf.export.forms_router import router as export_forms_router
 from ecrf.fhir.everything import router as everything_router
 from ecrf.fhir.media import outcome_response
-from ecrf.fhir.outcome import FhirError
+from ecrf.common.outcome import FhirError
 from ecrf.fhir.router import router as fhir_router
 from ecrf.runtime import Runtime
 from ecrf.security import RequestGuard

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecrf.db import OUTAGE_RETRY_AFTER_SECONDS, DatabaseUnavailable, StatementCancelled, is_outage, is_statement_timeout
 from ecrf.common.errors import Kind, StoreError
+from ecrf.common.outcome import FhirError, issue, operation_outcome
 from ecrf.smart.service import OAuthError
 
 ISSUE_CODES = {
@@ -43,22 +44,15 @@ KINDS: dict[Kind, tuple[int, str]] = {
 MAX_LISTED_ERRORS = 100  # a body with a million unknown fields must not get a million errors back
 
 
-def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": issues}
-
-
-def issue(
-    message: str, *, code: str = "invalid", severity: str = "error", location: str | None = None
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
-    if location:
-        entry["expression"] = [location]
-    return entry
-
-
 def status_of(error: StoreError) -> tuple[int, str]:
     """A domain error's HTTP status and issue code."""
     return KINDS[error.kind]
+
+
+def fhir_error_of(error: StoreError, location: str | None = None) -> FhirError:
+    """A domain error as the FHIR door refuses it: its kind's status and issue code, its message and location."""
+    status, code = status_of(error)
+    return FhirError.one(status, error.message, code=code, location=location or error.location)
 
 
 def is_fhir(request: Request) -> bool:

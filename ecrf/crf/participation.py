@@ -3,7 +3,9 @@
 date, as derived state in the transaction of every write that touches the patient, whichever door wrote.
 
 Withdrawing the entry (entered in error) undoes it: on-study again once randomised, else the status
-eligibility gives. A deceasedDateTime the EHR sent that differs from the form's death date is left as
+eligibility gives. Randomised is read from the ResearchSubject itself (its `assignedArm`, which the
+allocation writes and randomisation's write guard keeps), never from randomisation's table: randomisation
+saves its form through crf, so crf reads nothing of it. A deceasedDateTime the EHR sent that differs from the form's death date is left as
 sent (a conflict the endpoints report), never overwritten.
 """
 
@@ -17,7 +19,6 @@ from ecrf.crf.models import WITHDRAWN, FormInstance
 from ecrf.crf.values import form_values
 from ecrf.eligibility.models import EligibilityState
 from ecrf.eligibility.service import SUBJECT_STATUS
-from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore, WriteContext
 from study_model.definitions import FormDef, StudyDef
@@ -72,9 +73,7 @@ def _apply(store: ClinicalStore, study: StudyDef, form: FormDef, subject_id: str
     subject = _content(store, "ResearchSubject", subject_id)
     if subject is None:
         return
-    randomised = store.session.exec(
-        select(RandomisationAllocation.subject_id).where(RandomisationAllocation.subject_id == subject_id)
-    ).first() is not None or bool(subject.get("assignedArm"))
+    randomised = bool(subject.get("assignedArm"))  # randomisation's guard keeps the allocated arm there
     wanted = dict(subject)
     death = None
     if live is not None:

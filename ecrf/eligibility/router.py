@@ -10,7 +10,7 @@ from ecrf.auth.dependencies import requires
 from ecrf.common.pagination import Limit, Offset, page
 from ecrf.common.errors import EditCheckFailed
 from ecrf.eligibility import service
-from ecrf.randomisation.service import strata_counts
+from ecrf.randomisation.service import allocations_of, strata_counts
 from ecrf.store.unit import read_only
 from ecrf.subjects.service import resolve
 
@@ -63,5 +63,7 @@ def screening_log(
     offset, limit = page(request, offset, limit)
     with read_only(runtime, actor) as store:
         total, items = service.screening_log(store, site=site, status=status, offset=offset, limit=limit)
+        allocated = allocations_of(store.session, runtime.study, [item["subject"] for item in items])
+        items = [{**item, "allocation": allocated.get(item["subject"])} for item in items]
         randomised = strata_counts(store.session, runtime.study, store.actor.sites, site)
     return {"items": items, "total": total, "offset": offset, "limit": limit, "randomised": randomised}

@@ -12,7 +12,6 @@ from ecrf.audit import service as audit
 from ecrf.eligibility.engine import ELIGIBLE, INCOMPLETE, INELIGIBLE, Result, evaluate
 from ecrf.eligibility.models import EligibilityState
 from ecrf.eligibility.patient_data import CHUNK, load
-from ecrf.randomisation.models import RandomisationAllocation
 from ecrf.store.models import ResourceHead, ResourceVersion
 from ecrf.store.service import ClinicalStore, WriteContext
 from ecrf.subjects.service import resolve, study_reference
@@ -239,6 +238,8 @@ def randomisation_basis(study: StudyDef, store: ClinicalStore, patient_id: str) 
 def screening_log(
     store: ClinicalStore, *, site: str | None, status: str | None, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
+    """One page of the screening log: each subject's eligibility (its allocation, randomisation's, is joined
+    by the door: randomisation loads the patient data of this package, so this one reads nothing of it)."""
     query = select(EligibilityState)
     if store.actor.sites is not None:
         query = query.where(EligibilityState.site.in_(sorted(store.actor.sites)))
@@ -248,18 +249,6 @@ def screening_log(
         query = query.where(EligibilityState.status == status)
     total = store.session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = store.session.exec(query.order_by(EligibilityState.subject_id).offset(offset).limit(limit)).all()
-    allocated = (
-        {
-            a.subject_id: a
-            for a in store.session.exec(
-                select(RandomisationAllocation).where(
-                    RandomisationAllocation.subject_id.in_([row.subject_id for row in rows])
-                )
-            ).all()
-        }
-        if rows
-        else {}
-    )
     return total, [
         {
             "subject": row.subject_id,
@@ -270,15 +259,6 @@ def screening_log(
             "changed_since_randomisation": row.changed_since_randomisation,
             "blocking": orjson.loads(row.blocking),
             "evaluated_at": _iso(row.evaluated_at),
-            "allocation": (
-                {
-                    "arm": allocated[row.subject_id].arm,
-                    "stratum": allocated[row.subject_id].stratum,
-                    "randomisation_number": allocated[row.subject_id].number,
-                }
-                if row.subject_id in allocated
-                else None
-            ),
         }
         for row in rows
     ]

@@ -17,7 +17,7 @@ from ecrf.auth.actor import Actor
 from ecrf.auth import scopes
 from ecrf.auth.dependencies import requires
 from ecrf.db import reading, transaction
-from ecrf.errors import issue, operation_outcome
+from ecrf.common.outcome import issue, operation_outcome
 from ecrf.export import jobs
 from ecrf.export import options as export_options
 from ecrf.export.access import deidentify_for, may_read_job

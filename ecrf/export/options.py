@@ -1,7 +1,7 @@
 """The Bulk Data kick-off parameters beyond _type/_since: read from the query string (GET) or a Parameters
 body (POST), checked, and kept with the job as JSON (`export_job.options`).
 
-- `_typeFilter` (`Type?search`): any search this server supports on that type (ecrf/fhir/search.py), several
+- `_typeFilter` (`Type?search`): any search this server supports on that type (ecrf/search/engine.py), several
   for one type are OR-ed. De-identified exports accept only token parameters other than `identifier`
   (codes, statuses, categories): a filter on dates, ids, references or identifiers would let the caller probe
   the identified data through what comes back;
@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ecrf.common.errors import StoreError
-from ecrf.fhir import search
-from ecrf.fhir.outcome import FhirError
+from ecrf.search import engine as search
+from ecrf.common.outcome import FhirError
 from ecrf.store.indexing import SEARCH_PARAMS
 
 TYPE_FILTER = re.compile(r"^(?P<type>[A-Z][A-Za-z]{1,63})\?(?P<query>.+)$")

@@ -17,9 +17,9 @@ from typing import Any
 from ecrf.auth import scopes
 from ecrf.auth.actor import Actor
 from ecrf.auth.policy import can
-from ecrf.errors import issue
+from ecrf.common.outcome import issue
 from ecrf.fhir.references import reference_holders
-from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.search.types import WRITABLE_TYPES
 from ecrf.common.errors import Forbidden
 
 PERMISSION_OF = {"create": "c", "read": "r", "vread": "r", "history": "r", "update": "u", "delete": "d", "search": "s"}

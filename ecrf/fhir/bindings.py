@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fhir_mappings
-from ecrf.errors import issue
+from ecrf.common.outcome import issue
 
 TABLE = Path(fhir_mappings.__file__).resolve().parent / "data" / "r4_required_bindings.json"
 

@@ -9,9 +9,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ecrf.auth.actor import Actor
 from ecrf.db import is_outage
-from ecrf.errors import issue
+from ecrf.common.outcome import FhirError, issue, validation_issues
 from ecrf.fhir.interactions import Engine, Entry, Result, in_fhir_order
-from ecrf.fhir.outcome import FhirError, validation_issues
 from ecrf.fhir.requests import bundle_entry
 from ecrf.fhir.validation import model_of, prepare
 from ecrf.json_rules import Refusal

@@ -3,9 +3,9 @@
 import re
 from typing import Any
 
-from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.search.types import WRITABLE_TYPES
 from fhir_mappings.search_parameters import definition
-from ecrf.fhir.search import QUANTITY_PARAMS, REFERENCE_TARGETS
+from ecrf.search.engine import QUANTITY_PARAMS, REFERENCE_TARGETS
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.indexing import SEARCH_PARAMS
 

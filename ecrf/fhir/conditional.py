@@ -8,8 +8,8 @@ import hashlib
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ecrf.fhir import search
-from ecrf.fhir.outcome import FhirError
+from ecrf.search import engine as search
+from ecrf.common.outcome import FhirError
 from ecrf.store.service import ClinicalStore
 
 MAX_KEY = 512

@@ -24,10 +24,9 @@ import fhir_mappings
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
-from ecrf.errors import issue
+from ecrf.common.outcome import FhirError, issue
 from ecrf.fhir.authorise import refusal, require
 from ecrf.fhir.media import respond
-from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.validation import WRITABLE_TYPES, is_resource_type
 from ecrf.responses import fhir_base
 from ecrf.store.indexing import PATIENT_REFERENCE

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlencode
 
-from ecrf.fhir.outcome import FhirError
-from ecrf.fhir.search import CONTROL_CHARACTER, _date_range, _non_negative
+from ecrf.common.outcome import FhirError
+from ecrf.search.engine import CONTROL_CHARACTER, _date_range, _non_negative
 
 INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 

@@ -10,13 +10,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ecrf.auth.policy import can
-from ecrf.errors import issue
-from ecrf.fhir import authorise, conditional, search
+from ecrf.errors import fhir_error_of
+from ecrf.common.outcome import FhirError, issue
+from ecrf.fhir import authorise, conditional
+from ecrf.search import engine as search
 from ecrf.fhir import retention as held
-from ecrf.fhir.outcome import FhirError
 from ecrf.fhir.references import local_target, path_to, reference_holders
 from ecrf.fhir.research_study import research_study
-from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.search.types import WRITABLE_TYPES
 from ecrf.common.errors import NotFound, StoreError
 from ecrf.store.service import ClinicalStore, Stored, WriteContext, new_id
 from ecrf.subjects.service import claim_subject, study_reference, subject_key
@@ -195,7 +196,7 @@ class Engine:
         try:
             created = self.store.create_many([(e.content(), e.target_id) for e in chunk], self.context)
         except StoreError as error:
-            raise FhirError.of_store(error, location="Bundle.entry" if creates > 1 else chunk[0].location) from error
+            raise fhir_error_of(error, location="Bundle.entry" if creates > 1 else chunk[0].location) from error
         results = {}
         for entry, stored in zip(chunk, created, strict=True):
             self._claim_key(entry, stored)
@@ -207,7 +208,7 @@ class Engine:
         try:
             return step(entry)
         except StoreError as error:
-            raise FhirError.of_store(error, location=entry.location) from error
+            raise fhir_error_of(error, location=entry.location) from error
 
     def _delete(self, entry: Entry) -> Result:
         resource_id = entry.resource_id

@@ -6,7 +6,7 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
-from ecrf.fhir.outcome import FhirError
+from ecrf.common.outcome import FhirError
 
 
 def patched(content: dict[str, Any], operations: list[Any], resource_type: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ecrf.common.etags import version_of_etag
 from ecrf.errors import FHIR_JSON
-from ecrf.fhir.outcome import FhirError
+from ecrf.common.outcome import FhirError
 from ecrf.json_rules import Refusal, parse_json_body
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.service import Stored

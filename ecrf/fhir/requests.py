@@ -3,7 +3,7 @@
 from typing import Any
 
 from ecrf.common.etags import VERSION_ID, version_of_etag
-from ecrf.errors import issue
+from ecrf.common.outcome import issue
 from ecrf.fhir.interactions import Entry
 from ecrf.fhir.validation import (
     READ_ONLY_TYPES,

@@ -17,8 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecrf.audit import service as audit
-from ecrf.errors import issue
-from ecrf.fhir.outcome import FhirError, validation_issues
+from ecrf.common.outcome import FhirError, issue, validation_issues
 from ecrf.fhir.references import local_target
 from ecrf.fhir.validation import READ_ONLY_TYPES, WRITABLE_TYPES, model_of
 

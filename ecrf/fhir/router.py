@@ -15,7 +15,8 @@ from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import public, requires
 from ecrf.auth.policy import can
 from ecrf.db import Cancellable
-from ecrf.fhir import bundle, json_patch, search
+from ecrf.fhir import bundle, json_patch
+from ecrf.search import engine as search
 from ecrf.fhir.authorise import refusal, require
 from ecrf.fhir.capability import capability_statement
 from ecrf.fhir.history import history_query
@@ -31,7 +32,7 @@ from ecrf.fhir.media import (
     strict_handling,
     version_headers,
 )
-from ecrf.fhir.outcome import FhirError
+from ecrf.common.outcome import FhirError
 from ecrf.fhir.requests import request_entry
 from ecrf.fhir.research_study import research_study
 from ecrf.fhir.validation import WRITABLE_TYPES, model_of

@@ -4,27 +4,16 @@ import re
 from functools import cache
 from typing import Any
 
-import yaml
-
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
-from ecrf.errors import issue
+from ecrf.common.outcome import issue, validation_issues
 from ecrf.fhir.bindings import binding_issues
-from ecrf.fhir.outcome import validation_issues
 from ecrf.store.indexing import out_of_range
-from study_model.loader import default_study_dir
+from ecrf.search.types import WRITABLE_TYPES
 
 
-def _kept_types() -> tuple[str, ...]:
-    """The resource types the study keeps, as forms/study.yaml names them (`kept_resource_types`). Read at
-    import: the routes are built from them."""
-    study = yaml.safe_load((default_study_dir() / "study.yaml").read_text(encoding="utf-8"))
-    return tuple(study["kept_resource_types"])
-
-
-WRITABLE_TYPES = _kept_types()
 READ_ONLY_TYPES = ("ResearchStudy",)
 ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9\-.]{1,64}$")  # FHIR's id, but "." and ".." would be path segments
 

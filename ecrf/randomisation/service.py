@@ -538,6 +538,20 @@ def as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
+def allocations_of(session: Session, study: StudyDef, subject_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The system's allocation of each of these subjects that has one, as the screening log shows it."""
+    if not subject_ids:
+        return {}
+    rows = session.exec(
+        select(RandomisationAllocation).where(
+            RandomisationAllocation.study_id == study.id, RandomisationAllocation.subject_id.in_(subject_ids)
+        )
+    ).all()
+    return {
+        row.subject_id: {"arm": row.arm, "stratum": row.stratum, "randomisation_number": row.number} for row in rows
+    }
+
+
 def strata_counts(
     session: Session, study: StudyDef, sites: frozenset[str] | None, site: str | None = None
 ) -> list[dict[str, Any]]:

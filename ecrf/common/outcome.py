@@ -1,11 +1,26 @@
-"""FHIR errors carrying OperationOutcome issues, and pydantic errors as FHIRPath-located issues."""
+"""OperationOutcome issues, FHIR's refusals carrying them, and pydantic errors as FHIRPath-located issues.
+
+Request-free, so the FHIR search engine (ecrf/search), which a bulk export's `_typeFilter` runs too, raises
+the same `FhirError` the FHIR door does. A FHIR refusal names its HTTP status (R4's REST API is HTTP); a
+domain error's status comes from the one mapping of kinds, `ecrf.errors.KINDS` (`ecrf.errors.fhir_error_of`).
+"""
 
 from typing import Any
 
-from ecrf.errors import issue, operation_outcome, status_of
-from ecrf.common.errors import StoreError
-
 MAX_ISSUES_PER_RESOURCE = 100  # a resource with a million bad values gets a short answer, not a huge one
+
+
+def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def issue(
+    message: str, *, code: str = "invalid", severity: str = "error", location: str | None = None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
+    if location:
+        entry["expression"] = [location]
+    return entry
 
 
 class FhirError(Exception):
@@ -19,11 +34,6 @@ class FhirError(Exception):
     @classmethod
     def one(cls, status: int, message: str, *, code: str = "invalid", location: str | None = None) -> "FhirError":
         return cls(status, [issue(message, code=code, location=location)])
-
-    @classmethod
-    def of_store(cls, error: StoreError, location: str | None = None) -> "FhirError":
-        status, code = status_of(error)
-        return cls.one(status, error.message, code=code, location=location or error.location)
 
     @property
     def outcome(self) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from sqlmodel import select
 
 from ecrf.common.dates import moment_span
 from ecrf.config import Settings
-from ecrf.fhir.outcome import FhirError
-from ecrf.fhir.validation import WRITABLE_TYPES
+from ecrf.common.outcome import FhirError
+from ecrf.search.types import WRITABLE_TYPES
 from ecrf.common.pagination import MAX_OFFSET
 from ecrf.store.indexing import PATIENT_REFERENCE, SEARCH_PARAMS, SEARCHED_THROUGH, folded, moment_range
 from ecrf.store.models import ItemFact, ResourceHead, SearchToken
