@@ -764,6 +764,17 @@ def test_open_saes_of_the_site_and_the_investigators_report(server, chromium):
     investigator.click("#sae-report-submit")  # no reference: the browser asks for it, nothing sent
     expect(investigator.locator("#sae-reference")).to_be_focused()
     investigator.fill("#sae-reference", "CIOMS-2026-0042")
+    investigator.evaluate(  # sent 40 hours ago, on this computer's clock: before the site knew of it
+        """() => { const d = new Date(Date.now() - 40 * 3600 * 1000); const p = (n) => String(n).padStart(2, '0');
+        document.getElementById('sae-reported-at').value =
+          `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }"""
+    )
+    investigator.click("#sae-report-submit")
+    expect(investigator.locator("#sae-message .error")).to_contain_text(
+        "before the site became aware"
+    )  # the API refused
+    expect(investigator.locator("#sae-status")).to_have_text("SAE: report overdue")
+    investigator.fill("#sae-reported-at", "")
     investigator.click("#sae-report-submit")
     expect(investigator.locator("#sae-message")).to_have_text("Report recorded.")
     expect(investigator.locator("#sae-status")).to_have_text("SAE: reported")
