@@ -183,7 +183,7 @@ async function homePage() {
     return;
   }
   const [subjects, log] = await Promise.all([api("GET", "/api/v1/subjects?limit=500"), api("GET", "/api/v1/eligibility?limit=500")]);
-  if (may("safety.read")) parts.push(await saePanel(subjects.data.items));
+  if (may("safety.read")) parts.push(await saePanel(subjects.data.items).catch(error => (error.status === 404 ? null : problem(error))));
   const eligibility = Object.fromEntries((log.data.items || []).map(e => [e.subject || e.subject_id || e.id, e]));
   const rows = subjects.data.items.map(s => {
     const e = eligibility[s.id] || {};
@@ -289,7 +289,9 @@ async function subjectPage(subjectId) {
   const [researchSubject, endpoints, saes] = await Promise.all([
     // the end date of participation is ResearchSubject.period.end (the same in both doors)
     may("fhir.read") ? quiet(api("GET", `/fhir/ResearchSubject/${encodeURIComponent(subject.id)}`)) : null,
-    may("endpoints.read") ? api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/endpoints`).then(r => r.data) : null,
+    // a study without derived endpoints answers 404: no panel; another failure is shown in the panel
+    may("endpoints.read") ? api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/endpoints`)
+      .then(r => r.data, error => (error.status === 404 ? null : { error })) : null,
     may("safety.read") ? quiet(api("GET", `/api/v1/safety/sae?site=${encodeURIComponent(subject.site)}`)) : null]);
   const saeOf = Object.fromEntries((saes?.items || []).filter(s => s.subject_id === subject.id).map(s => [`${s.form_id}/${s.entry_id}`, s]));
   const ended = researchSubject?.period?.end;
@@ -426,6 +428,7 @@ function evidenceOf(evidence, index, subjectId) {
 async function endpointsPanel(subject, data, entryLists) {
   const section = (...body) => h("section", { class: "panel", id: "endpoints", "aria-labelledby": "endpoints-title" },
     h("h2", { id: "endpoints-title" }, t("endpoints.title")), ...body);
+  if (data.error) return section(problem(data.error));
   if (!data.randomised) return section(h("p", { id: "endpoints-not-randomised" }, t("endpoints.not_randomised")));
   const index = await evidenceIndex(subject.id, entryLists);
   const conflicts = [];
