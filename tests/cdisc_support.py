@@ -128,3 +128,16 @@ def medication(name: str, indication: str, **changes) -> dict:
         "ongoing": True,
         **changes,
     }
+
+
+def exposure(**changes) -> dict:
+    """An entry of the exposure log: a PD-1 infusion on the randomisation day unless changed."""
+    return {
+        "drug": "pd1",
+        "start_date": on_day(22),
+        "dose": {"value": 200, "unit": "mg"},
+        "route": "iv",
+        "frequency": "q3w",
+        "modification": "none",
+        **changes,
+    }

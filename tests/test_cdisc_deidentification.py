@@ -9,6 +9,7 @@ from tests.cdisc_support import (
     RANDOMISED,
     adverse_event,
     cdisc_export,
+    exposure,
     files,
     log_entry,
     medication,
@@ -61,6 +62,11 @@ def study(database_url, tmp_path_factory):
                 randomised, allocation = randomised_subject(http, mrn=RANDOMISED_MRN)  # v2: by the system
                 log_entry(http, randomised["id"], "adverse_event", adverse_event(VERBATIM, ctcae_term="other"))
                 log_entry(http, randomised["id"], "conmed", medication(MEDICATION, INDICATION))
+                log_entry(http, randomised["id"], "exposure", exposure())  # an infusion on the randomisation day
+                sorafenib = exposure(drug="sorafenib", route="oral", frequency="bid", dose=400)
+                log_entry(
+                    http, randomised["id"], "exposure", {**sorafenib, "start_date": on_day(20), "end_date": on_day(21)}
+                )
             with server.client("monitor", "S01", sub="monty.monitor") as http:
                 assert http.post(path(subject["id"], "labs", "SCR") + "/verify").status_code == 200
                 assert (
@@ -94,8 +100,9 @@ def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
     assert all(" " not in name for name in content)
     everything = b"\n".join(content.values()).decode("latin-1")
     assert "HGB" in everything and "IT.labs.platelets" in everything  # the data are there ...
-    assert {"ae.json", "ae.xpt", "cm.ndjson", "suppdm.json"} <= set(content)
+    assert {"ae.json", "ae.xpt", "cm.ndjson", "suppdm.json", "ex.json", "ex.xpt", "suppex.ndjson"} <= set(content)
     assert "RANDOMIZED" in everything and "NERVOUS SYSTEM" in everything and "STRATUM" in everything
+    assert "SORAFENIB" in everything and "INTRAVENOUS" in everything
     planted = [
         MRN,
         BORN,
@@ -131,7 +138,12 @@ def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
     dm = orjson.loads(content["dm.json"])
     starts = [row[[c["name"] for c in dm["columns"]].index("RFSTDTC")] for row in dm["rows"]]
     assert [start for start in starts if start] and on_day(22) not in starts
-    for name in ("ds.ndjson", "ae.ndjson", "cm.ndjson", "sv.ndjson"):
+    ex = orjson.loads(content["ex.json"])
+    names = [c["name"] for c in ex["columns"]]
+    shifted = sorted((row[names.index("EXSTDTC")], row[names.index("EXENDTC")]) for row in ex["rows"])
+    assert len(shifted) == 2 and all(start and end for start, end in shifted)  # there, and shifted (planted above)
+    assert sorted((row[names.index("EXSTDY")], row[names.index("EXENDY")]) for row in ex["rows"]) == [(-2, -1), (1, 1)]
+    for name in ("ds.ndjson", "ae.ndjson", "cm.ndjson", "sv.ndjson", "ex.ndjson"):
         assert on_day(22) not in b"\n".join(content[name].splitlines()[1:]).decode(), name  # the rows
 
 

@@ -22,6 +22,7 @@ from tests.cdisc_support import (
     define_schema,
     files,
     adverse_event,
+    exposure,
     log_entry,
     medication,
     on_day,
@@ -70,6 +71,29 @@ def _load(server) -> dict:
             subject["id"],
             "conmed",
             medication("Loperamide", "diarrhoea", atc="A", ongoing=False, end_date=on_day(19)),
+        )
+        log_entry(http, subject["id"], "exposure", exposure())  # an infusion: no end date
+        log_entry(
+            http,
+            subject["id"],
+            "exposure",
+            exposure(
+                drug="sorafenib",
+                start_date=on_day(20),  # before the randomisation: a deviation, accepted
+                end_date=on_day(22),
+                dose=400,  # without a unit: the item's (mg)
+                route="oral",
+                frequency="bid",
+                modification="reduced",
+                modification_reason="adverse_event",
+            ),
+        )
+        log_entry(http, subject["id"], "exposure", exposure(dose={"value": 999, "unit": "mg"}), withdraw="typo")
+        log_entry(
+            http,
+            subject["id"],
+            "exposure",
+            exposure(frequency="other", modification="interrupted", modification_reason="other"),
         )
         ehr = {
             "resourceType": "Observation",
@@ -133,6 +157,8 @@ def test_every_file_is_valid_and_the_formats_agree(study, tmp_path):
         "SUPPAE",
         "CM",
         "SUPPCM",
+        "EX",
+        "SUPPEX",
         "DS",
         "IE",
         "SV",
@@ -362,3 +388,56 @@ def test_ae_and_cm_from_the_log_entries_withdrawn_left_out(study):
         ("Loperamide", "ALIMENTARY TRACT AND METABOLISM", "A", "diarrhoea", None, on_day(16), on_day(19), -6),
     ]
     assert not [row for row in _records(_json(content, "AE")) if row["USUBJID"].endswith(subject["ineligible"]["id"])]
+
+
+def test_ex_from_the_exposure_log(study):
+    """CRF-SPEC 7.1 in SDTM EX: one record per live entry (the withdrawn one is not there), the drug, route and
+    frequency as CT terms, the dose numeric in mg, an infusion ending the day it
+    starts, the modification's reason in EXADJ and the modification itself in SUPPEX, and the FHIR origin."""
+    server, subject, _, content = study
+    ex = [row for row in _records(_json(content, "EX")) if row["USUBJID"].endswith(subject["id"])]
+    assert [
+        (
+            row["EXSEQ"],
+            row["EXTRT"],
+            row["EXDOSE"],
+            row["EXDOSU"],
+            row["EXDOSFRQ"],
+            row["EXROUTE"],
+            row["EXADJ"],
+            row["EXSTDTC"],
+            row["EXENDTC"],
+            row["EXSTDY"],
+            row["EXENDY"],
+        )
+        for row in ex
+    ] == [
+        (1, "PD-1 ANTIBODY", 200.0, "mg", "Q3W", "INTRAVENOUS", None, on_day(22), on_day(22), 1, 1),
+        (2, "SORAFENIB", 400.0, "mg", "BID", "ORAL", "ADVERSE EVENT", on_day(20), on_day(22), -2, 1),
+        (3, "PD-1 ANTIBODY", 200.0, "mg", None, "INTRAVENOUS", "OTHER", on_day(22), on_day(22), 1, 1),
+    ]
+    supp = {
+        (row["IDVARVAL"], row["QNAM"]): (row["QVAL"], row["QLABEL"], row["IDVAR"])
+        for row in _records(_json(content, "SUPPEX"))
+        if row["USUBJID"].endswith(subject["id"])
+    }
+    assert [supp[(str(seq), "EXDOSMOD")][0] for seq in (1, 2, 3)] == [
+        "DOSE NOT CHANGED",
+        "DOSE REDUCED",
+        "DRUG INTERRUPTED",
+    ]
+    assert supp[("1", "EXDOSMOD")][1:] == ("Dose Modification", "EXSEQ")
+    kinds = [supp[(str(seq), "FHIRREF")][0].split("/")[0] for seq in (1, 2, 3)]
+    assert kinds == ["MedicationAdministration", "MedicationStatement", "MedicationAdministration"]
+    with server.client("investigator", "S01") as http:
+        kind, resource_id, _, version = supp[("2", "FHIRREF")][0].split("/")
+        statement = http.get(f"/fhir/{kind}/{resource_id}/_history/{version}").json()
+    assert statement["effectivePeriod"] == {"start": on_day(20), "end": on_day(22)}
+    columns = {column["name"]: column for column in _json(content, "EX")["columns"]}
+    assert columns["EXDOSE"]["dataType"] == "double" and columns["EXTRT"]["label"] == "Name of Treatment"
+    define = etree.fromstring(content["define.xml"])
+    [group] = define.xpath("//odm:ItemGroupDef[@Name='EX']", namespaces=ODM)
+    assert group.get(f"{{{ODM['def']}}}Structure") == "One record per constant dosing interval per subject"
+    [dose] = define.xpath("//odm:ItemDef[@OID='IT.EX.EXDOSE']", namespaces=ODM)
+    assert dose.get("DataType") == "float"
+    assert not [row for row in _records(_json(content, "EX")) if row["USUBJID"].endswith(subject["ineligible"]["id"])]

@@ -287,6 +287,50 @@ def test_an_ehr_death_date_counts_before_the_form_and_a_second_different_one_is_
         }
 
 
+def test_a_death_without_a_date_is_a_conflict_and_an_open_item_until_a_date_is_recorded(server):
+    """A Patient pushed with deceasedBoolean true (no date): death evidence without a date, reported on both
+    endpoints as a conflict and listed as an open item; the endpoints stay censored (no date to count to) until
+    the end-of-study form records the date of death, which replaces the boolean."""
+    with server.client("investigator", "S01") as http:
+        subject_id, patient_id = randomised(server, http)
+        assess(http, subject_id, "ned", 60)
+        patient = http.get(f"/fhir/Patient/{patient_id}").json()
+        alive = http.put(f"/fhir/Patient/{patient_id}", json={**patient, "deceasedBoolean": False}, headers=FHIR_JSON)
+        assert alive.status_code == 200, alive.text
+        view = endpoints(http, subject_id)
+        assert view["open_items"] == [] and view["os"]["conflicts"] == []  # not deceased: nothing to report
+        pushed = http.put(
+            f"/fhir/Patient/{patient_id}", json={**alive.json(), "deceasedBoolean": True}, headers=FHIR_JSON
+        )
+        assert pushed.status_code == 200, pushed.text
+        again = http.put(  # a later version carrying the same flag: the evidence stays the version that set it
+            f"/fhir/Patient/{patient_id}", json={**pushed.json(), "gender": "female"}, headers=FHIR_JSON
+        )
+        assert again.status_code == 200, again.text
+        view = endpoints(http, subject_id)
+        evidence = {
+            "resourceType": "Patient",
+            "id": patient_id,
+            "version": int(pushed.json()["meta"]["versionId"]),
+            "item": "deceasedBoolean",
+        }
+        for name in ("os", "rfs"):
+            endpoint = view[name]
+            assert (endpoint["event"], endpoint["days"]) == (False, days(60)), endpoint  # censored, not an event
+            [conflict] = endpoint["conflicts"]
+            assert conflict["kind"] == "death_without_date" and conflict["evidence"] == [evidence]
+            assert "death recorded without a date" in conflict["message"] and "query" in conflict["suggestion"]
+        [item] = view["open_items"]
+        assert item["kind"] == "death_without_date" and item["evidence"] == evidence
+        assert "death recorded without a date" in item["message"]
+        form = died(http, subject_id, 70)
+        view = endpoints(http, subject_id)
+        assert "deceasedBoolean" not in http.get(f"/fhir/Patient/{patient_id}").json()  # the date replaced it
+    assert view["open_items"] == [] and view["os"]["conflicts"] == [] and view["rfs"]["conflicts"] == []
+    assert (view["os"]["event"], view["os"]["days"]) == (True, days(70))
+    decided_by(view["os"], form, "death_date")
+
+
 def test_an_ehr_recurrence_condition_counts_unless_refuted_or_entered_in_error(server):
     with server.client("investigator", "S01") as http:
         subject_id, patient_id = randomised(server, http)
@@ -381,6 +425,40 @@ def test_a_grade_5_adverse_event_without_a_death_record_is_an_open_item(server):
         view = endpoints(http, subject_id)
     assert view["open_items"] == []
     assert (view["os"]["event"], view["os"]["days"]) == (True, days(52))
+
+
+def test_a_grade_5_event_is_settled_by_a_death_on_or_after_its_onset_at_save_time_and_in_the_endpoints(server):
+    """CRF-SPEC 7.5 "died on the AE's onset or resolution date or later", read as: a death on the onset date or
+    later settles the event (the resolution date is never before the onset, and a fatal event's resolution is
+    the death), the same at save time (forms/subject_checks.yaml, grade5_without_death) and on the endpoints'
+    open item: a death on the onset date settles it, even before the recorded resolution date; a death the day
+    before the onset does not."""
+    with server.client("investigator", "S01") as http:
+        subject_id, _ = randomised(server, http)
+        died(http, subject_id, 50, end=55)
+        fatal = {
+            "ctcae_term": "hepatitis_immune",
+            "grade": 5,
+            "serious": True,
+            "seriousness_criteria": ["death"],
+            "outcome": "fatal",
+        }
+        on_the_day = http.post(
+            entries(subject_id, "adverse_event"),
+            json={"items": {**fatal, "onset_date": day(50), "resolution_date": day(52)}},
+        )
+        assert on_the_day.status_code == 201, on_the_day.text
+        assert "grade5_without_death" not in {w["rule"] for w in on_the_day.json()["warnings"]}
+        assert endpoints(http, subject_id)["open_items"] == []
+        after = http.post(
+            entries(subject_id, "adverse_event"),
+            json={"items": {**fatal, "onset_date": day(51), "resolution_date": day(51)}},
+        )
+        assert after.status_code == 201, after.text
+        assert ("grade", "grade5_without_death") in {(w["item"], w["rule"]) for w in after.json()["warnings"]}
+        [item] = endpoints(http, subject_id)["open_items"]
+    assert item["kind"] == "fatal_adverse_event_without_death" and day(51) in item["message"]
+    assert (item["evidence"]["resourceType"], item["evidence"]["id"]) == resource_of(after.json(), "grade")
 
 
 def test_data_after_the_end_of_study_are_an_open_item_and_still_alive_evidence(server):

@@ -4,11 +4,14 @@ statuses, gender, arms, address state and country, and the same inside every all
 and reference range) never reach the sponsor's export; the study's own units and codes still do.
 Free text (issue 15, part 6): an identifier planted in every `text` item of the study's forms (through the eCRF
 door) and in the free text of the trial-conduct resources an EHR pushes (AdverseEvent, MedicationStatement,
-MedicationAdministration) reaches no sponsor: not the Bulk export, not the form CSVs, not SDTM.
+MedicationAdministration) reaches no sponsor: not the Bulk export, not the form CSVs, not SDTM (the infusion the
+EHR pushed is an EX record there), not the endpoints dataset (the planted subject is randomised in the past, so the
+dataset has its row: no identifier, date or free text in it).
 """
 
 import csv
 import io
+import re
 
 import orjson
 import pytest
@@ -17,8 +20,9 @@ from ecrf.config import REPO_FORMS_DIR
 from study_model.loader import load_study
 from tests.cdisc_support import cdisc_export, files
 
-from tests.crf_support import day, enrol, save
+from tests.crf_support import day, save
 from tests.conftest import running_server
+from tests.test_endpoints import R0, randomised
 from tests.test_export_protocol import download, export, export_settings
 from testkit.databases import fresh_database
 
@@ -229,10 +233,12 @@ def planted(database_url, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("value-leaks")
     with fresh_database(database_url, tmp_path) as url, running_server(export_settings(url, tmp_path)) as server:
         with server.client("investigator", "S01") as http:
-            subject = enrol(http, "S01")
-            for form in ("surgery", "labs", "pathology"):
+            # randomised on day(R0), in the past (as tests/test_endpoints.py does): the sponsor's endpoints
+            # dataset has a row of this subject, so its check below can fail
+            subject_id, patient_id = randomised(server, http)
+            subject = {"id": subject_id, "patient_id": patient_id}
+            for form in ("labs", "pathology"):  # surgery: saved by randomised()
                 assert save(http, subject["id"], form).status_code == 201
-            patient_id = subject["patient_id"]
             patient = http.get(f"/fhir/Patient/{patient_id}").json()
             patient["address"] = [{"state": PLANTED["state"], "country": PLANTED["country"]}]
             assert http.put(f"/fhir/Patient/{patient_id}", json=patient).status_code == 200
@@ -354,6 +360,8 @@ def test_no_planted_free_text_reaches_the_sponsor(planted):
     assert {"ae.json", "cm.json"} <= set(sdtm_files)  # the domains of the two log forms are there
     for name in ("ae.json", "cm.json"):  # a record per entry: the eCRF's and the one that landed from the EHR
         assert len(orjson.loads(sdtm_files[name])["rows"]) == 2, name
+    [infusion] = orjson.loads(sdtm_files["ex.json"])["rows"]  # the EHR's infusion, landed in the exposure log
+    assert "PD-1 ANTIBODY" in infusion and 200.0 in infusion and day(36) not in infusion
 
 
 def test_bulk_adverse_events_and_medication_leave_coded_and_shifted_without_free_text(planted):
@@ -399,3 +407,49 @@ def test_bulk_adverse_events_and_medication_leave_coded_and_shifted_without_free
         if {"system": STUDY_LOCAL, "code": "atc-N"} in m["medicationCodeableConcept"].get("coding", [])
     ]
     assert len(atc) == 1 and "text" not in atc[0]["medicationCodeableConcept"]
+
+
+def test_the_endpoints_dataset_carries_no_identifier_date_or_free_text(planted):
+    """The sponsor's `endpoints` dataset (CRF-SPEC 8) of the planted subject, randomised on day(R0): its row is
+    there with days counted from the randomisation, and nothing of what was planted, no subject or patient id,
+    MRN, randomisation number and no date reaches the CSV or its manifest."""
+    from ecrf.export.bulk import deidentifier
+
+    with planted.client("investigator", "S01") as http:
+        [subject] = http.get("/api/v1/subjects").json()["items"]
+        research = http.get(f"/fhir/ResearchSubject/{subject['id']}").json()
+        patient_id = research["individual"]["reference"].split("/")[1]
+        patient = http.get(f"/fhir/Patient/{patient_id}").json()
+        identified = http.get(f"/api/v1/subjects/{subject['id']}/endpoints").json()
+    with planted.client("sponsor") as http:
+        manifest = export(http, "/api/v1/exports/endpoints")
+        outputs = {entry["type"]: http.get(entry["url"]).text for entry in manifest["output"]}
+    assert set(outputs) == {"endpoints", "manifest"}
+    rows = list(csv.DictReader(io.StringIO(outputs["endpoints"])))
+    pseudonym = deidentifier(planted.runtime).pseudonym(patient_id)
+    last_alive = identified["os"]["days"]
+    assert last_alive == 41 - R0  # the eCRF adverse event's onset, day(41): the latest date of the subject's data
+    assert rows == [
+        {
+            "subject": pseudonym,
+            "arm": "SORA",
+            "stratum": "S01-A",
+            "rfs_days": "0",
+            "rfs_event": "0",
+            "os_days": str(last_alive),
+            "os_event": "0",
+        }
+    ]
+    everything = "\n".join(outputs.values())
+    identifiers = [
+        subject["id"],
+        patient_id,
+        *(identifier["value"] for identifier in patient.get("identifier", [])),
+        *(identifier["value"] for identifier in research.get("identifier", [])),  # the randomisation number
+        *PLANTED.values(),
+        *FREE_TEXT_ITEMS.values(),
+        *FREE_TEXT_FHIR.values(),
+    ]
+    assert len(identifiers) >= 3 + len(PLANTED)
+    assert [value for value in identifiers if value in everything] == []
+    assert re.findall(r"\d{4}-\d{2}-\d{2}", everything) == []  # no date: days only

@@ -99,12 +99,25 @@ def load_mapping(study_dir: Path, study: StudyDef) -> Mapping:
         own = [
             log.get("start"),
             log.get("end"),
-            *(rule.get("item") for section in ("variables", "supp") for rule in (log.get(section) or {}).values()),
+            *(
+                rule.get(key)
+                for section in ("variables", "supp")
+                for rule in (log.get(section) or {}).values()
+                for key in ("item", "unit_of")
+            ),
+            (log.get("single_dose") or {}).get("item"),
         ]
         missing = sorted({name for name in own if name and name not in forms[log["form"]]})
         if missing:
             raise MappingError(f"{path}: logs.{domain}: items not in form {log['form']}: {', '.join(missing)}")
         variables = log.get("variables") or {}
+        typed = sorted(
+            name
+            for name, rule in variables.items()
+            if rule.get("type", "string") not in ("string", "integer", "double")
+        )
+        if typed:
+            raise MappingError(f"{path}: logs.{domain}: type is string, integer or double: {', '.join(typed)}")
         dangling = sorted({rule["otherwise"] for rule in variables.values() if rule.get("otherwise")} - set(variables))
         if dangling:
             raise MappingError(

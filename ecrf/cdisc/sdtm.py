@@ -49,7 +49,17 @@ LOG_LABELS = {  # SDTMIG 3.4 labels of the log domains' variables, by the part a
     "CLASCD": "Medication Class Code",
     "INDC": "Indication",
     "ENRTPT": "End Relative to Reference Time Point",
+    "DOSE": "Dose",
+    "DOSU": "Dose Units",
+    "DOSFRQ": "Dosing Frequency per Interval",
+    "ROUTE": "Route of Administration",
+    "ADJ": "Reason for Dose Adjustment",
 }
+LOG_NAME_LABELS = {"EXTRT": "Name of Treatment"}  # where one domain's label differs from the suffix's
+
+
+def _log_label(name: str, rule: dict[str, Any]) -> str:
+    return rule.get("label") or LOG_NAME_LABELS.get(name) or LOG_LABELS.get(name[2:], name)
 
 
 @dataclass(frozen=True)
@@ -192,7 +202,13 @@ def datasets(mapping: Mapping) -> list[Dataset]:
             *_identity(domain),
             _c(f"{d}SEQ", "Sequence Number", "integer", DERIVED, "SEQ"),
             *(
-                _c(name, LOG_LABELS.get(name[2:], name), origin=COLLECTED, source=rule.get("item"))
+                _c(
+                    name,
+                    _log_label(name, rule),
+                    rule.get("type", "string"),
+                    origin=COLLECTED,
+                    source=rule.get("item") or rule.get("unit_of"),
+                )
                 for name, rule in (spec.get("variables") or {}).items()
             ),
             _c(f"{d}STDTC", "Start Date/Time", "date", COLLECTED, source=spec.get("start")),
@@ -206,7 +222,8 @@ def datasets(mapping: Mapping) -> list[Dataset]:
                 spec.get("label", domain),
                 columns,
                 keys=("STUDYID", "USUBJID", f"{d}SEQ"),
-                structure=f"One record per {'medication' if interventions else 'event'} per subject",
+                structure=spec.get("structure")
+                or f"One record per {'medication' if interventions else 'event'} per subject",
                 klass="INTERVENTIONS" if interventions else "EVENTS",
             )
         )
@@ -552,12 +569,23 @@ class Builder:
         variables, rows, supp = spec.get("variables") or {}, [], []
 
         def read(record: FormRecord, rule: dict[str, Any]) -> Any:
+            if rule.get("unit_of"):  # the unit of a quantity item (its canonical unit), as a CT unit
+                entry = record.values.get(rule["unit_of"]) or {}
+                if entry.get("value") is None:
+                    return None
+                return self.mapping.unit(entry.get("unit")) or None
             item_id = rule.get("item")
             if not item_id or (self.deid and item_id in withheld):
                 return None
-            value = (record.values.get(item_id) or {}).get("value")
+            entry = record.values.get(item_id) or {}
+            value = entry.get("value")
             if value is None:
                 return None
+            if rule.get("type") in ("double", "integer"):  # a number, exactly as stored (canonical unit)
+                number = _decimal(entry.get("exact") if entry.get("exact") is not None else value)
+                if number is None:
+                    return None
+                return float(number) if rule["type"] == "double" else int(number)
             if "has" in rule:
                 return "Y" if rule["has"] in (value if isinstance(value, list) else [value]) else "N"
             codes = rule.get("codes")
@@ -576,6 +604,9 @@ class Builder:
             start, end = (
                 parse_date((record.values.get(spec.get(key) or "") or {}).get("value")) for key in ("start", "end")
             )
+            single = spec.get("single_dose")  # a single administration (an infusion) ends when it starts
+            if end is None and single and (record.values.get(single["item"]) or {}).get("value") in single["values"]:
+                end = start
             rows.append(
                 [
                     self.study.id,

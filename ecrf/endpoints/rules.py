@@ -27,6 +27,8 @@ class EndpointRules:
     recurrence_codings: frozenset[tuple[str, str]]
     death_items: frozenset[tuple[str, str]]  # (form, item)
     patient_deceased: bool
+    # Patient.deceasedBoolean true with no date anywhere: the message of its conflict and open item (None: ignored)
+    deceased_without_date: str | None
     end_form: str
     end_status: str
     end_date: str
@@ -64,6 +66,14 @@ def _values(path: Path, study: StudyDef, form: str, item: str, values: Any) -> f
     if unknown or not values:
         raise EndpointRulesError(f"{path}: {form}.{item} has no value {', '.join(unknown) or '(none given)'}")
     return frozenset(values)
+
+
+def _without_date(path: Path, section: Any) -> str | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not isinstance(section.get("message"), str) or not section["message"]:
+        raise EndpointRulesError(f"{path}: death.patient_deceased_without_date is {{message}}")
+    return section["message"]
 
 
 def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
@@ -112,6 +122,7 @@ def load_rules(directory: Path, study: StudyDef) -> EndpointRules | None:
         recurrence_codings=frozenset((str(c["system"]), str(c["code"])) for c in codings),
         death_items=frozenset(_item(path, study, d.get("form"), d.get("item"), "date") for d in death["items"] or []),
         patient_deceased=bool(death.get("patient_deceased", True)),
+        deceased_without_date=_without_date(path, death.get("patient_deceased_without_date")),
         end_form=str(end["form"]),
         end_status=str(end["status_item"]),
         end_date=str(end["end_date_item"]),

@@ -6,7 +6,9 @@ What counts as evidence is study data (`endpoints.yaml`, ecrf/endpoints/rules.py
 item facts of current resource versions (so a withdrawn entry, whose resources are deleted, never counts),
 the EHR's recurrence Conditions (not refuted or entered in error) and Patient.deceasedDateTime. Days count
 from the randomisation date (day 0). Conflicts (two death dates that differ, a recurrence after death) are
-reported on the endpoint, the earliest date is used, and a data query is suggested.
+reported on the endpoint, the earliest date is used, and a data query is suggested. A death recorded without a
+date (Patient.deceasedBoolean true) while no dated death exists is a conflict of both endpoints and an open
+item; they stay censored until a date is recorded.
 """
 
 from collections import defaultdict
@@ -244,7 +246,7 @@ def compute_all(
     data = load(session, study, patients, items=needed_items(study, rules), conditions=False)
     _drop_unfinished(session, rules, data.values())
     recurrences = _recurrence_conditions(session, rules, patients) if rules.recurrence_codings else {}
-    deceased = _deceased(session, patients) if rules.patient_deceased else {}
+    deceased, undated = _deceased(session, patients) if rules.patient_deceased else ({}, {})
     views = {}
     for allocation in allocations:
         values = data[allocation.patient_id].values
@@ -260,6 +262,7 @@ def compute_all(
             deceased.get(allocation.patient_id),
             alive,
             end,
+            undated.get(allocation.patient_id) if rules.deceased_without_date else None,
         )
     return views
 
@@ -389,10 +392,13 @@ def _end_date(rules: EndpointRules, values: dict[str, list[Value]]) -> Value | N
     return max(ends, key=lambda v: v.value) if ends else None
 
 
-def _deceased(session: Session, patients: list[str]) -> dict[str, Dated]:
+def _deceased(session: Session, patients: list[str]) -> tuple[dict[str, Dated], dict[str, dict[str, Any]]]:
     """Patient.deceasedDateTime as evidence of its own: only when a source other than the system's derivation
-    from the end-of-study form set it (the form's copy is the form's death date, and goes with the form)."""
+    from the end-of-study form set it (the form's copy is the form's death date, and goes with the form). And
+    the Patients whose deceasedBoolean is true (death evidence without a date): their evidence, the version
+    that set it."""
     found: dict[str, Dated] = {}
+    undated: dict[str, dict[str, Any]] = {}
     for start in range(0, len(patients), CHUNK):
         rows = session.exec(
             select(ResourceHead.resource_id, ResourceVersion.version_id, ResourceVersion.content)
@@ -404,20 +410,40 @@ def _deceased(session: Session, patients: list[str]) -> dict[str, Dated]:
             )
         ).all()
         for patient_id, version, content in rows:
-            if b"deceasedDateTime" not in (content.encode() if isinstance(content, str) else content):
+            if b"deceased" not in (content.encode() if isinstance(content, str) else content):
                 continue
-            day = date_of(orjson.loads(content).get("deceasedDateTime"))
+            patient = orjson.loads(content)
+            if patient.get("deceasedBoolean") is True:
+                origin = _set_by(session, patient_id, version, True, _flag) or version
+                undated[patient_id] = {
+                    "resourceType": "Patient",
+                    "id": patient_id,
+                    "version": origin,
+                    "item": "deceasedBoolean",
+                }
+                continue
+            day = date_of(patient.get("deceasedDateTime"))
             if day is None:
                 continue
             origin = _set_by(session, patient_id, version, day)
             if origin is not None:
                 found[patient_id] = Dated(day, "Patient", patient_id, origin, "deceasedDateTime")
-    return found
+    return found, undated
 
 
-def _set_by(session: Session, patient_id: str, version: int, day: date) -> int | None:
-    """The version that wrote this death date (the oldest of the unbroken run of versions carrying it), or
-    None when the system wrote it (the end-of-study form's death date, copied)."""
+def _flag(patient: dict[str, Any]) -> Any:
+    return patient.get("deceasedBoolean")
+
+
+def _death_date(patient: dict[str, Any]) -> Any:
+    return date_of(patient.get("deceasedDateTime"))
+
+
+def _set_by(
+    session: Session, patient_id: str, version: int, day: Any, read: Callable[[dict[str, Any]], Any] = _death_date
+) -> int | None:
+    """The version that wrote this death date (`read`: or another deceased[x] value; the oldest of the unbroken
+    run of versions carrying it), or None when the system wrote it (the end-of-study form's death date, copied)."""
     rows = session.exec(
         select(ResourceVersion.version_id, ResourceVersion.source, ResourceVersion.content)
         .where(
@@ -429,7 +455,7 @@ def _set_by(session: Session, patient_id: str, version: int, day: date) -> int |
     ).all()
     first = None
     for version_id, source, content in rows:
-        if date_of(orjson.loads(content).get("deceasedDateTime")) != day:
+        if read(orjson.loads(content)) != day:
             break
         first = (version_id, source)
     if first is None or first[1] == "system":
@@ -465,6 +491,7 @@ def compute(
     deceased: Dated | None,
     alive: list[Dated],
     end: Value | None,
+    undated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     origin = allocation.randomisation_date
     assessments = _entries(values, rules.assessment_form)
@@ -490,6 +517,15 @@ def compute(
 
     death_conflicts = []
     death = min(deaths, key=_order) if deaths else None
+    if undated is not None and death is None:  # death recorded without a date, and no date anywhere
+        death_conflicts.append(
+            {
+                "kind": "death_without_date",
+                "message": rules.deceased_without_date,
+                "evidence": [undated],
+                "suggestion": QUERY,
+            }
+        )
     if len({d.day for d in deaths}) > 1:
         death_conflicts.append(
             {
@@ -544,7 +580,12 @@ def compute(
         "randomisation_method": allocation.method,
         "rfs": rfs,
         "os": os,
-        "open_items": _open_items(rules, values, alive, end),
+        "open_items": _open_items(rules, values, alive, end)
+        + (
+            [{"kind": "death_without_date", "message": rules.deceased_without_date, "evidence": undated}]
+            if undated is not None and death is None
+            else []
+        ),
     }
 
 
