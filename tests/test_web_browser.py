@@ -630,6 +630,24 @@ def test_endpoints_status_and_open_items_in_a_clinicians_words(server, chromium)
     expect(conflict).to_contain_text(f"the death date in the hospital record, {day(95)}")
     expect(page.locator('tr[data-endpoint="os"] .days')).to_have_text("75 days")
 
+    # the hospital's record says deceased, with no date: censored, a conflict and an open item in words
+    with server.client("investigator", "S01") as http:
+        undated, patient_id = randomised(server, http, "SORA")
+        assess(http, undated, "ned", 60)
+        patient = http.get(f"/fhir/Patient/{patient_id}").json()
+        flagged = http.put(f"/fhir/Patient/{patient_id}", json={**patient, "deceasedBoolean": True}, headers=FHIR_JSON)
+        assert flagged.status_code == 200, flagged.text
+    goto(page, f"#/subjects/{undated}")
+    expect(page.locator('tr[data-endpoint="os"]')).to_have_attribute("data-event", "false")
+    expect(page.locator('tr[data-endpoint="os"] .outcome')).to_have_text("censored (no event so far)")
+    expect(page.locator('tr[data-endpoint="os"] .days')).to_have_text("40 days")
+    no_date = page.locator('#endpoint-conflicts li[data-kind="death_without_date"]')
+    expect(no_date).to_contain_text("the hospital record says the subject died, without a date")
+    expect(no_date).to_contain_text("the hospital record: deceased, no date")
+    expect(page.locator('#endpoint-open-items li[data-kind="death_without_date"]')).to_contain_text(
+        "record the date of death in the end of study"
+    )
+
     goto(page, f"#/subjects/{waiting['id']}")
     expect(page.locator("#endpoints-not-randomised")).to_contain_text("Not randomised")
     expect(page.locator("#endpoints tr[data-endpoint]")).to_have_count(0)

@@ -423,7 +423,8 @@ function evidenceOf(evidence, index, subjectId) {
       found.entry.source === "fhir" ? [" ", ehrBadge()] : null, technical);
   }
   const kind = { Patient: "patient", Condition: "condition" }[evidence.resourceType] || "resource";
-  return h("span", { class: "evidence", "data-resource": reference }, t(`endpoints.evidence.${kind}`, { date: evidence.date || "" }), technical);
+  return h("span", { class: "evidence", "data-resource": reference },
+    t(`endpoints.evidence.${kind}${evidence.date ? "" : "_undated"}`, { date: evidence.date || "" }), technical);
 }
 async function endpointsPanel(subject, data, entryLists) {
   const section = (...body) => h("section", { class: "panel", id: "endpoints", "aria-labelledby": "endpoints-title" },
@@ -439,9 +440,12 @@ async function endpointsPanel(subject, data, entryLists) {
       if (known) known.endpoints.push(name); else conflicts.push({ key, conflict: c, endpoints: [name] });
     }
   }
-  const conflictText = (c) => t(`endpoints.conflict.${c.kind}`, { dates: (c.dates || []).join(", "), used: c.used || "", death: c.death?.date || "" });
-  const openText = (o) => t(`endpoints.open.${o.kind}`, { date: o.evidence?.date || "", end: o.end_of_study?.date || "",
-    n: Array.isArray(o.evidence) ? records(o.evidence).length : 1 });
+  // a kind the catalogue does not know yet is shown with the server's own message
+  const worded = (key, params, message) => (state.messages[key] ? t(key, params) : message || key);
+  const conflictText = (c) => worded(`endpoints.conflict.${c.kind}`, { dates: (c.dates || []).join(", "), used: c.used || "",
+    death: c.death?.date || "" }, c.message);
+  const openText = (o) => worded(`endpoints.open.${o.kind}`, { date: o.evidence?.date || "", end: o.end_of_study?.date || "",
+    n: Array.isArray(o.evidence) ? records(o.evidence).length : 1 }, o.message);
   return section(
     h("p", {}, t("endpoints.day_zero", { date: data.randomisation_date, arm: data.arm || "" })),
     h("table", { id: "endpoints-table" },
