@@ -17,6 +17,10 @@ from ecrf.web.sessions import COOKIE, _hash
 from study_model.loader import load_study
 from web_support import axe_violations, chromium, screenshot  # noqa: F401 - chromium is a fixture
 
+from tests.test_endpoints import adverse_event, assess, died, patient_of, randomised
+from tests.test_safety import AE, clock_at
+from tests.test_subject_checks import randomised as allocated
+
 from playwright.sync_api import Page, expect  # noqa: E402 - after web_support, which explains a missing playwright
 
 pytestmark = pytest.mark.usefixtures("chromium")
@@ -565,6 +569,247 @@ def test_each_log_entry_is_verified_signed_and_locked_by_its_role(server, chromi
         page.context.close()
 
 
+def _visible_rule(page: Page, item_id: str, rule: str) -> None:
+    expect(page.locator(f'[data-item="{item_id}"] .warning[data-rule="{rule}"]')).to_be_visible()
+
+
+def test_endpoints_status_and_open_items_in_a_clinicians_words(server, chromium):
+    with server.client("investigator", "S01") as http:
+        subject_id, _ = randomised(server, http, "SORA")  # randomised on day(20): day 0
+        assess(http, subject_id, "ned", 60)
+        recurrence = assess(http, subject_id, "recurrence", 92, recurrence=90, visit="M6")
+        end = died(http, subject_id, 97, end=98)
+        fatal = adverse_event(http, subject_id, 99, grade=5)  # after the death and the end of study: two open items
+        waiting = enrol(http)  # enrolled, never randomised
+    page = sign_in(open_page(chromium, server), "investigator")
+    goto(page, f"#/subjects/{subject_id}")
+    expect(page.locator("#subject-status")).to_have_text("off study")
+    expect(page.locator("#subject-end-date")).to_have_text(day(98))
+    panel = page.locator("#endpoints")
+    expect(panel).to_contain_text(f"Day 0 is the randomisation date, {day(20)} (arm SORA)")
+    rfs, os = panel.locator('tr[data-endpoint="rfs"]'), panel.locator('tr[data-endpoint="os"]')
+    expect(rfs).to_have_attribute("data-event", "true")
+    expect(rfs.locator(".outcome")).to_have_text("event: recurrence or death")
+    expect(rfs.locator(".days")).to_have_text("70 days")
+    expect(rfs.locator(".date")).to_have_text(day(90))
+    rfs_evidence = rfs.locator('.evidence[data-form="disease_assessment"] a')
+    expect(rfs_evidence).to_have_text(f"Disease assessment: Date of recurrence, {day(90)}")
+    expect(os.locator(".outcome")).to_have_text("event: death")
+    expect(os.locator(".days")).to_have_text("77 days")
+    expect(os.locator('.evidence[data-form="end_of_study"]')).to_contain_text(f"Date of death, {day(97)}")
+    expect(os.locator(".evidence a")).to_have_attribute(
+        "href", f"#/subjects/{subject_id}/entries/end_of_study/-/{end['id']}"
+    )
+    items = panel.locator("#endpoint-open-items > ul > li")
+    expect(items).to_have_count(2)
+    fatal_item = panel.locator('#endpoint-open-items li[data-kind="fatal_adverse_event_without_death"]')
+    expect(fatal_item).to_contain_text(f"grade 5 (fatal) adverse event with onset {day(99)}")
+    expect(fatal_item.locator("a")).to_have_attribute(
+        "href", f"#/subjects/{subject_id}/entries/adverse_event/-/{fatal['id']}"
+    )
+    late = panel.locator('#endpoint-open-items li[data-kind="data_after_end_of_study"]')
+    expect(late).to_contain_text(f"2 record(s) dated after the end of study ({day(98)})")  # the entry, its date
+    expect(late.locator(f'a[href$="/{fatal["id"]}"]')).to_have_text(f"Adverse event entry of {day(99)}")  # once
+    expect(panel.locator("#endpoint-conflicts")).to_have_count(0)
+    page.evaluate("document.getElementById('endpoints').scrollIntoView()")
+    screenshot(page, "subject-endpoints")
+    rfs_evidence.click()  # the evidence opens the entry that decided it
+    expect(page.locator("main h1")).to_contain_text("Disease assessment")
+    assert page.url.endswith(f"/{recurrence['id']}")
+
+    # a second death date from the hospital's record: a conflict, the earliest used, a query suggested
+    with server.client("investigator", "S01") as http:
+        patient = http.get(f"/fhir/Patient/{patient_of(http, subject_id)}").json()
+        patient["deceasedDateTime"] = day(95)
+        assert http.put(f"/fhir/Patient/{patient['id']}", json=patient, headers=FHIR_JSON).status_code == 200
+    goto(page, f"#/subjects/{subject_id}")
+    conflict = page.locator('#endpoint-conflicts li[data-kind="death_dates_differ"]')
+    expect(conflict).to_have_count(1)  # one conflict of both endpoints, listed once
+    expect(conflict).to_contain_text(f"two different death dates are on file ({day(95)}, {day(97)}); {day(95)} is used")
+    expect(conflict).to_contain_text("Recurrence-free survival, Overall survival")
+    expect(conflict).to_contain_text(f"the death date in the hospital record, {day(95)}")
+    expect(page.locator('tr[data-endpoint="os"] .days')).to_have_text("75 days")
+
+    # the hospital's record says deceased, with no date: censored, a conflict and an open item in words
+    with server.client("investigator", "S01") as http:
+        undated, patient_id = randomised(server, http, "SORA")
+        assess(http, undated, "ned", 60)
+        patient = http.get(f"/fhir/Patient/{patient_id}").json()
+        flagged = http.put(f"/fhir/Patient/{patient_id}", json={**patient, "deceasedBoolean": True}, headers=FHIR_JSON)
+        assert flagged.status_code == 200, flagged.text
+    goto(page, f"#/subjects/{undated}")
+    expect(page.locator('tr[data-endpoint="os"]')).to_have_attribute("data-event", "false")
+    expect(page.locator('tr[data-endpoint="os"] .outcome')).to_have_text("censored (no event so far)")
+    expect(page.locator('tr[data-endpoint="os"] .days')).to_have_text("40 days")
+    no_date = page.locator('#endpoint-conflicts li[data-kind="death_without_date"]')
+    expect(no_date).to_contain_text("the hospital record says the subject died, without a date")
+    expect(no_date).to_contain_text("the hospital record: deceased, no date")
+    expect(page.locator('#endpoint-open-items li[data-kind="death_without_date"]')).to_contain_text(
+        "record the date of death in the end of study"
+    )
+
+    goto(page, f"#/subjects/{waiting['id']}")
+    expect(page.locator("#endpoints-not-randomised")).to_contain_text("Not randomised")
+    expect(page.locator("#endpoints tr[data-endpoint]")).to_have_count(0)
+    expect(page.locator("#subject-status")).to_have_text("candidate")
+    expect(page.locator("#subject-end-date")).to_have_count(0)
+    page.context.close()
+
+    # a session whose role lacks endpoints.read gets no panel and asks nothing: the page follows the policy's list
+    page = open_page(chromium, server)
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "/endpoints" in request.url else None)
+
+    def without_endpoints(route):
+        info = route.fetch().json()
+        if info.get("actions"):
+            info["actions"] = [a for a in info["actions"] if a != "endpoints.read"]
+        route.fulfill(json=info)
+
+    page.route("**/web-auth/session", without_endpoints)
+    sign_in(page, "investigator")
+    goto(page, f"#/subjects/{subject_id}")
+    expect(page.locator("#visits")).to_be_visible()
+    expect(page.locator("#endpoints")).to_have_count(0)
+    assert asked == []
+    page.context.close()
+
+
+def test_cross_form_warnings_at_their_items_and_the_deviation_flag(server, chromium):
+    subject_id = allocated(server, "SORA")["id"]  # consented on day 14, allocated SORA on day 22
+    page = sign_in(open_page(chromium, server), "investigator")
+    goto(page, f"#/subjects/{subject_id}")
+    page.click("#add-exposure")  # the PD-1 antibody for a SORA subject, before the randomisation date
+    for item_id, value in {
+        "drug": "pd1",
+        "start_date": day(18),
+        "dose": 200,
+        "route": "iv",
+        "frequency": "q3w",
+        "modification": "none",
+    }.items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved with 2 warning")
+    _visible_rule(page, "drug", "pd1_for_sora")
+    _visible_rule(page, "start_date", "exposure_before_randomisation")
+    expect(page.locator('[data-item="drug"] .warning')).to_contain_text("sorafenib alone (SORA)")
+    expect(page.locator("#deviation-note")).to_be_visible()
+    expect(page.locator("#deviation-note")).to_contain_text("protocol deviation")
+    expect(page.locator("#deviation-note")).to_contain_text("started before the randomisation date")
+    exposure_id = page.url.rsplit("/", 1)[1]
+    goto(page, f"#/subjects/{subject_id}")
+    flagged = page.locator(f'#log-exposure tr[data-entry="{exposure_id}"] .badge.deviation')
+    expect(flagged).to_contain_text("protocol deviation")
+
+    # an adverse event before consent, related to the PD-1 antibody for a SORA subject
+    page.click("#add-adverse_event")
+    for item_id, value in {
+        "ctcae_term": "rash",
+        "onset_date": day(10),
+        "grade": 2,
+        "serious": False,
+        "related_pd1": "related",
+        "outcome": "recovering",
+    }.items():
+        fill_item(page, item_id, value)
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved with 2 warning")
+    _visible_rule(page, "onset_date", "onset_before_consent")
+    _visible_rule(page, "related_pd1", "related_pd1_for_sora")
+    expect(page.locator("#deviation-note")).to_be_hidden()  # a warning, not a protocol deviation
+    expect(page.locator("#announce")).to_contain_text("Saved with 2 warning")
+
+    # the end of study, then the same event edited: grade 5 after the death, dated after the end of study
+    with server.client("investigator", "S01") as http:
+        died(http, subject_id, 60, end=61)
+    goto(page, "#" + page.url.split("#", 1)[1])  # the entry again, as another user's save left it
+    for item_id, value in {
+        "onset_date": day(62),
+        "grade": 5,
+        "serious": True,
+        "outcome": "fatal",
+        "resolution_date": day(62),
+        "related_pd1": "not_related",
+    }.items():
+        fill_item(page, item_id, value)
+    page.check("#item-seriousness_criteria-death")
+    page.click("#save")
+    expect(page.locator('#reason-row .error[data-rule="reason_required"]')).to_be_visible()
+    page.fill("#reason", "fatal outcome reported by the family")
+    page.click("#save")
+    expect(page.locator("#form-messages")).to_contain_text("Saved with 2 warning")
+    _visible_rule(page, "grade", "grade5_without_death")
+    _visible_rule(page, "onset_date", "after_end_of_study")
+    expect(page.locator('[data-item="onset_date"] .warning[data-rule="onset_before_consent"]')).to_have_count(0)
+    page.context.close()
+
+
+def test_open_saes_of_the_site_and_the_investigators_report(server, chromium):
+    now = datetime.now(UTC)
+    with server.client("coordinator", "S01") as http:
+        subject = enrol(http)
+        assert save(http, subject["id"], "surgery").status_code == 201
+        with clock_at(server, now - timedelta(hours=30)):
+            late = http.post(entries_url(subject["id"], "adverse_event"), json={"items": AE}).json()["id"]
+        recent = http.post(
+            entries_url(subject["id"], "adverse_event"), json={"items": {**AE, "ctcae_term": "diarrhea"}}
+        ).json()["id"]
+    coordinator = sign_in(open_page(chromium, server), "coordinator")
+    overdue_row = coordinator.locator(f'#sae-list tr[data-entry="{late}"]')
+    due_row = coordinator.locator(f'#sae-list tr[data-entry="{recent}"]')
+    expect(overdue_row).to_have_attribute("data-status", "overdue")
+    expect(overdue_row).to_contain_text("SAE: report overdue")
+    expect(overdue_row).to_contain_text(subject["mrn"])
+    expect(due_row).to_have_attribute("data-status", "due")
+    expect(due_row).to_contain_text("SAE: report due")
+    rows = coordinator.locator("#sae-list tbody tr")
+    statuses = [rows.nth(i).get_attribute("data-status") for i in range(rows.count())]
+    assert statuses == sorted(statuses, key=lambda s: s != "overdue")  # the overdue ones first
+    expect(coordinator.locator("#sae")).to_contain_text("within 24 hours")
+    goto(coordinator, f"#/subjects/{subject['id']}")
+    expect(coordinator.locator(f'#log-adverse_event tr[data-entry="{late}"] .badge.sae')).to_have_text(
+        "SAE: report overdue"
+    )
+    goto(coordinator, f"#/subjects/{subject['id']}/entries/adverse_event/-/{recent}")
+    expect(coordinator.locator("#sae-status")).to_have_text("SAE: report due")
+    expect(coordinator.locator("#sae-report")).to_have_count(0)  # the investigator reports, not the site staff
+
+    investigator = sign_in(open_page(chromium, server), "investigator")
+    investigator.locator(f'#sae-list tr[data-entry="{late}"] a').click()
+    expect(investigator.locator("main h1")).to_contain_text("Adverse event")
+    expect(investigator.locator("#sae-status")).to_have_text("SAE: report overdue")
+    investigator.click("#sae-report-submit")  # no reference: the browser asks for it, nothing sent
+    expect(investigator.locator("#sae-reference")).to_be_focused()
+    investigator.fill("#sae-reference", "CIOMS-2026-0042")
+    investigator.evaluate(  # sent 40 hours ago, on this computer's clock: before the site knew of it
+        """() => { const d = new Date(Date.now() - 40 * 3600 * 1000); const p = (n) => String(n).padStart(2, '0');
+        document.getElementById('sae-reported-at').value =
+          `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`; }"""
+    )
+    investigator.click("#sae-report-submit")
+    expect(investigator.locator("#sae-message .error")).to_contain_text(
+        "before the site became aware"
+    )  # the API refused
+    expect(investigator.locator("#sae-status")).to_have_text("SAE: report overdue")
+    investigator.fill("#sae-reported-at", "")
+    investigator.click("#sae-report-submit")
+    expect(investigator.locator("#sae-message")).to_have_text("Report recorded.")
+    expect(investigator.locator("#sae-status")).to_have_text("SAE: reported")
+    expect(investigator.locator("#sae-reported")).to_contain_text("late")
+    expect(investigator.locator("#sae-reference-shown")).to_have_text("CIOMS-2026-0042")
+    expect(investigator.locator("#sae-report")).to_have_count(0)  # once
+    with server.client("monitor", "S01") as http:
+        [reported] = [i for i in http.get("/api/v1/safety/sae").json()["items"] if i["entry_id"] == late]
+    assert reported["status"] == "reported" and reported["reference"] == "CIOMS-2026-0042"
+    assert reported["reported_by"] and reported["on_time"] is False
+    goto(investigator, "#/")
+    expect(investigator.locator(f'#sae-list tr[data-entry="{late}"]')).to_have_count(0)  # no longer open
+    expect(investigator.locator(f'#sae-list tr[data-entry="{recent}"]')).to_be_visible()
+    for page in (coordinator, investigator):
+        page.context.close()
+
+
 def test_sponsor_downloads_a_deidentified_export_and_sees_no_subject(server, chromium):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
@@ -644,13 +889,30 @@ def test_keyboard_only_sign_in_enrol_and_form_entry(server, chromium):
     page.context.close()
 
 
-@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form", "entry"])
+@pytest.mark.parametrize("screen", ["sign-in", "home", "subject", "form", "entry", "conduct", "sae"])
 def test_no_serious_accessibility_violations(server, chromium, screen):
     with server.client("coordinator", "S01") as http:
         subject = enrol(http)
         assert save(http, subject["id"], "labs", dict(VALID["labs"][2], platelets=5000)).status_code == 422
     page = open_page(chromium, server)
-    if screen == "sign-in":
+    if screen in ("conduct", "sae"):  # a randomised subject: endpoints with open items, a deviation, an open SAE
+        with server.client("investigator", "S01") as http:
+            subject_id, _ = randomised(server, http, "SORA")
+            assess(http, subject_id, "recurrence", 92, recurrence=90)
+            died(http, subject_id, 97, end=98)
+            fatal = adverse_event(http, subject_id, 99, grade=5)
+        sign_in(page, "investigator")
+        if screen == "conduct":
+            goto(page, f"#/subjects/{subject_id}")
+            expect(page.locator("#endpoint-open-items li").first).to_be_visible()
+        else:
+            goto(page, f"#/subjects/{subject_id}/entries/adverse_event/-/{fatal['id']}")
+            expect(page.locator("#sae-report")).to_be_visible()
+            on_entry = axe_violations(page)  # the entry with its SAE clock and report form
+            assert on_entry == [], on_entry
+            goto(page, "#/")  # and the home screen with the open SAEs
+            expect(page.locator(f'#sae-list tr[data-entry="{fatal["id"]}"]')).to_be_visible()
+    elif screen == "sign-in":
         page.goto("/")
         expect(page.locator("#dev-login")).to_be_visible()
     else:

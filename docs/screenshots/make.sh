@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ECRF_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_web_browser.py \
-  -k "sqlite and (eligible or query_sdv or logged_edited)"
+  -k "sqlite and (eligible or query_sdv or logged_edited or endpoints_status)"
 ls -l docs/screenshots/*.png

@@ -183,6 +183,7 @@ async function homePage() {
     return;
   }
   const [subjects, log] = await Promise.all([api("GET", "/api/v1/subjects?limit=500"), api("GET", "/api/v1/eligibility?limit=500")]);
+  if (may("safety.read")) parts.push(await saePanel(subjects.data.items).catch(error => (error.status === 404 ? null : problem(error))));
   const eligibility = Object.fromEntries((log.data.items || []).map(e => [e.subject || e.subject_id || e.id, e]));
   const rows = subjects.data.items.map(s => {
     const e = eligibility[s.id] || {};
@@ -199,6 +200,63 @@ async function homePage() {
       .map(k => h("th", { scope: "col" }, t(k))))),
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7 }, t("home.empty"))))));
   render(...parts);
+}
+
+// The open serious adverse events of the caller's sites, with their 24-hour clock (the server's, CRF-SPEC 7.2)
+async function saePanel(subjects) {
+  const { data } = await api("GET", "/api/v1/safety/sae?status=due&status=overdue");
+  const mrn = Object.fromEntries(subjects.map(s => [s.id, s.mrn || s.id]));
+  const items = [...data.items].sort((a, b) => (a.status === "overdue" ? 0 : 1) - (b.status === "overdue" ? 0 : 1) || a.due_at.localeCompare(b.due_at));
+  return h("section", { class: "panel", id: "sae", "aria-labelledby": "sae-title" },
+    h("h2", { id: "sae-title" }, t("sae.title"), " ", h("span", { class: "badge", id: "sae-count" }, String(items.length))),
+    h("p", {}, t("sae.note", { hours: data.due_within_hours })),
+    items.length ? h("table", { id: "sae-list" },
+      h("caption", { class: "visually-hidden" }, t("sae.title")),
+      h("thead", {}, h("tr", {}, ["home.mrn", "home.site", "sae.aware_at", "sae.due_at", "home.status"].map(k => h("th", { scope: "col" }, t(k))))),
+      h("tbody", {}, items.map(i => h("tr", { "data-entry": i.entry_id, "data-status": i.status },
+        h("td", {}, h("a", { href: entryHash(i.subject_id, i.form_id, null, i.entry_id) }, mrn[i.subject_id] || i.subject_id)),
+        h("td", {}, i.site), h("td", {}, showMoment(i.aware_at, i.site)), h("td", {}, showMoment(i.due_at, i.site)),
+        h("td", {}, saeBadge(i))))))
+      : h("p", { id: "sae-none" }, t("sae.none")));
+}
+
+// An SAE's clock on its entry, and the investigator's record of the report to the sponsor (once)
+function saeClockPanel(sae, formUrl, site) {
+  const message = h("div", { id: "sae-message", "aria-live": "polite" });
+  const facts = h("dl", { class: "allocation" },
+    h("dt", {}, t("home.status")), h("dd", { id: "sae-status" }, saeBadge(sae)),
+    h("dt", {}, t("sae.aware_at")), h("dd", {}, showMoment(sae.aware_at, site), sae.aware_by ? ` — ${sae.aware_by}` : ""),
+    h("dt", {}, t("sae.due_at")), h("dd", {}, showMoment(sae.due_at, site)),
+    sae.reported_at ? [h("dt", {}, t("sae.reported_at")), h("dd", { id: "sae-reported" },
+      showMoment(sae.reported_at, site), sae.reported_by ? ` — ${sae.reported_by}` : "", " · ", t(sae.on_time ? "sae.on_time" : "sae.late"))] : null,
+    sae.reference ? [h("dt", {}, t("sae.reference")), h("dd", { id: "sae-reference-shown" }, sae.reference)] : null);
+  let report = null;
+  if (may("sae.report") && ["due", "overdue"].includes(sae.status)) {
+    const reference = h("input", { id: "sae-reference", required: true, maxlength: 200, autocomplete: "off" });
+    const when = h("input", { id: "sae-reported-at", type: "datetime-local" });
+    report = h("form", { id: "sae-report", onsubmit: async (event) => {
+      event.preventDefault();
+      const body = { reference: reference.value.trim() };
+      if (when.value) body.reported_at = new Date(when.value).toISOString();  // as this computer's clock reads it
+      try {
+        await api("POST", `${formUrl}/sae-report`, body);
+        await route();
+        document.getElementById("sae-message")?.replaceChildren(h("p", { class: "ok" }, t("sae.reported_done")));
+        announce(t("sae.reported_done"));
+      } catch (error) {
+        const findings = error.status === 422 ? (error.body.errors || []).map(e => e.message).join("; ") : "";
+        message.replaceChildren(h("div", { class: "error", role: "alert" }, findings || error.message));
+        announce(findings || error.message);
+      }
+    } },
+      h("h3", {}, t("sae.report_title")),
+      h("div", { class: "row" },
+        h("label", { for: "sae-reference" }, t("sae.reference"), reference),
+        h("label", { for: "sae-reported-at" }, t("sae.reported_at_input"), when),
+        h("button", { type: "submit", id: "sae-report-submit" }, t("sae.report"))));
+  }
+  return h("section", { class: "panel", id: "sae-clock", "aria-labelledby": "sae-clock-title" },
+    h("h2", { id: "sae-clock-title" }, t("sae.clock_title")), facts, report, message);
 }
 
 function enrolForm() {
@@ -227,8 +285,20 @@ function enrolForm() {
 // -- a subject: visit schedule, forms, eligibility, queries --------------------------------------------
 async function subjectPage(subjectId) {
   const subject = (await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)).data;
+  const quiet = (promise) => promise.then(r => r.data, () => null);  // a panel that cannot be read is left out
+  const [researchSubject, endpoints, saes] = await Promise.all([
+    // the end date of participation is ResearchSubject.period.end (the same in both doors)
+    may("fhir.read") ? quiet(api("GET", `/fhir/ResearchSubject/${encodeURIComponent(subject.id)}`)) : null,
+    // a study without derived endpoints answers 404: no panel; another failure is shown in the panel
+    may("endpoints.read") ? api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/endpoints`)
+      .then(r => r.data, error => (error.status === 404 ? null : { error })) : null,
+    may("safety.read") ? quiet(api("GET", `/api/v1/safety/sae?site=${encodeURIComponent(subject.site)}`)) : null]);
+  const saeOf = Object.fromEntries((saes?.items || []).filter(s => s.subject_id === subject.id).map(s => [`${s.form_id}/${s.entry_id}`, s]));
+  const ended = researchSubject?.period?.end;
   const parts = [h("h1", {}, t("subject.title", { mrn: subject.mrn || subject.id })),
-    h("p", {}, `${t("home.site")}: ${subject.site} · ${t("home.status")}: ${t(`subject.status.${subject.status}`)}`,
+    h("p", { id: "subject-summary" }, `${t("home.site")}: ${subject.site} · ${t("home.status")}: `,
+      h("strong", { id: "subject-status", "data-status": subject.status }, t(`subject.status.${subject.status}`)),
+      ended ? [` · ${t("subject.end_date")}: `, h("span", { id: "subject-end-date" }, ended)] : "",
       subject.arm ? ` · ${t("home.arm")}: ${subject.arm}` : "", subject.day_zero ? ` · ${t("subject.day_zero")}: ${subject.day_zero}` : "")];
   const titles = Object.fromEntries(state.study.forms.map(f => [f.id, f.title]));
   const repeating = new Set(state.study.forms.filter(f => f.repeating).map(f => f.id));
@@ -246,7 +316,8 @@ async function subjectPage(subjectId) {
       h("td", {}, h("ul", {}, Object.entries(v.forms).map(([formId, status]) => h("li", { "data-form": formId },
         h("a", { href: `#/subjects/${subject.id}/forms/${formId}/${v.id}` }, titles[formId] || formId), " — ", t(`form.status.${status}`),
         repeating.has(formId) ? visitEntries(subject.id, formId, v.id, atVisit(formId, v.id)) : null)))))))));
-  for (const log of logs) parts.push(await logPanel(subject, log, entryLists[log.id] || []));
+  if (endpoints) parts.push(await endpointsPanel(subject, endpoints, entryLists));
+  for (const log of logs) parts.push(await logPanel(subject, log, entryLists[log.id] || [], saeOf));
   const eligibility = may("eligibility.read")
     ? (await api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/eligibility`)).data : null;
   if (state.study.randomisation && may("randomisation.read")) parts.push(await randomisationPanel(subject, eligibility));
@@ -264,11 +335,21 @@ function shownValue(item, stored) {
   if (item.type === "code") return word(stored.value);
   return `${stored.value}${stored.unit ? ` ${stored.unit}` : ""}`;
 }
-function entryStatus(entry) {
+function entryStatus(entry, sae) {
   const status = entry.status === "entered_in_error"
     ? h("span", { class: "badge withdrawn" }, t("entries.withdrawn_badge"), entry.withdrawn_reason ? `: ${entry.withdrawn_reason}` : "")
     : t(`form.status.${entry.status}`);
-  return entry.source === "fhir" ? h("span", {}, status, " ", ehrBadge()) : status;  // beside eCRF entries, marked
+  return h("span", {}, status,
+    entry.source === "fhir" ? [" ", ehrBadge()] : null,  // beside eCRF entries, marked
+    entry.deviation ? [" ", deviationBadge(entry.deviation)] : null,
+    sae && ["due", "overdue", "reported"].includes(sae.status) ? [" ", saeBadge(sae)] : null);
+}
+function deviationBadge(text) {
+  return h("span", { class: "badge deviation", "data-deviation": text }, t("entries.deviation_badge"),
+    h("span", { class: "visually-hidden" }, `: ${text}`));
+}
+function saeBadge(sae) {
+  return h("span", { class: `badge sae sae-${sae.status}`, "data-sae": sae.status }, t(`sae.badge.${sae.status}`));
 }
 function ehrBadge() {
   return h("span", { class: "badge ehr", "data-source": "fhir" }, t("entries.from_ehr"));
@@ -280,7 +361,7 @@ function visitEntries(subjectId, formId, visitId, entries) {
     may("form.write") ? h("a", { class: "add-entry", href: entryHash(subjectId, formId, visitId, "new") }, t("entries.add"),
       h("span", { class: "visually-hidden" }, ` (${formId}, ${visitId})`)) : null);
 }
-async function logPanel(subject, log, entries) {
+async function logPanel(subject, log, entries, saeOf) {
   const definition = await formDef(log.id);
   const shown = definition.items.filter(i => !i.derived).slice(0, 3);  // the first items say what the entry is
   const dateItem = definition.items.find(i => i.id === definition.date_item);
@@ -292,11 +373,104 @@ async function logPanel(subject, log, entries) {
       h("tbody", {}, entries.map(e => h("tr", { "data-entry": e.id, "data-status": e.status, "data-source": e.source, class: e.status === "entered_in_error" ? "withdrawn" : null },
         h("td", {}, dateItem ? shownValue(dateItem, e.items[dateItem.id]) || e.visit_date : e.visit_date || ""),
         shown.filter(i => i !== dateItem).map(i => h("td", {}, shownValue(i, e.items[i.id]))),
-        h("td", {}, entryStatus(e)),
+        h("td", {}, entryStatus(e, saeOf?.[`${log.id}/${e.id}`])),
         h("td", {}, h("a", { href: entryHash(subject.id, log.id, null, e.id) }, t("entries.open")))))))
       : h("p", {}, t("entries.none")),
     may("form.write") ? h("p", {}, h("a", { class: "add-entry", id: `add-${log.id}`, href: entryHash(subject.id, log.id, null, "new") },
       t("entries.add_to", { title: log.title }))) : null);
+}
+
+// -- derived endpoints (RFS, OS): event or censored, days from randomisation, and what decided them -----------
+// Evidence names a FHIR resource; where an entry of the subject holds it, the panel names the entry and links to it.
+async function evidenceIndex(subjectId, entryLists) {
+  const index = {};
+  for (const [formId, entries] of Object.entries(entryLists)) {
+    const definition = await formDef(formId);
+    for (const entry of entries) {
+      for (const [itemId, stored] of Object.entries(entry.items || {})) {
+        if (!stored?.resource) continue;
+        index[stored.resource] ??= { formId, definition, entry, items: {} };
+        index[stored.resource].items[itemId] = definition.items.find(i => i.id === itemId)?.label || itemId;
+      }
+    }
+  }
+  return index;
+}
+function records(evidence) {  // one line per record and date: the dated facts of one entry are one record
+  const seen = new Set();
+  return evidence.filter(e => {
+    const key = `${e.resourceType ? `${e.resourceType}/${e.id}` : e.form_instance || ""}|${e.date || ""}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  }).map(e => (e.resourceType ? { ...e, item: undefined, record: true } : e));
+}
+function evidenceOf(evidence, index, subjectId) {
+  if (!evidence) return "";
+  if (Array.isArray(evidence))
+    return h("ul", { class: "evidence" }, records(evidence).map(e => h("li", {}, evidenceOf(e, index, subjectId))));
+  if (evidence.randomisation_date) return h("span", { class: "evidence" }, t("endpoints.evidence.randomisation", { date: evidence.randomisation_date }));
+  if (evidence.form_instance) return h("span", { class: "evidence" }, t("endpoints.evidence.visit_date", { date: evidence.date }));
+  const reference = `${evidence.resourceType}/${evidence.id}`;
+  const found = index[reference];
+  const technical = h("span", { class: "source" }, ` (${reference}, ${t("endpoints.version", { n: evidence.version })})`);
+  if (found) {
+    const text = evidence.item && !evidence.record
+      ? t("endpoints.evidence.entry", { form: found.definition.title, item: found.items[evidence.item] || evidence.item, date: evidence.date || "" })
+      : t("endpoints.evidence.record", { form: found.definition.title, date: evidence.date || "" });
+    return h("span", { class: "evidence", "data-resource": reference, "data-form": found.formId },
+      h("a", { href: entryHash(subjectId, found.formId, found.entry.visit_id, found.entry.id) }, text),
+      found.entry.source === "fhir" ? [" ", ehrBadge()] : null, technical);
+  }
+  const kind = { Patient: "patient", Condition: "condition" }[evidence.resourceType] || "resource";
+  return h("span", { class: "evidence", "data-resource": reference },
+    t(`endpoints.evidence.${kind}${evidence.date ? "" : "_undated"}`, { date: evidence.date || "" }), technical);
+}
+async function endpointsPanel(subject, data, entryLists) {
+  const section = (...body) => h("section", { class: "panel", id: "endpoints", "aria-labelledby": "endpoints-title" },
+    h("h2", { id: "endpoints-title" }, t("endpoints.title")), ...body);
+  if (data.error) return section(problem(data.error));
+  if (!data.randomised) return section(h("p", { id: "endpoints-not-randomised" }, t("endpoints.not_randomised")));
+  const index = await evidenceIndex(subject.id, entryLists);
+  const conflicts = [];
+  for (const name of ["rfs", "os"]) {  // a conflict of the death dates concerns both endpoints: listed once
+    for (const c of data[name]?.conflicts || []) {
+      const key = `${c.kind}/${c.used}`;
+      const known = conflicts.find(k => k.key === key);
+      if (known) known.endpoints.push(name); else conflicts.push({ key, conflict: c, endpoints: [name] });
+    }
+  }
+  // a kind the catalogue does not know yet is shown with the server's own message
+  const worded = (key, params, message) => (state.messages[key] ? t(key, params) : message || key);
+  const conflictText = (c) => worded(`endpoints.conflict.${c.kind}`, { dates: (c.dates || []).join(", "), used: c.used || "",
+    death: c.death?.date || "" }, c.message);
+  const openText = (o) => worded(`endpoints.open.${o.kind}`, { date: o.evidence?.date || "", end: o.end_of_study?.date || "",
+    n: Array.isArray(o.evidence) ? records(o.evidence).length : 1 }, o.message);
+  return section(
+    h("p", {}, t("endpoints.day_zero", { date: data.randomisation_date, arm: data.arm || "" })),
+    h("table", { id: "endpoints-table" },
+      h("caption", { class: "visually-hidden" }, t("endpoints.title")),
+      h("thead", {}, h("tr", {}, ["endpoints.endpoint", "endpoints.outcome", "endpoints.days", "endpoints.date", "endpoints.evidence"]
+        .map(k => h("th", { scope: "col" }, t(k))))),
+      h("tbody", {}, ["rfs", "os"].map(name => {
+        const e = data[name];
+        return h("tr", { "data-endpoint": name, "data-event": String(e.event) },
+          h("th", { scope: "row" }, t(`endpoints.${name}`)),
+          h("td", { class: "outcome" }, h("span", { class: e.event ? "badge event" : "badge censored" }, t(e.event ? `endpoints.event.${name}` : "endpoints.censored"))),
+          h("td", { class: "days" }, t("endpoints.days_value", { n: e.days })),
+          h("td", { class: "date" }, e.date),
+          h("td", {}, evidenceOf(e.evidence, index, subject.id)));
+      }))),
+    conflicts.length ? h("div", { id: "endpoint-conflicts", role: "group", "aria-labelledby": "endpoint-conflicts-title" },
+      h("h3", { id: "endpoint-conflicts-title" }, t("endpoints.conflicts")),
+      h("ul", {}, conflicts.map(({ conflict, endpoints }) => h("li", { class: "warning", "data-kind": conflict.kind },
+        `${endpoints.map(n => t(`endpoints.${n}`)).join(", ")}: ${conflictText(conflict)} ${t("endpoints.query_suggested")}`,
+        h("div", {}, evidenceOf(conflict.evidence, index, subject.id)))))) : null,
+    h("div", { id: "endpoint-open-items", role: "group", "aria-labelledby": "endpoint-open-title" },
+      h("h3", { id: "endpoint-open-title" }, t("endpoints.open_items")),
+      data.open_items?.length ? h("ul", {}, data.open_items.map(o => h("li", { class: "warning", "data-kind": o.kind },
+        openText(o), h("div", {}, evidenceOf(o.evidence, index, subject.id))))) : h("p", {}, t("endpoints.no_open_items"))),
+    data.computed_at ? h("p", { class: "source" }, t("endpoints.computed_at", { at: showMoment(data.computed_at, subject.site) })) : null);
 }
 
 // Randomisation by the system (CRF-SPEC 6): the site asks, the server allocates; nobody types the arm.
@@ -424,6 +598,9 @@ async function formPage(subjectId, formId, visitId, entryId) {
     api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)]);
   let view = read.data;
   const withdrawn = view.status === "entered_in_error";
+  const sae = isEntry && entryId !== "new" && may("safety.read")
+    ? (await api("GET", `/api/v1/safety/sae?site=${encodeURIComponent(subject.data.site)}`).then(r => r.data.items, () => []))
+        .find(i => i.subject_id === subjectId && i.form_id === formId && i.entry_id === entryId) : null;
   const scheme = state.study.randomisation;
   const allocated = scheme && scheme.form === formId ? new Set(scheme.derived_items) : new Set();
   const editable = may("form.write") && view.status !== "locked" && !allocated.size && !withdrawn;
@@ -554,16 +731,16 @@ async function formPage(subjectId, formId, visitId, entryId) {
       const creating = isEntry && entryId === "new";
       const { data } = creating ? await api("POST", entriesUrl(subjectId, formId, visitId), body)
         : await api("PUT", formUrl, body, { "If-Match": `W/"${view.version}"` });
-      if (creating) {  // the entry has its id now: show it at its own address, with its lifecycle
-        history.replaceState(null, "", entryHash(subjectId, formId, visitId, data.id));
+      if (creating) {  // the entry has its id now: show it at its own address, with its lifecycle and its warnings
+        const shown = entryHash(subjectId, formId, visitId, data.id);
+        history.replaceState(null, "", shown);
+        state.savedWarnings = { hash: shown, warnings: data.warnings || [] };
         await route();
-        const text = data.warnings?.length ? t("form.saved_with_warnings", { n: data.warnings.length }) : t("form.saved");
-        document.getElementById("form-messages")?.replaceChildren(h("p", { class: data.warnings?.length ? "warning" : "ok" }, text));
-        announce(text);
         return;
       }
       view = data;
       showFindings([], data.warnings);
+      showDeviation(data.deviation);
       const text = data.warnings?.length ? t("form.saved_with_warnings", { n: data.warnings.length }) : t("form.saved");
       summary.replaceChildren(h("p", { class: data.warnings?.length ? "warning" : "ok" }, text));
       announce(text);
@@ -593,6 +770,12 @@ async function formPage(subjectId, formId, visitId, entryId) {
     }
   }
 
+  const deviationNote = h("p", { class: "warning", id: "deviation-note" });
+  function showDeviation(text) {  // a protocol deviation the data show (visit window, cross-form checks)
+    deviationNote.hidden = !text;
+    deviationNote.replaceChildren(h("span", { class: "badge deviation" }, t("entries.deviation_badge")), " ", text || "");
+  }
+  showDeviation(view.deviation);
   const formUrl = isEntry ? `${entriesUrl(subjectId, formId, visitId)}/${encodeURIComponent(entryId)}` : base;
   const status = h("span", { id: "form-status" }, t(`form.status.${view.status}`));
   const visit = visitId ? subject.data.visits.find(v => v.id === visitId) : null;
@@ -604,6 +787,7 @@ async function formPage(subjectId, formId, visitId, entryId) {
     h("h1", {}, title),
     withdrawn ? h("p", { class: "error", id: "withdrawn-note" }, t("entries.withdrawn_reason", { reason: view.withdrawn_reason || "" })) : null,
     view.source === "fhir" ? h("p", { id: "ehr-note" }, ehrBadge(), " ", t("entries.from_ehr_note")) : null,
+    deviationNote,
     h("p", {}, t("form.status"), ": ", status, view.updated ? ` · ${t("form.updated", { who: view.updated.by || "", at: showMoment(view.updated.at, subject.data.site) })}` : "",
       view.signature ? ` · ${t("form.signed_by", { who: view.signature.by || view.signature.name || "", meaning: view.signature.meaning || "" })}` : ""),
     h("form", { id: "crf", novalidate: true, onsubmit: save },
@@ -614,11 +798,21 @@ async function formPage(subjectId, formId, visitId, entryId) {
         : allocated.size ? h("p", { id: "allocated-note" }, t("form.allocated_form"), " ", h("a", { href: `#/subjects/${subjectId}` }, t("randomise.title")))
         : h("p", {}, t(withdrawn ? "entries.withdrawn" : view.status === "locked" ? "form.locked" : "form.read_only"))),
     isEntry && entryId === "new" ? null : lifecycle(formUrl, view, () => route()),
+    sae ? saeClockPanel(sae, formUrl, subject.data.site) : null,
     isEntry && editable && entryId !== "new" ? withdrawPanel(formUrl, view, subjectId) : null,
   ];
   if (may("query.read") && !isEntry) parts.push(await queryPanel(subjectId, { form: formId, visit: visitId }));
   render(...parts);
   applyConditions();
+  const saved = state.savedWarnings;
+  delete state.savedWarnings;
+  if (saved && saved.hash === location.hash) {  // a new entry, just saved: its warnings at their items, as any save's
+    const warnings = saved.warnings;
+    showFindings([], warnings);
+    const text = warnings.length ? t("form.saved_with_warnings", { n: warnings.length }) : t("form.saved");
+    summary.replaceChildren(h("p", { class: warnings.length ? "warning" : "ok" }, text));
+    announce(text);
+  }
 }
 
 function lifecycle(formUrl, view, refresh) {
