@@ -37,6 +37,8 @@ def test_a_randomised_subject_goes_off_study_and_a_death_date_reaches_the_patien
         research_subject, patient = subject_and_patient(http, subject_id)
         assert research_subject["status"] == "off-study" and research_subject["period"]["end"] == end
         assert research_subject["assignedArm"] in ("PD1_SORA", "SORA")  # the allocation is untouched
+        shown = http.get(f"/api/v1/subjects/{subject_id}").json()  # the eCRF door's subject says the same
+        assert (shown["status"], shown["end_date"]) == ("off-study", end), shown
         assert patient["deceasedDateTime"] == end
         withdrawn = http.post(
             f"{end_url(subject_id)}/{created.json()['id']}/withdraw", json={"reason": "wrong subject"}
@@ -44,6 +46,8 @@ def test_a_randomised_subject_goes_off_study_and_a_death_date_reaches_the_patien
         assert withdrawn.status_code == 200, withdrawn.text
         research_subject, _ = subject_and_patient(http, subject_id)
         assert research_subject["status"] == "on-study" and "end" not in research_subject.get("period", {})
+        shown = http.get(f"/api/v1/subjects/{subject_id}").json()
+        assert (shown["status"], shown["end_date"]) == ("on-study", None), shown
     with server.client("data_manager") as http:
         trail = http.get(f"/api/v1/subjects/{subject_id}/audit", params={"limit": 500}).json()["items"]
     reasons = {

@@ -248,6 +248,7 @@ def describe(store: ClinicalStore, study: StudyDef, subjects: list[Subject]) -> 
             "study": study_reference(study),
             "status": content.get("status"),
             "consent_date": (content.get("period") or {}).get("start"),
+            "end_date": (content.get("period") or {}).get("end"),  # end of participation (end_of_study), else None
             "arm": content.get("assignedArm"),
             "version": subject.research_subject.version_id,
             "last_updated": subject.research_subject.last_updated.isoformat(),

@@ -286,15 +286,13 @@ function enrolForm() {
 async function subjectPage(subjectId) {
   const subject = (await api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)).data;
   const quiet = (promise) => promise.then(r => r.data, () => null);  // a panel that cannot be read is left out
-  const [researchSubject, endpoints, saes] = await Promise.all([
-    // the end date of participation is ResearchSubject.period.end (the same in both doors)
-    may("fhir.read") ? quiet(api("GET", `/fhir/ResearchSubject/${encodeURIComponent(subject.id)}`)) : null,
+  const [endpoints, saes] = await Promise.all([
     // a study without derived endpoints answers 404: no panel; another failure is shown in the panel
     may("endpoints.read") ? api("GET", `/api/v1/subjects/${encodeURIComponent(subject.id)}/endpoints`)
       .then(r => r.data, error => (error.status === 404 ? null : { error })) : null,
     may("safety.read") ? quiet(api("GET", `/api/v1/safety/sae?site=${encodeURIComponent(subject.site)}`)) : null]);
   const saeOf = Object.fromEntries((saes?.items || []).filter(s => s.subject_id === subject.id).map(s => [`${s.form_id}/${s.entry_id}`, s]));
-  const ended = researchSubject?.period?.end;
+  const ended = subject.end_date;  // ResearchSubject.period.end, the end of participation (end_of_study)
   const parts = [h("h1", {}, t("subject.title", { mrn: subject.mrn || subject.id })),
     h("p", { id: "subject-summary" }, `${t("home.site")}: ${subject.site} · ${t("home.status")}: `,
       h("strong", { id: "subject-status", "data-status": subject.status }, t(`subject.status.${subject.status}`)),
