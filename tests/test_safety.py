@@ -156,3 +156,9 @@ def test_the_aggregate_report_counts_saes_per_site_never_their_details(server, s
     assert set(sponsor_s01["sae"]) == set(s01["sae"])
     for status, n in sponsor_s01["sae"].items():  # small cells hidden (null), others exact
         assert n is None or n == 0 or n >= report.json()["min_cell"]
+
+
+def test_the_study_says_which_form_and_item_start_the_clock_and_its_window(server):
+    with server.client("coordinator", "S01") as http:
+        clock = http.get("/api/v1/study").json()["safety"]
+    assert clock == {"form": "adverse_event", "serious_item": "serious", "report_within_hours": 24.0}

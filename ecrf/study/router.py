@@ -11,9 +11,11 @@ router = APIRouter(tags=["study"])
 
 @router.get("/study", dependencies=[Depends(requires("study.read"))])
 def read_study(request: Request) -> dict[str, Any]:
-    """Sites, arms, visits with their windows, forms and criteria of the loaded study."""
+    """Sites, arms, visits with their windows, forms and criteria of the loaded study; its randomisation and SAE
+    clock settings (null when the study has none)."""
     study = request.app.state.runtime.study
     scheme = getattr(request.app.state.runtime, "randomisation", None)
+    clock = getattr(request.app.state.runtime, "safety", None)
     return {
         "id": study.id,
         "title": study.title,
@@ -40,5 +42,13 @@ def read_study(request: Request) -> dict[str, Any]:
         # randomisation by the system: the form and visit it writes, and its items no one types
         "randomisation": {"form": scheme.form, "visit": scheme.visit, "derived_items": sorted(scheme.derived_items)}
         if scheme is not None
+        else None,
+        # the SAE reporting clock (forms/safety.yaml): the form and boolean item that start it, its window
+        "safety": {
+            "form": clock.form,
+            "serious_item": clock.serious_item,
+            "report_within_hours": clock.due_within.total_seconds() / 3600,
+        }
+        if clock is not None
         else None,
     }

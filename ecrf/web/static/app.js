@@ -596,7 +596,8 @@ async function formPage(subjectId, formId, visitId, entryId) {
     api("GET", `/api/v1/subjects/${encodeURIComponent(subjectId)}`)]);
   let view = read.data;
   const withdrawn = view.status === "entered_in_error";
-  const sae = isEntry && entryId !== "new" && may("safety.read")
+  const clock = state.study.safety;  // only an entry of the SAE clock's form can have a clock
+  const sae = isEntry && entryId !== "new" && may("safety.read") && clock && clock.form === formId
     ? (await api("GET", `/api/v1/safety/sae?site=${encodeURIComponent(subject.data.site)}`).then(r => r.data.items, () => []))
         .find(i => i.subject_id === subjectId && i.form_id === formId && i.entry_id === entryId) : null;
   const scheme = state.study.randomisation;
