@@ -124,6 +124,16 @@ def snapshot(engine: Engine) -> Iterator[Session]:
             yield session
 
 
+def open_snapshot(engine: Engine) -> Session:
+    """A session already in a transaction whose statements all see one snapshot (REPEATABLE READ on PostgreSQL),
+    for a read that outlives a `with` block (a streamed CSV, an export job's batches): the caller closes it."""
+    if engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level="REPEATABLE READ")
+    session = Session(engine, expire_on_commit=False)
+    session.begin()
+    return session
+
+
 # -- database outages -------------------------------------------------------------------------------------
 
 OUTAGE_RETRY_AFTER_SECONDS = 5

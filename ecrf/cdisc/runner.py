@@ -17,6 +17,7 @@ from sqlmodel import Session
 from ecrf.audit.models import AuditHead
 from ecrf.cdisc import collect, datasets, define, odm, sdtm
 from ecrf.cdisc.mapping import load_mapping
+from ecrf.db import open_snapshot
 from ecrf.export import jobs
 from ecrf.export.bulk import Stopped, deidentifier
 from ecrf.export.models import ExportJob
@@ -24,15 +25,6 @@ from ecrf.store.service import ClinicalStore
 
 SUBJECT_BATCH = 50
 PACKAGE = "sdtm-package.zip"
-
-
-def _snapshot(runtime) -> Session:
-    engine = runtime.engine
-    if engine.dialect.name == "postgresql":
-        engine = engine.execution_options(isolation_level="REPEATABLE READ")
-    session = Session(engine, expire_on_commit=False)
-    session.begin()
-    return session
 
 
 def _progress(runtime, job: ExportJob, worker_id: str, stopping: threading.Event, done: int) -> None:
@@ -71,7 +63,7 @@ def run_odm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event) 
     archive = params.get("mode", "archive") == "archive"
     path = directory / ("odm-archive.xml" if archive else "odm-snapshot.xml")
     writer = odm.Writer(path, runtime.study, _mdv(job), deid, archive=archive, created=created)
-    session = _snapshot(runtime)
+    session = open_snapshot(runtime.engine)
     try:
         head = session.execute(select(AuditHead.last_seq, AuditHead.last_hash)).first() or (0, "0" * 64)
         for subject in _subjects(runtime, job, session, values=not archive):
@@ -103,7 +95,7 @@ def run_sdtm(runtime, job: ExportJob, worker_id: str, stopping: threading.Event)
     mapping = load_mapping(runtime.settings.study_dir, runtime.study)
     builder = sdtm.Builder(runtime.study, mapping, deid)
     spools = {dataset.name: datasets.Spool(directory, dataset) for dataset in sdtm.datasets(mapping)}
-    session = _snapshot(runtime)
+    session = open_snapshot(runtime.engine)
     count = 0
     try:
         head = session.execute(select(AuditHead.last_seq, AuditHead.last_hash)).first() or (0, "0" * 64)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from ecrf.db import open_snapshot
 from ecrf.endpoints.models import EndpointState
 from ecrf.endpoints.service import Origin, compute_all
 from ecrf.export import jobs
@@ -22,15 +23,6 @@ from ecrf.randomisation.models import RandomisationAllocation
 FILE = "endpoints.csv"
 MANIFEST = "endpoints.manifest.json"
 COLUMNS = ("subject", "arm", "stratum", "rfs_days", "rfs_event", "os_days", "os_event")
-
-
-def _snapshot(runtime) -> Session:
-    engine = runtime.engine
-    if engine.dialect.name == "postgresql":
-        engine = engine.execution_options(isolation_level="REPEATABLE READ")
-    session = Session(engine, expire_on_commit=False)
-    session.begin()
-    return session
 
 
 def rows(runtime, session: Session, sites: frozenset[str] | None, site: str | None) -> list[dict[str, Any]]:
@@ -89,7 +81,7 @@ def run(runtime, job: ExportJob, worker_id: str, stopping: threading.Event) -> N
     params = json.loads(job.params or "{}")
     directory = Path(job.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    session = _snapshot(runtime)
+    session = open_snapshot(runtime.engine)
     try:
         found = rows(runtime, session, jobs.owner(job).sites, params.get("site"))
     finally:

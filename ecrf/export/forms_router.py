@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
-from sqlmodel import Session
 
 from ecrf.audit import service as audit
 from ecrf.audit.access import service as access
 from ecrf.auth.actor import Actor
 from ecrf.auth.dependencies import requires
+from ecrf.db import open_snapshot
 from ecrf.db import transaction
 from ecrf.export import form_csv
 from ecrf.export.access import deidentify_for
@@ -37,22 +37,12 @@ def _form(runtime: Runtime, form_id: str) -> FormDef:
         raise HTTPException(404, f"form {form_id} is not a form of study {runtime.study.id}") from None
 
 
-def _snapshot(runtime: Runtime) -> Session:
-    """One consistent read for the whole CSV, so it matches the data version announced up front."""
-    engine = runtime.engine
-    if engine.dialect.name == "postgresql":
-        engine = engine.execution_options(isolation_level="REPEATABLE READ")
-    session = Session(engine, expire_on_commit=False)
-    session.begin()
-    return session
-
-
 @contextmanager
 def _export(request: Request, actor: Actor, form_id: str, deidentify: bool) -> Iterator[tuple]:
     runtime: Runtime = request.app.state.runtime
     form = _form(runtime, form_id)
     deid: Deidentifier | None = deidentifier(runtime) if deidentify_for(actor, deidentify) else None
-    session = _snapshot(runtime)
+    session = open_snapshot(runtime.engine)  # one read for the whole CSV: it matches the data version announced
     try:
         yield runtime, form, deid, session, form_csv.data_version(session)
     except BaseException:
