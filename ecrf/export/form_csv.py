@@ -250,10 +250,18 @@ def chunks(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([*fixed_columns(form), *(column.header for column in columns(form, deid))])
+    # The response's status leaves with its first chunk (the access-log hook holds it until then), so the first
+    # chunk is sent early rather than once 64 KiB of rows are found (for a sparse form: after every subject is
+    # read): a de-identified CSV starts with its header alone; an identified one with its first row, whose
+    # access row is recorded first (a failure to record it is then still a 500, nothing identified sent).
+    if deid is not None:
+        yield _take(buffer, tally)
+    first = deid is None
     for row in rows(store, study, form, deid, tally):
         writer.writerow(row)
         tally.rows += 1
-        if buffer.tell() >= CHUNK_BYTES:
+        if first or buffer.tell() >= CHUNK_BYTES:
+            first = False
             yield _take(buffer, tally)
     yield _take(buffer, tally)
 
