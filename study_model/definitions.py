@@ -380,6 +380,7 @@ class EhrEntry(BaseModel):
     codes: tuple[Coding, ...] = Field(min_length=1)  # Condition.code: one of them must be there
     values: dict[str, str] = Field(default_factory=dict)
     dates: dict[str, Literal["onsetDateTime"]] = Field(default_factory=dict)
+    message: str  # a save giving one of these items another value is refused: {item}, {resource}, {value}
 
     def matches(self, resource: dict[str, Any]) -> bool:
         if not isinstance(resource, dict) or resource.get("resourceType") != self.resource_type:

@@ -3,7 +3,7 @@ CRF-SPEC 7.4): an entry (`source: fhir`) of the repeating form disease_assessmen
 holds its onset date, its items read from the Condition (`ehr_entries` of forms/forms/disease_assessment.yaml);
 refuted or entered in error it does not land (or is withdrawn); an update re-places it, a delete withdraws it; a
 save through the form writes the form's Observation beside the EHR's Condition and never rewrites nor deletes
-it; the endpoints count the recurrence once. Real HTTP, SQLite and PostgreSQL."""
+it, and takes the items the Condition gives as they are; the endpoints count the recurrence once. Real HTTP, SQLite and PostgreSQL."""
 
 import json
 
@@ -111,6 +111,20 @@ def test_a_form_save_writes_its_observation_beside_the_ehrs_condition_and_never_
             "recurrence_site": "intrahepatic",
             "recurrence_date": day(93),
         }
+        # the items the Condition gives are the EHR's: another date or status would be a second, different fact
+        refused = http.put(
+            url, json={"items": {**items, "recurrence_date": day(91), "status": "recurrence"}, "reason": "x"}
+        )
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["errors"]
+        assert (error["item"], error["rule"]) == ("recurrence_date", "ehr_value")
+        assert reference in error["message"] and day(93) in error["message"]
+        refused = http.put(
+            url, json={"items": {"status": "ned", "assessment_date": day(93), "method": "ct"}, "reason": "x"}
+        )
+        assert refused.status_code == 422, refused.text
+        assert {(e["item"], e["rule"]) for e in refused.json()["errors"]} >= {("status", "ehr_value")}
+        assert http.get(f"/fhir/{reference}").json()["meta"]["versionId"] == "1"
         saved = http.put(url, json={"items": items, "reason": "completed from the imaging report"})
         assert saved.status_code == 200, saved.text
         view = saved.json()
