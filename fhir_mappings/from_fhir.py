@@ -39,7 +39,29 @@ def resource_to_items(study: StudyDef, resource: dict[str, Any]) -> list[ItemVal
     found = list(reader(study, resource)) if reader else []
     if study.resource_owners(resource_type):
         found += _element_items(study, resource)
+    found += _ehr_entry_items(study, resource)
     return found
+
+
+def _ehr_entry_items(study: StudyDef, resource: dict[str, Any]) -> Iterator[ItemValue]:
+    """A resource that is an entry of a repeating form (`ehr_entries`: a recurrence Condition) read as the
+    form's items: the fixed values, and the dates from its elements (each also the values' effective date)."""
+    for form in study.forms:
+        for ehr in form.ehr_entries:
+            if not ehr.matches(resource):
+                continue
+            moment = resource.get("onsetDateTime")
+            effective = _parse_moment(moment)
+            for item_id, value in ehr.values.items():
+                yield _element_value(form, form.item(item_id), value, effective)
+            for item_id, element in ehr.dates.items():
+                raw = resource.get(element)
+                if raw is None:
+                    yield _failed(
+                        form, form.item(item_id), None, None, effective, f"{ehr.resource_type} without {element}"
+                    )
+                else:
+                    yield _element_value(form, form.item(item_id), raw, effective)
 
 
 # --- resources of `resource` targets, items at paths ----------------------------------------
@@ -447,6 +469,11 @@ def _unit_of(quantity: dict[str, Any]) -> str | None:
 
 def _is_dimensionless(unit: str | None) -> bool:
     return unit is None or unit == "1" or (unit.startswith("{") and unit.endswith("}"))
+
+
+def is_void(resource: dict[str, Any]) -> bool:
+    """Cancelled, not done, refuted or entered in error (status or verificationStatus): no evidence."""
+    return _is_void(resource)
 
 
 def _is_void(resource: dict[str, Any]) -> bool:

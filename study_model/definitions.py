@@ -368,6 +368,28 @@ class EndsParticipation(BaseModel):
     screen_failure_values: tuple[str, ...] = ()  # never randomised: ineligible (eligibility says so) or withdrawn
 
 
+class EhrEntry(BaseModel):
+    """A kind of EHR resource that, pushed through /fhir and owned by no form, is an entry of a repeating form
+    (disease_assessment: a recurrence Condition). It is read as the form's items: `values` fixed (status:
+    recurrence), `dates` from its elements (recurrence_date: onsetDateTime). The entry holds it in `slot`; a
+    save through the form writes the form's own resources beside it and never rewrites nor deletes it."""
+
+    model_config = _FROZEN
+    slot: str
+    resource_type: Literal["Condition"]
+    codes: tuple[Coding, ...] = Field(min_length=1)  # Condition.code: one of them must be there
+    values: dict[str, str] = Field(default_factory=dict)
+    dates: dict[str, Literal["onsetDateTime"]] = Field(default_factory=dict)
+    message: str  # a save giving one of these items another value is refused: {item}, {resource}, {value}
+
+    def matches(self, resource: dict[str, Any]) -> bool:
+        if not isinstance(resource, dict) or resource.get("resourceType") != self.resource_type:
+            return False
+        codings = (resource.get("code") or {}).get("coding") or []
+        keys = {(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)}
+        return bool(keys & {code.key for code in self.codes})
+
+
 class FormDef(BaseModel):
     model_config = _FROZEN
     id: str
@@ -381,6 +403,7 @@ class FormDef(BaseModel):
     date_item: str | None = None
     items: tuple[ItemDef, ...]
     checks: tuple[FormCheck, ...] = ()
+    ehr_entries: tuple[EhrEntry, ...] = ()  # repeating forms: EHR resources that land as entries
 
     @model_validator(mode="before")
     @classmethod
@@ -425,6 +448,14 @@ class FormDef(BaseModel):
         if self.kind == "visit" and not self.visits:
             raise ValueError("a visit form needs `visits` (or `kind: log`)")
         known = {item.id for item in self.items}
+        for ehr in self.ehr_entries:
+            if not self.repeating:
+                raise ValueError("`ehr_entries` is for repeating visit forms (a log form's anchors are its items)")
+            unknown = sorted((set(ehr.values) | set(ehr.dates)) - known)
+            if unknown:
+                raise ValueError(f"ehr_entries {ehr.slot!r} names items the form does not have: {', '.join(unknown)}")
+            if ehr.slot in known:
+                raise ValueError(f"ehr_entries slot {ehr.slot!r} is an item id: the slot must be a name of its own")
         for check in self.checks:
             unknown = sorted({check.item, *condition_items(check.when)} - known)
             if unknown:

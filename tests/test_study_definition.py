@@ -597,6 +597,30 @@ def test_broken_definition_names_file_line_and_key(
     assert line <= reported_line <= line + new.count("\n") + 1
 
 
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        (
+            "values: {status: recurrence}",
+            "values: {state: recurrence}",
+            "ehr_entries 'ehr_condition' names items the form does not have: state",
+        ),
+        ("  - slot: ehr_condition", "  - slot: status", "ehr_entries slot 'status' is an item id"),
+        ("repeating: true", "repeating: false", "`ehr_entries` is for repeating visit forms"),
+    ],
+)
+def test_ehr_entries_of_a_form_are_checked(tmp_path: Path, old: str, new: str, message: str) -> None:
+    _broken(tmp_path, "forms/disease_assessment.yaml", old, new)
+    assert message in _load_error(tmp_path / "study")
+
+
+def test_disease_assessment_takes_recurrence_conditions(study: StudyDef) -> None:
+    [ehr] = study.form("disease_assessment").ehr_entries
+    assert (ehr.slot, ehr.resource_type, ehr.values) == ("ehr_condition", "Condition", {"status": "recurrence"})
+    assert [code.key for code in ehr.codes] == [(study.local_system, "recurrence")]
+    assert ehr.dates == {"assessment_date": "onsetDateTime", "recurrence_date": "onsetDateTime"}
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     file, line = _broken(tmp_path, "forms/baseline.yaml", "    values: [A, B, C]\n", "    values: [A, B, C\n")
     error = _load_error(tmp_path / "study")

@@ -12,8 +12,10 @@ from ecrf.crf.checks import CheckedEntry, Finding, check_items
 from ecrf.crf.locate import Target
 from ecrf.crf.models import FormInstance
 from ecrf.crf.schedule import check_visit_date, day_zero
+from ecrf.crf.values import owned_resources
 from ecrf.services import Services
 from ecrf.store.service import ClinicalStore
+from fhir_mappings.from_fhir import resource_to_items
 
 
 @dataclass
@@ -40,6 +42,7 @@ def check_save(
     reason = (reason or "").strip() or None
     entry = check_items(target.form, items)
     errors = list(entry.errors) + _typed_allocation(runtime, target, items, allocated)
+    errors += _held_by_the_ehr(runtime, store, target, instance, entry)
     if instance is not None and instance.status in lifecycle.REASON_NEEDED and not reason:
         errors.append(
             Finding("reason", "reason_required", f"the form is {instance.status}: a reason for the change is required")
@@ -66,6 +69,33 @@ def check_save(
         errors + date_errors + found.errors,
         entry.warnings + date_warnings + found.warnings,
     )
+
+
+def _held_by_the_ehr(
+    runtime: Services, store: ClinicalStore, target: Target, instance: FormInstance | None, entry: CheckedEntry
+) -> list[Finding]:
+    """An entry that landed from an EHR resource it keeps beside the form's own (`ehr_entries`: a recurrence
+    Condition) takes the items that resource gives as they are: the EHR's resource is never rewritten, so a
+    different value would be a second, different fact of the same event (the endpoints would count both)."""
+    errors = []
+    held = owned_resources(instance)
+    for ehr in target.form.ehr_entries:
+        reference = held.get(ehr.slot)
+        if reference is None:
+            continue
+        head = store.head(*reference.split("/", 1))
+        if head is None or head.deleted:
+            continue
+        given = {
+            value.item_id: value.value
+            for value in resource_to_items(runtime.study, store.read(*reference.split("/", 1)).content)
+            if value.form_id == target.form.id and value.error is None
+        }
+        for item_id in (*ehr.values, *ehr.dates):
+            if item_id in given and entry.canonical.get(item_id) != given[item_id]:
+                message = ehr.message.format(item=item_id, resource=reference, value=given[item_id])
+                errors.append(Finding(item_id, "ehr_value", message))
+    return errors
 
 
 def _typed_allocation(runtime: Services, target: Target, items: dict[str, Any], allocated: bool) -> list[Finding]:

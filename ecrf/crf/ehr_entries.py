@@ -29,12 +29,13 @@ from ecrf.crf import lifecycle
 from ecrf.crf.describe import missing_items
 from ecrf.crf.locate import LOG_VISIT, derived_id
 from ecrf.crf.models import WITHDRAWN, FormInstance, FormResource
-from ecrf.crf.schedule import day_zero
+from ecrf.crf.schedule import day_zero, place
 from ecrf.crf.subject_checks import deviation_of_landed
 from ecrf.crf.values import form_values, owned_resources
 from ecrf.responses import FHIR_PREFIX
 from ecrf.store.models import ResourceHead, ResourceVersion
-from ecrf.store.service import ClinicalStore
+from ecrf.store.service import ClinicalStore, WriteContext
+from fhir_mappings.from_fhir import is_void
 from study_model.definitions import FormDef, ItemDef, StudyDef
 
 FHIR = "fhir"
@@ -51,12 +52,13 @@ def _coding_keys(concept: Any) -> frozenset[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Anchor:
-    """One kind of resource that is the record of one entry of a log form."""
+    """One kind of resource that is the record of one entry of a log form (or of a repeating form)."""
 
     form: FormDef
-    item: ItemDef  # the resource item: its id is the entry's slot for the resource
+    slot: str  # the entry's slot for the resource: the resource item's id (a repeating form: its ehr_entries slot)
     resource_type: str
     codes: tuple[tuple[str, frozenset[tuple[str, str]]], ...] = ()  # (element, codings): one must be there
+    repeating: bool = False  # an entry of a repeating form, placed at the visit whose window holds its date
 
     def matches(self, resource: dict[str, Any]) -> bool:
         if resource.get("resourceType") != self.resource_type:
@@ -65,7 +67,13 @@ class Anchor:
 
 
 def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
-    """The anchors of a log form: its resource items carrying the form's date (else its first resource item)."""
+    """The anchors of a log form: its resource items carrying the form's date (else its first resource item);
+    of a repeating form: its `ehr_entries`."""
+    if form.repeating:
+        return tuple(
+            Anchor(form, ehr.slot, ehr.resource_type, (("code", frozenset(c.key for c in ehr.codes)),), True)
+            for ehr in form.ehr_entries
+        )
     if form.kind != "log":
         return ()
     owners = [item for item in form.items if item.fhir.kind == "resource"]
@@ -79,7 +87,7 @@ def anchors_of(study: StudyDef, form: FormDef) -> tuple[Anchor, ...]:
     return tuple(
         Anchor(
             form,
-            item,
+            item.id,
             resource_type,
             tuple((element, _coding_keys(value)) for element, value in sorted(fixed.items()) if _coding_keys(value)),
         )
@@ -188,7 +196,10 @@ def ehr_entries_hook(study: StudyDef, after_landing: SafetyHook | None = None):
             if instance_id is None:
                 if head.version_pk not in contents:
                     continue  # deleted, or not written through /fhir
-                anchor = anchor_for(anchors, orjson.loads(contents[head.version_pk]))
+                resource = orjson.loads(contents[head.version_pk])
+                anchor = anchor_for(anchors, resource)
+                if anchor is not None and anchor.repeating and is_void(resource):
+                    continue  # refuted / entered in error (CRF-SPEC 9.3): not an entry
                 if anchor is not None:
                     _land(store, study, subjects[head.patient_id], anchor, head, written, after_landing)
             else:
@@ -226,12 +237,15 @@ def _view(store: ClinicalStore, study: StudyDef, form: FormDef, instance: FormIn
     date it already has."""
     zero = day_zero(store.session, study, instance.patient_id)
     items, _ = form_values(store.session, study, form, instance.visit_id, instance.patient_id, instance, zero)
+    return items, _item_date(form, items) or instance.visit_date
+
+
+def _item_date(form: FormDef, items: dict[str, Any]) -> date | None:
     value = (items.get(form.date_item) or {}).get("value") if form.date_item else None
     try:
-        the_date = date.fromisoformat(value) if isinstance(value, str) else None
+        return date.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
-        the_date = None
-    return items, the_date or instance.visit_date
+        return None
 
 
 def _audit(
@@ -254,7 +268,7 @@ def _land(
     reference = f"{head.resource_type}/{head.resource_id}"
     now, actor = datetime.now(UTC), store.actor
     instance = FormInstance(
-        id=derived_id(subject_id, anchor.form.id, LOG_VISIT, "entry", entry_id),
+        id=derived_id(subject_id, anchor.form.id, LOG_VISIT, "entry", entry_id),  # a repeating form's: below
         subject_id=subject_id,
         patient_id=head.patient_id,
         site=site,
@@ -265,7 +279,7 @@ def _land(
         status="draft",
         version=1,
         visit_date=study.today_at(site),
-        resources=orjson.dumps({anchor.item.id: reference}).decode(),
+        resources=orjson.dumps({anchor.slot: reference}).decode(),
         created_at=now,
         created_by=actor.sub,
         updated_at=now,
@@ -273,6 +287,15 @@ def _land(
         updated_role=actor.role,
     )
     items, instance.visit_date = _view(store, study, anchor.form, instance)
+    if anchor.repeating:
+        # at the visit whose window holds its date (overlap: the nearest target day), as EHR results are placed;
+        # outside every window (or before day 0 is known) it is no entry: the endpoints still read the resource
+        zero = day_zero(store.session, study, head.patient_id)
+        visit_id = place(study, anchor.form, zero, _item_date(anchor.form, items))
+        if visit_id is None:
+            return
+        instance.visit_id = visit_id
+        instance.id = derived_id(subject_id, anchor.form.id, visit_id, "entry", entry_id)
     instance.status = lifecycle.status_after_edit(not missing_items(anchor.form, items))
     # the cross-form checks never refuse a push: a finding of a deviation check flags the landed entry
     instance.deviation = deviation_of_landed(
@@ -289,7 +312,8 @@ def _land(
         "form.status",
         None,
         instance.status,
-        f"{reference} (version {version.version_id}) pushed through /fhir landed in log form {anchor.form.id}",
+        f"{reference} (version {version.version_id}) pushed through /fhir landed in "
+        + (f"form {anchor.form.id} at {instance.visit_id}" if anchor.repeating else f"log form {anchor.form.id}"),
     )
     if instance.deviation:
         _audit(store, instance, "form.deviation", None, instance.deviation, f"{reference} pushed through /fhir")
@@ -310,26 +334,31 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
     except KeyError:
         return
     reference = f"{head.resource_type}/{head.resource_id}"
-    anchors = {anchor.item.id for anchor in anchors_of(study, form)}
+    anchors = {anchor.slot: anchor for anchor in anchors_of(study, form)}
     slots = [slot for slot, ref in owned_resources(instance).items() if ref == reference]
-    if not slots or not set(slots) & anchors:
+    if not slots or not set(slots) & set(anchors):
         return
+    repeating = any(anchors[slot].repeating for slot in slots if slot in anchors)
     if head.deleted:
         if version.source != FHIR:
             return
         reason = f"{reference} deleted through {FHIR_PREFIX}" + (f": {version.reason}" if version.reason else "")
-        old_status = instance.status
-        lifecycle.changed(instance, WITHDRAWN, store.actor, datetime.now(UTC))
-        instance.withdrawn_reason = reason  # its resources stay named (deleted, so they show nothing): the archive
-        for row in store.session.exec(select(FormResource).where(FormResource.instance_id == instance.id)).all():
-            store.session.delete(row)
-        store.session.add(instance)
-        store.session.flush()
-        _audit(store, instance, "form.withdraw", old_status, WITHDRAWN, reason)
+        _withdraw(store, instance, reason, reference if repeating else None)
+        return
+    if repeating and version.source == FHIR and _void_version(store, head):
+        reason = f"{reference} marked refuted or entered in error through {FHIR_PREFIX}"
+        _withdraw(store, instance, reason, reference)
         return
     if instance.source != FHIR:
         return
     items, the_date = _view(store, study, form, instance)
+    if repeating:
+        visit_id = place(study, form, day_zero(store.session, study, instance.patient_id), _item_date(form, items))
+        if visit_id is not None and visit_id != instance.visit_id:  # re-placed (outside every window: stays)
+            old_visit, instance.visit_id = instance.visit_id, visit_id
+            store.session.add(instance)
+            store.session.flush()
+            _audit(store, instance, "form.visit", old_visit, visit_id, f"{reference} changed through {FHIR_PREFIX}")
     if the_date != instance.visit_date:
         old = instance.visit_date
         instance.visit_date = the_date
@@ -351,3 +380,33 @@ def _follow(store: ClinicalStore, study: StudyDef, instance_id: str, head: Resou
         _audit(
             store, instance, "form.deviation", old_deviation, deviation, f"{reference} changed through {FHIR_PREFIX}"
         )
+
+
+def _void_version(store: ClinicalStore, head: ResourceHead) -> bool:
+    content = store.session.exec(select(ResourceVersion.content).where(ResourceVersion.pk == head.version_pk)).one()
+    return is_void(orjson.loads(content))
+
+
+def _withdraw(store: ClinicalStore, instance: FormInstance, reason: str, kept: str | None) -> None:
+    """The entry withdrawn because the EHR deleted (or voided) its resource. A repeating form's entry that the
+    form saved has resources of its own beside the EHR's (`kept`): they are deleted, as a withdrawal through the
+    form deletes them, so no evidence of the entry stays live."""
+    old_status = instance.status
+    lifecycle.changed(instance, WITHDRAWN, store.actor, datetime.now(UTC))
+    instance.withdrawn_reason = reason  # its resources stay named (deleted, so they show nothing): the archive
+    for row in store.session.exec(select(FormResource).where(FormResource.instance_id == instance.id)).all():
+        store.session.delete(row)
+    store.session.add(instance)
+    store.session.flush()
+    if kept is not None:
+        context = WriteContext(source="system", reason=reason, form_id=instance.form_id, visit_id=instance.visit_id)
+        for reference in sorted(set(owned_resources(instance).values()) - {kept}):
+            resource_type, resource_id = reference.split("/", 1)
+            head = store.session.exec(
+                select(ResourceHead).where(
+                    ResourceHead.resource_type == resource_type, ResourceHead.resource_id == resource_id
+                )
+            ).one_or_none()
+            if head is not None and not head.deleted:
+                store.delete(resource_type, resource_id, context)
+    _audit(store, instance, "form.withdraw", old_status, WITHDRAWN, reason)

@@ -192,6 +192,7 @@ def _newest_first(shown: ShownFact) -> tuple:
     fact, day = shown.fact, fact_date(shown.fact)
     return (
         not shown.own,
+        shown.own and shown.source != "form",  # an entry's own saved value before its EHR resource's (beside it)
         -(day.toordinal() if day else 0),
         -(fact.effective.timestamp() if fact.effective else 0),
         -fact.pk,

@@ -18,7 +18,12 @@ def write(
     """Write the mapped resources as the target's (None: none, its resources deleted, a withdrawal) and
     index them; returns {slot: "Type/id"}, what the instance owns now."""
     context = WriteContext(source="form", reason=reason, form_id=target.form.id, visit_id=target.visit_key)
-    previous = owned_resources(instance)
+    held = owned_resources(instance)
+    # an EHR's resource an entry landed from in an `ehr_entries` slot (a recurrence Condition) is the EHR's:
+    # the form's save writes its own resources beside it and never rewrites nor deletes it
+    ehr_slots = {ehr.slot for ehr in target.form.ehr_entries}
+    kept = {slot: reference for slot, reference in held.items() if slot in ehr_slots}
+    previous = {slot: reference for slot, reference in held.items() if slot not in ehr_slots}
     patches = (
         []
         if mapped is None
@@ -30,7 +35,8 @@ def write(
     owned = store.write_owned(
         [] if mapped is None else mapped.resources, previous, target.resource_id, patches, context
     )
-    _index_owned(store, instance.id if instance is not None else target.instance_id, previous, owned)
+    owned = {**owned, **kept}
+    _index_owned(store, instance.id if instance is not None else target.instance_id, held, owned)
     return owned
 
 

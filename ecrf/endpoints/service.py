@@ -505,7 +505,10 @@ def compute(
             recurrences.append(_dated(entry[rules.recurrence_date]))
         elif status.value in rules.no_evidence_values and rules.assessment_date in entry:
             no_evidence.append(_dated(entry[rules.assessment_date]))
-    recurrences += conditions
+    # a recurrence Condition that landed as a disease assessment entry (its items read from it) is one recurrence:
+    # counted once, as the Condition (same resource, same onset date)
+    condition_keys = {(c.resource_type, c.resource_id) for c in conditions}
+    recurrences = [r for r in recurrences if (r.resource_type, r.resource_id) not in condition_keys] + conditions
     deaths = [
         _dated(value)
         for form, item in sorted(rules.death_items)
