@@ -47,6 +47,15 @@ function may(action) { return !!state.session?.actions?.includes(action); }
 class ApiError extends Error {
   constructor(status, body) { super(body?.detail || `HTTP ${status}`); this.status = status; this.body = body || {}; }
 }
+async function everyPage(path) {  // a paginated list whole: its pages of the largest size, in order
+  const items = [];
+  for (;;) {
+    const { data } = await api("GET", `${path}${path.includes("?") ? "&" : "?"}limit=500&offset=${items.length}`);
+    items.push(...(data.items || []));
+    if (!(data.items || []).length || items.length >= data.total) return { data: { ...data, items } };
+  }
+}
+
 async function api(method, path, body, headers) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json", ...(headers || {}) } };
   if (method !== "GET") init.headers["X-CSRF-Token"] = state.session?.csrf || "";
@@ -182,7 +191,8 @@ async function homePage() {
     render(...parts, h("p", {}, t("home.no_subjects_role")));
     return;
   }
-  const [subjects, log] = await Promise.all([api("GET", "/api/v1/subjects?limit=500"), api("GET", "/api/v1/eligibility?limit=500")]);
+  // every page of both lists: a site with more subjects than one page still sees each one with its eligibility
+  const [subjects, log] = await Promise.all([everyPage("/api/v1/subjects"), everyPage("/api/v1/eligibility")]);
   if (may("safety.read")) parts.push(await saePanel(subjects.data.items).catch(error => (error.status === 404 ? null : problem(error))));
   const eligibility = Object.fromEntries((log.data.items || []).map(e => [e.subject || e.subject_id || e.id, e]));
   const rows = subjects.data.items.map(s => {
