@@ -2,6 +2,9 @@
 id, user name, reason, query text or signature meaning in the ODM archive, the SDTM datasets (JSON, NDJSON, XPT)
 or the define.xml; a sponsor asking for identified CDISC data gets 403."""
 
+import re
+from datetime import UTC, date, datetime
+
 import orjson
 import pytest
 
@@ -90,6 +93,7 @@ def study(database_url, tmp_path_factory):
 
 def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
     server, subject, resources, (randomised, allocation) = study
+    started = datetime.now(UTC)
     with server.client("sponsor") as http:
         content = files(http, cdisc_export(http, "odm"))
         content.update(files(http, cdisc_export(http, "odm", mode="snapshot")))
@@ -99,6 +103,14 @@ def test_no_identifier_reaches_a_sponsor_in_any_cdisc_file(study):
     )
     assert all(" " not in name for name in content)
     everything = b"\n".join(content.values()).decode("latin-1")
+    # the files' own creation time and the metadata's effective date (the export's moment, in UTC) are no subject's
+    # date; between 16:00 and 24:00 UTC their date is the day before the site's date and so one of the planted
+    # timeline dates: taken out, once checked to be the export's
+    created = r'(CreationDateTime="|"datasetJSONCreationDateTime":"|EffectiveDate=")([0-9T:.Z-]+)'
+    stamps = [stamp for _, stamp in re.findall(created, everything)]
+    assert stamps and all(stamp[:10] in (started.date().isoformat(), date.today().isoformat()) for stamp in stamps)
+    everything = re.sub(created, r"\1<created>", everything)
+    everything = re.sub(r'(FileOID="[^"]*\.odm\.)\d{8}T\d{6}', r"\1<created>", everything)
     assert "HGB" in everything and "IT.labs.platelets" in everything  # the data are there ...
     assert {"ae.json", "ae.xpt", "cm.ndjson", "suppdm.json", "ex.json", "ex.xpt", "suppex.ndjson"} <= set(content)
     assert "RANDOMIZED" in everything and "NERVOUS SYSTEM" in everything and "STRATUM" in everything
